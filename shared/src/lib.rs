@@ -1,0 +1,21 @@
+//! Waybill's domain crate: the canonical order model, money, the mappings from
+//! every order source, storage behind one small database interface, and the
+//! services the Spin components call. Components stay thin: parse the request,
+//! call a handler here, answer.
+
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod intake;
+pub mod model;
+pub mod money;
+pub mod orders;
+pub mod schema;
+pub mod signature;
+pub mod sources;
+pub mod store;
+
+pub use error::{Error, Result};
+
+#[cfg(feature = "spin")]
+pub mod spin_glue;

@@ -1,0 +1,151 @@
+//! The SQLite schema and its idempotent migrations.
+//!
+//! Spin opens a new connection per request, so [`migrate`] is cheap when there
+//! is nothing to do: one `PRAGMA user_version` read. When a migration is due, it
+//! runs under `BEGIN IMMEDIATE`, re-reads the version inside the lock (another
+//! instance may have migrated meanwhile) and applies what is missing. WAL is set
+//! once (it persists in the file); `synchronous=NORMAL` is per connection.
+
+use crate::db::{Db, DbError};
+
+/// Each entry upgrades the schema by one version; never edit a shipped entry.
+const MIGRATIONS: &[&[&str]] = &[
+    // 1: orders, lines, holds, events, outbox, webhook receipts, idempotency keys.
+    &[
+        "CREATE TABLE orders (
+            id TEXT PRIMARY KEY,
+            number TEXT NOT NULL UNIQUE,
+            source TEXT NOT NULL,
+            external_id TEXT NOT NULL,
+            external_number TEXT,
+            channel TEXT NOT NULL,
+            status TEXT NOT NULL,
+            fulfillment_status TEXT NOT NULL,
+            financial_status TEXT NOT NULL,
+            currency TEXT NOT NULL,
+            total_minor INTEGER NOT NULL,
+            customer_email TEXT,
+            customer_name TEXT,
+            search_text TEXT NOT NULL,
+            placed_at TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            cancelled_at TEXT,
+            closed_at TEXT,
+            doc TEXT NOT NULL,
+            version INTEGER NOT NULL DEFAULT 1,
+            UNIQUE (source, external_id)
+        )",
+        "CREATE INDEX orders_created ON orders (created_at DESC, id DESC)",
+        "CREATE INDEX orders_status ON orders (status, created_at DESC)",
+        "CREATE INDEX orders_channel ON orders (channel, created_at DESC)",
+        "CREATE INDEX orders_email ON orders (customer_email)",
+        "CREATE TABLE order_lines (
+            order_id TEXT NOT NULL REFERENCES orders (id),
+            line_no INTEGER NOT NULL,
+            external_id TEXT,
+            sku TEXT NOT NULL,
+            name TEXT NOT NULL,
+            unit_price_minor INTEGER NOT NULL,
+            subtotal_minor INTEGER NOT NULL,
+            discount_minor INTEGER NOT NULL,
+            tax_minor INTEGER NOT NULL,
+            requires_shipping INTEGER NOT NULL,
+            qty_ordered INTEGER NOT NULL,
+            qty_cancelled INTEGER NOT NULL DEFAULT 0,
+            qty_backordered INTEGER NOT NULL DEFAULT 0,
+            qty_allocated INTEGER NOT NULL DEFAULT 0,
+            qty_released INTEGER NOT NULL DEFAULT 0,
+            qty_shipped INTEGER NOT NULL DEFAULT 0,
+            qty_delivered INTEGER NOT NULL DEFAULT 0,
+            qty_returned INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (order_id, line_no)
+        ) WITHOUT ROWID",
+        "CREATE INDEX order_lines_sku ON order_lines (sku)",
+        "CREATE TABLE order_holds (
+            id INTEGER PRIMARY KEY,
+            order_id TEXT NOT NULL REFERENCES orders (id),
+            reason TEXT NOT NULL,
+            note TEXT,
+            created_at TEXT NOT NULL,
+            released_at TEXT
+        )",
+        "CREATE INDEX order_holds_open ON order_holds (order_id) WHERE released_at IS NULL",
+        "CREATE INDEX order_holds_reason ON order_holds (reason, created_at) WHERE released_at IS NULL",
+        "CREATE TABLE order_events (
+            id INTEGER PRIMARY KEY,
+            order_id TEXT NOT NULL REFERENCES orders (id),
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            summary TEXT NOT NULL,
+            data TEXT
+        )",
+        "CREATE INDEX order_events_order ON order_events (order_id, id)",
+        "CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            topic TEXT NOT NULL,
+            order_id TEXT,
+            payload TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL,
+            lease_until TEXT,
+            last_error TEXT,
+            delivered_at TEXT
+        )",
+        "CREATE INDEX outbox_due ON outbox (state, next_attempt_at)",
+        "CREATE TABLE webhook_receipts (
+            source TEXT NOT NULL,
+            delivery_id TEXT NOT NULL,
+            topic TEXT,
+            received_at TEXT NOT NULL,
+            order_id TEXT,
+            PRIMARY KEY (source, delivery_id)
+        ) WITHOUT ROWID",
+        "CREATE TABLE idempotency_keys (
+            scope TEXT NOT NULL,
+            key TEXT NOT NULL,
+            request_hash TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            PRIMARY KEY (scope, key)
+        ) WITHOUT ROWID",
+        "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+        "INSERT INTO counters (name, value) VALUES ('order_number', 100000)",
+    ],
+];
+
+pub const LATEST: i64 = MIGRATIONS.len() as i64;
+
+fn version(db: &dyn Db) -> Result<i64, DbError> {
+    Ok(db.execute("PRAGMA user_version", &[])?.first().map(|r| r.i64("user_version")).unwrap_or(0))
+}
+
+/// Brings the schema to [`LATEST`]; safe to call on every connection.
+pub fn migrate(db: &dyn Db) -> Result<(), DbError> {
+    if version(db)? >= LATEST {
+        return Ok(());
+    }
+    // WAL persists in the file; it cannot be switched inside a transaction.
+    db.execute("PRAGMA journal_mode = WAL", &[])?;
+    crate::db::transaction(db, |db| {
+        let current = version(db)?;
+        for (i, steps) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            for sql in steps.iter() {
+                db.execute(sql, &[])?;
+            }
+            db.execute(&format!("PRAGMA user_version = {}", i + 1), &[])?;
+        }
+        Ok::<_, DbError>(())
+    })
+}
+
+/// Per-connection settings for the write path, then [`migrate`].
+pub fn prepare(db: &dyn Db) -> Result<(), DbError> {
+    db.execute("PRAGMA synchronous = NORMAL", &[])?;
+    migrate(db)
+}

@@ -1,0 +1,147 @@
+//! WooCommerce's order webhook payload (REST API v3 order object, as sent for
+//! `order.created`, `order.updated`, `order.deleted`).
+//!
+//! WooCommerce line `subtotal` (before coupons) and `total` (after) exclude tax
+//! even when the shop enters prices with tax; `total_tax` is separate. So the
+//! canonical order has `taxes_included = false` and line discount = subtotal - total.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{checked, country, non_empty, ptr, Reader};
+use crate::error::Error;
+use crate::model::{Address, Customer, FinancialStatus, HoldReason, NewLine, NewOrder, Payment, ShippingLine, Source};
+use crate::money::Currency;
+
+fn address(r: &mut Reader, v: &Value, key: &str) -> Option<Address> {
+    let a = v.get(key).filter(|a| a.is_object())?;
+    let p = ptr("", key);
+    let addr = Address {
+        first_name: non_empty(r.opt_str(a, "first_name", &p)),
+        last_name: non_empty(r.opt_str(a, "last_name", &p)),
+        company: non_empty(r.opt_str(a, "company", &p)),
+        line1: r.opt_str(a, "address_1", &p).unwrap_or_default(),
+        line2: non_empty(r.opt_str(a, "address_2", &p)),
+        city: r.opt_str(a, "city", &p).unwrap_or_default(),
+        region: non_empty(r.opt_str(a, "state", &p)),
+        postal_code: non_empty(r.opt_str(a, "postcode", &p)),
+        country_code: country(r.opt_str(a, "country", &p)),
+        phone: non_empty(r.opt_str(a, "phone", &p)),
+        latitude: None,
+        longitude: None,
+    };
+    // WooCommerce sends empty strings for an address that was never filled in.
+    (!super::is_empty_address(&addr)).then_some(addr)
+}
+
+pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
+    let mut r = Reader::default();
+    if !v.is_object() {
+        return Err(Error::unprocessable("the WooCommerce payload is not an order object"));
+    }
+    let currency = r.currency(v, "currency", "");
+    let external_id = r.req_str(v, "id", "");
+    let mut holds = Vec::new();
+
+    let mut lines = Vec::new();
+    for (i, l) in r.array(v, "line_items", "").to_vec().iter().enumerate() {
+        let p = format!("/line_items/{i}");
+        let quantity = r.int(l, "quantity", &p).unwrap_or(0);
+        let subtotal = r.money(l, "subtotal", &p, currency);
+        let total = r.money(l, "total", &p, currency);
+        let tax = r.money(l, "total_tax", &p, currency);
+        let sku = match non_empty(r.opt_str(l, "sku", &p)) {
+            Some(s) => s,
+            None => {
+                let pid = r.opt_str(l, "variation_id", &p).filter(|x| x != "0").or_else(|| r.opt_str(l, "product_id", &p));
+                let fallback = format!("woo-product-{}", pid.unwrap_or_else(|| i.to_string()));
+                holds.push((HoldReason::ManualReview, format!("line item {i} has no SKU; mapped to {fallback}")));
+                fallback
+            }
+        };
+        lines.push(NewLine {
+            external_id: r.opt_str(l, "id", &p),
+            sku,
+            name: r.opt_str(l, "name", &p).unwrap_or_default(),
+            quantity,
+            unit_price: if quantity > 0 { subtotal / quantity } else { 0 },
+            subtotal,
+            discount: (subtotal - total).max(0),
+            tax,
+            requires_shipping: true,
+        });
+    }
+    let mut shipping_lines = Vec::new();
+    for (i, s) in r.array(v, "shipping_lines", "").to_vec().iter().enumerate() {
+        let p = format!("/shipping_lines/{i}");
+        let title = r.opt_str(s, "method_title", &p).unwrap_or_default();
+        shipping_lines.push(ShippingLine {
+            method: non_empty(r.opt_str(s, "method_id", &p)).unwrap_or_else(|| title.clone()),
+            title,
+            price: r.money(s, "total", &p, currency),
+            discount: 0,
+            tax: r.money(s, "total_tax", &p, currency),
+        });
+    }
+    let status = r.opt_str(v, "status", "").unwrap_or_else(|| "pending".into());
+    let mut cancelled = false;
+    let financial_status = match status.as_str() {
+        "pending" | "on-hold" => {
+            holds.push((HoldReason::AwaitingPayment, format!("WooCommerce status '{status}': payment not yet received")));
+            FinancialStatus::Pending
+        }
+        "failed" => {
+            holds.push((HoldReason::PaymentFailed, "WooCommerce reports the payment failed".into()));
+            FinancialStatus::Pending
+        }
+        "processing" | "completed" => FinancialStatus::Paid,
+        "refunded" => {
+            cancelled = true;
+            FinancialStatus::Refunded
+        }
+        "cancelled" | "trash" => {
+            cancelled = true;
+            FinancialStatus::Voided
+        }
+        // Custom statuses from extensions: keep the order, let an operator decide.
+        other => {
+            holds.push((HoldReason::ManualReview, format!("unknown WooCommerce status '{other}'")));
+            FinancialStatus::Pending
+        }
+    };
+    let billing = v.get("billing").cloned().unwrap_or(Value::Null);
+    let customer = Customer {
+        email: non_empty(r.opt_str(&billing, "email", "/billing")),
+        first_name: non_empty(r.opt_str(&billing, "first_name", "/billing")),
+        last_name: non_empty(r.opt_str(&billing, "last_name", "/billing")),
+        phone: non_empty(r.opt_str(&billing, "phone", "/billing")),
+        external_id: r.opt_str(v, "customer_id", "").filter(|c| c != "0"),
+    };
+    let placed_at = r.time(v, "date_created_gmt", "").unwrap_or(now);
+    let shipping_address = address(&mut r, v, "shipping").or_else(|| address(&mut r, v, "billing"));
+    let order = NewOrder {
+        source: Source::Woocommerce,
+        external_id,
+        external_number: non_empty(r.opt_str(v, "number", "")),
+        channel: "woocommerce".into(),
+        currency: currency.unwrap_or(Currency::from_code("USD").expect("USD")),
+        placed_at,
+        customer,
+        shipping_address,
+        billing_address: address(&mut r, v, "billing"),
+        lines,
+        shipping_lines,
+        taxes_included: false,
+        financial_status,
+        payment: Payment {
+            gateway: non_empty(r.opt_str(v, "payment_method", "")),
+            reference: non_empty(r.opt_str(v, "transaction_id", "")),
+        },
+        holds,
+        note: non_empty(r.opt_str(v, "customer_note", "")),
+        tags: Vec::new(),
+        source_total: r.opt_money(v, "total", "", currency),
+        cancelled,
+    };
+    checked(order, r, "")
+}
