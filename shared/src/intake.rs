@@ -36,7 +36,12 @@ pub const MAX_BATCH: usize = 500;
 pub fn handle(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> Response {
     let r = (|| -> Result<Response> {
         req.check_size()?;
-        match (req.method.as_str(), req.path.as_str()) {
+        // Spin's router treats `/x/` like `/x`; so does this one.
+        let path = match req.path.trim_end_matches('/') {
+            "" => "/",
+            p => p,
+        };
+        match (req.method.as_str(), path) {
             ("POST", "/webhooks/shopify") => shopify_webhook(db, cfg, req, now),
             ("POST", "/webhooks/woocommerce") => woocommerce_webhook(db, cfg, req, now),
             ("POST", "/webhooks/commercetools") => commercetools_webhook(db, cfg, req, now),

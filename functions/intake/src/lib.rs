@@ -37,7 +37,7 @@ async fn forward_to_orders(req: &Request) -> Response {
 #[http_component]
 async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     let r = spin_glue::request(&req);
-    if r.path == "/api/orders" && (r.method == "GET" || r.method == "HEAD") {
+    if r.path.trim_end_matches('/') == "/api/orders" && (r.method == "GET" || r.method == "HEAD") {
         return Ok(forward_to_orders(&req).await);
     }
     let resp = match spin_glue::open_db() {

@@ -1,0 +1,117 @@
+//! Helpers for scenario tests and benchmarks: build the components, start the
+//! app from the real spin.toml on tests/host, sign webhooks, call the API.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use waybill_host::{client, App, RunningApp};
+
+pub const WRITE_TOKEN: &str = "test-write-token";
+pub const READ_TOKEN: &str = "test-read-token";
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
+pub const CT_SECRET: &str = "test-ct-secret";
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds every component for wasm32-wasip2 once per process.
+pub fn build_components() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .current_dir(root())
+            .args(["build", "--target", "wasm32-wasip2", "--release", "-p", "intake", "-p", "orders"])
+            .status()
+            .expect("run cargo to build the components");
+        assert!(status.success(), "building the components failed");
+    });
+}
+
+/// Starts Waybill from the repository's spin.toml with test secrets.
+pub async fn start() -> RunningApp {
+    build_components();
+    App::builder(root().join("spin.toml"))
+        .variable("api_tokens", &format!("write:{WRITE_TOKEN},read:{READ_TOKEN}"))
+        .variable("shopify_webhook_secret", WEBHOOK_SECRET)
+        .variable("woocommerce_webhook_secret", WEBHOOK_SECRET)
+        .variable("commercetools_secret", CT_SECRET)
+        .start()
+        .await
+        .expect("waybill starts")
+}
+
+pub fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(root().join("tests/fixtures").join(path)).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
+}
+
+pub fn sign(body: &[u8]) -> String {
+    waybill::signature::base64_hmac(WEBHOOK_SECRET.as_bytes(), body)
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub json: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+pub async fn send(app: &RunningApp, method: &str, path: &str, headers: &[(&str, &str)], body: impl Into<bytes::Bytes>) -> Reply {
+    let (status, headers, body) = client::request(method, &app.url(path), headers, body).await.expect("request");
+    let json = serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
+    Reply { status, headers, json }
+}
+
+pub async fn shopify(app: &RunningApp, topic: &str, event_id: &str, body: &[u8]) -> Reply {
+    let sig = sign(body);
+    send(app, "POST", "/webhooks/shopify", &[
+        ("content-type", "application/json"),
+        ("x-shopify-topic", topic),
+        ("x-shopify-hmac-sha256", &sig),
+        ("x-shopify-shop-domain", "waybill-test.myshopify.com"),
+        ("x-shopify-api-version", "2025-10"),
+        ("x-shopify-webhook-id", &format!("wh-{event_id}")),
+        ("x-shopify-event-id", event_id),
+        ("x-shopify-triggered-at", "2026-11-20T10:00:00.000Z"),
+    ], body.to_vec()).await
+}
+
+pub async fn woocommerce(app: &RunningApp, topic: &str, delivery: &str, body: &[u8]) -> Reply {
+    let sig = sign(body);
+    let (resource, event) = topic.split_once('.').unwrap_or(("order", "created"));
+    send(app, "POST", "/webhooks/woocommerce", &[
+        ("content-type", "application/json"),
+        ("x-wc-webhook-source", "https://shop.example.com/"),
+        ("x-wc-webhook-topic", topic),
+        ("x-wc-webhook-resource", resource),
+        ("x-wc-webhook-event", event),
+        ("x-wc-webhook-signature", &sig),
+        ("x-wc-webhook-id", "12"),
+        ("x-wc-webhook-delivery-id", delivery),
+    ], body.to_vec()).await
+}
+
+pub async fn get(app: &RunningApp, path: &str) -> Reply {
+    send(app, "GET", path, &[("authorization", &format!("Bearer {READ_TOKEN}"))], Vec::new()).await
+}
+
+pub async fn post_api(app: &RunningApp, path: &str, headers: &[(&str, &str)], body: impl Into<bytes::Bytes>) -> Reply {
+    let auth = format!("Bearer {WRITE_TOKEN}");
+    let mut h: Vec<(&str, &str)> = vec![("authorization", &auth)];
+    h.extend_from_slice(headers);
+    send(app, "POST", path, &h, body).await
+}
+
+/// One number from SQL.
+pub fn count(app: &RunningApp, sql: &str) -> i64 {
+    match app.sql("default", sql, &[]).expect("sql").rows.first().and_then(|r| r.first()) {
+        Some(waybill_host::SqlValue::Integer(n)) => *n,
+        other => panic!("{sql}: {other:?}"),
+    }
+}
