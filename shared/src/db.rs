@@ -159,9 +159,38 @@ pub trait Db {
     }
 }
 
+/// How long a writer keeps trying to take the write lock before giving up (503).
+pub const LOCK_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Retries `op` while SQLite reports the database busy, polling every 50 us to
+/// 1 ms with jitter. SQLite's own busy handler sleeps 1, 2, 5 ... 100 ms between
+/// tries, so under contention a waiter sleeps on long after the lock is free;
+/// polling finely keeps the lock busy and the tail short. Connections used with
+/// this set `PRAGMA busy_timeout = 0` (see `schema::prepare_writer`).
+pub fn retry_busy<T>(mut op: impl FnMut() -> Result<T, DbError>) -> Result<T, DbError> {
+    let start = std::time::Instant::now();
+    let mut wait_us: u64 = 50;
+    let mut seed = start.elapsed().subsec_nanos() as u64 ^ (&wait_us as *const u64 as u64);
+    loop {
+        match op() {
+            Err(e) if e.is_busy() && start.elapsed() < LOCK_WAIT_LIMIT => {
+                // xorshift jitter: spread the waiters so they do not poll in step.
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let jitter = seed % (wait_us / 2 + 1);
+                std::thread::sleep(std::time::Duration::from_micros(wait_us / 2 + jitter));
+                wait_us = (wait_us * 2).min(1000);
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs `f` inside `BEGIN IMMEDIATE ... COMMIT`; rolls back if `f` or COMMIT fails.
+/// Taking the write lock up front means no statement inside can meet SQLITE_BUSY.
 pub fn transaction<T, E: From<DbError>>(db: &dyn Db, f: impl FnOnce(&dyn Db) -> Result<T, E>) -> Result<T, E> {
-    db.execute("BEGIN IMMEDIATE", &[])?;
+    retry_busy(|| db.execute("BEGIN IMMEDIATE", &[]))?;
     match f(db) {
         Ok(v) => match db.execute("COMMIT", &[]) {
             Ok(_) => Ok(v),

@@ -93,6 +93,9 @@ impl Response {
         if e.status() == 401 {
             r.headers.push(("www-authenticate".into(), "Bearer realm=\"waybill\"".into()));
         }
+        if e.status() == 503 {
+            r.headers.push(("retry-after".into(), "1".into()));
+        }
         r
     }
 

@@ -73,16 +73,19 @@ fn verify_hmac_header(req: &Request, header: &str, secret: &str, platform: &str)
     Ok(())
 }
 
-/// Records a delivery id; false when it was seen before (a redelivery).
-fn first_delivery(db: &dyn Db, source: Source, delivery_id: &str, topic: &str, now: DateTime<Utc>) -> Result<bool> {
-    let n = db.exec(
-        "INSERT INTO webhook_receipts (source, delivery_id, topic, received_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        params![source.as_str(), delivery_id, topic, ts(now)],
+/// Records a delivery id with the id its order will most likely get; false when
+/// the delivery was seen before (a redelivery). One statement: RETURNING yields
+/// no row when the receipt already exists.
+fn first_delivery(db: &dyn Db, source: Source, delivery_id: &str, topic: &str, order_id: &str, now: DateTime<Utc>) -> Result<bool> {
+    let r = db.execute(
+        "INSERT INTO webhook_receipts (source, delivery_id, topic, received_at, order_id) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT DO NOTHING RETURNING 1 AS inserted",
+        params![source.as_str(), delivery_id, topic, ts(now), order_id],
     )?;
-    Ok(n == 1)
+    Ok(!r.is_empty())
 }
 
-fn mark_delivery(db: &dyn Db, source: Source, delivery_id: &str, order_id: &str) -> Result<()> {
+fn mark_delivery(db: &dyn Db, source: Source, delivery_id: &str, order_id: Option<&str>) -> Result<()> {
     db.execute(
         "UPDATE webhook_receipts SET order_id = ? WHERE source = ? AND delivery_id = ?",
         params![order_id, source.as_str(), delivery_id],
@@ -104,9 +107,10 @@ enum Action {
 /// Applies one delivery in one transaction. Returns the JSON answer.
 fn apply(db: &dyn Db, source: Source, delivery_id: Option<&str>, topic: &str, action: Action, now: DateTime<Utc>) -> Result<Json> {
     let actor = store::actor_for(source);
+    let new_id = uuid::Uuid::now_v7().to_string();
     transaction(db, |db| {
         if let Some(d) = delivery_id {
-            if !first_delivery(db, source, d, topic, now)? {
+            if !first_delivery(db, source, d, topic, &new_id, now)? {
                 return Ok(json!({"result": "duplicate_delivery", "delivery_id": d}));
             }
         }
@@ -114,13 +118,13 @@ fn apply(db: &dyn Db, source: Source, delivery_id: Option<&str>, topic: &str, ac
             Action::Create(o) => match store::find_by_source(db, source, &o.external_id)? {
                 Some(ex) => outcome("already_received", &ex.id, &ex.number),
                 None => {
-                    let ins = store::insert_order(db, &o, now, &actor)?;
-                    outcome("created", &ins.id, &ins.number)
+                    let ins = store::insert_order_with_id(db, &new_id, &o, now, &actor)?;
+                    return Ok(outcome("created", &ins.id, &ins.number));
                 }
             },
             Action::Update(o) => match store::find_by_source(db, source, &o.external_id)? {
                 None => {
-                    let ins = store::insert_order(db, &o, now, &actor)?;
+                    let ins = store::insert_order_with_id(db, &new_id, &o, now, &actor)?;
                     outcome("created", &ins.id, &ins.number)
                 }
                 Some(ex) if o.cancelled => {
@@ -152,15 +156,19 @@ fn apply(db: &dyn Db, source: Source, delivery_id: Option<&str>, topic: &str, ac
                 None => match order {
                     Some(mut o) => {
                         o.cancelled = true;
-                        let ins = store::insert_order(db, &o, now, &actor)?;
+                        let ins = store::insert_order_with_id(db, &new_id, &o, now, &actor)?;
                         outcome("created_cancelled", &ins.id, &ins.number)
                     }
                     None => json!({"result": "unknown_order", "external_id": external_id}),
                 },
             },
         };
-        if let (Some(d), Some(id)) = (delivery_id, answer.get("order_id").and_then(Json::as_str)) {
-            mark_delivery(db, source, d, id)?;
+        // The receipt was written with the id a new order would get; point it at the real one.
+        if let Some(d) = delivery_id {
+            let id = answer.get("order_id").and_then(Json::as_str);
+            if id != Some(new_id.as_str()) {
+                mark_delivery(db, source, d, id)?;
+            }
         }
         Ok(answer)
     })

@@ -131,7 +131,7 @@ pub fn migrate(db: &dyn Db) -> Result<(), DbError> {
         return Ok(());
     }
     // WAL persists in the file; it cannot be switched inside a transaction.
-    db.execute("PRAGMA journal_mode = WAL", &[])?;
+    crate::db::retry_busy(|| db.execute("PRAGMA journal_mode = WAL", &[]))?;
     crate::db::transaction(db, |db| {
         let current = version(db)?;
         for (i, steps) in MIGRATIONS.iter().enumerate().skip(current as usize) {
@@ -144,8 +144,16 @@ pub fn migrate(db: &dyn Db) -> Result<(), DbError> {
     })
 }
 
-/// Per-connection settings for the write path, then [`migrate`].
+/// For connections that only read: [`migrate`] (SQLite's own busy timeout stays).
 pub fn prepare(db: &dyn Db) -> Result<(), DbError> {
+    migrate(db)
+}
+
+/// For the write path: `synchronous = NORMAL` (safe in WAL: a power loss may drop
+/// the last commits but never corrupts), and no SQLite busy handler, because
+/// [`crate::db::transaction`] waits for the write lock itself with fine polling.
+pub fn prepare_writer(db: &dyn Db) -> Result<(), DbError> {
     db.execute("PRAGMA synchronous = NORMAL", &[])?;
+    db.execute("PRAGMA busy_timeout = 0", &[])?;
     migrate(db)
 }

@@ -32,10 +32,17 @@ pub fn response(r: Response) -> SpinResponse {
     b.body(r.body).build()
 }
 
-/// Opens the `default` database for this request and applies pending migrations.
+/// Opens the `default` database for a request that only reads.
 pub fn open_db() -> Result<SpinDb, Error> {
     let db = SpinDb::open("default").map_err(|e| Error::new(ErrorKind::Unavailable, e.0))?;
     crate::schema::prepare(&db).map_err(Error::from)?;
+    Ok(db)
+}
+
+/// Opens the `default` database for a request that writes (see `schema::prepare_writer`).
+pub fn open_writer() -> Result<SpinDb, Error> {
+    let db = SpinDb::open("default").map_err(|e| Error::new(ErrorKind::Unavailable, e.0))?;
+    crate::schema::prepare_writer(&db).map_err(Error::from)?;
     Ok(db)
 }
 

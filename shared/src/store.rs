@@ -91,17 +91,26 @@ fn search_text(o: &NewOrder, number: &str) -> String {
     parts.join(" ").to_lowercase()
 }
 
+/// All lines in one multi-row INSERT (one statement, one host call).
 fn insert_lines(db: &dyn Db, order_id: &str, o: &NewOrder) -> Result<()> {
+    let mut sql = String::from(
+        "INSERT INTO order_lines (order_id, line_no, external_id, sku, name, unit_price_minor, subtotal_minor,
+            discount_minor, tax_minor, requires_shipping, qty_ordered, qty_cancelled) VALUES ",
+    );
+    let mut p: Vec<Value> = Vec::with_capacity(o.lines.len() * 12);
     for (i, l) in o.lines.iter().enumerate() {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
         let cancelled = if o.cancelled { l.quantity } else { 0 };
-        db.execute(
-            "INSERT INTO order_lines (order_id, line_no, external_id, sku, name, unit_price_minor, subtotal_minor,
-                discount_minor, tax_minor, requires_shipping, qty_ordered, qty_cancelled)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            params![order_id, (i + 1) as i64, l.external_id.clone(), l.sku.clone(), l.name.clone(), l.unit_price, l.subtotal,
-                l.discount, l.tax, l.requires_shipping, l.quantity, cancelled],
-        )?;
+        p.extend([
+            Value::from(order_id), Value::Integer((i + 1) as i64), Value::from(l.external_id.clone()), Value::from(&l.sku),
+            Value::from(&l.name), Value::Integer(l.unit_price), Value::Integer(l.subtotal), Value::Integer(l.discount),
+            Value::Integer(l.tax), Value::from(l.requires_shipping), Value::Integer(l.quantity), Value::Integer(cancelled),
+        ]);
     }
+    db.execute(&sql, &p)?;
     Ok(())
 }
 
@@ -198,56 +207,94 @@ pub struct Inserted {
 }
 
 /// Inserts a new order with its lines, holds, timeline and outbox rows.
+///
+/// This is the hot path of intake, written for contention: the statuses are
+/// derived in Rust from what is being inserted, and lines, holds and events go
+/// in as one multi-row INSERT each, so the write lock is held for as few
+/// statements as possible.
 pub fn insert_order(db: &dyn Db, o: &NewOrder, now: DateTime<Utc>, actor: &str) -> Result<Inserted> {
-    let id = uuid::Uuid::now_v7().to_string();
+    insert_order_with_id(db, &uuid::Uuid::now_v7().to_string(), o, now, actor)
+}
+
+pub fn insert_order_with_id(db: &dyn Db, id: &str, o: &NewOrder, now: DateTime<Utc>, actor: &str) -> Result<Inserted> {
     let number = next_number(db)?;
     let totals = o.totals();
     let hash = source_hash(o);
+    // Holds: one per reason, plus a review hold when the totals disagree.
+    let mut holds: Vec<(HoldReason, String)> = Vec::new();
+    for (r, n) in o.holds.iter().cloned().chain(total_mismatch(o).map(|n| (HoldReason::ManualReview, n))) {
+        if !holds.iter().any(|(h, _)| *h == r) {
+            holds.push((r, n));
+        }
+    }
+    let buckets: Vec<Buckets> = o
+        .lines
+        .iter()
+        .map(|l| Buckets { ordered: l.quantity, cancelled: if o.cancelled { l.quantity } else { 0 }, ..Default::default() })
+        .collect();
+    let status = derive_status(&buckets, holds.len(), false);
     db.execute(
         "INSERT INTO orders (id, number, source, external_id, external_number, channel, status, fulfillment_status,
             financial_status, currency, total_minor, customer_email, customer_name, search_text, placed_at,
-            created_at, updated_at, doc)
-         VALUES (?, ?, ?, ?, ?, ?, 'received', 'unfulfilled', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            created_at, updated_at, cancelled_at, doc)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         params![
-            id.clone(), number.clone(), o.source.as_str(), o.external_id.clone(), o.external_number.clone(), o.channel.clone(),
-            o.financial_status.as_str(), o.currency.code(), totals.total,
+            id, number.clone(), o.source.as_str(), o.external_id.clone(), o.external_number.clone(), o.channel.clone(),
+            status.as_str(), derive_fulfillment(&buckets).as_str(), o.financial_status.as_str(), o.currency.code(), totals.total,
             o.customer.email.as_ref().map(|e| e.to_lowercase()), o.customer.display_name(), search_text(o, &number),
-            ts(o.placed_at), ts(now), ts(now), doc(o, &hash).to_string()
+            ts(o.placed_at), ts(now), ts(now), o.cancelled.then(|| ts(now)), doc(o, &hash).to_string()
         ],
     )?;
-    insert_lines(db, &id, o)?;
-    record_event(
-        db, &id, now, actor, "order.received",
-        &format!("Order {number} received from {} ({})", o.source.as_str(), o.external_id),
+    insert_lines(db, id, o)?;
+    let at = ts(now);
+    let mut events: Vec<(String, String, Json)> = vec![(
+        "order.received".into(),
+        format!("Order {number} received from {} ({})", o.source.as_str(), o.external_id),
         json!({"source": o.source.as_str(), "external_id": o.external_id, "total": Money::new(totals.total, o.currency)}),
-    )?;
-    for (reason, note) in &o.holds {
-        add_hold(db, &id, *reason, note, now, actor)?;
+    )];
+    if !holds.is_empty() {
+        let mut sql = String::from("INSERT INTO order_holds (order_id, reason, note, created_at) VALUES ");
+        let mut p: Vec<Value> = Vec::new();
+        for (i, (r, n)) in holds.iter().enumerate() {
+            sql.push_str(if i == 0 { "(?, ?, ?, ?)" } else { ",(?, ?, ?, ?)" });
+            p.extend([Value::from(id), Value::from(r.as_str()), Value::from(n), Value::from(&at)]);
+            events.push(("hold.added".into(), format!("On hold: {} ({n})", r.as_str()), json!({"reason": r.as_str(), "note": n})));
+        }
+        db.execute(&sql, &p)?;
     }
-    check_source_total(db, &id, o, now, actor)?;
     if o.cancelled {
-        record_event(db, &id, now, actor, "order.cancelled", "Order arrived cancelled at the source", json!({}))?;
-    } else {
-        enqueue(db, "order.received", Some(&id), received_payload(&id, &number, o), now)?;
+        events.push(("order.cancelled".into(), "Order arrived cancelled at the source".into(), json!({})));
     }
-    refresh_status(db, &id, now)?;
-    Ok(Inserted { id, number })
+    let mut sql = String::from("INSERT INTO order_events (order_id, at, actor, kind, summary, data) VALUES ");
+    let mut p: Vec<Value> = Vec::new();
+    for (i, (kind, summary, data)) in events.iter().enumerate() {
+        sql.push_str(if i == 0 { "(?, ?, ?, ?, ?, ?)" } else { ",(?, ?, ?, ?, ?, ?)" });
+        p.extend([Value::from(id), Value::from(&at), Value::from(actor), Value::from(kind), Value::from(summary), Value::from(data.to_string())]);
+    }
+    db.execute(&sql, &p)?;
+    if !o.cancelled {
+        enqueue(db, "order.received", Some(id), received_payload(id, &number, o), now)?;
+    }
+    Ok(Inserted { id: id.to_string(), number })
+}
+
+fn total_mismatch(o: &NewOrder) -> Option<String> {
+    let src = o.source_total?;
+    let computed = o.totals().total;
+    (src != computed).then(|| {
+        format!(
+            "source total {} differs from the computed total {}",
+            Money::new(src, o.currency).to_decimal(),
+            Money::new(computed, o.currency).to_decimal()
+        )
+    })
 }
 
 /// A computed total that differs from the source's total means the mapping missed
 /// something (fees, rounding rules): hold for review before any capture.
 fn check_source_total(db: &dyn Db, id: &str, o: &NewOrder, now: DateTime<Utc>, actor: &str) -> Result<()> {
-    if let Some(src) = o.source_total {
-        let computed = o.totals().total;
-        if src != computed {
-            let c = o.currency;
-            let note = format!(
-                "source total {} differs from the computed total {}",
-                Money::new(src, c).to_decimal(),
-                Money::new(computed, c).to_decimal()
-            );
-            add_hold(db, id, HoldReason::ManualReview, &note, now, actor)?;
-        }
+    if let Some(note) = total_mismatch(o) {
+        add_hold(db, id, HoldReason::ManualReview, &note, now, actor)?;
     }
     Ok(())
 }

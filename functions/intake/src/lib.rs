@@ -40,7 +40,7 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     if r.path.trim_end_matches('/') == "/api/orders" && (r.method == "GET" || r.method == "HEAD") {
         return Ok(forward_to_orders(&req).await);
     }
-    let resp = match spin_glue::open_db() {
+    let resp = match spin_glue::open_writer() {
         Ok(db) => intake::handle(&db, &config(), &r, chrono::Utc::now()),
         Err(e) => http::Response::problem(&e),
     };
