@@ -187,6 +187,25 @@ pub fn retry_busy<T>(mut op: impl FnMut() -> Result<T, DbError>) -> Result<T, Db
     }
 }
 
+/// A view of a connection whose statements wait out SQLITE_BUSY with [`retry_busy`].
+/// For statements outside a transaction on a connection with `busy_timeout = 0`
+/// (a new connection's first read can meet the lock of another connection's
+/// closing checkpoint). A statement that returned BUSY did not run, so retrying
+/// it is safe.
+pub struct Patient<'a>(pub &'a dyn Db);
+
+impl Db for Patient<'_> {
+    fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
+        retry_busy(|| self.0.execute(sql, params))
+    }
+    fn changes(&self) -> u64 {
+        self.0.changes()
+    }
+    fn last_insert_rowid(&self) -> i64 {
+        self.0.last_insert_rowid()
+    }
+}
+
 /// Runs `f` inside `BEGIN IMMEDIATE ... COMMIT`; rolls back if `f` or COMMIT fails.
 /// Taking the write lock up front means no statement inside can meet SQLITE_BUSY.
 pub fn transaction<T, E: From<DbError>>(db: &dyn Db, f: impl FnOnce(&dyn Db) -> Result<T, E>) -> Result<T, E> {

@@ -108,6 +108,13 @@ enum Action {
 fn apply(db: &dyn Db, source: Source, delivery_id: Option<&str>, topic: &str, action: Action, now: DateTime<Utc>) -> Result<Json> {
     let actor = store::actor_for(source);
     let new_id = uuid::Uuid::now_v7().to_string();
+    // Fast path before taking the write lock: a known order needs no write
+    // (and this read loads the schema outside the lock).
+    if let Action::Create(o) = &action {
+        if let Some(ex) = store::find_by_source(&crate::db::Patient(db), source, &o.external_id)? {
+            return Ok(outcome("already_received", &ex.id, &ex.number));
+        }
+    }
     transaction(db, |db| {
         if let Some(d) = delivery_id {
             if !first_delivery(db, source, d, topic, &new_id, now)? {
@@ -115,18 +122,19 @@ fn apply(db: &dyn Db, source: Source, delivery_id: Option<&str>, topic: &str, ac
             }
         }
         let answer = match action {
-            Action::Create(o) => match store::find_by_source(db, source, &o.external_id)? {
-                Some(ex) => outcome("already_received", &ex.id, &ex.number),
-                None => {
-                    let ins = store::insert_order_with_id(db, &new_id, &o, now, &actor)?;
-                    return Ok(outcome("created", &ins.id, &ins.number));
-                }
+            Action::Create(o) => match store::insert_order_with_id(db, &new_id, &o, now, &actor)? {
+                Some(ins) => return Ok(outcome("created", &ins.id, &ins.number)),
+                // Another delivery created it between the fast path and the lock.
+                None => match store::find_by_source(db, source, &o.external_id)? {
+                    Some(ex) => outcome("already_received", &ex.id, &ex.number),
+                    None => return Err(Error::internal("order conflict without an order")),
+                },
             },
             Action::Update(o) => match store::find_by_source(db, source, &o.external_id)? {
-                None => {
-                    let ins = store::insert_order_with_id(db, &new_id, &o, now, &actor)?;
-                    outcome("created", &ins.id, &ins.number)
-                }
+                None => match store::insert_order_with_id(db, &new_id, &o, now, &actor)? {
+                    Some(ins) => outcome("created", &ins.id, &ins.number),
+                    None => return Err(Error::internal("order conflict without an order")),
+                },
                 Some(ex) if o.cancelled => {
                     store::cancel_open_units(db, &ex.id, "cancelled at the source", now, &actor)?;
                     outcome("cancelled", &ex.id, &ex.number)
@@ -156,8 +164,10 @@ fn apply(db: &dyn Db, source: Source, delivery_id: Option<&str>, topic: &str, ac
                 None => match order {
                     Some(mut o) => {
                         o.cancelled = true;
-                        let ins = store::insert_order_with_id(db, &new_id, &o, now, &actor)?;
-                        outcome("created_cancelled", &ins.id, &ins.number)
+                        match store::insert_order_with_id(db, &new_id, &o, now, &actor)? {
+                            Some(ins) => outcome("created_cancelled", &ins.id, &ins.number),
+                            None => return Err(Error::internal("order conflict without an order")),
+                        }
                     }
                     None => json!({"result": "unknown_order", "external_id": external_id}),
                 },

@@ -38,12 +38,6 @@ pub fn enqueue(db: &dyn Db, topic: &str, order_id: Option<&str>, payload: Json, 
     Ok(())
 }
 
-fn next_number(db: &dyn Db) -> Result<String> {
-    let r = db.execute("UPDATE counters SET value = value + 1 WHERE name = 'order_number' RETURNING value", &[])?;
-    let n = r.first().map(|r| r.i64("value")).ok_or_else(|| Error::internal("order number counter missing"))?;
-    Ok(format!("WB-{n}"))
-}
-
 fn doc(o: &NewOrder, source_hash: &str) -> Json {
     let c = o.currency;
     json!({
@@ -81,7 +75,7 @@ pub fn source_hash(o: &NewOrder) -> String {
 }
 
 fn search_text(o: &NewOrder, number: &str) -> String {
-    let mut parts = vec![number.to_string(), o.external_id.clone()];
+    let mut parts = if number.is_empty() { vec![o.external_id.clone()] } else { vec![number.to_string(), o.external_id.clone()] };
     parts.extend(o.external_number.clone());
     parts.extend(o.customer.email.clone());
     parts.extend(o.customer.display_name());
@@ -207,17 +201,17 @@ pub struct Inserted {
 }
 
 /// Inserts a new order with its lines, holds, timeline and outbox rows.
-///
-/// This is the hot path of intake, written for contention: the statuses are
-/// derived in Rust from what is being inserted, and lines, holds and events go
-/// in as one multi-row INSERT each, so the write lock is held for as few
-/// statements as possible.
 pub fn insert_order(db: &dyn Db, o: &NewOrder, now: DateTime<Utc>, actor: &str) -> Result<Inserted> {
-    insert_order_with_id(db, &uuid::Uuid::now_v7().to_string(), o, now, actor)
+    insert_order_with_id(db, &uuid::Uuid::now_v7().to_string(), o, now, actor)?
+        .ok_or_else(|| Error::conflict(format!("an order from {} with id '{}' already exists", o.source.as_str(), o.external_id)))
 }
 
-pub fn insert_order_with_id(db: &dyn Db, id: &str, o: &NewOrder, now: DateTime<Utc>, actor: &str) -> Result<Inserted> {
-    let number = next_number(db)?;
+/// The hot path of intake, written for contention: the order number comes from
+/// the counter inside the order INSERT (a trigger advances it), the statuses are
+/// derived in Rust from what is inserted, and lines, holds and events go in as
+/// one multi-row INSERT each, so the write lock is held for few statements.
+/// Returns None when `(source, external_id)` exists already (nothing written).
+pub fn insert_order_with_id(db: &dyn Db, id: &str, o: &NewOrder, now: DateTime<Utc>, actor: &str) -> Result<Option<Inserted>> {
     let totals = o.totals();
     let hash = source_hash(o);
     // Holds: one per reason, plus a review hold when the totals disagree.
@@ -233,18 +227,24 @@ pub fn insert_order_with_id(db: &dyn Db, id: &str, o: &NewOrder, now: DateTime<U
         .map(|l| Buckets { ordered: l.quantity, cancelled: if o.cancelled { l.quantity } else { 0 }, ..Default::default() })
         .collect();
     let status = derive_status(&buckets, holds.len(), false);
-    db.execute(
+    let inserted = db.execute(
         "INSERT INTO orders (id, number, source, external_id, external_number, channel, status, fulfillment_status,
             financial_status, currency, total_minor, customer_email, customer_name, search_text, placed_at,
             created_at, updated_at, cancelled_at, doc)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES (?, (SELECT 'WB-' || (value + 1) FROM counters WHERE name = 'order_number'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+            (SELECT lower('WB-' || (value + 1)) FROM counters WHERE name = 'order_number') || ' ' || ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (source, external_id) DO NOTHING
+         RETURNING number",
         params![
-            id, number.clone(), o.source.as_str(), o.external_id.clone(), o.external_number.clone(), o.channel.clone(),
+            id, o.source.as_str(), o.external_id.clone(), o.external_number.clone(), o.channel.clone(),
             status.as_str(), derive_fulfillment(&buckets).as_str(), o.financial_status.as_str(), o.currency.code(), totals.total,
-            o.customer.email.as_ref().map(|e| e.to_lowercase()), o.customer.display_name(), search_text(o, &number),
+            o.customer.email.as_ref().map(|e| e.to_lowercase()), o.customer.display_name(), search_text(o, ""),
             ts(o.placed_at), ts(now), ts(now), o.cancelled.then(|| ts(now)), doc(o, &hash).to_string()
         ],
     )?;
+    let Some(number) = inserted.first().map(|r| r.str("number")) else {
+        return Ok(None);
+    };
     insert_lines(db, id, o)?;
     let at = ts(now);
     let mut events: Vec<(String, String, Json)> = vec![(
@@ -275,7 +275,7 @@ pub fn insert_order_with_id(db: &dyn Db, id: &str, o: &NewOrder, now: DateTime<U
     if !o.cancelled {
         enqueue(db, "order.received", Some(id), received_payload(id, &number, o), now)?;
     }
-    Ok(Inserted { id: id.to_string(), number })
+    Ok(Some(Inserted { id: id.to_string(), number }))
 }
 
 fn total_mismatch(o: &NewOrder) -> Option<String> {
@@ -329,10 +329,10 @@ pub fn replace_order(db: &dyn Db, ex: &Existing, o: &NewOrder, now: DateTime<Utc
     insert_lines(db, &ex.id, o)?;
     db.execute(
         "UPDATE orders SET external_number = ?, financial_status = ?, currency = ?, total_minor = ?, customer_email = ?,
-            customer_name = ?, search_text = ?, doc = ?, updated_at = ? WHERE id = ?",
+            customer_name = ?, search_text = lower(number) || ' ' || ?, doc = ?, updated_at = ? WHERE id = ?",
         params![
             o.external_number.clone(), o.financial_status.as_str(), o.currency.code(), totals.total,
-            o.customer.email.as_ref().map(|e| e.to_lowercase()), o.customer.display_name(), search_text(o, &ex.number),
+            o.customer.email.as_ref().map(|e| e.to_lowercase()), o.customer.display_name(), search_text(o, ""),
             doc(o, &hash).to_string(), ts(now), ex.id.clone()
         ],
     )?;

@@ -50,6 +50,12 @@ use spin_bindings::fermyon::spin::sqlite as sqlite2;
 use spin_bindings::fermyon::spin::variables as vars;
 use spin_bindings::spin::sqlite::sqlite as sqlite3;
 
+/// `WAYBILL_HOST_TRACE_SQL=1` prints each statement's time (for profiling the host).
+fn trace_sql() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("WAYBILL_HOST_TRACE_SQL").map(|v| v == "1").unwrap_or(false))
+}
+
 /// Spin refuses more open handles than this per instance (`store-table-full`).
 const MAX_OPEN_HANDLES: usize = 256;
 
@@ -622,11 +628,22 @@ impl HostState {
         params: Vec<SqlValue>,
     ) -> wasmtime::Result<Result<stores::SqlResult, String>> {
         let conn = self.table.get(c)?.conn.clone();
-        Ok(tokio::task::spawn_blocking(move || {
+        let trace = trace_sql();
+        let t0 = Instant::now();
+        let r = tokio::task::spawn_blocking(move || {
+            let t1 = Instant::now();
             let conn = conn.lock().map_err(|_| "connection lock poisoned".to_string())?;
-            stores::execute(&conn, &sql, &params)
+            let r = stores::execute(&conn, &sql, &params);
+            if trace {
+                eprintln!("waybill-host: sql {:>7.3}ms {}", t1.elapsed().as_secs_f64() * 1000.0, sql.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(60).collect::<String>());
+            }
+            r
         })
-        .await?)
+        .await?;
+        if trace {
+            eprintln!("waybill-host: sql call total {:>7.3}ms", t0.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(r)
     }
 
     fn sqlite_drop(&mut self, c: Resource<SqliteConn>) -> wasmtime::Result<()> {
