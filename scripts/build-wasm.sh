@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Builds every Wasm component of the workspace (Waybill's functions and the host's
-# test fixtures) for wasm32-wasip2, as `spin build` does per component.
+# Builds every Wasm component (functions/* and the host's test fixtures) for
+# wasm32-wasip2, as `spin build` does per component.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
-cargo build --target wasm32-wasip2 --release --workspace --exclude waybill-host "$@"
+pkgs=()
+for d in functions/*/; do pkgs+=(-p "$(basename "$d")"); done
+for d in tests/host/fixtures/*/; do pkgs+=(-p "fixture-$(basename "$d")"); done
+cargo build --target wasm32-wasip2 --release "${pkgs[@]}" "$@"
