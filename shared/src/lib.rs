@@ -9,6 +9,7 @@ pub mod http;
 pub mod intake;
 pub mod model;
 pub mod money;
+pub mod notify;
 pub mod orders;
 pub mod schema;
 pub mod signature;

@@ -124,6 +124,102 @@ const MIGRATIONS: &[&[&str]] = &[
             UPDATE counters SET value = value + 1 WHERE name = 'order_number';
          END",
     ],
+    // 3: notifications: deliveries fanned out from the outbox, subscriptions, the
+    // local mailbox and the e-mail templates (data, editable through the API).
+    &[
+        "CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY,
+            outbox_id INTEGER NOT NULL REFERENCES outbox (id),
+            kind TEXT NOT NULL,
+            target TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL,
+            lease_owner TEXT,
+            lease_until TEXT,
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            delivered_at TEXT,
+            dead_at TEXT,
+            UNIQUE (outbox_id, kind, target)
+        )",
+        "CREATE INDEX deliveries_due ON deliveries (state, next_attempt_at)",
+        "CREATE INDEX outbox_pending ON outbox (state, id)",
+        "CREATE TABLE subscriptions (
+            id INTEGER PRIMARY KEY,
+            url TEXT NOT NULL,
+            event_types TEXT NOT NULL,
+            secret TEXT NOT NULL,
+            active INTEGER NOT NULL DEFAULT 1,
+            created_at TEXT NOT NULL
+        )",
+        "CREATE TABLE mailbox (
+            id INTEGER PRIMARY KEY,
+            delivery_id INTEGER NOT NULL UNIQUE,
+            to_address TEXT NOT NULL,
+            from_address TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            text_body TEXT NOT NULL,
+            html_body TEXT NOT NULL,
+            delivered_at TEXT NOT NULL
+        )",
+        "CREATE INDEX mailbox_to ON mailbox (to_address, id)",
+        "CREATE TABLE email_templates (
+            name TEXT PRIMARY KEY,
+            topic TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            text_body TEXT NOT NULL,
+            html_body TEXT NOT NULL,
+            active INTEGER NOT NULL DEFAULT 1,
+            updated_at TEXT NOT NULL DEFAULT ''
+        )",
+        "CREATE INDEX email_templates_topic ON email_templates (topic)",
+        "INSERT INTO email_templates (name, topic, recipient, subject, text_body, html_body) VALUES
+         ('order_confirmation', 'order.received', 'customer',
+          'Your order {{number}} is confirmed',
+          'Hello {{customer_name}},
+
+thank you for your order {{number}}.
+
+{{#lines}}{{quantity}} x {{name}} ({{sku}})
+{{/lines}}
+Total: {{totals.total.amount}} {{totals.total.currency}}
+
+We will let you know when it ships.',
+          '<p>Hello {{customer_name}},</p><p>thank you for your order <strong>{{number}}</strong>.</p><ul>{{#lines}}<li>{{quantity}} &times; {{name}} ({{sku}})</li>{{/lines}}</ul><p>Total: {{totals.total.amount}} {{totals.total.currency}}</p><p>We will let you know when it ships.</p>'),
+         ('shipment_confirmation', 'shipment.created', 'customer',
+          'Your order {{number}} has shipped',
+          'Hello {{customer_name}},
+
+your order {{number}} is on its way with {{carrier}}.
+Tracking number: {{tracking_number}}
+{{tracking_url}}',
+          '<p>Hello {{customer_name}},</p><p>your order <strong>{{number}}</strong> is on its way with {{carrier}}.</p><p>Tracking number: <a href=\"{{tracking_url}}\">{{tracking_number}}</a></p>'),
+         ('download_ready', 'license.assigned', 'customer',
+          'Your download for order {{number}} is ready',
+          'Hello {{customer_name}},
+
+your licence key for {{name}}: {{license_key}}',
+          '<p>Hello {{customer_name}},</p><p>your licence key for {{name}}: <code>{{license_key}}</code></p>'),
+         ('backorder_notice', 'order.backordered', 'customer',
+          'Part of your order {{number}} is on backorder',
+          'Hello {{customer_name}},
+
+the following items of order {{number}} are on backorder and will ship as soon as they arrive:
+{{#lines}}{{quantity}} x {{name}} ({{sku}})
+{{/lines}}',
+          '<p>Hello {{customer_name}},</p><p>the following items of order {{number}} are on backorder and will ship as soon as they arrive:</p><ul>{{#lines}}<li>{{quantity}} &times; {{name}} ({{sku}})</li>{{/lines}}</ul>'),
+         ('low_stock_alert', 'stock.low', 'merchant',
+          'Low stock: {{sku}}',
+          '{{sku}} is low: {{available}} available (threshold {{threshold}}) at {{facility}}.',
+          '<p><strong>{{sku}}</strong> is low: {{available}} available (threshold {{threshold}}) at {{facility}}.</p>'),
+         ('daily_report', 'report.daily', 'management',
+          'Daily fulfillment report {{date}}',
+          'Report for {{date}}: {{orders_received}} orders received, {{orders_shipped}} shipped, revenue {{revenue}}.',
+          '<p>Report for {{date}}: {{orders_received}} orders received, {{orders_shipped}} shipped, revenue {{revenue}}.</p>')",
+    ],
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

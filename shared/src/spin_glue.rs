@@ -50,3 +50,91 @@ pub fn open_writer() -> Result<SpinDb, Error> {
 pub fn variable(name: &str, default: &str) -> String {
     spin_sdk::variables::get(name).unwrap_or_else(|_| default.to_string())
 }
+
+/// Reads an incoming `wasi:http` request (the low-level form, for handlers that
+/// answer early and keep working) into a [`Request`].
+pub async fn incoming(req: spin_sdk::http::IncomingRequest) -> Result<Request, Error> {
+    use spin_sdk::http::Method as M;
+    let method = match req.method() {
+        M::Get => "GET".to_string(),
+        M::Head => "HEAD".to_string(),
+        M::Post => "POST".to_string(),
+        M::Put => "PUT".to_string(),
+        M::Delete => "DELETE".to_string(),
+        M::Connect => "CONNECT".to_string(),
+        M::Options => "OPTIONS".to_string(),
+        M::Trace => "TRACE".to_string(),
+        M::Patch => "PATCH".to_string(),
+        M::Other(m) => m.to_ascii_uppercase(),
+    };
+    let pq = req.path_with_query().unwrap_or_else(|| "/".to_string());
+    let (path, query) = pq.split_once('?').map(|(p, q)| (p.to_string(), q.to_string())).unwrap_or((pq.clone(), String::new()));
+    let headers = req
+        .headers()
+        .entries()
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), String::from_utf8_lossy(&v).into_owned()))
+        .collect();
+    let body = req.into_body().await.map_err(|e| Error::bad_request(format!("cannot read the request body: {e:?}")))?;
+    Ok(Request { method, path, query, headers, body })
+}
+
+/// Sends `r` through a response outparam and finishes the body, so the caller
+/// has the whole answer while this instance may go on working.
+pub fn respond(out: spin_sdk::http::ResponseOutparam, r: Response) {
+    use spin_sdk::http::{Fields, OutgoingBody, OutgoingResponse};
+    let list: Vec<(String, Vec<u8>)> = r.headers.iter().map(|(k, v)| (k.clone(), v.clone().into_bytes())).collect();
+    let headers = Fields::from_list(&list).unwrap_or_else(|_| Fields::new());
+    let resp = OutgoingResponse::new(headers);
+    let _ = resp.set_status_code(r.status);
+    let Ok(body) = resp.body() else { return };
+    out.set(resp);
+    if let Ok(stream) = body.write() {
+        for chunk in r.body.chunks(4096) {
+            if stream.blocking_write_and_flush(chunk).is_err() {
+                break;
+            }
+        }
+        drop(stream);
+    }
+    let _ = OutgoingBody::finish(body, None);
+}
+
+/// Outbound HTTP through Spin (`allowed_outbound_hosts` applies).
+pub struct SpinTransport;
+
+impl crate::notify::Transport for SpinTransport {
+    async fn post(&self, url: &str, headers: &[(String, String)], body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
+        let mut b = spin_sdk::http::Request::builder();
+        b.method(spin_sdk::http::Method::Post).uri(url);
+        for (k, v) in headers {
+            b.header(k.as_str(), v.as_str());
+        }
+        match spin_sdk::http::send::<_, spin_sdk::http::Response>(b.body(body).build()).await {
+            Ok(r) => Ok((*r.status(), r.body().to_vec())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// The notification settings from Spin variables.
+pub fn notify_config() -> crate::notify::Config {
+    let d = crate::notify::Config::default();
+    let provider = match variable("email_provider", "mailbox").as_str() {
+        "postmark" => crate::notify::EmailProvider::Postmark {
+            url: variable("email_api_url", "https://api.postmarkapp.com"),
+            token: variable("email_api_token", ""),
+        },
+        _ => crate::notify::EmailProvider::Mailbox,
+    };
+    crate::notify::Config {
+        provider,
+        from: variable("email_from", &d.from),
+        merchant_email: variable("merchant_email", ""),
+        management_emails: variable("management_emails", "").split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        max_attempts: variable("notify_max_attempts", "8").parse().unwrap_or(d.max_attempts),
+        retry_base: chrono::Duration::milliseconds(variable("notify_retry_base_ms", "10000").parse().unwrap_or(10_000)),
+        lease: d.lease,
+        tokens: crate::http::Tokens::parse(&variable("api_tokens", "")),
+    }
+}

@@ -34,6 +34,15 @@ async fn forward_to_orders(req: &Request) -> Response {
     }
 }
 
+/// Asks notify to deliver what this request put in the outbox. notify answers
+/// 202 before it works; if the call fails, the cron sweep delivers instead.
+async fn kick_notify() {
+    let req = Request::builder().method(Method::Post).uri("http://notify.spin.internal/internal/sweep").body(Vec::new()).build();
+    if let Err(e) = spin_sdk::http::send::<_, Response>(req).await {
+        eprintln!("intake: notify kick failed (the cron sweep will deliver): {e}");
+    }
+}
+
 #[http_component]
 async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     let r = spin_glue::request(&req);
@@ -44,5 +53,8 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         Ok(db) => intake::handle(&db, &config(), &r, chrono::Utc::now()),
         Err(e) => http::Response::problem(&e),
     };
+    if (200..300).contains(&resp.status) {
+        kick_notify().await;
+    }
     Ok(spin_glue::response(resp))
 }

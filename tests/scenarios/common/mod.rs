@@ -20,9 +20,14 @@ pub fn build_components() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut args: Vec<String> = ["build", "--target", "wasm32-wasip2", "--release"].map(String::from).to_vec();
+        for entry in std::fs::read_dir(root().join("functions")).expect("functions/") {
+            let name = entry.expect("dir entry").file_name().to_string_lossy().into_owned();
+            args.extend(["-p".to_string(), name]);
+        }
         let status = std::process::Command::new(cargo)
             .current_dir(root())
-            .args(["build", "--target", "wasm32-wasip2", "--release", "-p", "intake", "-p", "orders"])
+            .args(&args)
             .status()
             .expect("run cargo to build the components");
         assert!(status.success(), "building the components failed");
@@ -31,8 +36,17 @@ pub fn build_components() {
 
 /// Starts Waybill from the repository's spin.toml with test secrets.
 pub async fn start() -> RunningApp {
+    start_with(&[]).await
+}
+
+/// Like [`start`], with extra variables.
+pub async fn start_with(vars: &[(&str, &str)]) -> RunningApp {
     build_components();
-    App::builder(root().join("spin.toml"))
+    let mut b = App::builder(root().join("spin.toml"));
+    for (k, v) in vars {
+        b = b.variable(k, v);
+    }
+    b
         .variable("api_tokens", &format!("write:{WRITE_TOKEN},read:{READ_TOKEN}"))
         .variable("shopify_webhook_secret", WEBHOOK_SECRET)
         .variable("woocommerce_webhook_secret", WEBHOOK_SECRET)
@@ -113,5 +127,77 @@ pub fn count(app: &RunningApp, sql: &str) -> i64 {
     match app.sql("default", sql, &[]).expect("sql").rows.first().and_then(|r| r.first()) {
         Some(waybill_host::SqlValue::Integer(n)) => *n,
         other => panic!("{sql}: {other:?}"),
+    }
+}
+
+/// A local HTTP receiver for outbound calls (webhook consumer, e-mail API):
+/// records every request and answers with the status `status()` returns.
+pub struct Receiver {
+    pub port: u16,
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    pub status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+impl Receiver {
+    /// Listens on `port` (0 for any) and answers `status`.
+    pub async fn start(port: u16, status: u16) -> Receiver {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind receiver");
+        let port = listener.local_addr().unwrap().port();
+        let requests: std::sync::Arc<std::sync::Mutex<Vec<Received>>> = Default::default();
+        let st = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(status));
+        let (reqs, st2) = (requests.clone(), st.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (reqs, st) = (reqs.clone(), st2.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (reqs, st) = (reqs.clone(), st.clone());
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let headers = req.headers().iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+                            reqs.lock().unwrap().push(Received { path, headers, body });
+                            let status = st.load(std::sync::atomic::Ordering::SeqCst);
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/json")
+                                    .body(http_body_util::Full::new(bytes::Bytes::from_static(br#"{"ErrorCode":0,"Message":"OK"}"#)))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        Receiver { port, requests, status: st, task }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn stop(self) {
+        self.task.abort();
     }
 }
