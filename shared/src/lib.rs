@@ -11,6 +11,7 @@ pub mod model;
 pub mod money;
 pub mod notify;
 pub mod orders;
+pub mod report;
 pub mod schema;
 pub mod signature;
 pub mod sources;

@@ -220,6 +220,19 @@ the following items of order {{number}} are on backorder and will ship as soon a
           'Report for {{date}}: {{orders_received}} orders received, {{orders_shipped}} shipped, revenue {{revenue}}.',
           '<p>Report for {{date}}: {{orders_received}} orders received, {{orders_shipped}} shipped, revenue {{revenue}}.</p>')",
     ],
+    // 4: daily reports, and the indexes their aggregation needs.
+    &[
+        "CREATE TABLE daily_reports (
+            date TEXT PRIMARY KEY,
+            timezone TEXT NOT NULL,
+            generated_at TEXT NOT NULL,
+            data TEXT NOT NULL
+        ) WITHOUT ROWID",
+        "CREATE INDEX orders_cancelled_at ON orders (cancelled_at) WHERE cancelled_at IS NOT NULL",
+        "CREATE INDEX order_events_kind_at ON order_events (kind, at)",
+        "CREATE INDEX order_holds_created ON order_holds (created_at)",
+        "CREATE INDEX order_lines_backordered ON order_lines (order_id) WHERE qty_backordered > 0",
+    ],
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -138,3 +138,15 @@ pub fn notify_config() -> crate::notify::Config {
         tokens: crate::http::Tokens::parse(&variable("api_tokens", "")),
     }
 }
+
+/// Writes a value to the `default` key-value store (rebuildable data only).
+pub fn kv_set(key: &str, value: &[u8]) -> Result<(), Error> {
+    let store = spin_sdk::key_value::Store::open_default().map_err(|e| Error::new(ErrorKind::Unavailable, format!("key-value: {e:?}")))?;
+    store.set(key, value).map_err(|e| Error::new(ErrorKind::Unavailable, format!("key-value: {e:?}")))
+}
+
+/// The report settings from Spin variables (`merchant_timezone`, an IANA name).
+pub fn report_config() -> Result<crate::report::Config, Error> {
+    let tz = crate::report::parse_tz(&variable("merchant_timezone", "UTC")).map_err(|e| Error::internal(format!("merchant_timezone: {e}")))?;
+    Ok(crate::report::Config { timezone: tz, tokens: crate::http::Tokens::parse(&variable("api_tokens", "")) })
+}

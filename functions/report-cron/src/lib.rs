@@ -1,0 +1,29 @@
+//! report-cron: (re)generates yesterday's report in the merchant's time zone.
+//! It runs hourly: the first run after midnight creates the report and e-mails
+//! management; later runs replace it with late-arriving data (no second e-mail),
+//! and a missed run catches up at the next hour.
+
+wit_bindgen::generate!({
+    world: "spin-cron",
+    path: "../../wit/cron.wit",
+});
+
+use waybill::{report, spin_glue};
+
+struct ReportCron;
+
+impl Guest for ReportCron {
+    fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
+        let fail = |e: waybill::Error| Error::Other(e.to_string());
+        let cfg = spin_glue::report_config().map_err(fail)?;
+        let db = spin_glue::open_writer().map_err(fail)?;
+        let now = chrono::Utc::now();
+        let date = report::scheduled_date(now, cfg.timezone);
+        let (r, fresh) = report::generate(&db, date, cfg.timezone, now).map_err(fail)?;
+        spin_glue::kv_set("report:latest", r.to_string().as_bytes()).map_err(fail)?;
+        println!("report-cron: report for {date} {}", if fresh { "generated" } else { "replaced" });
+        Ok(())
+    }
+}
+
+export!(ReportCron);

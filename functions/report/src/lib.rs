@@ -1,0 +1,24 @@
+//! report: the daily performance report over HTTP — read (JSON or CSV) and
+//! (re)generate. The work is in `waybill::report`.
+
+use spin_sdk::http::{IntoResponse, Request};
+use spin_sdk::http_component;
+use waybill::{http, report, spin_glue};
+
+#[http_component]
+fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
+    let r = spin_glue::request(&req);
+    let resp = match (spin_glue::report_config(), spin_glue::open_writer()) {
+        (Ok(cfg), Ok(db)) => {
+            let (resp, latest) = report::handle(&db, &cfg, &r, chrono::Utc::now());
+            if let Some(latest) = latest {
+                if let Err(e) = spin_glue::kv_set("report:latest", latest.to_string().as_bytes()) {
+                    eprintln!("report: cannot cache the latest report: {e}");
+                }
+            }
+            resp
+        }
+        (Err(e), _) | (_, Err(e)) => http::Response::problem(&e),
+    };
+    Ok(spin_glue::response(resp))
+}
