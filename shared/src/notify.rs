@@ -160,8 +160,12 @@ pub fn expand(db: &dyn Db, cfg: &Config, now: DateTime<Utc>, limit: i64) -> Resu
         "SELECT id, topic, payload, created_at FROM outbox WHERE state = 'pending' ORDER BY id LIMIT ?",
         params![limit],
     )?;
+    if pending.is_empty() {
+        return Ok(0);
+    }
     let subs = Patient(db).execute("SELECT id, url, event_types FROM subscriptions WHERE active = 1 ORDER BY id", &[])?;
-    let mut expanded = 0;
+    // Render outside the write lock; write every event's deliveries in one transaction.
+    let mut planned: Vec<(i64, Vec<(String, String, Json)>)> = Vec::new();
     for ev in pending.iter() {
         let (id, topic) = (ev.i64("id"), ev.str("topic"));
         let payload: Json = serde_json::from_str(&ev.str("payload")).unwrap_or(Json::Null);
@@ -185,24 +189,29 @@ pub fn expand(db: &dyn Db, cfg: &Config, now: DateTime<Utc>, limit: i64) -> Resu
                 rows.push(("webhook".into(), s.i64("id").to_string(), json!({"url": s.str("url"), "event": env})));
             }
         }
-        let done = transaction(db, |db| {
+        planned.push((id, rows));
+    }
+    transaction(db, |db| {
+        let mut expanded = 0;
+        for (id, rows) in &planned {
             // Another sweep may have expanded it meanwhile; only the first marks it.
-            let n = db.exec("UPDATE outbox SET state = 'expanded' WHERE id = ? AND state = 'pending'", params![id])?;
-            if n == 0 {
-                return Ok::<_, Error>(false);
+            let won = !db
+                .execute("UPDATE outbox SET state = 'expanded' WHERE id = ? AND state = 'pending' RETURNING id", params![*id])?
+                .is_empty();
+            if !won {
+                continue;
             }
-            for (kind, target, body) in &rows {
+            expanded += 1;
+            for (kind, target, body) in rows {
                 db.execute(
                     "INSERT INTO deliveries (outbox_id, kind, target, payload, created_at, next_attempt_at)
                      VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (outbox_id, kind, target) DO NOTHING",
-                    params![id, kind.as_str(), target.as_str(), body.to_string(), ts(now), ts(now)],
+                    params![*id, kind.as_str(), target.as_str(), body.to_string(), ts(now), ts(now)],
                 )?;
             }
-            Ok(true)
-        })?;
-        expanded += done as usize;
-    }
-    Ok(expanded)
+        }
+        Ok::<_, Error>(expanded)
+    })
 }
 
 // ---- claiming and delivering ----
@@ -257,16 +266,8 @@ enum Outcome {
 async fn deliver<T: Transport>(db: &dyn Db, cfg: &Config, t: &T, d: &Claimed, now: DateTime<Utc>) -> Result<Outcome> {
     match d.kind.as_str() {
         "email" => match &cfg.provider {
-            EmailProvider::Mailbox => {
-                Patient(db).execute(
-                    "INSERT INTO mailbox (delivery_id, to_address, from_address, subject, text_body, html_body, delivered_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id) DO NOTHING",
-                    params![d.id, d.payload["to"].as_str().unwrap_or_default(), d.payload["from"].as_str().unwrap_or_default(),
-                        d.payload["subject"].as_str().unwrap_or_default(), d.payload["text"].as_str().unwrap_or_default(),
-                        d.payload["html"].as_str().unwrap_or_default(), ts(now)],
-                )?;
-                Ok(Outcome::Delivered)
-            }
+            // Stored in the mailbox by `record`, in the transaction that marks it delivered.
+            EmailProvider::Mailbox => Ok(Outcome::Delivered),
             EmailProvider::Postmark { url, token } => {
                 let body = json!({
                     "From": d.payload["from"], "To": d.payload["to"], "Subject": d.payload["subject"],
@@ -312,34 +313,50 @@ async fn deliver<T: Transport>(db: &dyn Db, cfg: &Config, t: &T, d: &Claimed, no
     }
 }
 
-fn record(db: &dyn Db, cfg: &Config, d: &Claimed, owner: &str, outcome: Outcome, now: DateTime<Utc>) -> Result<&'static str> {
-    let p = Patient(db);
-    let state = match outcome {
-        Outcome::Delivered => {
-            p.execute(
-                "UPDATE deliveries SET state = 'delivered', delivered_at = ?, lease_until = NULL, last_error = NULL WHERE id = ? AND lease_owner = ?",
-                params![ts(now), d.id, owner],
-            )?;
-            "delivered"
+/// Writes a batch of outcomes in one transaction (one write lock for the batch).
+fn record(db: &dyn Db, cfg: &Config, done: &[(Claimed, Outcome)], owner: &str, now: DateTime<Utc>, rep: &mut SweepReport) -> Result<()> {
+    transaction(db, |db| {
+        for (d, outcome) in done {
+            match outcome {
+                Outcome::Delivered => {
+                    let updated = !db
+                        .execute(
+                            "UPDATE deliveries SET state = 'delivered', delivered_at = ?, lease_until = NULL, last_error = NULL
+                             WHERE id = ? AND lease_owner = ? RETURNING id",
+                            params![ts(now), d.id, owner],
+                        )?
+                        .is_empty();
+                    if updated && d.kind == "email" && cfg.provider == EmailProvider::Mailbox {
+                        db.execute(
+                            "INSERT INTO mailbox (delivery_id, to_address, from_address, subject, text_body, html_body, delivered_at)
+                             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id) DO NOTHING",
+                            params![d.id, d.payload["to"].as_str().unwrap_or_default(), d.payload["from"].as_str().unwrap_or_default(),
+                                d.payload["subject"].as_str().unwrap_or_default(), d.payload["text"].as_str().unwrap_or_default(),
+                                d.payload["html"].as_str().unwrap_or_default(), ts(now)],
+                        )?;
+                    }
+                    rep.delivered += 1;
+                }
+                Outcome::Retry(err) if d.attempts < cfg.max_attempts => {
+                    let seed = (now.timestamp_subsec_nanos() as u64) ^ (d.id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    let next = now + backoff(cfg.retry_base, d.attempts, seed);
+                    db.execute(
+                        "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, lease_until = NULL, last_error = ? WHERE id = ? AND lease_owner = ?",
+                        params![ts(next), err.as_str(), d.id, owner],
+                    )?;
+                    rep.retried += 1;
+                }
+                Outcome::Retry(err) | Outcome::Dead(err) => {
+                    db.execute(
+                        "UPDATE deliveries SET state = 'dead', lease_until = NULL, last_error = ?, dead_at = ? WHERE id = ? AND lease_owner = ?",
+                        params![err.as_str(), ts(now), d.id, owner],
+                    )?;
+                    rep.dead += 1;
+                }
+            }
         }
-        Outcome::Retry(err) if d.attempts < cfg.max_attempts => {
-            let seed = (now.timestamp_subsec_nanos() as u64) ^ (d.id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let next = now + backoff(cfg.retry_base, d.attempts, seed);
-            p.execute(
-                "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, lease_until = NULL, last_error = ? WHERE id = ? AND lease_owner = ?",
-                params![ts(next), err, d.id, owner],
-            )?;
-            "retry"
-        }
-        Outcome::Retry(err) | Outcome::Dead(err) => {
-            p.execute(
-                "UPDATE deliveries SET state = 'dead', lease_until = NULL, last_error = ?, dead_at = ? WHERE id = ? AND lease_owner = ?",
-                params![err, ts(now), d.id, owner],
-            )?;
-            "dead"
-        }
-    };
-    Ok(state)
+        Ok::<_, Error>(())
+    })
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -365,19 +382,79 @@ pub async fn sweep<T: Transport>(db: &dyn Db, cfg: &Config, t: &T, budget: std::
                 break;
             }
         }
-        for d in &batch {
-            let outcome = deliver(db, cfg, t, d, Utc::now()).await?;
-            match record(db, cfg, d, &owner, outcome, Utc::now())? {
-                "delivered" => rep.delivered += 1,
-                "retry" => rep.retried += 1,
-                _ => rep.dead += 1,
-            }
+        let mut done = Vec::with_capacity(batch.len());
+        for d in batch {
+            let outcome = deliver(db, cfg, t, &d, Utc::now()).await?;
+            done.push((d, outcome));
+        }
+        if !done.is_empty() {
+            record(db, cfg, &done, &owner, Utc::now(), &mut rep)?;
         }
         if started.elapsed() >= budget {
             break;
         }
     }
     Ok(rep)
+}
+
+/// Is there anything a sweep could do now? (Reads only.)
+pub fn has_work(db: &dyn Db, now: DateTime<Utc>) -> Result<bool> {
+    Ok(!Patient(db)
+        .execute(
+            "SELECT 1 FROM outbox WHERE state = 'pending'
+             UNION ALL SELECT 1 FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)
+             LIMIT 1",
+            params![ts(now), ts(now)],
+        )?
+        .is_empty())
+}
+
+/// Takes the named lock until `until` unless someone holds it. The common case
+/// under load (held) is a read, so kicks do not queue on the write lock.
+pub fn try_lock(db: &dyn Db, name: &str, owner: &str, now: DateTime<Utc>, until: DateTime<Utc>) -> Result<bool> {
+    let held = Patient(db).execute("SELECT 1 FROM locks WHERE name = ? AND until > ?", params![name, ts(now)])?;
+    if !held.is_empty() {
+        return Ok(false);
+    }
+    let got = Patient(db).execute(
+        "INSERT INTO locks (name, owner, until) VALUES (?, ?, ?)
+         ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until WHERE locks.until <= ?
+         RETURNING owner",
+        params![name, owner, ts(until), ts(now)],
+    )?;
+    Ok(!got.is_empty())
+}
+
+pub fn unlock(db: &dyn Db, name: &str, owner: &str) -> Result<()> {
+    Patient(db).execute("UPDATE locks SET until = '' WHERE name = ? AND owner = ?", params![name, owner])?;
+    Ok(())
+}
+
+/// The chained sweep after a change: at most one at a time across all
+/// instances (a lease in `locks`); a kick that finds one running returns at
+/// once, and the running one re-checks for work before it lets go, so nothing
+/// committed before the kick waits for the cron.
+pub async fn kicked_sweep<T: Transport>(db: &dyn Db, cfg: &Config, t: &T, budget: std::time::Duration) -> Result<SweepReport> {
+    let owner = uuid::Uuid::now_v7().to_string();
+    let mut total = SweepReport::default();
+    let started = std::time::Instant::now();
+    loop {
+        let now = Utc::now();
+        if !try_lock(db, "notify.kick", &owner, now, now + Duration::from_std(budget).unwrap_or(Duration::seconds(30)) + Duration::seconds(30))? {
+            return Ok(total);
+        }
+        let left = budget.saturating_sub(started.elapsed());
+        let rep = sweep(db, cfg, t, left).await;
+        unlock(db, "notify.kick", &owner)?;
+        let rep = rep?;
+        total.expanded += rep.expanded;
+        total.delivered += rep.delivered;
+        total.retried += rep.retried;
+        total.dead += rep.dead;
+        if started.elapsed() >= budget || !has_work(db, Utc::now())? {
+            return Ok(total);
+        }
+    }
 }
 
 // ---- admin and export API ----

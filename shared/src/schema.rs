@@ -233,6 +233,10 @@ the following items of order {{number}} are on backorder and will ship as soon a
         "CREATE INDEX order_holds_created ON order_holds (created_at)",
         "CREATE INDEX order_lines_backordered ON order_lines (order_id) WHERE qty_backordered > 0",
     ],
+    // 5: named leases (one chained notification sweep at a time).
+    &[
+        "CREATE TABLE locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL, until TEXT NOT NULL) WITHOUT ROWID",
+    ],
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;
