@@ -7,6 +7,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod intake;
+pub mod kv;
 pub mod model;
 pub mod money;
 pub mod notify;

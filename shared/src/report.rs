@@ -322,6 +322,14 @@ pub fn generate(db: &dyn Db, date: NaiveDate, tz: Tz, now: DateTime<Utc>) -> Res
     Ok((report, fresh))
 }
 
+/// Keeps the latest report in key-value (`report:latest`); a cache, so a
+/// failure is logged, never fatal.
+pub fn cache_latest(kv: &dyn crate::kv::Kv, report: &Json) {
+    if let Err(e) = kv.set("report:latest", report.to_string().as_bytes()) {
+        eprintln!("report: cannot cache the latest report: {e}");
+    }
+}
+
 /// The business day the scheduled run reports on: yesterday in the merchant's zone.
 pub fn scheduled_date(now: DateTime<Utc>, tz: Tz) -> NaiveDate {
     day_of(now, tz) - Duration::days(1)

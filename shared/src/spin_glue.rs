@@ -139,10 +139,9 @@ pub fn notify_config() -> crate::notify::Config {
     }
 }
 
-/// Writes a value to the `default` key-value store (rebuildable data only).
-pub fn kv_set(key: &str, value: &[u8]) -> Result<(), Error> {
-    let store = spin_sdk::key_value::Store::open_default().map_err(|e| Error::new(ErrorKind::Unavailable, format!("key-value: {e:?}")))?;
-    store.set(key, value).map_err(|e| Error::new(ErrorKind::Unavailable, format!("key-value: {e:?}")))
+/// The `default` key-value store.
+pub fn kv() -> Result<crate::kv::spin::SpinKv, Error> {
+    crate::kv::spin::SpinKv::open("default").map_err(|e| Error::new(ErrorKind::Unavailable, e.0))
 }
 
 /// The report settings from Spin variables (`merchant_timezone`, an IANA name).

@@ -462,3 +462,29 @@ async fn order_list_filters_search_and_cursor_pagination() {
     assert_problem(&send(&app, "GET", "/api/orders/x", &[("authorization", "Bearer wrong-token-1")], Vec::new()).await, 401);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_update_after_release_is_recorded_and_held_not_applied() {
+    let app = start().await;
+    let mut v: Value = serde_json::from_slice(&fixture("shopify/orders-create.json")).unwrap();
+    shopify(&app, "orders/create", "r-1", &serde_json::to_vec(&v).unwrap()).await;
+    // Simulate a release of the first line (the routing component's work).
+    app.sql("default", "UPDATE order_lines SET qty_released = 1 WHERE line_no = 1", &[]).unwrap();
+    v["line_items"][0]["quantity"] = json!(5);
+    let r = shopify(&app, "orders/updated", "r-2", &serde_json::to_vec(&v).unwrap()).await;
+    assert_eq!(r.json["result"], "flagged", "{}", r.json);
+    let o = get(&app, "/api/orders/shopify:450789469").await.json;
+    assert_eq!(o["lines"][0]["quantity"]["ordered"], 1, "not applied");
+    assert_eq!(o["status"], "on_hold");
+    assert_eq!(o["holds"][0]["reason"], "manual_review");
+    let kinds: Vec<String> = get(&app, "/api/orders/shopify:450789469/events").await.json["events"]
+        .as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect();
+    assert!(kinds.contains(&"order.source_update_after_release".to_string()), "{kinds:?}");
+    // A cancellation at the source now cancels only what was not released.
+    let cancel = shopify(&app, "orders/cancelled", "r-3", &serde_json::to_vec(&v).unwrap()).await;
+    assert_eq!(cancel.json["result"], "cancelled");
+    let o = get(&app, "/api/orders/shopify:450789469").await.json;
+    assert_eq!(o["lines"][0]["quantity"]["cancelled"], 0, "the released unit stays");
+    assert_eq!(o["lines"][1]["quantity"]["cancelled"], 1);
+    app.stop().await;
+}

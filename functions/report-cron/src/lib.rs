@@ -20,7 +20,7 @@ impl Guest for ReportCron {
         let now = chrono::Utc::now();
         let date = report::scheduled_date(now, cfg.timezone);
         let (r, fresh) = report::generate(&db, date, cfg.timezone, now).map_err(fail)?;
-        spin_glue::kv_set("report:latest", r.to_string().as_bytes()).map_err(fail)?;
+        report::cache_latest(&spin_glue::kv().map_err(fail)?, &r);
         println!("report-cron: report for {date} {}", if fresh { "generated" } else { "replaced" });
         Ok(())
     }

@@ -12,8 +12,9 @@ fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         (Ok(cfg), Ok(db)) => {
             let (resp, latest) = report::handle(&db, &cfg, &r, chrono::Utc::now());
             if let Some(latest) = latest {
-                if let Err(e) = spin_glue::kv_set("report:latest", latest.to_string().as_bytes()) {
-                    eprintln!("report: cannot cache the latest report: {e}");
+                match spin_glue::kv() {
+                    Ok(kv) => report::cache_latest(&kv, &latest),
+                    Err(e) => eprintln!("report: cannot cache the latest report: {e}"),
                 }
             }
             resp
