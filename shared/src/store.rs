@@ -387,6 +387,19 @@ pub fn cancel_open_units(db: &dyn Db, order_id: &str, reason: &str, now: DateTim
     Ok(stuck)
 }
 
+/// Housekeeping: drops Idempotency-Keys past their retention and webhook
+/// receipts older than `receipt_days` (sources stop retrying long before).
+/// Returns the rows removed.
+pub fn purge_expired(db: &dyn Db, now: DateTime<Utc>, receipt_days: i64) -> Result<u64> {
+    let p = crate::db::Patient(db);
+    let a = p.exec("DELETE FROM idempotency_keys WHERE expires_at <= ?", params![ts(now)])?;
+    let b = p.exec(
+        "DELETE FROM webhook_receipts WHERE received_at < ?",
+        params![ts(now - chrono::Duration::days(receipt_days))],
+    )?;
+    Ok(a + b)
+}
+
 // ---- reading ----
 
 /// Resolves an order key: a UUID, an order number (`WB-100001`) or `source:external_id`.

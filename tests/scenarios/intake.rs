@@ -488,3 +488,18 @@ async fn a_source_update_after_release_is_recorded_and_held_not_applied() {
     assert_eq!(o["lines"][1]["quantity"]["cancelled"], 1);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_idempotency_keys_and_old_receipts_are_purged_hourly() {
+    let app = start().await;
+    shopify(&app, "orders/create", "old-1", &fixture("shopify/orders-create.json")).await;
+    let body = fixture("api/order-jpy.json");
+    post_api(&app, "/api/orders", &[("content-type", "application/json"), ("idempotency-key", "k-old")], body).await;
+    app.sql("default", "UPDATE idempotency_keys SET expires_at = '2000-01-01T00:00:00.000000Z'", &[]).unwrap();
+    app.sql("default", "UPDATE webhook_receipts SET received_at = '2000-01-01T00:00:00.000000Z'", &[]).unwrap();
+    app.fire_cron("report-cron").await.unwrap();
+    assert_eq!(count(&app, "SELECT count(*) FROM idempotency_keys"), 0);
+    assert_eq!(count(&app, "SELECT count(*) FROM webhook_receipts"), 0);
+    assert_eq!(count(&app, "SELECT count(*) FROM orders"), 2, "orders are never purged");
+    app.stop().await;
+}
