@@ -250,11 +250,13 @@ pub struct Totals {
 
 impl Totals {
     pub fn compute(lines: &[NewLine], shipping: &[ShippingLine], taxes_included: bool) -> Totals {
-        let subtotal: i64 = lines.iter().map(|l| l.subtotal).sum();
-        let discount: i64 = lines.iter().map(|l| l.discount).sum::<i64>() + shipping.iter().map(|s| s.discount).sum::<i64>();
-        let ship: i64 = shipping.iter().map(|s| s.price).sum();
-        let tax: i64 = lines.iter().map(|l| l.tax).sum::<i64>() + shipping.iter().map(|s| s.tax).sum::<i64>();
-        let total = subtotal - discount + ship + if taxes_included { 0 } else { tax };
+        // Saturating: validation bounds every amount, but totals are computed before it runs.
+        let sum = |it: &mut dyn Iterator<Item = i64>| it.fold(0i64, |a, b| a.saturating_add(b));
+        let subtotal = sum(&mut lines.iter().map(|l| l.subtotal));
+        let discount = sum(&mut lines.iter().map(|l| l.discount)).saturating_add(sum(&mut shipping.iter().map(|s| s.discount)));
+        let ship = sum(&mut shipping.iter().map(|s| s.price));
+        let tax = sum(&mut lines.iter().map(|l| l.tax)).saturating_add(sum(&mut shipping.iter().map(|s| s.tax)));
+        let total = subtotal.saturating_sub(discount).saturating_add(ship).saturating_add(if taxes_included { 0 } else { tax });
         Totals { subtotal, discount, shipping: ship, tax, total }
     }
 
@@ -270,7 +272,12 @@ impl Totals {
 }
 
 pub const MAX_LINES: usize = 1000;
+pub const MAX_SHIPPING_LINES: usize = 100;
 pub const MAX_QUANTITY: i64 = 1_000_000;
+/// The largest amount any one line or shipping line may carry, in minor units
+/// (10^15: ten trillion in a 2-decimal currency). With the line limits, no
+/// order total can overflow.
+pub const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
 
 fn is_plausible_email(e: &str) -> bool {
     let Some((local, domain)) = e.split_once('@') else { return false };
@@ -300,6 +307,14 @@ impl NewOrder {
         }
         if self.lines.len() > MAX_LINES {
             e("/lines", &format!("at most {MAX_LINES} lines per order"));
+        }
+        if self.shipping_lines.len() > MAX_SHIPPING_LINES {
+            e("/shipping_lines", &format!("at most {MAX_SHIPPING_LINES} shipping lines per order"));
+        }
+        if let Some(t) = self.source_total {
+            if !(0..=MAX_AMOUNT).contains(&t) {
+                e("/total", "is out of range");
+            }
         }
         if let Some(email) = &self.customer.email {
             if !is_plausible_email(email) {
@@ -340,9 +355,15 @@ impl NewOrder {
             if l.tax < 0 {
                 e(&format!("{p}/tax"), "must not be negative");
             }
+            if l.unit_price > MAX_AMOUNT || l.subtotal > MAX_AMOUNT || l.tax > MAX_AMOUNT {
+                e(&format!("{p}/unit_price"), "is out of range");
+            }
         }
         for (i, s) in self.shipping_lines.iter().enumerate() {
             let p = format!("/shipping_lines/{i}");
+            if s.price > MAX_AMOUNT || s.tax > MAX_AMOUNT {
+                e(&format!("{p}/price"), "is out of range");
+            }
             if s.price < 0 || s.tax < 0 || s.discount < 0 || s.discount > s.price {
                 e(&format!("{p}/price"), "amounts must not be negative and the discount at most the price");
             }
@@ -510,6 +531,25 @@ mod tests {
         p.cancelled = 1;
         p.shipped = 2;
         assert_eq!(derive_status(&[p], 0, false), OrderStatus::Completed);
+    }
+
+    #[test]
+    fn huge_amounts_are_rejected_not_overflowed() {
+        let line = |p: i64| NewLine {
+            external_id: None, sku: "A".into(), name: "A".into(), quantity: 1_000_000, unit_price: p,
+            subtotal: p.saturating_mul(1_000_000), discount: 0, tax: 0, requires_shipping: false,
+        };
+        let lines = vec![line(i64::MAX / 2), line(i64::MAX / 2)];
+        assert_eq!(Totals::compute(&lines, &[], false).total, i64::MAX, "saturates instead of wrapping");
+        let o = NewOrder {
+            source: Source::Api, external_id: "x".into(), external_number: None, channel: "api".into(),
+            currency: crate::money::Currency::from_code("EUR").unwrap(), placed_at: chrono::Utc::now(),
+            customer: Customer::default(), shipping_address: None, billing_address: None, lines,
+            shipping_lines: Vec::new(), taxes_included: false, financial_status: FinancialStatus::Pending,
+            payment: Payment::default(), holds: Vec::new(), note: None, tags: Vec::new(), source_total: None, cancelled: false,
+        };
+        let errs = o.validate("");
+        assert!(errs.iter().any(|e| e.pointer == "/lines/0/unit_price" && e.detail == "is out of range"), "{errs:?}");
     }
 
     #[test]

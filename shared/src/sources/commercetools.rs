@@ -49,15 +49,22 @@ fn money(r: &mut Reader, v: Option<&Value>, pointer: &str, currency: Option<Curr
             r.err(format!("{pointer}/currencyCode"), format!("'{code}' differs from the order currency {c}"));
             return 0;
         }
-        let digits = m.get("fractionDigits").and_then(Value::as_u64).unwrap_or(c.exponent() as u64) as i64;
-        let exp = c.exponent() as i64;
-        if digits == exp {
-            return cent;
+        let digits = m.get("fractionDigits").and_then(Value::as_u64).unwrap_or(c.exponent() as u64);
+        if digits > 18 {
+            r.err(format!("{pointer}/fractionDigits"), "must be at most 18");
+            return 0;
         }
-        if digits < exp {
-            return cent * 10i64.pow((exp - digits) as u32);
+        let (digits, exp) = (digits as u32, c.exponent() as u32);
+        if digits <= exp {
+            return match cent.checked_mul(10i64.pow(exp - digits)) {
+                Some(v) => v,
+                None => {
+                    r.err(format!("{pointer}/centAmount"), "is out of range");
+                    0
+                }
+            };
         }
-        let div = 10i64.pow((digits - exp) as u32);
+        let div = 10i64.pow(digits - exp);
         if cent % div != 0 {
             r.err(pointer.to_string(), format!("{cent} at {digits} digits is not a whole amount in {c}"));
             return 0;
