@@ -20,3 +20,5 @@ echo "|---|---|---|---|---|---|"
 for c in 1 16 64; do
   run_wrk hello "$c" "http://127.0.0.1:$port/hello"
 done
+echo
+echo "host memory after the run: $(awk '/^VmHWM|^VmRSS/ {printf "%s %.1f MiB  ", $1, $2/1024}' /proc/$HOST_PID/status)"

@@ -37,6 +37,8 @@ for c in 16 64; do
   target/release/bench-load "127.0.0.1:$port" shopify "$c" "$DUR"
   target/release/bench-load - "raw-sqlite:$state" "$c" "$DUR"
 done
+mem=$(awk '/^VmHWM|^VmRSS/ {printf "%s %.1f MiB  ", $1, $2/1024}' /proc/$pid/status)
 orders=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from orders').fetchone()[0])" "$state/sqlite_db.db")
 echo
 echo "durable orders after the run: $orders (every 2xx above is one order)"
+echo "host memory after the run: $mem"
