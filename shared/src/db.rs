@@ -76,7 +76,9 @@ impl<'a> Row<'a> {
         self.columns.iter().position(|c| c == col)
     }
     pub fn value(&self, col: &str) -> &Value {
-        self.idx(col).map(|i| &self.values[i]).unwrap_or(&Value::Null)
+        self.idx(col)
+            .map(|i| &self.values[i])
+            .unwrap_or(&Value::Null)
     }
     pub fn i64(&self, col: &str) -> i64 {
         match self.value(col) {
@@ -108,7 +110,10 @@ impl<'a> Row<'a> {
 
 impl Rows {
     pub fn iter(&self) -> impl Iterator<Item = Row<'_>> {
-        self.rows.iter().map(|r| Row { columns: &self.columns, values: r })
+        self.rows.iter().map(|r| Row {
+            columns: &self.columns,
+            values: r,
+        })
     }
     pub fn first(&self) -> Option<Row<'_>> {
         self.iter().next()
@@ -208,7 +213,10 @@ impl Db for Patient<'_> {
 
 /// Runs `f` inside `BEGIN IMMEDIATE ... COMMIT`; rolls back if `f` or COMMIT fails.
 /// Taking the write lock up front means no statement inside can meet SQLITE_BUSY.
-pub fn transaction<T, E: From<DbError>>(db: &dyn Db, f: impl FnOnce(&dyn Db) -> Result<T, E>) -> Result<T, E> {
+pub fn transaction<T, E: From<DbError>>(
+    db: &dyn Db,
+    f: impl FnOnce(&dyn Db) -> Result<T, E>,
+) -> Result<T, E> {
     retry_busy(|| db.execute("BEGIN IMMEDIATE", &[]))?;
     match f(db) {
         Ok(v) => match db.execute("COMMIT", &[]) {
@@ -240,7 +248,9 @@ pub mod native {
             Ok(NativeDb { conn })
         }
         pub fn memory() -> NativeDb {
-            NativeDb { conn: rusqlite::Connection::open_in_memory().expect("in-memory sqlite") }
+            NativeDb {
+                conn: rusqlite::Connection::open_in_memory().expect("in-memory sqlite"),
+            }
         }
     }
 
@@ -265,7 +275,9 @@ pub mod native {
             let columns: Vec<String> = st.column_names().iter().map(|s| s.to_string()).collect();
             let n = columns.len();
             let mut out = Vec::new();
-            let mut rows = st.query(rusqlite::params_from_iter(params.iter().map(P))).map_err(err)?;
+            let mut rows = st
+                .query(rusqlite::params_from_iter(params.iter().map(P)))
+                .map_err(err)?;
             while let Some(r) = rows.next().map_err(err)? {
                 let mut vals = Vec::with_capacity(n);
                 for i in 0..n {
@@ -323,10 +335,12 @@ pub mod spin {
     impl Db for SpinDb {
         fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
             let p: Vec<sq::Value> = params.iter().map(to_sq).collect();
-            let r = self.conn.execute(sql, &p).map_err(|e| DbError(match e {
-                sq::Error::Io(m) => m,
-                other => format!("{other:?}"),
-            }))?;
+            let r = self.conn.execute(sql, &p).map_err(|e| {
+                DbError(match e {
+                    sq::Error::Io(m) => m,
+                    other => format!("{other:?}"),
+                })
+            })?;
             Ok(Rows {
                 columns: r.columns,
                 rows: r

@@ -16,7 +16,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(pointer: impl Into<String>, detail: impl Into<String>) -> FieldError {
-        FieldError { pointer: pointer.into(), detail: detail.into() }
+        FieldError {
+            pointer: pointer.into(),
+            detail: detail.into(),
+        }
     }
 }
 
@@ -97,7 +100,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Error {
-        Error { kind, detail: detail.into(), errors: Vec::new() }
+        Error {
+            kind,
+            detail: detail.into(),
+            errors: Vec::new(),
+        }
     }
     pub fn bad_request(d: impl Into<String>) -> Error {
         Self::new(ErrorKind::BadRequest, d)
@@ -125,7 +132,11 @@ impl Error {
             [one] => format!("{}: {}", one.pointer, one.detail),
             many => format!("{} fields are invalid", many.len()),
         };
-        Error { kind: ErrorKind::Unprocessable, detail, errors }
+        Error {
+            kind: ErrorKind::Unprocessable,
+            detail,
+            errors,
+        }
     }
 
     pub fn status(&self) -> u16 {

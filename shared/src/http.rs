@@ -20,8 +20,15 @@ pub struct Request {
 
 impl Request {
     pub fn new(method: &str, path_and_query: &str) -> Request {
-        let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
-        Request { method: method.to_string(), path: path.to_string(), query: query.to_string(), ..Default::default() }
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
+        Request {
+            method: method.to_string(),
+            path: path.to_string(),
+            query: query.to_string(),
+            ..Default::default()
+        }
     }
 
     pub fn with_header(mut self, k: &str, v: &str) -> Request {
@@ -36,7 +43,10 @@ impl Request {
 
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The decoded query parameter (the last one wins).
@@ -48,12 +58,17 @@ impl Request {
     }
 
     pub fn query_pairs(&self) -> Vec<(String, String)> {
-        form_urlencoded::parse(self.query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+        form_urlencoded::parse(self.query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
     }
 
     /// 413 when the body (or its declared length) exceeds `MAX_BODY`.
     pub fn check_size(&self) -> Result<(), Error> {
-        let declared = self.header("content-length").and_then(|l| l.trim().parse::<usize>().ok()).unwrap_or(0);
+        let declared = self
+            .header("content-length")
+            .and_then(|l| l.trim().parse::<usize>().ok())
+            .unwrap_or(0);
         if self.body.len() > MAX_BODY || declared > MAX_BODY {
             return Err(Error::new(
                 crate::error::ErrorKind::PayloadTooLarge,
@@ -64,7 +79,13 @@ impl Request {
     }
 
     pub fn content_type(&self) -> String {
-        self.header("content-type").unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+        self.header("content-type")
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
     }
 }
 
@@ -91,7 +112,8 @@ impl Response {
             body: serde_json::to_vec(&e.problem()).unwrap_or_default(),
         };
         if e.status() == 401 {
-            r.headers.push(("www-authenticate".into(), "Bearer realm=\"waybill\"".into()));
+            r.headers
+                .push(("www-authenticate".into(), "Bearer realm=\"waybill\"".into()));
         }
         if e.status() == 503 {
             r.headers.push(("retry-after".into(), "1".into()));
@@ -105,7 +127,10 @@ impl Response {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn json_body(&self) -> serde_json::Value {
@@ -151,11 +176,17 @@ impl Tokens {
     /// Checks `Authorization: Bearer <token>` for `need`; 401 without a valid token, 403 for too little scope.
     pub fn authorize(&self, req: &Request, need: Scope) -> Result<(), Error> {
         let Some(auth) = req.header("authorization") else {
-            return Err(Error::unauthorized("an `Authorization: Bearer <token>` header is required"));
+            return Err(Error::unauthorized(
+                "an `Authorization: Bearer <token>` header is required",
+            ));
         };
         let token = match auth.split_once(' ') {
             Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
-            _ => return Err(Error::unauthorized("the Authorization header must use the Bearer scheme")),
+            _ => {
+                return Err(Error::unauthorized(
+                    "the Authorization header must use the Bearer scheme",
+                ))
+            }
         };
         let mut best: Option<Scope> = None;
         for (scope, t) in &self.0 {
@@ -178,15 +209,44 @@ mod tests {
     #[test]
     fn tokens_and_scopes() {
         let t = Tokens::parse("write:w-token-123, read:r-token-456, bogus:x, read:short");
-        let req = |tok: &str| Request::new("GET", "/").with_header("Authorization", &format!("Bearer {tok}"));
+        let req = |tok: &str| {
+            Request::new("GET", "/").with_header("Authorization", &format!("Bearer {tok}"))
+        };
         assert!(t.authorize(&req("w-token-123"), Scope::Write).is_ok());
         assert!(t.authorize(&req("w-token-123"), Scope::Read).is_ok());
         assert!(t.authorize(&req("r-token-456"), Scope::Read).is_ok());
-        assert_eq!(t.authorize(&req("r-token-456"), Scope::Write).unwrap_err().status(), 403);
-        assert_eq!(t.authorize(&req("nope-nope-nope"), Scope::Read).unwrap_err().status(), 401);
-        assert_eq!(t.authorize(&req("short"), Scope::Read).unwrap_err().status(), 401, "tokens under 8 characters are ignored");
-        assert_eq!(t.authorize(&Request::new("GET", "/"), Scope::Read).unwrap_err().status(), 401);
-        assert_eq!(Tokens::parse("").authorize(&req("w-token-123"), Scope::Read).unwrap_err().status(), 401);
+        assert_eq!(
+            t.authorize(&req("r-token-456"), Scope::Write)
+                .unwrap_err()
+                .status(),
+            403
+        );
+        assert_eq!(
+            t.authorize(&req("nope-nope-nope"), Scope::Read)
+                .unwrap_err()
+                .status(),
+            401
+        );
+        assert_eq!(
+            t.authorize(&req("short"), Scope::Read)
+                .unwrap_err()
+                .status(),
+            401,
+            "tokens under 8 characters are ignored"
+        );
+        assert_eq!(
+            t.authorize(&Request::new("GET", "/"), Scope::Read)
+                .unwrap_err()
+                .status(),
+            401
+        );
+        assert_eq!(
+            Tokens::parse("")
+                .authorize(&req("w-token-123"), Scope::Read)
+                .unwrap_err()
+                .status(),
+            401
+        );
     }
 
     #[test]

@@ -47,28 +47,45 @@ pub fn handle(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> R
             ("POST", "/webhooks/commercetools") => commercetools_webhook(db, cfg, req, now),
             ("POST", "/api/orders") => api_create(db, cfg, req, now),
             ("POST", "/api/orders/batch") => api_batch(db, cfg, req, now),
-            (_, "/webhooks/shopify" | "/webhooks/woocommerce" | "/webhooks/commercetools" | "/api/orders/batch") => {
-                Err(Error::new(crate::error::ErrorKind::MethodNotAllowed, format!("{} is not allowed here; use POST", req.method)))
-            }
-            _ => Err(Error::not_found(format!("no intake endpoint at {}", req.path))),
+            (
+                _,
+                "/webhooks/shopify"
+                | "/webhooks/woocommerce"
+                | "/webhooks/commercetools"
+                | "/api/orders/batch",
+            ) => Err(Error::new(
+                crate::error::ErrorKind::MethodNotAllowed,
+                format!("{} is not allowed here; use POST", req.method),
+            )),
+            _ => Err(Error::not_found(format!(
+                "no intake endpoint at {}",
+                req.path
+            ))),
         }
     })();
     r.into()
 }
 
 fn require_header<'a>(req: &'a Request, name: &str) -> Result<&'a str> {
-    req.header(name).ok_or_else(|| Error::bad_request(format!("the {name} header is required")))
+    req.header(name)
+        .ok_or_else(|| Error::bad_request(format!("the {name} header is required")))
 }
 
 fn verify_hmac_header(req: &Request, header: &str, secret: &str, platform: &str) -> Result<()> {
     if secret.is_empty() {
-        return Err(Error::unauthorized(format!("{platform} webhooks are not configured (no secret set)")));
+        return Err(Error::unauthorized(format!(
+            "{platform} webhooks are not configured (no secret set)"
+        )));
     }
     let Some(sig) = req.header(header) else {
-        return Err(Error::unauthorized(format!("the {header} signature header is missing")));
+        return Err(Error::unauthorized(format!(
+            "the {header} signature header is missing"
+        )));
     };
     if !signature::verify_base64(secret.as_bytes(), &req.body, sig) {
-        return Err(Error::unauthorized(format!("the {header} signature does not match the body")));
+        return Err(Error::unauthorized(format!(
+            "the {header} signature does not match the body"
+        )));
     }
     Ok(())
 }
@@ -76,7 +93,14 @@ fn verify_hmac_header(req: &Request, header: &str, secret: &str, platform: &str)
 /// Records a delivery id with the id its order will most likely get; false when
 /// the delivery was seen before (a redelivery). One statement: RETURNING yields
 /// no row when the receipt already exists.
-fn first_delivery(db: &dyn Db, source: Source, delivery_id: &str, topic: &str, order_id: &str, now: DateTime<Utc>) -> Result<bool> {
+fn first_delivery(
+    db: &dyn Db,
+    source: Source,
+    delivery_id: &str,
+    topic: &str,
+    order_id: &str,
+    now: DateTime<Utc>,
+) -> Result<bool> {
     let r = db.execute(
         "INSERT INTO webhook_receipts (source, delivery_id, topic, received_at, order_id) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT DO NOTHING RETURNING 1 AS inserted",
@@ -85,7 +109,12 @@ fn first_delivery(db: &dyn Db, source: Source, delivery_id: &str, topic: &str, o
     Ok(!r.is_empty())
 }
 
-fn mark_delivery(db: &dyn Db, source: Source, delivery_id: &str, order_id: Option<&str>) -> Result<()> {
+fn mark_delivery(
+    db: &dyn Db,
+    source: Source,
+    delivery_id: &str,
+    order_id: Option<&str>,
+) -> Result<()> {
     db.execute(
         "UPDATE webhook_receipts SET order_id = ? WHERE source = ? AND delivery_id = ?",
         params![order_id, source.as_str(), delivery_id],
@@ -101,11 +130,22 @@ fn outcome(status: &str, id: &str, number: &str) -> Json {
 enum Action {
     Create(NewOrder),
     Update(NewOrder),
-    Cancel { external_id: String, reason: String, order: Option<NewOrder> },
+    Cancel {
+        external_id: String,
+        reason: String,
+        order: Option<NewOrder>,
+    },
 }
 
 /// Applies one delivery in one transaction. Returns the JSON answer.
-fn apply(db: &dyn Db, source: Source, delivery_id: Option<&str>, topic: &str, action: Action, now: DateTime<Utc>) -> Result<Json> {
+fn apply(
+    db: &dyn Db,
+    source: Source,
+    delivery_id: Option<&str>,
+    topic: &str,
+    action: Action,
+    now: DateTime<Utc>,
+) -> Result<Json> {
     let actor = store::actor_for(source);
     let new_id = uuid::Uuid::now_v7().to_string();
     // Fast path before taking the write lock: a known order needs no write
@@ -139,14 +179,27 @@ fn apply(db: &dyn Db, source: Source, delivery_id: Option<&str>, topic: &str, ac
                     store::cancel_open_units(db, &ex.id, "cancelled at the source", now, &actor)?;
                     outcome("cancelled", &ex.id, &ex.number)
                 }
-                Some(ex) if ex.source_hash == store::source_hash(&o) => outcome("unchanged", &ex.id, &ex.number),
+                Some(ex) if ex.source_hash == store::source_hash(&o) => {
+                    outcome("unchanged", &ex.id, &ex.number)
+                }
                 Some(ex) if ex.released_units > 0 => {
                     store::record_event(
-                        db, &ex.id, now, &actor, "order.source_update_after_release",
+                        db,
+                        &ex.id,
+                        now,
+                        &actor,
+                        "order.source_update_after_release",
                         "The source changed the order after release; not applied",
                         json!({"released_units": ex.released_units}),
                     )?;
-                    store::add_hold(db, &ex.id, crate::model::HoldReason::ManualReview, "the source changed the order after release", now, &actor)?;
+                    store::add_hold(
+                        db,
+                        &ex.id,
+                        crate::model::HoldReason::ManualReview,
+                        "the source changed the order after release",
+                        now,
+                        &actor,
+                    )?;
                     store::refresh_status(db, &ex.id, now)?;
                     outcome("flagged", &ex.id, &ex.number)
                 }
@@ -155,7 +208,11 @@ fn apply(db: &dyn Db, source: Source, delivery_id: Option<&str>, topic: &str, ac
                     outcome("updated", &ex.id, &ex.number)
                 }
             },
-            Action::Cancel { external_id, reason, order } => match store::find_by_source(db, source, &external_id)? {
+            Action::Cancel {
+                external_id,
+                reason,
+                order,
+            } => match store::find_by_source(db, source, &external_id)? {
                 Some(ex) => {
                     store::cancel_open_units(db, &ex.id, &reason, now, &actor)?;
                     outcome("cancelled", &ex.id, &ex.number)
@@ -186,29 +243,58 @@ fn apply(db: &dyn Db, source: Source, delivery_id: Option<&str>, topic: &str, ac
 
 // ---- Shopify ----
 
-fn shopify_webhook(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> Result<Response> {
+fn shopify_webhook(
+    db: &dyn Db,
+    cfg: &Config,
+    req: &Request,
+    now: DateTime<Utc>,
+) -> Result<Response> {
     verify_hmac_header(req, "x-shopify-hmac-sha256", &cfg.shopify_secret, "Shopify")?;
     let topic = require_header(req, "x-shopify-topic")?.to_string();
-    let delivery = req.header("x-shopify-event-id").or_else(|| req.header("x-shopify-webhook-id")).map(str::to_string);
-    if !matches!(topic.as_str(), "orders/create" | "orders/updated" | "orders/cancelled" | "orders/paid" | "orders/edited") {
-        return Ok(Response::json(200, &json!({"result": "ignored", "topic": topic})));
+    let delivery = req
+        .header("x-shopify-event-id")
+        .or_else(|| req.header("x-shopify-webhook-id"))
+        .map(str::to_string);
+    if !matches!(
+        topic.as_str(),
+        "orders/create" | "orders/updated" | "orders/cancelled" | "orders/paid" | "orders/edited"
+    ) {
+        return Ok(Response::json(
+            200,
+            &json!({"result": "ignored", "topic": topic}),
+        ));
     }
     let v = sources::parse_json(&req.body)?;
     if topic == "orders/edited" {
         // The order_edit payload is not an order; the orders/updated that follows carries the result.
-        return Ok(Response::json(200, &json!({"result": "ignored", "topic": topic})));
+        return Ok(Response::json(
+            200,
+            &json!({"result": "ignored", "topic": topic}),
+        ));
     }
     let order = shopify::map_order(&v, now)?;
     let action = match topic.as_str() {
         "orders/create" => Action::Create(order),
         "orders/cancelled" => Action::Cancel {
             external_id: order.external_id.clone(),
-            reason: format!("cancelled in Shopify ({})", v.get("cancel_reason").and_then(Json::as_str).unwrap_or("no reason given")),
+            reason: format!(
+                "cancelled in Shopify ({})",
+                v.get("cancel_reason")
+                    .and_then(Json::as_str)
+                    .unwrap_or("no reason given")
+            ),
             order: Some(order),
         },
         _ => Action::Update(order),
     };
-    let answer = apply(db, Source::Shopify, delivery.as_deref(), &topic, action, now)?;
+    let answer = apply(
+        db,
+        Source::Shopify,
+        delivery.as_deref(),
+        &topic,
+        action,
+        now,
+    )?;
     Ok(Response::json(200, &answer))
 }
 
@@ -216,15 +302,27 @@ fn shopify_webhook(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>)
 
 fn is_woo_ping(req: &Request) -> bool {
     let body = String::from_utf8_lossy(&req.body);
-    body.strip_prefix("webhook_id=").map(|id| !id.is_empty() && id.trim().chars().all(|c| c.is_ascii_digit())).unwrap_or(false)
+    body.strip_prefix("webhook_id=")
+        .map(|id| !id.is_empty() && id.trim().chars().all(|c| c.is_ascii_digit()))
+        .unwrap_or(false)
 }
 
-fn woocommerce_webhook(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> Result<Response> {
+fn woocommerce_webhook(
+    db: &dyn Db,
+    cfg: &Config,
+    req: &Request,
+    now: DateTime<Utc>,
+) -> Result<Response> {
     // WooCommerce confirms a new webhook with a form-encoded `webhook_id=N` ping.
     if is_woo_ping(req) {
         return Ok(Response::json(200, &json!({"result": "pong"})));
     }
-    verify_hmac_header(req, "x-wc-webhook-signature", &cfg.woocommerce_secret, "WooCommerce")?;
+    verify_hmac_header(
+        req,
+        "x-wc-webhook-signature",
+        &cfg.woocommerce_secret,
+        "WooCommerce",
+    )?;
     let topic = require_header(req, "x-wc-webhook-topic")?.to_string();
     let delivery = req.header("x-wc-webhook-delivery-id").map(str::to_string);
     let v = sources::parse_json(&req.body)?;
@@ -235,13 +333,34 @@ fn woocommerce_webhook(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<U
             let id = match v.get("id") {
                 Some(Json::Number(n)) => n.to_string(),
                 Some(Json::String(s)) if !s.is_empty() => s.clone(),
-                _ => return Err(Error::invalid(vec![crate::error::FieldError::new("/id", "is required")])),
+                _ => {
+                    return Err(Error::invalid(vec![crate::error::FieldError::new(
+                        "/id",
+                        "is required",
+                    )]))
+                }
             };
-            Action::Cancel { external_id: id, reason: "deleted in WooCommerce".into(), order: None }
+            Action::Cancel {
+                external_id: id,
+                reason: "deleted in WooCommerce".into(),
+                order: None,
+            }
         }
-        _ => return Ok(Response::json(200, &json!({"result": "ignored", "topic": topic}))),
+        _ => {
+            return Ok(Response::json(
+                200,
+                &json!({"result": "ignored", "topic": topic}),
+            ))
+        }
     };
-    let answer = apply(db, Source::Woocommerce, delivery.as_deref(), &topic, action, now)?;
+    let answer = apply(
+        db,
+        Source::Woocommerce,
+        delivery.as_deref(),
+        &topic,
+        action,
+        now,
+    )?;
     Ok(Response::json(200, &answer))
 }
 
@@ -251,41 +370,80 @@ fn woocommerce_webhook(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<U
 /// (`message.data`, base64) or an AWS EventBridge event (`detail`).
 fn unwrap_envelope(v: Json) -> Result<Json> {
     use base64::Engine as _;
-    if let Some(data) = v.get("message").and_then(|m| m.get("data")).and_then(Json::as_str) {
+    if let Some(data) = v
+        .get("message")
+        .and_then(|m| m.get("data"))
+        .and_then(Json::as_str)
+    {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(data)
             .map_err(|_| Error::bad_request("message.data is not base64"))?;
         return sources::parse_json(&bytes);
     }
-    if let Some(detail) = v.get("detail").filter(|d| d.get("notificationType").is_some() || d.get("type").is_some()) {
+    if let Some(detail) = v
+        .get("detail")
+        .filter(|d| d.get("notificationType").is_some() || d.get("type").is_some())
+    {
         return Ok(detail.clone());
     }
     Ok(v)
 }
 
-fn commercetools_webhook(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> Result<Response> {
+fn commercetools_webhook(
+    db: &dyn Db,
+    cfg: &Config,
+    req: &Request,
+    now: DateTime<Utc>,
+) -> Result<Response> {
     if cfg.commercetools_secret.is_empty() {
-        return Err(Error::unauthorized("commercetools delivery is not configured (no secret set)"));
+        return Err(Error::unauthorized(
+            "commercetools delivery is not configured (no secret set)",
+        ));
     }
     let given = req
         .header("x-waybill-secret")
         .map(str::to_string)
-        .or_else(|| req.header("authorization").and_then(|a| a.strip_prefix("Bearer ").map(str::to_string)));
+        .or_else(|| {
+            req.header("authorization")
+                .and_then(|a| a.strip_prefix("Bearer ").map(str::to_string))
+        });
     match given {
-        Some(g) if signature::constant_time_eq(g.trim().as_bytes(), cfg.commercetools_secret.as_bytes()) => {}
+        Some(g)
+            if signature::constant_time_eq(
+                g.trim().as_bytes(),
+                cfg.commercetools_secret.as_bytes(),
+            ) => {}
         Some(_) => return Err(Error::unauthorized("the shared secret does not match")),
-        None => return Err(Error::unauthorized("the X-Waybill-Secret header (or Authorization: Bearer) is missing")),
+        None => {
+            return Err(Error::unauthorized(
+                "the X-Waybill-Secret header (or Authorization: Bearer) is missing",
+            ))
+        }
     }
     let v = unwrap_envelope(sources::parse_json(&req.body)?)?;
     let msg = commercetools::message(&v)?;
     let action = match msg.kind.as_str() {
         "OrderCreated" | "OrderImported" => {
-            let o = msg.order.ok_or_else(|| Error::invalid(vec![crate::error::FieldError::new("/order", "is required")]))?;
+            let o = msg.order.ok_or_else(|| {
+                Error::invalid(vec![crate::error::FieldError::new("/order", "is required")])
+            })?;
             Action::Create(commercetools::map_order(&o, now)?)
         }
-        _ => return Ok(Response::json(200, &json!({"result": "ignored", "type": msg.kind}))),
+        _ => {
+            return Ok(Response::json(
+                200,
+                &json!({"result": "ignored", "type": msg.kind}),
+            ))
+        }
     };
-    let answer = apply(db, Source::Commercetools, Some(&msg.id), &msg.kind, action, now)?;
+    let answer = apply(
+        db,
+        Source::Commercetools,
+        Some(&msg.id),
+        &msg.kind,
+        action,
+        now,
+    )?;
     Ok(Response::json(200, &answer))
 }
 
@@ -302,8 +460,14 @@ fn order_response(db: &dyn Db, id: &str, status: u16) -> Result<Response> {
 
 fn create_api_order(db: &dyn Db, o: &NewOrder, now: DateTime<Utc>) -> Result<Response> {
     if let Some(ex) = store::find_by_source(db, Source::Api, &o.external_id)? {
-        let mut e = Error::conflict(format!("an order with external_id '{}' already exists: {}", o.external_id, ex.number));
-        e.errors.push(crate::error::FieldError::new("/external_id", format!("exists as order {}", ex.id)));
+        let mut e = Error::conflict(format!(
+            "an order with external_id '{}' already exists: {}",
+            o.external_id, ex.number
+        ));
+        e.errors.push(crate::error::FieldError::new(
+            "/external_id",
+            format!("exists as order {}", ex.id),
+        ));
         return Err(e);
     }
     let ins = store::insert_order(db, o, now, "api")?;
@@ -314,12 +478,22 @@ fn api_create(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> R
     cfg.tokens.authorize(req, Scope::Write)?;
     let ct = req.content_type();
     if !ct.is_empty() && ct != "application/json" && !ct.ends_with("+json") {
-        return Err(Error::new(crate::error::ErrorKind::UnsupportedMediaType, format!("'{ct}' is not accepted; send application/json (XML goes to /api/orders/batch)")));
+        return Err(Error::new(
+            crate::error::ErrorKind::UnsupportedMediaType,
+            format!(
+                "'{ct}' is not accepted; send application/json (XML goes to /api/orders/batch)"
+            ),
+        ));
     }
-    let key = req.header("idempotency-key").map(str::trim).map(str::to_string);
+    let key = req
+        .header("idempotency-key")
+        .map(str::trim)
+        .map(str::to_string);
     if let Some(k) = &key {
         if k.is_empty() || k.len() > 255 {
-            return Err(Error::bad_request("Idempotency-Key must be 1 to 255 characters"));
+            return Err(Error::bad_request(
+                "Idempotency-Key must be 1 to 255 characters",
+            ));
         }
     }
     let v = sources::parse_json(&req.body)?;
@@ -335,16 +509,23 @@ fn api_create(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> R
         )?;
         if let Some(p) = prior.first() {
             if p.str("request_hash") != hash {
-                return Err(Error::unprocessable("this Idempotency-Key was already used with a different request body"));
+                return Err(Error::unprocessable(
+                    "this Idempotency-Key was already used with a different request body",
+                ));
             }
             let stored: Json = serde_json::from_str(&p.str("body")).unwrap_or(Json::Null);
             let status = p.i64("status") as u16;
             let mut r = if status >= 400 {
-                Response { status, headers: vec![("content-type".into(), "application/problem+json".into())], body: stored.to_string().into_bytes() }
+                Response {
+                    status,
+                    headers: vec![("content-type".into(), "application/problem+json".into())],
+                    body: stored.to_string().into_bytes(),
+                }
             } else {
                 Response::json(status, &stored)
             };
-            r.headers.push(("idempotent-replayed".into(), "true".into()));
+            r.headers
+                .push(("idempotent-replayed".into(), "true".into()));
             return Ok(r);
         }
         let resp: Response = match create_api_order(db, &order, now) {
@@ -370,24 +551,39 @@ fn api_batch(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> Re
     } else if ct.is_empty() || ct == "application/json" {
         match sources::parse_json(&req.body)? {
             Json::Array(a) => a,
-            Json::Object(mut m) if m.get("orders").map(Json::is_array).unwrap_or(false) => match m.remove("orders") {
-                Some(Json::Array(a)) => a,
-                _ => unreachable!("checked above"),
-            },
-            _ => return Err(Error::bad_request("a JSON batch is an array of orders (or {\"orders\": [...]})")),
+            Json::Object(mut m) if m.get("orders").map(Json::is_array).unwrap_or(false) => {
+                match m.remove("orders") {
+                    Some(Json::Array(a)) => a,
+                    _ => unreachable!("checked above"),
+                }
+            }
+            _ => {
+                return Err(Error::bad_request(
+                    "a JSON batch is an array of orders (or {\"orders\": [...]})",
+                ))
+            }
         }
     } else {
-        return Err(Error::new(crate::error::ErrorKind::UnsupportedMediaType, format!("'{ct}' is not accepted; send application/json or application/xml")));
+        return Err(Error::new(
+            crate::error::ErrorKind::UnsupportedMediaType,
+            format!("'{ct}' is not accepted; send application/json or application/xml"),
+        ));
     };
     if docs.is_empty() {
         return Err(Error::unprocessable("the batch contains no orders"));
     }
     if docs.len() > MAX_BATCH {
-        return Err(Error::new(crate::error::ErrorKind::PayloadTooLarge, format!("at most {MAX_BATCH} orders per batch")));
+        return Err(Error::new(
+            crate::error::ErrorKind::PayloadTooLarge,
+            format!("at most {MAX_BATCH} orders per batch"),
+        ));
     }
     // Validate each order on its own: one bad order does not reject the others.
-    let mapped: Vec<Result<NewOrder>> =
-        docs.iter().enumerate().map(|(i, d)| sources::api::map_order(d, &format!("/orders/{i}"), now)).collect();
+    let mapped: Vec<Result<NewOrder>> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| sources::api::map_order(d, &format!("/orders/{i}"), now))
+        .collect();
     let mut seen = std::collections::HashSet::new();
     let results: Vec<Json> = transaction(db, |db| {
         let mut out = Vec::new();
@@ -411,9 +607,14 @@ fn api_batch(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> Re
     })?;
     let rejected = results.iter().filter(|r| r["result"] == "rejected").count();
     if rejected == results.len() {
-        let mut e = Error::unprocessable(format!("all {rejected} orders in the batch were rejected"));
+        let mut e =
+            Error::unprocessable(format!("all {rejected} orders in the batch were rejected"));
         for r in &results {
-            for fe in r["problem"]["errors"].as_array().cloned().unwrap_or_default() {
+            for fe in r["problem"]["errors"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
                 e.errors.push(crate::error::FieldError::new(
                     fe["pointer"].as_str().unwrap_or_default(),
                     fe["detail"].as_str().unwrap_or_default(),
@@ -423,9 +624,12 @@ fn api_batch(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> Re
         return Err(e);
     }
     let status = if rejected > 0 { 207 } else { 200 };
-    Ok(Response::json(status, &json!({
-        "accepted": results.len() - rejected,
-        "rejected": rejected,
-        "results": results,
-    })))
+    Ok(Response::json(
+        status,
+        &json!({
+            "accepted": results.len() - rejected,
+            "rejected": rejected,
+            "results": results,
+        }),
+    ))
 }

@@ -24,14 +24,25 @@ pub struct MemoryKv(std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>
 
 impl Kv for MemoryKv {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self.0.lock().map_err(|_| KvError("poisoned".into()))?.get(key).cloned())
+        Ok(self
+            .0
+            .lock()
+            .map_err(|_| KvError("poisoned".into()))?
+            .get(key)
+            .cloned())
     }
     fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
-        self.0.lock().map_err(|_| KvError("poisoned".into()))?.insert(key.to_string(), value.to_vec());
+        self.0
+            .lock()
+            .map_err(|_| KvError("poisoned".into()))?
+            .insert(key.to_string(), value.to_vec());
         Ok(())
     }
     fn delete(&self, key: &str) -> Result<(), KvError> {
-        self.0.lock().map_err(|_| KvError("poisoned".into()))?.remove(key);
+        self.0
+            .lock()
+            .map_err(|_| KvError("poisoned".into()))?
+            .remove(key);
         Ok(())
     }
 }
@@ -45,7 +56,9 @@ pub mod spin {
 
     impl SpinKv {
         pub fn open(label: &str) -> Result<SpinKv, KvError> {
-            spin_sdk::key_value::Store::open(label).map(SpinKv).map_err(|e| KvError(format!("cannot open key-value store '{label}': {e:?}")))
+            spin_sdk::key_value::Store::open(label)
+                .map(SpinKv)
+                .map_err(|e| KvError(format!("cannot open key-value store '{label}': {e:?}")))
         }
     }
 
@@ -54,7 +67,9 @@ pub mod spin {
             self.0.get(key).map_err(|e| KvError(format!("{e:?}")))
         }
         fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
-            self.0.set(key, value).map_err(|e| KvError(format!("{e:?}")))
+            self.0
+                .set(key, value)
+                .map_err(|e| KvError(format!("{e:?}")))
         }
         fn delete(&self, key: &str) -> Result<(), KvError> {
             self.0.delete(key).map_err(|e| KvError(format!("{e:?}")))

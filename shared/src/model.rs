@@ -253,11 +253,22 @@ impl Totals {
         // Saturating: validation bounds every amount, but totals are computed before it runs.
         let sum = |it: &mut dyn Iterator<Item = i64>| it.fold(0i64, |a, b| a.saturating_add(b));
         let subtotal = sum(&mut lines.iter().map(|l| l.subtotal));
-        let discount = sum(&mut lines.iter().map(|l| l.discount)).saturating_add(sum(&mut shipping.iter().map(|s| s.discount)));
+        let discount = sum(&mut lines.iter().map(|l| l.discount))
+            .saturating_add(sum(&mut shipping.iter().map(|s| s.discount)));
         let ship = sum(&mut shipping.iter().map(|s| s.price));
-        let tax = sum(&mut lines.iter().map(|l| l.tax)).saturating_add(sum(&mut shipping.iter().map(|s| s.tax)));
-        let total = subtotal.saturating_sub(discount).saturating_add(ship).saturating_add(if taxes_included { 0 } else { tax });
-        Totals { subtotal, discount, shipping: ship, tax, total }
+        let tax = sum(&mut lines.iter().map(|l| l.tax))
+            .saturating_add(sum(&mut shipping.iter().map(|s| s.tax)));
+        let total = subtotal
+            .saturating_sub(discount)
+            .saturating_add(ship)
+            .saturating_add(if taxes_included { 0 } else { tax });
+        Totals {
+            subtotal,
+            discount,
+            shipping: ship,
+            tax,
+            total,
+        }
     }
 
     pub fn to_json(&self, c: Currency) -> serde_json::Value {
@@ -280,8 +291,14 @@ pub const MAX_QUANTITY: i64 = 1_000_000;
 pub const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
 
 fn is_plausible_email(e: &str) -> bool {
-    let Some((local, domain)) = e.split_once('@') else { return false };
-    !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.') && !e.contains(char::is_whitespace)
+    let Some((local, domain)) = e.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !e.contains(char::is_whitespace)
 }
 
 impl NewOrder {
@@ -309,7 +326,10 @@ impl NewOrder {
             e("/lines", &format!("at most {MAX_LINES} lines per order"));
         }
         if self.shipping_lines.len() > MAX_SHIPPING_LINES {
-            e("/shipping_lines", &format!("at most {MAX_SHIPPING_LINES} shipping lines per order"));
+            e(
+                "/shipping_lines",
+                &format!("at most {MAX_SHIPPING_LINES} shipping lines per order"),
+            );
         }
         if let Some(t) = self.source_total {
             if !(0..=MAX_AMOUNT).contains(&t) {
@@ -321,10 +341,18 @@ impl NewOrder {
                 e("/customer/email", "is not an e-mail address");
             }
         }
-        for (name, addr) in [("shipping_address", &self.shipping_address), ("billing_address", &self.billing_address)] {
+        for (name, addr) in [
+            ("shipping_address", &self.shipping_address),
+            ("billing_address", &self.billing_address),
+        ] {
             if let Some(a) = addr {
-                if a.country_code.len() != 2 || !a.country_code.chars().all(|c| c.is_ascii_uppercase()) {
-                    e(&format!("/{name}/country_code"), "must be an ISO 3166-1 alpha-2 code");
+                if a.country_code.len() != 2
+                    || !a.country_code.chars().all(|c| c.is_ascii_uppercase())
+                {
+                    e(
+                        &format!("/{name}/country_code"),
+                        "must be an ISO 3166-1 alpha-2 code",
+                    );
                 }
                 if let (Some(lat), Some(lon)) = (a.latitude, a.longitude) {
                     if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
@@ -333,8 +361,14 @@ impl NewOrder {
                 }
             }
         }
-        if self.lines.iter().any(|l| l.requires_shipping) && self.shipping_address.is_none() && !self.cancelled {
-            e("/shipping_address", "required when a line requires shipping");
+        if self.lines.iter().any(|l| l.requires_shipping)
+            && self.shipping_address.is_none()
+            && !self.cancelled
+        {
+            e(
+                "/shipping_address",
+                "required when a line requires shipping",
+            );
         }
         for (i, l) in self.lines.iter().enumerate() {
             let p = format!("/lines/{i}");
@@ -344,13 +378,19 @@ impl NewOrder {
             if l.quantity <= 0 {
                 e(&format!("{p}/quantity"), "must be a positive whole number");
             } else if l.quantity > MAX_QUANTITY {
-                e(&format!("{p}/quantity"), &format!("must be at most {MAX_QUANTITY}"));
+                e(
+                    &format!("{p}/quantity"),
+                    &format!("must be at most {MAX_QUANTITY}"),
+                );
             }
             if l.unit_price < 0 || l.subtotal < 0 {
                 e(&format!("{p}/unit_price"), "must not be negative");
             }
             if l.discount < 0 || l.discount > l.subtotal {
-                e(&format!("{p}/discount"), "must be between 0 and the line's subtotal");
+                e(
+                    &format!("{p}/discount"),
+                    "must be between 0 and the line's subtotal",
+                );
             }
             if l.tax < 0 {
                 e(&format!("{p}/tax"), "must not be negative");
@@ -365,7 +405,10 @@ impl NewOrder {
                 e(&format!("{p}/price"), "is out of range");
             }
             if s.price < 0 || s.tax < 0 || s.discount < 0 || s.discount > s.price {
-                e(&format!("{p}/price"), "amounts must not be negative and the discount at most the price");
+                e(
+                    &format!("{p}/price"),
+                    "amounts must not be negative and the discount at most the price",
+                );
             }
             if s.method.trim().is_empty() {
                 e(&format!("{p}/method"), "must not be empty");
@@ -420,7 +463,14 @@ impl OrderStatus {
             OrderStatus::Cancelled => "cancelled",
         }
     }
-    pub const ALL: [&'static str; 6] = ["received", "processing", "completed", "closed", "on_hold", "cancelled"];
+    pub const ALL: [&'static str; 6] = [
+        "received",
+        "processing",
+        "completed",
+        "closed",
+        "on_hold",
+        "cancelled",
+    ];
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -465,7 +515,10 @@ pub fn derive_status(lines: &[Buckets], open_holds: usize, closed: bool) -> Orde
     if open_holds > 0 {
         return OrderStatus::OnHold;
     }
-    let moving: i64 = lines.iter().map(|b| b.allocated + b.released + b.shipped + b.backordered).sum();
+    let moving: i64 = lines
+        .iter()
+        .map(|b| b.allocated + b.released + b.shipped + b.backordered)
+        .sum();
     if moving > 0 {
         OrderStatus::Processing
     } else {
@@ -483,10 +536,18 @@ pub fn derive_fulfillment(lines: &[Buckets]) -> FulfillmentStatus {
         return FulfillmentStatus::Unfulfilled;
     }
     if returned > 0 {
-        return if returned >= shipped { FulfillmentStatus::Returned } else { FulfillmentStatus::PartiallyReturned };
+        return if returned >= shipped {
+            FulfillmentStatus::Returned
+        } else {
+            FulfillmentStatus::PartiallyReturned
+        };
     }
     if delivered > 0 {
-        return if delivered >= active { FulfillmentStatus::Delivered } else { FulfillmentStatus::PartiallyDelivered };
+        return if delivered >= active {
+            FulfillmentStatus::Delivered
+        } else {
+            FulfillmentStatus::PartiallyDelivered
+        };
     }
     if shipped >= active {
         FulfillmentStatus::Fulfilled
@@ -500,7 +561,10 @@ mod tests {
     use super::*;
 
     fn b(ordered: i64) -> Buckets {
-        Buckets { ordered, ..Default::default() }
+        Buckets {
+            ordered,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -510,22 +574,46 @@ mod tests {
         let mut l = b(5);
         l.allocated = 3;
         l.backordered = 2;
-        assert_eq!(derive_status(&[l.clone()], 0, false), OrderStatus::Processing);
+        assert_eq!(
+            derive_status(&[l.clone()], 0, false),
+            OrderStatus::Processing
+        );
         l.shipped = 3;
-        assert_eq!(derive_fulfillment(&[l.clone()]), FulfillmentStatus::PartiallyFulfilled);
+        assert_eq!(
+            derive_fulfillment(&[l.clone()]),
+            FulfillmentStatus::PartiallyFulfilled
+        );
         l.shipped = 5;
-        assert_eq!(derive_status(&[l.clone()], 1, false), OrderStatus::Completed);
-        assert_eq!(derive_fulfillment(&[l.clone()]), FulfillmentStatus::Fulfilled);
+        assert_eq!(
+            derive_status(&[l.clone()], 1, false),
+            OrderStatus::Completed
+        );
+        assert_eq!(
+            derive_fulfillment(&[l.clone()]),
+            FulfillmentStatus::Fulfilled
+        );
         l.delivered = 2;
-        assert_eq!(derive_fulfillment(&[l.clone()]), FulfillmentStatus::PartiallyDelivered);
+        assert_eq!(
+            derive_fulfillment(&[l.clone()]),
+            FulfillmentStatus::PartiallyDelivered
+        );
         l.delivered = 5;
-        assert_eq!(derive_fulfillment(&[l.clone()]), FulfillmentStatus::Delivered);
+        assert_eq!(
+            derive_fulfillment(&[l.clone()]),
+            FulfillmentStatus::Delivered
+        );
         l.returned = 1;
-        assert_eq!(derive_fulfillment(&[l.clone()]), FulfillmentStatus::PartiallyReturned);
+        assert_eq!(
+            derive_fulfillment(&[l.clone()]),
+            FulfillmentStatus::PartiallyReturned
+        );
         assert_eq!(derive_status(&[l.clone()], 0, true), OrderStatus::Closed);
         let mut c = b(2);
         c.cancelled = 2;
-        assert_eq!(derive_status(&[c.clone()], 1, false), OrderStatus::Cancelled);
+        assert_eq!(
+            derive_status(&[c.clone()], 1, false),
+            OrderStatus::Cancelled
+        );
         // A partly cancelled line completes when the rest ships.
         let mut p = b(3);
         p.cancelled = 1;
@@ -536,20 +624,49 @@ mod tests {
     #[test]
     fn huge_amounts_are_rejected_not_overflowed() {
         let line = |p: i64| NewLine {
-            external_id: None, sku: "A".into(), name: "A".into(), quantity: 1_000_000, unit_price: p,
-            subtotal: p.saturating_mul(1_000_000), discount: 0, tax: 0, requires_shipping: false,
+            external_id: None,
+            sku: "A".into(),
+            name: "A".into(),
+            quantity: 1_000_000,
+            unit_price: p,
+            subtotal: p.saturating_mul(1_000_000),
+            discount: 0,
+            tax: 0,
+            requires_shipping: false,
         };
         let lines = vec![line(i64::MAX / 2), line(i64::MAX / 2)];
-        assert_eq!(Totals::compute(&lines, &[], false).total, i64::MAX, "saturates instead of wrapping");
+        assert_eq!(
+            Totals::compute(&lines, &[], false).total,
+            i64::MAX,
+            "saturates instead of wrapping"
+        );
         let o = NewOrder {
-            source: Source::Api, external_id: "x".into(), external_number: None, channel: "api".into(),
-            currency: crate::money::Currency::from_code("EUR").unwrap(), placed_at: chrono::Utc::now(),
-            customer: Customer::default(), shipping_address: None, billing_address: None, lines,
-            shipping_lines: Vec::new(), taxes_included: false, financial_status: FinancialStatus::Pending,
-            payment: Payment::default(), holds: Vec::new(), note: None, tags: Vec::new(), source_total: None, cancelled: false,
+            source: Source::Api,
+            external_id: "x".into(),
+            external_number: None,
+            channel: "api".into(),
+            currency: crate::money::Currency::from_code("EUR").unwrap(),
+            placed_at: chrono::Utc::now(),
+            customer: Customer::default(),
+            shipping_address: None,
+            billing_address: None,
+            lines,
+            shipping_lines: Vec::new(),
+            taxes_included: false,
+            financial_status: FinancialStatus::Pending,
+            payment: Payment::default(),
+            holds: Vec::new(),
+            note: None,
+            tags: Vec::new(),
+            source_total: None,
+            cancelled: false,
         };
         let errs = o.validate("");
-        assert!(errs.iter().any(|e| e.pointer == "/lines/0/unit_price" && e.detail == "is out of range"), "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.pointer == "/lines/0/unit_price" && e.detail == "is out of range"),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -565,9 +682,18 @@ mod tests {
             tax: 323,
             requires_shipping: true,
         }];
-        let ship = vec![ShippingLine { method: "standard".into(), title: "Standard".into(), price: 500, discount: 0, tax: 95 }];
+        let ship = vec![ShippingLine {
+            method: "standard".into(),
+            title: "Standard".into(),
+            price: 500,
+            discount: 0,
+            tax: 95,
+        }];
         let t = Totals::compute(&lines, &ship, false);
-        assert_eq!((t.subtotal, t.discount, t.shipping, t.tax, t.total), (2000, 300, 500, 418, 2618));
+        assert_eq!(
+            (t.subtotal, t.discount, t.shipping, t.tax, t.total),
+            (2000, 300, 500, 418, 2618)
+        );
         assert_eq!(Totals::compute(&lines, &ship, true).total, 2200);
     }
 }

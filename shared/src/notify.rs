@@ -62,7 +62,12 @@ impl Default for Config {
 #[allow(async_fn_in_trait)]
 pub trait Transport {
     /// POSTs `body`; Ok((status, response body)) when an answer came back.
-    async fn post(&self, url: &str, headers: &[(String, String)], body: Vec<u8>) -> std::result::Result<(u16, Vec<u8>), String>;
+    async fn post(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> std::result::Result<(u16, Vec<u8>), String>;
 }
 
 // ---- templates ----
@@ -83,7 +88,9 @@ pub fn render(template: &str, data: &Json, html: bool) -> String {
         rest = &after[end + 2..];
         if let Some(name) = tag.strip_prefix('#') {
             let close = format!("{{{{/{name}}}}}");
-            let Some(close_at) = rest.find(&close) else { continue };
+            let Some(close_at) = rest.find(&close) else {
+                continue;
+            };
             let inner = &rest[..close_at];
             rest = &rest[close_at + close.len()..];
             match lookup(data, name) {
@@ -117,7 +124,11 @@ fn lookup<'a>(data: &'a Json, path: &str) -> Option<&'a Json> {
 }
 
 fn escape_html(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 // ---- expansion ----
@@ -136,14 +147,28 @@ fn templates_for(db: &dyn Db, topic: &str) -> Result<Vec<Template>> {
         params![topic],
     )?;
     Ok(r.iter()
-        .map(|t| Template { name: t.str("name"), recipient: t.str("recipient"), subject: t.str("subject"), text: t.str("text_body"), html: t.str("html_body") })
+        .map(|t| Template {
+            name: t.str("name"),
+            recipient: t.str("recipient"),
+            subject: t.str("subject"),
+            text: t.str("text_body"),
+            html: t.str("html_body"),
+        })
         .collect())
 }
 
 fn recipients(cfg: &Config, recipient: &str, payload: &Json) -> Vec<String> {
     match recipient {
-        "customer" => payload["email"].as_str().map(str::to_string).into_iter().filter(|e| !e.is_empty()).collect(),
-        "merchant" => Some(cfg.merchant_email.clone()).into_iter().filter(|e| !e.is_empty()).collect(),
+        "customer" => payload["email"]
+            .as_str()
+            .map(str::to_string)
+            .into_iter()
+            .filter(|e| !e.is_empty())
+            .collect(),
+        "merchant" => Some(cfg.merchant_email.clone())
+            .into_iter()
+            .filter(|e| !e.is_empty())
+            .collect(),
         "management" => cfg.management_emails.clone(),
         _ => Vec::new(),
     }
@@ -163,7 +188,10 @@ pub fn expand(db: &dyn Db, cfg: &Config, now: DateTime<Utc>, limit: i64) -> Resu
     if pending.is_empty() {
         return Ok(0);
     }
-    let subs = Patient(db).execute("SELECT id, url, event_types FROM subscriptions WHERE active = 1 ORDER BY id", &[])?;
+    let subs = Patient(db).execute(
+        "SELECT id, url, event_types FROM subscriptions WHERE active = 1 ORDER BY id",
+        &[],
+    )?;
     // Render outside the write lock; write every event's deliveries in one transaction.
     let mut planned: Vec<(i64, Vec<(String, String, Json)>)> = Vec::new();
     for ev in pending.iter() {
@@ -184,9 +212,14 @@ pub fn expand(db: &dyn Db, cfg: &Config, now: DateTime<Utc>, limit: i64) -> Resu
         }
         let env = envelope(id, &topic, &ev.str("created_at"), &payload);
         for s in subs.iter() {
-            let types: Vec<String> = serde_json::from_str(&s.str("event_types")).unwrap_or_default();
+            let types: Vec<String> =
+                serde_json::from_str(&s.str("event_types")).unwrap_or_default();
             if types.iter().any(|t| t == "*" || *t == topic) {
-                rows.push(("webhook".into(), s.i64("id").to_string(), json!({"url": s.str("url"), "event": env})));
+                rows.push((
+                    "webhook".into(),
+                    s.i64("id").to_string(),
+                    json!({"url": s.str("url"), "event": env}),
+                ));
             }
         }
         planned.push((id, rows));
@@ -226,7 +259,14 @@ pub struct Claimed {
 }
 
 /// Takes up to `limit` due deliveries under a lease, atomically.
-pub fn claim(db: &dyn Db, owner: &str, now: DateTime<Utc>, lease: Duration, limit: i64, only: Option<i64>) -> Result<Vec<Claimed>> {
+pub fn claim(
+    db: &dyn Db,
+    owner: &str,
+    now: DateTime<Utc>,
+    lease: Duration,
+    limit: i64,
+    only: Option<i64>,
+) -> Result<Vec<Claimed>> {
     let r = Patient(db).execute(
         "UPDATE deliveries SET lease_owner = ?, lease_until = ?, attempts = attempts + 1
          WHERE id IN (SELECT id FROM deliveries
@@ -250,9 +290,15 @@ pub fn claim(db: &dyn Db, owner: &str, now: DateTime<Utc>, lease: Duration, limi
 /// The delay before attempt `attempts + 1`: base x 2^(attempts-1), at most an hour, ±25%.
 pub fn backoff(base: Duration, attempts: i64, jitter_seed: u64) -> Duration {
     let exp = (attempts - 1).clamp(0, 20) as u32;
-    let ms = (base.num_milliseconds().max(0) as u64).saturating_mul(1u64 << exp).min(3_600_000);
+    let ms = (base.num_milliseconds().max(0) as u64)
+        .saturating_mul(1u64 << exp)
+        .min(3_600_000);
     let spread = ms / 4;
-    let jitter = if spread == 0 { 0 } else { jitter_seed % (2 * spread + 1) };
+    let jitter = if spread == 0 {
+        0
+    } else {
+        jitter_seed % (2 * spread + 1)
+    };
     Duration::milliseconds((ms - spread + jitter) as i64)
 }
 
@@ -263,7 +309,13 @@ enum Outcome {
     Dead(String),
 }
 
-async fn deliver<T: Transport>(db: &dyn Db, cfg: &Config, t: &T, d: &Claimed, now: DateTime<Utc>) -> Result<Outcome> {
+async fn deliver<T: Transport>(
+    db: &dyn Db,
+    cfg: &Config,
+    t: &T,
+    d: &Claimed,
+    now: DateTime<Utc>,
+) -> Result<Outcome> {
     match d.kind.as_str() {
         "email" => match &cfg.provider {
             // Stored in the mailbox by `record`, in the transaction that marks it delivered.
@@ -279,29 +331,66 @@ async fn deliver<T: Transport>(db: &dyn Db, cfg: &Config, t: &T, d: &Claimed, no
                     ("accept".to_string(), "application/json".to_string()),
                     ("x-postmark-server-token".to_string(), token.clone()),
                 ];
-                match t.post(&format!("{}/email", url.trim_end_matches('/')), &headers, body.to_string().into_bytes()).await {
+                match t
+                    .post(
+                        &format!("{}/email", url.trim_end_matches('/')),
+                        &headers,
+                        body.to_string().into_bytes(),
+                    )
+                    .await
+                {
                     Ok((200..=299, _)) => Ok(Outcome::Delivered),
                     // Postmark answers 422 with an ErrorCode for messages it will never accept.
-                    Ok((422, b)) => Ok(Outcome::Dead(format!("e-mail API refused the message: {}", String::from_utf8_lossy(&b)))),
-                    Ok((s, b)) => Ok(Outcome::Retry(format!("e-mail API answered {s}: {}", String::from_utf8_lossy(&b).chars().take(200).collect::<String>()))),
+                    Ok((422, b)) => Ok(Outcome::Dead(format!(
+                        "e-mail API refused the message: {}",
+                        String::from_utf8_lossy(&b)
+                    ))),
+                    Ok((s, b)) => Ok(Outcome::Retry(format!(
+                        "e-mail API answered {s}: {}",
+                        String::from_utf8_lossy(&b)
+                            .chars()
+                            .take(200)
+                            .collect::<String>()
+                    ))),
                     Err(e) => Ok(Outcome::Retry(format!("e-mail API unreachable: {e}"))),
                 }
             }
         },
         "webhook" => {
-            let sub = Patient(db).execute("SELECT url, secret, active FROM subscriptions WHERE id = ?", params![d.target.clone()])?;
-            let Some(s) = sub.first() else { return Ok(Outcome::Dead("the subscription was deleted".into())) };
+            let sub = Patient(db).execute(
+                "SELECT url, secret, active FROM subscriptions WHERE id = ?",
+                params![d.target.clone()],
+            )?;
+            let Some(s) = sub.first() else {
+                return Ok(Outcome::Dead("the subscription was deleted".into()));
+            };
             if s.i64("active") == 0 {
                 return Ok(Outcome::Dead("the subscription is inactive".into()));
             }
             let body = d.payload["event"].to_string().into_bytes();
-            let header = signature::sign_timestamped(s.str("secret").as_bytes(), now.timestamp(), &body);
+            let header =
+                signature::sign_timestamped(s.str("secret").as_bytes(), now.timestamp(), &body);
             let headers = vec![
                 ("content-type".to_string(), "application/json".to_string()),
                 ("waybill-signature".to_string(), header),
-                ("waybill-event-id".to_string(), d.payload["event"]["id"].as_str().unwrap_or_default().to_string()),
-                ("waybill-event-type".to_string(), d.payload["event"]["type"].as_str().unwrap_or_default().to_string()),
-                ("waybill-delivery-attempt".to_string(), d.attempts.to_string()),
+                (
+                    "waybill-event-id".to_string(),
+                    d.payload["event"]["id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                ),
+                (
+                    "waybill-event-type".to_string(),
+                    d.payload["event"]["type"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                ),
+                (
+                    "waybill-delivery-attempt".to_string(),
+                    d.attempts.to_string(),
+                ),
             ];
             match t.post(&s.str("url"), &headers, body).await {
                 Ok((200..=299, _)) => Ok(Outcome::Delivered),
@@ -314,7 +403,14 @@ async fn deliver<T: Transport>(db: &dyn Db, cfg: &Config, t: &T, d: &Claimed, no
 }
 
 /// Writes a batch of outcomes in one transaction (one write lock for the batch).
-fn record(db: &dyn Db, cfg: &Config, done: &[(Claimed, Outcome)], owner: &str, now: DateTime<Utc>, rep: &mut SweepReport) -> Result<()> {
+fn record(
+    db: &dyn Db,
+    cfg: &Config,
+    done: &[(Claimed, Outcome)],
+    owner: &str,
+    now: DateTime<Utc>,
+    rep: &mut SweepReport,
+) -> Result<()> {
     transaction(db, |db| {
         for (d, outcome) in done {
             match outcome {
@@ -338,7 +434,8 @@ fn record(db: &dyn Db, cfg: &Config, done: &[(Claimed, Outcome)], owner: &str, n
                     rep.delivered += 1;
                 }
                 Outcome::Retry(err) if d.attempts < cfg.max_attempts => {
-                    let seed = (now.timestamp_subsec_nanos() as u64) ^ (d.id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    let seed = (now.timestamp_subsec_nanos() as u64)
+                        ^ (d.id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                     let next = now + backoff(cfg.retry_base, d.attempts, seed);
                     db.execute(
                         "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, lease_until = NULL, last_error = ? WHERE id = ? AND lease_owner = ?",
@@ -368,7 +465,12 @@ pub struct SweepReport {
 }
 
 /// Expands and delivers until nothing is due or `budget` runs out.
-pub async fn sweep<T: Transport>(db: &dyn Db, cfg: &Config, t: &T, budget: std::time::Duration) -> Result<SweepReport> {
+pub async fn sweep<T: Transport>(
+    db: &dyn Db,
+    cfg: &Config,
+    t: &T,
+    budget: std::time::Duration,
+) -> Result<SweepReport> {
     let started = std::time::Instant::now();
     let owner = uuid::Uuid::now_v7().to_string();
     let mut rep = SweepReport::default();
@@ -377,7 +479,8 @@ pub async fn sweep<T: Transport>(db: &dyn Db, cfg: &Config, t: &T, budget: std::
         rep.expanded += expand(db, cfg, now, 50)?;
         let batch = claim(db, &owner, now, cfg.lease, 20, None)?;
         if batch.is_empty() {
-            let more_events = Patient(db).execute("SELECT 1 FROM outbox WHERE state = 'pending' LIMIT 1", &[])?;
+            let more_events =
+                Patient(db).execute("SELECT 1 FROM outbox WHERE state = 'pending' LIMIT 1", &[])?;
             if more_events.is_empty() {
                 break;
             }
@@ -411,8 +514,17 @@ pub fn has_work(db: &dyn Db, now: DateTime<Utc>) -> Result<bool> {
 
 /// Takes the named lock until `until` unless someone holds it. The common case
 /// under load (held) is a read, so kicks do not queue on the write lock.
-pub fn try_lock(db: &dyn Db, name: &str, owner: &str, now: DateTime<Utc>, until: DateTime<Utc>) -> Result<bool> {
-    let held = Patient(db).execute("SELECT 1 FROM locks WHERE name = ? AND until > ?", params![name, ts(now)])?;
+pub fn try_lock(
+    db: &dyn Db,
+    name: &str,
+    owner: &str,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<bool> {
+    let held = Patient(db).execute(
+        "SELECT 1 FROM locks WHERE name = ? AND until > ?",
+        params![name, ts(now)],
+    )?;
     if !held.is_empty() {
         return Ok(false);
     }
@@ -426,7 +538,10 @@ pub fn try_lock(db: &dyn Db, name: &str, owner: &str, now: DateTime<Utc>, until:
 }
 
 pub fn unlock(db: &dyn Db, name: &str, owner: &str) -> Result<()> {
-    Patient(db).execute("UPDATE locks SET until = '' WHERE name = ? AND owner = ?", params![name, owner])?;
+    Patient(db).execute(
+        "UPDATE locks SET until = '' WHERE name = ? AND owner = ?",
+        params![name, owner],
+    )?;
     Ok(())
 }
 
@@ -434,13 +549,25 @@ pub fn unlock(db: &dyn Db, name: &str, owner: &str) -> Result<()> {
 /// instances (a lease in `locks`); a kick that finds one running returns at
 /// once, and the running one re-checks for work before it lets go, so nothing
 /// committed before the kick waits for the cron.
-pub async fn kicked_sweep<T: Transport>(db: &dyn Db, cfg: &Config, t: &T, budget: std::time::Duration) -> Result<SweepReport> {
+pub async fn kicked_sweep<T: Transport>(
+    db: &dyn Db,
+    cfg: &Config,
+    t: &T,
+    budget: std::time::Duration,
+) -> Result<SweepReport> {
     let owner = uuid::Uuid::now_v7().to_string();
     let mut total = SweepReport::default();
     let started = std::time::Instant::now();
     loop {
         let now = Utc::now();
-        if !try_lock(db, "notify.kick", &owner, now, now + Duration::from_std(budget).unwrap_or(Duration::seconds(30)) + Duration::seconds(30))? {
+        if !try_lock(
+            db,
+            "notify.kick",
+            &owner,
+            now,
+            now + Duration::from_std(budget).unwrap_or(Duration::seconds(30))
+                + Duration::seconds(30),
+        )? {
             return Ok(total);
         }
         let left = budget.saturating_sub(started.elapsed());
@@ -466,7 +593,11 @@ fn bad(detail: impl Into<String>) -> Error {
 fn int_param(req: &Request, name: &str, default: i64, max: i64) -> Result<i64> {
     match req.query_param(name) {
         None => Ok(default),
-        Some(v) => v.parse::<i64>().ok().filter(|n| (0..=max).contains(n)).ok_or_else(|| bad(format!("query parameter '{name}' must be 0 to {max}"))),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (0..=max).contains(n))
+            .ok_or_else(|| bad(format!("query parameter '{name}' must be 0 to {max}"))),
     }
 }
 
@@ -476,7 +607,11 @@ pub fn handle_api(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) 
         let path = req.path.trim_end_matches('/');
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let m = req.method.as_str();
-        let need = if m == "GET" { Scope::Read } else { Scope::Write };
+        let need = if m == "GET" {
+            Scope::Read
+        } else {
+            Scope::Write
+        };
         cfg.tokens.authorize(req, need)?;
         match (m, segs.as_slice()) {
             ("GET", ["api", "events"]) => export(db, req),
@@ -485,16 +620,29 @@ pub fn handle_api(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) 
             ("POST", ["api", "notifications", "dead-letters", id, "replay"]) => replay(db, id, now),
             ("GET", ["api", "notifications", "deliveries"]) => deliveries(db, req),
             ("GET", ["api", "notifications", "subscriptions"]) => list_subscriptions(db),
-            ("POST", ["api", "notifications", "subscriptions"]) => create_subscription(db, req, now),
-            ("DELETE", ["api", "notifications", "subscriptions", id]) => delete_subscription(db, id),
-            ("GET", ["api", "notifications", "templates"]) => list_templates(db),
-            ("PUT", ["api", "notifications", "templates", name]) => put_template(db, req, name, now),
-            (_, ["api", "events"] | ["api", "notifications", "mailbox" | "dead-letters" | "deliveries" | "subscriptions" | "templates"])
-            | (_, ["api", "notifications", "dead-letters", _, "replay"])
-            | (_, ["api", "notifications", "subscriptions" | "templates", _]) => {
-                Err(Error::new(ErrorKind::MethodNotAllowed, format!("{m} is not allowed at {path}")))
+            ("POST", ["api", "notifications", "subscriptions"]) => {
+                create_subscription(db, req, now)
             }
-            _ => Err(Error::not_found(format!("no notifications endpoint at {path}"))),
+            ("DELETE", ["api", "notifications", "subscriptions", id]) => {
+                delete_subscription(db, id)
+            }
+            ("GET", ["api", "notifications", "templates"]) => list_templates(db),
+            ("PUT", ["api", "notifications", "templates", name]) => {
+                put_template(db, req, name, now)
+            }
+            (
+                _,
+                ["api", "events"]
+                | ["api", "notifications", "mailbox" | "dead-letters" | "deliveries" | "subscriptions" | "templates"],
+            )
+            | (_, ["api", "notifications", "dead-letters", _, "replay"])
+            | (_, ["api", "notifications", "subscriptions" | "templates", _]) => Err(Error::new(
+                ErrorKind::MethodNotAllowed,
+                format!("{m} is not allowed at {path}"),
+            )),
+            _ => Err(Error::not_found(format!(
+                "no notifications endpoint at {path}"
+            ))),
         }
     })();
     r.into()
@@ -504,23 +652,45 @@ pub fn handle_api(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) 
 fn export(db: &dyn Db, req: &Request) -> Result<Response> {
     let after = match req.query_param("after") {
         None => 0,
-        Some(a) => a.trim_start_matches("evt_").parse::<i64>().map_err(|_| bad("'after' must be an event id (evt_N or N)"))?,
+        Some(a) => a
+            .trim_start_matches("evt_")
+            .parse::<i64>()
+            .map_err(|_| bad("'after' must be an event id (evt_N or N)"))?,
     };
     let limit = int_param(req, "limit", 100, 1000)?.max(1);
-    let r = db.execute("SELECT id, topic, payload, created_at FROM outbox WHERE id > ? ORDER BY id LIMIT ?", params![after, limit])?;
+    let r = db.execute(
+        "SELECT id, topic, payload, created_at FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+        params![after, limit],
+    )?;
     let events: Vec<Json> = r
         .iter()
-        .map(|e| envelope(e.i64("id"), &e.str("topic"), &e.str("created_at"), &serde_json::from_str(&e.str("payload")).unwrap_or(Json::Null)))
+        .map(|e| {
+            envelope(
+                e.i64("id"),
+                &e.str("topic"),
+                &e.str("created_at"),
+                &serde_json::from_str(&e.str("payload")).unwrap_or(Json::Null),
+            )
+        })
         .collect();
     let next = r.iter().last().map(|e| e.i64("id")).unwrap_or(after);
-    Ok(Response::json(200, &json!({"events": events, "next_after": format!("evt_{next}"), "has_more": events.len() as i64 == limit})))
+    Ok(Response::json(
+        200,
+        &json!({"events": events, "next_after": format!("evt_{next}"), "has_more": events.len() as i64 == limit}),
+    ))
 }
 
 fn mailbox(db: &dyn Db, req: &Request) -> Result<Response> {
     let limit = int_param(req, "limit", 50, 500)?.max(1);
     let r = match req.query_param("to") {
-        Some(to) => db.execute("SELECT * FROM mailbox WHERE to_address = ? ORDER BY id DESC LIMIT ?", params![to, limit])?,
-        None => db.execute("SELECT * FROM mailbox ORDER BY id DESC LIMIT ?", params![limit])?,
+        Some(to) => db.execute(
+            "SELECT * FROM mailbox WHERE to_address = ? ORDER BY id DESC LIMIT ?",
+            params![to, limit],
+        )?,
+        None => db.execute(
+            "SELECT * FROM mailbox ORDER BY id DESC LIMIT ?",
+            params![limit],
+        )?,
     };
     let msgs: Vec<Json> = r
         .iter()
@@ -539,8 +709,14 @@ fn delivery_json(d: &crate::db::Row<'_>) -> Json {
 
 fn dead_letters(db: &dyn Db, req: &Request) -> Result<Response> {
     let limit = int_param(req, "limit", 100, 1000)?.max(1);
-    let r = db.execute("SELECT * FROM deliveries WHERE state = 'dead' ORDER BY id LIMIT ?", params![limit])?;
-    Ok(Response::json(200, &json!({"dead_letters": r.iter().map(|d| delivery_json(&d)).collect::<Vec<_>>()})))
+    let r = db.execute(
+        "SELECT * FROM deliveries WHERE state = 'dead' ORDER BY id LIMIT ?",
+        params![limit],
+    )?;
+    Ok(Response::json(
+        200,
+        &json!({"dead_letters": r.iter().map(|d| delivery_json(&d)).collect::<Vec<_>>()}),
+    ))
 }
 
 fn deliveries(db: &dyn Db, req: &Request) -> Result<Response> {
@@ -555,11 +731,16 @@ fn deliveries(db: &dyn Db, req: &Request) -> Result<Response> {
         "SELECT * FROM deliveries WHERE (? IS NULL OR state = ?) ORDER BY id LIMIT ?",
         params![state.clone(), state, limit],
     )?;
-    Ok(Response::json(200, &json!({"deliveries": r.iter().map(|d| delivery_json(&d)).collect::<Vec<_>>()})))
+    Ok(Response::json(
+        200,
+        &json!({"deliveries": r.iter().map(|d| delivery_json(&d)).collect::<Vec<_>>()}),
+    ))
 }
 
 fn replay(db: &dyn Db, id: &str, now: DateTime<Utc>) -> Result<Response> {
-    let id: i64 = id.parse().map_err(|_| Error::not_found(format!("no dead letter '{id}'")))?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| Error::not_found(format!("no dead letter '{id}'")))?;
     let n = transaction(db, |db| {
         Ok::<_, Error>(db.exec(
             "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_until = NULL, dead_at = NULL
@@ -574,7 +755,10 @@ fn replay(db: &dyn Db, id: &str, now: DateTime<Utc>) -> Result<Response> {
 }
 
 fn list_subscriptions(db: &dyn Db) -> Result<Response> {
-    let r = db.execute("SELECT id, url, event_types, active, created_at FROM subscriptions ORDER BY id", &[])?;
+    let r = db.execute(
+        "SELECT id, url, event_types, active, created_at FROM subscriptions ORDER BY id",
+        &[],
+    )?;
     let subs: Vec<Json> = r
         .iter()
         .map(|s| json!({"id": s.i64("id"), "url": s.str("url"), "events": serde_json::from_str::<Json>(&s.str("event_types")).unwrap_or(Json::Null),
@@ -585,27 +769,47 @@ fn list_subscriptions(db: &dyn Db) -> Result<Response> {
 
 /// The event types a subscription may name.
 pub const EVENT_TYPES: &[&str] = &[
-    "*", "order.received", "order.updated", "order.cancelled", "order.released", "payment.captured", "invoice.created",
-    "shipment.created", "shipment.delivered", "report.daily",
+    "*",
+    "order.received",
+    "order.updated",
+    "order.cancelled",
+    "order.released",
+    "payment.captured",
+    "invoice.created",
+    "shipment.created",
+    "shipment.delivered",
+    "report.daily",
 ];
 
 fn create_subscription(db: &dyn Db, req: &Request, now: DateTime<Utc>) -> Result<Response> {
     let v = crate::sources::parse_json(&req.body)?;
     let mut errs = Vec::new();
     let url = v["url"].as_str().unwrap_or_default().trim().to_string();
-    if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 2000 || url.parse::<http_uri::Uri>().is_err() {
+    if !(url.starts_with("https://") || url.starts_with("http://"))
+        || url.len() > 2000
+        || url.parse::<http_uri::Uri>().is_err()
+    {
         errs.push(FieldError::new("/url", "must be an absolute http(s) URL"));
     }
     let events: Vec<String> = match v.get("events") {
-        Some(Json::Array(a)) if !a.is_empty() => a.iter().filter_map(|e| e.as_str().map(str::to_string)).collect(),
+        Some(Json::Array(a)) if !a.is_empty() => a
+            .iter()
+            .filter_map(|e| e.as_str().map(str::to_string))
+            .collect(),
         _ => {
-            errs.push(FieldError::new("/events", "must be a non-empty array of event types"));
+            errs.push(FieldError::new(
+                "/events",
+                "must be a non-empty array of event types",
+            ));
             Vec::new()
         }
     };
     for (i, e) in events.iter().enumerate() {
         if !EVENT_TYPES.contains(&e.as_str()) {
-            errs.push(FieldError::new(format!("/events/{i}"), format!("'{e}' is not one of {}", EVENT_TYPES.join(", "))));
+            errs.push(FieldError::new(
+                format!("/events/{i}"),
+                format!("'{e}' is not one of {}", EVENT_TYPES.join(", ")),
+            ));
         }
     }
     let secret = match v.get("secret") {
@@ -627,13 +831,26 @@ fn create_subscription(db: &dyn Db, req: &Request, now: DateTime<Utc>) -> Result
     })?;
     let id = r.first().map(|r| r.i64("id")).unwrap_or(0);
     // The secret is shown once, at creation.
-    Ok(Response::json(201, &json!({"id": id, "url": url, "events": events, "secret": secret, "active": true}))
-        .with_header("location", &format!("/api/notifications/subscriptions/{id}")))
+    Ok(Response::json(
+        201,
+        &json!({"id": id, "url": url, "events": events, "secret": secret, "active": true}),
+    )
+    .with_header(
+        "location",
+        &format!("/api/notifications/subscriptions/{id}"),
+    ))
 }
 
 fn delete_subscription(db: &dyn Db, id: &str) -> Result<Response> {
-    let id: i64 = id.parse().map_err(|_| Error::not_found(format!("no subscription '{id}'")))?;
-    let n = transaction(db, |db| Ok::<_, Error>(db.exec("UPDATE subscriptions SET active = 0 WHERE id = ? AND active = 1", params![id])?))?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| Error::not_found(format!("no subscription '{id}'")))?;
+    let n = transaction(db, |db| {
+        Ok::<_, Error>(db.exec(
+            "UPDATE subscriptions SET active = 0 WHERE id = ? AND active = 1",
+            params![id],
+        )?)
+    })?;
     if n == 0 {
         return Err(Error::not_found(format!("no active subscription {id}")));
     }
@@ -656,11 +873,18 @@ fn put_template(db: &dyn Db, req: &Request, name: &str, now: DateTime<Utc>) -> R
     let field = |k: &str, errs: &mut Vec<FieldError>| match v.get(k) {
         Some(Json::String(s)) if !s.trim().is_empty() => s.clone(),
         _ => {
-            errs.push(FieldError::new(format!("/{k}"), "is required (a non-empty string)"));
+            errs.push(FieldError::new(
+                format!("/{k}"),
+                "is required (a non-empty string)",
+            ));
             String::new()
         }
     };
-    let (subject, text, html) = (field("subject", &mut errs), field("text", &mut errs), field("html", &mut errs));
+    let (subject, text, html) = (
+        field("subject", &mut errs),
+        field("text", &mut errs),
+        field("html", &mut errs),
+    );
     let active = v.get("active").and_then(Json::as_bool).unwrap_or(true);
     if !errs.is_empty() {
         return Err(Error::invalid(errs));
@@ -686,7 +910,11 @@ mod http_uri {
             let rest = s.split_once("://").map(|(_, r)| r).ok_or(())?;
             let host = rest.split(['/', '?', '#']).next().unwrap_or("");
             let host = host.rsplit_once('@').map(|(_, h)| h).unwrap_or(host);
-            let name = if host.starts_with('[') { host } else { host.split(':').next().unwrap_or("") };
+            let name = if host.starts_with('[') {
+                host
+            } else {
+                host.split(':').next().unwrap_or("")
+            };
             if name.is_empty() || name.contains(char::is_whitespace) {
                 return Err(());
             }
@@ -710,10 +938,21 @@ mod tests {
     }
 
     impl Transport for Fake {
-        async fn post(&self, url: &str, headers: &[(String, String)], body: Vec<u8>) -> std::result::Result<(u16, Vec<u8>), String> {
-            self.calls.borrow_mut().push((url.to_string(), headers.to_vec(), body));
+        async fn post(
+            &self,
+            url: &str,
+            headers: &[(String, String)],
+            body: Vec<u8>,
+        ) -> std::result::Result<(u16, Vec<u8>), String> {
+            self.calls
+                .borrow_mut()
+                .push((url.to_string(), headers.to_vec(), body));
             let mut a = self.answers.borrow_mut();
-            if a.is_empty() { Ok((200, Vec::new())) } else { a.remove(0) }
+            if a.is_empty() {
+                Ok((200, Vec::new()))
+            } else {
+                a.remove(0)
+            }
         }
     }
 
@@ -744,7 +983,10 @@ mod tests {
         let data = json!({"number": "WB-1", "name": "<Ada>", "lines": [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 1}], "totals": {"total": {"amount": "9.90"}}});
         assert_eq!(render("Order {{number}}: {{#lines}}{{quantity}}x{{sku}} {{/lines}}= {{totals.total.amount}}", &data, false), "Order WB-1: 2xA 1xB = 9.90");
         assert_eq!(render("<p>{{name}}</p>", &data, true), "<p>&lt;Ada&gt;</p>");
-        assert_eq!(render("{{missing}}|{{#missing}}x{{/missing}}", &data, false), "|");
+        assert_eq!(
+            render("{{missing}}|{{#missing}}x{{/missing}}", &data, false),
+            "|"
+        );
     }
 
     #[test]
@@ -753,7 +995,10 @@ mod tests {
         for (attempt, mid) in [(1, 10_000), (2, 20_000), (3, 40_000), (12, 3_600_000)] {
             for seed in [0u64, 1, 7, 12345, u64::MAX] {
                 let d = backoff(base, attempt, seed).num_milliseconds();
-                assert!(d >= mid * 3 / 4 && d <= mid * 5 / 4, "attempt {attempt}: {d}");
+                assert!(
+                    d >= mid * 3 / 4 && d <= mid * 5 / 4,
+                    "attempt {attempt}: {d}"
+                );
             }
         }
     }
@@ -761,32 +1006,77 @@ mod tests {
     #[test]
     fn expansion_is_once_and_delivery_retries_then_dead_letters() {
         let db = db();
-        let cfg = Config { retry_base: Duration::milliseconds(0), max_attempts: 3, ..Default::default() };
+        let cfg = Config {
+            retry_base: Duration::milliseconds(0),
+            max_attempts: 3,
+            ..Default::default()
+        };
         db.execute("INSERT INTO subscriptions (url, event_types, secret, active, created_at) VALUES ('http://crm.test/hook', '[\"order.received\"]', 'sixteen-chars-secret', 1, 'x')", &[]).unwrap();
-        event(&db, "order.received", json!({"order_id": "o1", "number": "WB-1", "email": "c@example.com", "customer_name": "C", "lines": [], "totals": {"total": {"amount": "1.00"}}}));
+        event(
+            &db,
+            "order.received",
+            json!({"order_id": "o1", "number": "WB-1", "email": "c@example.com", "customer_name": "C", "lines": [], "totals": {"total": {"amount": "1.00"}}}),
+        );
         assert_eq!(expand(&db, &cfg, Utc::now(), 10).unwrap(), 1);
-        assert_eq!(expand(&db, &cfg, Utc::now(), 10).unwrap(), 0, "expanded once");
-        let n: i64 = db.execute("SELECT count(*) AS n FROM deliveries", &[]).unwrap().first().unwrap().i64("n");
+        assert_eq!(
+            expand(&db, &cfg, Utc::now(), 10).unwrap(),
+            0,
+            "expanded once"
+        );
+        let n: i64 = db
+            .execute("SELECT count(*) AS n FROM deliveries", &[])
+            .unwrap()
+            .first()
+            .unwrap()
+            .i64("n");
         assert_eq!(n, 2, "one confirmation e-mail and one webhook");
         // The receiver fails three times: retried twice, then dead.
-        let fake = Fake { calls: RefCell::new(Vec::new()), answers: RefCell::new(vec![Ok((500, vec![])), Err("refused".into()), Ok((503, vec![]))]) };
+        let fake = Fake {
+            calls: RefCell::new(Vec::new()),
+            answers: RefCell::new(vec![
+                Ok((500, vec![])),
+                Err("refused".into()),
+                Ok((503, vec![])),
+            ]),
+        };
         let rep = block_on(sweep(&db, &cfg, &fake, std::time::Duration::from_secs(5))).unwrap();
         assert_eq!((rep.delivered, rep.retried, rep.dead), (1, 2, 1), "{rep:?}");
         assert_eq!(fake.calls.borrow().len(), 3);
         let (url, headers, body) = fake.calls.borrow()[0].clone();
         assert_eq!(url, "http://crm.test/hook");
-        let sig = headers.iter().find(|(k, _)| k == "waybill-signature").unwrap().1.clone();
-        assert!(signature::verify_timestamped(b"sixteen-chars-secret", &sig, &body, Utc::now().timestamp(), 300));
+        let sig = headers
+            .iter()
+            .find(|(k, _)| k == "waybill-signature")
+            .unwrap()
+            .1
+            .clone();
+        assert!(signature::verify_timestamped(
+            b"sixteen-chars-secret",
+            &sig,
+            &body,
+            Utc::now().timestamp(),
+            300
+        ));
         let env: Json = serde_json::from_slice(&body).unwrap();
         assert_eq!(env["type"], "order.received");
         assert_eq!(env["data"]["number"], "WB-1");
         // The mailbox got the confirmation, rendered.
-        let m = db.execute("SELECT to_address, subject FROM mailbox", &[]).unwrap();
+        let m = db
+            .execute("SELECT to_address, subject FROM mailbox", &[])
+            .unwrap();
         assert_eq!(m.first().unwrap().str("to_address"), "c@example.com");
         assert!(m.first().unwrap().str("subject").contains("WB-1"));
         // Replay the dead letter: delivered on the next sweep.
-        let dead = db.execute("SELECT id FROM deliveries WHERE state = 'dead'", &[]).unwrap().first().unwrap().i64("id");
-        assert_eq!(replay(&db, &dead.to_string(), Utc::now()).unwrap().status, 202);
+        let dead = db
+            .execute("SELECT id FROM deliveries WHERE state = 'dead'", &[])
+            .unwrap()
+            .first()
+            .unwrap()
+            .i64("id");
+        assert_eq!(
+            replay(&db, &dead.to_string(), Utc::now()).unwrap().status,
+            202
+        );
         let rep = block_on(sweep(&db, &cfg, &fake, std::time::Duration::from_secs(5))).unwrap();
         assert_eq!(rep.delivered, 1);
         assert_eq!(fake.calls.borrow().len(), 4);
@@ -799,9 +1089,31 @@ mod tests {
         event(&db, "order.received", json!({"email": "c@example.com"}));
         expand(&db, &cfg, Utc::now(), 10).unwrap();
         let now = Utc::now();
-        assert_eq!(claim(&db, "a", now, Duration::seconds(60), 10, None).unwrap().len(), 1);
-        assert_eq!(claim(&db, "b", now, Duration::seconds(60), 10, None).unwrap().len(), 0);
+        assert_eq!(
+            claim(&db, "a", now, Duration::seconds(60), 10, None)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            claim(&db, "b", now, Duration::seconds(60), 10, None)
+                .unwrap()
+                .len(),
+            0
+        );
         // After the lease expires (a crashed sweep), another sweep takes it.
-        assert_eq!(claim(&db, "b", now + Duration::seconds(61), Duration::seconds(60), 10, None).unwrap().len(), 1);
+        assert_eq!(
+            claim(
+                &db,
+                "b",
+                now + Duration::seconds(61),
+                Duration::seconds(60),
+                10,
+                None
+            )
+            .unwrap()
+            .len(),
+            1
+        );
     }
 }

@@ -17,7 +17,10 @@ pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request) -> Response {
     let r = (|| -> Result<Response> {
         tokens.authorize(req, Scope::Read)?;
         if req.method != "GET" && req.method != "HEAD" {
-            return Err(Error::new(crate::error::ErrorKind::MethodNotAllowed, format!("{} is not allowed here", req.method)));
+            return Err(Error::new(
+                crate::error::ErrorKind::MethodNotAllowed,
+                format!("{} is not allowed here", req.method),
+            ));
         }
         let rest = req.path.strip_prefix("/api/orders").unwrap_or("");
         let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
@@ -25,34 +28,51 @@ pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request) -> Response {
             [] => list(db, req),
             [key] => get(db, &decode(key)),
             [key, "events"] => events(db, &decode(key)),
-            _ => Err(Error::not_found(format!("no orders endpoint at {}", req.path))),
+            _ => Err(Error::not_found(format!(
+                "no orders endpoint at {}",
+                req.path
+            ))),
         }
     })();
     r.into()
 }
 
 fn decode(seg: &str) -> String {
-    form_urlencoded::parse(format!("k={seg}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+    form_urlencoded::parse(format!("k={seg}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 fn resolve(db: &dyn Db, key: &str) -> Result<String> {
-    store::resolve(db, key)?.ok_or_else(|| Error::not_found(format!("no order '{key}' (by id, number or source:external_id)")))
+    store::resolve(db, key)?.ok_or_else(|| {
+        Error::not_found(format!(
+            "no order '{key}' (by id, number or source:external_id)"
+        ))
+    })
 }
 
 fn get(db: &dyn Db, key: &str) -> Result<Response> {
     let id = resolve(db, key)?;
-    let view = store::order_view(db, &id)?.ok_or_else(|| Error::not_found(format!("no order '{key}'")))?;
+    let view =
+        store::order_view(db, &id)?.ok_or_else(|| Error::not_found(format!("no order '{key}'")))?;
     Ok(Response::json(200, &view))
 }
 
 fn events(db: &dyn Db, key: &str) -> Result<Response> {
     let id = resolve(db, key)?;
-    Ok(Response::json(200, &json!({"order_id": id, "events": store::events(db, &id)?})))
+    Ok(Response::json(
+        200,
+        &json!({"order_id": id, "events": store::events(db, &id)?}),
+    ))
 }
 
 fn bad(param: &str, detail: impl Into<String>) -> Error {
     let mut e = Error::bad_request(format!("query parameter '{param}': {}", detail.into()));
-    e.errors.push(crate::error::FieldError::new(format!("?{param}"), e.detail.clone()));
+    e.errors.push(crate::error::FieldError::new(
+        format!("?{param}"),
+        e.detail.clone(),
+    ));
     e
 }
 
@@ -62,22 +82,48 @@ fn time_param(req: &Request, name: &str) -> Result<Option<String>> {
         Some(v) => {
             // A date means the start of that day (UTC).
             let t = parse_time(&v).or_else(|| parse_time(&format!("{v}T00:00:00Z")));
-            t.map(|t| Some(ts(t))).ok_or_else(|| bad(name, format!("'{v}' is not an RFC 3339 timestamp or a date")))
+            t.map(|t| Some(ts(t))).ok_or_else(|| {
+                bad(
+                    name,
+                    format!("'{v}' is not an RFC 3339 timestamp or a date"),
+                )
+            })
         }
     }
 }
 
 fn list(db: &dyn Db, req: &Request) -> Result<Response> {
-    const KNOWN: &[&str] = &["status", "hold_reason", "channel", "source", "created_from", "created_to", "email", "sku", "q", "limit", "cursor"];
+    const KNOWN: &[&str] = &[
+        "status",
+        "hold_reason",
+        "channel",
+        "source",
+        "created_from",
+        "created_to",
+        "email",
+        "sku",
+        "q",
+        "limit",
+        "cursor",
+    ];
     for (k, _) in req.query_pairs() {
         if !KNOWN.contains(&k.as_str()) {
-            return Err(bad(&k, format!("unknown filter; known: {}", KNOWN.join(", "))));
+            return Err(bad(
+                &k,
+                format!("unknown filter; known: {}", KNOWN.join(", ")),
+            ));
         }
     }
-    let mut q = ListQuery { limit: DEFAULT_LIMIT, ..Default::default() };
+    let mut q = ListQuery {
+        limit: DEFAULT_LIMIT,
+        ..Default::default()
+    };
     if let Some(s) = req.query_param("status") {
         if !OrderStatus::ALL.contains(&s.as_str()) {
-            return Err(bad("status", format!("'{s}' is not one of {}", OrderStatus::ALL.join(", "))));
+            return Err(bad(
+                "status",
+                format!("'{s}' is not one of {}", OrderStatus::ALL.join(", ")),
+            ));
         }
         q.status = Some(s);
     }
@@ -89,33 +135,55 @@ fn list(db: &dyn Db, req: &Request) -> Result<Response> {
     }
     if let Some(s) = req.query_param("source") {
         if Source::parse(&s).is_none() {
-            return Err(bad("source", format!("'{s}' is not one of shopify, woocommerce, commercetools, api")));
+            return Err(bad(
+                "source",
+                format!("'{s}' is not one of shopify, woocommerce, commercetools, api"),
+            ));
         }
         q.source = Some(s);
     }
     q.channel = req.query_param("channel");
     q.email = req.query_param("email");
     q.sku = req.query_param("sku");
-    q.text = req.query_param("q").filter(|t| !t.trim().is_empty()).map(|t| t.trim().to_string());
+    q.text = req
+        .query_param("q")
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| t.trim().to_string());
     q.created_from = time_param(req, "created_from")?;
     q.created_to = time_param(req, "created_to")?;
     if let Some(l) = req.query_param("limit") {
-        q.limit = l.parse::<i64>().ok().filter(|l| (1..=MAX_LIMIT).contains(l)).ok_or_else(|| bad("limit", format!("must be 1 to {MAX_LIMIT}")))?;
+        q.limit = l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| bad("limit", format!("must be 1 to {MAX_LIMIT}")))?;
     }
     if let Some(c) = req.query_param("cursor") {
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c.as_bytes()).map_err(|_| bad("cursor", "is not a cursor this API issued"))?;
-        let s = String::from_utf8(raw).map_err(|_| bad("cursor", "is not a cursor this API issued"))?;
-        let (at, id) = s.split_once('|').ok_or_else(|| bad("cursor", "is not a cursor this API issued"))?;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(c.as_bytes())
+            .map_err(|_| bad("cursor", "is not a cursor this API issued"))?;
+        let s =
+            String::from_utf8(raw).map_err(|_| bad("cursor", "is not a cursor this API issued"))?;
+        let (at, id) = s
+            .split_once('|')
+            .ok_or_else(|| bad("cursor", "is not a cursor this API issued"))?;
         q.after = Some((at.to_string(), id.to_string()));
     }
     let (rows, more) = store::list(db, &q)?;
     let next = if more {
         rows.last().map(|r| {
-            let raw = format!("{}|{}", r["created_at"].as_str().unwrap_or_default(), r["id"].as_str().unwrap_or_default());
+            let raw = format!(
+                "{}|{}",
+                r["created_at"].as_str().unwrap_or_default(),
+                r["id"].as_str().unwrap_or_default()
+            );
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
         })
     } else {
         None
     };
-    Ok(Response::json(200, &json!({"orders": rows, "next_cursor": next})))
+    Ok(Response::json(
+        200,
+        &json!({"orders": rows, "next_cursor": next}),
+    ))
 }

@@ -23,7 +23,10 @@ use crate::store::{enqueue, ts};
 /// Start (inclusive) and end (exclusive) in UTC of `date` in `tz`, DST-correct:
 /// a 23- or 25-hour day where the clocks change.
 pub fn business_day(date: NaiveDate, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
-    (local_midnight(date, tz), local_midnight(date + Duration::days(1), tz))
+    (
+        local_midnight(date, tz),
+        local_midnight(date + Duration::days(1), tz),
+    )
 }
 
 fn local_midnight(date: NaiveDate, tz: Tz) -> DateTime<Utc> {
@@ -65,7 +68,14 @@ struct Metrics {
 fn money_map(m: &BTreeMap<String, i64>) -> Json {
     Json::Object(
         m.iter()
-            .map(|(c, v)| (c.clone(), json!(Currency::from_code(c).map(|cur| cur.format_amount(*v)).unwrap_or_else(|| v.to_string()))))
+            .map(|(c, v)| {
+                (
+                    c.clone(),
+                    json!(Currency::from_code(c)
+                        .map(|cur| cur.format_amount(*v))
+                        .unwrap_or_else(|| v.to_string())),
+                )
+            })
             .collect(),
     )
 }
@@ -87,7 +97,8 @@ impl Metrics {
     fn to_json(&self) -> Json {
         let mut hours = self.ship_hours.clone();
         hours.sort_by(|a, b| a.total_cmp(b));
-        let mean = (!hours.is_empty()).then(|| round2(hours.iter().sum::<f64>() / hours.len() as f64));
+        let mean =
+            (!hours.is_empty()).then(|| round2(hours.iter().sum::<f64>() / hours.len() as f64));
         json!({
             "orders_received": self.orders_received,
             "orders_shipped": self.orders_shipped,
@@ -140,8 +151,15 @@ pub fn compute(db: &dyn Db, date: NaiveDate, tz: Tz, now: DateTime<Utc>) -> Resu
         params![f.clone(), t.clone()],
     )?;
     for row in r.iter() {
-        let (ordered, cancelled, back) = (row.i64("ordered"), row.i64("cancelled"), row.i64("backordered"));
-        for m in [&mut overall, by_channel.entry(row.str("channel")).or_default()] {
+        let (ordered, cancelled, back) = (
+            row.i64("ordered"),
+            row.i64("cancelled"),
+            row.i64("backordered"),
+        );
+        for m in [
+            &mut overall,
+            by_channel.entry(row.str("channel")).or_default(),
+        ] {
             m.units_ordered += ordered;
             m.fill_den += ordered - cancelled;
             m.fill_num += ordered - cancelled - back;
@@ -155,7 +173,10 @@ pub fn compute(db: &dyn Db, date: NaiveDate, tz: Tz, now: DateTime<Utc>) -> Resu
     )?;
     for row in r.iter() {
         overall.orders_cancelled += row.i64("n");
-        by_channel.entry(row.str("channel")).or_default().orders_cancelled += row.i64("n");
+        by_channel
+            .entry(row.str("channel"))
+            .or_default()
+            .orders_cancelled += row.i64("n");
     }
 
     // Shipments that day.
@@ -176,15 +197,26 @@ pub fn compute(db: &dyn Db, date: NaiveDate, tz: Tz, now: DateTime<Utc>) -> Resu
     let mut shipped_orders: BTreeMap<String, (String, bool)> = BTreeMap::new();
     let mut facility_orders: BTreeMap<(String, String), ()> = BTreeMap::new();
     for row in r.iter() {
-        let (order, channel, facility) = (row.str("order_id"), row.str("channel"), row.str("facility"));
+        let (order, channel, facility) =
+            (row.str("order_id"), row.str("channel"), row.str("facility"));
         let units = row.i64("units");
         let partial = row.i64("partial") != 0;
-        for m in [&mut overall, by_channel.entry(channel.clone()).or_default(), by_facility.entry(facility.clone()).or_default()] {
+        for m in [
+            &mut overall,
+            by_channel.entry(channel.clone()).or_default(),
+            by_facility.entry(facility.clone()).or_default(),
+        ] {
             m.units_shipped += units;
             m.partial_shipments += partial as i64;
         }
-        if facility_orders.insert((facility.clone(), order.clone()), ()).is_none() {
-            by_facility.entry(facility.clone()).or_default().orders_shipped += 1;
+        if facility_orders
+            .insert((facility.clone(), order.clone()), ())
+            .is_none()
+        {
+            by_facility
+                .entry(facility.clone())
+                .or_default()
+                .orders_shipped += 1;
         }
         // Time to ship counts each order once, on the day of its first shipment.
         if !shipped_orders.contains_key(&order) {
@@ -192,22 +224,39 @@ pub fn compute(db: &dyn Db, date: NaiveDate, tz: Tz, now: DateTime<Utc>) -> Resu
             let first_today = first >= f && first < t;
             shipped_orders.insert(order.clone(), (channel.clone(), first_today));
             if first_today {
-                if let (Some(c), Some(s)) = (crate::sources::parse_time(&row.str("created_at")), crate::sources::parse_time(&first)) {
+                if let (Some(c), Some(s)) = (
+                    crate::sources::parse_time(&row.str("created_at")),
+                    crate::sources::parse_time(&first),
+                ) {
                     let h = (s - c).num_seconds() as f64 / 3600.0;
                     overall.ship_hours.push(h);
-                    by_channel.entry(channel.clone()).or_default().ship_hours.push(h);
-                    by_facility.entry(facility.clone()).or_default().ship_hours.push(h);
+                    by_channel
+                        .entry(channel.clone())
+                        .or_default()
+                        .ship_hours
+                        .push(h);
+                    by_facility
+                        .entry(facility.clone())
+                        .or_default()
+                        .ship_hours
+                        .push(h);
                 }
             }
             if row.i64("facilities") > 1 {
                 overall.split_shipments += 1;
-                by_channel.entry(channel.clone()).or_default().split_shipments += 1;
+                by_channel
+                    .entry(channel.clone())
+                    .or_default()
+                    .split_shipments += 1;
             }
         }
     }
     overall.orders_shipped = shipped_orders.len() as i64;
     for (channel, _) in shipped_orders.values() {
-        by_channel.entry(channel.clone()).or_default().orders_shipped += 1;
+        by_channel
+            .entry(channel.clone())
+            .or_default()
+            .orders_shipped += 1;
     }
 
     // Returns received that day.
@@ -218,7 +267,10 @@ pub fn compute(db: &dyn Db, date: NaiveDate, tz: Tz, now: DateTime<Utc>) -> Resu
         params![f.clone(), t.clone()],
     )?;
     for row in r.iter() {
-        for m in [&mut overall, by_channel.entry(row.str("channel")).or_default()] {
+        for m in [
+            &mut overall,
+            by_channel.entry(row.str("channel")).or_default(),
+        ] {
             m.orders_returned += row.i64("n");
             m.units_returned += row.i64("units");
         }
@@ -232,7 +284,10 @@ pub fn compute(db: &dyn Db, date: NaiveDate, tz: Tz, now: DateTime<Utc>) -> Resu
         params![f.clone(), t.clone()],
     )?;
     for row in r.iter() {
-        for m in [&mut overall, by_channel.entry(row.str("channel")).or_default()] {
+        for m in [
+            &mut overall,
+            by_channel.entry(row.str("channel")).or_default(),
+        ] {
             *m.revenue_captured.entry(row.str("currency")).or_default() += row.i64("amount");
         }
     }
@@ -244,7 +299,10 @@ pub fn compute(db: &dyn Db, date: NaiveDate, tz: Tz, now: DateTime<Utc>) -> Resu
         params![f.clone(), t.clone()],
     )?;
     for row in r.iter() {
-        for m in [&mut overall, by_channel.entry(row.str("channel")).or_default()] {
+        for m in [
+            &mut overall,
+            by_channel.entry(row.str("channel")).or_default(),
+        ] {
             *m.exceptions.entry(row.str("reason")).or_default() += row.i64("n");
         }
     }
@@ -257,7 +315,11 @@ pub fn compute(db: &dyn Db, date: NaiveDate, tz: Tz, now: DateTime<Utc>) -> Resu
         params![t.clone()],
     )?;
     let b = r.first();
-    let oldest_age = b.as_ref().and_then(|b| b.opt_str("oldest")).and_then(|o| crate::sources::parse_time(&o)).map(|o| round2((to.min(now) - o).num_seconds() as f64 / 3600.0));
+    let oldest_age = b
+        .as_ref()
+        .and_then(|b| b.opt_str("oldest"))
+        .and_then(|o| crate::sources::parse_time(&o))
+        .map(|o| round2((to.min(now) - o).num_seconds() as f64 / 3600.0));
     let backorders = json!({
         "orders": b.as_ref().map(|b| b.i64("orders")).unwrap_or(0),
         "units": b.as_ref().map(|b| b.i64("units")).unwrap_or(0),
@@ -268,11 +330,19 @@ pub fn compute(db: &dyn Db, date: NaiveDate, tz: Tz, now: DateTime<Utc>) -> Resu
         let mut j = m.to_json();
         let mut aov = Map::new();
         for (c, total) in &m.revenue_ordered {
-            let n = counts.and_then(|k| k.get(c).copied()).unwrap_or(m.orders_received).max(1);
+            let n = counts
+                .and_then(|k| k.get(c).copied())
+                .unwrap_or(m.orders_received)
+                .max(1);
             let cur = Currency::from_code(c);
             // Rounded half away from zero to the currency's minor unit.
             let avg = (*total as f64 / n as f64).round() as i64;
-            aov.insert(c.clone(), json!(cur.map(|x| x.format_amount(avg)).unwrap_or_else(|| avg.to_string())));
+            aov.insert(
+                c.clone(),
+                json!(cur
+                    .map(|x| x.format_amount(avg))
+                    .unwrap_or_else(|| avg.to_string())),
+            );
         }
         j["average_order_value"] = Json::Object(aov);
         j
@@ -295,7 +365,12 @@ pub fn compute(db: &dyn Db, date: NaiveDate, tz: Tz, now: DateTime<Utc>) -> Resu
 pub fn generate(db: &dyn Db, date: NaiveDate, tz: Tz, now: DateTime<Utc>) -> Result<(Json, bool)> {
     let report = compute(db, date, tz, now)?;
     let fresh = transaction(db, |db| {
-        let existed = !db.execute("SELECT 1 FROM daily_reports WHERE date = ?", params![date.to_string()])?.is_empty();
+        let existed = !db
+            .execute(
+                "SELECT 1 FROM daily_reports WHERE date = ?",
+                params![date.to_string()],
+            )?
+            .is_empty();
         db.execute(
             "INSERT INTO daily_reports (date, timezone, generated_at, data) VALUES (?, ?, ?, ?)
              ON CONFLICT (date) DO UPDATE SET timezone = excluded.timezone, generated_at = excluded.generated_at, data = excluded.data",
@@ -339,7 +414,8 @@ pub fn scheduled_date(now: DateTime<Utc>, tz: Tz) -> NaiveDate {
 pub fn to_csv(reports: &[Json]) -> Result<String> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let csv_err = |e: csv::Error| Error::internal(format!("csv: {e}"));
-    w.write_record(["date", "timezone", "scope", "metric", "value"]).map_err(csv_err)?;
+    w.write_record(["date", "timezone", "scope", "metric", "value"])
+        .map_err(csv_err)?;
     for r in reports {
         let date = r["date"].as_str().unwrap_or_default();
         let tz = r["timezone"].as_str().unwrap_or_default();
@@ -354,18 +430,28 @@ pub fn to_csv(reports: &[Json]) -> Result<String> {
             let mut flat = Vec::new();
             flatten("", m, &mut flat);
             for (metric, value) in flat {
-                w.write_record([date, tz, scope.as_str(), metric.as_str(), value.as_str()]).map_err(csv_err)?;
+                w.write_record([date, tz, scope.as_str(), metric.as_str(), value.as_str()])
+                    .map_err(csv_err)?;
             }
         }
     }
-    String::from_utf8(w.into_inner().map_err(|e| Error::internal(e.to_string()))?).map_err(|e| Error::internal(e.to_string()))
+    String::from_utf8(w.into_inner().map_err(|e| Error::internal(e.to_string()))?)
+        .map_err(|e| Error::internal(e.to_string()))
 }
 
 fn flatten(prefix: &str, v: &Json, out: &mut Vec<(String, String)>) {
     match v {
         Json::Object(m) => {
             for (k, x) in m {
-                flatten(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, x, out);
+                flatten(
+                    &if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    },
+                    x,
+                    out,
+                );
             }
         }
         Json::Null => out.push((prefix.to_string(), String::new())),
@@ -382,32 +468,50 @@ pub struct Config {
 }
 
 pub fn parse_tz(name: &str) -> std::result::Result<Tz, String> {
-    name.trim().parse::<Tz>().map_err(|_| format!("'{name}' is not an IANA time zone"))
+    name.trim()
+        .parse::<Tz>()
+        .map_err(|_| format!("'{name}' is not an IANA time zone"))
 }
 
 fn parse_date(s: &str) -> Result<NaiveDate> {
-    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| Error::bad_request(format!("'{s}' is not a date (YYYY-MM-DD)")))
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| Error::bad_request(format!("'{s}' is not a date (YYYY-MM-DD)")))
 }
 
 fn wants_csv(req: &Request) -> bool {
     req.query_param("format").as_deref() == Some("csv")
-        || req.header("accept").map(|a| a.contains("text/csv") && !a.contains("application/json")).unwrap_or(false)
+        || req
+            .header("accept")
+            .map(|a| a.contains("text/csv") && !a.contains("application/json"))
+            .unwrap_or(false)
 }
 
 fn answer(req: &Request, reports: Vec<Json>, single: bool) -> Result<Response> {
     if wants_csv(req) {
         let body = to_csv(&reports)?;
-        return Ok(Response { status: 200, headers: vec![("content-type".into(), "text/csv; charset=utf-8".into())], body: body.into_bytes() });
+        return Ok(Response {
+            status: 200,
+            headers: vec![("content-type".into(), "text/csv; charset=utf-8".into())],
+            body: body.into_bytes(),
+        });
     }
     if single {
-        Ok(Response::json(200, &reports.into_iter().next().unwrap_or(Json::Null)))
+        Ok(Response::json(
+            200,
+            &reports.into_iter().next().unwrap_or(Json::Null),
+        ))
     } else {
         Ok(Response::json(200, &json!({"reports": reports})))
     }
 }
 
 /// `GET /api/reports/daily/{date}`, `GET /api/reports/daily?from=&to=`, `POST /api/reports/daily/{date}`.
-pub fn handle(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> (Response, Option<Json>) {
+pub fn handle(
+    db: &dyn Db,
+    cfg: &Config,
+    req: &Request,
+    now: DateTime<Utc>,
+) -> (Response, Option<Json>) {
     let mut latest = None;
     let r = (|| -> Result<Response> {
         let path = req.path.trim_end_matches('/');
@@ -415,42 +519,63 @@ pub fn handle(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> (
         match (req.method.as_str(), segs.as_slice()) {
             ("GET", ["api", "reports", "daily"]) => {
                 cfg.tokens.authorize(req, Scope::Read)?;
-                let from = parse_date(&req.query_param("from").ok_or_else(|| Error::bad_request("query parameter 'from' is required"))?)?;
+                let from =
+                    parse_date(&req.query_param("from").ok_or_else(|| {
+                        Error::bad_request("query parameter 'from' is required")
+                    })?)?;
                 let to = match req.query_param("to") {
                     Some(t) => parse_date(&t)?,
                     None => from,
                 };
                 if to < from || (to - from).num_days() > 366 {
-                    return Err(Error::bad_request("'to' must be on or after 'from', at most 366 days later"));
+                    return Err(Error::bad_request(
+                        "'to' must be on or after 'from', at most 366 days later",
+                    ));
                 }
                 let rows = db.execute(
                     "SELECT data FROM daily_reports WHERE date >= ? AND date <= ? ORDER BY date",
                     params![from.to_string(), to.to_string()],
                 )?;
-                let reports = rows.iter().filter_map(|r| serde_json::from_str(&r.str("data")).ok()).collect();
+                let reports = rows
+                    .iter()
+                    .filter_map(|r| serde_json::from_str(&r.str("data")).ok())
+                    .collect();
                 answer(req, reports, false)
             }
             ("GET", ["api", "reports", "daily", date]) => {
                 cfg.tokens.authorize(req, Scope::Read)?;
                 let d = parse_date(date)?;
-                let rows = db.execute("SELECT data FROM daily_reports WHERE date = ?", params![d.to_string()])?;
+                let rows = db.execute(
+                    "SELECT data FROM daily_reports WHERE date = ?",
+                    params![d.to_string()],
+                )?;
                 let report: Json = rows
                     .first()
                     .and_then(|r| serde_json::from_str(&r.str("data")).ok())
-                    .ok_or_else(|| Error::not_found(format!("no report for {d}; POST to this URL generates it")))?;
+                    .ok_or_else(|| {
+                        Error::not_found(format!(
+                            "no report for {d}; POST to this URL generates it"
+                        ))
+                    })?;
                 answer(req, vec![report], true)
             }
             ("POST", ["api", "reports", "daily", date]) => {
                 cfg.tokens.authorize(req, Scope::Write)?;
                 let d = parse_date(date)?;
                 if d > day_of(now, cfg.timezone) {
-                    return Err(Error::unprocessable(format!("{d} has not begun in {}", cfg.timezone.name())));
+                    return Err(Error::unprocessable(format!(
+                        "{d} has not begun in {}",
+                        cfg.timezone.name()
+                    )));
                 }
                 let (report, fresh) = generate(db, d, cfg.timezone, now)?;
                 latest = Some(report.clone());
                 Ok(Response::json(if fresh { 201 } else { 200 }, &report))
             }
-            (_, ["api", "reports", "daily", ..]) => Err(Error::new(crate::error::ErrorKind::MethodNotAllowed, format!("{} is not allowed here", req.method))),
+            (_, ["api", "reports", "daily", ..]) => Err(Error::new(
+                crate::error::ErrorKind::MethodNotAllowed,
+                format!("{} is not allowed here", req.method),
+            )),
             _ => Err(Error::not_found(format!("no report endpoint at {path}"))),
         }
     })();
@@ -475,7 +600,10 @@ mod tests {
         // A zone whose DST gap is at midnight (America/Santiago, 2026-09-06): the day starts at 01:00.
         let santiago: Tz = "America/Santiago".parse().unwrap();
         let (a, _) = business_day(NaiveDate::from_ymd_opt(2026, 9, 6).unwrap(), santiago);
-        assert_eq!(a.with_timezone(&santiago).format("%H:%M").to_string(), "01:00");
+        assert_eq!(
+            a.with_timezone(&santiago).format("%H:%M").to_string(),
+            "01:00"
+        );
         assert!(parse_tz("Mars/Olympus").is_err());
     }
 

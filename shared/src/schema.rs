@@ -242,7 +242,11 @@ the following items of order {{number}} are on backorder and will ship as soon a
 pub const LATEST: i64 = MIGRATIONS.len() as i64;
 
 fn version(db: &dyn Db) -> Result<i64, DbError> {
-    Ok(db.execute("PRAGMA user_version", &[])?.first().map(|r| r.i64("user_version")).unwrap_or(0))
+    Ok(db
+        .execute("PRAGMA user_version", &[])?
+        .first()
+        .map(|r| r.i64("user_version"))
+        .unwrap_or(0))
 }
 
 /// Brings the schema to [`LATEST`]; safe to call on every connection.

@@ -55,7 +55,13 @@ pub fn sign_timestamped(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
 }
 
 /// Verifies a `t=...,v1=...` header within `tolerance_secs` of `now`.
-pub fn verify_timestamped(secret: &[u8], header: &str, body: &[u8], now: i64, tolerance_secs: i64) -> bool {
+pub fn verify_timestamped(
+    secret: &[u8],
+    header: &str,
+    body: &[u8],
+    now: i64,
+    tolerance_secs: i64,
+) -> bool {
     if secret.is_empty() {
         return false;
     }
@@ -73,8 +79,12 @@ pub fn verify_timestamped(secret: &[u8], header: &str, body: &[u8], now: i64, to
         return false;
     }
     let expected = sign_timestamped(secret, t, body);
-    let expected_sig = expected.rsplit_once("v1=").map(|(_, s)| s.to_string()).unwrap_or_default();
-    sigs.iter().any(|s| constant_time_eq(s.as_bytes(), expected_sig.as_bytes()))
+    let expected_sig = expected
+        .rsplit_once("v1=")
+        .map(|(_, s)| s.to_string())
+        .unwrap_or_default();
+    sigs.iter()
+        .any(|s| constant_time_eq(s.as_bytes(), expected_sig.as_bytes()))
 }
 
 #[cfg(test)]
@@ -85,12 +95,30 @@ mod tests {
     fn base64_hmac_matches_a_known_vector() {
         // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
         let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
-        assert_eq!(hex(&mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        assert_eq!(
+            hex(&mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
         let header = base64_hmac(b"Jefe", b"what do ya want for nothing?");
-        assert!(verify_base64(b"Jefe", b"what do ya want for nothing?", &header));
-        assert!(!verify_base64(b"Jefe", b"what do ya want for nothing!", &header));
-        assert!(!verify_base64(b"other", b"what do ya want for nothing?", &header));
-        assert!(!verify_base64(b"", b"x", &base64_hmac(b"", b"x")), "an unset secret never verifies");
+        assert!(verify_base64(
+            b"Jefe",
+            b"what do ya want for nothing?",
+            &header
+        ));
+        assert!(!verify_base64(
+            b"Jefe",
+            b"what do ya want for nothing!",
+            &header
+        ));
+        assert!(!verify_base64(
+            b"other",
+            b"what do ya want for nothing?",
+            &header
+        ));
+        assert!(
+            !verify_base64(b"", b"x", &base64_hmac(b"", b"x")),
+            "an unset secret never verifies"
+        );
         assert!(!verify_base64(b"Jefe", b"x", "not base64!!"));
     }
 
@@ -98,7 +126,10 @@ mod tests {
     fn timestamped() {
         let h = sign_timestamped(b"s", 1_700_000_000, b"{}");
         assert!(verify_timestamped(b"s", &h, b"{}", 1_700_000_100, 300));
-        assert!(!verify_timestamped(b"s", &h, b"{}", 1_700_000_400, 300), "too old");
+        assert!(
+            !verify_timestamped(b"s", &h, b"{}", 1_700_000_400, 300),
+            "too old"
+        );
         assert!(!verify_timestamped(b"s", &h, b"{ }", 1_700_000_000, 300));
         assert!(!verify_timestamped(b"t", &h, b"{}", 1_700_000_000, 300));
         assert!(constant_time_eq(b"abc", b"abc"));

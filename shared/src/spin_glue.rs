@@ -10,14 +10,21 @@ use crate::http::{Request, Response};
 /// Copies a Spin request into the host-independent [`Request`].
 pub fn request(req: &SpinRequest) -> Request {
     let path_and_query = req.path_and_query().unwrap_or("/");
-    let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
     Request {
         method: req.method().to_string().to_ascii_uppercase(),
         path: path.to_string(),
         query: query.to_string(),
         headers: req
             .headers()
-            .map(|(k, v)| (k.to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_ascii_lowercase(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         body: req.body().to_vec(),
     }
@@ -68,22 +75,43 @@ pub async fn incoming(req: spin_sdk::http::IncomingRequest) -> Result<Request, E
         M::Other(m) => m.to_ascii_uppercase(),
     };
     let pq = req.path_with_query().unwrap_or_else(|| "/".to_string());
-    let (path, query) = pq.split_once('?').map(|(p, q)| (p.to_string(), q.to_string())).unwrap_or((pq.clone(), String::new()));
+    let (path, query) = pq
+        .split_once('?')
+        .map(|(p, q)| (p.to_string(), q.to_string()))
+        .unwrap_or((pq.clone(), String::new()));
     let headers = req
         .headers()
         .entries()
         .into_iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), String::from_utf8_lossy(&v).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_ascii_lowercase(),
+                String::from_utf8_lossy(&v).into_owned(),
+            )
+        })
         .collect();
-    let body = req.into_body().await.map_err(|e| Error::bad_request(format!("cannot read the request body: {e:?}")))?;
-    Ok(Request { method, path, query, headers, body })
+    let body = req
+        .into_body()
+        .await
+        .map_err(|e| Error::bad_request(format!("cannot read the request body: {e:?}")))?;
+    Ok(Request {
+        method,
+        path,
+        query,
+        headers,
+        body,
+    })
 }
 
 /// Sends `r` through a response outparam and finishes the body, so the caller
 /// has the whole answer while this instance may go on working.
 pub fn respond(out: spin_sdk::http::ResponseOutparam, r: Response) {
     use spin_sdk::http::{Fields, OutgoingBody, OutgoingResponse};
-    let list: Vec<(String, Vec<u8>)> = r.headers.iter().map(|(k, v)| (k.clone(), v.clone().into_bytes())).collect();
+    let list: Vec<(String, Vec<u8>)> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+        .collect();
     let headers = Fields::from_list(&list).unwrap_or_else(|_| Fields::new());
     let resp = OutgoingResponse::new(headers);
     let _ = resp.set_status_code(r.status);
@@ -104,7 +132,12 @@ pub fn respond(out: spin_sdk::http::ResponseOutparam, r: Response) {
 pub struct SpinTransport;
 
 impl crate::notify::Transport for SpinTransport {
-    async fn post(&self, url: &str, headers: &[(String, String)], body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
+    async fn post(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> Result<(u16, Vec<u8>), String> {
         let mut b = spin_sdk::http::Request::builder();
         b.method(spin_sdk::http::Method::Post).uri(url);
         for (k, v) in headers {
@@ -131,9 +164,19 @@ pub fn notify_config() -> crate::notify::Config {
         provider,
         from: variable("email_from", &d.from),
         merchant_email: variable("merchant_email", ""),
-        management_emails: variable("management_emails", "").split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-        max_attempts: variable("notify_max_attempts", "8").parse().unwrap_or(d.max_attempts),
-        retry_base: chrono::Duration::milliseconds(variable("notify_retry_base_ms", "10000").parse().unwrap_or(10_000)),
+        management_emails: variable("management_emails", "")
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        max_attempts: variable("notify_max_attempts", "8")
+            .parse()
+            .unwrap_or(d.max_attempts),
+        retry_base: chrono::Duration::milliseconds(
+            variable("notify_retry_base_ms", "10000")
+                .parse()
+                .unwrap_or(10_000),
+        ),
         lease: d.lease,
         tokens: crate::http::Tokens::parse(&variable("api_tokens", "")),
     }
@@ -146,6 +189,10 @@ pub fn kv() -> Result<crate::kv::spin::SpinKv, Error> {
 
 /// The report settings from Spin variables (`merchant_timezone`, an IANA name).
 pub fn report_config() -> Result<crate::report::Config, Error> {
-    let tz = crate::report::parse_tz(&variable("merchant_timezone", "UTC")).map_err(|e| Error::internal(format!("merchant_timezone: {e}")))?;
-    Ok(crate::report::Config { timezone: tz, tokens: crate::http::Tokens::parse(&variable("api_tokens", "")) })
+    let tz = crate::report::parse_tz(&variable("merchant_timezone", "UTC"))
+        .map_err(|e| Error::internal(format!("merchant_timezone: {e}")))?;
+    Ok(crate::report::Config {
+        timezone: tz,
+        tokens: crate::http::Tokens::parse(&variable("api_tokens", "")),
+    })
 }

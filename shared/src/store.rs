@@ -21,7 +21,15 @@ pub fn actor_for(source: Source) -> String {
     format!("source:{}", source.as_str())
 }
 
-pub fn record_event(db: &dyn Db, order_id: &str, now: DateTime<Utc>, actor: &str, kind: &str, summary: &str, data: Json) -> Result<()> {
+pub fn record_event(
+    db: &dyn Db,
+    order_id: &str,
+    now: DateTime<Utc>,
+    actor: &str,
+    kind: &str,
+    summary: &str,
+    data: Json,
+) -> Result<()> {
     db.execute(
         "INSERT INTO order_events (order_id, at, actor, kind, summary, data) VALUES (?, ?, ?, ?, ?, ?)",
         params![order_id, ts(now), actor, kind, summary, data.to_string()],
@@ -30,7 +38,13 @@ pub fn record_event(db: &dyn Db, order_id: &str, now: DateTime<Utc>, actor: &str
 }
 
 /// Writes a side effect to the outbox, to be delivered at least once.
-pub fn enqueue(db: &dyn Db, topic: &str, order_id: Option<&str>, payload: Json, now: DateTime<Utc>) -> Result<()> {
+pub fn enqueue(
+    db: &dyn Db,
+    topic: &str,
+    order_id: Option<&str>,
+    payload: Json,
+    now: DateTime<Utc>,
+) -> Result<()> {
     db.execute(
         "INSERT INTO outbox (topic, order_id, payload, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)",
         params![topic, order_id, payload.to_string(), ts(now), ts(now)],
@@ -63,24 +77,62 @@ pub fn source_hash(o: &NewOrder) -> String {
     let lines: Vec<Json> = o
         .lines
         .iter()
-        .map(|l| json!([l.external_id, l.sku, l.name, l.quantity, l.unit_price, l.subtotal, l.discount, l.tax, l.requires_shipping]))
+        .map(|l| {
+            json!([
+                l.external_id,
+                l.sku,
+                l.name,
+                l.quantity,
+                l.unit_price,
+                l.subtotal,
+                l.discount,
+                l.tax,
+                l.requires_shipping
+            ])
+        })
         .collect();
     let v = json!([
-        o.external_number, o.channel, o.currency.code(), o.customer, o.shipping_address, o.billing_address,
-        lines, o.shipping_lines, o.taxes_included, o.financial_status.as_str(), o.payment, o.note, o.tags,
-        o.source_total, o.cancelled,
-        o.holds.iter().map(|(r, n)| json!([r.as_str(), n])).collect::<Vec<_>>(),
+        o.external_number,
+        o.channel,
+        o.currency.code(),
+        o.customer,
+        o.shipping_address,
+        o.billing_address,
+        lines,
+        o.shipping_lines,
+        o.taxes_included,
+        o.financial_status.as_str(),
+        o.payment,
+        o.note,
+        o.tags,
+        o.source_total,
+        o.cancelled,
+        o.holds
+            .iter()
+            .map(|(r, n)| json!([r.as_str(), n]))
+            .collect::<Vec<_>>(),
     ]);
-    crate::signature::hex(&crate::signature::hmac_sha256(b"waybill-source-hash", v.to_string().as_bytes()))
+    crate::signature::hex(&crate::signature::hmac_sha256(
+        b"waybill-source-hash",
+        v.to_string().as_bytes(),
+    ))
 }
 
 fn search_text(o: &NewOrder, number: &str) -> String {
-    let mut parts = if number.is_empty() { vec![o.external_id.clone()] } else { vec![number.to_string(), o.external_id.clone()] };
+    let mut parts = if number.is_empty() {
+        vec![o.external_id.clone()]
+    } else {
+        vec![number.to_string(), o.external_id.clone()]
+    };
     parts.extend(o.external_number.clone());
     parts.extend(o.customer.email.clone());
     parts.extend(o.customer.display_name());
     if let Some(a) = &o.shipping_address {
-        parts.extend([a.first_name.clone(), a.last_name.clone(), a.company.clone()].into_iter().flatten());
+        parts.extend(
+            [a.first_name.clone(), a.last_name.clone(), a.company.clone()]
+                .into_iter()
+                .flatten(),
+        );
     }
     parts.join(" ").to_lowercase()
 }
@@ -99,9 +151,18 @@ fn insert_lines(db: &dyn Db, order_id: &str, o: &NewOrder) -> Result<()> {
         sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
         let cancelled = if o.cancelled { l.quantity } else { 0 };
         p.extend([
-            Value::from(order_id), Value::Integer((i + 1) as i64), Value::from(l.external_id.clone()), Value::from(&l.sku),
-            Value::from(&l.name), Value::Integer(l.unit_price), Value::Integer(l.subtotal), Value::Integer(l.discount),
-            Value::Integer(l.tax), Value::from(l.requires_shipping), Value::Integer(l.quantity), Value::Integer(cancelled),
+            Value::from(order_id),
+            Value::Integer((i + 1) as i64),
+            Value::from(l.external_id.clone()),
+            Value::from(&l.sku),
+            Value::from(&l.name),
+            Value::Integer(l.unit_price),
+            Value::Integer(l.subtotal),
+            Value::Integer(l.discount),
+            Value::Integer(l.tax),
+            Value::from(l.requires_shipping),
+            Value::Integer(l.quantity),
+            Value::Integer(cancelled),
         ]);
     }
     db.execute(&sql, &p)?;
@@ -109,30 +170,66 @@ fn insert_lines(db: &dyn Db, order_id: &str, o: &NewOrder) -> Result<()> {
 }
 
 pub fn open_hold_reasons(db: &dyn Db, order_id: &str) -> Result<Vec<String>> {
-    let r = db.execute("SELECT reason FROM order_holds WHERE order_id = ? AND released_at IS NULL", params![order_id])?;
+    let r = db.execute(
+        "SELECT reason FROM order_holds WHERE order_id = ? AND released_at IS NULL",
+        params![order_id],
+    )?;
     Ok(r.iter().map(|r| r.str("reason")).collect())
 }
 
 /// Opens a hold unless one with the same reason is already open. Returns whether it opened one.
-pub fn add_hold(db: &dyn Db, order_id: &str, reason: HoldReason, note: &str, now: DateTime<Utc>, actor: &str) -> Result<bool> {
-    if open_hold_reasons(db, order_id)?.iter().any(|r| r == reason.as_str()) {
+pub fn add_hold(
+    db: &dyn Db,
+    order_id: &str,
+    reason: HoldReason,
+    note: &str,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<bool> {
+    if open_hold_reasons(db, order_id)?
+        .iter()
+        .any(|r| r == reason.as_str())
+    {
         return Ok(false);
     }
     db.execute(
         "INSERT INTO order_holds (order_id, reason, note, created_at) VALUES (?, ?, ?, ?)",
         params![order_id, reason.as_str(), note, ts(now)],
     )?;
-    record_event(db, order_id, now, actor, "hold.added", &format!("On hold: {} ({note})", reason.as_str()), json!({"reason": reason.as_str(), "note": note}))?;
+    record_event(
+        db,
+        order_id,
+        now,
+        actor,
+        "hold.added",
+        &format!("On hold: {} ({note})", reason.as_str()),
+        json!({"reason": reason.as_str(), "note": note}),
+    )?;
     Ok(true)
 }
 
-pub fn release_hold(db: &dyn Db, order_id: &str, reason: HoldReason, now: DateTime<Utc>, actor: &str, why: &str) -> Result<bool> {
+pub fn release_hold(
+    db: &dyn Db,
+    order_id: &str,
+    reason: HoldReason,
+    now: DateTime<Utc>,
+    actor: &str,
+    why: &str,
+) -> Result<bool> {
     let n = db.exec(
         "UPDATE order_holds SET released_at = ? WHERE order_id = ? AND reason = ? AND released_at IS NULL",
         params![ts(now), order_id, reason.as_str()],
     )?;
     if n > 0 {
-        record_event(db, order_id, now, actor, "hold.released", &format!("Hold released: {} ({why})", reason.as_str()), json!({"reason": reason.as_str()}))?;
+        record_event(
+            db,
+            order_id,
+            now,
+            actor,
+            "hold.released",
+            &format!("Hold released: {} ({why})", reason.as_str()),
+            json!({"reason": reason.as_str()}),
+        )?;
     }
     Ok(n > 0)
 }
@@ -164,7 +261,10 @@ pub fn refresh_status(db: &dyn Db, order_id: &str, now: DateTime<Utc>) -> Result
     let b = load_buckets(db, order_id)?;
     let holds = open_hold_reasons(db, order_id)?.len();
     let closed = db
-        .execute("SELECT closed_at FROM orders WHERE id = ?", params![order_id])?
+        .execute(
+            "SELECT closed_at FROM orders WHERE id = ?",
+            params![order_id],
+        )?
         .first()
         .and_then(|r| r.opt_str("closed_at"))
         .is_some();
@@ -201,9 +301,19 @@ pub struct Inserted {
 }
 
 /// Inserts a new order with its lines, holds, timeline and outbox rows.
-pub fn insert_order(db: &dyn Db, o: &NewOrder, now: DateTime<Utc>, actor: &str) -> Result<Inserted> {
-    insert_order_with_id(db, &uuid::Uuid::now_v7().to_string(), o, now, actor)?
-        .ok_or_else(|| Error::conflict(format!("an order from {} with id '{}' already exists", o.source.as_str(), o.external_id)))
+pub fn insert_order(
+    db: &dyn Db,
+    o: &NewOrder,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<Inserted> {
+    insert_order_with_id(db, &uuid::Uuid::now_v7().to_string(), o, now, actor)?.ok_or_else(|| {
+        Error::conflict(format!(
+            "an order from {} with id '{}' already exists",
+            o.source.as_str(),
+            o.external_id
+        ))
+    })
 }
 
 /// The hot path of intake, written for contention: the order number comes from
@@ -211,12 +321,23 @@ pub fn insert_order(db: &dyn Db, o: &NewOrder, now: DateTime<Utc>, actor: &str) 
 /// derived in Rust from what is inserted, and lines, holds and events go in as
 /// one multi-row INSERT each, so the write lock is held for few statements.
 /// Returns None when `(source, external_id)` exists already (nothing written).
-pub fn insert_order_with_id(db: &dyn Db, id: &str, o: &NewOrder, now: DateTime<Utc>, actor: &str) -> Result<Option<Inserted>> {
+pub fn insert_order_with_id(
+    db: &dyn Db,
+    id: &str,
+    o: &NewOrder,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<Option<Inserted>> {
     let totals = o.totals();
     let hash = source_hash(o);
     // Holds: one per reason, plus a review hold when the totals disagree.
     let mut holds: Vec<(HoldReason, String)> = Vec::new();
-    for (r, n) in o.holds.iter().cloned().chain(total_mismatch(o).map(|n| (HoldReason::ManualReview, n))) {
+    for (r, n) in o
+        .holds
+        .iter()
+        .cloned()
+        .chain(total_mismatch(o).map(|n| (HoldReason::ManualReview, n)))
+    {
         if !holds.iter().any(|(h, _)| *h == r) {
             holds.push((r, n));
         }
@@ -224,7 +345,11 @@ pub fn insert_order_with_id(db: &dyn Db, id: &str, o: &NewOrder, now: DateTime<U
     let buckets: Vec<Buckets> = o
         .lines
         .iter()
-        .map(|l| Buckets { ordered: l.quantity, cancelled: if o.cancelled { l.quantity } else { 0 }, ..Default::default() })
+        .map(|l| Buckets {
+            ordered: l.quantity,
+            cancelled: if o.cancelled { l.quantity } else { 0 },
+            ..Default::default()
+        })
         .collect();
     let status = derive_status(&buckets, holds.len(), false);
     let inserted = db.execute(
@@ -249,33 +374,76 @@ pub fn insert_order_with_id(db: &dyn Db, id: &str, o: &NewOrder, now: DateTime<U
     let at = ts(now);
     let mut events: Vec<(String, String, Json)> = vec![(
         "order.received".into(),
-        format!("Order {number} received from {} ({})", o.source.as_str(), o.external_id),
+        format!(
+            "Order {number} received from {} ({})",
+            o.source.as_str(),
+            o.external_id
+        ),
         json!({"source": o.source.as_str(), "external_id": o.external_id, "total": Money::new(totals.total, o.currency)}),
     )];
     if !holds.is_empty() {
-        let mut sql = String::from("INSERT INTO order_holds (order_id, reason, note, created_at) VALUES ");
+        let mut sql =
+            String::from("INSERT INTO order_holds (order_id, reason, note, created_at) VALUES ");
         let mut p: Vec<Value> = Vec::new();
         for (i, (r, n)) in holds.iter().enumerate() {
-            sql.push_str(if i == 0 { "(?, ?, ?, ?)" } else { ",(?, ?, ?, ?)" });
-            p.extend([Value::from(id), Value::from(r.as_str()), Value::from(n), Value::from(&at)]);
-            events.push(("hold.added".into(), format!("On hold: {} ({n})", r.as_str()), json!({"reason": r.as_str(), "note": n})));
+            sql.push_str(if i == 0 {
+                "(?, ?, ?, ?)"
+            } else {
+                ",(?, ?, ?, ?)"
+            });
+            p.extend([
+                Value::from(id),
+                Value::from(r.as_str()),
+                Value::from(n),
+                Value::from(&at),
+            ]);
+            events.push((
+                "hold.added".into(),
+                format!("On hold: {} ({n})", r.as_str()),
+                json!({"reason": r.as_str(), "note": n}),
+            ));
         }
         db.execute(&sql, &p)?;
     }
     if o.cancelled {
-        events.push(("order.cancelled".into(), "Order arrived cancelled at the source".into(), json!({})));
+        events.push((
+            "order.cancelled".into(),
+            "Order arrived cancelled at the source".into(),
+            json!({}),
+        ));
     }
-    let mut sql = String::from("INSERT INTO order_events (order_id, at, actor, kind, summary, data) VALUES ");
+    let mut sql =
+        String::from("INSERT INTO order_events (order_id, at, actor, kind, summary, data) VALUES ");
     let mut p: Vec<Value> = Vec::new();
     for (i, (kind, summary, data)) in events.iter().enumerate() {
-        sql.push_str(if i == 0 { "(?, ?, ?, ?, ?, ?)" } else { ",(?, ?, ?, ?, ?, ?)" });
-        p.extend([Value::from(id), Value::from(&at), Value::from(actor), Value::from(kind), Value::from(summary), Value::from(data.to_string())]);
+        sql.push_str(if i == 0 {
+            "(?, ?, ?, ?, ?, ?)"
+        } else {
+            ",(?, ?, ?, ?, ?, ?)"
+        });
+        p.extend([
+            Value::from(id),
+            Value::from(&at),
+            Value::from(actor),
+            Value::from(kind),
+            Value::from(summary),
+            Value::from(data.to_string()),
+        ]);
     }
     db.execute(&sql, &p)?;
     if !o.cancelled {
-        enqueue(db, "order.received", Some(id), received_payload(id, &number, o), now)?;
+        enqueue(
+            db,
+            "order.received",
+            Some(id),
+            received_payload(id, &number, o),
+            now,
+        )?;
     }
-    Ok(Some(Inserted { id: id.to_string(), number }))
+    Ok(Some(Inserted {
+        id: id.to_string(),
+        number,
+    }))
 }
 
 fn total_mismatch(o: &NewOrder) -> Option<String> {
@@ -292,7 +460,13 @@ fn total_mismatch(o: &NewOrder) -> Option<String> {
 
 /// A computed total that differs from the source's total means the mapping missed
 /// something (fees, rounding rules): hold for review before any capture.
-fn check_source_total(db: &dyn Db, id: &str, o: &NewOrder, now: DateTime<Utc>, actor: &str) -> Result<()> {
+fn check_source_total(
+    db: &dyn Db,
+    id: &str,
+    o: &NewOrder,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<()> {
     if let Some(note) = total_mismatch(o) {
         add_hold(db, id, HoldReason::ManualReview, &note, now, actor)?;
     }
@@ -322,10 +496,19 @@ pub fn find_by_source(db: &dyn Db, source: Source, external_id: &str) -> Result<
 }
 
 /// Applies a source update to an order nothing of which has been released yet.
-pub fn replace_order(db: &dyn Db, ex: &Existing, o: &NewOrder, now: DateTime<Utc>, actor: &str) -> Result<()> {
+pub fn replace_order(
+    db: &dyn Db,
+    ex: &Existing,
+    o: &NewOrder,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<()> {
     let totals = o.totals();
     let hash = source_hash(o);
-    db.execute("DELETE FROM order_lines WHERE order_id = ?", params![ex.id.clone()])?;
+    db.execute(
+        "DELETE FROM order_lines WHERE order_id = ?",
+        params![ex.id.clone()],
+    )?;
     insert_lines(db, &ex.id, o)?;
     db.execute(
         "UPDATE orders SET external_number = ?, financial_status = ?, currency = ?, total_minor = ?, customer_email = ?,
@@ -343,16 +526,31 @@ pub fn replace_order(db: &dyn Db, ex: &Existing, o: &NewOrder, now: DateTime<Utc
                 add_hold(db, &ex.id, reason, note, now, actor)?;
             }
             None => {
-                release_hold(db, &ex.id, reason, now, actor, "the source no longer reports it")?;
+                release_hold(
+                    db,
+                    &ex.id,
+                    reason,
+                    now,
+                    actor,
+                    "the source no longer reports it",
+                )?;
             }
         }
     }
-    for (reason, note) in o.holds.iter().filter(|(r, _)| !matches!(r, HoldReason::AwaitingPayment | HoldReason::PaymentFailed)) {
+    for (reason, note) in o
+        .holds
+        .iter()
+        .filter(|(r, _)| !matches!(r, HoldReason::AwaitingPayment | HoldReason::PaymentFailed))
+    {
         add_hold(db, &ex.id, *reason, note, now, actor)?;
     }
     check_source_total(db, &ex.id, o, now, actor)?;
     record_event(
-        db, &ex.id, now, actor, "order.updated",
+        db,
+        &ex.id,
+        now,
+        actor,
+        "order.updated",
         "Order updated by the source before release",
         json!({"total": Money::new(totals.total, o.currency), "lines": o.lines.len(), "financial_status": o.financial_status.as_str()}),
     )?;
@@ -362,7 +560,13 @@ pub fn replace_order(db: &dyn Db, ex: &Existing, o: &NewOrder, now: DateTime<Utc
 
 /// Cancels every unit not yet released. Returns the units that could not be
 /// cancelled because they were already released or shipped.
-pub fn cancel_open_units(db: &dyn Db, order_id: &str, reason: &str, now: DateTime<Utc>, actor: &str) -> Result<i64> {
+pub fn cancel_open_units(
+    db: &dyn Db,
+    order_id: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<i64> {
     let stuck = db
         .execute(
             "SELECT COALESCE(SUM(qty_released + qty_shipped), 0) AS n FROM order_lines WHERE order_id = ?",
@@ -377,11 +581,32 @@ pub fn cancel_open_units(db: &dyn Db, order_id: &str, reason: &str, now: DateTim
         params![order_id],
     )?;
     if n > 0 {
-        record_event(db, order_id, now, actor, "order.cancelled", &format!("Order cancelled: {reason}"), json!({"reason": reason}))?;
-        enqueue(db, "order.cancelled", Some(order_id), json!({"order_id": order_id, "reason": reason}), now)?;
+        record_event(
+            db,
+            order_id,
+            now,
+            actor,
+            "order.cancelled",
+            &format!("Order cancelled: {reason}"),
+            json!({"reason": reason}),
+        )?;
+        enqueue(
+            db,
+            "order.cancelled",
+            Some(order_id),
+            json!({"order_id": order_id, "reason": reason}),
+            now,
+        )?;
     }
     if stuck > 0 {
-        add_hold(db, order_id, HoldReason::ManualReview, &format!("cancelled at the source after {stuck} unit(s) were released"), now, actor)?;
+        add_hold(
+            db,
+            order_id,
+            HoldReason::ManualReview,
+            &format!("cancelled at the source after {stuck} unit(s) were released"),
+            now,
+            actor,
+        )?;
     }
     refresh_status(db, order_id, now)?;
     Ok(stuck)
@@ -392,7 +617,10 @@ pub fn cancel_open_units(db: &dyn Db, order_id: &str, reason: &str, now: DateTim
 /// Returns the rows removed.
 pub fn purge_expired(db: &dyn Db, now: DateTime<Utc>, receipt_days: i64) -> Result<u64> {
     let p = crate::db::Patient(db);
-    let a = p.exec("DELETE FROM idempotency_keys WHERE expires_at <= ?", params![ts(now)])?;
+    let a = p.exec(
+        "DELETE FROM idempotency_keys WHERE expires_at <= ?",
+        params![ts(now)],
+    )?;
     let b = p.exec(
         "DELETE FROM webhook_receipts WHERE received_at < ?",
         params![ts(now - chrono::Duration::days(receipt_days))],
@@ -406,10 +634,19 @@ pub fn purge_expired(db: &dyn Db, now: DateTime<Utc>, receipt_days: i64) -> Resu
 pub fn resolve(db: &dyn Db, key: &str) -> Result<Option<String>> {
     let r = if uuid::Uuid::parse_str(key).is_ok() {
         db.execute("SELECT id FROM orders WHERE id = ?", params![key])?
-    } else if let Some((src, ext)) = key.split_once(':').filter(|(s, _)| Source::parse(s).is_some()) {
-        db.execute("SELECT id FROM orders WHERE source = ? AND external_id = ?", params![src, ext])?
+    } else if let Some((src, ext)) = key
+        .split_once(':')
+        .filter(|(s, _)| Source::parse(s).is_some())
+    {
+        db.execute(
+            "SELECT id FROM orders WHERE source = ? AND external_id = ?",
+            params![src, ext],
+        )?
     } else {
-        db.execute("SELECT id FROM orders WHERE number = ?", params![key.to_ascii_uppercase()])?
+        db.execute(
+            "SELECT id FROM orders WHERE number = ?",
+            params![key.to_ascii_uppercase()],
+        )?
     };
     Ok(r.first().map(|r| r.str("id")))
 }
@@ -427,7 +664,10 @@ pub fn order_view(db: &dyn Db, id: &str) -> Result<Option<Json>> {
     let Some(o) = r.first() else { return Ok(None) };
     let currency = Currency::from_code(&o.str("currency"));
     let doc: Json = serde_json::from_str(&o.str("doc")).unwrap_or(Json::Null);
-    let lines = db.execute("SELECT * FROM order_lines WHERE order_id = ? ORDER BY line_no", params![id])?;
+    let lines = db.execute(
+        "SELECT * FROM order_lines WHERE order_id = ? ORDER BY line_no",
+        params![id],
+    )?;
     let mut line_views = Vec::new();
     let (mut subtotal, mut discount, mut tax) = (0i64, 0i64, 0i64);
     for l in lines.iter() {
@@ -568,7 +808,9 @@ pub fn list(db: &dyn Db, q: &ListQuery) -> Result<(Vec<Json>, bool)> {
         p.push(e.to_lowercase().into());
     }
     if let Some(s) = &q.sku {
-        sql.push_str(" AND EXISTS (SELECT 1 FROM order_lines l WHERE l.order_id = o.id AND l.sku = ?)");
+        sql.push_str(
+            " AND EXISTS (SELECT 1 FROM order_lines l WHERE l.order_id = o.id AND l.sku = ?)",
+        );
         p.push(s.into());
     }
     if let Some(t) = &q.text {

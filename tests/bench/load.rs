@@ -43,14 +43,19 @@ struct Stats {
 }
 
 async fn worker(addr: String, mode: String, secret: String, run: u64, until: Instant) -> Stats {
-    let mut st = Stats { latencies_us: Vec::new(), errors: 0 };
+    let mut st = Stats {
+        latencies_us: Vec::new(),
+        errors: 0,
+    };
     let mut sender = None;
     while Instant::now() < until {
         if sender.is_none() {
             match tokio::net::TcpStream::connect(&addr).await {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
-                    match hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(s)).await {
+                    match hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(s))
+                        .await
+                    {
                         Ok((tx, conn)) => {
                             tokio::spawn(conn);
                             sender = Some(tx);
@@ -70,7 +75,10 @@ async fn worker(addr: String, mode: String, secret: String, run: u64, until: Ins
         }
         let tx = sender.as_mut().expect("connected");
         let req = match mode.as_str() {
-            "hello" => hyper::Request::get("/hello").header("host", &addr).body(Full::new(Bytes::new())).expect("request"),
+            "hello" => hyper::Request::get("/hello")
+                .header("host", &addr)
+                .body(Full::new(Bytes::new()))
+                .expect("request"),
             _ => {
                 let n = SEQ.fetch_add(1, Ordering::Relaxed);
                 let body = shopify_body(n, run);
@@ -91,7 +99,8 @@ async fn worker(addr: String, mode: String, secret: String, run: u64, until: Ins
                 let ok = resp.status().is_success();
                 let _ = resp.into_body().collect().await;
                 if ok {
-                    st.latencies_us.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    st.latencies_us
+                        .push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
                 } else {
                     st.errors += 1;
                 }
@@ -134,16 +143,24 @@ fn raw_sqlite(dir: &str, conns: usize, secs: u64) {
         .map(|_| {
             let path = path.clone();
             std::thread::spawn(move || {
-                let mut st = Stats { latencies_us: Vec::new(), errors: 0 };
+                let mut st = Stats {
+                    latencies_us: Vec::new(),
+                    errors: 0,
+                };
                 while Instant::now() < until {
                     let n = SEQ.fetch_add(1, Ordering::Relaxed);
-                    let v: serde_json::Value = serde_json::from_slice(&shopify_body(n, run)).expect("json");
-                    let order = waybill::sources::shopify::map_order(&v, chrono_now()).expect("maps");
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&shopify_body(n, run)).expect("json");
+                    let order =
+                        waybill::sources::shopify::map_order(&v, chrono_now()).expect("maps");
                     let t0 = Instant::now();
                     let r = (|| -> Result<(), waybill::Error> {
                         let db = NativeDb::open(&path).map_err(waybill::Error::from)?;
                         waybill::schema::prepare_writer(&db)?;
-                        waybill::db::transaction(&db, |db| waybill::store::insert_order(db, &order, chrono_now(), "bench").map(|_| ()))
+                        waybill::db::transaction(&db, |db| {
+                            waybill::store::insert_order(db, &order, chrono_now(), "bench")
+                                .map(|_| ())
+                        })
                     })();
                     match r {
                         Ok(()) => st.latencies_us.push(t0.elapsed().as_micros() as u32),
@@ -154,7 +171,15 @@ fn raw_sqlite(dir: &str, conns: usize, secs: u64) {
             })
         })
         .collect();
-    report("raw-sqlite", conns, secs, handles.into_iter().map(|h| h.join().expect("thread")).collect());
+    report(
+        "raw-sqlite",
+        conns,
+        secs,
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect(),
+    );
 }
 
 fn chrono_now() -> chrono::DateTime<chrono::Utc> {
@@ -162,7 +187,10 @@ fn chrono_now() -> chrono::DateTime<chrono::Utc> {
 }
 
 fn report(mode: &str, conns: usize, secs: u64, stats: Vec<Stats>) {
-    let mut all: Vec<u32> = stats.iter().flat_map(|s| s.latencies_us.iter().copied()).collect();
+    let mut all: Vec<u32> = stats
+        .iter()
+        .flat_map(|s| s.latencies_us.iter().copied())
+        .collect();
     let errors: u64 = stats.iter().map(|s| s.errors).sum();
     all.sort_unstable();
     println!(
@@ -177,7 +205,9 @@ fn report(mode: &str, conns: usize, secs: u64, stats: Vec<Stats>) {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 5 {
-        eprintln!("usage: bench-load <host:port> <hello|shopify|raw-sqlite:DIR> <connections> <seconds>");
+        eprintln!(
+            "usage: bench-load <host:port> <hello|shopify|raw-sqlite:DIR> <connections> <seconds>"
+        );
         std::process::exit(2);
     }
     let (addr, mode) = (args[1].clone(), args[2].clone());
@@ -187,10 +217,25 @@ async fn main() {
         raw_sqlite(dir, conns, secs);
         return;
     }
-    let secret = std::env::var("SPIN_VARIABLE_SHOPIFY_WEBHOOK_SECRET").unwrap_or_else(|_| "bench-secret".into());
-    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() % 100_000;
+    let secret = std::env::var("SPIN_VARIABLE_SHOPIFY_WEBHOOK_SECRET")
+        .unwrap_or_else(|_| "bench-secret".into());
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        % 100_000;
     let until = Instant::now() + Duration::from_secs(secs);
-    let tasks: Vec<_> = (0..conns).map(|_| tokio::spawn(worker(addr.clone(), mode.clone(), secret.clone(), run, until))).collect();
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            tokio::spawn(worker(
+                addr.clone(),
+                mode.clone(),
+                secret.clone(),
+                run,
+                until,
+            ))
+        })
+        .collect();
     let mut stats = Vec::new();
     for t in tasks {
         stats.push(t.await.expect("worker"));

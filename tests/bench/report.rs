@@ -83,8 +83,15 @@ fn seed(db: &NativeDb, n: i64, day: &str, prefix: &str) {
 
 fn main() {
     let sizes: Vec<i64> = {
-        let a: Vec<i64> = std::env::args().skip(1).filter_map(|s| s.parse().ok()).collect();
-        if a.is_empty() { vec![10_000, 100_000, 1_000_000] } else { a }
+        let a: Vec<i64> = std::env::args()
+            .skip(1)
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        if a.is_empty() {
+            vec![10_000, 100_000, 1_000_000]
+        } else {
+            a
+        }
     };
     let dir = std::env::temp_dir().join(format!("waybill-bench-report-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -120,7 +127,11 @@ fn main() {
             times[0].as_secs_f64() * 1000.0,
             times[2].as_secs_f64() * 1000.0
         );
-        assert_eq!(received, serde_json::json!(n), "every seeded order of the day is counted once");
+        assert_eq!(
+            received,
+            serde_json::json!(n),
+            "every seeded order of the day is counted once"
+        );
         drop(db);
         let _ = std::fs::remove_file(&path);
     }

@@ -7,8 +7,15 @@ use waybill_scenarios::*;
 
 /// Orders and events around the end of CEST (Europe/Berlin, 2026-10-25: 25 hours).
 fn seed(app: &waybill_host::RunningApp) {
-    let order = |id: &str, channel: &str, currency: &str, total: i64, created: &str, cancelled: Option<&str>| {
-        let cancelled = cancelled.map(|c| format!("'{c}'")).unwrap_or_else(|| "NULL".into());
+    let order = |id: &str,
+                 channel: &str,
+                 currency: &str,
+                 total: i64,
+                 created: &str,
+                 cancelled: Option<&str>| {
+        let cancelled = cancelled
+            .map(|c| format!("'{c}'"))
+            .unwrap_or_else(|| "NULL".into());
         format!(
             "INSERT INTO orders (id, number, source, external_id, channel, status, fulfillment_status, financial_status, currency,
                 total_minor, search_text, placed_at, created_at, updated_at, cancelled_at, doc)
@@ -55,12 +62,17 @@ fn seed(app: &waybill_host::RunningApp) {
         "INSERT INTO order_holds (order_id, reason, note, created_at) VALUES ('E', 'awaiting_payment', 'x', '2026-10-24T21:00:00.000000Z')".to_string(),
     ];
     for s in statements {
-        app.sql("default", &s, &[]).unwrap_or_else(|e| panic!("{s}: {e}"));
+        app.sql("default", &s, &[])
+            .unwrap_or_else(|e| panic!("{s}: {e}"));
     }
 }
 
 async fn migrated_app(tz: &str) -> waybill_host::RunningApp {
-    let app = start_with(&[("merchant_timezone", tz), ("management_emails", "ceo@example.com, ops@example.com")]).await;
+    let app = start_with(&[
+        ("merchant_timezone", tz),
+        ("management_emails", "ceo@example.com, ops@example.com"),
+    ])
+    .await;
     // Any request migrates the schema.
     assert_eq!(get(&app, "/api/reports/daily/2000-01-01").await.status, 404);
     app
@@ -73,24 +85,45 @@ async fn berlin_business_day_across_the_dst_change_matches_hand_computed_metrics
     let r = post_api(&app, "/api/reports/daily/2026-10-25", &[], Vec::new()).await;
     assert_eq!(r.status, 201, "{}", r.json);
     let rep = r.json;
-    assert_eq!(rep["window"], json!({"from": "2026-10-24T22:00:00.000000Z", "to": "2026-10-25T23:00:00.000000Z"}));
+    assert_eq!(
+        rep["window"],
+        json!({"from": "2026-10-24T22:00:00.000000Z", "to": "2026-10-25T23:00:00.000000Z"})
+    );
     let o = &rep["overall"];
     assert_eq!(o["orders_received"], 4, "B, C, D, E");
     assert_eq!(o["revenue_ordered"], json!({"EUR": "90.00", "USD": "5.00"}));
-    assert_eq!(o["average_order_value"], json!({"EUR": "30.00", "USD": "5.00"}));
+    assert_eq!(
+        o["average_order_value"],
+        json!({"EUR": "30.00", "USD": "5.00"})
+    );
     assert_eq!(o["units_ordered"], 7);
     assert_eq!(o["orders_cancelled"], 1);
-    assert_eq!(o["fill_rate"], json!(0.8333), "(7 - 1 cancelled - 1 backordered) / (7 - 1)");
+    assert_eq!(
+        o["fill_rate"],
+        json!(0.8333),
+        "(7 - 1 cancelled - 1 backordered) / (7 - 1)"
+    );
     assert_eq!(o["orders_shipped"], 3, "A, B, C");
     assert_eq!(o["units_shipped"], 6);
     assert_eq!(o["partial_shipments"], 1);
     assert_eq!(o["split_shipments"], 1, "B shipped from two facilities");
-    assert_eq!(o["time_to_ship_hours"], json!({"mean": 9.33, "p90": 12.0, "orders": 3}), "A 10 h, B 12 h, C 6 h");
+    assert_eq!(
+        o["time_to_ship_hours"],
+        json!({"mean": 9.33, "p90": 12.0, "orders": 3}),
+        "A 10 h, B 12 h, C 6 h"
+    );
     assert_eq!(o["orders_returned"], 1);
     assert_eq!(o["units_returned"], 1);
-    assert_eq!(o["revenue_captured"], json!({"EUR": "20.00"}), "C's capture is after midnight");
+    assert_eq!(
+        o["revenue_captured"],
+        json!({"EUR": "20.00"}),
+        "C's capture is after midnight"
+    );
     assert_eq!(o["exceptions"], json!({"manual_review": 1}));
-    assert_eq!(o["backorders"], json!({"orders": 1, "units": 1, "oldest_age_hours": 25.0}));
+    assert_eq!(
+        o["backorders"],
+        json!({"orders": 1, "units": 1, "oldest_age_hours": 25.0})
+    );
     let shopify = &rep["by_channel"]["shopify"];
     assert_eq!(shopify["orders_received"], 2);
     assert_eq!(shopify["revenue_ordered"], json!({"EUR": "60.00"}));
@@ -101,36 +134,111 @@ async fn berlin_business_day_across_the_dst_change_matches_hand_computed_metrics
     assert_eq!(rep["by_facility"]["berlin-wh"]["units_shipped"], 5);
     assert_eq!(rep["by_facility"]["fc-east"]["units_shipped"], 1);
     // The day before and after.
-    let before = post_api(&app, "/api/reports/daily/2026-10-24", &[], Vec::new()).await.json;
+    let before = post_api(&app, "/api/reports/daily/2026-10-24", &[], Vec::new())
+        .await
+        .json;
     assert_eq!(before["overall"]["orders_received"], 1, "A");
-    let after = post_api(&app, "/api/reports/daily/2026-10-26", &[], Vec::new()).await.json;
+    let after = post_api(&app, "/api/reports/daily/2026-10-26", &[], Vec::new())
+        .await
+        .json;
     assert_eq!(after["overall"]["orders_received"], 1, "F");
-    assert_eq!(after["overall"]["revenue_captured"], json!({"EUR": "30.00"}));
+    assert_eq!(
+        after["overall"]["revenue_captured"],
+        json!({"EUR": "30.00"})
+    );
     // Stored: read back as JSON, a range, and CSV.
     let stored = get(&app, "/api/reports/daily/2026-10-25").await;
     assert_eq!(stored.json["overall"], rep["overall"]);
-    let range = get(&app, "/api/reports/daily?from=2026-10-24&to=2026-10-26").await.json;
-    let dates: Vec<&str> = range["reports"].as_array().unwrap().iter().map(|r| r["date"].as_str().unwrap()).collect();
+    let range = get(&app, "/api/reports/daily?from=2026-10-24&to=2026-10-26")
+        .await
+        .json;
+    let dates: Vec<&str> = range["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["date"].as_str().unwrap())
+        .collect();
     assert_eq!(dates, vec!["2026-10-24", "2026-10-25", "2026-10-26"]);
-    let csv = send(&app, "GET", "/api/reports/daily/2026-10-25", &[("authorization", &format!("Bearer {READ_TOKEN}")), ("accept", "text/csv")], Vec::new()).await;
+    let csv = send(
+        &app,
+        "GET",
+        "/api/reports/daily/2026-10-25",
+        &[
+            ("authorization", &format!("Bearer {READ_TOKEN}")),
+            ("accept", "text/csv"),
+        ],
+        Vec::new(),
+    )
+    .await;
     assert_eq!(csv.header("content-type"), Some("text/csv; charset=utf-8"));
     let text = csv.json.as_str().unwrap().to_string();
-    assert!(text.starts_with("date,timezone,scope,metric,value\n"), "{text}");
-    assert!(text.contains("2026-10-25,Europe/Berlin,overall,orders_received,4\n"), "{text}");
-    assert!(text.contains("2026-10-25,Europe/Berlin,overall,revenue_ordered.EUR,90.00\n"), "{text}");
-    assert!(text.contains("2026-10-25,Europe/Berlin,facility:fc-east,units_shipped,1\n"), "{text}");
+    assert!(
+        text.starts_with("date,timezone,scope,metric,value\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2026-10-25,Europe/Berlin,overall,orders_received,4\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2026-10-25,Europe/Berlin,overall,revenue_ordered.EUR,90.00\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2026-10-25,Europe/Berlin,facility:fc-east,units_shipped,1\n"),
+        "{text}"
+    );
     let csv2 = get(&app, "/api/reports/daily/2026-10-25?format=csv").await;
     assert_eq!(csv2.json.as_str().unwrap(), text);
     // Regenerating replaces: 200, still one row for the date, no second e-mail queued.
-    assert_eq!(post_api(&app, "/api/reports/daily/2026-10-25", &[], Vec::new()).await.status, 200);
-    assert_eq!(count(&app, "SELECT count(*) FROM daily_reports WHERE date = '2026-10-25'"), 1);
-    assert_eq!(count(&app, "SELECT count(*) FROM outbox WHERE topic = 'report.daily'"), 3, "one per date");
+    assert_eq!(
+        post_api(&app, "/api/reports/daily/2026-10-25", &[], Vec::new())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM daily_reports WHERE date = '2026-10-25'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM outbox WHERE topic = 'report.daily'"
+        ),
+        3,
+        "one per date"
+    );
     // Bad input.
     assert_eq!(get(&app, "/api/reports/daily/2026-13-01").await.status, 400);
     assert_eq!(get(&app, "/api/reports/daily/2026-10-27").await.status, 404);
-    assert_eq!(get(&app, "/api/reports/daily?from=2026-10-26&to=2026-10-01").await.status, 400);
-    assert_eq!(post_api(&app, "/api/reports/daily/2999-01-01", &[], Vec::new()).await.status, 422);
-    assert_eq!(send(&app, "POST", "/api/reports/daily/2026-10-25", &[("authorization", &format!("Bearer {READ_TOKEN}"))], Vec::new()).await.status, 403);
+    assert_eq!(
+        get(&app, "/api/reports/daily?from=2026-10-26&to=2026-10-01")
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        post_api(&app, "/api/reports/daily/2999-01-01", &[], Vec::new())
+            .await
+            .status,
+        422
+    );
+    assert_eq!(
+        send(
+            &app,
+            "POST",
+            "/api/reports/daily/2026-10-25",
+            &[("authorization", &format!("Bearer {READ_TOKEN}"))],
+            Vec::new()
+        )
+        .await
+        .status,
+        403
+    );
     app.stop().await;
 }
 
@@ -138,12 +246,26 @@ async fn berlin_business_day_across_the_dst_change_matches_hand_computed_metrics
 async fn the_same_orders_fall_on_other_days_in_tokyo() {
     let app = migrated_app("Asia/Tokyo").await;
     seed(&app);
-    let rep = post_api(&app, "/api/reports/daily/2026-10-25", &[], Vec::new()).await.json;
-    assert_eq!(rep["window"], json!({"from": "2026-10-24T15:00:00.000000Z", "to": "2026-10-25T15:00:00.000000Z"}));
-    assert_eq!(rep["overall"]["orders_received"], 4, "A, B, C, D (E and F are Oct 26 in Tokyo)");
-    assert_eq!(rep["overall"]["revenue_ordered"], json!({"EUR": "60.00", "USD": "5.00"}));
+    let rep = post_api(&app, "/api/reports/daily/2026-10-25", &[], Vec::new())
+        .await
+        .json;
+    assert_eq!(
+        rep["window"],
+        json!({"from": "2026-10-24T15:00:00.000000Z", "to": "2026-10-25T15:00:00.000000Z"})
+    );
+    assert_eq!(
+        rep["overall"]["orders_received"], 4,
+        "A, B, C, D (E and F are Oct 26 in Tokyo)"
+    );
+    assert_eq!(
+        rep["overall"]["revenue_ordered"],
+        json!({"EUR": "60.00", "USD": "5.00"})
+    );
     assert_eq!(rep["overall"]["orders_shipped"], 3);
-    assert_eq!(rep["overall"]["orders_returned"], 0, "A's return is at 05:00 on Oct 26 in Tokyo");
+    assert_eq!(
+        rep["overall"]["orders_returned"], 0,
+        "A's return is at 05:00 on Oct 26 in Tokyo"
+    );
     app.stop().await;
 }
 
@@ -153,30 +275,77 @@ async fn the_cron_stores_yesterdays_report_and_mails_management_once() {
     // An order created yesterday (in Berlin), through the real intake.
     let mut v: Value = serde_json::from_slice(&fixture("api/order-jpy.json")).unwrap();
     v["external_id"] = json!("R-1");
-    assert_eq!(post_api(&app, "/api/orders", &[("content-type", "application/json")], v.to_string()).await.status, 201);
-    let day = chrono::NaiveDate::from_num_days_from_ce_opt(chrono_berlin_today() - 1).unwrap().to_string();
-    app.sql("default", &format!("UPDATE orders SET created_at = '{day}T11:00:00.000000Z'"), &[]).unwrap();
+    assert_eq!(
+        post_api(
+            &app,
+            "/api/orders",
+            &[("content-type", "application/json")],
+            v.to_string()
+        )
+        .await
+        .status,
+        201
+    );
+    let day = chrono::NaiveDate::from_num_days_from_ce_opt(chrono_berlin_today() - 1)
+        .unwrap()
+        .to_string();
+    app.sql(
+        "default",
+        &format!("UPDATE orders SET created_at = '{day}T11:00:00.000000Z'"),
+        &[],
+    )
+    .unwrap();
     app.fire_cron("report-cron").await.unwrap();
     let rep = get(&app, &format!("/api/reports/daily/{day}")).await;
     assert_eq!(rep.status, 200, "{}", rep.json);
     assert_eq!(rep.json["overall"]["orders_received"], 1);
-    assert_eq!(rep.json["overall"]["revenue_ordered"], json!({"JPY": "9394"}));
+    assert_eq!(
+        rep.json["overall"]["revenue_ordered"],
+        json!({"JPY": "9394"})
+    );
     // The latest report is also in key-value.
-    let latest: Value = serde_json::from_slice(&app.kv_get("default", "report:latest").unwrap().expect("cached")).unwrap();
+    let latest: Value = serde_json::from_slice(
+        &app.kv_get("default", "report:latest")
+            .unwrap()
+            .expect("cached"),
+    )
+    .unwrap();
     assert_eq!(latest["date"], day.as_str());
     // Deliver: management gets the report by e-mail.
     app.fire_cron("notify-cron").await.unwrap();
-    let mails = get(&app, "/api/notifications/mailbox?to=ceo@example.com").await.json;
+    let mails = get(&app, "/api/notifications/mailbox?to=ceo@example.com")
+        .await
+        .json;
     let m = mails["messages"].as_array().unwrap();
     assert_eq!(m.len(), 1, "{mails}");
     assert_eq!(m[0]["subject"], format!("Daily fulfillment report {day}"));
-    assert!(m[0]["text"].as_str().unwrap().contains("1 orders received"), "{}", m[0]["text"]);
-    assert_eq!(get(&app, "/api/notifications/mailbox?to=ops@example.com").await.json["messages"].as_array().unwrap().len(), 1);
+    assert!(
+        m[0]["text"].as_str().unwrap().contains("1 orders received"),
+        "{}",
+        m[0]["text"]
+    );
+    assert_eq!(
+        get(&app, "/api/notifications/mailbox?to=ops@example.com")
+            .await
+            .json["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     // A second run replaces the report; no duplicate row, no second e-mail.
     app.fire_cron("report-cron").await.unwrap();
     app.fire_cron("notify-cron").await.unwrap();
     assert_eq!(count(&app, "SELECT count(*) FROM daily_reports"), 1);
-    assert_eq!(get(&app, "/api/notifications/mailbox?to=ceo@example.com").await.json["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        get(&app, "/api/notifications/mailbox?to=ceo@example.com")
+            .await
+            .json["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     app.stop().await;
 }
 
@@ -184,5 +353,8 @@ async fn the_cron_stores_yesterdays_report_and_mails_management_once() {
 fn chrono_berlin_today() -> i32 {
     use chrono::Datelike;
     let tz: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
-    chrono::Utc::now().with_timezone(&tz).date_naive().num_days_from_ce()
+    chrono::Utc::now()
+        .with_timezone(&tz)
+        .date_naive()
+        .num_days_from_ce()
 }

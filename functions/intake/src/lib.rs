@@ -19,7 +19,10 @@ fn config() -> intake::Config {
 /// and belongs to the orders component.
 async fn forward_to_orders(req: &Request) -> Response {
     let mut out = Request::builder();
-    out.method(Method::Get).uri(format!("http://orders.spin.internal{}", req.path_and_query().unwrap_or("/api/orders")));
+    out.method(Method::Get).uri(format!(
+        "http://orders.spin.internal{}",
+        req.path_and_query().unwrap_or("/api/orders")
+    ));
     for (k, v) in req.headers() {
         if k.eq_ignore_ascii_case("authorization") || k.eq_ignore_ascii_case("accept") {
             out.header(k, v.as_str().unwrap_or_default());
@@ -37,7 +40,11 @@ async fn forward_to_orders(req: &Request) -> Response {
 /// Asks notify to deliver what this request put in the outbox. notify answers
 /// 202 before it works; if the call fails, the cron sweep delivers instead.
 async fn kick_notify() {
-    let req = Request::builder().method(Method::Post).uri("http://notify.spin.internal/internal/sweep").body(Vec::new()).build();
+    let req = Request::builder()
+        .method(Method::Post)
+        .uri("http://notify.spin.internal/internal/sweep")
+        .body(Vec::new())
+        .build();
     if let Err(e) = spin_sdk::http::send::<_, Response>(req).await {
         eprintln!("intake: notify kick failed (the cron sweep will deliver): {e}");
     }

@@ -14,8 +14,13 @@ impl Guest for NotifyCron {
     fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
         let cfg = spin_glue::notify_config();
         let db = spin_glue::open_writer().map_err(|e| Error::Other(e.to_string()))?;
-        let report = spin_sdk::http::run(notify::sweep(&db, &cfg, &spin_glue::SpinTransport, std::time::Duration::from_secs(50)))
-            .map_err(|e| Error::Other(e.to_string()))?;
+        let report = spin_sdk::http::run(notify::sweep(
+            &db,
+            &cfg,
+            &spin_glue::SpinTransport,
+            std::time::Duration::from_secs(50),
+        ))
+        .map_err(|e| Error::Other(e.to_string()))?;
         println!("notify-cron: {report:?}");
         Ok(())
     }

@@ -22,9 +22,14 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     let cfg = spin_glue::notify_config();
     if req.path == "/internal/sweep" {
         // Answer first: the caller is on its own request path; the work is durable.
-        spin_glue::respond(out, http::Response::json(202, &serde_json::json!({"accepted": true})));
+        spin_glue::respond(
+            out,
+            http::Response::json(202, &serde_json::json!({"accepted": true})),
+        );
         let result = match spin_glue::open_writer() {
-            Ok(db) => notify::kicked_sweep(&db, &cfg, &spin_glue::SpinTransport, SWEEP_BUDGET).await,
+            Ok(db) => {
+                notify::kicked_sweep(&db, &cfg, &spin_glue::SpinTransport, SWEEP_BUDGET).await
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = result {

@@ -27,7 +27,10 @@ impl Guest for ReportCron {
             println!("report-cron: purged {purged} expired idempotency keys and webhook receipts");
         }
         report::cache_latest(&spin_glue::kv().map_err(fail)?, &r);
-        println!("report-cron: report for {date} {}", if fresh { "generated" } else { "replaced" });
+        println!(
+            "report-cron: report for {date} {}",
+            if fresh { "generated" } else { "replaced" }
+        );
         Ok(())
     }
 }

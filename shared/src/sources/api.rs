@@ -6,7 +6,9 @@ use serde_json::{Map, Value};
 
 use super::{checked, country, non_empty, ptr, Reader};
 use crate::error::Error;
-use crate::model::{Address, Customer, FinancialStatus, NewLine, NewOrder, Payment, ShippingLine, Source};
+use crate::model::{
+    Address, Customer, FinancialStatus, NewLine, NewOrder, Payment, ShippingLine, Source,
+};
 use crate::money::Currency;
 
 fn address(r: &mut Reader, v: &Value, key: &str, base: &str) -> Option<Address> {
@@ -129,7 +131,10 @@ pub fn map_order(v: &Value, prefix: &str, now: DateTime<Utc>) -> Result<NewOrder
     };
     let pay = v.get("payment").cloned().unwrap_or(Value::Null);
     let pp = ptr(b, "payment");
-    let payment = Payment { gateway: non_empty(r.opt_str(&pay, "gateway", &pp)), reference: non_empty(r.opt_str(&pay, "reference", &pp)) };
+    let payment = Payment {
+        gateway: non_empty(r.opt_str(&pay, "gateway", &pp)),
+        reference: non_empty(r.opt_str(&pay, "reference", &pp)),
+    };
     let tags = r
         .array(v, "tags", b)
         .iter()
@@ -170,15 +175,20 @@ const BOOL_ELEMENTS: &[&str] = &["requires_shipping", "taxes_included"];
 /// Reads `<orders><order>...</order>...</orders>` into JSON values shaped like the JSON API.
 pub fn xml_orders(body: &[u8]) -> Result<Vec<Value>, Error> {
     use quick_xml::events::Event;
-    let text = std::str::from_utf8(body).map_err(|_| Error::bad_request("the XML document is not UTF-8"))?;
+    let text = std::str::from_utf8(body)
+        .map_err(|_| Error::bad_request("the XML document is not UTF-8"))?;
     let mut reader = quick_xml::Reader::from_str(text);
     reader.config_mut().trim_text(false);
     // A stack of (element name, children, text).
-    let mut stack: Vec<(String, Vec<(String, Value)>, String)> = vec![("#document".into(), Vec::new(), String::new())];
+    let mut stack: Vec<(String, Vec<(String, Value)>, String)> =
+        vec![("#document".into(), Vec::new(), String::new())];
     loop {
-        let ev = reader
-            .read_event()
-            .map_err(|e| Error::bad_request(format!("malformed XML at byte {}: {e}", reader.buffer_position())))?;
+        let ev = reader.read_event().map_err(|e| {
+            Error::bad_request(format!(
+                "malformed XML at byte {}: {e}",
+                reader.buffer_position()
+            ))
+        })?;
         match ev {
             Event::Start(e) => {
                 let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
@@ -190,12 +200,19 @@ pub fn xml_orders(body: &[u8]) -> Result<Vec<Value>, Error> {
                 stack.last_mut().expect("document").1.push((name, v));
             }
             Event::Text(t) => {
-                let s = t.decode().map_err(|e| Error::bad_request(format!("malformed XML text: {e}")))?;
-                let s = quick_xml::escape::unescape(&s).map_err(|e| Error::bad_request(format!("malformed XML entity: {e}")))?;
+                let s = t
+                    .decode()
+                    .map_err(|e| Error::bad_request(format!("malformed XML text: {e}")))?;
+                let s = quick_xml::escape::unescape(&s)
+                    .map_err(|e| Error::bad_request(format!("malformed XML entity: {e}")))?;
                 stack.last_mut().expect("document").2.push_str(&s);
             }
             Event::CData(t) => {
-                stack.last_mut().expect("document").2.push_str(&String::from_utf8_lossy(&t));
+                stack
+                    .last_mut()
+                    .expect("document")
+                    .2
+                    .push_str(&String::from_utf8_lossy(&t));
             }
             Event::GeneralRef(r) => {
                 let name = String::from_utf8_lossy(&r).into_owned();
@@ -206,10 +223,22 @@ pub fn xml_orders(body: &[u8]) -> Result<Vec<Value>, Error> {
                     "quot" => "\"".to_string(),
                     "apos" => "'".to_string(),
                     n if n.starts_with('#') => {
-                        let code = if let Some(h) = n.strip_prefix("#x") { u32::from_str_radix(h, 16).ok() } else { n[1..].parse().ok() };
-                        code.and_then(char::from_u32).map(String::from).ok_or_else(|| Error::bad_request(format!("malformed XML character reference &{n};")))?
+                        let code = if let Some(h) = n.strip_prefix("#x") {
+                            u32::from_str_radix(h, 16).ok()
+                        } else {
+                            n[1..].parse().ok()
+                        };
+                        code.and_then(char::from_u32)
+                            .map(String::from)
+                            .ok_or_else(|| {
+                                Error::bad_request(format!(
+                                    "malformed XML character reference &{n};"
+                                ))
+                            })?
                     }
-                    other => return Err(Error::bad_request(format!("unknown XML entity &{other};"))),
+                    other => {
+                        return Err(Error::bad_request(format!("unknown XML entity &{other};")))
+                    }
                 };
                 stack.last_mut().expect("document").2.push_str(&ch);
             }
@@ -222,7 +251,11 @@ pub fn xml_orders(body: &[u8]) -> Result<Vec<Value>, Error> {
                 stack.last_mut().expect("document").1.push((name, v));
             }
             Event::Eof => break,
-            Event::DocType(_) => return Err(Error::bad_request("XML document type declarations are not accepted")),
+            Event::DocType(_) => {
+                return Err(Error::bad_request(
+                    "XML document type declarations are not accepted",
+                ))
+            }
             _ => {}
         }
     }
@@ -233,7 +266,9 @@ pub fn xml_orders(body: &[u8]) -> Result<Vec<Value>, Error> {
     match roots.pop() {
         Some((name, Value::Array(orders))) if name == "orders" && roots.is_empty() => Ok(orders),
         Some((name, v)) if name == "order" && roots.is_empty() => Ok(vec![v]),
-        _ => Err(Error::bad_request("the XML document must have a single <orders> (or <order>) root element")),
+        _ => Err(Error::bad_request(
+            "the XML document must have a single <orders> (or <order>) root element",
+        )),
     }
 }
 
@@ -290,7 +325,10 @@ mod tests {
         assert_eq!(o.lines[0].unit_price, 1005);
         assert_eq!(o.lines[0].subtotal, 3015);
         let t = o.totals();
-        assert_eq!((t.subtotal, t.discount, t.shipping, t.tax, t.total), (3015, 15, 2000, 100, 5100));
+        assert_eq!(
+            (t.subtotal, t.discount, t.shipping, t.tax, t.total),
+            (3015, 15, 2000, 100, 5100)
+        );
         assert_eq!(o.shipping_address.unwrap().country_code, "KW");
         assert_eq!(o.placed_at, now());
     }
@@ -308,16 +346,28 @@ mod tests {
 
         let mut v = order();
         v["lines"][0]["quantity"] = json!(0);
-        assert_eq!(map_order(&v, "", now()).unwrap_err().errors[0].pointer, "/lines/0/quantity");
+        assert_eq!(
+            map_order(&v, "", now()).unwrap_err().errors[0].pointer,
+            "/lines/0/quantity"
+        );
         let mut v = order();
         v["lines"][0]["quantity"] = json!(-2);
-        assert_eq!(map_order(&v, "", now()).unwrap_err().errors[0].pointer, "/lines/0/quantity");
+        assert_eq!(
+            map_order(&v, "", now()).unwrap_err().errors[0].pointer,
+            "/lines/0/quantity"
+        );
         let mut v = order();
         v["lines"] = json!([]);
-        assert_eq!(map_order(&v, "", now()).unwrap_err().errors[0].pointer, "/lines");
+        assert_eq!(
+            map_order(&v, "", now()).unwrap_err().errors[0].pointer,
+            "/lines"
+        );
         let mut v = order();
         v["lines"][0]["unit_price"] = json!("1.0005");
-        assert_eq!(map_order(&v, "/orders/2", now()).unwrap_err().errors[0].pointer, "/orders/2/lines/0/unit_price");
+        assert_eq!(
+            map_order(&v, "/orders/2", now()).unwrap_err().errors[0].pointer,
+            "/orders/2/lines/0/unit_price"
+        );
     }
 
     #[test]
@@ -344,9 +394,25 @@ mod tests {
         assert!(!o.lines[1].requires_shipping);
         assert_eq!(o.shipping_address.unwrap().line1, "Hauptstr. 1 & 2");
         assert_eq!(o.tags, vec!["vip"]);
-        assert_eq!(map_order(&orders[1], "/orders/1", now()).unwrap_err().errors[0].pointer, "/orders/1/lines");
-        assert_eq!(xml_orders(b"<orders><order></orders>").unwrap_err().status(), 400);
+        assert_eq!(
+            map_order(&orders[1], "/orders/1", now())
+                .unwrap_err()
+                .errors[0]
+                .pointer,
+            "/orders/1/lines"
+        );
+        assert_eq!(
+            xml_orders(b"<orders><order></orders>")
+                .unwrap_err()
+                .status(),
+            400
+        );
         assert_eq!(xml_orders(b"not xml").unwrap_err().status(), 400);
-        assert_eq!(xml_orders(b"<!DOCTYPE x [<!ENTITY a 'b'>]><orders/>").unwrap_err().status(), 400);
+        assert_eq!(
+            xml_orders(b"<!DOCTYPE x [<!ENTITY a 'b'>]><orders/>")
+                .unwrap_err()
+                .status(),
+            400
+        );
     }
 }

@@ -96,7 +96,13 @@ impl Reader {
         self.opt_money(v, key, base, currency).unwrap_or(0)
     }
 
-    pub fn opt_money(&mut self, v: &Value, key: &str, base: &str, currency: Option<Currency>) -> Option<i64> {
+    pub fn opt_money(
+        &mut self,
+        v: &Value,
+        key: &str,
+        base: &str,
+        currency: Option<Currency>,
+    ) -> Option<i64> {
         let raw = match v.get(key) {
             None | Some(Value::Null) => return None,
             Some(Value::String(s)) => s.clone(),
@@ -134,7 +140,10 @@ impl Reader {
         }
         let c = Currency::from_code(&s);
         if c.is_none() {
-            self.err(ptr(base, key), format!("'{s}' is not an ISO 4217 currency code"));
+            self.err(
+                ptr(base, key),
+                format!("'{s}' is not an ISO 4217 currency code"),
+            );
         }
         c
     }
@@ -145,7 +154,10 @@ impl Reader {
         match parse_time(&s) {
             Some(t) => Some(t),
             None => {
-                self.err(ptr(base, key), format!("'{s}' is not an ISO 8601 timestamp"));
+                self.err(
+                    ptr(base, key),
+                    format!("'{s}' is not an ISO 8601 timestamp"),
+                );
                 None
             }
         }
@@ -179,13 +191,16 @@ pub fn non_empty(s: Option<String>) -> Option<String> {
 
 /// Normalises a country code to ISO alpha-2 upper case.
 pub fn country(code: Option<String>) -> String {
-    code.map(|c| c.trim().to_ascii_uppercase()).unwrap_or_default()
+    code.map(|c| c.trim().to_ascii_uppercase())
+        .unwrap_or_default()
 }
 
 /// Parses a JSON body, mapping syntax errors to 400 with the position.
 pub fn parse_json(body: &[u8]) -> Result<Value, Error> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(Error::bad_request("the request body is empty; a JSON document is expected"));
+        return Err(Error::bad_request(
+            "the request body is empty; a JSON document is expected",
+        ));
     }
     serde_json::from_slice(body).map_err(|e| Error::bad_request(format!("malformed JSON: {e}")))
 }

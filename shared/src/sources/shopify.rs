@@ -11,7 +11,10 @@ use serde_json::Value;
 
 use super::{checked, country, non_empty, ptr, Reader};
 use crate::error::Error;
-use crate::model::{Address, Customer, FinancialStatus, HoldReason, NewLine, NewOrder, Payment, ShippingLine, Source};
+use crate::model::{
+    Address, Customer, FinancialStatus, HoldReason, NewLine, NewOrder, Payment, ShippingLine,
+    Source,
+};
 use crate::money::Currency;
 
 fn address(r: &mut Reader, v: &Value, key: &str) -> Option<Address> {
@@ -24,7 +27,8 @@ fn address(r: &mut Reader, v: &Value, key: &str) -> Option<Address> {
         line1: r.opt_str(a, "address1", &p).unwrap_or_default(),
         line2: non_empty(r.opt_str(a, "address2", &p)),
         city: r.opt_str(a, "city", &p).unwrap_or_default(),
-        region: non_empty(r.opt_str(a, "province_code", &p)).or_else(|| non_empty(r.opt_str(a, "province", &p))),
+        region: non_empty(r.opt_str(a, "province_code", &p))
+            .or_else(|| non_empty(r.opt_str(a, "province", &p))),
         postal_code: non_empty(r.opt_str(a, "zip", &p)),
         country_code: country(r.opt_str(a, "country_code", &p)),
         phone: non_empty(r.opt_str(a, "phone", &p)),
@@ -35,14 +39,19 @@ fn address(r: &mut Reader, v: &Value, key: &str) -> Option<Address> {
 
 /// Sum of `amount` over an array of `{ "amount": "1.00" }` objects.
 fn sum_amounts(r: &mut Reader, arr: &[Value], key: &str, base: &str, c: Option<Currency>) -> i64 {
-    arr.iter().enumerate().map(|(i, x)| r.money(x, key, &format!("{base}/{i}"), c)).sum()
+    arr.iter()
+        .enumerate()
+        .map(|(i, x)| r.money(x, key, &format!("{base}/{i}"), c))
+        .sum()
 }
 
 /// Maps a Shopify order to the canonical order.
 pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
     let mut r = Reader::default();
     if !v.is_object() {
-        return Err(Error::unprocessable("the Shopify payload is not an order object"));
+        return Err(Error::unprocessable(
+            "the Shopify payload is not an order object",
+        ));
     }
     let currency = r.currency(v, "currency", "");
     let external_id = r.req_str(v, "id", "");
@@ -57,18 +66,36 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
         let discount = if allocations.is_empty() {
             r.money(l, "total_discount", &p, currency)
         } else {
-            sum_amounts(&mut r, &allocations, "amount", &format!("{p}/discount_allocations"), currency)
+            sum_amounts(
+                &mut r,
+                &allocations,
+                "amount",
+                &format!("{p}/discount_allocations"),
+                currency,
+            )
         };
         let tax_lines = r.array(l, "tax_lines", &p).to_vec();
-        let tax = sum_amounts(&mut r, &tax_lines, "price", &format!("{p}/tax_lines"), currency);
+        let tax = sum_amounts(
+            &mut r,
+            &tax_lines,
+            "price",
+            &format!("{p}/tax_lines"),
+            currency,
+        );
         let sku = match non_empty(r.opt_str(l, "sku", &p)) {
             Some(s) => s,
             None => {
                 let fallback = match r.opt_str(l, "variant_id", &p) {
                     Some(id) => format!("shopify-variant-{id}"),
-                    None => format!("shopify-line-{}", r.opt_str(l, "id", &p).unwrap_or_else(|| i.to_string())),
+                    None => format!(
+                        "shopify-line-{}",
+                        r.opt_str(l, "id", &p).unwrap_or_else(|| i.to_string())
+                    ),
                 };
-                holds.push((HoldReason::ManualReview, format!("line item {i} has no SKU; mapped to {fallback}")));
+                holds.push((
+                    HoldReason::ManualReview,
+                    format!("line item {i} has no SKU; mapped to {fallback}"),
+                ));
                 fallback
             }
         };
@@ -100,37 +127,68 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
                 _ => 0,
             }
         } else {
-            sum_amounts(&mut r, &allocations, "amount", &format!("{p}/discount_allocations"), currency)
+            sum_amounts(
+                &mut r,
+                &allocations,
+                "amount",
+                &format!("{p}/discount_allocations"),
+                currency,
+            )
         };
         let tax_lines = r.array(s, "tax_lines", &p).to_vec();
-        let tax = sum_amounts(&mut r, &tax_lines, "price", &format!("{p}/tax_lines"), currency);
+        let tax = sum_amounts(
+            &mut r,
+            &tax_lines,
+            "price",
+            &format!("{p}/tax_lines"),
+            currency,
+        );
         let method = non_empty(r.opt_str(s, "code", &p)).unwrap_or_else(|| title.clone());
-        shipping_lines.push(ShippingLine { method, title, price, discount, tax });
+        shipping_lines.push(ShippingLine {
+            method,
+            title,
+            price,
+            discount,
+            tax,
+        });
     }
 
-    let fin = r.opt_str(v, "financial_status", "").unwrap_or_else(|| "pending".into());
+    let fin = r
+        .opt_str(v, "financial_status", "")
+        .unwrap_or_else(|| "pending".into());
     let financial_status = match fin.as_str() {
         "pending" => {
-            holds.push((HoldReason::AwaitingPayment, "Shopify reports the payment as pending".into()));
+            holds.push((
+                HoldReason::AwaitingPayment,
+                "Shopify reports the payment as pending".into(),
+            ));
             FinancialStatus::Pending
         }
         "expired" => {
-            holds.push((HoldReason::PaymentFailed, "the payment authorization expired".into()));
+            holds.push((
+                HoldReason::PaymentFailed,
+                "the payment authorization expired".into(),
+            ));
             FinancialStatus::Pending
         }
         other => FinancialStatus::parse(other).unwrap_or_else(|| {
-            r.err("/financial_status", format!("unknown financial status '{other}'"));
+            r.err(
+                "/financial_status",
+                format!("unknown financial status '{other}'"),
+            );
             FinancialStatus::Pending
         }),
     };
 
     let c = v.get("customer").cloned().unwrap_or(Value::Null);
-    let email = non_empty(r.opt_str(v, "email", "")).or_else(|| non_empty(r.opt_str(v, "contact_email", "")));
+    let email = non_empty(r.opt_str(v, "email", ""))
+        .or_else(|| non_empty(r.opt_str(v, "contact_email", "")));
     let customer = Customer {
         email: email.or_else(|| non_empty(r.opt_str(&c, "email", "/customer"))),
         first_name: non_empty(r.opt_str(&c, "first_name", "/customer")),
         last_name: non_empty(r.opt_str(&c, "last_name", "/customer")),
-        phone: non_empty(r.opt_str(&c, "phone", "/customer")).or_else(|| non_empty(r.opt_str(v, "phone", ""))),
+        phone: non_empty(r.opt_str(&c, "phone", "/customer"))
+            .or_else(|| non_empty(r.opt_str(v, "phone", ""))),
         external_id: r.opt_str(&c, "id", "/customer"),
     };
     let gateway = r
@@ -141,9 +199,17 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
         .or_else(|| non_empty(r.opt_str(v, "gateway", "")));
     let tags = r
         .opt_str(v, "tags", "")
-        .map(|t| t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        .map(|t| {
+            t.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
-    let placed_at = r.time(v, "processed_at", "").or_else(|| r.time(v, "created_at", "")).unwrap_or(now);
+    let placed_at = r
+        .time(v, "processed_at", "")
+        .or_else(|| r.time(v, "created_at", ""))
+        .unwrap_or(now);
     let cancelled = matches!(v.get("cancelled_at"), Some(x) if !x.is_null());
     let order = NewOrder {
         source: Source::Shopify,
@@ -159,7 +225,10 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
         shipping_lines,
         taxes_included: r.opt_bool(v, "taxes_included", "").unwrap_or(false),
         financial_status,
-        payment: Payment { gateway, reference: None },
+        payment: Payment {
+            gateway,
+            reference: None,
+        },
         holds,
         note: non_empty(r.opt_str(v, "note", "")),
         tags,

@@ -10,7 +10,10 @@ use serde_json::Value;
 
 use super::{checked, country, non_empty, ptr, Reader};
 use crate::error::Error;
-use crate::model::{Address, Customer, FinancialStatus, HoldReason, NewLine, NewOrder, Payment, ShippingLine, Source};
+use crate::model::{
+    Address, Customer, FinancialStatus, HoldReason, NewLine, NewOrder, Payment, ShippingLine,
+    Source,
+};
 use crate::money::Currency;
 
 fn address(r: &mut Reader, v: &Value, key: &str) -> Option<Address> {
@@ -37,7 +40,9 @@ fn address(r: &mut Reader, v: &Value, key: &str) -> Option<Address> {
 pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
     let mut r = Reader::default();
     if !v.is_object() {
-        return Err(Error::unprocessable("the WooCommerce payload is not an order object"));
+        return Err(Error::unprocessable(
+            "the WooCommerce payload is not an order object",
+        ));
     }
     let currency = r.currency(v, "currency", "");
     let external_id = r.req_str(v, "id", "");
@@ -53,9 +58,15 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
         let sku = match non_empty(r.opt_str(l, "sku", &p)) {
             Some(s) => s,
             None => {
-                let pid = r.opt_str(l, "variation_id", &p).filter(|x| x != "0").or_else(|| r.opt_str(l, "product_id", &p));
+                let pid = r
+                    .opt_str(l, "variation_id", &p)
+                    .filter(|x| x != "0")
+                    .or_else(|| r.opt_str(l, "product_id", &p));
                 let fallback = format!("woo-product-{}", pid.unwrap_or_else(|| i.to_string()));
-                holds.push((HoldReason::ManualReview, format!("line item {i} has no SKU; mapped to {fallback}")));
+                holds.push((
+                    HoldReason::ManualReview,
+                    format!("line item {i} has no SKU; mapped to {fallback}"),
+                ));
                 fallback
             }
         };
@@ -83,15 +94,23 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
             tax: r.money(s, "total_tax", &p, currency),
         });
     }
-    let status = r.opt_str(v, "status", "").unwrap_or_else(|| "pending".into());
+    let status = r
+        .opt_str(v, "status", "")
+        .unwrap_or_else(|| "pending".into());
     let mut cancelled = false;
     let financial_status = match status.as_str() {
         "pending" | "on-hold" => {
-            holds.push((HoldReason::AwaitingPayment, format!("WooCommerce status '{status}': payment not yet received")));
+            holds.push((
+                HoldReason::AwaitingPayment,
+                format!("WooCommerce status '{status}': payment not yet received"),
+            ));
             FinancialStatus::Pending
         }
         "failed" => {
-            holds.push((HoldReason::PaymentFailed, "WooCommerce reports the payment failed".into()));
+            holds.push((
+                HoldReason::PaymentFailed,
+                "WooCommerce reports the payment failed".into(),
+            ));
             FinancialStatus::Pending
         }
         "processing" | "completed" => FinancialStatus::Paid,
@@ -105,7 +124,10 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
         }
         // Custom statuses from extensions: keep the order, let an operator decide.
         other => {
-            holds.push((HoldReason::ManualReview, format!("unknown WooCommerce status '{other}'")));
+            holds.push((
+                HoldReason::ManualReview,
+                format!("unknown WooCommerce status '{other}'"),
+            ));
             FinancialStatus::Pending
         }
     };

@@ -93,7 +93,9 @@ impl AllowedHosts {
     pub fn parse_one(s: &str) -> Result<AllowedHost> {
         let url = s.trim();
         if url == "insecure:allow-all" {
-            bail!("'insecure:allow-all' is not allowed; use '*://*:*' to allow all outbound traffic");
+            bail!(
+                "'insecure:allow-all' is not allowed; use '*://*:*' to allow all outbound traffic"
+            );
         }
         let Some((scheme, rest)) = url.split_once("://") else {
             bail!("{url:?} has no scheme: hosts must look like <scheme>://<host>[:<port>] ('*' wildcards allowed)");
@@ -125,7 +127,11 @@ impl AllowedHosts {
             h => {
                 if let Ok(net) = h.parse::<ipnet::IpNet>() {
                     Host::Cidr(net)
-                } else if let Ok(ip) = h.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+                } else if let Ok(ip) = h
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                {
                     Host::Cidr(ipnet::IpNet::from(ip))
                 } else if let Some(domain) = h.strip_prefix("*.") {
                     if domain.contains('*') {
@@ -165,7 +171,9 @@ impl AllowedHosts {
         let hosts = entries
             .iter()
             .enumerate()
-            .map(|(i, e)| Self::parse_one(e).with_context(|| format!("allowed_outbound_hosts[{i}]")))
+            .map(|(i, e)| {
+                Self::parse_one(e).with_context(|| format!("allowed_outbound_hosts[{i}]"))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(AllowedHosts { hosts })
     }
@@ -211,7 +219,11 @@ mod tests {
 
     #[test]
     fn wildcards_ports_and_ranges() {
-        let a = allow(&["*://*.example.com:*", "http://127.0.0.1:8000..8010", "http://localhost:3000"]);
+        let a = allow(&[
+            "*://*.example.com:*",
+            "http://127.0.0.1:8000..8010",
+            "http://localhost:3000",
+        ]);
         assert!(a.allows("https", "a.example.com", Some(1)));
         assert!(a.allows("http", "b.c.example.com", None));
         assert!(!a.allows("https", "example.com", None));
@@ -233,8 +245,14 @@ mod tests {
         assert!(!a.allows("http", "capture.spin.internal", None));
         let any = allow(&["http://*.spin.internal"]);
         assert!(any.allows("http", "capture.spin.internal", None));
-        assert_eq!(service_chaining_target("routing.spin.internal"), Some("routing"));
-        assert_eq!(service_chaining_target("routing.spin.internal:80"), Some("routing"));
+        assert_eq!(
+            service_chaining_target("routing.spin.internal"),
+            Some("routing")
+        );
+        assert_eq!(
+            service_chaining_target("routing.spin.internal:80"),
+            Some("routing")
+        );
         assert_eq!(service_chaining_target("routing.example.com"), None);
     }
 
@@ -251,7 +269,10 @@ mod tests {
             "insecure:allow-all",
             "ht1tp://example.com",
         ] {
-            assert!(AllowedHosts::parse_one(bad).is_err(), "{bad} should be rejected");
+            assert!(
+                AllowedHosts::parse_one(bad).is_err(),
+                "{bad} should be rejected"
+            );
         }
         assert!(AllowedHosts::parse_one("https://example.com/").is_ok());
     }

@@ -8,9 +8,17 @@ use hyper_util::rt::TokioIo;
 pub type Headers = Vec<(String, String)>;
 
 /// Sends one request on a new connection; returns status, headers and body.
-pub async fn request(method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Result<(u16, Headers, Bytes)> {
+pub async fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<(u16, Headers, Bytes)> {
     let uri: http::Uri = url.parse().with_context(|| format!("bad url {url}"))?;
-    let host = uri.host().ok_or_else(|| anyhow!("url has no host"))?.to_string();
+    let host = uri
+        .host()
+        .ok_or_else(|| anyhow!("url has no host"))?
+        .to_string();
     let port = uri.port_u16().unwrap_or(80);
     let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -24,12 +32,19 @@ pub async fn request(method: &str, url: &str, headers: &[(&str, &str)], body: im
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = sender.send_request(req.body(Full::new(body.into()))?).await?;
+    let resp = sender
+        .send_request(req.body(Full::new(body.into()))?)
+        .await?;
     let status = resp.status().as_u16();
     let hdrs = resp
         .headers()
         .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, hdrs, body))

@@ -135,10 +135,20 @@ impl AppBuilder {
         let mut tasks = vec![tokio::spawn(serve(app.clone(), listener, stop_rx.clone()))];
         if self.cron {
             for t in &app.manifest.cron {
-                tasks.push(tokio::spawn(run_schedule(app.clone(), t.component.clone(), t.schedule.clone(), stop_rx.clone())));
+                tasks.push(tokio::spawn(run_schedule(
+                    app.clone(),
+                    t.component.clone(),
+                    t.schedule.clone(),
+                    stop_rx.clone(),
+                )));
             }
         }
-        Ok(RunningApp { addr, app, stop: stop_tx, tasks })
+        Ok(RunningApp {
+            addr,
+            app,
+            stop: stop_tx,
+            tasks,
+        })
     }
 }
 
@@ -149,13 +159,19 @@ fn tempdir() -> Result<PathBuf> {
         "waybill-host-{}-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros()
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_micros()
     ));
     std::fs::create_dir_all(&d)?;
     Ok(d)
 }
 
-async fn serve(app: Arc<AppRt>, listener: tokio::net::TcpListener, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn serve(
+    app: Arc<AppRt>,
+    listener: tokio::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -172,10 +188,11 @@ async fn serve(app: Arc<AppRt>, listener: tokio::net::TcpListener, mut stop: tok
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let app = app.clone();
-                async move { Ok::<_, std::convert::Infallible>(app.handle(req, client).await) }
-            });
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let app = app.clone();
+                    async move { Ok::<_, std::convert::Infallible>(app.handle(req, client).await) }
+                });
             let _ = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), svc)
@@ -184,9 +201,16 @@ async fn serve(app: Arc<AppRt>, listener: tokio::net::TcpListener, mut stop: tok
     }
 }
 
-async fn run_schedule(app: Arc<AppRt>, component: String, schedule: cron::Schedule, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn run_schedule(
+    app: Arc<AppRt>,
+    component: String,
+    schedule: cron::Schedule,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
-        let Some(next) = schedule.upcoming(chrono::Utc).next() else { return };
+        let Some(next) = schedule.upcoming(chrono::Utc).next() else {
+            return;
+        };
         let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -227,7 +251,11 @@ impl RunningApp {
 
     /// Runs one statement on its own connection to a SQLite database.
     pub fn sql(&self, label: &str, sql: &str, params: &[SqlValue]) -> Result<SqlResult> {
-        let conn = self.app.sqlite().connect(label).map_err(anyhow::Error::msg)?;
+        let conn = self
+            .app
+            .sqlite()
+            .connect(label)
+            .map_err(anyhow::Error::msg)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         stores::execute(&conn, sql, params).map_err(anyhow::Error::msg)
     }

@@ -6,7 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "waybill-host", about = "Run a Spin app on wasmtime without a Spin binary", version)]
+#[command(
+    name = "waybill-host",
+    about = "Run a Spin app on wasmtime without a Spin binary",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -55,11 +59,19 @@ fn builder(a: &AppArgs) -> Result<waybill_host::AppBuilder> {
         None => a
             .manifest
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { std::path::Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    std::path::Path::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(std::path::Path::new("."))
             .join(".spin"),
     };
-    let mut b = waybill_host::App::builder(&a.manifest).state_dir(state_dir).process_env();
+    let mut b = waybill_host::App::builder(&a.manifest)
+        .state_dir(state_dir)
+        .process_env();
     for v in &a.variables {
         let Some((k, val)) = v.split_once('=') else {
             bail!("--variable {v}: expected NAME=VALUE");
@@ -68,7 +80,9 @@ fn builder(a: &AppArgs) -> Result<waybill_host::AppBuilder> {
     }
     for s in &a.sqlite {
         let sql = match s.strip_prefix('@') {
-            Some(path) => std::fs::read_to_string(path).with_context(|| format!("--sqlite @{path}"))?,
+            Some(path) => {
+                std::fs::read_to_string(path).with_context(|| format!("--sqlite @{path}"))?
+            }
             None => s.clone(),
         };
         b = b.sqlite_statement(sql);
@@ -87,11 +101,18 @@ async fn main() {
 async fn run() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Up { app, listen, quiet } => {
-            let running = builder(&app)?.listen(listen).log_requests(!quiet).schedules(true).start().await?;
+            let running = builder(&app)?
+                .listen(listen)
+                .log_requests(!quiet)
+                .schedules(true)
+                .start()
+                .await?;
             eprintln!("Serving http://{}", running.addr);
             for t in &running.app.manifest.http {
                 let route = match &t.route {
-                    waybill_host::manifest::Route::Path(p) => format!("http://{}{}", running.addr, p),
+                    waybill_host::manifest::Route::Path(p) => {
+                        format!("http://{}{}", running.addr, p)
+                    }
                     waybill_host::manifest::Route::Private => "(private)".to_string(),
                 };
                 eprintln!("  {}: {route}", t.component);

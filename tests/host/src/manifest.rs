@@ -176,7 +176,9 @@ pub fn is_kebab_id(s: &str) -> bool {
     !s.is_empty()
         && s.starts_with(|c: char| c.is_ascii_lowercase())
         && s.split('-').all(|w| {
-            !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         })
 }
 
@@ -185,7 +187,9 @@ pub fn is_snake_id(s: &str) -> bool {
     !s.is_empty()
         && s.starts_with(|c: char| c.is_ascii_lowercase())
         && s.split('_').all(|w| {
-            !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         })
 }
 
@@ -196,7 +200,10 @@ fn component_ref(field: &str, v: &toml::Value) -> Result<String> {
             "{field}: inline component definitions are not supported by this host; \
              declare the component in a [component.<id>] table and name it here"
         ),
-        other => bail!("{field}: expected a component id string, found {}", other.type_str()),
+        other => bail!(
+            "{field}: expected a component id string, found {}",
+            other.type_str()
+        ),
     }
 }
 
@@ -207,7 +214,13 @@ impl Manifest {
             .with_context(|| format!("cannot read manifest {}", path.display()))?;
         let dir = path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(Path::new("."))
             .canonicalize()
             .with_context(|| format!("cannot resolve the directory of {}", path.display()))?;
@@ -220,9 +233,9 @@ impl Manifest {
         match &raw.spin_manifest_version {
             toml::Value::Integer(2) => {}
             toml::Value::String(s) if s == "2" => {}
-            other => bail!(
-                "spin_manifest_version: this host reads manifest version 2, found {other}"
-            ),
+            other => {
+                bail!("spin_manifest_version: this host reads manifest version 2, found {other}")
+            }
         }
         let _ = (
             &raw.application.version,
@@ -251,7 +264,11 @@ impl Manifest {
             }
             variables.insert(
                 name,
-                VariableDef { default: v.default, required: v.required, secret: v.secret },
+                VariableDef {
+                    default: v.default,
+                    required: v.required,
+                    secret: v.secret,
+                },
             );
         }
 
@@ -261,7 +278,13 @@ impl Manifest {
             if !is_kebab_id(&id) {
                 bail!("{field}: component ids must be kebab-case (lowercase letters, digits, single hyphens, starting with a letter)");
             }
-            let _ = (&c.description, &c.build, &c.tool, &c.exclude_files, &c.ai_models);
+            let _ = (
+                &c.description,
+                &c.build,
+                &c.tool,
+                &c.exclude_files,
+                &c.ai_models,
+            );
             let source = match &c.source {
                 toml::Value::String(s) => dir.join(s),
                 toml::Value::Table(_) => bail!(
@@ -282,7 +305,9 @@ impl Manifest {
                 bail!("{field}.allowed_http_hosts: this key was removed in manifest version 2; use allowed_outbound_hosts");
             }
             if c.dependencies_inherit_configuration || c.dependencies.is_some() {
-                bail!("{field}.dependencies: component dependencies are not supported by this host");
+                bail!(
+                    "{field}.dependencies: component dependencies are not supported by this host"
+                );
             }
             let mut vars = BTreeMap::new();
             for (name, template) in &c.variables {
@@ -311,7 +336,10 @@ impl Manifest {
                         .with_context(|| format!("{field}.allowed_outbound_hosts[{i}]"))?;
                 }
             }
-            for (kind, labels) in [("key_value_stores", &c.key_value_stores), ("sqlite_databases", &c.sqlite_databases)] {
+            for (kind, labels) in [
+                ("key_value_stores", &c.key_value_stores),
+                ("sqlite_databases", &c.sqlite_databases),
+            ] {
                 for l in labels.iter() {
                     if l.is_empty() {
                         bail!("{field}.{kind}: labels must not be empty");
@@ -393,7 +421,14 @@ impl Manifest {
         if http.is_empty() && cron.is_empty() {
             bail!("trigger: the application declares no triggers");
         }
-        Ok(Manifest { name: raw.application.name, dir: dir.to_path_buf(), variables, components, http, cron })
+        Ok(Manifest {
+            name: raw.application.name,
+            dir: dir.to_path_buf(),
+            variables,
+            components,
+            http,
+            cron,
+        })
     }
 }
 
@@ -415,7 +450,10 @@ mod tests {
                 let p = std::env::temp_dir().join(format!(
                     "waybill-manifest-{}-{}",
                     std::process::id(),
-                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_nanos()
                 ));
                 std::fs::create_dir_all(&p).unwrap();
                 TempDir(p)
@@ -439,7 +477,10 @@ mod tests {
     }
 
     fn err(body: &str) -> String {
-        format!("{:#}", parse(body).expect_err("manifest should be rejected"))
+        format!(
+            "{:#}",
+            parse(body).expect_err("manifest should be rejected")
+        )
     }
 
     #[test]
@@ -476,7 +517,10 @@ source = "a.wasm"
         assert_eq!(m.http[1].route, Route::Private);
         assert_eq!(m.cron.len(), 1);
         assert!(m.variables["secret_key"].secret);
-        assert_eq!(m.components["a"].variables["key"].references(), vec!["secret_key", "greeting"]);
+        assert_eq!(
+            m.components["a"].variables["key"].references(),
+            vec!["secret_key", "greeting"]
+        );
     }
 
     #[test]
@@ -500,8 +544,10 @@ source = "a.wasm"
             .contains("unknown field `key_value_store`"));
         assert!(err("[[trigger.cron]]\ncron_expression = \"every day\"\ncomponent = \"a\"\n[component.a]\nsource = \"a.wasm\"\n")
             .contains("trigger.cron[0].cron_expression"));
-        assert!(err("[[trigger.redis]]\ncomponent = \"a\"\n[component.a]\nsource = \"a.wasm\"\n")
-            .contains("trigger type 'redis' is not supported"));
+        assert!(
+            err("[[trigger.redis]]\ncomponent = \"a\"\n[component.a]\nsource = \"a.wasm\"\n")
+                .contains("trigger type 'redis' is not supported")
+        );
         assert!(err("[[trigger.http]]\nroute = { private = false }\ncomponent = \"a\"\n[component.a]\nsource = \"a.wasm\"\n")
             .contains("trigger.http[0].route"));
         assert!(err("[[trigger.http]]\nroute = \"/a/.../b\"\ncomponent = \"a\"\n[component.a]\nsource = \"a.wasm\"\n")
@@ -511,8 +557,11 @@ source = "a.wasm"
     #[test]
     fn manifest_version_must_be_2() {
         let d = dir_with_wasm();
-        let e = Manifest::parse("spin_manifest_version = 1\n[application]\nname = \"t\"\n", d.path())
-            .unwrap_err();
+        let e = Manifest::parse(
+            "spin_manifest_version = 1\n[application]\nname = \"t\"\n",
+            d.path(),
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("spin_manifest_version"));
     }
 

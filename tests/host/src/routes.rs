@@ -19,11 +19,17 @@ pub fn validate_route(route: &str) -> Result<()> {
     if body.split('/').any(|s| s == "*") {
         bail!("'{route}': use '/...' for a trailing wildcard");
     }
-    parse_route(&based).map(|_| ()).map_err(|e| anyhow!("'{route}': {e}"))
+    parse_route(&based)
+        .map(|_| ())
+        .map_err(|e| anyhow!("'{route}': {e}"))
 }
 
 fn absolutize(route: &str) -> String {
-    let r = if route.starts_with('/') { route.to_string() } else { format!("/{route}") };
+    let r = if route.starts_with('/') {
+        route.to_string()
+    } else {
+        format!("/{route}")
+    };
     // Spin strips one trailing slash ("/foo/" routes like "/foo"), but keeps "/".
     match r.strip_suffix('/') {
         Some(s) if !s.is_empty() && !r.ends_with("/.../") => s.to_string(),
@@ -68,7 +74,9 @@ pub struct RouteMatch {
 impl Router {
     /// `routes`: (component, route) in manifest order; a later duplicate replaces an
     /// earlier one, as in Spin (which warns about it).
-    pub fn build<'a>(routes: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<(Router, Vec<String>)> {
+    pub fn build<'a>(
+        routes: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(Router, Vec<String>)> {
         let mut unique: Vec<(String, Handler)> = Vec::new();
         let mut warnings = Vec::new();
         for (component, route) in routes {
@@ -78,15 +86,26 @@ impl Router {
                     "route '{route}' is declared twice: component '{}' replaces '{}'",
                     component, slot.1.component
                 ));
-                slot.1 = Handler { component: component.to_string(), raw_route: route.to_string() };
+                slot.1 = Handler {
+                    component: component.to_string(),
+                    raw_route: route.to_string(),
+                };
             } else {
-                unique.push((based, Handler { component: component.to_string(), raw_route: route.to_string() }));
+                unique.push((
+                    based,
+                    Handler {
+                        component: component.to_string(),
+                        raw_route: route.to_string(),
+                    },
+                ));
             }
         }
         let mut inner = routefinder::Router::new();
         for (based, handler) in unique {
             let (spec, _) = parse_route(&based).map_err(|e| anyhow!("route '{based}': {e}"))?;
-            inner.add(spec, handler).map_err(|e| anyhow!("route '{based}': {e}"))?;
+            inner
+                .add(spec, handler)
+                .map_err(|e| anyhow!("route '{based}': {e}"))?;
         }
         Ok((Router { inner }, warnings))
     }
@@ -111,7 +130,12 @@ impl Router {
                 (false, true) => format!("/{w}/"),
             },
         };
-        Some(RouteMatch { component: h.component.clone(), raw_route: h.raw_route.clone(), params, path_info })
+        Some(RouteMatch {
+            component: h.component.clone(),
+            raw_route: h.raw_route.clone(),
+            params,
+            path_info,
+        })
     }
 }
 
@@ -128,19 +152,41 @@ impl RouteMatch {
     }
 
     /// The `spin-*` headers Spin adds to the request (they replace any the client sent).
-    pub fn spin_headers(&self, scheme: &str, host: &str, path_and_query: &str, client: SocketAddr) -> Vec<(String, String)> {
-        let raw_or_prefix = self.raw_route.strip_suffix("/...").unwrap_or(&self.raw_route).to_string();
+    pub fn spin_headers(
+        &self,
+        scheme: &str,
+        host: &str,
+        path_and_query: &str,
+        client: SocketAddr,
+    ) -> Vec<(String, String)> {
+        let raw_or_prefix = self
+            .raw_route
+            .strip_suffix("/...")
+            .unwrap_or(&self.raw_route)
+            .to_string();
         let mut h = vec![
             ("spin-path-info".to_string(), self.path_info.clone()),
-            ("spin-full-url".to_string(), format!("{scheme}://{host}{path_and_query}")),
-            ("spin-matched-route".to_string(), absolutize(&self.raw_route)),
+            (
+                "spin-full-url".to_string(),
+                format!("{scheme}://{host}{path_and_query}"),
+            ),
+            (
+                "spin-matched-route".to_string(),
+                absolutize(&self.raw_route),
+            ),
             ("spin-base-path".to_string(), "/".to_string()),
-            ("spin-raw-component-route".to_string(), self.raw_route.clone()),
+            (
+                "spin-raw-component-route".to_string(),
+                self.raw_route.clone(),
+            ),
             ("spin-component-route".to_string(), raw_or_prefix),
             ("spin-client-addr".to_string(), client.to_string()),
         ];
         for (k, v) in &self.params {
-            h.push((format!("spin-path-match-{}", k.to_ascii_lowercase()), v.clone()));
+            h.push((
+                format!("spin-path-match-{}", k.to_ascii_lowercase()),
+                v.clone(),
+            ));
         }
         h
     }
@@ -210,8 +256,18 @@ mod tests {
         assert_eq!(r.route("/static").unwrap().path_info, "");
         assert_eq!(r.route("/static/").unwrap().path_info, "/");
         assert_eq!(r.route("/static/a/b/").unwrap().path_info, "/a/b/");
-        let h = m.spin_headers("http", "localhost:3000", "/foo/42/bar?x=1", "127.0.0.1:5000".parse().unwrap());
-        let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap();
+        let h = m.spin_headers(
+            "http",
+            "localhost:3000",
+            "/foo/42/bar?x=1",
+            "127.0.0.1:5000".parse().unwrap(),
+        );
+        let get = |k: &str| {
+            h.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
         assert_eq!(get("spin-full-url"), "http://localhost:3000/foo/42/bar?x=1");
         assert_eq!(get("spin-path-info"), "/bar");
         assert_eq!(get("spin-matched-route"), "/foo/:userid/...");

@@ -53,7 +53,11 @@ use spin_bindings::spin::sqlite::sqlite as sqlite3;
 /// `WAYBILL_HOST_TRACE_SQL=1` prints each statement's time (for profiling the host).
 fn trace_sql() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("WAYBILL_HOST_TRACE_SQL").map(|v| v == "1").unwrap_or(false))
+    *ON.get_or_init(|| {
+        std::env::var("WAYBILL_HOST_TRACE_SQL")
+            .map(|v| v == "1")
+            .unwrap_or(false)
+    })
 }
 
 /// Spin refuses more open handles than this per instance (`store-table-full`).
@@ -81,7 +85,9 @@ pub fn engine() -> &'static Engine {
         match Engine::new(&pooled) {
             Ok(e) => e,
             Err(e) => {
-                eprintln!("waybill-host: pooling allocator unavailable ({e}); using on-demand allocation");
+                eprintln!(
+                    "waybill-host: pooling allocator unavailable ({e}); using on-demand allocation"
+                );
                 Engine::new(&base).expect("wasmtime engine")
             }
         }
@@ -91,7 +97,8 @@ pub fn engine() -> &'static Engine {
 /// Compiled components, shared by path and modification time across apps.
 fn load_component(path: &Path) -> Result<Component> {
     static CACHE: OnceLock<Mutex<HashMap<PathBuf, (SystemTime, u64, Component)>>> = OnceLock::new();
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     let key = (meta.modified()?, meta.len());
     let cache = CACHE.get_or_init(Default::default);
     if let Some((m, l, c)) = cache.lock().unwrap().get(path) {
@@ -101,7 +108,10 @@ fn load_component(path: &Path) -> Result<Component> {
     }
     let c = Component::from_file(engine(), path)
         .map_err(|e| anyhow!("cannot compile {}: {e:#}", path.display()))?;
-    cache.lock().unwrap().insert(path.to_path_buf(), (key.0, key.1, c.clone()));
+    cache
+        .lock()
+        .unwrap()
+        .insert(path.to_path_buf(), (key.0, key.1, c.clone()));
     Ok(c)
 }
 
@@ -143,13 +153,20 @@ pub struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for HostState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
     }
 }
 
@@ -160,7 +177,11 @@ fn text_response(status: u16, body: &str) -> HttpResponse {
     hyper::Response::builder()
         .status(status)
         .header("content-type", "text/plain")
-        .body(Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed_unsync())
+        .body(
+            Full::new(Bytes::from(body.to_string()))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
         .expect("static response")
 }
 
@@ -202,24 +223,39 @@ impl AppRt {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         spin_bindings::SpinImports::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
 
-        let http_components: Vec<&str> = manifest.http.iter().map(|t| t.component.as_str()).collect();
-        let cron_components: Vec<&str> = manifest.cron.iter().map(|t| t.component.as_str()).collect();
+        let http_components: Vec<&str> =
+            manifest.http.iter().map(|t| t.component.as_str()).collect();
+        let cron_components: Vec<&str> =
+            manifest.cron.iter().map(|t| t.component.as_str()).collect();
         let mut components = HashMap::new();
         for (id, def) in &manifest.components {
             if !http_components.contains(&id.as_str()) && !cron_components.contains(&id.as_str()) {
                 continue; // Spin loads only components some trigger uses.
             }
-            let rt = Self::prepare_component(def, &resolver, &linker, http_components.contains(&id.as_str()), cron_components.contains(&id.as_str()))
-                .with_context(|| format!("component '{id}'"))?;
+            let rt = Self::prepare_component(
+                def,
+                &resolver,
+                &linker,
+                http_components.contains(&id.as_str()),
+                cron_components.contains(&id.as_str()),
+            )
+            .with_context(|| format!("component '{id}'"))?;
             components.insert(id.clone(), Arc::new(rt));
         }
 
-        let kv = Arc::new(KeyValueBackend::open(&state_dir.join("sqlite_key_value.db"))?);
-        let sqlite = SqliteBackend { default_path: state_dir.join("sqlite_db.db") };
+        let kv = Arc::new(KeyValueBackend::open(
+            &state_dir.join("sqlite_key_value.db"),
+        )?);
+        let sqlite = SqliteBackend {
+            default_path: state_dir.join("sqlite_db.db"),
+        };
         if !cfg.sqlite_statements.is_empty() {
-            let conn = sqlite.connect(stores::DEFAULT_LABEL).map_err(|e| anyhow!(e))?;
+            let conn = sqlite
+                .connect(stores::DEFAULT_LABEL)
+                .map_err(|e| anyhow!(e))?;
             for s in &cfg.sqlite_statements {
-                conn.execute_batch(s).with_context(|| format!("--sqlite statement failed: {s}"))?;
+                conn.execute_batch(s)
+                    .with_context(|| format!("--sqlite statement failed: {s}"))?;
             }
         }
         Ok(Arc::new(AppRt {
@@ -264,14 +300,20 @@ impl AppRt {
         })?;
         let http_pre = if http {
             Some(ProxyPre::new(pre.clone()).map_err(|e| {
-                anyhow!("{}: does not export wasi:http/incoming-handler@0.2.x: {e}", def.source.display())
+                anyhow!(
+                    "{}: does not export wasi:http/incoming-handler@0.2.x: {e}",
+                    def.source.display()
+                )
             })?)
         } else {
             None
         };
         let cron_pre = if cron {
             Some(cron_bindings::SpinCronPre::new(pre).map_err(|e| {
-                anyhow!("{}: does not export handle-cron-event (fermyon:spin-cron@2.0.0): {e}", def.source.display())
+                anyhow!(
+                    "{}: does not export handle-cron-event (fermyon:spin-cron@2.0.0): {e}",
+                    def.source.display()
+                )
             })?)
         } else {
             None
@@ -279,7 +321,11 @@ impl AppRt {
         Ok(ComponentRt {
             id: def.id.clone(),
             variables: def.variables.clone(),
-            environment: def.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            environment: def
+                .environment
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             allowed_hosts,
             key_value_stores: def.key_value_stores.clone(),
             sqlite_databases: def.sqlite_databases.clone(),
@@ -302,14 +348,19 @@ impl AppRt {
 
     fn new_store(self: &Arc<Self>, comp: &Arc<ComponentRt>) -> Store<HostState> {
         let mut wasi = WasiCtx::builder();
-        wasi.inherit_stdout().inherit_stderr().envs(&comp.environment);
+        wasi.inherit_stdout()
+            .inherit_stderr()
+            .envs(&comp.environment);
         Store::new(
             engine(),
             HostState {
                 wasi: wasi.build(),
                 table: ResourceTable::new(),
                 http: WasiHttpCtx::new(),
-                hooks: OutboundHooks { app: self.clone(), comp: comp.clone() },
+                hooks: OutboundHooks {
+                    app: self.clone(),
+                    comp: comp.clone(),
+                },
                 comp: comp.clone(),
                 app: self.clone(),
                 open_handles: 0,
@@ -318,7 +369,11 @@ impl AppRt {
     }
 
     /// Serves one incoming request: routing, `spin-*` headers, a fresh instance.
-    pub fn handle<B>(self: &Arc<Self>, req: hyper::Request<B>, client: SocketAddr) -> BoxFut<HttpResponse>
+    pub fn handle<B>(
+        self: &Arc<Self>,
+        req: hyper::Request<B>,
+        client: SocketAddr,
+    ) -> BoxFut<HttpResponse>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
@@ -338,7 +393,13 @@ impl AppRt {
     }
 
     /// Runs `req` in a fresh instance of the matched component.
-    fn dispatch<B>(self: &Arc<Self>, req: hyper::Request<B>, m: RouteMatch, scheme: &str, client: SocketAddr) -> BoxFut<HttpResponse>
+    fn dispatch<B>(
+        self: &Arc<Self>,
+        req: hyper::Request<B>,
+        m: RouteMatch,
+        scheme: &str,
+        client: SocketAddr,
+    ) -> BoxFut<HttpResponse>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
@@ -362,23 +423,42 @@ impl AppRt {
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string)
                 .unwrap_or_else(|| "localhost".to_string());
-            let pq = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into());
             for (k, v) in m.spin_headers(&scheme, &host, &pq, client) {
-                if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_str(&v)) {
+                if let (Ok(k), Ok(v)) = (
+                    http::HeaderName::from_bytes(k.as_bytes()),
+                    http::HeaderValue::from_str(&v),
+                ) {
                     parts.headers.insert(k, v);
                 }
             }
-            parts.uri = match http::Uri::builder().scheme(scheme.as_str()).authority(host.as_str()).path_and_query(pq.as_str()).build() {
+            parts.uri = match http::Uri::builder()
+                .scheme(scheme.as_str())
+                .authority(host.as_str())
+                .path_and_query(pq.as_str())
+                .build()
+            {
                 Ok(u) => u,
                 Err(_) => return text_response(400, "Bad Request"),
             };
             let req = hyper::Request::from_parts(parts, body);
-            let wasi_scheme = if scheme == "https" { Scheme::Https } else { Scheme::Http };
+            let wasi_scheme = if scheme == "https" {
+                Scheme::Https
+            } else {
+                Scheme::Http
+            };
 
             let mut store = app.new_store(&comp);
             let (tx, rx) = tokio::sync::oneshot::channel();
             let prepared = (|| -> wasmtime::Result<_> {
-                let req = store.data_mut().http().new_incoming_request(wasi_scheme, req)?;
+                let req = store
+                    .data_mut()
+                    .http()
+                    .new_incoming_request(wasi_scheme, req)?;
                 let out = store.data_mut().http().new_response_outparam(tx)?;
                 Ok((req, out))
             })();
@@ -392,17 +472,24 @@ impl AppRt {
             let comp_id = comp.id.clone();
             let task = tokio::spawn(async move {
                 let proxy = pre.instantiate_async(&mut store).await?;
-                proxy.wasi_http_incoming_handler().call_handle(&mut store, wreq, out).await
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, wreq, out)
+                    .await
             });
             let resp = match rx.await {
                 Ok(Ok(resp)) => resp,
                 Ok(Err(code)) => {
-                    eprintln!("waybill-host: {comp_id}: component answered with an error: {code:?}");
+                    eprintln!(
+                        "waybill-host: {comp_id}: component answered with an error: {code:?}"
+                    );
                     text_response(500, "Internal Server Error")
                 }
                 Err(_) => {
                     let why = match task.await {
-                        Ok(Ok(())) => "the component returned without setting a response".to_string(),
+                        Ok(Ok(())) => {
+                            "the component returned without setting a response".to_string()
+                        }
                         Ok(Err(e)) => format!("{e:?}"),
                         Err(e) => e.to_string(),
                     };
@@ -438,9 +525,14 @@ impl AppRt {
         let started = Instant::now();
         let mut store = self.new_store(&comp);
         let cron = pre.instantiate_async(&mut store).await?;
-        let timestamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs();
+        let timestamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)?
+            .as_secs();
         let res = cron
-            .call_handle_cron_event(&mut store, cron_bindings::fermyon::spin_cron::cron_types::Metadata { timestamp })
+            .call_handle_cron_event(
+                &mut store,
+                cron_bindings::fermyon::spin_cron::cron_types::Metadata { timestamp },
+            )
             .await?;
         let status = if res.is_ok() { 200 } else { 500 };
         self.log("CRON", "-", component, status, started);
@@ -470,7 +562,10 @@ impl WasiHttpHooks for OutboundHooks {
                 Output = Result<
                     (
                         http::Response<wasmtime_wasi_http::WasiBody>,
-                        Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                        Box<
+                            dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>>
+                                + Send,
+                        >,
                     ),
                     wasmtime_wasi_http::Error,
                 >,
@@ -500,13 +595,23 @@ impl WasiHttpHooks for OutboundHooks {
                 let path = parts.uri.path().to_string();
                 let m = RouteMatch::synthetic(target, &path);
                 let chained_client = SocketAddr::from(([0, 0, 0, 0], 0));
-                let resp = app.dispatch(hyper::Request::from_parts(parts, body), m, "http", chained_client).await;
-                let done: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send> =
-                    Box::new(async { Ok(()) });
+                let resp = app
+                    .dispatch(
+                        hyper::Request::from_parts(parts, body),
+                        m,
+                        "http",
+                        chained_client,
+                    )
+                    .await;
+                let done: Box<
+                    dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send,
+                > = Box::new(async { Ok(()) });
                 return Ok((resp, done));
             }
             let (resp, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            let done: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send> = Box::new(io);
+            let done: Box<
+                dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send,
+            > = Box::new(io);
             Ok((resp.map(|b| b.boxed_unsync()), done))
         })
     }
@@ -538,33 +643,58 @@ impl HostState {
 impl kv::Host for HostState {}
 
 impl kv::HostStore for HostState {
-    async fn open(&mut self, label: String) -> wasmtime::Result<Result<Resource<KvStore>, kv::Error>> {
+    async fn open(
+        &mut self,
+        label: String,
+    ) -> wasmtime::Result<Result<Resource<KvStore>, kv::Error>> {
         if !self.comp.key_value_stores.contains(&label) {
             return Ok(Err(kv::Error::AccessDenied));
         }
         if label != stores::DEFAULT_LABEL {
             return Ok(Err(kv::Error::NoSuchStore));
         }
-        Ok(self.push_handle(KvStore { label })?.ok_or(kv::Error::StoreTableFull))
+        Ok(self
+            .push_handle(KvStore { label })?
+            .ok_or(kv::Error::StoreTableFull))
     }
 
-    async fn get(&mut self, s: Resource<KvStore>, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::Error>> {
+    async fn get(
+        &mut self,
+        s: Resource<KvStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::Error>> {
         self.kv_op(&s, move |b, l| b.get(l, &key)).await
     }
 
-    async fn set(&mut self, s: Resource<KvStore>, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), kv::Error>> {
+    async fn set(
+        &mut self,
+        s: Resource<KvStore>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), kv::Error>> {
         self.kv_op(&s, move |b, l| b.set(l, &key, &value)).await
     }
 
-    async fn delete(&mut self, s: Resource<KvStore>, key: String) -> wasmtime::Result<Result<(), kv::Error>> {
+    async fn delete(
+        &mut self,
+        s: Resource<KvStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), kv::Error>> {
         self.kv_op(&s, move |b, l| b.delete(l, &key)).await
     }
 
-    async fn exists(&mut self, s: Resource<KvStore>, key: String) -> wasmtime::Result<Result<bool, kv::Error>> {
+    async fn exists(
+        &mut self,
+        s: Resource<KvStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, kv::Error>> {
         self.kv_op(&s, move |b, l| b.exists(l, &key)).await
     }
 
-    async fn get_keys(&mut self, s: Resource<KvStore>) -> wasmtime::Result<Result<Vec<String>, kv::Error>> {
+    async fn get_keys(
+        &mut self,
+        s: Resource<KvStore>,
+    ) -> wasmtime::Result<Result<Vec<String>, kv::Error>> {
         self.kv_op(&s, move |b, l| b.keys(l)).await
     }
 
@@ -585,9 +715,13 @@ impl vars::Host for HostState {
             ))));
         }
         let Some(t) = self.comp.variables.get(&name) else {
-            return Ok(Err(vars::Error::Undefined(format!("no variable for {:?}.{name:?}", self.comp.id))));
+            return Ok(Err(vars::Error::Undefined(format!(
+                "no variable for {:?}.{name:?}",
+                self.comp.id
+            ))));
         };
-        Ok(t.render(&self.app.resolver).map_err(|e| vars::Error::Undefined(e.to_string())))
+        Ok(t.render(&self.app.resolver)
+            .map_err(|e| vars::Error::Undefined(e.to_string())))
     }
 }
 
@@ -601,7 +735,10 @@ enum OpenError {
 }
 
 impl HostState {
-    async fn sqlite_open(&mut self, label: String) -> wasmtime::Result<Result<Resource<SqliteConn>, OpenError>> {
+    async fn sqlite_open(
+        &mut self,
+        label: String,
+    ) -> wasmtime::Result<Result<Resource<SqliteConn>, OpenError>> {
         if !self.comp.sqlite_databases.contains(&label) {
             return Ok(Err(OpenError::AccessDenied));
         }
@@ -615,7 +752,9 @@ impl HostState {
         let conn = tokio::task::spawn_blocking(move || backend.connect(&label)).await?;
         match conn {
             Ok(c) => Ok(Ok(self
-                .push_handle(SqliteConn { conn: Arc::new(Mutex::new(c)) })?
+                .push_handle(SqliteConn {
+                    conn: Arc::new(Mutex::new(c)),
+                })?
                 .expect("checked capacity"))),
             Err(e) => Ok(Err(OpenError::Io(e))),
         }
@@ -632,16 +771,30 @@ impl HostState {
         let t0 = Instant::now();
         let r = tokio::task::spawn_blocking(move || {
             let t1 = Instant::now();
-            let conn = conn.lock().map_err(|_| "connection lock poisoned".to_string())?;
+            let conn = conn
+                .lock()
+                .map_err(|_| "connection lock poisoned".to_string())?;
             let r = stores::execute(&conn, &sql, &params);
             if trace {
-                eprintln!("waybill-host: sql {:>7.3}ms {}", t1.elapsed().as_secs_f64() * 1000.0, sql.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(60).collect::<String>());
+                eprintln!(
+                    "waybill-host: sql {:>7.3}ms {}",
+                    t1.elapsed().as_secs_f64() * 1000.0,
+                    sql.split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .chars()
+                        .take(60)
+                        .collect::<String>()
+                );
             }
             r
         })
         .await?;
         if trace {
-            eprintln!("waybill-host: sql call total {:>7.3}ms", t0.elapsed().as_secs_f64() * 1000.0);
+            eprintln!(
+                "waybill-host: sql call total {:>7.3}ms",
+                t0.elapsed().as_secs_f64() * 1000.0
+            );
         }
         Ok(r)
     }
@@ -694,7 +847,9 @@ macro_rules! sqlite_value_conversions {
                     rows: r
                         .rows
                         .into_iter()
-                        .map(|row| $m::RowResult { values: row.into_iter().map(Into::into).collect() })
+                        .map(|row| $m::RowResult {
+                            values: row.into_iter().map(Into::into).collect(),
+                        })
                         .collect(),
                 }
             }
@@ -708,7 +863,10 @@ sqlite_value_conversions!(sqlite2);
 impl sqlite3::Host for HostState {}
 
 impl sqlite3::HostConnection for HostState {
-    async fn open(&mut self, database: String) -> wasmtime::Result<Result<Resource<SqliteConn>, sqlite3::Error>> {
+    async fn open(
+        &mut self,
+        database: String,
+    ) -> wasmtime::Result<Result<Resource<SqliteConn>, sqlite3::Error>> {
         Ok(self.sqlite_open(database).await?.map_err(Into::into))
     }
 
@@ -719,7 +877,11 @@ impl sqlite3::HostConnection for HostState {
         parameters: Vec<sqlite3::Value>,
     ) -> wasmtime::Result<Result<sqlite3::QueryResult, sqlite3::Error>> {
         let params = parameters.into_iter().map(Into::into).collect();
-        Ok(self.sqlite_execute(&c, statement, params).await?.map(Into::into).map_err(sqlite3::Error::Io))
+        Ok(self
+            .sqlite_execute(&c, statement, params)
+            .await?
+            .map(Into::into)
+            .map_err(sqlite3::Error::Io))
     }
 
     async fn last_insert_rowid(&mut self, c: Resource<SqliteConn>) -> wasmtime::Result<i64> {
@@ -742,7 +904,10 @@ impl sqlite3::HostConnection for HostState {
 impl sqlite2::Host for HostState {}
 
 impl sqlite2::HostConnection for HostState {
-    async fn open(&mut self, database: String) -> wasmtime::Result<Result<Resource<SqliteConn>, sqlite2::Error>> {
+    async fn open(
+        &mut self,
+        database: String,
+    ) -> wasmtime::Result<Result<Resource<SqliteConn>, sqlite2::Error>> {
         Ok(self.sqlite_open(database).await?.map_err(Into::into))
     }
 
@@ -753,7 +918,11 @@ impl sqlite2::HostConnection for HostState {
         parameters: Vec<sqlite2::Value>,
     ) -> wasmtime::Result<Result<sqlite2::QueryResult, sqlite2::Error>> {
         let params = parameters.into_iter().map(Into::into).collect();
-        Ok(self.sqlite_execute(&c, statement, params).await?.map(Into::into).map_err(sqlite2::Error::Io))
+        Ok(self
+            .sqlite_execute(&c, statement, params)
+            .await?
+            .map(Into::into)
+            .map_err(sqlite2::Error::Io))
     }
 
     async fn drop(&mut self, c: Resource<SqliteConn>) -> wasmtime::Result<()> {

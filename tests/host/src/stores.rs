@@ -32,11 +32,19 @@ impl KeyValueBackend {
                 PRIMARY KEY (store, key)
             );",
         )?;
-        Ok(KeyValueBackend { conn: Mutex::new(conn) })
+        Ok(KeyValueBackend {
+            conn: Mutex::new(conn),
+        })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>) -> Result<T, String> {
-        let conn = self.conn.lock().map_err(|_| "key-value store lock poisoned".to_string())?;
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, String> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| "key-value store lock poisoned".to_string())?;
         f(&conn).map_err(|e| e.to_string())
     }
 
@@ -70,8 +78,10 @@ impl KeyValueBackend {
 
     pub fn exists(&self, store: &str, key: &str) -> Result<bool, String> {
         self.with(|c| {
-            c.prepare_cached("SELECT EXISTS(SELECT 1 FROM spin_key_value WHERE store = ?1 AND key = ?2)")?
-                .query_row([store, key], |r| r.get(0))
+            c.prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM spin_key_value WHERE store = ?1 AND key = ?2)",
+            )?
+            .query_row([store, key], |r| r.get(0))
         })
     }
 
@@ -97,7 +107,9 @@ impl SqliteBackend {
 
     /// A fresh connection, as Spin opens one per `open` call.
     pub fn connect(&self, label: &str) -> Result<rusqlite::Connection, String> {
-        let path = self.path_for(label).ok_or_else(|| format!("no database '{label}'"))?;
+        let path = self
+            .path_for(label)
+            .ok_or_else(|| format!("no database '{label}'"))?;
         rusqlite::Connection::open(path).map_err(|e| e.to_string())
     }
 }
@@ -146,7 +158,11 @@ pub struct SqlResult {
 }
 
 /// Runs one statement (Spin's `execute`: exactly one statement, positional parameters).
-pub fn execute(conn: &rusqlite::Connection, sql: &str, params: &[SqlValue]) -> Result<SqlResult, String> {
+pub fn execute(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: &[SqlValue],
+) -> Result<SqlResult, String> {
     let mut stmt = conn.prepare(sql).map_err(|e| e.to_string())?;
     let columns: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
     let ncol = columns.len();
@@ -161,7 +177,10 @@ pub fn execute(conn: &rusqlite::Connection, sql: &str, params: &[SqlValue]) -> R
         }
         rows_out.push(vals);
     }
-    Ok(SqlResult { columns, rows: rows_out })
+    Ok(SqlResult {
+        columns,
+        rows: rows_out,
+    })
 }
 
 /// A per-instance connection handle (the `connection` resource of both sqlite interfaces).

@@ -129,8 +129,22 @@ mod tests {
 
     fn defs() -> BTreeMap<String, VariableDef> {
         let mut d = BTreeMap::new();
-        d.insert("a".into(), VariableDef { default: Some("da".into()), required: false, secret: false });
-        d.insert("b".into(), VariableDef { default: None, required: true, secret: true });
+        d.insert(
+            "a".into(),
+            VariableDef {
+                default: Some("da".into()),
+                required: false,
+                secret: false,
+            },
+        );
+        d.insert(
+            "b".into(),
+            VariableDef {
+                default: None,
+                required: true,
+                secret: true,
+            },
+        );
         d
     }
 
@@ -141,7 +155,10 @@ mod tests {
         assert!(Template::parse("{{ a ").is_err());
         assert!(Template::parse("{{ A }}").is_err());
         assert!(Template::parse("a }}").is_err());
-        assert_eq!(Template::parse("plain").unwrap().references(), Vec::<&str>::new());
+        assert_eq!(
+            Template::parse("plain").unwrap().references(),
+            Vec::<&str>::new()
+        );
     }
 
     #[test]
@@ -161,7 +178,9 @@ mod tests {
     #[test]
     fn required_without_value_fails() {
         let e = Resolver::new(&defs(), &[], &HashMap::new()).unwrap_err();
-        assert!(e.to_string().contains("variables.b: required variable has no value"));
+        assert!(e
+            .to_string()
+            .contains("variables.b: required variable has no value"));
         let e = Resolver::new(&defs(), &[("zz".into(), "1".into())], &HashMap::new()).unwrap_err();
         assert!(e.to_string().contains("no variable 'zz'"));
     }

@@ -18,8 +18,18 @@ fn build_fixtures() {
         let status = std::process::Command::new(cargo)
             .current_dir(root())
             .args([
-                "build", "--target", "wasm32-wasip2", "--release",
-                "-p", "fixture-probe", "-p", "fixture-hello", "-p", "fixture-cron-probe", "-p", "fixture-unsupported",
+                "build",
+                "--target",
+                "wasm32-wasip2",
+                "--release",
+                "-p",
+                "fixture-probe",
+                "-p",
+                "fixture-hello",
+                "-p",
+                "fixture-cron-probe",
+                "-p",
+                "fixture-unsupported",
             ])
             .status()
             .expect("run cargo to build the fixture components");
@@ -29,7 +39,9 @@ fn build_fixtures() {
 
 fn manifest(name: &str) -> PathBuf {
     build_fixtures();
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 async fn start() -> RunningApp {
@@ -42,25 +54,58 @@ async fn start() -> RunningApp {
 }
 
 async fn call(app: &RunningApp, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let (status, _, bytes) = client::request(method, &app.url(path), &[], body.to_string()).await.unwrap();
-    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    let (status, _, bytes) = client::request(method, &app.url(path), &[], body.to_string())
+        .await
+        .unwrap();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
     (status, v)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_value_get_set_delete_exists_keys() {
     let app = start().await;
-    assert_eq!(call(&app, "POST", "/probe/kv/set?key=a", "one").await.1, json!({"ok": true}));
-    assert_eq!(call(&app, "POST", "/probe/kv/set?key=b", "two").await.1, json!({"ok": true}));
-    assert_eq!(call(&app, "GET", "/probe/kv/get?key=a", "").await.1, json!({"value": "one"}));
-    assert_eq!(call(&app, "GET", "/probe/kv/get?key=zz", "").await.1, json!({"value": null}));
-    assert_eq!(call(&app, "GET", "/probe/kv/exists?key=b", "").await.1, json!({"exists": true}));
-    assert_eq!(call(&app, "GET", "/probe/kv/keys", "").await.1, json!({"keys": ["a", "b"]}));
-    assert_eq!(call(&app, "POST", "/probe/kv/delete?key=a", "").await.1, json!({"ok": true}));
-    assert_eq!(call(&app, "GET", "/probe/kv/exists?key=a", "").await.1, json!({"exists": false}));
-    assert_eq!(call(&app, "POST", "/probe/kv/set?key=b", "three").await.1, json!({"ok": true}));
+    assert_eq!(
+        call(&app, "POST", "/probe/kv/set?key=a", "one").await.1,
+        json!({"ok": true})
+    );
+    assert_eq!(
+        call(&app, "POST", "/probe/kv/set?key=b", "two").await.1,
+        json!({"ok": true})
+    );
+    assert_eq!(
+        call(&app, "GET", "/probe/kv/get?key=a", "").await.1,
+        json!({"value": "one"})
+    );
+    assert_eq!(
+        call(&app, "GET", "/probe/kv/get?key=zz", "").await.1,
+        json!({"value": null})
+    );
+    assert_eq!(
+        call(&app, "GET", "/probe/kv/exists?key=b", "").await.1,
+        json!({"exists": true})
+    );
+    assert_eq!(
+        call(&app, "GET", "/probe/kv/keys", "").await.1,
+        json!({"keys": ["a", "b"]})
+    );
+    assert_eq!(
+        call(&app, "POST", "/probe/kv/delete?key=a", "").await.1,
+        json!({"ok": true})
+    );
+    assert_eq!(
+        call(&app, "GET", "/probe/kv/exists?key=a", "").await.1,
+        json!({"exists": false})
+    );
+    assert_eq!(
+        call(&app, "POST", "/probe/kv/set?key=b", "three").await.1,
+        json!({"ok": true})
+    );
     // The host's view of the same file: Spin's spin_key_value layout, label "default".
-    assert_eq!(app.kv_get("default", "b").unwrap().as_deref(), Some(&b"three"[..]));
+    assert_eq!(
+        app.kv_get("default", "b").unwrap().as_deref(),
+        Some(&b"three"[..])
+    );
     assert!(app.state_dir().join("sqlite_key_value.db").is_file());
     app.stop().await;
 }
@@ -69,8 +114,16 @@ async fn key_value_get_set_delete_exists_keys() {
 async fn key_value_access_is_limited_to_listed_labels() {
     let app = start().await;
     // Not listed by the component: access-denied, whatever the label.
-    assert_eq!(call(&app, "GET", "/noaccess/kv/get?key=a", "").await.1, json!({"error": "access-denied"}));
-    assert_eq!(call(&app, "GET", "/probe/kv/get?store=other&key=a", "").await.1, json!({"error": "access-denied"}));
+    assert_eq!(
+        call(&app, "GET", "/noaccess/kv/get?key=a", "").await.1,
+        json!({"error": "access-denied"})
+    );
+    assert_eq!(
+        call(&app, "GET", "/probe/kv/get?store=other&key=a", "")
+            .await
+            .1,
+        json!({"error": "access-denied"})
+    );
     app.stop().await;
 }
 
@@ -99,18 +152,41 @@ async fn sqlite_values_parameters_errors_changes_rowid() {
         r[4]["rows"],
         json!([[{"integer": -42}, {"real": 2.5}, {"text": "héllo"}, {"blob": [0, 1, 255]}, "null"]])
     );
-    assert!(r[5]["error"].as_str().unwrap().starts_with("io: "), "{}", r[5]);
-    assert!(r[6]["error"].as_str().unwrap().contains("no such table"), "{}", r[6]);
+    assert!(
+        r[5]["error"].as_str().unwrap().starts_with("io: "),
+        "{}",
+        r[5]
+    );
+    assert!(
+        r[6]["error"].as_str().unwrap().contains("no such table"),
+        "{}",
+        r[6]
+    );
     // The host reads the same file as Spin's default database.
     let rows = app.sql("default", "SELECT count(*) FROM t", &[]).unwrap();
     assert_eq!(rows.rows, vec![vec![SqlValue::Integer(3)]]);
     // The older fermyon:spin/sqlite@2.0.0 interface works on the same database.
     let (_, v2) = call(&app, "POST", "/probe/sql-v2", "SELECT * FROM t").await;
-    assert_eq!(v2, json!({"columns": ["id", "i", "r", "s", "b", "n"], "rows": 3}));
+    assert_eq!(
+        v2,
+        json!({"columns": ["id", "i", "r", "s", "b", "n"], "rows": 3})
+    );
     // A component without the label is denied; an unknown label likewise.
-    let (_, denied) = call(&app, "POST", "/noaccess/sql", &json!({"statements": []}).to_string()).await;
+    let (_, denied) = call(
+        &app,
+        "POST",
+        "/noaccess/sql",
+        &json!({"statements": []}).to_string(),
+    )
+    .await;
     assert_eq!(denied, json!({"error": "access-denied"}));
-    let (_, unknown) = call(&app, "POST", "/probe/sql", &json!({"db": "other", "statements": []}).to_string()).await;
+    let (_, unknown) = call(
+        &app,
+        "POST",
+        "/probe/sql",
+        &json!({"db": "other", "statements": []}).to_string(),
+    )
+    .await;
     assert_eq!(unknown, json!({"error": "access-denied"}));
     app.stop().await;
 }
@@ -119,13 +195,19 @@ async fn sqlite_values_parameters_errors_changes_rowid() {
 async fn begin_immediate_units_from_concurrent_requests_lose_nothing() {
     let app = start().await;
     let url = app.url("/probe/sql-tx?times=40");
-    let (a, b, c) = (client::post(&url, ""), client::post(&url, ""), client::post(&url, ""));
+    let (a, b, c) = (
+        client::post(&url, ""),
+        client::post(&url, ""),
+        client::post(&url, ""),
+    );
     let (ra, rb, rc) = tokio::join!(a, b, c);
     for r in [ra, rb, rc] {
         let (status, _, body) = r.unwrap();
         assert_eq!((status, &body[..]), (200, &br#"{"ok":true}"#[..]));
     }
-    let rows = app.sql("default", "SELECT n FROM counter WHERE id = 1", &[]).unwrap();
+    let rows = app
+        .sql("default", "SELECT n FROM counter WHERE id = 1", &[])
+        .unwrap();
     assert_eq!(rows.rows, vec![vec![SqlValue::Integer(120)]]);
     app.stop().await;
 }
@@ -133,15 +215,33 @@ async fn begin_immediate_units_from_concurrent_requests_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn variables_present_defaulted_missing_invalid() {
     let app = start().await;
-    assert_eq!(call(&app, "GET", "/probe/var?name=token", "").await.1, json!({"value": "t0ken"}));
-    assert_eq!(call(&app, "GET", "/probe/var?name=greeting", "").await.1, json!({"value": "hello, world"}));
+    assert_eq!(
+        call(&app, "GET", "/probe/var?name=token", "").await.1,
+        json!({"value": "t0ken"})
+    );
+    assert_eq!(
+        call(&app, "GET", "/probe/var?name=greeting", "").await.1,
+        json!({"value": "hello, world"})
+    );
     let (_, missing) = call(&app, "GET", "/probe/var?name=nothing_here", "").await;
-    assert!(missing["error"].as_str().unwrap().starts_with("undefined"), "{missing}");
+    assert!(
+        missing["error"].as_str().unwrap().starts_with("undefined"),
+        "{missing}"
+    );
     let (_, invalid) = call(&app, "GET", "/probe/var?name=Bad-Name", "").await;
-    assert!(invalid["error"].as_str().unwrap().starts_with("invalid-name"), "{invalid}");
+    assert!(
+        invalid["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid-name"),
+        "{invalid}"
+    );
     // Component variables are per component: `items` declares none.
     let (_, other) = call(&app, "GET", "/items/1/var?name=greeting", "").await;
-    assert!(other["error"].as_str().unwrap().starts_with("undefined"), "{other}");
+    assert!(
+        other["error"].as_str().unwrap().starts_with("undefined"),
+        "{other}"
+    );
     // Environment from the manifest reaches the component.
     let (_, env) = call(&app, "GET", "/probe/env", "").await;
     assert_eq!(env["env"]["PROBE_ENV"], json!("set-by-manifest"));
@@ -151,24 +251,48 @@ async fn variables_present_defaulted_missing_invalid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn variables_come_from_spin_variable_env_and_defaults_can_be_overridden() {
     let mut env = std::collections::HashMap::new();
-    env.insert("SPIN_VARIABLE_API_TOKEN".to_string(), "from-env".to_string());
+    env.insert(
+        "SPIN_VARIABLE_API_TOKEN".to_string(),
+        "from-env".to_string(),
+    );
     env.insert("SPIN_VARIABLE_GREETING".to_string(), "hi".to_string());
-    let app = App::builder(manifest("spin.toml")).env(env).start().await.unwrap();
-    assert_eq!(call(&app, "GET", "/probe/var?name=token", "").await.1, json!({"value": "from-env"}));
-    assert_eq!(call(&app, "GET", "/probe/var?name=greeting", "").await.1, json!({"value": "hi, world"}));
+    let app = App::builder(manifest("spin.toml"))
+        .env(env)
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(
+        call(&app, "GET", "/probe/var?name=token", "").await.1,
+        json!({"value": "from-env"})
+    );
+    assert_eq!(
+        call(&app, "GET", "/probe/var?name=greeting", "").await.1,
+        json!({"value": "hi, world"})
+    );
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_required_variable_without_value_fails_at_start() {
-    let err = App::builder(manifest("spin.toml")).start().await.err().expect("must fail");
+    let err = App::builder(manifest("spin.toml"))
+        .start()
+        .await
+        .err()
+        .expect("must fail");
     let msg = format!("{err:#}");
-    assert!(msg.contains("variables.api_token: required variable has no value"), "{msg}");
+    assert!(
+        msg.contains("variables.api_token: required variable has no value"),
+        "{msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unprovided_import_fails_at_load_naming_it() {
-    let err = App::builder(manifest("spin-unsupported.toml")).start().await.err().expect("must fail");
+    let err = App::builder(manifest("spin-unsupported.toml"))
+        .start()
+        .await
+        .err()
+        .expect("must fail");
     let msg = format!("{err:#}");
     assert!(msg.contains("fermyon:spin/redis"), "{msg}");
 }
@@ -176,21 +300,52 @@ async fn an_unprovided_import_fails_at_load_naming_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_chaining_reaches_a_private_route_only_in_process() {
     let app = start().await;
-    let (_, v) = call(&app, "POST", "/probe/fetch?url=http%3A%2F%2Fprivate.spin.internal%2Fvar%3Fname=greeting", "").await;
+    let (_, v) = call(
+        &app,
+        "POST",
+        "/probe/fetch?url=http%3A%2F%2Fprivate.spin.internal%2Fvar%3Fname=greeting",
+        "",
+    )
+    .await;
     // The private component answered with its own variables.
     assert_eq!(v["status"], json!(200), "{v}");
     // (the query string of the chained URL was cut at '=' by the probe's parser; ask headers instead)
-    let (_, v) = call(&app, "POST", "/probe/fetch?url=http%3A%2F%2Fprivate.spin.internal%2Fsome%2Fpath", "").await;
+    let (_, v) = call(
+        &app,
+        "POST",
+        "/probe/fetch?url=http%3A%2F%2Fprivate.spin.internal%2Fsome%2Fpath",
+        "",
+    )
+    .await;
     let inner: Value = serde_json::from_str(v["body"].as_str().unwrap()).unwrap();
     assert_eq!(inner["headers"]["spin-path-info"], json!("/some/path"));
     assert_eq!(inner["headers"]["spin-matched-route"], json!("/..."));
     assert_eq!(inner["headers"]["spin-client-addr"], json!("0.0.0.0:0"));
     assert_eq!(inner["headers"]["x-probe"], json!("chained"));
     // A component not allowed to chain to `private` is refused.
-    let (_, denied) = call(&app, "POST", "/noaccess/fetch?url=http%3A%2F%2Fprivate.spin.internal%2Fx", "").await;
-    assert!(denied["error"].as_str().unwrap().to_lowercase().contains("denied"), "{denied}");
+    let (_, denied) = call(
+        &app,
+        "POST",
+        "/noaccess/fetch?url=http%3A%2F%2Fprivate.spin.internal%2Fx",
+        "",
+    )
+    .await;
+    assert!(
+        denied["error"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("denied"),
+        "{denied}"
+    );
     // ...while its allowed chain works.
-    let (_, ok) = call(&app, "POST", "/noaccess/fetch?url=http%3A%2F%2Fhello.spin.internal%2F", "").await;
+    let (_, ok) = call(
+        &app,
+        "POST",
+        "/noaccess/fetch?url=http%3A%2F%2Fhello.spin.internal%2F",
+        "",
+    )
+    .await;
     assert_eq!(ok, json!({"status": 200, "body": "hello"}));
     // A private route is not reachable from outside.
     let (status, _) = call(&app, "GET", "/private", "").await;
@@ -207,13 +362,21 @@ async fn outbound_hosts_not_allowed_are_refused() {
     let h = hits.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let h = h.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
-                    h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    async { Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from("fake says hi")))) }
-                });
+                let svc = hyper::service::service_fn(
+                    move |_req: hyper::Request<hyper::body::Incoming>| {
+                        h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        async {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from("fake says hi")),
+                            ))
+                        }
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                     .await;
@@ -227,7 +390,10 @@ async fn outbound_hosts_not_allowed_are_refused() {
         .await
         .unwrap();
     let allowed = format!("/probe/fetch?url=http%3A%2F%2F127.0.0.1%3A{port}%2F");
-    assert_eq!(call(&app, "POST", &allowed, "").await.1, json!({"status": 200, "body": "fake says hi"}));
+    assert_eq!(
+        call(&app, "POST", &allowed, "").await.1,
+        json!({"status": 200, "body": "fake says hi"})
+    );
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     // Same host, other port; other host; other scheme: all refused before any connection.
     for url in [
@@ -236,12 +402,32 @@ async fn outbound_hosts_not_allowed_are_refused() {
         "https%3A%2F%2Fexample.com%2F".to_string(),
     ] {
         let (_, v) = call(&app, "POST", &format!("/probe/fetch?url={url}"), "").await;
-        assert!(v["error"].as_str().unwrap_or_default().to_lowercase().contains("denied"), "{url}: {v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_lowercase()
+                .contains("denied"),
+            "{url}: {v}"
+        );
     }
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     // The `items` component has no allowed hosts at all.
-    let (_, v) = call(&app, "POST", &format!("/items/1/fetch?url=http%3A%2F%2F127.0.0.1%3A{port}%2F"), "").await;
-    assert!(v["error"].as_str().unwrap_or_default().to_lowercase().contains("denied"), "{v}");
+    let (_, v) = call(
+        &app,
+        "POST",
+        &format!("/items/1/fetch?url=http%3A%2F%2F127.0.0.1%3A{port}%2F"),
+        "",
+    )
+    .await;
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase()
+            .contains("denied"),
+        "{v}"
+    );
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     app.stop().await;
 }
@@ -249,23 +435,43 @@ async fn outbound_hosts_not_allowed_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spin_headers_route_params_and_404() {
     let app = start().await;
-    let (status, _, body) = client::request("POST", &app.url("/items/42/rest/of/it?q=1"), &[("spin-path-info", "/spoofed")], "abc").await.unwrap();
+    let (status, _, body) = client::request(
+        "POST",
+        &app.url("/items/42/rest/of/it?q=1"),
+        &[("spin-path-info", "/spoofed")],
+        "abc",
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 200);
     let v: Value = serde_json::from_slice(&body).unwrap();
     let h = &v["headers"];
-    assert_eq!(h["spin-path-info"], json!("/rest/of/it"), "client-sent spin-* headers are replaced");
-    assert_eq!(h["spin-full-url"], json!(format!("http://{}/items/42/rest/of/it?q=1", app.addr)));
+    assert_eq!(
+        h["spin-path-info"],
+        json!("/rest/of/it"),
+        "client-sent spin-* headers are replaced"
+    );
+    assert_eq!(
+        h["spin-full-url"],
+        json!(format!("http://{}/items/42/rest/of/it?q=1", app.addr))
+    );
     assert_eq!(h["spin-matched-route"], json!("/items/:id/..."));
     assert_eq!(h["spin-raw-component-route"], json!("/items/:id/..."));
     assert_eq!(h["spin-component-route"], json!("/items/:id"));
     assert_eq!(h["spin-base-path"], json!("/"));
     assert_eq!(h["spin-path-match-id"], json!("42"));
-    assert!(h["spin-client-addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(h["spin-client-addr"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
     assert_eq!(v["method"], json!("POST"));
     assert_eq!(v["body_len"], json!(3));
     assert_eq!(call(&app, "GET", "/nothing/here", "").await.0, 404);
     assert_eq!(call(&app, "GET", "/hello/extra", "").await.0, 404);
-    assert_eq!(call(&app, "GET", "/.well-known/spin/health", "").await, (200, Value::String("OK".into())));
+    assert_eq!(
+        call(&app, "GET", "/.well-known/spin/health", "").await,
+        (200, Value::String("OK".into()))
+    );
     app.stop().await;
 }
 
@@ -273,9 +479,15 @@ async fn spin_headers_route_params_and_404() {
 async fn a_trapping_component_answers_500_and_the_host_keeps_serving() {
     let app = start().await;
     assert_eq!(call(&app, "GET", "/probe/trap", "").await.0, 500);
-    assert_eq!(call(&app, "GET", "/hello", "").await, (200, Value::String("hello".into())));
+    assert_eq!(
+        call(&app, "GET", "/hello", "").await,
+        (200, Value::String("hello".into()))
+    );
     assert_eq!(call(&app, "GET", "/probe/trap", "").await.0, 500);
-    assert_eq!(call(&app, "GET", "/probe/kv/keys", "").await.1, json!({"keys": []}));
+    assert_eq!(
+        call(&app, "GET", "/probe/kv/keys", "").await.1,
+        json!({"keys": []})
+    );
     app.stop().await;
 }
 
@@ -285,17 +497,33 @@ async fn cron_event_fired_on_demand() {
     assert_eq!(app.kv_get("default", "cron:count").unwrap(), None);
     app.fire_cron("cron-probe").await.unwrap();
     app.fire_cron("cron-probe").await.unwrap();
-    assert_eq!(app.kv_get("default", "cron:count").unwrap().as_deref(), Some(&b"2"[..]));
-    let ts: u64 = String::from_utf8(app.kv_get("default", "cron:last").unwrap().unwrap()).unwrap().parse().unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(
+        app.kv_get("default", "cron:count").unwrap().as_deref(),
+        Some(&b"2"[..])
+    );
+    let ts: u64 = String::from_utf8(app.kv_get("default", "cron:last").unwrap().unwrap())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     assert!(now.abs_diff(ts) < 60);
-    assert!(app.fire_cron("hello").await.is_err(), "hello has no cron trigger");
+    assert!(
+        app.fire_cron("hello").await.is_err(),
+        "hello has no cron trigger"
+    );
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cron_schedule_fires_by_itself() {
-    let app = App::builder(manifest("spin-every-second.toml")).schedules(true).start().await.unwrap();
+    let app = App::builder(manifest("spin-every-second.toml"))
+        .schedules(true)
+        .start()
+        .await
+        .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         if let Some(n) = app.kv_get("default", "cron:count").unwrap() {
@@ -303,7 +531,10 @@ async fn cron_schedule_fires_by_itself() {
                 break;
             }
         }
-        assert!(std::time::Instant::now() < deadline, "the every-second schedule did not fire twice in 10 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the every-second schedule did not fire twice in 10 s"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     app.stop().await;
@@ -323,9 +554,16 @@ fn the_binary_reads_spin_variable_env_and_sqlite_flag() {
         .env("SPIN_VARIABLE_API_TOKEN", "from-process-env")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let conn = rusqlite_free_check(&state);
-    assert!(conn, "the --sqlite statement ran against the default database");
+    assert!(
+        conn,
+        "the --sqlite statement ran against the default database"
+    );
     // Without the required variable the binary fails at start and says why.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_waybill-host"))
         .args(["cron", "cron-probe", "--from"])

@@ -20,9 +20,15 @@ pub fn build_components() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut args: Vec<String> = ["build", "--target", "wasm32-wasip2", "--release"].map(String::from).to_vec();
+        let mut args: Vec<String> = ["build", "--target", "wasm32-wasip2", "--release"]
+            .map(String::from)
+            .to_vec();
         for entry in std::fs::read_dir(root().join("functions")).expect("functions/") {
-            let name = entry.expect("dir entry").file_name().to_string_lossy().into_owned();
+            let name = entry
+                .expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
             args.extend(["-p".to_string(), name]);
         }
         let status = std::process::Command::new(cargo)
@@ -46,18 +52,21 @@ pub async fn start_with(vars: &[(&str, &str)]) -> RunningApp {
     for (k, v) in vars {
         b = b.variable(k, v);
     }
-    b
-        .variable("api_tokens", &format!("write:{WRITE_TOKEN},read:{READ_TOKEN}"))
-        .variable("shopify_webhook_secret", WEBHOOK_SECRET)
-        .variable("woocommerce_webhook_secret", WEBHOOK_SECRET)
-        .variable("commercetools_secret", CT_SECRET)
-        .start()
-        .await
-        .expect("waybill starts")
+    b.variable(
+        "api_tokens",
+        &format!("write:{WRITE_TOKEN},read:{READ_TOKEN}"),
+    )
+    .variable("shopify_webhook_secret", WEBHOOK_SECRET)
+    .variable("woocommerce_webhook_secret", WEBHOOK_SECRET)
+    .variable("commercetools_secret", CT_SECRET)
+    .start()
+    .await
+    .expect("waybill starts")
 }
 
 pub fn fixture(path: &str) -> Vec<u8> {
-    std::fs::read(root().join("tests/fixtures").join(path)).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
+    std::fs::read(root().join("tests/fixtures").join(path))
+        .unwrap_or_else(|e| panic!("fixture {path}: {e}"))
 }
 
 pub fn sign(body: &[u8]) -> String {
@@ -72,50 +81,92 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
-pub async fn send(app: &RunningApp, method: &str, path: &str, headers: &[(&str, &str)], body: impl Into<bytes::Bytes>) -> Reply {
-    let (status, headers, body) = client::request(method, &app.url(path), headers, body).await.expect("request");
-    let json = serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
-    Reply { status, headers, json }
+pub async fn send(
+    app: &RunningApp,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<bytes::Bytes>,
+) -> Reply {
+    let (status, headers, body) = client::request(method, &app.url(path), headers, body)
+        .await
+        .expect("request");
+    let json = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
+    Reply {
+        status,
+        headers,
+        json,
+    }
 }
 
 pub async fn shopify(app: &RunningApp, topic: &str, event_id: &str, body: &[u8]) -> Reply {
     let sig = sign(body);
-    send(app, "POST", "/webhooks/shopify", &[
-        ("content-type", "application/json"),
-        ("x-shopify-topic", topic),
-        ("x-shopify-hmac-sha256", &sig),
-        ("x-shopify-shop-domain", "waybill-test.myshopify.com"),
-        ("x-shopify-api-version", "2025-10"),
-        ("x-shopify-webhook-id", &format!("wh-{event_id}")),
-        ("x-shopify-event-id", event_id),
-        ("x-shopify-triggered-at", "2026-11-20T10:00:00.000Z"),
-    ], body.to_vec()).await
+    send(
+        app,
+        "POST",
+        "/webhooks/shopify",
+        &[
+            ("content-type", "application/json"),
+            ("x-shopify-topic", topic),
+            ("x-shopify-hmac-sha256", &sig),
+            ("x-shopify-shop-domain", "waybill-test.myshopify.com"),
+            ("x-shopify-api-version", "2025-10"),
+            ("x-shopify-webhook-id", &format!("wh-{event_id}")),
+            ("x-shopify-event-id", event_id),
+            ("x-shopify-triggered-at", "2026-11-20T10:00:00.000Z"),
+        ],
+        body.to_vec(),
+    )
+    .await
 }
 
 pub async fn woocommerce(app: &RunningApp, topic: &str, delivery: &str, body: &[u8]) -> Reply {
     let sig = sign(body);
     let (resource, event) = topic.split_once('.').unwrap_or(("order", "created"));
-    send(app, "POST", "/webhooks/woocommerce", &[
-        ("content-type", "application/json"),
-        ("x-wc-webhook-source", "https://shop.example.com/"),
-        ("x-wc-webhook-topic", topic),
-        ("x-wc-webhook-resource", resource),
-        ("x-wc-webhook-event", event),
-        ("x-wc-webhook-signature", &sig),
-        ("x-wc-webhook-id", "12"),
-        ("x-wc-webhook-delivery-id", delivery),
-    ], body.to_vec()).await
+    send(
+        app,
+        "POST",
+        "/webhooks/woocommerce",
+        &[
+            ("content-type", "application/json"),
+            ("x-wc-webhook-source", "https://shop.example.com/"),
+            ("x-wc-webhook-topic", topic),
+            ("x-wc-webhook-resource", resource),
+            ("x-wc-webhook-event", event),
+            ("x-wc-webhook-signature", &sig),
+            ("x-wc-webhook-id", "12"),
+            ("x-wc-webhook-delivery-id", delivery),
+        ],
+        body.to_vec(),
+    )
+    .await
 }
 
 pub async fn get(app: &RunningApp, path: &str) -> Reply {
-    send(app, "GET", path, &[("authorization", &format!("Bearer {READ_TOKEN}"))], Vec::new()).await
+    send(
+        app,
+        "GET",
+        path,
+        &[("authorization", &format!("Bearer {READ_TOKEN}"))],
+        Vec::new(),
+    )
+    .await
 }
 
-pub async fn post_api(app: &RunningApp, path: &str, headers: &[(&str, &str)], body: impl Into<bytes::Bytes>) -> Reply {
+pub async fn post_api(
+    app: &RunningApp,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<bytes::Bytes>,
+) -> Reply {
     let auth = format!("Bearer {WRITE_TOKEN}");
     let mut h: Vec<(&str, &str)> = vec![("authorization", &auth)];
     h.extend_from_slice(headers);
@@ -124,7 +175,13 @@ pub async fn post_api(app: &RunningApp, path: &str, headers: &[(&str, &str)], bo
 
 /// One number from SQL.
 pub fn count(app: &RunningApp, sql: &str) -> i64 {
-    match app.sql("default", sql, &[]).expect("sql").rows.first().and_then(|r| r.first()) {
+    match app
+        .sql("default", sql, &[])
+        .expect("sql")
+        .rows
+        .first()
+        .and_then(|r| r.first())
+    {
         Some(waybill_host::SqlValue::Integer(n)) => *n,
         other => panic!("{sql}: {other:?}"),
     }
@@ -148,7 +205,10 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
@@ -159,38 +219,71 @@ impl Receiver {
     /// Listens on `port` (0 for any) and answers `status`.
     pub async fn start(port: u16, status: u16) -> Receiver {
         use http_body_util::BodyExt;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind receiver");
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind receiver");
         let port = listener.local_addr().unwrap().port();
         let requests: std::sync::Arc<std::sync::Mutex<Vec<Received>>> = Default::default();
         let st = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(status));
         let (reqs, st2) = (requests.clone(), st.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let (reqs, st) = (reqs.clone(), st2.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (reqs, st) = (reqs.clone(), st.clone());
-                        async move {
-                            let path = req.uri().path().to_string();
-                            let headers = req.headers().iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
-                            reqs.lock().unwrap().push(Received { path, headers, body });
-                            let status = st.load(std::sync::atomic::Ordering::SeqCst);
-                            Ok::<_, std::convert::Infallible>(
-                                hyper::Response::builder()
-                                    .status(status)
-                                    .header("content-type", "application/json")
-                                    .body(http_body_util::Full::new(bytes::Bytes::from_static(br#"{"ErrorCode":0,"Message":"OK"}"#)))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (reqs, st) = (reqs.clone(), st.clone());
+                            async move {
+                                let path = req.uri().path().to_string();
+                                let headers = req
+                                    .headers()
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (
+                                            k.to_string(),
+                                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                        )
+                                    })
+                                    .collect();
+                                let body = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes().to_vec())
+                                    .unwrap_or_default();
+                                reqs.lock().unwrap().push(Received {
+                                    path,
+                                    headers,
+                                    body,
+                                });
+                                let status = st.load(std::sync::atomic::Ordering::SeqCst);
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .status(status)
+                                        .header("content-type", "application/json")
+                                        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                                            br#"{"ErrorCode":0,"Message":"OK"}"#,
+                                        )))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
                 });
             }
         });
-        Receiver { port, requests, status: st, task }
+        Receiver {
+            port,
+            requests,
+            status: st,
+            task,
+        }
     }
 
     pub fn received(&self) -> Vec<Received> {
