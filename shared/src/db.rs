@@ -26,6 +26,11 @@ impl From<u32> for Value {
         Value::Integer(v as i64)
     }
 }
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value::Real(v)
+    }
+}
 impl From<bool> for Value {
     fn from(v: bool) -> Self {
         Value::Integer(v as i64)
@@ -92,6 +97,14 @@ impl<'a> Row<'a> {
         match self.value(col) {
             Value::Null => None,
             _ => Some(self.i64(col)),
+        }
+    }
+    pub fn opt_f64(&self, col: &str) -> Option<f64> {
+        match self.value(col) {
+            Value::Real(r) => Some(*r),
+            Value::Integer(i) => Some(*i as f64),
+            Value::Text(t) => t.parse().ok(),
+            _ => None,
         }
     }
     pub fn str(&self, col: &str) -> String {

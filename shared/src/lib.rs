@@ -13,6 +13,7 @@ pub mod money;
 pub mod notify;
 pub mod orders;
 pub mod report;
+pub mod routing;
 pub mod schema;
 pub mod signature;
 pub mod sources;

@@ -237,6 +237,125 @@ the following items of order {{number}} are on backorder and will ship as soon a
     &[
         "CREATE TABLE locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL, until TEXT NOT NULL) WITHOUT ROWID",
     ],
+    // 6: facilities, catalog, stock per facility, fulfillment orders, routing
+    // decisions and configuration, licence-key pools, geographic centroids.
+    &[
+        "CREATE TABLE facilities (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            type TEXT NOT NULL,
+            services TEXT NOT NULL,
+            countries TEXT NOT NULL,
+            shipping_methods TEXT NOT NULL,
+            latitude REAL,
+            longitude REAL,
+            daily_capacity INTEGER,
+            priority INTEGER NOT NULL,
+            active INTEGER NOT NULL,
+            endpoints TEXT NOT NULL,
+            secret_variable TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        ) WITHOUT ROWID",
+        "CREATE TABLE products (
+            sku TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            weight_grams INTEGER NOT NULL,
+            backorderable INTEGER NOT NULL,
+            digital INTEGER NOT NULL,
+            low_stock_threshold INTEGER NOT NULL,
+            low_stock_alerted INTEGER NOT NULL DEFAULT 0,
+            updated_at TEXT NOT NULL
+        ) WITHOUT ROWID",
+        "CREATE TABLE product_parts (
+            sku TEXT NOT NULL REFERENCES products (sku),
+            facility_id TEXT NOT NULL REFERENCES facilities (id),
+            part_number TEXT NOT NULL,
+            PRIMARY KEY (sku, facility_id),
+            UNIQUE (facility_id, part_number)
+        ) WITHOUT ROWID",
+        "CREATE TABLE stock (
+            sku TEXT NOT NULL REFERENCES products (sku),
+            facility_id TEXT NOT NULL REFERENCES facilities (id),
+            on_hand INTEGER NOT NULL DEFAULT 0 CHECK (on_hand >= 0),
+            reserved INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+            low_alerted INTEGER NOT NULL DEFAULT 0,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (sku, facility_id)
+        ) WITHOUT ROWID",
+        "CREATE INDEX stock_facility ON stock (facility_id, sku)",
+        "CREATE TABLE stock_movements (
+            id INTEGER PRIMARY KEY,
+            sku TEXT NOT NULL,
+            facility_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            on_hand_delta INTEGER NOT NULL,
+            on_hand_after INTEGER NOT NULL,
+            reason TEXT,
+            reference TEXT,
+            actor TEXT NOT NULL,
+            at TEXT NOT NULL
+        )",
+        "CREATE INDEX stock_movements_sku ON stock_movements (sku, facility_id, id)",
+        "CREATE TABLE fulfillment_orders (
+            id TEXT PRIMARY KEY,
+            order_id TEXT NOT NULL REFERENCES orders (id),
+            name TEXT NOT NULL UNIQUE,
+            facility_id TEXT NOT NULL REFERENCES facilities (id),
+            status TEXT NOT NULL,
+            request_status TEXT NOT NULL,
+            pickup INTEGER NOT NULL DEFAULT 0,
+            decision_id INTEGER,
+            created_at TEXT NOT NULL,
+            released_at TEXT,
+            updated_at TEXT NOT NULL
+        ) WITHOUT ROWID",
+        "CREATE INDEX fulfillment_orders_order ON fulfillment_orders (order_id)",
+        "CREATE INDEX fulfillment_orders_facility ON fulfillment_orders (facility_id, status)",
+        "CREATE INDEX fulfillment_orders_status ON fulfillment_orders (status, created_at)",
+        "CREATE TABLE fulfillment_order_lines (
+            fulfillment_order_id TEXT NOT NULL REFERENCES fulfillment_orders (id),
+            line_no INTEGER NOT NULL,
+            sku TEXT NOT NULL,
+            part_number TEXT,
+            quantity INTEGER NOT NULL CHECK (quantity >= 0),
+            PRIMARY KEY (fulfillment_order_id, line_no)
+        ) WITHOUT ROWID",
+        "CREATE TABLE routing_decisions (
+            id INTEGER PRIMARY KEY,
+            order_id TEXT NOT NULL REFERENCES orders (id),
+            at TEXT NOT NULL,
+            trigger TEXT NOT NULL,
+            summary TEXT NOT NULL,
+            explanation TEXT NOT NULL
+        )",
+        "CREATE INDEX routing_decisions_order ON routing_decisions (order_id, id)",
+        "CREATE TABLE routing_config (
+            channel TEXT PRIMARY KEY,
+            config TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        ) WITHOUT ROWID",
+        "CREATE TABLE license_keys (
+            id INTEGER PRIMARY KEY,
+            sku TEXT NOT NULL REFERENCES products (sku),
+            key TEXT NOT NULL,
+            imported_at TEXT NOT NULL,
+            order_id TEXT,
+            line_no INTEGER,
+            assigned_at TEXT,
+            UNIQUE (sku, key)
+        )",
+        "CREATE INDEX license_keys_free ON license_keys (sku, id) WHERE order_id IS NULL",
+        "CREATE INDEX license_keys_order ON license_keys (order_id, line_no) WHERE order_id IS NOT NULL",
+        "CREATE TABLE geo_centroids (
+            country TEXT NOT NULL,
+            postal_prefix TEXT NOT NULL,
+            latitude REAL NOT NULL,
+            longitude REAL NOT NULL,
+            PRIMARY KEY (country, postal_prefix)
+        ) WITHOUT ROWID",
+        "CREATE INDEX orders_placed ON orders (placed_at, id)",
+    ],
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;
