@@ -3,10 +3,12 @@
 //! services the Spin components call. Components stay thin: parse the request,
 //! call a handler here, answer.
 
+pub mod allocation;
 pub mod db;
 pub mod error;
 pub mod http;
 pub mod intake;
+pub mod inventory;
 pub mod kv;
 pub mod model;
 pub mod money;

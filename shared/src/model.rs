@@ -236,6 +236,11 @@ pub struct NewOrder {
     pub source_total: Option<i64>,
     /// The source says the order is already cancelled.
     pub cancelled: bool,
+    /// Click & collect: the pickup location (a facility id or name; empty = any
+    /// facility offering click & collect).
+    pub pickup_location: Option<String>,
+    /// A merchant override: ship from this facility only.
+    pub preferred_facility: Option<String>,
 }
 
 /// Order totals in minor units.
@@ -660,6 +665,8 @@ mod tests {
             tags: Vec::new(),
             source_total: None,
             cancelled: false,
+            pickup_location: None,
+            preferred_facility: None,
         };
         let errs = o.validate("");
         assert!(

@@ -355,6 +355,8 @@ the following items of order {{number}} are on backorder and will ship as soon a
             PRIMARY KEY (country, postal_prefix)
         ) WITHOUT ROWID",
         "CREATE INDEX orders_placed ON orders (placed_at, id)",
+        "CREATE INDEX order_lines_unplaced ON order_lines (sku)
+         WHERE qty_ordered - qty_cancelled - qty_allocated - qty_released - qty_shipped > 0",
     ],
 ];
 

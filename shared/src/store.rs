@@ -69,6 +69,8 @@ fn doc(o: &NewOrder, source_hash: &str) -> Json {
         "tags": o.tags,
         "source_total_minor": o.source_total,
         "source_hash": source_hash,
+        "pickup_location": o.pickup_location,
+        "preferred_facility": o.preferred_facility,
     })
 }
 
@@ -505,6 +507,7 @@ pub fn replace_order(
 ) -> Result<()> {
     let totals = o.totals();
     let hash = source_hash(o);
+    crate::allocation::deallocate_unreleased(db, &ex.id, now, actor, "the source changed the order")?;
     db.execute(
         "DELETE FROM order_lines WHERE order_id = ?",
         params![ex.id.clone()],
@@ -575,6 +578,7 @@ pub fn cancel_open_units(
         .first()
         .map(|r| r.i64("n"))
         .unwrap_or(0);
+    crate::allocation::deallocate_unreleased(db, order_id, now, actor, reason)?;
     let n = db.exec(
         "UPDATE order_lines SET qty_cancelled = qty_ordered - qty_released - qty_shipped, qty_backordered = 0, qty_allocated = 0
          WHERE order_id = ? AND qty_cancelled < qty_ordered - qty_released - qty_shipped",

@@ -329,6 +329,8 @@ pub fn map_order(o: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
         tags: Vec::new(),
         source_total,
         cancelled,
+        pickup_location: None,
+        preferred_facility: None,
     };
     checked(order, r, "")
 }

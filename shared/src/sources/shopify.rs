@@ -234,6 +234,8 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
         tags,
         source_total: r.opt_money(v, "total_price", "", currency),
         cancelled,
+        pickup_location: None,
+        preferred_facility: None,
     };
     checked(order, r, "")
 }

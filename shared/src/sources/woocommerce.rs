@@ -83,9 +83,24 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
         });
     }
     let mut shipping_lines = Vec::new();
+    let mut pickup_location = None;
     for (i, s) in r.array(v, "shipping_lines", "").to_vec().iter().enumerate() {
         let p = format!("/shipping_lines/{i}");
         let title = r.opt_str(s, "method_title", &p).unwrap_or_default();
+        // WooCommerce's "Local pickup" (method `local_pickup`, classic) and the
+        // block checkout's pickup locations (method `pickup_location`, the chosen
+        // location's name in the `pickup_location` meta).
+        let method_id = s["method_id"].as_str().unwrap_or_default();
+        if method_id == "local_pickup" || method_id == "pickup_location" {
+            let location = s["meta_data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|m| m["key"] == "pickup_location")
+                .and_then(|m| m["value"].as_str())
+                .unwrap_or_default();
+            pickup_location = Some(location.trim().to_string());
+        }
         shipping_lines.push(ShippingLine {
             method: non_empty(r.opt_str(s, "method_id", &p)).unwrap_or_else(|| title.clone()),
             title,
@@ -164,6 +179,8 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
         tags: Vec::new(),
         source_total: r.opt_money(v, "total", "", currency),
         cancelled,
+        pickup_location,
+        preferred_facility: None,
     };
     checked(order, r, "")
 }

@@ -1,0 +1,885 @@
+//! Applying routing to stored orders: reservation, fulfillment orders,
+//! backorders, holds, licence keys and release, each pass in one transaction.
+//!
+//! Units of a line move through exclusive buckets: *pending* (ordered less
+//! cancelled, allocated, released and shipped, not yet placed), *backordered*
+//! (pending and waiting for stock on a backorderable SKU), *allocated* (reserved
+//! at a facility in a fulfillment order not yet released), *released*, *shipped*.
+//!
+//! Reservation is one conditional statement per (facility, SKU):
+//! `UPDATE stock SET reserved = reserved + ?q WHERE ... AND on_hand - reserved >= ?q`,
+//! checked with `changes()`; licence keys are claimed with one conditional
+//! `UPDATE ... WHERE id IN (SELECT ... WHERE order_id IS NULL LIMIT ?q)`. Neither
+//! reads then writes, so no number of concurrent instances can oversell.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value as Json};
+
+use crate::db::{transaction, Db, Value};
+use crate::error::Result;
+use crate::model::HoldReason;
+use crate::params;
+use crate::routing::{self, Demand, Destination, Facility, FacilityType, Service, Supply};
+use crate::store::{self, enqueue, record_event, ts};
+
+/// Holds that stop a release (every reason but `out_of_stock`, which concerns
+/// only the units that could not be placed).
+pub fn blocks_release(reason: &str) -> bool {
+    reason != HoldReason::OutOfStock.as_str()
+}
+
+/// Units of a line not yet placed anywhere (includes backordered units).
+/// The expression is the one of the partial index `order_lines_unplaced`.
+const UNPLACED: &str = "qty_ordered - qty_cancelled - qty_allocated - qty_released - qty_shipped";
+
+pub fn load_facilities(db: &dyn Db) -> Result<Vec<Facility>> {
+    let r = db.execute(
+        "SELECT id, type, services, countries, shipping_methods, latitude, longitude, daily_capacity, priority, active
+         FROM facilities ORDER BY id",
+        &[],
+    )?;
+    Ok(r.iter()
+        .map(|f| Facility {
+            id: f.str("id"),
+            kind: FacilityType::parse(&f.str("type")).unwrap_or(FacilityType::Warehouse),
+            services: serde_json::from_str(&f.str("services")).unwrap_or_default(),
+            countries: serde_json::from_str(&f.str("countries")).unwrap_or_default(),
+            shipping_methods: serde_json::from_str(&f.str("shipping_methods")).unwrap_or_default(),
+            location: f.opt_f64("latitude").zip(f.opt_f64("longitude")),
+            daily_capacity: f.opt_i64("daily_capacity"),
+            priority: f.i64("priority"),
+            active: f.i64("active") != 0,
+        })
+        .collect())
+}
+
+/// The routing configuration of a channel, else the default (`*`), else built-in.
+pub fn load_config(db: &dyn Db, channel: &str) -> Result<routing::Config> {
+    let r = db.execute(
+        "SELECT config FROM routing_config WHERE channel IN (?, '*') ORDER BY channel = '*' LIMIT 1",
+        params![channel],
+    )?;
+    Ok(r.first()
+        .and_then(|c| serde_json::from_str(&c.str("config")).ok())
+        .unwrap_or_default())
+}
+
+/// Destination coordinates: the order's own, else the longest loaded postal
+/// prefix centroid, else the country centroid (loaded, then built in).
+pub fn destination(db: &dyn Db, address: &Json) -> Result<Destination> {
+    let country = address["country_code"]
+        .as_str()
+        .map(|c| c.to_ascii_uppercase())
+        .filter(|c| !c.is_empty());
+    if let (Some(la), Some(lo)) = (address["latitude"].as_f64(), address["longitude"].as_f64()) {
+        return Ok(Destination {
+            country,
+            location: Some((la, lo)),
+            location_source: "order".into(),
+        });
+    }
+    let Some(c) = country.clone() else {
+        return Ok(Destination {
+            country,
+            location: None,
+            location_source: "none".into(),
+        });
+    };
+    let postal: String = address["postal_code"]
+        .as_str()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_uppercase();
+    let r = db.execute(
+        "SELECT postal_prefix, latitude, longitude FROM geo_centroids
+         WHERE country = ? AND ? LIKE postal_prefix || '%' ORDER BY length(postal_prefix) DESC LIMIT 1",
+        params![c.clone(), postal],
+    )?;
+    if let Some(g) = r.first() {
+        let prefix = g.str("postal_prefix");
+        return Ok(Destination {
+            country,
+            location: g.opt_f64("latitude").zip(g.opt_f64("longitude")),
+            location_source: if prefix.is_empty() {
+                format!("centroid:{c}")
+            } else {
+                format!("centroid:{c}-{prefix}")
+            },
+        });
+    }
+    Ok(Destination {
+        location: routing::country_centroid(&c),
+        location_source: if routing::country_centroid(&c).is_some() {
+            format!("centroid:{c}")
+        } else {
+            "none".into()
+        },
+        country,
+    })
+}
+
+struct LineState {
+    line_no: i64,
+    sku: String,
+    name: String,
+    unplaced: i64,
+    backordered: i64,
+}
+
+struct Product {
+    backorderable: bool,
+    digital: bool,
+}
+
+fn products(db: &dyn Db, skus: &BTreeSet<String>) -> Result<BTreeMap<String, Product>> {
+    if skus.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let ph = vec!["?"; skus.len()].join(",");
+    let p: Vec<Value> = skus.iter().map(Value::from).collect();
+    let r = db.execute(
+        &format!("SELECT sku, backorderable, digital FROM products WHERE sku IN ({ph})"),
+        &p,
+    )?;
+    Ok(r.iter()
+        .map(|x| {
+            (
+                x.str("sku"),
+                Product {
+                    backorderable: x.i64("backorderable") != 0,
+                    digital: x.i64("digital") != 0,
+                },
+            )
+        })
+        .collect())
+}
+
+fn supply(db: &dyn Db, skus: &BTreeSet<String>) -> Result<Supply> {
+    let mut s = Supply::default();
+    if skus.is_empty() {
+        return Ok(s);
+    }
+    let ph = vec!["?"; skus.len()].join(",");
+    let p: Vec<Value> = skus.iter().map(Value::from).collect();
+    let r = db.execute(
+        &format!("SELECT facility_id, sku, on_hand - reserved AS available FROM stock WHERE sku IN ({ph})"),
+        &p,
+    )?;
+    for x in r.iter() {
+        s.available
+            .insert((x.str("facility_id"), x.str("sku")), x.i64("available"));
+    }
+    let r = db.execute(
+        "SELECT facility_id, COUNT(*) AS n FROM fulfillment_orders WHERE status IN ('on_hold', 'open', 'in_progress') GROUP BY facility_id",
+        &[],
+    )?;
+    for x in r.iter() {
+        s.open_orders.insert(x.str("facility_id"), x.i64("n"));
+    }
+    Ok(s)
+}
+
+/// Units available now per SKU, over every facility (physical) or the key pool (digital).
+fn available_any(db: &dyn Db, skus: &BTreeSet<String>) -> Result<BTreeMap<String, i64>> {
+    let mut out = BTreeMap::new();
+    if skus.is_empty() {
+        return Ok(out);
+    }
+    let ph = vec!["?"; skus.len()].join(",");
+    let p: Vec<Value> = skus.iter().map(Value::from).collect();
+    let mut params2 = p.clone();
+    params2.extend(p.iter().cloned());
+    let r = db.execute(
+        &format!(
+            "SELECT sku, SUM(n) AS n FROM (
+                SELECT s.sku, MAX(s.on_hand - s.reserved, 0) AS n FROM stock s JOIN facilities f ON f.id = s.facility_id
+                  WHERE f.active = 1 AND s.sku IN ({ph})
+                UNION ALL
+                SELECT sku, COUNT(*) AS n FROM license_keys WHERE order_id IS NULL AND sku IN ({ph}) GROUP BY sku
+             ) GROUP BY sku"
+        ),
+        &params2,
+    )?;
+    for x in r.iter() {
+        out.insert(x.str("sku"), x.i64("n"));
+    }
+    Ok(out)
+}
+
+/// What one pass did to an order.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub allocated: i64,
+    pub backordered: i64,
+    pub held: i64,
+    pub released: i64,
+    pub keys: i64,
+    pub changed: bool,
+}
+
+/// Why a pass runs, for the timeline and the stored decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The order arrived or changed (chained from intake).
+    Intake,
+    /// Stock arrived for a SKU it waits for.
+    Backorder,
+    /// The scheduled sweep.
+    Sweep,
+}
+
+impl Trigger {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Trigger::Intake => "intake",
+            Trigger::Backorder => "backorder_release",
+            Trigger::Sweep => "sweep",
+        }
+    }
+}
+
+/// Routes an order (in its own transaction), after giving older orders waiting
+/// for the same SKUs their turn: every pass checks backorders first.
+pub fn process_order(db: &dyn Db, order_id: &str, trigger: Trigger, now: DateTime<Utc>) -> Result<Outcome> {
+    let skus: Vec<String> = crate::db::Patient(db)
+        .execute(
+            &format!("SELECT DISTINCT sku FROM order_lines WHERE order_id = ? AND {UNPLACED} > 0"),
+            params![order_id],
+        )?
+        .iter()
+        .map(|r| r.str("sku"))
+        .collect();
+    if !skus.is_empty() {
+        let placed = crate::db::Patient(db)
+            .execute("SELECT placed_at FROM orders WHERE id = ?", params![order_id])?
+            .first()
+            .map(|r| r.str("placed_at"));
+        if let Some(placed) = placed {
+            release_backorders(db, Some(&skus), Some((&placed, order_id)), now, 50)?;
+        }
+    }
+    transaction(db, |db| route_order(db, order_id, trigger, now))
+}
+
+/// Places every unplaced unit of one order, inside the caller's transaction,
+/// then releases what may be released.
+pub fn route_order(db: &dyn Db, order_id: &str, trigger: Trigger, now: DateTime<Utc>) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let actor = "routing";
+    let Some(o) = db
+        .execute(
+            "SELECT id, number, channel, status, doc, customer_email, customer_name FROM orders WHERE id = ?",
+            params![order_id],
+        )?
+        .first()
+        .map(|r| {
+            (
+                r.str("number"),
+                r.str("channel"),
+                r.str("status"),
+                serde_json::from_str::<Json>(&r.str("doc")).unwrap_or(Json::Null),
+                r.opt_str("customer_email"),
+                r.opt_str("customer_name"),
+            )
+        })
+    else {
+        return Ok(out);
+    };
+    let (number, channel, status, doc, email, customer_name) = o;
+    if status == "cancelled" || status == "closed" {
+        return Ok(out);
+    }
+    let lines: Vec<LineState> = db
+        .execute(
+            &format!(
+                "SELECT line_no, sku, name, ({UNPLACED}) AS unplaced, qty_backordered FROM order_lines WHERE order_id = ? ORDER BY line_no"
+            ),
+            params![order_id],
+        )?
+        .iter()
+        .map(|l| LineState {
+            line_no: l.i64("line_no"),
+            sku: l.str("sku"),
+            name: l.str("name"),
+            unplaced: l.i64("unplaced").max(0),
+            backordered: l.i64("qty_backordered"),
+        })
+        .collect();
+    let holds = store::open_hold_reasons(db, order_id)?;
+    let blocked = holds.iter().any(|h| blocks_release(h));
+    let skus: BTreeSet<String> = lines.iter().filter(|l| l.unplaced > 0).map(|l| l.sku.clone()).collect();
+    let catalog = products(db, &skus)?;
+    let is_digital = |sku: &str| catalog.get(sku).is_some_and(|p| p.digital);
+    let backorderable = |sku: &str| catalog.get(sku).is_some_and(|p| p.backorderable);
+
+    let physical: Vec<Demand> = lines
+        .iter()
+        .filter(|l| l.unplaced > 0 && !is_digital(&l.sku))
+        .map(|l| Demand {
+            line_no: l.line_no,
+            sku: l.sku.clone(),
+            quantity: l.unplaced,
+        })
+        .collect();
+    // Digital units are claimed at release: not while a hold stops release.
+    let digital: Vec<&LineState> = lines
+        .iter()
+        .filter(|l| l.unplaced > 0 && is_digital(&l.sku) && !blocked)
+        .collect();
+
+    // Unplaced units per line after this pass, for backorders and holds.
+    let mut left: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut explanation = json!({});
+    let mut fo_names = Vec::new();
+    let mut held_note: Option<String> = None;
+
+    if !physical.is_empty() {
+        let facilities = load_facilities(db)?;
+        if !facilities.iter().any(|f| f.active) && digital.is_empty() {
+            // Inventory is not set up: leave the order received; the sweep retries.
+            return Ok(out);
+        }
+        let address = doc["shipping_address"].clone();
+        let pickup = doc["pickup_location"].as_str().map(str::to_string);
+        let mut service = Service::Ship;
+        let mut preselected = doc["preferred_facility"].as_str().map(str::to_string);
+        if let Some(p) = &pickup {
+            service = Service::ClickCollect;
+            if !p.is_empty() {
+                match facilities.iter().find(|f| f.id == *p).or_else(|| {
+                    // By name, case-insensitively.
+                    let names = db
+                        .execute("SELECT id FROM facilities WHERE lower(name) = lower(?) ORDER BY id LIMIT 1", params![p.clone()])
+                        .ok()?;
+                    let id = names.first()?.str("id");
+                    facilities.iter().find(|f| f.id == id)
+                }) {
+                    Some(f) => preselected = Some(f.id.clone()),
+                    None => held_note = Some(format!("pickup location '{p}' is not a known facility")),
+                }
+            }
+        }
+        let method = doc["shipping_lines_minor"][0]["method"].as_str().map(str::to_string);
+        if let Some(note) = &held_note {
+            store::add_hold(db, order_id, HoldReason::IncorrectAddress, note, now, actor)?;
+            for d in &physical {
+                left.insert(d.line_no, 0); // held for the address, not for stock
+            }
+        } else {
+            let req = routing::Request {
+                order_id,
+                destination: if service == Service::Ship {
+                    destination(db, &address)?
+                } else {
+                    Destination {
+                        location_source: "none".into(),
+                        ..Destination::default()
+                    }
+                },
+                shipping_method: method.clone(),
+                service,
+                preselected,
+                lines: physical.clone(),
+            };
+            let physical_skus: BTreeSet<String> = physical.iter().map(|d| d.sku.clone()).collect();
+            let sup = supply(db, &physical_skus)?;
+            let cfg = load_config(db, &channel)?;
+            let decision = routing::route(&req, &facilities, &sup, &cfg);
+            explanation = decision.explanation.clone();
+            for d in &physical {
+                left.insert(d.line_no, d.quantity);
+            }
+            let existing = db
+                .execute("SELECT COUNT(*) AS n FROM fulfillment_orders WHERE order_id = ?", params![order_id])?
+                .first()
+                .map(|r| r.i64("n"))
+                .unwrap_or(0);
+            for (k, part) in decision.parts.iter().enumerate() {
+                let fo_id = uuid::Uuid::now_v7().to_string();
+                let name = format!("{number}-F{}", existing + k as i64 + 1);
+                let mut fo_lines = Vec::new();
+                for d in &part.lines {
+                    // The one conditional reservation: no read-then-write race.
+                    let got = db.exec(
+                        "UPDATE stock SET reserved = reserved + ?1, updated_at = ?2
+                         WHERE sku = ?3 AND facility_id = ?4 AND on_hand - reserved >= ?1",
+                        params![d.quantity, ts(now), d.sku.clone(), part.facility.clone()],
+                    )?;
+                    if got != 1 {
+                        continue; // changed under us: stays unplaced, the next pass retries
+                    }
+                    *left.get_mut(&d.line_no).expect("line") -= d.quantity;
+                    fo_lines.push(d.clone());
+                    low_stock_check(db, &d.sku, &part.facility, now)?;
+                }
+                if fo_lines.is_empty() {
+                    continue;
+                }
+                db.execute(
+                    "INSERT INTO fulfillment_orders (id, order_id, name, facility_id, status, request_status, pickup, created_at, updated_at)
+                     VALUES (?, ?, ?, ?, 'on_hold', 'unsubmitted', ?, ?, ?)",
+                    params![fo_id.clone(), order_id, name.clone(), part.facility.clone(), service == Service::ClickCollect, ts(now), ts(now)],
+                )?;
+                for d in &fo_lines {
+                    db.execute(
+                        "INSERT INTO fulfillment_order_lines (fulfillment_order_id, line_no, sku, part_number, quantity)
+                         VALUES (?, ?, ?, (SELECT part_number FROM product_parts WHERE sku = ? AND facility_id = ?), ?)",
+                        params![fo_id.clone(), d.line_no, d.sku.clone(), d.sku.clone(), part.facility.clone(), d.quantity],
+                    )?;
+                    db.execute(
+                        "UPDATE order_lines SET qty_allocated = qty_allocated + ? WHERE order_id = ? AND line_no = ?",
+                        params![d.quantity, order_id, d.line_no],
+                    )?;
+                    out.allocated += d.quantity;
+                }
+                let units: i64 = fo_lines.iter().map(|d| d.quantity).sum();
+                record_event(
+                    db,
+                    order_id,
+                    now,
+                    actor,
+                    "fulfillment_order.created",
+                    &format!("{name}: {units} unit(s) allocated at {}", part.facility),
+                    json!({"fulfillment_order": name, "facility": part.facility, "lines": fo_lines, "pickup": service == Service::ClickCollect}),
+                )?;
+                fo_names.push(name);
+            }
+        }
+    }
+
+    // Licence keys: one per unit, claimed in one conditional statement.
+    for l in &digital {
+        let got = db.exec(
+            "UPDATE license_keys SET order_id = ?1, line_no = ?2, assigned_at = ?3
+             WHERE id IN (SELECT id FROM license_keys WHERE sku = ?4 AND order_id IS NULL ORDER BY id LIMIT ?5)",
+            params![order_id, l.line_no, ts(now), l.sku.clone(), l.unplaced],
+        )? as i64;
+        left.insert(l.line_no, l.unplaced - got);
+        if got > 0 {
+            let keys: Vec<String> = db
+                .execute(
+                    "SELECT key FROM license_keys WHERE order_id = ? AND line_no = ? AND assigned_at = ? ORDER BY id",
+                    params![order_id, l.line_no, ts(now)],
+                )?
+                .iter()
+                .map(|k| k.str("key"))
+                .collect();
+            db.execute(
+                "UPDATE order_lines SET qty_shipped = qty_shipped + ?1, qty_delivered = qty_delivered + ?1 WHERE order_id = ?2 AND line_no = ?3",
+                params![got, order_id, l.line_no],
+            )?;
+            out.keys += got;
+            record_event(
+                db,
+                order_id,
+                now,
+                actor,
+                "license.assigned",
+                &format!("{got} licence key(s) assigned for {}", l.sku),
+                json!({"line_no": l.line_no, "sku": l.sku, "quantity": got}),
+            )?;
+            record_event(
+                db,
+                order_id,
+                now,
+                actor,
+                "shipment.shipped",
+                &format!("{got} digital unit(s) of {} delivered by e-mail", l.sku),
+                json!({"facility": "digital", "units": got, "partial": got < l.unplaced}),
+            )?;
+            enqueue(
+                db,
+                "license.assigned",
+                Some(order_id),
+                json!({"order_id": order_id, "number": number, "email": email, "customer_name": customer_name,
+                       "line_no": l.line_no, "sku": l.sku, "name": l.name, "quantity": got,
+                       "license_key": keys.join(", "), "license_keys": keys}),
+                now,
+            )?;
+            pool_low_check(db, &l.sku, now)?;
+        }
+    }
+
+    // What is left: backordered where the SKU allows it, else held out of stock.
+    let mut newly_backordered = Vec::new();
+    let mut short = Vec::new();
+    for l in &lines {
+        let Some(&rest) = left.get(&l.line_no) else { continue };
+        let target = if backorderable(&l.sku) { rest } else { 0 };
+        if target != l.backordered {
+            db.execute(
+                "UPDATE order_lines SET qty_backordered = ? WHERE order_id = ? AND line_no = ?",
+                params![target, order_id, l.line_no],
+            )?;
+        }
+        if target > l.backordered {
+            newly_backordered.push(json!({"line_no": l.line_no, "sku": l.sku, "name": l.name, "quantity": target - l.backordered}));
+        }
+        out.backordered += target;
+        if !backorderable(&l.sku) && rest > 0 && held_note.is_none() {
+            short.push(format!("{} x {}", rest, l.sku));
+            out.held += rest;
+        }
+    }
+    if !newly_backordered.is_empty() {
+        let units: i64 = newly_backordered.iter().map(|b| b["quantity"].as_i64().unwrap_or(0)).sum();
+        record_event(db, order_id, now, actor, "order.backordered", &format!("{units} unit(s) backordered"), json!({"lines": newly_backordered}))?;
+        enqueue(
+            db,
+            "order.backordered",
+            Some(order_id),
+            json!({"order_id": order_id, "number": number, "email": email, "customer_name": customer_name, "lines": newly_backordered}),
+            now,
+        )?;
+    }
+    let had_stock_hold = holds.iter().any(|h| h == HoldReason::OutOfStock.as_str());
+    if !short.is_empty() {
+        store::add_hold(db, order_id, HoldReason::OutOfStock, &format!("no facility can supply {}", short.join(", ")), now, actor)?;
+    } else if had_stock_hold && !left.is_empty() {
+        store::release_hold(db, order_id, HoldReason::OutOfStock, now, actor, "every unit is now placed or backordered")?;
+    }
+
+    let placed = out.allocated + out.keys;
+    let unchanged = placed == 0 && newly_backordered.is_empty() && (short.is_empty() || had_stock_hold);
+    let first = unchanged
+        && db
+            .execute("SELECT 1 FROM routing_decisions WHERE order_id = ? LIMIT 1", params![order_id])?
+            .is_empty();
+    if (!unchanged || first) && !left.is_empty() {
+        let summary = format!(
+            "{} unit(s) allocated{}{}{}{}",
+            out.allocated,
+            if fo_names.is_empty() { String::new() } else { format!(" in {}", fo_names.join(", ")) },
+            if out.keys > 0 { format!(", {} licence key(s)", out.keys) } else { String::new() },
+            if out.backordered > 0 { format!(", {} backordered", out.backordered) } else { String::new() },
+            if out.held > 0 { format!(", {} out of stock (held)", out.held) } else { String::new() },
+        );
+        let mut ex = explanation;
+        ex["digital"] = json!(digital.iter().map(|l| json!({"line_no": l.line_no, "sku": l.sku, "wanted": l.unplaced,
+            "assigned": l.unplaced - left.get(&l.line_no).copied().unwrap_or(0)})).collect::<Vec<_>>());
+        db.execute(
+            "INSERT INTO routing_decisions (order_id, at, trigger, summary, explanation) VALUES (?, ?, ?, ?, ?)",
+            params![order_id, ts(now), trigger.as_str(), summary.clone(), ex.to_string()],
+        )?;
+        let decision_id = db.last_insert_rowid();
+        if !fo_names.is_empty() {
+            let ph = vec!["?"; fo_names.len()].join(",");
+            let mut p: Vec<Value> = vec![Value::Integer(decision_id)];
+            p.extend(fo_names.iter().map(Value::from));
+            db.execute(&format!("UPDATE fulfillment_orders SET decision_id = ? WHERE name IN ({ph})"), &p)?;
+        }
+        record_event(
+            db,
+            order_id,
+            now,
+            actor,
+            if trigger == Trigger::Backorder { "backorder.allocated" } else { "routing.decided" },
+            &summary,
+            json!({"decision_id": decision_id, "trigger": trigger.as_str(), "allocated": out.allocated, "keys": out.keys,
+                   "backordered": out.backordered, "held": out.held}),
+        )?;
+        out.changed = true;
+    }
+    out.released = release(db, order_id, now)?;
+    if out.changed || out.released > 0 {
+        store::refresh_status(db, order_id, now)?;
+    }
+    Ok(out)
+}
+
+/// Releases the order's allocated fulfillment orders unless a hold stops it.
+/// Returns the units released.
+pub fn release(db: &dyn Db, order_id: &str, now: DateTime<Utc>) -> Result<i64> {
+    if store::open_hold_reasons(db, order_id)?.iter().any(|h| blocks_release(h)) {
+        return Ok(0);
+    }
+    let fos = db.execute(
+        "SELECT f.id, f.name, f.facility_id, f.pickup, o.number, o.doc, o.customer_email, o.customer_name
+         FROM fulfillment_orders f JOIN orders o ON o.id = f.order_id
+         WHERE f.order_id = ? AND f.status = 'on_hold' ORDER BY f.name",
+        params![order_id],
+    )?;
+    let mut total = 0;
+    for f in fos.iter() {
+        let fo_id = f.str("id");
+        let lines = db.execute(
+            "SELECT fl.line_no, fl.sku, fl.part_number, fl.quantity, l.name FROM fulfillment_order_lines fl
+             JOIN order_lines l ON l.order_id = ? AND l.line_no = fl.line_no
+             WHERE fl.fulfillment_order_id = ? ORDER BY fl.line_no",
+            params![order_id, fo_id.clone()],
+        )?;
+        let mut items = Vec::new();
+        for l in lines.iter() {
+            let q = l.i64("quantity");
+            db.execute(
+                "UPDATE order_lines SET qty_allocated = qty_allocated - ?1, qty_released = qty_released + ?1 WHERE order_id = ?2 AND line_no = ?3",
+                params![q, order_id, l.i64("line_no")],
+            )?;
+            total += q;
+            items.push(json!({"line_no": l.i64("line_no"), "sku": l.str("sku"), "part_number": l.opt_str("part_number"),
+                              "name": l.str("name"), "quantity": q}));
+        }
+        db.execute(
+            "UPDATE fulfillment_orders SET status = 'open', released_at = ?, updated_at = ? WHERE id = ?",
+            params![ts(now), ts(now), fo_id.clone()],
+        )?;
+        let doc: Json = serde_json::from_str(&f.str("doc")).unwrap_or(Json::Null);
+        let name = f.str("name");
+        let facility = f.str("facility_id");
+        record_event(
+            db,
+            order_id,
+            now,
+            "routing",
+            "fulfillment_order.released",
+            &format!("{name} released to {facility}"),
+            json!({"fulfillment_order": name, "facility": facility, "units": items.iter().map(|i| i["quantity"].as_i64().unwrap_or(0)).sum::<i64>()}),
+        )?;
+        enqueue(
+            db,
+            "fulfillment_order.released",
+            Some(order_id),
+            json!({"fulfillment_order_id": fo_id, "fulfillment_order": name, "order_id": order_id, "number": f.str("number"),
+                   "facility": facility, "pickup": f.i64("pickup") != 0, "email": f.opt_str("customer_email"),
+                   "customer_name": f.opt_str("customer_name"), "shipping_address": doc["shipping_address"],
+                   "shipping_method": doc["shipping_lines_minor"][0]["method"], "lines": items}),
+            now,
+        )?;
+    }
+    Ok(total)
+}
+
+/// Gives back the reservations of the order's fulfillment orders that were not
+/// released (before the source replaces the order, or on cancellation).
+pub fn deallocate_unreleased(db: &dyn Db, order_id: &str, now: DateTime<Utc>, actor: &str, why: &str) -> Result<i64> {
+    let rows = db.execute(
+        "SELECT f.id, f.name, f.facility_id, fl.line_no, fl.sku, fl.quantity FROM fulfillment_orders f
+         JOIN fulfillment_order_lines fl ON fl.fulfillment_order_id = f.id
+         WHERE f.order_id = ? AND f.status = 'on_hold'",
+        params![order_id],
+    )?;
+    let mut total = 0;
+    let mut names = BTreeSet::new();
+    for r in rows.iter() {
+        let q = r.i64("quantity");
+        db.execute(
+            "UPDATE stock SET reserved = MAX(reserved - ?, 0), updated_at = ? WHERE sku = ? AND facility_id = ?",
+            params![q, ts(now), r.str("sku"), r.str("facility_id")],
+        )?;
+        db.execute(
+            "UPDATE order_lines SET qty_allocated = MAX(qty_allocated - ?, 0) WHERE order_id = ? AND line_no = ?",
+            params![q, order_id, r.i64("line_no")],
+        )?;
+        total += q;
+        names.insert((r.str("id"), r.str("name")));
+    }
+    for (id, name) in &names {
+        db.execute(
+            "UPDATE fulfillment_orders SET status = 'cancelled', updated_at = ? WHERE id = ?",
+            params![ts(now), id.clone()],
+        )?;
+        record_event(db, order_id, now, actor, "fulfillment_order.cancelled", &format!("{name} cancelled: {why}"), json!({"fulfillment_order": name, "reason": why}))?;
+    }
+    Ok(total)
+}
+
+/// Alerts the merchant once when a facility's stock of a SKU falls under the threshold.
+fn low_stock_check(db: &dyn Db, sku: &str, facility: &str, now: DateTime<Utc>) -> Result<()> {
+    let r = db.execute(
+        "SELECT s.on_hand - s.reserved AS available, p.low_stock_threshold AS threshold FROM stock s JOIN products p ON p.sku = s.sku
+         WHERE s.sku = ? AND s.facility_id = ? AND s.low_alerted = 0 AND s.on_hand - s.reserved < p.low_stock_threshold",
+        params![sku, facility],
+    )?;
+    if let Some(x) = r.first() {
+        if db.exec(
+            "UPDATE stock SET low_alerted = 1 WHERE sku = ? AND facility_id = ? AND low_alerted = 0",
+            params![sku, facility],
+        )? == 1
+        {
+            enqueue(
+                db,
+                "stock.low",
+                None,
+                json!({"sku": sku, "facility": facility, "available": x.i64("available"), "threshold": x.i64("threshold")}),
+                now,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Alerts the merchant once when a licence-key pool falls under its threshold.
+pub fn pool_low_check(db: &dyn Db, sku: &str, now: DateTime<Utc>) -> Result<()> {
+    let r = db.execute(
+        "SELECT (SELECT COUNT(*) FROM license_keys WHERE sku = ?1 AND order_id IS NULL) AS available, low_stock_threshold AS threshold
+         FROM products WHERE sku = ?1 AND low_stock_alerted = 0",
+        params![sku],
+    )?;
+    if let Some(x) = r.first() {
+        if x.i64("available") < x.i64("threshold")
+            && db.exec(
+                "UPDATE products SET low_stock_alerted = 1 WHERE sku = ? AND low_stock_alerted = 0",
+                params![sku],
+            )? == 1
+        {
+            enqueue(
+                db,
+                "stock.low",
+                None,
+                json!({"sku": sku, "facility": "licence key pool", "available": x.i64("available"), "threshold": x.i64("threshold")}),
+                now,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// After stock arrives: orders waiting for these SKUs (all SKUs when `None`),
+/// oldest first (by order time), each routed in its own transaction, until the
+/// stock runs out or `limit` orders were served. `before` restricts to orders
+/// placed before (placed_at, id). Returns the orders that changed.
+pub fn release_backorders(
+    db: &dyn Db,
+    skus: Option<&[String]>,
+    before: Option<(&str, &str)>,
+    now: DateTime<Utc>,
+    limit: usize,
+) -> Result<usize> {
+    let p = crate::db::Patient(db);
+    let mut served = 0;
+    let mut skipped: BTreeSet<String> = BTreeSet::new();
+    let mut after: Option<(String, String)> = None;
+    loop {
+        if served >= limit {
+            break;
+        }
+        // Only SKUs that have something available are worth a pass.
+        let wanted: BTreeSet<String> = match skus {
+            Some(s) => s.iter().cloned().collect(),
+            None => p
+                .execute(&format!("SELECT DISTINCT sku FROM order_lines WHERE {UNPLACED} > 0"), &[])?
+                .iter()
+                .map(|r| r.str("sku"))
+                .collect(),
+        };
+        let avail = available_any(&p, &wanted)?;
+        let live: Vec<String> = wanted.into_iter().filter(|s| avail.get(s).copied().unwrap_or(0) > 0).collect();
+        if live.is_empty() {
+            break;
+        }
+        let ph = vec!["?"; live.len()].join(",");
+        let mut params: Vec<Value> = live.iter().map(Value::from).collect();
+        let mut cond = String::new();
+        if let Some((t, id)) = before {
+            cond.push_str(" AND (o.placed_at < ? OR (o.placed_at = ? AND o.id < ?))");
+            params.extend([Value::from(t), Value::from(t), Value::from(id)]);
+        }
+        if let Some((t, id)) = &after {
+            cond.push_str(" AND (o.placed_at > ? OR (o.placed_at = ? AND o.id > ?))");
+            params.extend([Value::from(t), Value::from(t), Value::from(id)]);
+        }
+        let next = p.execute(
+            &format!(
+                "SELECT o.id, o.placed_at FROM order_lines l JOIN orders o ON o.id = l.order_id
+                 WHERE l.sku IN ({ph}) AND {UNPLACED_LINE} > 0 AND o.status NOT IN ('cancelled', 'closed'){cond}
+                 ORDER BY o.placed_at, o.id LIMIT 1"
+            ),
+            &params,
+        )?;
+        let Some(row) = next.first() else { break };
+        let (id, placed) = (row.str("id"), row.str("placed_at"));
+        after = Some((placed, id.clone()));
+        if skipped.contains(&id) {
+            continue;
+        }
+        let o = transaction(db, |db| route_order(db, &id, Trigger::Backorder, now))?;
+        if o.changed || o.released > 0 {
+            served += 1;
+        } else {
+            skipped.insert(id);
+        }
+    }
+    Ok(served)
+}
+
+/// [`UNPLACED`] on the alias `l`.
+const UNPLACED_LINE: &str = "l.qty_ordered - l.qty_cancelled - l.qty_allocated - l.qty_released - l.qty_shipped";
+
+/// The scheduled pass: orders left `received` (a chained call failed or
+/// inventory was not set up), allocated work whose holds were lifted, then
+/// backorders for every SKU with stock. Returns (orders routed, released, backorders served).
+pub fn sweep(db: &dyn Db, now: DateTime<Utc>, limit: i64) -> Result<(usize, usize, usize)> {
+    let p = crate::db::Patient(db);
+    let stale = ts(now - chrono::Duration::seconds(20));
+    let received: Vec<String> = p
+        .execute(
+            "SELECT id FROM orders WHERE status = 'received' AND created_at < ? ORDER BY placed_at, id LIMIT ?",
+            params![stale.clone(), limit],
+        )?
+        .iter()
+        .map(|r| r.str("id"))
+        .collect();
+    let mut routed = 0;
+    for id in &received {
+        if process_order(db, id, Trigger::Sweep, now)?.changed {
+            routed += 1;
+        }
+    }
+    let waiting: Vec<String> = p
+        .execute(
+            "SELECT DISTINCT f.order_id FROM fulfillment_orders f
+             WHERE f.status = 'on_hold' AND NOT EXISTS (
+                SELECT 1 FROM order_holds h WHERE h.order_id = f.order_id AND h.released_at IS NULL AND h.reason <> 'out_of_stock')
+             LIMIT ?",
+            params![limit],
+        )?
+        .iter()
+        .map(|r| r.str("order_id"))
+        .collect();
+    let mut released = 0;
+    for id in &waiting {
+        if transaction(db, |db| route_order(db, id, Trigger::Sweep, now))?.released > 0 {
+            released += 1;
+        }
+    }
+    let served = release_backorders(db, None, None, now, limit as usize)?;
+    Ok((routed, released, served))
+}
+
+/// The stored routing decisions of an order, newest first, with its fulfillment orders.
+pub fn routing_view(db: &dyn Db, order_id: &str) -> Result<Json> {
+    let d = db.execute(
+        "SELECT id, at, trigger, summary, explanation FROM routing_decisions WHERE order_id = ? ORDER BY id DESC",
+        params![order_id],
+    )?;
+    let f = db.execute(
+        "SELECT id, name, facility_id, status, request_status, pickup, decision_id, created_at, released_at FROM fulfillment_orders
+         WHERE order_id = ? ORDER BY name",
+        params![order_id],
+    )?;
+    let mut fos = Vec::new();
+    for x in f.iter() {
+        let lines = db.execute(
+            "SELECT line_no, sku, part_number, quantity FROM fulfillment_order_lines WHERE fulfillment_order_id = ? ORDER BY line_no",
+            params![x.str("id")],
+        )?;
+        fos.push(json!({
+            "id": x.str("id"), "name": x.str("name"), "facility": x.str("facility_id"), "status": x.str("status"),
+            "request_status": x.str("request_status"), "pickup": x.i64("pickup") != 0, "decision_id": x.opt_i64("decision_id"),
+            "created_at": x.str("created_at"), "released_at": x.opt_str("released_at"),
+            "lines": lines.iter().map(|l| json!({"line_no": l.i64("line_no"), "sku": l.str("sku"), "part_number": l.opt_str("part_number"), "quantity": l.i64("quantity")})).collect::<Vec<_>>(),
+        }));
+    }
+    Ok(json!({
+        "order_id": order_id,
+        "fulfillment_orders": fos,
+        "decisions": d.iter().map(|x| json!({
+            "id": x.i64("id"), "at": x.str("at"), "trigger": x.str("trigger"), "summary": x.str("summary"),
+            "explanation": serde_json::from_str::<Json>(&x.str("explanation")).unwrap_or(Json::Null),
+        })).collect::<Vec<_>>(),
+    }))
+}
