@@ -244,7 +244,12 @@ impl Trigger {
 
 /// Routes an order (in its own transaction), after giving older orders waiting
 /// for the same SKUs their turn: every pass checks backorders first.
-pub fn process_order(db: &dyn Db, order_id: &str, trigger: Trigger, now: DateTime<Utc>) -> Result<Outcome> {
+pub fn process_order(
+    db: &dyn Db,
+    order_id: &str,
+    trigger: Trigger,
+    now: DateTime<Utc>,
+) -> Result<Outcome> {
     let skus: Vec<String> = crate::db::Patient(db)
         .execute(
             &format!("SELECT DISTINCT sku FROM order_lines WHERE order_id = ? AND {UNPLACED} > 0"),
@@ -255,7 +260,10 @@ pub fn process_order(db: &dyn Db, order_id: &str, trigger: Trigger, now: DateTim
         .collect();
     if !skus.is_empty() {
         let placed = crate::db::Patient(db)
-            .execute("SELECT placed_at FROM orders WHERE id = ?", params![order_id])?
+            .execute(
+                "SELECT placed_at FROM orders WHERE id = ?",
+                params![order_id],
+            )?
             .first()
             .map(|r| r.str("placed_at"));
         if let Some(placed) = placed {
@@ -267,7 +275,12 @@ pub fn process_order(db: &dyn Db, order_id: &str, trigger: Trigger, now: DateTim
 
 /// Places every unplaced unit of one order, inside the caller's transaction,
 /// then releases what may be released.
-pub fn route_order(db: &dyn Db, order_id: &str, trigger: Trigger, now: DateTime<Utc>) -> Result<Outcome> {
+pub fn route_order(
+    db: &dyn Db,
+    order_id: &str,
+    trigger: Trigger,
+    now: DateTime<Utc>,
+) -> Result<Outcome> {
     let mut out = Outcome::default();
     let actor = "routing";
     let Some(o) = db
@@ -311,7 +324,11 @@ pub fn route_order(db: &dyn Db, order_id: &str, trigger: Trigger, now: DateTime<
         .collect();
     let holds = store::open_hold_reasons(db, order_id)?;
     let blocked = holds.iter().any(|h| blocks_release(h));
-    let skus: BTreeSet<String> = lines.iter().filter(|l| l.unplaced > 0).map(|l| l.sku.clone()).collect();
+    let skus: BTreeSet<String> = lines
+        .iter()
+        .filter(|l| l.unplaced > 0)
+        .map(|l| l.sku.clone())
+        .collect();
     let catalog = products(db, &skus)?;
     let is_digital = |sku: &str| catalog.get(sku).is_some_and(|p| p.digital);
     let backorderable = |sku: &str| catalog.get(sku).is_some_and(|p| p.backorderable);
@@ -363,7 +380,9 @@ pub fn route_order(db: &dyn Db, order_id: &str, trigger: Trigger, now: DateTime<
                 }
             }
         }
-        let method = doc["shipping_lines_minor"][0]["method"].as_str().map(str::to_string);
+        let method = doc["shipping_lines_minor"][0]["method"]
+            .as_str()
+            .map(str::to_string);
         if let Some(note) = &held_note {
             store::add_hold(db, order_id, HoldReason::IncorrectAddress, note, now, actor)?;
             for d in &physical {
@@ -394,7 +413,10 @@ pub fn route_order(db: &dyn Db, order_id: &str, trigger: Trigger, now: DateTime<
                 left.insert(d.line_no, d.quantity);
             }
             let existing = db
-                .execute("SELECT COUNT(*) AS n FROM fulfillment_orders WHERE order_id = ?", params![order_id])?
+                .execute(
+                    "SELECT COUNT(*) AS n FROM fulfillment_orders WHERE order_id = ?",
+                    params![order_id],
+                )?
                 .first()
                 .map(|r| r.i64("n"))
                 .unwrap_or(0);
@@ -508,7 +530,9 @@ pub fn route_order(db: &dyn Db, order_id: &str, trigger: Trigger, now: DateTime<
     let mut newly_backordered = Vec::new();
     let mut short = Vec::new();
     for l in &lines {
-        let Some(&rest) = left.get(&l.line_no) else { continue };
+        let Some(&rest) = left.get(&l.line_no) else {
+            continue;
+        };
         let target = if backorderable(&l.sku) { rest } else { 0 };
         if target != l.backordered {
             db.execute(
@@ -526,8 +550,19 @@ pub fn route_order(db: &dyn Db, order_id: &str, trigger: Trigger, now: DateTime<
         }
     }
     if !newly_backordered.is_empty() {
-        let units: i64 = newly_backordered.iter().map(|b| b["quantity"].as_i64().unwrap_or(0)).sum();
-        record_event(db, order_id, now, actor, "order.backordered", &format!("{units} unit(s) backordered"), json!({"lines": newly_backordered}))?;
+        let units: i64 = newly_backordered
+            .iter()
+            .map(|b| b["quantity"].as_i64().unwrap_or(0))
+            .sum();
+        record_event(
+            db,
+            order_id,
+            now,
+            actor,
+            "order.backordered",
+            &format!("{units} unit(s) backordered"),
+            json!({"lines": newly_backordered}),
+        )?;
         enqueue(
             db,
             "order.backordered",
@@ -538,29 +573,68 @@ pub fn route_order(db: &dyn Db, order_id: &str, trigger: Trigger, now: DateTime<
     }
     let had_stock_hold = holds.iter().any(|h| h == HoldReason::OutOfStock.as_str());
     if !short.is_empty() {
-        store::add_hold(db, order_id, HoldReason::OutOfStock, &format!("no facility can supply {}", short.join(", ")), now, actor)?;
+        store::add_hold(
+            db,
+            order_id,
+            HoldReason::OutOfStock,
+            &format!("no facility can supply {}", short.join(", ")),
+            now,
+            actor,
+        )?;
     } else if had_stock_hold && !left.is_empty() {
-        store::release_hold(db, order_id, HoldReason::OutOfStock, now, actor, "every unit is now placed or backordered")?;
+        store::release_hold(
+            db,
+            order_id,
+            HoldReason::OutOfStock,
+            now,
+            actor,
+            "every unit is now placed or backordered",
+        )?;
     }
 
     let placed = out.allocated + out.keys;
-    let unchanged = placed == 0 && newly_backordered.is_empty() && (short.is_empty() || had_stock_hold);
+    let unchanged =
+        placed == 0 && newly_backordered.is_empty() && (short.is_empty() || had_stock_hold);
     let first = unchanged
         && db
-            .execute("SELECT 1 FROM routing_decisions WHERE order_id = ? LIMIT 1", params![order_id])?
+            .execute(
+                "SELECT 1 FROM routing_decisions WHERE order_id = ? LIMIT 1",
+                params![order_id],
+            )?
             .is_empty();
     if (!unchanged || first) && !left.is_empty() {
         let summary = format!(
             "{} unit(s) allocated{}{}{}{}",
             out.allocated,
-            if fo_names.is_empty() { String::new() } else { format!(" in {}", fo_names.join(", ")) },
-            if out.keys > 0 { format!(", {} licence key(s)", out.keys) } else { String::new() },
-            if out.backordered > 0 { format!(", {} backordered", out.backordered) } else { String::new() },
-            if out.held > 0 { format!(", {} out of stock (held)", out.held) } else { String::new() },
+            if fo_names.is_empty() {
+                String::new()
+            } else {
+                format!(" in {}", fo_names.join(", "))
+            },
+            if out.keys > 0 {
+                format!(", {} licence key(s)", out.keys)
+            } else {
+                String::new()
+            },
+            if out.backordered > 0 {
+                format!(", {} backordered", out.backordered)
+            } else {
+                String::new()
+            },
+            if out.held > 0 {
+                format!(", {} out of stock (held)", out.held)
+            } else {
+                String::new()
+            },
         );
         let mut ex = explanation;
-        ex["digital"] = json!(digital.iter().map(|l| json!({"line_no": l.line_no, "sku": l.sku, "wanted": l.unplaced,
-            "assigned": l.unplaced - left.get(&l.line_no).copied().unwrap_or(0)})).collect::<Vec<_>>());
+        ex["digital"] = json!(digital
+            .iter()
+            .map(
+                |l| json!({"line_no": l.line_no, "sku": l.sku, "wanted": l.unplaced,
+            "assigned": l.unplaced - left.get(&l.line_no).copied().unwrap_or(0)})
+            )
+            .collect::<Vec<_>>());
         db.execute(
             "INSERT INTO routing_decisions (order_id, at, trigger, summary, explanation) VALUES (?, ?, ?, ?, ?)",
             params![order_id, ts(now), trigger.as_str(), summary.clone(), ex.to_string()],
@@ -570,14 +644,21 @@ pub fn route_order(db: &dyn Db, order_id: &str, trigger: Trigger, now: DateTime<
             let ph = vec!["?"; fo_names.len()].join(",");
             let mut p: Vec<Value> = vec![Value::Integer(decision_id)];
             p.extend(fo_names.iter().map(Value::from));
-            db.execute(&format!("UPDATE fulfillment_orders SET decision_id = ? WHERE name IN ({ph})"), &p)?;
+            db.execute(
+                &format!("UPDATE fulfillment_orders SET decision_id = ? WHERE name IN ({ph})"),
+                &p,
+            )?;
         }
         record_event(
             db,
             order_id,
             now,
             actor,
-            if trigger == Trigger::Backorder { "backorder.allocated" } else { "routing.decided" },
+            if trigger == Trigger::Backorder {
+                "backorder.allocated"
+            } else {
+                "routing.decided"
+            },
             &summary,
             json!({"decision_id": decision_id, "trigger": trigger.as_str(), "allocated": out.allocated, "keys": out.keys,
                    "backordered": out.backordered, "held": out.held}),
@@ -594,7 +675,10 @@ pub fn route_order(db: &dyn Db, order_id: &str, trigger: Trigger, now: DateTime<
 /// Releases the order's allocated fulfillment orders unless a hold stops it.
 /// Returns the units released.
 pub fn release(db: &dyn Db, order_id: &str, now: DateTime<Utc>) -> Result<i64> {
-    if store::open_hold_reasons(db, order_id)?.iter().any(|h| blocks_release(h)) {
+    if store::open_hold_reasons(db, order_id)?
+        .iter()
+        .any(|h| blocks_release(h))
+    {
         return Ok(0);
     }
     let fos = db.execute(
@@ -655,7 +739,13 @@ pub fn release(db: &dyn Db, order_id: &str, now: DateTime<Utc>) -> Result<i64> {
 
 /// Gives back the reservations of the order's fulfillment orders that were not
 /// released (before the source replaces the order, or on cancellation).
-pub fn deallocate_unreleased(db: &dyn Db, order_id: &str, now: DateTime<Utc>, actor: &str, why: &str) -> Result<i64> {
+pub fn deallocate_unreleased(
+    db: &dyn Db,
+    order_id: &str,
+    now: DateTime<Utc>,
+    actor: &str,
+    why: &str,
+) -> Result<i64> {
     let rows = db.execute(
         "SELECT f.id, f.name, f.facility_id, fl.line_no, fl.sku, fl.quantity FROM fulfillment_orders f
          JOIN fulfillment_order_lines fl ON fl.fulfillment_order_id = f.id
@@ -682,7 +772,15 @@ pub fn deallocate_unreleased(db: &dyn Db, order_id: &str, now: DateTime<Utc>, ac
             "UPDATE fulfillment_orders SET status = 'cancelled', updated_at = ? WHERE id = ?",
             params![ts(now), id.clone()],
         )?;
-        record_event(db, order_id, now, actor, "fulfillment_order.cancelled", &format!("{name} cancelled: {why}"), json!({"fulfillment_order": name, "reason": why}))?;
+        record_event(
+            db,
+            order_id,
+            now,
+            actor,
+            "fulfillment_order.cancelled",
+            &format!("{name} cancelled: {why}"),
+            json!({"fulfillment_order": name, "reason": why}),
+        )?;
     }
     Ok(total)
 }
@@ -761,13 +859,19 @@ pub fn release_backorders(
         let wanted: BTreeSet<String> = match skus {
             Some(s) => s.iter().cloned().collect(),
             None => p
-                .execute(&format!("SELECT DISTINCT sku FROM order_lines WHERE {UNPLACED} > 0"), &[])?
+                .execute(
+                    &format!("SELECT DISTINCT sku FROM order_lines WHERE {UNPLACED} > 0"),
+                    &[],
+                )?
                 .iter()
                 .map(|r| r.str("sku"))
                 .collect(),
         };
         let avail = available_any(&p, &wanted)?;
-        let live: Vec<String> = wanted.into_iter().filter(|s| avail.get(s).copied().unwrap_or(0) > 0).collect();
+        let live: Vec<String> = wanted
+            .into_iter()
+            .filter(|s| avail.get(s).copied().unwrap_or(0) > 0)
+            .collect();
         if live.is_empty() {
             break;
         }
@@ -807,7 +911,8 @@ pub fn release_backorders(
 }
 
 /// [`UNPLACED`] on the alias `l`.
-const UNPLACED_LINE: &str = "l.qty_ordered - l.qty_cancelled - l.qty_allocated - l.qty_released - l.qty_shipped";
+const UNPLACED_LINE: &str =
+    "l.qty_ordered - l.qty_cancelled - l.qty_allocated - l.qty_released - l.qty_shipped";
 
 /// The scheduled pass: orders left `received` (a chained call failed or
 /// inventory was not set up), allocated work whose holds were lifted, then
@@ -882,4 +987,224 @@ pub fn routing_view(db: &dyn Db, order_id: &str) -> Result<Json> {
             "explanation": serde_json::from_str::<Json>(&x.str("explanation")).unwrap_or(Json::Null),
         })).collect::<Vec<_>>(),
     }))
+}
+
+// ---- the routing component's API ----
+
+fn channel_key(seg: &str) -> String {
+    let c = form_urlencoded::parse(format!("k={seg}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    if c == "default" {
+        "*".into()
+    } else {
+        c
+    }
+}
+
+/// Private: `POST /internal/route {"order_ids"}`, `POST /internal/backorders {"skus"}`
+/// (reachable only by service chaining: no public route maps to `/internal`).
+/// Admin: `/api/routing/config[/{channel}]`, `/api/routing/centroids`, `POST /api/routing/sweep`.
+pub fn handle(
+    db: &dyn Db,
+    tokens: &crate::http::Tokens,
+    req: &crate::http::Request,
+    now: DateTime<Utc>,
+) -> crate::http::Response {
+    use crate::error::{Error, ErrorKind, FieldError};
+    use crate::http::{Response, Scope};
+    let r = (|| -> Result<Response> {
+        let body = || -> Result<Json> {
+            req.check_size()?;
+            serde_json::from_slice::<Json>(&req.body)
+                .map_err(|e| Error::bad_request(format!("the body is not valid JSON: {e}")))
+        };
+        let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+        let m = req.method.as_str();
+        match (m, segs.as_slice()) {
+            ("POST", ["internal", "route"]) => {
+                let v = body()?;
+                let ids: Vec<String> = v["order_ids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect();
+                let mut results = Vec::new();
+                for id in ids.iter().take(1000) {
+                    match process_order(db, id, Trigger::Intake, now) {
+                        Ok(o) => results.push(json!({"order_id": id, "allocated": o.allocated, "backordered": o.backordered,
+                            "held": o.held, "released": o.released, "keys": o.keys})),
+                        Err(e) => {
+                            eprintln!("routing: order {id} not routed (the sweep will retry): {e}");
+                            results.push(json!({"order_id": id, "error": e.detail}));
+                        }
+                    }
+                }
+                Ok(Response::json(200, &json!({"results": results})))
+            }
+            ("POST", ["internal", "backorders"]) => {
+                let v = body()?;
+                let skus: Vec<String> = v["skus"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect();
+                let served = release_backorders(db, Some(&skus), None, now, 1000)?;
+                Ok(Response::json(
+                    200,
+                    &json!({"skus": skus, "orders_served": served}),
+                ))
+            }
+            (_, ["internal", ..]) => Err(Error::not_found("no such internal endpoint")),
+            _ => {
+                tokens.authorize(
+                    req,
+                    if m == "GET" || m == "HEAD" {
+                        Scope::Read
+                    } else {
+                        Scope::Write
+                    },
+                )?;
+                match (m, segs.as_slice()) {
+                    ("GET", ["api", "routing", "config"]) => {
+                        let r = db.execute("SELECT channel, config, updated_at FROM routing_config ORDER BY channel", &[])?;
+                        Ok(Response::json(
+                            200,
+                            &json!({
+                                "built_in_default": routing::Config::default(),
+                                "configs": r.iter().map(|c| json!({"channel": c.str("channel"), "updated_at": c.str("updated_at"),
+                                    "config": serde_json::from_str::<Json>(&c.str("config")).unwrap_or(Json::Null)})).collect::<Vec<_>>(),
+                            }),
+                        ))
+                    }
+                    ("GET", ["api", "routing", "config", ch]) => {
+                        let ch = channel_key(ch);
+                        Ok(Response::json(
+                            200,
+                            &json!({"channel": ch, "effective": load_config(db, &ch)?}),
+                        ))
+                    }
+                    ("PUT", ["api", "routing", "config", ch]) => {
+                        let ch = channel_key(ch);
+                        if ch.is_empty() || ch.len() > 100 {
+                            return Err(Error::bad_request("a channel name is 1-100 characters ('*' or 'default' for every channel)"));
+                        }
+                        let cfg: routing::Config =
+                            serde_json::from_value(body()?).map_err(|e| {
+                                Error::invalid(vec![FieldError::new("", e.to_string())])
+                            })?;
+                        let errs = cfg.validate();
+                        if !errs.is_empty() {
+                            return Err(Error::invalid(errs));
+                        }
+                        transaction(db, |db| {
+                            db.execute(
+                                "INSERT INTO routing_config (channel, config, updated_at) VALUES (?, ?, ?)
+                                 ON CONFLICT (channel) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
+                                params![ch.clone(), serde_json::to_string(&cfg).unwrap_or_default(), ts(now)],
+                            )?;
+                            Ok::<_, Error>(())
+                        })?;
+                        Ok(Response::json(200, &json!({"channel": ch, "config": cfg})))
+                    }
+                    ("GET", ["api", "routing", "centroids"]) => {
+                        let r = db.execute("SELECT * FROM geo_centroids ORDER BY country, postal_prefix LIMIT 10000", &[])?;
+                        Ok(Response::json(
+                            200,
+                            &json!({"centroids": r.iter().map(|c| json!({"country": c.str("country"),
+                            "postal_prefix": c.str("postal_prefix"), "latitude": c.opt_f64("latitude"), "longitude": c.opt_f64("longitude")})).collect::<Vec<_>>()}),
+                        ))
+                    }
+                    ("PUT", ["api", "routing", "centroids"]) => {
+                        let v = body()?;
+                        let Some(list) = v["centroids"].as_array() else {
+                            return Err(Error::invalid(vec![FieldError::new(
+                                "/centroids",
+                                "required: [{country, postal_prefix, latitude, longitude}]",
+                            )]));
+                        };
+                        let mut rows = Vec::new();
+                        let mut errs = Vec::new();
+                        for (i, c) in list.iter().enumerate() {
+                            let country = c["country"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_ascii_uppercase();
+                            let prefix = c["postal_prefix"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_ascii_uppercase();
+                            let (la, lo) = (c["latitude"].as_f64(), c["longitude"].as_f64());
+                            if country.len() != 2
+                                || !country.bytes().all(|b| b.is_ascii_alphabetic())
+                            {
+                                errs.push(FieldError::new(
+                                    format!("/centroids/{i}/country"),
+                                    "an ISO 3166-1 alpha-2 code",
+                                ));
+                            }
+                            if prefix.len() > 10
+                                || !prefix.bytes().all(|b| b.is_ascii_alphanumeric())
+                            {
+                                errs.push(FieldError::new(
+                                    format!("/centroids/{i}/postal_prefix"),
+                                    "up to 10 letters or digits ('' for the whole country)",
+                                ));
+                            }
+                            match (la, lo) {
+                                (Some(a), Some(b))
+                                    if (-90.0..=90.0).contains(&a)
+                                        && (-180.0..=180.0).contains(&b) =>
+                                {
+                                    rows.push((country, prefix, a, b))
+                                }
+                                _ => errs.push(FieldError::new(
+                                    format!("/centroids/{i}"),
+                                    "latitude -90..90 and longitude -180..180 are required",
+                                )),
+                            }
+                        }
+                        if list.len() > 10_000 {
+                            errs.push(FieldError::new("/centroids", "at most 10000 per request"));
+                        }
+                        if !errs.is_empty() {
+                            return Err(Error::invalid(errs));
+                        }
+                        transaction(db, |db| {
+                            for (c, p, a, b) in &rows {
+                                db.execute(
+                                    "INSERT INTO geo_centroids (country, postal_prefix, latitude, longitude) VALUES (?, ?, ?, ?)
+                                     ON CONFLICT (country, postal_prefix) DO UPDATE SET latitude = excluded.latitude, longitude = excluded.longitude",
+                                    params![c.clone(), p.clone(), *a, *b],
+                                )?;
+                            }
+                            Ok::<_, Error>(())
+                        })?;
+                        Ok(Response::json(200, &json!({"upserted": rows.len()})))
+                    }
+                    ("POST", ["api", "routing", "sweep"]) => {
+                        let (routed, released, served) = sweep(db, now, 500)?;
+                        Ok(Response::json(
+                            200,
+                            &json!({"routed": routed, "released": released, "backorders_served": served}),
+                        ))
+                    }
+                    (_, ["api", "routing", "config" | "centroids" | "sweep", ..]) => {
+                        Err(Error::new(
+                            ErrorKind::MethodNotAllowed,
+                            format!("{m} is not allowed on {}", req.path),
+                        ))
+                    }
+                    _ => Err(Error::not_found(format!(
+                        "no routing endpoint at {}",
+                        req.path
+                    ))),
+                }
+            }
+        }
+    })();
+    r.into()
 }

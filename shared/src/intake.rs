@@ -633,3 +633,31 @@ fn api_batch(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> Re
         }),
     ))
 }
+
+/// The orders an intake answer created or changed, for the chained routing call.
+pub fn orders_to_route(resp: &Response) -> Vec<String> {
+    if !(200..300).contains(&resp.status) {
+        return Vec::new();
+    }
+    let v = resp.json_body();
+    let routable = |x: &Json| {
+        matches!(
+            x["result"].as_str(),
+            Some("created" | "updated" | "already_received" | "unchanged" | "exists")
+        )
+    };
+    let mut out = Vec::new();
+    if let Some(list) = v["results"].as_array() {
+        for x in list.iter().filter(|x| routable(x)) {
+            if let Some(id) = x["order_id"].as_str() {
+                out.push(id.to_string());
+            }
+        }
+    } else if routable(&v) {
+        out.extend(v["order_id"].as_str().map(str::to_string));
+    } else if v["number"].is_string() && v["status"].is_string() {
+        // The API's order view.
+        out.extend(v["id"].as_str().map(str::to_string));
+    }
+    out
+}

@@ -37,7 +37,8 @@ pub struct Effects {
 fn ok_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && s.as_bytes()[0].is_ascii_alphanumeric()
 }
 
@@ -49,7 +50,8 @@ fn ok_variable(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.as_bytes()[0].is_ascii_lowercase()
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 fn decode(seg: &str) -> String {
@@ -64,17 +66,29 @@ fn body_json(req: &Request) -> Result<Json> {
     let v: Json = serde_json::from_slice(&req.body)
         .map_err(|e| Error::bad_request(format!("the body is not valid JSON: {e}")))?;
     if !v.is_object() {
-        return Err(Error::invalid(vec![FieldError::new("", "must be a JSON object")]));
+        return Err(Error::invalid(vec![FieldError::new(
+            "",
+            "must be a JSON object",
+        )]));
     }
     Ok(v)
 }
 
 fn method_not_allowed(req: &Request) -> Error {
-    Error::new(ErrorKind::MethodNotAllowed, format!("{} is not allowed on {}", req.method, req.path))
+    Error::new(
+        ErrorKind::MethodNotAllowed,
+        format!("{} is not allowed on {}", req.method, req.path),
+    )
 }
 
 /// The inventory API. Returns the answer and what the caller must follow up.
-pub fn handle(db: &dyn Db, kv: &dyn Kv, cfg: &Config<'_>, req: &Request, now: DateTime<Utc>) -> (Response, Effects) {
+pub fn handle(
+    db: &dyn Db,
+    kv: &dyn Kv,
+    cfg: &Config<'_>,
+    req: &Request,
+    now: DateTime<Utc>,
+) -> (Response, Effects) {
     let mut fx = Effects::default();
     let r = route(db, kv, cfg, req, now, &mut fx);
     if r.is_err() {
@@ -83,8 +97,20 @@ pub fn handle(db: &dyn Db, kv: &dyn Kv, cfg: &Config<'_>, req: &Request, now: Da
     (r.into(), fx)
 }
 
-fn route(db: &dyn Db, kv: &dyn Kv, cfg: &Config<'_>, req: &Request, now: DateTime<Utc>, fx: &mut Effects) -> Result<Response> {
-    let segs: Vec<String> = req.path.split('/').filter(|s| !s.is_empty()).map(decode).collect();
+fn route(
+    db: &dyn Db,
+    kv: &dyn Kv,
+    cfg: &Config<'_>,
+    req: &Request,
+    now: DateTime<Utc>,
+    fx: &mut Effects,
+) -> Result<Response> {
+    let segs: Vec<String> = req
+        .path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(decode)
+        .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let m = req.method.as_str();
     if let ["callbacks", "fc", facility, "inventory"] = segs.as_slice() {
@@ -93,7 +119,11 @@ fn route(db: &dyn Db, kv: &dyn Kv, cfg: &Config<'_>, req: &Request, now: DateTim
         }
         return fc_push(db, kv, cfg, req, facility, now, fx);
     }
-    let need = if m == "GET" || m == "HEAD" { Scope::Read } else { Scope::Write };
+    let need = if m == "GET" || m == "HEAD" {
+        Scope::Read
+    } else {
+        Scope::Write
+    };
     cfg.tokens.authorize(req, need)?;
     match (m, segs.as_slice()) {
         ("GET", ["api", "facilities"]) => list_facilities(db),
@@ -101,17 +131,24 @@ fn route(db: &dyn Db, kv: &dyn Kv, cfg: &Config<'_>, req: &Request, now: DateTim
             let v = body_json(req)?;
             let id = v["id"].as_str().unwrap_or_default().to_string();
             if !ok_id(&id) {
-                return Err(Error::invalid(vec![FieldError::new("/id", "required: 1-64 of a-z, 0-9, '-', '_'")]));
+                return Err(Error::invalid(vec![FieldError::new(
+                    "/id",
+                    "required: 1-64 of a-z, 0-9, '-', '_'",
+                )]));
             }
             if facility_exists(db, &id)? {
-                return Err(Error::conflict(format!("facility '{id}' exists; PUT /api/facilities/{id} replaces it")));
+                return Err(Error::conflict(format!(
+                    "facility '{id}' exists; PUT /api/facilities/{id} replaces it"
+                )));
             }
             put_facility(db, &id, &v, now, 201)
         }
         ("GET", ["api", "facilities", id]) => get_facility(db, id),
         ("PUT", ["api", "facilities", id]) => {
             if !ok_id(id) {
-                return Err(Error::bad_request("a facility id is 1-64 of a-z, 0-9, '-', '_'"));
+                return Err(Error::bad_request(
+                    "a facility id is 1-64 of a-z, 0-9, '-', '_'",
+                ));
             }
             let v = body_json(req)?;
             let status = if facility_exists(db, id)? { 200 } else { 201 };
@@ -122,7 +159,9 @@ fn route(db: &dyn Db, kv: &dyn Kv, cfg: &Config<'_>, req: &Request, now: DateTim
         ("PUT", ["api", "products", sku]) => put_product(db, sku, &body_json(req)?, now),
         ("GET", ["api", "stock"]) => list_stock(db, req),
         ("GET", ["api", "stock", sku]) => availability(db, sku),
-        ("PUT", ["api", "stock", sku, facility]) => set_level(db, sku, facility, &body_json(req)?, now, fx),
+        ("PUT", ["api", "stock", sku, facility]) => {
+            set_level(db, sku, facility, &body_json(req)?, now, fx)
+        }
         ("POST", ["api", "stock", "receipts"]) => receipt(db, &body_json(req)?, now, fx),
         ("POST", ["api", "stock", "adjustments"]) => adjustment(db, &body_json(req)?, now, fx),
         ("GET", ["api", "license-keys", sku]) => pool(db, sku),
@@ -130,25 +169,44 @@ fn route(db: &dyn Db, kv: &dyn Kv, cfg: &Config<'_>, req: &Request, now: DateTim
         (_, ["api", "facilities" | "products" | "stock" | "license-keys", ..]) => {
             if matches!(
                 segs.as_slice(),
-                ["api", "facilities"] | ["api", "facilities", _] | ["api", "products"] | ["api", "products", _]
-                    | ["api", "stock"] | ["api", "stock", _] | ["api", "stock", _, _] | ["api", "license-keys", _]
+                ["api", "facilities"]
+                    | ["api", "facilities", _]
+                    | ["api", "products"]
+                    | ["api", "products", _]
+                    | ["api", "stock"]
+                    | ["api", "stock", _]
+                    | ["api", "stock", _, _]
+                    | ["api", "license-keys", _]
             ) {
                 Err(method_not_allowed(req))
             } else {
-                Err(Error::not_found(format!("no inventory endpoint at {}", req.path)))
+                Err(Error::not_found(format!(
+                    "no inventory endpoint at {}",
+                    req.path
+                )))
             }
         }
-        _ => Err(Error::not_found(format!("no inventory endpoint at {}", req.path))),
+        _ => Err(Error::not_found(format!(
+            "no inventory endpoint at {}",
+            req.path
+        ))),
     }
 }
 
 // ---- facilities ----
 
 fn facility_exists(db: &dyn Db, id: &str) -> Result<bool> {
-    Ok(!db.execute("SELECT 1 FROM facilities WHERE id = ?", params![id])?.is_empty())
+    Ok(!db
+        .execute("SELECT 1 FROM facilities WHERE id = ?", params![id])?
+        .is_empty())
 }
 
-fn strings(v: &Json, field: &str, errs: &mut Vec<FieldError>, check: impl Fn(&str) -> Option<String>) -> Vec<String> {
+fn strings(
+    v: &Json,
+    field: &str,
+    errs: &mut Vec<FieldError>,
+    check: impl Fn(&str) -> Option<String>,
+) -> Vec<String> {
     match &v[field] {
         Json::Null => Vec::new(),
         Json::Array(a) => {
@@ -161,7 +219,10 @@ fn strings(v: &Json, field: &str, errs: &mut Vec<FieldError>, check: impl Fn(&st
                                 out.push(s)
                             }
                         }
-                        None => errs.push(FieldError::new(format!("/{field}/{i}"), format!("'{s}' is not valid here"))),
+                        None => errs.push(FieldError::new(
+                            format!("/{field}/{i}"),
+                            format!("'{s}' is not valid here"),
+                        )),
                     },
                     None => errs.push(FieldError::new(format!("/{field}/{i}"), "must be a string")),
                 }
@@ -169,7 +230,10 @@ fn strings(v: &Json, field: &str, errs: &mut Vec<FieldError>, check: impl Fn(&st
             out
         }
         _ => {
-            errs.push(FieldError::new(format!("/{field}"), "must be an array of strings"));
+            errs.push(FieldError::new(
+                format!("/{field}"),
+                "must be an array of strings",
+            ));
             Vec::new()
         }
     }
@@ -178,35 +242,59 @@ fn strings(v: &Json, field: &str, errs: &mut Vec<FieldError>, check: impl Fn(&st
 fn url_field(v: &Json, field: &str, errs: &mut Vec<FieldError>) -> Option<String> {
     match &v[field] {
         Json::Null => None,
-        Json::String(s) if (s.starts_with("https://") || s.starts_with("http://")) && s.len() <= 2048 => Some(s.clone()),
+        Json::String(s)
+            if (s.starts_with("https://") || s.starts_with("http://")) && s.len() <= 2048 =>
+        {
+            Some(s.clone())
+        }
         _ => {
-            errs.push(FieldError::new(format!("/endpoints/{field}"), "must be an http(s) URL"));
+            errs.push(FieldError::new(
+                format!("/endpoints/{field}"),
+                "must be an http(s) URL",
+            ));
             None
         }
     }
 }
 
-fn put_facility(db: &dyn Db, id: &str, v: &Json, now: DateTime<Utc>, status: u16) -> Result<Response> {
+fn put_facility(
+    db: &dyn Db,
+    id: &str,
+    v: &Json,
+    now: DateTime<Utc>,
+    status: u16,
+) -> Result<Response> {
     let mut errs = Vec::new();
-    let name = v["name"].as_str().map(str::trim).unwrap_or_default().to_string();
+    let name = v["name"]
+        .as_str()
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string();
     if name.is_empty() || name.len() > 200 {
         errs.push(FieldError::new("/name", "required, at most 200 characters"));
     }
     let kind = v["type"].as_str().and_then(FacilityType::parse);
     if kind.is_none() {
-        errs.push(FieldError::new("/type", "one of warehouse, store, fulfillment_center"));
+        errs.push(FieldError::new(
+            "/type",
+            "one of warehouse, store, fulfillment_center",
+        ));
     }
     let services: Vec<String> = if v["services"].is_null() {
         vec!["ship".into()]
     } else {
         strings(v, "services", &mut errs, |s| {
-            serde_json::from_value::<Service>(Json::String(s.into())).ok().map(|x| x.as_str().to_string())
+            serde_json::from_value::<Service>(Json::String(s.into()))
+                .ok()
+                .map(|x| x.as_str().to_string())
         })
     };
     let countries = strings(v, "countries", &mut errs, |s| {
         (s.len() == 2 && s.bytes().all(|b| b.is_ascii_alphabetic())).then(|| s.to_ascii_uppercase())
     });
-    let methods = strings(v, "shipping_methods", &mut errs, |s| (!s.is_empty() && s.len() <= 100).then(|| s.to_string()));
+    let methods = strings(v, "shipping_methods", &mut errs, |s| {
+        (!s.is_empty() && s.len() <= 100).then(|| s.to_string())
+    });
     let lat = v["latitude"].as_f64();
     let lon = v["longitude"].as_f64();
     if !v["latitude"].is_null() && !lat.is_some_and(|x| (-90.0..=90.0).contains(&x)) {
@@ -216,24 +304,36 @@ fn put_facility(db: &dyn Db, id: &str, v: &Json, now: DateTime<Utc>, status: u16
         errs.push(FieldError::new("/longitude", "a number from -180 to 180"));
     }
     if lat.is_some() != lon.is_some() {
-        errs.push(FieldError::new("/longitude", "latitude and longitude go together"));
+        errs.push(FieldError::new(
+            "/longitude",
+            "latitude and longitude go together",
+        ));
     }
     let capacity = match &v["daily_capacity"] {
         Json::Null => None,
         x => match x.as_i64().filter(|c| *c >= 0) {
             Some(c) => Some(c),
             None => {
-                errs.push(FieldError::new("/daily_capacity", "a whole number >= 0, or null for unlimited"));
+                errs.push(FieldError::new(
+                    "/daily_capacity",
+                    "a whole number >= 0, or null for unlimited",
+                ));
                 None
             }
         },
     };
     let priority = match &v["priority"] {
         Json::Null => 50,
-        x => x.as_i64().filter(|p| (0..=100).contains(p)).unwrap_or_else(|| {
-            errs.push(FieldError::new("/priority", "a whole number from 0 to 100 (higher is preferred)"));
-            50
-        }),
+        x => x
+            .as_i64()
+            .filter(|p| (0..=100).contains(p))
+            .unwrap_or_else(|| {
+                errs.push(FieldError::new(
+                    "/priority",
+                    "a whole number from 0 to 100 (higher is preferred)",
+                ));
+                50
+            }),
     };
     let active = match &v["active"] {
         Json::Null => true,
@@ -245,7 +345,10 @@ fn put_facility(db: &dyn Db, id: &str, v: &Json, now: DateTime<Utc>, status: u16
     };
     let ep = &v["endpoints"];
     if !ep.is_null() && !ep.is_object() {
-        errs.push(FieldError::new("/endpoints", "an object with orders_url, inventory_url, cancel_url"));
+        errs.push(FieldError::new(
+            "/endpoints",
+            "an object with orders_url, inventory_url, cancel_url",
+        ));
     }
     let endpoints = json!({
         "orders_url": url_field(ep, "orders_url", &mut errs),
@@ -256,7 +359,10 @@ fn put_facility(db: &dyn Db, id: &str, v: &Json, now: DateTime<Utc>, status: u16
         Json::Null => None,
         Json::String(s) if ok_variable(s) => Some(s.clone()),
         _ => {
-            errs.push(FieldError::new("/secret_variable", "the name of a Spin variable (a-z, 0-9, '_', starting with a letter)"));
+            errs.push(FieldError::new(
+                "/secret_variable",
+                "the name of a Spin variable (a-z, 0-9, '_', starting with a letter)",
+            ));
             None
         }
     };
@@ -264,7 +370,10 @@ fn put_facility(db: &dyn Db, id: &str, v: &Json, now: DateTime<Utc>, status: u16
         return Err(Error::invalid(errs));
     }
     let kind = kind.expect("validated");
-    if kind == FacilityType::FulfillmentCenter && secret_variable.is_none() && !endpoints["orders_url"].is_null() {
+    if kind == FacilityType::FulfillmentCenter
+        && secret_variable.is_none()
+        && !endpoints["orders_url"].is_null()
+    {
         return Err(Error::invalid(vec![FieldError::new(
             "/secret_variable",
             "an external fulfillment center with endpoints needs the Spin variable holding its signing secret",
@@ -302,17 +411,24 @@ fn facility_json(f: &crate::db::Row<'_>) -> Json {
 }
 
 pub fn facility_view(db: &dyn Db, id: &str) -> Result<Option<Json>> {
-    Ok(db.execute("SELECT * FROM facilities WHERE id = ?", params![id])?.first().map(|f| facility_json(&f)))
+    Ok(db
+        .execute("SELECT * FROM facilities WHERE id = ?", params![id])?
+        .first()
+        .map(|f| facility_json(&f)))
 }
 
 fn get_facility(db: &dyn Db, id: &str) -> Result<Response> {
-    let v = facility_view(db, id)?.ok_or_else(|| Error::not_found(format!("no facility '{id}'")))?;
+    let v =
+        facility_view(db, id)?.ok_or_else(|| Error::not_found(format!("no facility '{id}'")))?;
     Ok(Response::json(200, &v))
 }
 
 fn list_facilities(db: &dyn Db) -> Result<Response> {
     let r = db.execute("SELECT * FROM facilities ORDER BY id", &[])?;
-    Ok(Response::json(200, &json!({"facilities": r.iter().map(|f| facility_json(&f)).collect::<Vec<_>>()})))
+    Ok(Response::json(
+        200,
+        &json!({"facilities": r.iter().map(|f| facility_json(&f)).collect::<Vec<_>>()}),
+    ))
 }
 
 // ---- products ----
@@ -320,15 +436,20 @@ fn list_facilities(db: &dyn Db) -> Result<Response> {
 fn put_product(db: &dyn Db, sku: &str, v: &Json, now: DateTime<Utc>) -> Result<Response> {
     let mut errs = Vec::new();
     if !ok_sku(sku) {
-        return Err(Error::bad_request("a SKU is 1-128 characters without control characters"));
+        return Err(Error::bad_request(
+            "a SKU is 1-128 characters without control characters",
+        ));
     }
     let name = v["name"].as_str().unwrap_or_default().trim().to_string();
     let int = |f: &str, errs: &mut Vec<FieldError>| match &v[f] {
         Json::Null => 0,
-        x => x.as_i64().filter(|n| *n >= 0 && *n <= 1_000_000_000).unwrap_or_else(|| {
-            errs.push(FieldError::new(format!("/{f}"), "a whole number >= 0"));
-            0
-        }),
+        x => x
+            .as_i64()
+            .filter(|n| *n >= 0 && *n <= 1_000_000_000)
+            .unwrap_or_else(|| {
+                errs.push(FieldError::new(format!("/{f}"), "a whole number >= 0"));
+                0
+            }),
     };
     let weight = int("weight_grams", &mut errs);
     let threshold = int("low_stock_threshold", &mut errs);
@@ -347,24 +468,39 @@ fn put_product(db: &dyn Db, sku: &str, v: &Json, now: DateTime<Utc>) -> Result<R
         Json::Null => {}
         Json::Object(m) => {
             for (fac, pn) in m {
-                match pn.as_str().map(str::trim).filter(|p| !p.is_empty() && p.len() <= 128) {
+                match pn
+                    .as_str()
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty() && p.len() <= 128)
+                {
                     Some(p) => {
                         if !facility_exists(db, fac)? {
-                            errs.push(FieldError::new(format!("/parts/{fac}"), format!("no facility '{fac}'")));
+                            errs.push(FieldError::new(
+                                format!("/parts/{fac}"),
+                                format!("no facility '{fac}'"),
+                            ));
                         }
                         parts.push((fac.clone(), p.to_string()));
                     }
-                    None => errs.push(FieldError::new(format!("/parts/{fac}"), "the facility's part number, a string")),
+                    None => errs.push(FieldError::new(
+                        format!("/parts/{fac}"),
+                        "the facility's part number, a string",
+                    )),
                 }
             }
         }
-        _ => errs.push(FieldError::new("/parts", "an object: facility id -> that facility's part number")),
+        _ => errs.push(FieldError::new(
+            "/parts",
+            "an object: facility id -> that facility's part number",
+        )),
     }
     if !errs.is_empty() {
         return Err(Error::invalid(errs));
     }
     transaction(db, |db| {
-        let existed = !db.execute("SELECT 1 FROM products WHERE sku = ?", params![sku])?.is_empty();
+        let existed = !db
+            .execute("SELECT 1 FROM products WHERE sku = ?", params![sku])?
+            .is_empty();
         db.execute(
             "INSERT INTO products (sku, name, weight_grams, backorderable, digital, low_stock_threshold, updated_at)
              VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -381,7 +517,9 @@ fn put_product(db: &dyn Db, sku: &str, v: &Json, now: DateTime<Utc>) -> Result<R
             )
             .map_err(|e| {
                 if e.is_unique_violation() {
-                    Error::conflict(format!("part number '{pn}' is already used at '{fac}' by another SKU"))
+                    Error::conflict(format!(
+                        "part number '{pn}' is already used at '{fac}' by another SKU"
+                    ))
                 } else {
                     e.into()
                 }
@@ -395,8 +533,14 @@ fn put_product(db: &dyn Db, sku: &str, v: &Json, now: DateTime<Utc>) -> Result<R
 pub fn product_view(db: &dyn Db, sku: &str) -> Result<Option<Json>> {
     let r = db.execute("SELECT * FROM products WHERE sku = ?", params![sku])?;
     let Some(p) = r.first() else { return Ok(None) };
-    let parts = db.execute("SELECT facility_id, part_number FROM product_parts WHERE sku = ? ORDER BY facility_id", params![sku])?;
-    let parts: serde_json::Map<String, Json> = parts.iter().map(|x| (x.str("facility_id"), Json::String(x.str("part_number")))).collect();
+    let parts = db.execute(
+        "SELECT facility_id, part_number FROM product_parts WHERE sku = ? ORDER BY facility_id",
+        params![sku],
+    )?;
+    let parts: serde_json::Map<String, Json> = parts
+        .iter()
+        .map(|x| (x.str("facility_id"), Json::String(x.str("part_number"))))
+        .collect();
     Ok(Some(json!({
         "sku": p.str("sku"), "name": p.str("name"), "weight_grams": p.i64("weight_grams"),
         "backorderable": p.i64("backorderable") != 0, "digital": p.i64("digital") != 0,
@@ -405,7 +549,8 @@ pub fn product_view(db: &dyn Db, sku: &str) -> Result<Option<Json>> {
 }
 
 fn get_product(db: &dyn Db, sku: &str) -> Result<Response> {
-    let v = product_view(db, sku)?.ok_or_else(|| Error::not_found(format!("no product '{sku}'")))?;
+    let v =
+        product_view(db, sku)?.ok_or_else(|| Error::not_found(format!("no product '{sku}'")))?;
     Ok(Response::json(200, &v))
 }
 
@@ -426,8 +571,14 @@ fn list_products(db: &dyn Db) -> Result<Response> {
 fn physical_sku(db: &dyn Db, sku: &str, pointer: &str) -> std::result::Result<(), FieldError> {
     match db.execute("SELECT digital FROM products WHERE sku = ?", params![sku]) {
         Ok(r) => match r.first() {
-            None => Err(FieldError::new(pointer, format!("no product '{sku}' in the catalog (PUT /api/products/{sku} first)"))),
-            Some(p) if p.i64("digital") != 0 => Err(FieldError::new(pointer, format!("'{sku}' is digital: its stock is its licence-key pool"))),
+            None => Err(FieldError::new(
+                pointer,
+                format!("no product '{sku}' in the catalog (PUT /api/products/{sku} first)"),
+            )),
+            Some(p) if p.i64("digital") != 0 => Err(FieldError::new(
+                pointer,
+                format!("'{sku}' is digital: its stock is its licence-key pool"),
+            )),
             Some(_) => Ok(()),
         },
         Err(e) => Err(FieldError::new(pointer, e.to_string())),
@@ -467,7 +618,10 @@ fn move_stock(
     now: DateTime<Utc>,
 ) -> Result<(i64, i64)> {
     let before = db
-        .execute("SELECT on_hand, reserved FROM stock WHERE sku = ? AND facility_id = ?", params![sku, facility])?
+        .execute(
+            "SELECT on_hand, reserved FROM stock WHERE sku = ? AND facility_id = ?",
+            params![sku, facility],
+        )?
         .first()
         .map(|r| (r.i64("on_hand"), r.i64("reserved")))
         .unwrap_or((0, 0));
@@ -492,7 +646,10 @@ fn move_stock(
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         params![sku, facility, kind, new_on_hand - before.0, new_on_hand, reason, reference, actor, ts(now)],
     )?;
-    Ok(((before.0 - before.1).max(0), (new_on_hand - before.1).max(0)))
+    Ok((
+        (before.0 - before.1).max(0),
+        (new_on_hand - before.1).max(0),
+    ))
 }
 
 fn facility_check(db: &dyn Db, id: &str, pointer: &str, errs: &mut Vec<FieldError>) -> Result<()> {
@@ -502,7 +659,14 @@ fn facility_check(db: &dyn Db, id: &str, pointer: &str, errs: &mut Vec<FieldErro
     Ok(())
 }
 
-fn set_level(db: &dyn Db, sku: &str, facility: &str, v: &Json, now: DateTime<Utc>, fx: &mut Effects) -> Result<Response> {
+fn set_level(
+    db: &dyn Db,
+    sku: &str,
+    facility: &str,
+    v: &Json,
+    now: DateTime<Utc>,
+    fx: &mut Effects,
+) -> Result<Response> {
     let mut errs = Vec::new();
     if !facility_exists(db, facility)? {
         return Err(Error::not_found(format!("no facility '{facility}'")));
@@ -510,7 +674,9 @@ fn set_level(db: &dyn Db, sku: &str, facility: &str, v: &Json, now: DateTime<Utc
     if let Err(e) = physical_sku(db, sku, "/sku") {
         return Err(Error::new(ErrorKind::NotFound, e.detail));
     }
-    let on_hand = v["on_hand"].as_i64().filter(|n| *n >= 0 && *n <= 1_000_000_000);
+    let on_hand = v["on_hand"]
+        .as_i64()
+        .filter(|n| *n >= 0 && *n <= 1_000_000_000);
     if on_hand.is_none() {
         errs.push(FieldError::new("/on_hand", "required: a whole number >= 0"));
     }
@@ -519,7 +685,17 @@ fn set_level(db: &dyn Db, sku: &str, facility: &str, v: &Json, now: DateTime<Utc
         return Err(Error::invalid(errs));
     }
     let row = transaction(db, |db| {
-        let (b, a) = move_stock(db, sku, facility, Change::Set(on_hand.unwrap_or(0)), "count", reason.as_deref(), None, "api", now)?;
+        let (b, a) = move_stock(
+            db,
+            sku,
+            facility,
+            Change::Set(on_hand.unwrap_or(0)),
+            "count",
+            reason.as_deref(),
+            None,
+            "api",
+            now,
+        )?;
         if a > b {
             fx.restocked.push(sku.to_string());
         }
@@ -547,11 +723,17 @@ fn receipt(db: &dyn Db, v: &Json, now: DateTime<Utc>, fx: &mut Effects) -> Resul
                 }
                 match l["quantity"].as_i64() {
                     Some(q) if q > 0 && q <= 1_000_000_000 => lines.push((sku, q)),
-                    _ => errs.push(FieldError::new(format!("/lines/{i}/quantity"), "a whole number > 0 (use an adjustment to remove stock)")),
+                    _ => errs.push(FieldError::new(
+                        format!("/lines/{i}/quantity"),
+                        "a whole number > 0 (use an adjustment to remove stock)",
+                    )),
                 }
             }
         }
-        _ => errs.push(FieldError::new("/lines", "required: 1 to 1000 lines of {sku, quantity}")),
+        _ => errs.push(FieldError::new(
+            "/lines",
+            "required: 1 to 1000 lines of {sku, quantity}",
+        )),
     }
     if !errs.is_empty() {
         return Err(Error::invalid(errs));
@@ -559,7 +741,17 @@ fn receipt(db: &dyn Db, v: &Json, now: DateTime<Utc>, fx: &mut Effects) -> Resul
     let rows = transaction(db, |db| {
         let mut rows = Vec::new();
         for (sku, q) in &lines {
-            move_stock(db, sku, &facility, Change::Delta(*q), "receipt", None, reference.as_deref(), "api", now)?;
+            move_stock(
+                db,
+                sku,
+                &facility,
+                Change::Delta(*q),
+                "receipt",
+                None,
+                reference.as_deref(),
+                "api",
+                now,
+            )?;
             if !fx.restocked.contains(sku) {
                 fx.restocked.push(sku.clone());
             }
@@ -569,7 +761,10 @@ fn receipt(db: &dyn Db, v: &Json, now: DateTime<Utc>, fx: &mut Effects) -> Resul
         }
         Ok::<_, Error>(rows)
     })?;
-    Ok(Response::json(201, &json!({"facility": facility, "reference": reference, "stock": rows})))
+    Ok(Response::json(
+        201,
+        &json!({"facility": facility, "reference": reference, "stock": rows}),
+    ))
 }
 
 fn adjustment(db: &dyn Db, v: &Json, now: DateTime<Utc>, fx: &mut Effects) -> Result<Response> {
@@ -584,19 +779,41 @@ fn adjustment(db: &dyn Db, v: &Json, now: DateTime<Utc>, fx: &mut Effects) -> Re
     if let Err(e) = physical_sku(db, &sku, "/sku") {
         errs.push(e);
     }
-    let delta = v["delta"].as_i64().filter(|d| *d != 0 && d.abs() <= 1_000_000_000);
+    let delta = v["delta"]
+        .as_i64()
+        .filter(|d| *d != 0 && d.abs() <= 1_000_000_000);
     if delta.is_none() {
-        errs.push(FieldError::new("/delta", "required: a non-zero whole number"));
+        errs.push(FieldError::new(
+            "/delta",
+            "required: a non-zero whole number",
+        ));
     }
-    let reason = v["reason"].as_str().map(str::trim).unwrap_or_default().to_string();
+    let reason = v["reason"]
+        .as_str()
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string();
     if reason.is_empty() || reason.len() > 500 {
-        errs.push(FieldError::new("/reason", "required: why the stock changed (damaged, count, found, ...)"));
+        errs.push(FieldError::new(
+            "/reason",
+            "required: why the stock changed (damaged, count, found, ...)",
+        ));
     }
     if !errs.is_empty() {
         return Err(Error::invalid(errs));
     }
     let row = transaction(db, |db| {
-        let (b, a) = move_stock(db, &sku, &facility, Change::Delta(delta.unwrap_or(0)), "adjustment", Some(&reason), None, "api", now)?;
+        let (b, a) = move_stock(
+            db,
+            &sku,
+            &facility,
+            Change::Delta(delta.unwrap_or(0)),
+            "adjustment",
+            Some(&reason),
+            None,
+            "api",
+            now,
+        )?;
         if a > b {
             fx.restocked.push(sku.clone());
         }
@@ -653,7 +870,10 @@ fn availability(db: &dyn Db, sku: &str) -> Result<Response> {
         })
         .collect();
     let backordered = db
-        .execute("SELECT COALESCE(SUM(qty_backordered), 0) AS n FROM order_lines WHERE sku = ?", params![sku])?
+        .execute(
+            "SELECT COALESCE(SUM(qty_backordered), 0) AS n FROM order_lines WHERE sku = ?",
+            params![sku],
+        )?
         .first()
         .map(|x| x.i64("n"))
         .unwrap_or(0);
@@ -678,7 +898,9 @@ fn pool(db: &dyn Db, sku: &str) -> Result<Response> {
         return Err(Error::not_found(format!("no product '{sku}'")));
     };
     if p.i64("digital") == 0 {
-        return Err(Error::unprocessable(format!("'{sku}' is not a digital product; it has no licence-key pool")));
+        return Err(Error::unprocessable(format!(
+            "'{sku}' is not a digital product; it has no licence-key pool"
+        )));
     }
     Ok(Response::json(
         200,
@@ -693,7 +915,11 @@ pub fn parse_keys(req: &Request) -> Result<Vec<String>> {
     req.check_size()?;
     let ct = req.content_type();
     let raw: Vec<String> = if ct.contains("csv") || ct.starts_with("text/plain") {
-        let mut rd = csv::ReaderBuilder::new().has_headers(false).flexible(true).trim(csv::Trim::All).from_reader(&req.body[..]);
+        let mut rd = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .from_reader(&req.body[..]);
         let mut rows = Vec::new();
         for (i, rec) in rd.records().enumerate() {
             let rec = rec.map_err(|e| Error::bad_request(format!("CSV row {}: {e}", i + 1)))?;
@@ -702,16 +928,28 @@ pub fn parse_keys(req: &Request) -> Result<Vec<String>> {
         let mut col = 0;
         let mut skip = 0;
         if let Some(h) = rows.first() {
-            if let Some(i) = h.iter().position(|c| c.eq_ignore_ascii_case("key") || c.eq_ignore_ascii_case("license_key") || c.eq_ignore_ascii_case("licence_key")) {
+            if let Some(i) = h.iter().position(|c| {
+                c.eq_ignore_ascii_case("key")
+                    || c.eq_ignore_ascii_case("license_key")
+                    || c.eq_ignore_ascii_case("licence_key")
+            }) {
                 col = i;
                 skip = 1;
             }
         }
-        rows.into_iter().skip(skip).filter_map(|r| r.get(col).cloned()).filter(|k| !k.is_empty()).collect()
+        rows.into_iter()
+            .skip(skip)
+            .filter_map(|r| r.get(col).cloned())
+            .filter(|k| !k.is_empty())
+            .collect()
     } else if ct.is_empty() || ct.contains("json") {
-        let v: Json = serde_json::from_slice(&req.body).map_err(|e| Error::bad_request(format!("the body is not valid JSON: {e}")))?;
+        let v: Json = serde_json::from_slice(&req.body)
+            .map_err(|e| Error::bad_request(format!("the body is not valid JSON: {e}")))?;
         let Some(a) = v["keys"].as_array() else {
-            return Err(Error::invalid(vec![FieldError::new("/keys", "required: an array of licence keys")]));
+            return Err(Error::invalid(vec![FieldError::new(
+                "/keys",
+                "required: an array of licence keys",
+            )]));
         };
         let mut out = Vec::new();
         let mut errs = Vec::new();
@@ -726,19 +964,28 @@ pub fn parse_keys(req: &Request) -> Result<Vec<String>> {
         }
         out
     } else {
-        return Err(Error::new(ErrorKind::UnsupportedMediaType, format!("send application/json or text/csv, not {ct}")));
+        return Err(Error::new(
+            ErrorKind::UnsupportedMediaType,
+            format!("send application/json or text/csv, not {ct}"),
+        ));
     };
     let mut errs = Vec::new();
     for (i, k) in raw.iter().enumerate() {
         if k.is_empty() || k.len() > 512 || k.chars().any(|c| c.is_control()) {
-            errs.push(FieldError::new(format!("/keys/{i}"), "a key is 1-512 characters without control characters"));
+            errs.push(FieldError::new(
+                format!("/keys/{i}"),
+                "a key is 1-512 characters without control characters",
+            ));
         }
     }
     if raw.is_empty() {
         errs.push(FieldError::new("/keys", "no keys in the body"));
     }
     if raw.len() > MAX_KEYS_PER_IMPORT {
-        errs.push(FieldError::new("/keys", format!("at most {MAX_KEYS_PER_IMPORT} keys per import")));
+        errs.push(FieldError::new(
+            "/keys",
+            format!("at most {MAX_KEYS_PER_IMPORT} keys per import"),
+        ));
     }
     if !errs.is_empty() {
         return Err(Error::invalid(errs));
@@ -746,12 +993,24 @@ pub fn parse_keys(req: &Request) -> Result<Vec<String>> {
     Ok(raw)
 }
 
-fn import_keys(db: &dyn Db, req: &Request, sku: &str, now: DateTime<Utc>, fx: &mut Effects) -> Result<Response> {
+fn import_keys(
+    db: &dyn Db,
+    req: &Request,
+    sku: &str,
+    now: DateTime<Utc>,
+    fx: &mut Effects,
+) -> Result<Response> {
     let r = db.execute("SELECT digital FROM products WHERE sku = ?", params![sku])?;
     match r.first() {
-        None => return Err(Error::not_found(format!("no product '{sku}' (PUT /api/products/{sku} with \"digital\": true first)"))),
+        None => {
+            return Err(Error::not_found(format!(
+                "no product '{sku}' (PUT /api/products/{sku} with \"digital\": true first)"
+            )))
+        }
         Some(p) if p.i64("digital") == 0 => {
-            return Err(Error::unprocessable(format!("'{sku}' is not digital; licence keys belong to digital products")))
+            return Err(Error::unprocessable(format!(
+                "'{sku}' is not digital; licence keys belong to digital products"
+            )))
         }
         _ => {}
     }
@@ -764,7 +1023,10 @@ fn import_keys(db: &dyn Db, req: &Request, sku: &str, now: DateTime<Utc>, fx: &m
             for k in chunk {
                 p.extend([Value::from(sku), Value::from(k), Value::from(ts(now))]);
             }
-            imported += db.exec(&format!("INSERT OR IGNORE INTO license_keys (sku, key, imported_at) VALUES {ph}"), &p)?;
+            imported += db.exec(
+                &format!("INSERT OR IGNORE INTO license_keys (sku, key, imported_at) VALUES {ph}"),
+                &p,
+            )?;
         }
         // Re-arm the low-stock alert once the pool is back at its threshold.
         db.execute(
@@ -797,16 +1059,27 @@ pub struct PullTarget {
 }
 
 pub fn pull_target(db: &dyn Db, cfg: &Config<'_>, facility: &str) -> Result<PullTarget> {
-    let r = db.execute("SELECT endpoints, secret_variable FROM facilities WHERE id = ?", params![facility])?;
+    let r = db.execute(
+        "SELECT endpoints, secret_variable FROM facilities WHERE id = ?",
+        params![facility],
+    )?;
     let Some(f) = r.first() else {
         return Err(Error::not_found(format!("no facility '{facility}'")));
     };
     let ep: Json = serde_json::from_str(&f.str("endpoints")).unwrap_or(Json::Null);
     let Some(url) = ep["inventory_url"].as_str() else {
-        return Err(Error::unprocessable(format!("facility '{facility}' has no endpoints.inventory_url to pull from")));
+        return Err(Error::unprocessable(format!(
+            "facility '{facility}' has no endpoints.inventory_url to pull from"
+        )));
     };
-    let secret = f.opt_str("secret_variable").and_then(|v| (cfg.secret)(&v)).unwrap_or_default();
-    Ok(PullTarget { url: url.to_string(), secret })
+    let secret = f
+        .opt_str("secret_variable")
+        .and_then(|v| (cfg.secret)(&v))
+        .unwrap_or_default();
+    Ok(PullTarget {
+        url: url.to_string(),
+        secret,
+    })
 }
 
 /// Facilities with an inventory endpoint (the scheduled pull visits each).
@@ -832,21 +1105,38 @@ pub fn apply_snapshot(
     now: DateTime<Utc>,
     fx: &mut Effects,
 ) -> Result<Json> {
-    let v: Json = serde_json::from_slice(body).map_err(|e| Error::bad_request(format!("the inventory body is not valid JSON: {e}")))?;
+    let v: Json = serde_json::from_slice(body)
+        .map_err(|e| Error::bad_request(format!("the inventory body is not valid JSON: {e}")))?;
     let (levels, as_of) = match &v {
         Json::Array(a) => (a.clone(), None),
         Json::Object(_) => match v["levels"].as_array() {
             Some(a) => (a.clone(), v["as_of"].as_str().map(str::to_string)),
-            None => return Err(Error::invalid(vec![FieldError::new("/levels", "required: an array of {sku | part_number, on_hand}")])),
+            None => {
+                return Err(Error::invalid(vec![FieldError::new(
+                    "/levels",
+                    "required: an array of {sku | part_number, on_hand}",
+                )]))
+            }
         },
-        _ => return Err(Error::invalid(vec![FieldError::new("", "an object with levels, or an array of levels")])),
+        _ => {
+            return Err(Error::invalid(vec![FieldError::new(
+                "",
+                "an object with levels, or an array of levels",
+            )]))
+        }
     };
     if levels.len() > MAX_LEVELS {
-        return Err(Error::invalid(vec![FieldError::new("/levels", format!("at most {MAX_LEVELS} levels"))]));
+        return Err(Error::invalid(vec![FieldError::new(
+            "/levels",
+            format!("at most {MAX_LEVELS} levels"),
+        )]));
     }
     if let Some(t) = &as_of {
         if crate::sources::parse_time(t).is_none() {
-            return Err(Error::invalid(vec![FieldError::new("/as_of", "an RFC 3339 timestamp")]));
+            return Err(Error::invalid(vec![FieldError::new(
+                "/as_of",
+                "an RFC 3339 timestamp",
+            )]));
         }
     }
     // An older snapshot than the one applied last changes nothing.
@@ -855,20 +1145,38 @@ pub fn apply_snapshot(
         .ok()
         .flatten()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    if let (Some(new), Some(old)) = (as_of.as_deref().and_then(crate::sources::parse_time), last.as_ref().and_then(|l| l["as_of"].as_str()).and_then(crate::sources::parse_time)) {
+    if let (Some(new), Some(old)) = (
+        as_of.as_deref().and_then(crate::sources::parse_time),
+        last.as_ref()
+            .and_then(|l| l["as_of"].as_str())
+            .and_then(crate::sources::parse_time),
+    ) {
         if new < old {
-            return Ok(json!({"facility": facility, "result": "stale", "as_of": as_of, "applied_as_of": last.as_ref().map(|l| l["as_of"].clone())}));
+            return Ok(
+                json!({"facility": facility, "result": "stale", "as_of": as_of, "applied_as_of": last.as_ref().map(|l| l["as_of"].clone())}),
+            );
         }
     }
     let mut errs = Vec::new();
     let mut parsed = Vec::new();
     for (i, l) in levels.iter().enumerate() {
-        let key = l["sku"].as_str().map(|s| ("sku", s)).or_else(|| l["part_number"].as_str().map(|s| ("part", s)));
+        let key = l["sku"]
+            .as_str()
+            .map(|s| ("sku", s))
+            .or_else(|| l["part_number"].as_str().map(|s| ("part", s)));
         let on_hand = l["on_hand"].as_i64().or_else(|| l["quantity"].as_i64());
         match (key, on_hand) {
-            (Some(k), Some(n)) if (0..=1_000_000_000).contains(&n) => parsed.push((k.0, k.1.to_string(), n)),
-            (None, _) => errs.push(FieldError::new(format!("/levels/{i}"), "needs sku or part_number")),
-            _ => errs.push(FieldError::new(format!("/levels/{i}/on_hand"), "a whole number >= 0")),
+            (Some(k), Some(n)) if (0..=1_000_000_000).contains(&n) => {
+                parsed.push((k.0, k.1.to_string(), n))
+            }
+            (None, _) => errs.push(FieldError::new(
+                format!("/levels/{i}"),
+                "needs sku or part_number",
+            )),
+            _ => errs.push(FieldError::new(
+                format!("/levels/{i}/on_hand"),
+                "a whole number >= 0",
+            )),
         }
     }
     if !errs.is_empty() {
@@ -879,9 +1187,12 @@ pub fn apply_snapshot(
         let mut ignored = Vec::new();
         for (k, id, n) in &parsed {
             let sku = if *k == "sku" {
-                db.execute("SELECT sku FROM products WHERE sku = ? AND digital = 0", params![id.clone()])?
-                    .first()
-                    .map(|r| r.str("sku"))
+                db.execute(
+                    "SELECT sku FROM products WHERE sku = ? AND digital = 0",
+                    params![id.clone()],
+                )?
+                .first()
+                .map(|r| r.str("sku"))
             } else {
                 db.execute(
                     "SELECT sku FROM product_parts WHERE facility_id = ? AND part_number = ?",
@@ -894,7 +1205,17 @@ pub fn apply_snapshot(
                 ignored.push(id.clone());
                 continue;
             };
-            let (b, a) = move_stock(db, &sku, facility, Change::Set(*n), kind, None, as_of.as_deref(), &format!("facility:{facility}"), now)?;
+            let (b, a) = move_stock(
+                db,
+                &sku,
+                facility,
+                Change::Set(*n),
+                kind,
+                None,
+                as_of.as_deref(),
+                &format!("facility:{facility}"),
+                now,
+            )?;
             if a > b && !fx.restocked.contains(&sku) {
                 fx.restocked.push(sku);
             }
@@ -906,12 +1227,25 @@ pub fn apply_snapshot(
     if let Err(e) = kv.set(&snapshot_key(facility), snapshot.to_string().as_bytes()) {
         eprintln!("inventory: snapshot not cached for {facility}: {e}");
     }
-    Ok(json!({"facility": facility, "result": "applied", "applied": applied, "ignored": ignored, "as_of": as_of}))
+    Ok(
+        json!({"facility": facility, "result": "applied", "applied": applied, "ignored": ignored, "as_of": as_of}),
+    )
 }
 
-fn fc_push(db: &dyn Db, kv: &dyn Kv, cfg: &Config<'_>, req: &Request, facility: &str, now: DateTime<Utc>, fx: &mut Effects) -> Result<Response> {
+fn fc_push(
+    db: &dyn Db,
+    kv: &dyn Kv,
+    cfg: &Config<'_>,
+    req: &Request,
+    facility: &str,
+    now: DateTime<Utc>,
+    fx: &mut Effects,
+) -> Result<Response> {
     req.check_size()?;
-    let r = db.execute("SELECT secret_variable FROM facilities WHERE id = ?", params![facility])?;
+    let r = db.execute(
+        "SELECT secret_variable FROM facilities WHERE id = ?",
+        params![facility],
+    )?;
     // Same answer for an unknown facility and a bad signature: nothing to probe.
     let secret = r
         .first()
@@ -919,7 +1253,13 @@ fn fc_push(db: &dyn Db, kv: &dyn Kv, cfg: &Config<'_>, req: &Request, facility: 
         .and_then(|v| (cfg.secret)(&v))
         .unwrap_or_default();
     let header = req.header("waybill-signature").unwrap_or_default();
-    if !crate::signature::verify_timestamped(secret.as_bytes(), header, &req.body, now.timestamp(), SIGNATURE_TOLERANCE_SECS) {
+    if !crate::signature::verify_timestamped(
+        secret.as_bytes(),
+        header,
+        &req.body,
+        now.timestamp(),
+        SIGNATURE_TOLERANCE_SECS,
+    ) {
         return Err(Error::unauthorized(
             "the Waybill-Signature header (t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.body\">) does not verify for this facility",
         ));
@@ -942,7 +1282,10 @@ mod tests {
 
     fn call(db: &NativeDb, kv: &MemoryKv, m: &str, path: &str, body: Json) -> (Response, Effects) {
         let secret = |name: &str| (name == "fc_secret_1").then(|| "fc-secret".to_string());
-        let cfg = Config { tokens: Tokens::parse("write:write-token-1,read:read-token-1"), secret: &secret };
+        let cfg = Config {
+            tokens: Tokens::parse("write:write-token-1,read:read-token-1"),
+            secret: &secret,
+        };
         let req = Request::new(m, path)
             .with_header("authorization", "Bearer write-token-1")
             .with_header("content-type", "application/json")
@@ -954,16 +1297,50 @@ mod tests {
     fn facilities_products_and_stock_validate_and_change_nothing_on_error() {
         let db = setup();
         let kv = MemoryKv::default();
-        let (r, _) = call(&db, &kv, "PUT", "/api/facilities/berlin", json!({"name": "Berlin", "type": "warehouse", "countries": ["de", "AT"], "latitude": 52.5, "longitude": 13.4}));
+        let (r, _) = call(
+            &db,
+            &kv,
+            "PUT",
+            "/api/facilities/berlin",
+            json!({"name": "Berlin", "type": "warehouse", "countries": ["de", "AT"], "latitude": 52.5, "longitude": 13.4}),
+        );
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
         assert_eq!(r.json_body()["countries"], json!(["DE", "AT"]));
-        let (r, _) = call(&db, &kv, "PUT", "/api/facilities/bad", json!({"name": "", "type": "castle", "priority": 101, "latitude": 91}));
+        let (r, _) = call(
+            &db,
+            &kv,
+            "PUT",
+            "/api/facilities/bad",
+            json!({"name": "", "type": "castle", "priority": 101, "latitude": 91}),
+        );
         assert_eq!(r.status, 422);
-        let ptrs: Vec<String> = r.json_body()["errors"].as_array().unwrap().iter().map(|e| e["pointer"].as_str().unwrap().to_string()).collect();
-        assert!(ptrs.contains(&"/name".into()) && ptrs.contains(&"/type".into()) && ptrs.contains(&"/priority".into()), "{ptrs:?}");
-        let (r, _) = call(&db, &kv, "PUT", "/api/products/SKU-1", json!({"name": "Mug", "backorderable": true, "parts": {"nowhere": "P1"}}));
+        let ptrs: Vec<String> = r.json_body()["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["pointer"].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            ptrs.contains(&"/name".into())
+                && ptrs.contains(&"/type".into())
+                && ptrs.contains(&"/priority".into()),
+            "{ptrs:?}"
+        );
+        let (r, _) = call(
+            &db,
+            &kv,
+            "PUT",
+            "/api/products/SKU-1",
+            json!({"name": "Mug", "backorderable": true, "parts": {"nowhere": "P1"}}),
+        );
         assert_eq!(r.status, 422);
-        let (r, _) = call(&db, &kv, "PUT", "/api/products/SKU-1", json!({"name": "Mug", "backorderable": true, "parts": {"berlin": "P1"}}));
+        let (r, _) = call(
+            &db,
+            &kv,
+            "PUT",
+            "/api/products/SKU-1",
+            json!({"name": "Mug", "backorderable": true, "parts": {"berlin": "P1"}}),
+        );
         assert_eq!(r.status, 201);
         // Receipt: unknown SKU, unknown facility, negative quantity: 422, nothing stored.
         for bad in [
@@ -976,17 +1353,43 @@ mod tests {
             assert!(fx.restocked.is_empty());
         }
         assert!(db.execute("SELECT * FROM stock", &[]).unwrap().is_empty());
-        let (r, fx) = call(&db, &kv, "POST", "/api/stock/receipts", json!({"facility": "berlin", "lines": [{"sku": "SKU-1", "quantity": 5}]}));
+        let (r, fx) = call(
+            &db,
+            &kv,
+            "POST",
+            "/api/stock/receipts",
+            json!({"facility": "berlin", "lines": [{"sku": "SKU-1", "quantity": 5}]}),
+        );
         assert_eq!(r.status, 201);
         assert_eq!(fx.restocked, vec!["SKU-1".to_string()]);
-        let (r, _) = call(&db, &kv, "POST", "/api/stock/adjustments", json!({"facility": "berlin", "sku": "SKU-1", "delta": -6, "reason": "damaged"}));
+        let (r, _) = call(
+            &db,
+            &kv,
+            "POST",
+            "/api/stock/adjustments",
+            json!({"facility": "berlin", "sku": "SKU-1", "delta": -6, "reason": "damaged"}),
+        );
         assert_eq!(r.status, 409, "cannot go negative");
-        let (r, fx) = call(&db, &kv, "POST", "/api/stock/adjustments", json!({"facility": "berlin", "sku": "SKU-1", "delta": -2, "reason": "damaged"}));
-        assert_eq!((r.status, r.json_body()["on_hand"].clone()), (200, json!(3)));
+        let (r, fx) = call(
+            &db,
+            &kv,
+            "POST",
+            "/api/stock/adjustments",
+            json!({"facility": "berlin", "sku": "SKU-1", "delta": -2, "reason": "damaged"}),
+        );
+        assert_eq!(
+            (r.status, r.json_body()["on_hand"].clone()),
+            (200, json!(3))
+        );
         assert!(fx.restocked.is_empty(), "a decrease releases nothing");
         let (r, _) = call(&db, &kv, "GET", "/api/stock/SKU-1", json!({}));
         assert_eq!(r.json_body()["available"], 3);
-        let moves = db.execute("SELECT kind, on_hand_delta FROM stock_movements ORDER BY id", &[]).unwrap();
+        let moves = db
+            .execute(
+                "SELECT kind, on_hand_delta FROM stock_movements ORDER BY id",
+                &[],
+            )
+            .unwrap();
         assert_eq!(moves.len(), 2);
     }
 
@@ -994,20 +1397,52 @@ mod tests {
     fn keys_import_as_json_and_csv_without_duplicates() {
         let db = setup();
         let kv = MemoryKv::default();
-        call(&db, &kv, "PUT", "/api/products/SOFT", json!({"name": "Soft", "digital": true, "low_stock_threshold": 2}));
-        let (r, fx) = call(&db, &kv, "POST", "/api/license-keys/SOFT", json!({"keys": ["A-1", "A-2", "A-2"]}));
+        call(
+            &db,
+            &kv,
+            "PUT",
+            "/api/products/SOFT",
+            json!({"name": "Soft", "digital": true, "low_stock_threshold": 2}),
+        );
+        let (r, fx) = call(
+            &db,
+            &kv,
+            "POST",
+            "/api/license-keys/SOFT",
+            json!({"keys": ["A-1", "A-2", "A-2"]}),
+        );
         assert_eq!(r.status, 201);
-        assert_eq!((r.json_body()["imported"].clone(), r.json_body()["duplicates"].clone()), (json!(2), json!(1)));
+        assert_eq!(
+            (
+                r.json_body()["imported"].clone(),
+                r.json_body()["duplicates"].clone()
+            ),
+            (json!(2), json!(1))
+        );
         assert_eq!(fx.restocked, vec!["SOFT".to_string()]);
         let secret = |_: &str| None;
-        let cfg = Config { tokens: Tokens::parse("write:write-token-1"), secret: &secret };
+        let cfg = Config {
+            tokens: Tokens::parse("write:write-token-1"),
+            secret: &secret,
+        };
         let req = Request::new("POST", "/api/license-keys/SOFT")
             .with_header("authorization", "Bearer write-token-1")
             .with_header("content-type", "text/csv")
             .with_body("license_key,batch\nA-3,7\nA-1,7\n");
         let (r, _) = handle(&db, &kv, &cfg, &req, Utc::now());
-        assert_eq!(r.json_body()["available"], 3, "{}", String::from_utf8_lossy(&r.body));
-        let (r, _) = call(&db, &kv, "POST", "/api/license-keys/NOPE", json!({"keys": ["x"]}));
+        assert_eq!(
+            r.json_body()["available"],
+            3,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let (r, _) = call(
+            &db,
+            &kv,
+            "POST",
+            "/api/license-keys/NOPE",
+            json!({"keys": ["x"]}),
+        );
         assert_eq!(r.status, 404);
     }
 
@@ -1015,20 +1450,38 @@ mod tests {
     fn fc_push_needs_the_signature() {
         let db = setup();
         let kv = MemoryKv::default();
-        call(&db, &kv, "PUT", "/api/facilities/fc", json!({"name": "FC", "type": "fulfillment_center", "secret_variable": "fc_secret_1"}));
-        call(&db, &kv, "PUT", "/api/products/SKU-1", json!({"name": "Mug", "parts": {"fc": "FC-001"}}));
+        call(
+            &db,
+            &kv,
+            "PUT",
+            "/api/facilities/fc",
+            json!({"name": "FC", "type": "fulfillment_center", "secret_variable": "fc_secret_1"}),
+        );
+        call(
+            &db,
+            &kv,
+            "PUT",
+            "/api/products/SKU-1",
+            json!({"name": "Mug", "parts": {"fc": "FC-001"}}),
+        );
         let body = json!({"as_of": "2026-11-20T10:00:00Z", "levels": [{"part_number": "FC-001", "on_hand": 7}, {"sku": "OTHER", "on_hand": 1}]}).to_string();
         let secret = |name: &str| (name == "fc_secret_1").then(|| "fc-secret".to_string());
-        let cfg = Config { tokens: Tokens::default(), secret: &secret };
+        let cfg = Config {
+            tokens: Tokens::default(),
+            secret: &secret,
+        };
         let now = Utc::now();
         let push = |sig: &str| {
-            Request::new("POST", "/callbacks/fc/fc/inventory").with_header("waybill-signature", sig).with_body(body.clone())
+            Request::new("POST", "/callbacks/fc/fc/inventory")
+                .with_header("waybill-signature", sig)
+                .with_body(body.clone())
         };
         let bad = crate::signature::sign_timestamped(b"wrong", now.timestamp(), body.as_bytes());
         let (r, _) = handle(&db, &kv, &cfg, &push(&bad), now);
         assert_eq!(r.status, 401);
         assert!(db.execute("SELECT * FROM stock", &[]).unwrap().is_empty());
-        let good = crate::signature::sign_timestamped(b"fc-secret", now.timestamp(), body.as_bytes());
+        let good =
+            crate::signature::sign_timestamped(b"fc-secret", now.timestamp(), body.as_bytes());
         let (r, fx) = handle(&db, &kv, &cfg, &push(&good), now);
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         assert_eq!(r.json_body()["ignored"], json!(["OTHER"]));
@@ -1037,7 +1490,9 @@ mod tests {
         // An older snapshot is stale and changes nothing.
         let old = json!({"as_of": "2026-11-19T10:00:00Z", "levels": [{"part_number": "FC-001", "on_hand": 0}]}).to_string();
         let sig = crate::signature::sign_timestamped(b"fc-secret", now.timestamp(), old.as_bytes());
-        let req = Request::new("POST", "/callbacks/fc/fc/inventory").with_header("waybill-signature", &sig).with_body(old);
+        let req = Request::new("POST", "/callbacks/fc/fc/inventory")
+            .with_header("waybill-signature", &sig)
+            .with_body(old);
         let (r, _) = handle(&db, &kv, &cfg, &req, now);
         assert_eq!(r.json_body()["result"], "stale");
         let n = db.execute("SELECT on_hand FROM stock", &[]).unwrap();

@@ -28,6 +28,13 @@ pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request) -> Response {
             [] => list(db, req),
             [key] => get(db, &decode(key)),
             [key, "events"] => events(db, &decode(key)),
+            [key, "routing"] => {
+                let id = resolve(db, &decode(key))?;
+                Ok(Response::json(
+                    200,
+                    &crate::allocation::routing_view(db, &id)?,
+                ))
+            }
             _ => Err(Error::not_found(format!(
                 "no orders endpoint at {}",
                 req.path

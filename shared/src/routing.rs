@@ -256,7 +256,12 @@ struct Rating {
 }
 
 /// Routes `req` over `facilities` with `supply` under `cfg`.
-pub fn route(req: &Request<'_>, facilities: &[Facility], supply: &Supply, cfg: &Config) -> Decision {
+pub fn route(
+    req: &Request<'_>,
+    facilities: &[Facility],
+    supply: &Supply,
+    cfg: &Config,
+) -> Decision {
     // Facilities in id order: the input order never matters.
     let mut fac: Vec<&Facility> = facilities.iter().collect();
     fac.sort_by(|a, b| a.id.cmp(&b.id));
@@ -275,7 +280,8 @@ pub fn route(req: &Request<'_>, facilities: &[Facility], supply: &Supply, cfg: &
         }
         if req.service == Service::Ship {
             if let Some(c) = &req.destination.country {
-                if !f.countries.is_empty() && !f.countries.iter().any(|x| x.eq_ignore_ascii_case(c)) {
+                if !f.countries.is_empty() && !f.countries.iter().any(|x| x.eq_ignore_ascii_case(c))
+                {
                     fences.push("country");
                 }
             }
@@ -322,7 +328,11 @@ pub fn route(req: &Request<'_>, facilities: &[Facility], supply: &Supply, cfg: &
     let mut chosen: Vec<usize> = Vec::new();
     let mut parts: Vec<Part> = Vec::new();
     let mut rounds = Vec::new();
-    let max_parts = if cfg.complete_stock { 1 } else { cfg.max_parts.max(1) as usize };
+    let max_parts = if cfg.complete_stock {
+        1
+    } else {
+        cfg.max_parts.max(1) as usize
+    };
 
     while remaining.iter().any(|&q| q > 0) && parts.len() < max_parts {
         let wanted: i64 = remaining.iter().sum();
@@ -360,7 +370,12 @@ pub fn route(req: &Request<'_>, facilities: &[Facility], supply: &Supply, cfg: &
                 _ => 1.0,
             };
             let priority = f.priority.clamp(0, 100) as f64 / 100.0;
-            let (d, s, wl, p) = (micros(distance), micros(stock), micros(workload), micros(priority));
+            let (d, s, wl, p) = (
+                micros(distance),
+                micros(stock),
+                micros(workload),
+                micros(priority),
+            );
             let score = (w.distance as i64 * d
                 + w.stock as i64 * s
                 + w.workload as i64 * wl
@@ -667,7 +682,12 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .map(|c| (c["facility"].as_str().unwrap().to_string(), c["fences"].clone()))
+            .map(|c| {
+                (
+                    c["facility"].as_str().unwrap().to_string(),
+                    c["fences"].clone(),
+                )
+            })
             .collect();
         assert_eq!(fences[0], ("a-inactive".into(), json!(["inactive"])));
         assert_eq!(fences[1], ("b-fr-only".into(), json!(["country"])));
@@ -691,16 +711,26 @@ mod tests {
         let d = route(&req(demand(&[("X", 2), ("Y", 1)])), &all, &s2, &cfg);
         assert!(d.parts.is_empty());
         assert_eq!(d.unassigned.len(), 2);
-        assert_eq!(d.explanation["candidates"][4]["fences"], json!(["complete_stock"]));
+        assert_eq!(
+            d.explanation["candidates"][4]["fences"],
+            json!(["complete_stock"])
+        );
     }
 
     #[test]
     fn ratings_rank_as_the_formula_says() {
         // Same stock everywhere: Berlin is nearest; Paris has top priority.
-        let all = vec![fac("berlin", BERLIN, 10), fac("munich", MUNICH, 10), fac("paris", PARIS, 60)];
+        let all = vec![
+            fac("berlin", BERLIN, 10),
+            fac("munich", MUNICH, 10),
+            fac("paris", PARIS, 60),
+        ];
         let s = supply(&[("berlin", "X", 5), ("munich", "X", 5), ("paris", "X", 5)]);
         let d = route(&req(demand(&[("X", 1)])), &all, &s, &Config::default());
-        let ratings = d.explanation["rounds"][0]["ratings"].as_array().unwrap().clone();
+        let ratings = d.explanation["rounds"][0]["ratings"]
+            .as_array()
+            .unwrap()
+            .clone();
         // Recompute every score from its components and the weights.
         let w = Weights::default();
         for r in &ratings {
@@ -711,7 +741,10 @@ mod tests {
                 / 20.0;
             assert!((expect - r["score"].as_f64().unwrap()).abs() < 2e-6, "{r}");
         }
-        let scores: Vec<f64> = ratings.iter().map(|r| r["score"].as_f64().unwrap()).collect();
+        let scores: Vec<f64> = ratings
+            .iter()
+            .map(|r| r["score"].as_f64().unwrap())
+            .collect();
         assert!(scores.windows(2).all(|w| w[0] >= w[1]), "sorted best first");
         // Default weights: distance 5 beats priority 4 here (Berlin is 0 km away).
         assert_eq!(d.parts[0].facility, "berlin");
@@ -733,13 +766,20 @@ mod tests {
         let mut s2 = s.clone();
         s2.open_orders.insert("berlin".into(), 10);
         let d = route(&req(demand(&[("X", 1)])), &busy, &s2, &Config::default());
-        assert_eq!(d.explanation["rounds"][0]["ratings"][2]["workload"], json!(0.0));
+        assert_eq!(
+            d.explanation["rounds"][0]["ratings"][2]["workload"],
+            json!(0.0)
+        );
         assert_ne!(d.parts[0].facility, "berlin");
     }
 
     #[test]
     fn ties_break_by_hash_not_by_input_order() {
-        let all = vec![fac("x1", BERLIN, 50), fac("x2", BERLIN, 50), fac("x3", BERLIN, 50)];
+        let all = vec![
+            fac("x1", BERLIN, 50),
+            fac("x2", BERLIN, 50),
+            fac("x3", BERLIN, 50),
+        ];
         let s = supply(&[("x1", "X", 1), ("x2", "X", 1), ("x3", "X", 1)]);
         let d = route(&req(demand(&[("X", 1)])), &all, &s, &Config::default());
         let winner = ["x1", "x2", "x3"]
@@ -749,24 +789,46 @@ mod tests {
         assert_eq!(d.parts[0].facility, winner);
         let mut rev = all.clone();
         rev.reverse();
-        assert_eq!(route(&req(demand(&[("X", 1)])), &rev, &s, &Config::default()), d);
+        assert_eq!(
+            route(&req(demand(&[("X", 1)])), &rev, &s, &Config::default()),
+            d
+        );
     }
 
     #[test]
     fn a_complete_facility_beats_a_better_rated_partial_one() {
         let all = vec![fac("near", BERLIN, 100), fac("far", PARIS, 0)];
-        let s = supply(&[("near", "X", 1), ("near", "Y", 1), ("far", "X", 2), ("far", "Y", 1)]);
-        let d = route(&req(demand(&[("X", 2), ("Y", 1)])), &all, &s, &Config::default());
+        let s = supply(&[
+            ("near", "X", 1),
+            ("near", "Y", 1),
+            ("far", "X", 2),
+            ("far", "Y", 1),
+        ]);
+        let d = route(
+            &req(demand(&[("X", 2), ("Y", 1)])),
+            &all,
+            &s,
+            &Config::default(),
+        );
         assert_eq!(d.parts.len(), 1);
         assert_eq!(d.parts[0].facility, "far");
     }
 
     #[test]
     fn split_takes_whole_lines_where_it_can_and_respects_the_maximum() {
-        let all = vec![fac("a", BERLIN, 50), fac("b", MUNICH, 50), fac("c", PARIS, 50)];
+        let all = vec![
+            fac("a", BERLIN, 50),
+            fac("b", MUNICH, 50),
+            fac("c", PARIS, 50),
+        ];
         // a has X, b has Y, c has Z: three parts needed.
         let s = supply(&[("a", "X", 3), ("a", "Y", 1), ("b", "Y", 2), ("c", "Z", 1)]);
-        let d = route(&req(demand(&[("X", 3), ("Y", 2), ("Z", 1)])), &all, &s, &Config::default());
+        let d = route(
+            &req(demand(&[("X", 3), ("Y", 2), ("Z", 1)])),
+            &all,
+            &s,
+            &Config::default(),
+        );
         assert_eq!(d.parts.len(), 3);
         assert!(d.unassigned.is_empty());
         // Y is not split across a (1 unit) and b (2 units): b takes it whole.
@@ -780,7 +842,12 @@ mod tests {
             max_parts: 2,
             ..Config::default()
         };
-        let d = route(&req(demand(&[("X", 3), ("Y", 2), ("Z", 1)])), &all, &s, &cfg);
+        let d = route(
+            &req(demand(&[("X", 3), ("Y", 2), ("Z", 1)])),
+            &all,
+            &s,
+            &cfg,
+        );
         assert_eq!(d.parts.len(), 2);
         assert_eq!(d.unassigned.iter().map(|u| u.quantity).sum::<i64>(), 1);
     }
@@ -836,7 +903,8 @@ mod tests {
             }
             for k in skus {
                 if rng.below(2) == 0 {
-                    s.available.insert((f.id.clone(), k.into()), rng.below(6) as i64);
+                    s.available
+                        .insert((f.id.clone(), k.into()), rng.below(6) as i64);
                 }
             }
             facilities.push(f);
@@ -866,9 +934,14 @@ mod tests {
     fn eligible(f: &Facility, r: &Request<'_>) -> bool {
         f.active
             && f.services.contains(&r.service)
-            && (f.countries.is_empty() || f.countries.iter().any(|c| Some(c) == r.destination.country.as_ref()))
+            && (f.countries.is_empty()
+                || f.countries
+                    .iter()
+                    .any(|c| Some(c) == r.destination.country.as_ref()))
             && (f.shipping_methods.is_empty()
-                || f.shipping_methods.iter().any(|m| Some(m) == r.shipping_method.as_ref()))
+                || f.shipping_methods
+                    .iter()
+                    .any(|m| Some(m) == r.shipping_method.as_ref()))
             && r.preselected.as_ref().is_none_or(|p| p == &f.id)
     }
 
@@ -892,25 +965,45 @@ mod tests {
                 let f = facilities.iter().find(|f| f.id == p.facility).unwrap();
                 assert!(eligible(f, &r), "fenced facility chosen: {ctx}");
                 if cfg.complete_stock {
-                    assert!(lines.iter().all(|l| s.get(&f.id, &l.sku) >= l.quantity), "{ctx}");
+                    assert!(
+                        lines.iter().all(|l| s.get(&f.id, &l.sku) >= l.quantity),
+                        "{ctx}"
+                    );
                 }
             }
             // The maximum, no facility twice, no empty part.
-            let max = if cfg.complete_stock { 1 } else { cfg.max_parts as usize };
+            let max = if cfg.complete_stock {
+                1
+            } else {
+                cfg.max_parts as usize
+            };
             assert!(d.parts.len() <= max, "{ctx}");
             let mut ids: Vec<&str> = d.parts.iter().map(|p| p.facility.as_str()).collect();
             ids.sort();
             ids.dedup();
             assert_eq!(ids.len(), d.parts.len(), "{ctx}");
-            assert!(d.parts.iter().all(|p| p.lines.iter().all(|l| l.quantity > 0) && !p.lines.is_empty()));
+            assert!(d
+                .parts
+                .iter()
+                .all(|p| p.lines.iter().all(|l| l.quantity > 0) && !p.lines.is_empty()));
             // Conservation, and never more than a facility has.
             for l in &lines {
                 let placed: i64 = d
                     .parts
                     .iter()
-                    .flat_map(|p| p.lines.iter().filter(|x| x.line_no == l.line_no).map(|x| x.quantity))
+                    .flat_map(|p| {
+                        p.lines
+                            .iter()
+                            .filter(|x| x.line_no == l.line_no)
+                            .map(|x| x.quantity)
+                    })
                     .sum();
-                let left: i64 = d.unassigned.iter().filter(|u| u.line_no == l.line_no).map(|u| u.quantity).sum();
+                let left: i64 = d
+                    .unassigned
+                    .iter()
+                    .filter(|u| u.line_no == l.line_no)
+                    .map(|u| u.quantity)
+                    .sum();
                 assert_eq!(placed + left, l.quantity, "{ctx}");
             }
             for p in &d.parts {
@@ -921,7 +1014,9 @@ mod tests {
             // No more parts than needed: one facility able to fill everything means one part.
             let complete: Vec<&Facility> = facilities
                 .iter()
-                .filter(|f| eligible(f, &r) && lines.iter().all(|l| s.get(&f.id, &l.sku) >= l.quantity))
+                .filter(|f| {
+                    eligible(f, &r) && lines.iter().all(|l| s.get(&f.id, &l.sku) >= l.quantity)
+                })
                 .collect();
             if !complete.is_empty() {
                 assert_eq!(d.parts.len(), 1, "{ctx}");
@@ -931,10 +1026,16 @@ mod tests {
             // remained that it supplied.
             // A line split over parts only when no eligible facility held it whole.
             for l in &lines {
-                let n = d.parts.iter().filter(|p| p.lines.iter().any(|x| x.line_no == l.line_no)).count();
+                let n = d
+                    .parts
+                    .iter()
+                    .filter(|p| p.lines.iter().any(|x| x.line_no == l.line_no))
+                    .count();
                 if n > 1 {
                     assert!(
-                        !facilities.iter().any(|f| eligible(f, &r) && s.get(&f.id, &l.sku) >= l.quantity),
+                        !facilities
+                            .iter()
+                            .any(|f| eligible(f, &r) && s.get(&f.id, &l.sku) >= l.quantity),
                         "needless split of line {}: {ctx}",
                         l.line_no
                     );

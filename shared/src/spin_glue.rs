@@ -196,3 +196,89 @@ pub fn report_config() -> Result<crate::report::Config, Error> {
         tokens: crate::http::Tokens::parse(&variable("api_tokens", "")),
     })
 }
+
+/// A GET through Spin (`allowed_outbound_hosts` applies): (status, body).
+pub async fn http_get(url: &str, headers: &[(String, String)]) -> Result<(u16, Vec<u8>), String> {
+    let mut b = spin_sdk::http::Request::builder();
+    b.method(spin_sdk::http::Method::Get).uri(url);
+    for (k, v) in headers {
+        b.header(k.as_str(), v.as_str());
+    }
+    match spin_sdk::http::send::<_, spin_sdk::http::Response>(b.build()).await {
+        Ok(r) => Ok((*r.status(), r.body().to_vec())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A chained POST to another component of this app (`http://<name>.spin.internal/...`).
+pub async fn chain(url: &str, body: &serde_json::Value) -> Result<(u16, Vec<u8>), String> {
+    use crate::notify::Transport as _;
+    SpinTransport
+        .post(
+            url,
+            &[("content-type".to_string(), "application/json".to_string())],
+            body.to_string().into_bytes(),
+        )
+        .await
+}
+
+/// Asks notify to deliver what this request put in the outbox. notify answers
+/// 202 before it works; if the call fails, the cron sweep delivers instead.
+pub async fn kick_notify() {
+    if let Err(e) = chain(
+        "http://notify.spin.internal/internal/sweep",
+        &serde_json::json!({}),
+    )
+    .await
+    {
+        eprintln!("notify kick failed (the cron sweep will deliver): {e}");
+    }
+}
+
+/// Asks routing to place these orders' units. A failure is logged: the state is
+/// durable and routing's cron sweep picks up what was left `received`.
+pub async fn route_orders(ids: &[String]) {
+    if ids.is_empty() {
+        return;
+    }
+    match chain(
+        "http://routing.spin.internal/internal/route",
+        &serde_json::json!({"order_ids": ids}),
+    )
+    .await
+    {
+        Ok((s, _)) if (200..300).contains(&s) => {}
+        Ok((s, b)) => eprintln!(
+            "routing answered {s}: {} (the sweep will retry)",
+            String::from_utf8_lossy(&b)
+        ),
+        Err(e) => eprintln!("routing call failed (the sweep will retry): {e}"),
+    }
+}
+
+/// Asks routing to release backorders for SKUs that were restocked; returns
+/// routing's answer (orders served) when it came.
+pub async fn release_backorders(skus: &[String]) -> Option<serde_json::Value> {
+    if skus.is_empty() {
+        return None;
+    }
+    match chain(
+        "http://routing.spin.internal/internal/backorders",
+        &serde_json::json!({"skus": skus}),
+    )
+    .await
+    {
+        Ok((s, b)) if (200..300).contains(&s) => serde_json::from_slice(&b).ok(),
+        Ok((s, b)) => {
+            eprintln!(
+                "routing answered {s}: {} (the sweep will retry)",
+                String::from_utf8_lossy(&b)
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("routing call failed (the sweep will retry): {e}");
+            None
+        }
+    }
+}

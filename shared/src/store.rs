@@ -507,7 +507,13 @@ pub fn replace_order(
 ) -> Result<()> {
     let totals = o.totals();
     let hash = source_hash(o);
-    crate::allocation::deallocate_unreleased(db, &ex.id, now, actor, "the source changed the order")?;
+    crate::allocation::deallocate_unreleased(
+        db,
+        &ex.id,
+        now,
+        actor,
+        "the source changed the order",
+    )?;
     db.execute(
         "DELETE FROM order_lines WHERE order_id = ?",
         params![ex.id.clone()],

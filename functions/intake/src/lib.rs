@@ -1,8 +1,12 @@
 //! intake: order webhooks from Shopify, WooCommerce and commercetools, and
 //! Waybill's own order API (single, batch, XML). Verifies, de-duplicates,
 //! normalises and persists; the work is in `waybill::intake`.
+//!
+//! The answer goes out as soon as the order is durable; then, in this same
+//! instance, routing is chained for the orders concerned and notify is kicked.
+//! If either call fails, their cron sweeps do the work.
 
-use spin_sdk::http::{IntoResponse, Method, Request, Response};
+use spin_sdk::http::{IncomingRequest, Method, Request, Response, ResponseOutparam};
 use spin_sdk::http_component;
 use waybill::{http, intake, spin_glue};
 
@@ -17,51 +21,55 @@ fn config() -> intake::Config {
 
 /// Spin routes by path, not method: `GET /api/orders` (the list) arrives here
 /// and belongs to the orders component.
-async fn forward_to_orders(req: &Request) -> Response {
+async fn forward_to_orders(req: &http::Request) -> http::Response {
     let mut out = Request::builder();
-    out.method(Method::Get).uri(format!(
-        "http://orders.spin.internal{}",
-        req.path_and_query().unwrap_or("/api/orders")
-    ));
-    for (k, v) in req.headers() {
-        if k.eq_ignore_ascii_case("authorization") || k.eq_ignore_ascii_case("accept") {
-            out.header(k, v.as_str().unwrap_or_default());
+    let pq = if req.query.is_empty() {
+        req.path.clone()
+    } else {
+        format!("{}?{}", req.path, req.query)
+    };
+    out.method(Method::Get)
+        .uri(format!("http://orders.spin.internal{pq}"));
+    for (k, v) in &req.headers {
+        if k == "authorization" || k == "accept" {
+            out.header(k.as_str(), v.as_str());
         }
     }
     match spin_sdk::http::send::<_, Response>(out.build()).await {
-        Ok(r) => r,
-        Err(e) => spin_glue::response(http::Response::problem(&waybill::Error::new(
+        Ok(r) => http::Response {
+            status: *r.status(),
+            headers: r
+                .headers()
+                .map(|(k, v)| (k.to_string(), v.as_str().unwrap_or_default().to_string()))
+                .collect(),
+            body: r.body().to_vec(),
+        },
+        Err(e) => http::Response::problem(&waybill::Error::new(
             waybill::error::ErrorKind::Unavailable,
             format!("the orders component did not answer: {e}"),
-        ))),
-    }
-}
-
-/// Asks notify to deliver what this request put in the outbox. notify answers
-/// 202 before it works; if the call fails, the cron sweep delivers instead.
-async fn kick_notify() {
-    let req = Request::builder()
-        .method(Method::Post)
-        .uri("http://notify.spin.internal/internal/sweep")
-        .body(Vec::new())
-        .build();
-    if let Err(e) = spin_sdk::http::send::<_, Response>(req).await {
-        eprintln!("intake: notify kick failed (the cron sweep will deliver): {e}");
+        )),
     }
 }
 
 #[http_component]
-async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
-    let r = spin_glue::request(&req);
+async fn handle(req: IncomingRequest, out: ResponseOutparam) {
+    let r = match spin_glue::incoming(req).await {
+        Ok(r) => r,
+        Err(e) => return spin_glue::respond(out, http::Response::problem(&e)),
+    };
     if r.path.trim_end_matches('/') == "/api/orders" && (r.method == "GET" || r.method == "HEAD") {
-        return Ok(forward_to_orders(&req).await);
+        let resp = forward_to_orders(&r).await;
+        return spin_glue::respond(out, resp);
     }
     let resp = match spin_glue::open_writer() {
         Ok(db) => intake::handle(&db, &config(), &r, chrono::Utc::now()),
         Err(e) => http::Response::problem(&e),
     };
-    if (200..300).contains(&resp.status) {
-        kick_notify().await;
+    let ok = (200..300).contains(&resp.status);
+    let route = intake::orders_to_route(&resp);
+    spin_glue::respond(out, resp);
+    if ok {
+        spin_glue::route_orders(&route).await;
+        spin_glue::kick_notify().await;
     }
-    Ok(spin_glue::response(resp))
 }

@@ -161,7 +161,9 @@ pub fn map_order(v: &Value, prefix: &str, now: DateTime<Utc>) -> Result<NewOrder
         tags,
         source_total: r.opt_money(v, "total", b, currency),
         cancelled: false,
-        pickup_location: r.opt_str(v, "pickup_location", b).map(|s| s.trim().to_string()),
+        pickup_location: r
+            .opt_str(v, "pickup_location", b)
+            .map(|s| s.trim().to_string()),
         preferred_facility: non_empty(r.opt_str(v, "facility", b)),
     };
     checked(order, r, prefix)

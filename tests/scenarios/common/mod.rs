@@ -173,6 +173,37 @@ pub async fn post_api(
     send(app, "POST", path, &h, body).await
 }
 
+/// A write-scope call with a JSON body (PUT, POST, ...).
+pub async fn write(app: &RunningApp, method: &str, path: &str, body: &Value) -> Reply {
+    send(
+        app,
+        method,
+        path,
+        &[
+            ("authorization", &format!("Bearer {WRITE_TOKEN}")),
+            ("content-type", "application/json"),
+        ],
+        body.to_string(),
+    )
+    .await
+}
+
+/// Polls `cond` every 50 ms for up to 20 s (chained work finishes after the answer).
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(20) {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
 /// One number from SQL.
 pub fn count(app: &RunningApp, sql: &str) -> i64 {
     match app
@@ -193,6 +224,8 @@ pub struct Receiver {
     pub port: u16,
     pub requests: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
     pub status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    /// What it answers (JSON).
+    pub body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -225,17 +258,20 @@ impl Receiver {
         let port = listener.local_addr().unwrap().port();
         let requests: std::sync::Arc<std::sync::Mutex<Vec<Received>>> = Default::default();
         let st = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(status));
-        let (reqs, st2) = (requests.clone(), st.clone());
+        let answer: std::sync::Arc<std::sync::Mutex<Vec<u8>>> = std::sync::Arc::new(
+            std::sync::Mutex::new(br#"{"ErrorCode":0,"Message":"OK"}"#.to_vec()),
+        );
+        let (reqs, st2, answer2) = (requests.clone(), st.clone(), answer.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (reqs, st) = (reqs.clone(), st2.clone());
+                let (reqs, st, answer) = (reqs.clone(), st2.clone(), answer2.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(
                         move |req: hyper::Request<hyper::body::Incoming>| {
-                            let (reqs, st) = (reqs.clone(), st.clone());
+                            let (reqs, st, answer) = (reqs.clone(), st.clone(), answer.clone());
                             async move {
                                 let path = req.uri().path().to_string();
                                 let headers = req
@@ -264,8 +300,8 @@ impl Receiver {
                                     hyper::Response::builder()
                                         .status(status)
                                         .header("content-type", "application/json")
-                                        .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                                            br#"{"ErrorCode":0,"Message":"OK"}"#,
+                                        .body(http_body_util::Full::new(bytes::Bytes::from(
+                                            answer.lock().unwrap().clone(),
                                         )))
                                         .unwrap(),
                                 )
@@ -282,8 +318,13 @@ impl Receiver {
             port,
             requests,
             status: st,
+            body: answer,
             task,
         }
+    }
+
+    pub fn set_body(&self, body: &Value) {
+        *self.body.lock().unwrap() = body.to_string().into_bytes();
     }
 
     pub fn received(&self) -> Vec<Received> {

@@ -1,0 +1,86 @@
+//! inventory: facilities, catalog, stock per facility, licence-key pools, and
+//! the fulfillment centers' inventory (pull on demand, signed push callback).
+//! Whatever makes stock available is followed by a chained backorder release
+//! (routing) before the answer; the work is in `waybill::inventory`.
+
+use spin_sdk::http::{IntoResponse, Request};
+use spin_sdk::http_component;
+use waybill::{http, inventory, signature, spin_glue, Error};
+
+fn secret(name: &str) -> Option<String> {
+    Some(spin_glue::variable(name, "")).filter(|s| !s.is_empty())
+}
+
+/// `POST /api/facilities/{id}/inventory/sync`: pulls the center's levels now.
+async fn pull(
+    db: &dyn waybill::db::Db,
+    kv: &dyn waybill::kv::Kv,
+    cfg: &inventory::Config<'_>,
+    facility: &str,
+    fx: &mut inventory::Effects,
+) -> Result<http::Response, Error> {
+    let now = chrono::Utc::now();
+    let t = inventory::pull_target(db, cfg, facility)?;
+    let sig = signature::sign_timestamped(t.secret.as_bytes(), now.timestamp(), b"");
+    let headers = vec![
+        ("accept".to_string(), "application/json".to_string()),
+        ("waybill-signature".to_string(), sig),
+    ];
+    let (status, body) = spin_glue::http_get(&t.url, &headers).await.map_err(|e| {
+        Error::new(
+            waybill::error::ErrorKind::Unavailable,
+            format!("{facility}: inventory pull failed: {e}"),
+        )
+    })?;
+    if status != 200 {
+        return Err(Error::new(
+            waybill::error::ErrorKind::Unavailable,
+            format!("{facility}: the inventory endpoint answered {status}"),
+        ));
+    }
+    let out = inventory::apply_snapshot(db, kv, facility, &body, "pull", now, fx)?;
+    Ok(http::Response::json(200, &out))
+}
+
+#[http_component]
+async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
+    let r = spin_glue::request(&req);
+    let cfg = inventory::Config {
+        tokens: http::Tokens::parse(&spin_glue::variable("api_tokens", "")),
+        secret: &secret,
+    };
+    let mut fx = inventory::Effects::default();
+    let resp = match (spin_glue::open_writer(), spin_glue::kv()) {
+        (Ok(db), Ok(kv)) => {
+            let segs: Vec<&str> = r.path.split('/').filter(|s| !s.is_empty()).collect();
+            if let ["api", "facilities", id, "inventory", "sync"] = segs.as_slice() {
+                let auth = cfg.tokens.authorize(&r, http::Scope::Write);
+                match (r.method.as_str(), auth) {
+                    (_, Err(e)) => http::Response::problem(&e),
+                    ("POST", Ok(())) => pull(&db, &kv, &cfg, id, &mut fx).await.into(),
+                    _ => http::Response::problem(&Error::new(
+                        waybill::error::ErrorKind::MethodNotAllowed,
+                        "POST to pull the facility's inventory now",
+                    )),
+                }
+            } else {
+                let (resp, f) = inventory::handle(&db, &kv, &cfg, &r, chrono::Utc::now());
+                fx = f;
+                resp
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => http::Response::problem(&e),
+    };
+    let mut resp = resp;
+    if (200..300).contains(&resp.status) && !fx.restocked.is_empty() {
+        if let Some(done) = spin_glue::release_backorders(&fx.restocked).await {
+            let mut body = resp.json_body();
+            if body.is_object() {
+                body["backorders"] = done;
+                resp = http::Response::json(resp.status, &body);
+            }
+        }
+        spin_glue::kick_notify().await;
+    }
+    Ok(spin_glue::response(resp))
+}

@@ -1,0 +1,24 @@
+//! routing-cron: every minute, routes orders left `received` (a chained call
+//! failed, or inventory was not set up yet), releases allocated work whose
+//! holds were lifted, and releases backorders for every SKU with stock.
+
+wit_bindgen::generate!({
+    world: "spin-cron",
+    path: "../../wit/cron.wit",
+});
+
+use waybill::{allocation, spin_glue};
+
+struct RoutingCron;
+
+impl Guest for RoutingCron {
+    fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
+        let db = spin_glue::open_writer().map_err(|e| Error::Other(e.to_string()))?;
+        let (routed, released, served) = allocation::sweep(&db, chrono::Utc::now(), 500)
+            .map_err(|e| Error::Other(e.to_string()))?;
+        println!("routing-cron: {routed} routed, {released} released, {served} backorders served");
+        Ok(())
+    }
+}
+
+export!(RoutingCron);
