@@ -273,6 +273,102 @@ pub fn process_order(
     transaction(db, |db| route_order(db, order_id, trigger, now))
 }
 
+/// A routing decision for an order's physical units, or why it cannot be made
+/// (an unknown pickup location).
+pub struct Planned {
+    pub service: Service,
+    pub decision: std::result::Result<routing::Decision, String>,
+}
+
+/// Builds the routing request from the stored order document and runs the
+/// engine against current stock. Writes nothing.
+pub fn plan(
+    db: &dyn Db,
+    order_id: &str,
+    channel: &str,
+    doc: &Json,
+    physical: Vec<Demand>,
+    facilities: &[Facility],
+) -> Result<Planned> {
+    let pickup = doc["pickup_location"].as_str().map(str::to_string);
+    let mut service = Service::Ship;
+    let mut preselected = doc["preferred_facility"].as_str().map(str::to_string);
+    if let Some(p) = &pickup {
+        service = Service::ClickCollect;
+        if !p.is_empty() {
+            let by_name = db
+                .execute(
+                    "SELECT id FROM facilities WHERE id = ?1 OR lower(name) = lower(?1) ORDER BY id <> ?1, id LIMIT 1",
+                    params![p.clone()],
+                )?
+                .first()
+                .map(|r| r.str("id"));
+            match by_name {
+                Some(id) => preselected = Some(id),
+                None => {
+                    return Ok(Planned {
+                        service,
+                        decision: Err(format!("pickup location '{p}' is not a known facility")),
+                    })
+                }
+            }
+        }
+    }
+    let req = routing::Request {
+        order_id,
+        destination: if service == Service::Ship {
+            destination(db, &doc["shipping_address"])?
+        } else {
+            Destination {
+                location_source: "none".into(),
+                ..Destination::default()
+            }
+        },
+        shipping_method: doc["shipping_lines_minor"][0]["method"].as_str().map(str::to_string),
+        service,
+        preselected,
+        lines: physical,
+    };
+    let skus: BTreeSet<String> = req.lines.iter().map(|d| d.sku.clone()).collect();
+    let sup = supply(db, &skus)?;
+    let cfg = load_config(db, channel)?;
+    Ok(Planned {
+        service,
+        decision: Ok(routing::route(&req, facilities, &sup, &cfg)),
+    })
+}
+
+/// A dry run for an order that is not stored: `{"order": <Waybill order JSON>}`.
+/// Returns the decision and its explanation; reserves nothing.
+pub fn simulate(db: &dyn Db, body: &Json, now: DateTime<Utc>) -> Result<Json> {
+    let o = crate::sources::api::map_order(&body["order"], "/order", now)?;
+    let doc = json!({
+        "shipping_address": o.shipping_address,
+        "shipping_lines_minor": o.shipping_lines,
+        "pickup_location": o.pickup_location,
+        "preferred_facility": o.preferred_facility,
+    });
+    let skus: BTreeSet<String> = o.lines.iter().map(|l| l.sku.clone()).collect();
+    let catalog = products(db, &skus)?;
+    let physical: Vec<Demand> = o
+        .lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !catalog.get(&l.sku).is_some_and(|p| p.digital))
+        .map(|(i, l)| Demand {
+            line_no: i as i64 + 1,
+            sku: l.sku.clone(),
+            quantity: l.quantity,
+        })
+        .collect();
+    let facilities = load_facilities(db)?;
+    let planned = plan(db, &o.external_id, &o.channel, &doc, physical, &facilities)?;
+    Ok(match planned.decision {
+        Ok(d) => json!({"dry_run": true, "parts": d.parts, "unassigned": d.unassigned, "explanation": d.explanation}),
+        Err(note) => json!({"dry_run": true, "parts": [], "hold": {"reason": "incorrect_address", "note": note}}),
+    })
+}
+
 /// Places every unplaced unit of one order, inside the caller's transaction,
 /// then releases what may be released.
 pub fn route_order(
@@ -360,54 +456,15 @@ pub fn route_order(
             // Inventory is not set up: leave the order received; the sweep retries.
             return Ok(out);
         }
-        let address = doc["shipping_address"].clone();
-        let pickup = doc["pickup_location"].as_str().map(str::to_string);
-        let mut service = Service::Ship;
-        let mut preselected = doc["preferred_facility"].as_str().map(str::to_string);
-        if let Some(p) = &pickup {
-            service = Service::ClickCollect;
-            if !p.is_empty() {
-                match facilities.iter().find(|f| f.id == *p).or_else(|| {
-                    // By name, case-insensitively.
-                    let names = db
-                        .execute("SELECT id FROM facilities WHERE lower(name) = lower(?) ORDER BY id LIMIT 1", params![p.clone()])
-                        .ok()?;
-                    let id = names.first()?.str("id");
-                    facilities.iter().find(|f| f.id == id)
-                }) {
-                    Some(f) => preselected = Some(f.id.clone()),
-                    None => held_note = Some(format!("pickup location '{p}' is not a known facility")),
-                }
-            }
-        }
-        let method = doc["shipping_lines_minor"][0]["method"]
-            .as_str()
-            .map(str::to_string);
-        if let Some(note) = &held_note {
+        let planned = plan(db, order_id, &channel, &doc, physical.clone(), &facilities)?;
+        let service = planned.service;
+        if let Err(note) = &planned.decision {
+            held_note = Some(note.clone());
             store::add_hold(db, order_id, HoldReason::IncorrectAddress, note, now, actor)?;
             for d in &physical {
                 left.insert(d.line_no, 0); // held for the address, not for stock
             }
-        } else {
-            let req = routing::Request {
-                order_id,
-                destination: if service == Service::Ship {
-                    destination(db, &address)?
-                } else {
-                    Destination {
-                        location_source: "none".into(),
-                        ..Destination::default()
-                    }
-                },
-                shipping_method: method.clone(),
-                service,
-                preselected,
-                lines: physical.clone(),
-            };
-            let physical_skus: BTreeSet<String> = physical.iter().map(|d| d.sku.clone()).collect();
-            let sup = supply(db, &physical_skus)?;
-            let cfg = load_config(db, &channel)?;
-            let decision = routing::route(&req, &facilities, &sup, &cfg);
+        } else if let Ok(decision) = planned.decision {
             explanation = decision.explanation.clone();
             for d in &physical {
                 left.insert(d.line_no, d.quantity);
@@ -1185,6 +1242,9 @@ pub fn handle(
                         })?;
                         Ok(Response::json(200, &json!({"upserted": rows.len()})))
                     }
+                    ("POST", ["api", "routing", "simulate"]) => {
+                        Ok(Response::json(200, &simulate(db, &body()?, now)?))
+                    }
                     ("POST", ["api", "routing", "sweep"]) => {
                         let (routed, released, served) = sweep(db, now, 500)?;
                         Ok(Response::json(
@@ -1192,7 +1252,7 @@ pub fn handle(
                             &json!({"routed": routed, "released": released, "backorders_served": served}),
                         ))
                     }
-                    (_, ["api", "routing", "config" | "centroids" | "sweep", ..]) => {
+                    (_, ["api", "routing", "config" | "centroids" | "sweep" | "simulate", ..]) => {
                         Err(Error::new(
                             ErrorKind::MethodNotAllowed,
                             format!("{m} is not allowed on {}", req.path),
@@ -1207,4 +1267,132 @@ pub fn handle(
         }
     })();
     r.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::native::NativeDb;
+
+    fn setup() -> NativeDb {
+        let db = NativeDb::memory();
+        crate::schema::migrate(&db).unwrap();
+        let now = ts(Utc::now());
+        for (id, lat) in [("north", 53.5), ("south", 48.1)] {
+            db.execute(
+                "INSERT INTO facilities (id, name, type, services, countries, shipping_methods, latitude, longitude, priority, active, endpoints, created_at, updated_at)
+                 VALUES (?, ?, 'warehouse', '[\"ship\"]', '[]', '[]', ?, 10.0, 50, 1, '{}', ?, ?)",
+                params![id, id, lat, now.clone(), now.clone()],
+            )
+            .unwrap();
+        }
+        for (sku, bo) in [("A", 0i64), ("B", 1i64)] {
+            db.execute(
+                "INSERT INTO products (sku, name, weight_grams, backorderable, digital, low_stock_threshold, updated_at) VALUES (?, ?, 0, ?, 0, 0, ?)",
+                params![sku, sku, bo, now.clone()],
+            )
+            .unwrap();
+        }
+        db
+    }
+
+    fn stock(db: &NativeDb, facility: &str, sku: &str, n: i64) {
+        db.execute(
+            "INSERT INTO stock (sku, facility_id, on_hand, updated_at) VALUES (?, ?, ?, '') ON CONFLICT (sku, facility_id) DO UPDATE SET on_hand = excluded.on_hand",
+            params![sku, facility, n],
+        )
+        .unwrap();
+    }
+
+    fn order(db: &NativeDb, ext: &str, lines: &[(&str, i64)]) -> String {
+        let v = json!({
+            "external_id": ext, "currency": "EUR", "placed_at": "2026-11-20T10:00:00Z",
+            "shipping_address": {"line1": "x", "city": "Hamburg", "country_code": "DE", "latitude": 53.5, "longitude": 10.0},
+            "lines": lines.iter().map(|(s, q)| json!({"sku": s, "quantity": q, "unit_price": "1.00"})).collect::<Vec<_>>(),
+        });
+        let o = crate::sources::api::map_order(&v, "", Utc::now()).unwrap();
+        transaction(db, |db| crate::store::insert_order(db, &o, Utc::now(), "test")).unwrap().id
+    }
+
+    fn reserved(db: &NativeDb) -> i64 {
+        db.execute("SELECT COALESCE(SUM(reserved), 0) AS n FROM stock", &[]).unwrap().first().unwrap().i64("n")
+    }
+
+    fn buckets(db: &NativeDb, id: &str) -> Vec<crate::model::Buckets> {
+        crate::store::load_buckets(db, id).unwrap()
+    }
+
+    #[test]
+    fn held_orders_reserve_but_do_not_release_until_the_hold_is_lifted() {
+        let db = setup();
+        stock(&db, "north", "A", 5);
+        let id = order(&db, "o1", &[("A", 2)]);
+        transaction(&db, |db| crate::store::add_hold(db, &id, HoldReason::HighFraudRisk, "check", Utc::now(), "test")).unwrap();
+        let o = process_order(&db, &id, Trigger::Intake, Utc::now()).unwrap();
+        assert_eq!((o.allocated, o.released), (2, 0));
+        assert_eq!(buckets(&db, &id)[0].allocated, 2);
+        assert_eq!(reserved(&db), 2);
+        // The sweep releases once the hold is gone.
+        transaction(&db, |db| crate::store::release_hold(db, &id, HoldReason::HighFraudRisk, Utc::now(), "test", "ok")).unwrap();
+        let (_, released, _) = sweep(&db, Utc::now(), 10).unwrap();
+        assert_eq!(released, 1);
+        assert_eq!(buckets(&db, &id)[0].released, 2);
+        assert_eq!(reserved(&db), 2, "released units stay reserved until they ship");
+    }
+
+    #[test]
+    fn cancelling_gives_back_unreleased_reservations() {
+        let db = setup();
+        stock(&db, "north", "A", 5);
+        let id = order(&db, "o1", &[("A", 3)]);
+        transaction(&db, |db| crate::store::add_hold(db, &id, HoldReason::ManualReview, "check", Utc::now(), "test")).unwrap();
+        process_order(&db, &id, Trigger::Intake, Utc::now()).unwrap();
+        assert_eq!(reserved(&db), 3);
+        transaction(&db, |db| crate::store::cancel_open_units(db, &id, "customer asked", Utc::now(), "test")).unwrap();
+        assert_eq!(reserved(&db), 0);
+        let b = &buckets(&db, &id)[0];
+        assert_eq!((b.cancelled, b.allocated), (3, 0));
+        let st = db.execute("SELECT status FROM fulfillment_orders", &[]).unwrap();
+        assert_eq!(st.first().unwrap().str("status"), "cancelled");
+    }
+
+    #[test]
+    fn shortfalls_backorder_or_hold_and_stock_arrival_clears_them_oldest_first() {
+        let db = setup();
+        stock(&db, "south", "A", 1);
+        let first = order(&db, "o1", &[("A", 2), ("B", 1)]);
+        let o = process_order(&db, &first, Trigger::Intake, Utc::now()).unwrap();
+        assert_eq!((o.allocated, o.backordered, o.held), (1, 1, 1));
+        assert_eq!(crate::store::open_hold_reasons(&db, &first).unwrap(), vec!["out_of_stock".to_string()]);
+        // The allocated unit is released despite the stock hold: only the missing unit waits.
+        assert_eq!(buckets(&db, &first)[0].released, 1);
+        let second = order(&db, "o2", &[("B", 1)]);
+        process_order(&db, &second, Trigger::Intake, Utc::now()).unwrap();
+        assert_eq!(buckets(&db, &second)[0].backordered, 1);
+        // One B arrives: the older order gets it; then one A: the hold lifts.
+        stock(&db, "north", "B", 1);
+        assert_eq!(release_backorders(&db, Some(&["B".to_string()]), None, Utc::now(), 10).unwrap(), 1);
+        assert_eq!(buckets(&db, &first)[1].released, 1);
+        assert_eq!(buckets(&db, &second)[0].backordered, 1);
+        stock(&db, "north", "A", 1);
+        release_backorders(&db, None, None, Utc::now(), 10).unwrap();
+        assert!(crate::store::open_hold_reasons(&db, &first).unwrap().is_empty());
+        assert_eq!(buckets(&db, &first)[0].released, 2);
+        let d = routing_view(&db, &first).unwrap();
+        assert_eq!(d["fulfillment_orders"].as_array().unwrap().len(), 3);
+        assert_eq!(d["decisions"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn simulate_writes_nothing() {
+        let db = setup();
+        stock(&db, "north", "A", 5);
+        let body = json!({"order": {"external_id": "sim", "currency": "EUR",
+            "shipping_address": {"line1": "x", "city": "Munich", "country_code": "DE", "postal_code": "80331"},
+            "lines": [{"sku": "A", "quantity": 2, "unit_price": "1.00"}]}});
+        let r = simulate(&db, &body, Utc::now()).unwrap();
+        assert_eq!(r["parts"][0]["facility"], "north");
+        assert_eq!(reserved(&db), 0);
+        assert!(simulate(&db, &json!({"order": {"lines": []}}), Utc::now()).is_err());
+    }
 }
