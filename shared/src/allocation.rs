@@ -170,8 +170,7 @@ fn supply(db: &dyn Db, skus: &BTreeSet<String>) -> Result<Supply> {
         &p,
     )?;
     for x in r.iter() {
-        s.available
-            .insert((x.str("facility_id"), x.str("sku")), x.i64("available"));
+        s.set(&x.str("facility_id"), &x.str("sku"), x.i64("available"));
     }
     let r = db.execute(
         "SELECT facility_id, COUNT(*) AS n FROM fulfillment_orders WHERE status IN ('on_hold', 'open', 'in_progress') GROUP BY facility_id",
@@ -324,7 +323,9 @@ pub fn plan(
                 ..Destination::default()
             }
         },
-        shipping_method: doc["shipping_lines_minor"][0]["method"].as_str().map(str::to_string),
+        shipping_method: doc["shipping_lines_minor"][0]["method"]
+            .as_str()
+            .map(str::to_string),
         service,
         preselected,
         lines: physical,
@@ -364,8 +365,12 @@ pub fn simulate(db: &dyn Db, body: &Json, now: DateTime<Utc>) -> Result<Json> {
     let facilities = load_facilities(db)?;
     let planned = plan(db, &o.external_id, &o.channel, &doc, physical, &facilities)?;
     Ok(match planned.decision {
-        Ok(d) => json!({"dry_run": true, "parts": d.parts, "unassigned": d.unassigned, "explanation": d.explanation}),
-        Err(note) => json!({"dry_run": true, "parts": [], "hold": {"reason": "incorrect_address", "note": note}}),
+        Ok(d) => {
+            json!({"dry_run": true, "parts": d.parts, "unassigned": d.unassigned, "explanation": d.explanation})
+        }
+        Err(note) => {
+            json!({"dry_run": true, "parts": [], "hold": {"reason": "incorrect_address", "note": note}})
+        }
     })
 }
 
@@ -1311,11 +1316,19 @@ mod tests {
             "lines": lines.iter().map(|(s, q)| json!({"sku": s, "quantity": q, "unit_price": "1.00"})).collect::<Vec<_>>(),
         });
         let o = crate::sources::api::map_order(&v, "", Utc::now()).unwrap();
-        transaction(db, |db| crate::store::insert_order(db, &o, Utc::now(), "test")).unwrap().id
+        transaction(db, |db| {
+            crate::store::insert_order(db, &o, Utc::now(), "test")
+        })
+        .unwrap()
+        .id
     }
 
     fn reserved(db: &NativeDb) -> i64 {
-        db.execute("SELECT COALESCE(SUM(reserved), 0) AS n FROM stock", &[]).unwrap().first().unwrap().i64("n")
+        db.execute("SELECT COALESCE(SUM(reserved), 0) AS n FROM stock", &[])
+            .unwrap()
+            .first()
+            .unwrap()
+            .i64("n")
     }
 
     fn buckets(db: &NativeDb, id: &str) -> Vec<crate::model::Buckets> {
@@ -1327,17 +1340,34 @@ mod tests {
         let db = setup();
         stock(&db, "north", "A", 5);
         let id = order(&db, "o1", &[("A", 2)]);
-        transaction(&db, |db| crate::store::add_hold(db, &id, HoldReason::HighFraudRisk, "check", Utc::now(), "test")).unwrap();
+        transaction(&db, |db| {
+            crate::store::add_hold(
+                db,
+                &id,
+                HoldReason::HighFraudRisk,
+                "check",
+                Utc::now(),
+                "test",
+            )
+        })
+        .unwrap();
         let o = process_order(&db, &id, Trigger::Intake, Utc::now()).unwrap();
         assert_eq!((o.allocated, o.released), (2, 0));
         assert_eq!(buckets(&db, &id)[0].allocated, 2);
         assert_eq!(reserved(&db), 2);
         // The sweep releases once the hold is gone.
-        transaction(&db, |db| crate::store::release_hold(db, &id, HoldReason::HighFraudRisk, Utc::now(), "test", "ok")).unwrap();
+        transaction(&db, |db| {
+            crate::store::release_hold(db, &id, HoldReason::HighFraudRisk, Utc::now(), "test", "ok")
+        })
+        .unwrap();
         let (_, released, _) = sweep(&db, Utc::now(), 10).unwrap();
         assert_eq!(released, 1);
         assert_eq!(buckets(&db, &id)[0].released, 2);
-        assert_eq!(reserved(&db), 2, "released units stay reserved until they ship");
+        assert_eq!(
+            reserved(&db),
+            2,
+            "released units stay reserved until they ship"
+        );
     }
 
     #[test]
@@ -1345,14 +1375,29 @@ mod tests {
         let db = setup();
         stock(&db, "north", "A", 5);
         let id = order(&db, "o1", &[("A", 3)]);
-        transaction(&db, |db| crate::store::add_hold(db, &id, HoldReason::ManualReview, "check", Utc::now(), "test")).unwrap();
+        transaction(&db, |db| {
+            crate::store::add_hold(
+                db,
+                &id,
+                HoldReason::ManualReview,
+                "check",
+                Utc::now(),
+                "test",
+            )
+        })
+        .unwrap();
         process_order(&db, &id, Trigger::Intake, Utc::now()).unwrap();
         assert_eq!(reserved(&db), 3);
-        transaction(&db, |db| crate::store::cancel_open_units(db, &id, "customer asked", Utc::now(), "test")).unwrap();
+        transaction(&db, |db| {
+            crate::store::cancel_open_units(db, &id, "customer asked", Utc::now(), "test")
+        })
+        .unwrap();
         assert_eq!(reserved(&db), 0);
         let b = &buckets(&db, &id)[0];
         assert_eq!((b.cancelled, b.allocated), (3, 0));
-        let st = db.execute("SELECT status FROM fulfillment_orders", &[]).unwrap();
+        let st = db
+            .execute("SELECT status FROM fulfillment_orders", &[])
+            .unwrap();
         assert_eq!(st.first().unwrap().str("status"), "cancelled");
     }
 
@@ -1363,7 +1408,10 @@ mod tests {
         let first = order(&db, "o1", &[("A", 2), ("B", 1)]);
         let o = process_order(&db, &first, Trigger::Intake, Utc::now()).unwrap();
         assert_eq!((o.allocated, o.backordered, o.held), (1, 1, 1));
-        assert_eq!(crate::store::open_hold_reasons(&db, &first).unwrap(), vec!["out_of_stock".to_string()]);
+        assert_eq!(
+            crate::store::open_hold_reasons(&db, &first).unwrap(),
+            vec!["out_of_stock".to_string()]
+        );
         // The allocated unit is released despite the stock hold: only the missing unit waits.
         assert_eq!(buckets(&db, &first)[0].released, 1);
         let second = order(&db, "o2", &[("B", 1)]);
@@ -1371,12 +1419,17 @@ mod tests {
         assert_eq!(buckets(&db, &second)[0].backordered, 1);
         // One B arrives: the older order gets it; then one A: the hold lifts.
         stock(&db, "north", "B", 1);
-        assert_eq!(release_backorders(&db, Some(&["B".to_string()]), None, Utc::now(), 10).unwrap(), 1);
+        assert_eq!(
+            release_backorders(&db, Some(&["B".to_string()]), None, Utc::now(), 10).unwrap(),
+            1
+        );
         assert_eq!(buckets(&db, &first)[1].released, 1);
         assert_eq!(buckets(&db, &second)[0].backordered, 1);
         stock(&db, "north", "A", 1);
         release_backorders(&db, None, None, Utc::now(), 10).unwrap();
-        assert!(crate::store::open_hold_reasons(&db, &first).unwrap().is_empty());
+        assert!(crate::store::open_hold_reasons(&db, &first)
+            .unwrap()
+            .is_empty());
         assert_eq!(buckets(&db, &first)[0].released, 2);
         let d = routing_view(&db, &first).unwrap();
         assert_eq!(d["fulfillment_orders"].as_array().unwrap().len(), 3);

@@ -16,8 +16,8 @@
 //!
 //!    `score = (wd·distance + ws·stock + ww·workload + wp·priority) / (wd + ws + ww + wp)`
 //!    with the channel's weights 1-10, kept in millionths so comparisons are exact.
-//!    Ties break by the first 8 bytes of SHA-256(`order_id:facility_id`), lowest
-//!    first: deterministic and replayable, never random.
+//!    Ties break by FNV-1a 64 of `order_id:facility_id`, lowest first:
+//!    deterministic and replayable, never random.
 //! 3. **Choice per part**: if any candidate can fill every remaining unit, the
 //!    best-scored of those takes the whole remainder (no split). Otherwise the
 //!    best-scored candidate that can contribute takes what it can, and the rest is
@@ -26,11 +26,10 @@
 //!    no other candidate can take that line whole (or on the last allowed part).
 //! 4. What no facility can take stays **unassigned** (backordered or held by the caller).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
@@ -194,19 +193,31 @@ pub struct Request<'a> {
 /// Units available per (facility, SKU), and open fulfillment orders per facility.
 #[derive(Debug, Clone, Default)]
 pub struct Supply {
-    pub available: BTreeMap<(String, String), i64>,
+    available: HashMap<String, HashMap<String, i64>>,
     pub open_orders: BTreeMap<String, i64>,
 }
 
 impl Supply {
+    pub fn set(&mut self, facility: &str, sku: &str, units: i64) {
+        self.available
+            .entry(facility.to_string())
+            .or_default()
+            .insert(sku.to_string(), units);
+    }
     pub fn get(&self, facility: &str, sku: &str) -> i64 {
         self.available
-            .get(&(facility.to_string(), sku.to_string()))
+            .get(facility)
+            .and_then(|m| m.get(sku))
             .copied()
             .unwrap_or(0)
             .max(0)
     }
 }
+
+/// How many ratings per round and candidates an explanation lists by name
+/// (the rest are counted), so a decision over 1,000 facilities stays small.
+pub const EXPLAIN_TOP: usize = 10;
+pub const EXPLAIN_CANDIDATES: usize = 50;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Part {
@@ -232,27 +243,24 @@ pub fn haversine_km(a: (f64, f64), b: (f64, f64)) -> f64 {
     2.0 * r * h.sqrt().min(1.0).asin()
 }
 
-/// The deterministic tie-break key (lower wins).
+/// The deterministic tie-break key (lower wins): 64-bit FNV-1a of
+/// `order_id:facility_id`. Stable across platforms and releases (a replayed
+/// decision breaks ties the same way); spreads ties over facilities per order.
 pub fn tie_break(order_id: &str, facility_id: &str) -> u64 {
-    let d = Sha256::digest(format!("{order_id}:{facility_id}").as_bytes());
-    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in order_id
+        .bytes()
+        .chain(std::iter::once(b':'))
+        .chain(facility_id.bytes())
+    {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 fn micros(x: f64) -> i64 {
     (x * 1_000_000.0).round() as i64
-}
-
-#[derive(Debug, Clone)]
-struct Rating {
-    facility: usize,
-    distance: i64,
-    stock: i64,
-    workload: i64,
-    priority: i64,
-    score: i64,
-    tie: u64,
-    fills_all: bool,
-    takes: Vec<i64>,
 }
 
 /// Routes `req` over `facilities` with `supply` under `cfg`.
@@ -266,12 +274,14 @@ pub fn route(
     let mut fac: Vec<&Facility> = facilities.iter().collect();
     fac.sort_by(|a, b| a.id.cmp(&b.id));
     fac.dedup_by(|a, b| a.id == b.id);
+    let nl = req.lines.len();
 
-    let mut candidates_json = Vec::with_capacity(fac.len());
+    // Per facility, once: fences, distance, tie-break key, stock per line.
+    let mut fences_of: Vec<Vec<&'static str>> = Vec::with_capacity(fac.len());
+    let mut km_of: Vec<Option<f64>> = Vec::with_capacity(fac.len());
     let mut eligible: Vec<usize> = Vec::new();
-    let total_demand: Vec<i64> = req.lines.iter().map(|l| l.quantity).collect();
-    for (i, f) in fac.iter().enumerate() {
-        let mut fences: Vec<&str> = Vec::new();
+    for f in &fac {
+        let mut fences: Vec<&'static str> = Vec::new();
         if !f.active {
             fences.push("inactive");
         }
@@ -306,28 +316,58 @@ pub fn route(
         {
             fences.push("complete_stock");
         }
-        let km = match (f.location, req.destination.location) {
-            (Some(a), Some(b)) => Some((haversine_km(a, b) * 10.0).round() / 10.0),
+        km_of.push(match (f.location, req.destination.location) {
+            (Some(a), Some(b)) => Some(haversine_km(a, b)),
             _ => None,
-        };
-        candidates_json.push(json!({
-            "facility": f.id,
-            "type": f.kind.as_str(),
-            "eligible": fences.is_empty(),
-            "fences": fences,
-            "distance_km": km,
-        }));
+        });
         if fences.is_empty() {
-            eligible.push(i);
+            eligible.push(fences_of.len());
         }
+        fences_of.push(fences);
     }
+    // Static parts of the rating, for eligible facilities only.
+    struct Static {
+        facility: usize,
+        distance: i64,
+        workload: i64,
+        priority: i64,
+        tie: u64,
+        stock: Vec<i64>,
+    }
+    let statics: Vec<Static> = eligible
+        .iter()
+        .map(|&i| {
+            let f = fac[i];
+            let distance = km_of[i].map(|km| 1.0 / (1.0 + km / 500.0)).unwrap_or(0.5);
+            let workload = match f.daily_capacity {
+                Some(c) if c > 0 => {
+                    let open = supply.open_orders.get(&f.id).copied().unwrap_or(0);
+                    (1.0 - open as f64 / c as f64).max(0.0)
+                }
+                _ => 1.0,
+            };
+            Static {
+                facility: i,
+                distance: micros(distance),
+                workload: micros(workload),
+                priority: micros(f.priority.clamp(0, 100) as f64 / 100.0),
+                tie: tie_break(req.order_id, &f.id),
+                stock: req
+                    .lines
+                    .iter()
+                    .map(|l| supply.get(&f.id, &l.sku))
+                    .collect(),
+            }
+        })
+        .collect();
 
     let w = cfg.weights;
     let wsum = (w.distance as i64 + w.stock as i64 + w.workload as i64 + w.priority as i64).max(1);
-    let mut remaining = total_demand.clone();
-    let mut chosen: Vec<usize> = Vec::new();
+    let mut remaining: Vec<i64> = req.lines.iter().map(|l| l.quantity).collect();
+    let mut taken = vec![false; statics.len()];
     let mut parts: Vec<Part> = Vec::new();
     let mut rounds = Vec::new();
+    let mut named: BTreeSet<usize> = BTreeSet::new();
     let max_parts = if cfg.complete_stock {
         1
     } else {
@@ -336,111 +376,106 @@ pub fn route(
 
     while remaining.iter().any(|&q| q > 0) && parts.len() < max_parts {
         let wanted: i64 = remaining.iter().sum();
-        let pool: Vec<usize> = eligible
-            .iter()
-            .copied()
-            .filter(|i| !chosen.contains(i))
-            .collect();
         let last_part = parts.len() + 1 == max_parts;
-        // Raw availability per candidate and line (capped at what is still wanted).
-        let avail: Vec<Vec<i64>> = pool
-            .iter()
-            .map(|&i| {
-                req.lines
-                    .iter()
-                    .zip(&remaining)
-                    .map(|(l, &r)| supply.get(&fac[i].id, &l.sku).min(r))
-                    .collect()
-            })
-            .collect();
-        let mut ratings: Vec<Rating> = Vec::with_capacity(pool.len());
-        for (k, &i) in pool.iter().enumerate() {
-            let f = fac[i];
-            let covered: i64 = avail[k].iter().sum();
-            let stock = covered as f64 / wanted as f64;
-            let distance = match (f.location, req.destination.location) {
-                (Some(a), Some(b)) => 1.0 / (1.0 + haversine_km(a, b) / 500.0),
-                _ => 0.5,
-            };
-            let workload = match f.daily_capacity {
-                Some(c) if c > 0 => {
-                    let open = supply.open_orders.get(&f.id).copied().unwrap_or(0);
-                    (1.0 - open as f64 / c as f64).max(0.0)
+        // Per line: how many candidates could take the rest of it whole.
+        let mut whole = vec![0usize; nl];
+        for (k, st) in statics.iter().enumerate() {
+            if taken[k] {
+                continue;
+            }
+            for l in 0..nl {
+                if remaining[l] > 0 && st.stock[l] >= remaining[l] {
+                    whole[l] += 1;
                 }
-                _ => 1.0,
-            };
-            let priority = f.priority.clamp(0, 100) as f64 / 100.0;
-            let (d, s, wl, p) = (
-                micros(distance),
-                micros(stock),
-                micros(workload),
-                micros(priority),
-            );
-            let score = (w.distance as i64 * d
-                + w.stock as i64 * s
-                + w.workload as i64 * wl
-                + w.priority as i64 * p)
+            }
+        }
+        struct Rating {
+            k: usize,
+            stock: i64,
+            score: i64,
+            fills_all: bool,
+            takes: Vec<i64>,
+        }
+        let mut ratings: Vec<Rating> = Vec::with_capacity(statics.len());
+        for (k, st) in statics.iter().enumerate() {
+            if taken[k] {
+                continue;
+            }
+            let mut covered = 0;
+            let mut takes = vec![0i64; nl];
+            for l in 0..nl {
+                let a = st.stock[l].min(remaining[l]);
+                covered += a;
+                // Whole lines, and part of a line only when no other candidate
+                // can take that line whole (or on the last allowed part).
+                let others_whole = whole[l] - usize::from(a >= remaining[l] && remaining[l] > 0);
+                takes[l] = if a >= remaining[l] || a == 0 || last_part || others_whole == 0 {
+                    a
+                } else {
+                    0
+                };
+            }
+            let stock = micros(covered as f64 / wanted as f64);
+            let score = (w.distance as i64 * st.distance
+                + w.stock as i64 * stock
+                + w.workload as i64 * st.workload
+                + w.priority as i64 * st.priority)
                 / wsum;
-            // What it would take: whole lines, and part of a line only when no
-            // other candidate can take that line whole (or on the last part).
-            let takes: Vec<i64> = (0..remaining.len())
-                .map(|l| {
-                    let a = avail[k][l];
-                    if a >= remaining[l] || a == 0 || last_part {
-                        a
-                    } else if (0..pool.len()).any(|o| o != k && avail[o][l] >= remaining[l]) {
-                        0
-                    } else {
-                        a
-                    }
-                })
-                .collect();
             ratings.push(Rating {
-                facility: i,
-                distance: d,
-                stock: s,
-                workload: wl,
-                priority: p,
+                k,
+                stock,
                 score,
-                tie: tie_break(req.order_id, &f.id),
                 fills_all: covered == wanted,
                 takes,
             });
         }
-        ratings.sort_by(|a, b| b.score.cmp(&a.score).then(a.tie.cmp(&b.tie)));
+        ratings.sort_by(|a, b| {
+            b.score
+                .cmp(&a.score)
+                .then(statics[a.k].tie.cmp(&statics[b.k].tie))
+        });
         let pick = ratings
             .iter()
             .find(|r| r.fills_all)
             .map(|r| (r, "fills every remaining unit; the best score among those that do"))
             .or_else(|| {
-                ratings
-                    .iter()
-                    .find(|r| r.takes.iter().any(|&t| t > 0))
-                    .map(|r| (r, "no candidate fills every remaining unit; the best score among those that can contribute"))
+                ratings.iter().find(|r| r.takes.iter().any(|&t| t > 0)).map(|r| {
+                    (r, "no candidate fills every remaining unit; the best score among those that can contribute")
+                })
             });
-        let ratings_json: Vec<Json> = ratings
+        let mut listed: Vec<&Rating> = ratings.iter().take(EXPLAIN_TOP).collect();
+        if let Some((r, _)) = pick {
+            if !listed.iter().any(|x| x.k == r.k) {
+                listed.push(r);
+            }
+        }
+        let ratings_json: Vec<Json> = listed
             .iter()
             .map(|r| {
+                let st = &statics[r.k];
+                named.insert(st.facility);
                 json!({
-                    "facility": fac[r.facility].id,
-                    "distance": r.distance as f64 / 1e6,
+                    "facility": fac[st.facility].id,
+                    "distance": st.distance as f64 / 1e6,
                     "stock": r.stock as f64 / 1e6,
-                    "workload": r.workload as f64 / 1e6,
-                    "priority": r.priority as f64 / 1e6,
+                    "workload": st.workload as f64 / 1e6,
+                    "priority": st.priority as f64 / 1e6,
                     "score": r.score as f64 / 1e6,
-                    "tie_break": format!("{:016x}", r.tie),
+                    "tie_break": format!("{:016x}", st.tie),
                     "fills_all": r.fills_all,
                 })
             })
             .collect();
+        let mut round = json!({
+            "part": parts.len() + 1,
+            "remaining_units": wanted,
+            "ratings": ratings_json,
+            "more_candidates": ratings.len().saturating_sub(listed.len()),
+        });
         let Some((r, why)) = pick else {
-            rounds.push(json!({
-                "part": parts.len() + 1,
-                "remaining_units": wanted,
-                "ratings": ratings_json,
-                "chosen": null,
-                "why": "no eligible facility has stock for the remaining units",
-            }));
+            round["chosen"] = Json::Null;
+            round["why"] = json!("no eligible facility has stock for the remaining units");
+            rounds.push(round);
             break;
         };
         let mut lines = Vec::new();
@@ -454,18 +489,12 @@ pub fn route(
                 });
             }
         }
-        rounds.push(json!({
-            "part": parts.len() + 1,
-            "remaining_units": wanted,
-            "ratings": ratings_json,
-            "chosen": fac[r.facility].id,
-            "why": why,
-        }));
-        chosen.push(r.facility);
-        parts.push(Part {
-            facility: fac[r.facility].id.clone(),
-            lines,
-        });
+        let facility = fac[statics[r.k].facility].id.clone();
+        round["chosen"] = json!(facility);
+        round["why"] = json!(why);
+        rounds.push(round);
+        taken[r.k] = true;
+        parts.push(Part { facility, lines });
     }
 
     let unassigned: Vec<Demand> = req
@@ -479,8 +508,36 @@ pub fn route(
             quantity: r,
         })
         .collect();
+    // Candidates by name: all of them for small networks; else the rated ones
+    // shown above and the first fenced ones, with counts for the rest.
+    let mut fenced_by: BTreeMap<&str, usize> = BTreeMap::new();
+    for f in &fences_of {
+        for x in f {
+            *fenced_by.entry(x).or_default() += 1;
+        }
+    }
+    let show_all = fac.len() <= EXPLAIN_CANDIDATES;
+    let mut fenced_shown = 0;
+    let mut candidates_json = Vec::new();
+    for (i, f) in fac.iter().enumerate() {
+        let fenced = !fences_of[i].is_empty();
+        let show = show_all || named.contains(&i) || (fenced && fenced_shown < EXPLAIN_CANDIDATES);
+        if !show {
+            continue;
+        }
+        if fenced {
+            fenced_shown += 1;
+        }
+        candidates_json.push(json!({
+            "facility": f.id,
+            "type": f.kind.as_str(),
+            "eligible": !fenced,
+            "fences": fences_of[i],
+            "distance_km": km_of[i].map(|k| (k * 10.0).round() / 10.0),
+        }));
+    }
     let explanation = json!({
-        "formula": "score = (wd*distance + ws*stock + ww*workload + wp*priority) / (wd+ws+ww+wp); distance = 1/(1+km/500), 0.5 without coordinates; stock = share of remaining units available; workload = 1 - open/daily_capacity; priority = priority/100; ties: lowest sha256(order_id:facility_id)",
+        "formula": "score = (wd*distance + ws*stock + ww*workload + wp*priority) / (wd+ws+ww+wp); distance = 1/(1+km/500), 0.5 without coordinates; stock = share of remaining units available; workload = 1 - open/daily_capacity; priority = priority/100; ties: lowest fnv1a64(order_id:facility_id)",
         "weights": w,
         "max_parts": cfg.max_parts,
         "complete_stock": cfg.complete_stock,
@@ -494,6 +551,7 @@ pub fn route(
             "source": req.destination.location_source,
         },
         "demand": req.lines,
+        "candidates_summary": {"total": fac.len(), "eligible": eligible.len(), "fenced_by": fenced_by},
         "candidates": candidates_json,
         "rounds": rounds,
         "parts": parts,
@@ -618,7 +676,7 @@ mod tests {
     fn supply(rows: &[(&str, &str, i64)]) -> Supply {
         let mut s = Supply::default();
         for (f, k, q) in rows {
-            s.available.insert((f.to_string(), k.to_string()), *q);
+            s.set(f, k, *q);
         }
         s
     }
@@ -641,6 +699,23 @@ mod tests {
     const BERLIN: (f64, f64) = (52.52, 13.40);
     const MUNICH: (f64, f64) = (48.14, 11.58);
     const PARIS: (f64, f64) = (48.86, 2.35);
+
+    #[test]
+    fn tie_break_is_fnv1a_64() {
+        // FNV-1a 64 of "a:b" (reference value computed independently).
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in b"a:b" {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        assert_eq!(tie_break("a", "b"), h);
+        assert_eq!(
+            tie_break("", ""),
+            0xaf63_b74c_8601_adad,
+            "FNV-1a 64 of \":\" (computed with Python)"
+        );
+        assert_ne!(tie_break("o1", "f1"), tie_break("o2", "f1"));
+    }
 
     #[test]
     fn haversine_is_about_right() {
@@ -903,8 +978,7 @@ mod tests {
             }
             for k in skus {
                 if rng.below(2) == 0 {
-                    s.available
-                        .insert((f.id.clone(), k.into()), rng.below(6) as i64);
+                    s.set(&f.id, k, rng.below(6) as i64);
                 }
             }
             facilities.push(f);
