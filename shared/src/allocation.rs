@@ -976,16 +976,19 @@ pub fn release_backorders(
 const UNPLACED_LINE: &str =
     "l.qty_ordered - l.qty_cancelled - l.qty_allocated - l.qty_released - l.qty_shipped";
 
-/// The scheduled pass: orders left `received` (a chained call failed or
+/// The scheduled pass: orders never routed (a chained call failed or
 /// inventory was not set up), allocated work whose holds were lifted, then
 /// backorders for every SKU with stock. Returns (orders routed, released, backorders served).
 pub fn sweep(db: &dyn Db, now: DateTime<Utc>, limit: i64) -> Result<(usize, usize, usize)> {
     let p = crate::db::Patient(db);
-    let stale = ts(now - chrono::Duration::seconds(20));
+    // Never routed: the chained call failed, or inventory was not set up yet.
+    // (Racing a chained call in flight is harmless: routing only places unplaced units.)
     let received: Vec<String> = p
         .execute(
-            "SELECT id FROM orders WHERE status = 'received' AND created_at < ? ORDER BY placed_at, id LIMIT ?",
-            params![stale.clone(), limit],
+            "SELECT id FROM orders o WHERE status IN ('received', 'on_hold')
+               AND NOT EXISTS (SELECT 1 FROM routing_decisions d WHERE d.order_id = o.id)
+             ORDER BY placed_at, id LIMIT ?",
+            params![limit],
         )?
         .iter()
         .map(|r| r.str("id"))

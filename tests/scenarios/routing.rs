@@ -863,3 +863,67 @@ async fn bad_inventory_input_answers_problems_and_changes_nothing() {
     app.stop().await;
     fc.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cron_sweep_routes_what_the_chained_call_could_not() {
+    let app = start().await;
+    // The only facility is inactive: routing leaves the order received.
+    let r = write(
+        &app,
+        "PUT",
+        "/api/facilities/main",
+        &json!({"name": "Main", "type": "warehouse", "active": false}),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    product(&app, "BOOK", json!({"name": "Book"})).await;
+    let r = receive(&app, "main", "BOOK", 5).await;
+    assert_eq!(r.json["backorders"]["orders_served"], 0, "{}", r.json);
+    let id = place(
+        &app,
+        &order("sweep-1", "2026-11-20T07:00:00Z", &[("BOOK", 2)]),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        get(&app, &format!("/api/orders/{id}")).await.json["status"],
+        "received"
+    );
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM routing_decisions"), 0);
+    // Activating the facility changes no stock, so nothing is triggered...
+    let r = write(
+        &app,
+        "PUT",
+        "/api/facilities/main",
+        &json!({"name": "Main", "type": "warehouse", "active": true}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        get(&app, &format!("/api/orders/{id}")).await.json["status"],
+        "received"
+    );
+    // ...until the scheduled sweep runs.
+    app.fire_cron("routing-cron")
+        .await
+        .expect("routing-cron runs");
+    let o = get(&app, &format!("/api/orders/{id}")).await.json;
+    assert_eq!(
+        (o["status"].as_str(), qty(&o, 0, "released")),
+        (Some("processing"), 2),
+        "{o}"
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM routing_decisions WHERE trigger = 'sweep'"
+        ),
+        1
+    );
+    // A second run finds nothing to do.
+    app.fire_cron("routing-cron")
+        .await
+        .expect("routing-cron runs");
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM routing_decisions"), 1);
+    app.stop().await;
+}
