@@ -122,17 +122,10 @@ pub fn destination(db: &dyn Db, address: &Json) -> Result<Destination> {
     })
 }
 
-struct LineState {
-    line_no: i64,
-    sku: String,
-    name: String,
-    unplaced: i64,
-    backordered: i64,
-}
-
 struct Product {
     backorderable: bool,
     digital: bool,
+    threshold: i64,
 }
 
 fn products(db: &dyn Db, skus: &BTreeSet<String>) -> Result<BTreeMap<String, Product>> {
@@ -142,7 +135,7 @@ fn products(db: &dyn Db, skus: &BTreeSet<String>) -> Result<BTreeMap<String, Pro
     let ph = vec!["?"; skus.len()].join(",");
     let p: Vec<Value> = skus.iter().map(Value::from).collect();
     let r = db.execute(
-        &format!("SELECT sku, backorderable, digital FROM products WHERE sku IN ({ph})"),
+        &format!("SELECT sku, backorderable, digital, low_stock_threshold FROM products WHERE sku IN ({ph})"),
         &p,
     )?;
     Ok(r.iter()
@@ -152,6 +145,7 @@ fn products(db: &dyn Db, skus: &BTreeSet<String>) -> Result<BTreeMap<String, Pro
                 Product {
                     backorderable: x.i64("backorderable") != 0,
                     digital: x.i64("digital") != 0,
+                    threshold: x.i64("low_stock_threshold"),
                 },
             )
         })
@@ -241,35 +235,56 @@ impl Trigger {
     }
 }
 
-/// Routes an order (in its own transaction), after giving older orders waiting
-/// for the same SKUs their turn: every pass checks backorders first.
+/// Routes an order, after giving older orders waiting for the same SKUs their
+/// turn: every pass checks backorders first. The plan is made from a snapshot
+/// read outside the write lock; under the lock the order's version is checked
+/// (re-planned if it moved) and every reservation is conditional, so a stock
+/// change in between can only make a reservation miss, never oversell.
 pub fn process_order(
     db: &dyn Db,
     order_id: &str,
     trigger: Trigger,
     now: DateTime<Utc>,
 ) -> Result<Outcome> {
-    let skus: Vec<String> = crate::db::Patient(db)
-        .execute(
-            &format!("SELECT DISTINCT sku FROM order_lines WHERE order_id = ? AND {UNPLACED} > 0"),
-            params![order_id],
-        )?
+    let reader = crate::db::Patient(db);
+    let Some(snapshot) = prepare(&reader, order_id)? else {
+        return Ok(Outcome::default());
+    };
+    let skus: Vec<String> = snapshot
+        .lines
         .iter()
-        .map(|r| r.str("sku"))
+        .filter(|l| l.unplaced > 0)
+        .map(|l| l.sku.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect();
+    if skus.is_empty() && !snapshot.has_held_work {
+        return Ok(Outcome::default());
+    }
+    let mut snapshot = Some(snapshot);
     if !skus.is_empty() {
-        let placed = crate::db::Patient(db)
-            .execute(
-                "SELECT placed_at FROM orders WHERE id = ?",
-                params![order_id],
-            )?
-            .first()
-            .map(|r| r.str("placed_at"));
-        if let Some(placed) = placed {
-            release_backorders(db, Some(&skus), Some((&placed, order_id)), now, 50)?;
+        let placed = snapshot
+            .as_ref()
+            .map(|s| s.placed_at.clone())
+            .unwrap_or_default();
+        if release_backorders(db, Some(&skus), Some((&placed, order_id)), now, 50)? > 0 {
+            snapshot = None; // stock moved: plan again under the lock
         }
     }
-    transaction(db, |db| route_order(db, order_id, trigger, now))
+    transaction(db, |db| {
+        let current = db
+            .execute("SELECT version FROM orders WHERE id = ?", params![order_id])?
+            .first()
+            .map(|r| r.i64("version"));
+        let prepared = match snapshot {
+            Some(s) if Some(s.version) == current => Some(s),
+            _ => prepare(db, order_id)?,
+        };
+        match prepared {
+            Some(p) => apply(db, p, trigger, now),
+            None => Ok(Outcome::default()),
+        }
+    })
 }
 
 /// A routing decision for an order's physical units, or why it cannot be made
@@ -382,11 +397,49 @@ pub fn route_order(
     trigger: Trigger,
     now: DateTime<Utc>,
 ) -> Result<Outcome> {
-    let mut out = Outcome::default();
-    let actor = "routing";
+    match prepare(db, order_id)? {
+        Some(p) => apply(db, p, trigger, now),
+        None => Ok(Outcome::default()),
+    }
+}
+
+struct Line {
+    line_no: i64,
+    sku: String,
+    name: String,
+    buckets: crate::model::Buckets,
+    unplaced: i64,
+}
+
+/// What a routing pass read: the order, its lines and holds, the catalog
+/// entries, the plan. Reads only.
+pub struct Prepared {
+    order_id: String,
+    number: String,
+    placed_at: String,
+    version: i64,
+    closed: bool,
+    doc: Json,
+    email: Option<String>,
+    customer_name: Option<String>,
+    lines: Vec<Line>,
+    holds: Vec<String>,
+    catalog: BTreeMap<String, Product>,
+    /// Allocated fulfillment orders waiting for release.
+    has_held_work: bool,
+    existing_fos: i64,
+    /// None: nothing physical to place, or no active facility.
+    planned: Option<Planned>,
+    no_facility: bool,
+}
+
+fn prepare(db: &dyn Db, order_id: &str) -> Result<Option<Prepared>> {
     let Some(o) = db
         .execute(
-            "SELECT id, number, channel, status, doc, customer_email, customer_name FROM orders WHERE id = ?",
+            "SELECT number, channel, status, placed_at, version, closed_at, doc, customer_email, customer_name,
+                (SELECT COUNT(*) FROM fulfillment_orders f WHERE f.order_id = orders.id) AS fos,
+                (SELECT COUNT(*) FROM fulfillment_orders f WHERE f.order_id = orders.id AND f.status = 'on_hold') AS held_fos
+             FROM orders WHERE id = ?",
             params![order_id],
         )?
         .first()
@@ -395,147 +448,301 @@ pub fn route_order(
                 r.str("number"),
                 r.str("channel"),
                 r.str("status"),
+                r.str("placed_at"),
+                r.i64("version"),
+                r.opt_str("closed_at").is_some(),
                 serde_json::from_str::<Json>(&r.str("doc")).unwrap_or(Json::Null),
                 r.opt_str("customer_email"),
                 r.opt_str("customer_name"),
+                r.i64("fos"),
+                r.i64("held_fos"),
             )
         })
     else {
-        return Ok(out);
+        return Ok(None);
     };
-    let (number, channel, status, doc, email, customer_name) = o;
+    let (
+        number,
+        channel,
+        status,
+        placed_at,
+        version,
+        closed,
+        doc,
+        email,
+        customer_name,
+        fos,
+        held_fos,
+    ) = o;
     if status == "cancelled" || status == "closed" {
-        return Ok(out);
+        return Ok(None);
     }
-    let lines: Vec<LineState> = db
+    let lines: Vec<Line> = db
         .execute(
-            &format!(
-                "SELECT line_no, sku, name, ({UNPLACED}) AS unplaced, qty_backordered FROM order_lines WHERE order_id = ? ORDER BY line_no"
-            ),
+            "SELECT * FROM order_lines WHERE order_id = ? ORDER BY line_no",
             params![order_id],
         )?
         .iter()
-        .map(|l| LineState {
-            line_no: l.i64("line_no"),
-            sku: l.str("sku"),
-            name: l.str("name"),
-            unplaced: l.i64("unplaced").max(0),
-            backordered: l.i64("qty_backordered"),
+        .map(|l| {
+            let b = store::buckets(&l);
+            let unplaced = (b.ordered - b.cancelled - b.allocated - b.released - b.shipped).max(0);
+            Line {
+                line_no: l.i64("line_no"),
+                sku: l.str("sku"),
+                name: l.str("name"),
+                buckets: b,
+                unplaced,
+            }
         })
         .collect();
     let holds = store::open_hold_reasons(db, order_id)?;
-    let blocked = holds.iter().any(|h| blocks_release(h));
     let skus: BTreeSet<String> = lines
         .iter()
         .filter(|l| l.unplaced > 0)
         .map(|l| l.sku.clone())
         .collect();
     let catalog = products(db, &skus)?;
-    let is_digital = |sku: &str| catalog.get(sku).is_some_and(|p| p.digital);
-    let backorderable = |sku: &str| catalog.get(sku).is_some_and(|p| p.backorderable);
-
     let physical: Vec<Demand> = lines
         .iter()
-        .filter(|l| l.unplaced > 0 && !is_digital(&l.sku))
+        .filter(|l| l.unplaced > 0 && !catalog.get(&l.sku).is_some_and(|p| p.digital))
         .map(|l| Demand {
             line_no: l.line_no,
             sku: l.sku.clone(),
             quantity: l.unplaced,
         })
         .collect();
-    // Digital units are claimed at release: not while a hold stops release.
-    let digital: Vec<&LineState> = lines
-        .iter()
-        .filter(|l| l.unplaced > 0 && is_digital(&l.sku) && !blocked)
-        .collect();
-
-    // Unplaced units per line after this pass, for backorders and holds.
-    let mut left: BTreeMap<i64, i64> = BTreeMap::new();
-    let mut explanation = json!({});
-    let mut fo_names = Vec::new();
-    let mut held_note: Option<String> = None;
-
+    let mut planned = None;
+    let mut no_facility = false;
     if !physical.is_empty() {
         let facilities = load_facilities(db)?;
-        if !facilities.iter().any(|f| f.active) && digital.is_empty() {
-            // Inventory is not set up: leave the order received; the sweep retries.
-            return Ok(out);
+        if facilities.iter().any(|f| f.active) {
+            planned = Some(plan(db, order_id, &channel, &doc, physical, &facilities)?);
+        } else {
+            no_facility = true;
         }
-        let planned = plan(db, order_id, &channel, &doc, physical.clone(), &facilities)?;
+    }
+    Ok(Some(Prepared {
+        order_id: order_id.to_string(),
+        number,
+        placed_at,
+        version,
+        closed,
+        doc,
+        email,
+        customer_name,
+        lines,
+        holds,
+        catalog,
+        has_held_work: held_fos > 0,
+        existing_fos: fos,
+        planned,
+        no_facility,
+    }))
+}
+
+/// The outbox payload of a released fulfillment order (for the shipment
+/// component, the fulfillment center and subscribers).
+#[allow(clippy::too_many_arguments)]
+fn released_payload(
+    fo_id: &str,
+    name: &str,
+    order_id: &str,
+    number: &str,
+    facility: &str,
+    pickup: bool,
+    email: &Option<String>,
+    customer_name: &Option<String>,
+    doc: &Json,
+    items: &[Json],
+) -> Json {
+    json!({"fulfillment_order_id": fo_id, "fulfillment_order": name, "order_id": order_id, "number": number,
+           "facility": facility, "pickup": pickup, "email": email, "customer_name": customer_name,
+           "shipping_address": doc["shipping_address"], "shipping_method": doc["shipping_lines_minor"][0]["method"],
+           "lines": items})
+}
+
+/// Writes a prepared pass: reservations, fulfillment orders (released at once
+/// unless a hold stops it), licence keys, backorders and holds, the decision,
+/// the buckets and statuses.
+fn apply(db: &dyn Db, p: Prepared, trigger: Trigger, now: DateTime<Utc>) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let actor = "routing";
+    let order_id = p.order_id.as_str();
+    let blocked = p.holds.iter().any(|h| blocks_release(h));
+    let backorderable = |sku: &str| p.catalog.get(sku).is_some_and(|x| x.backorderable);
+    let threshold = |sku: &str| p.catalog.get(sku).map(|x| x.threshold).unwrap_or(0);
+    let is_digital = |sku: &str| p.catalog.get(sku).is_some_and(|x| x.digital);
+    if p.no_facility
+        && !p
+            .lines
+            .iter()
+            .any(|l| l.unplaced > 0 && is_digital(&l.sku) && !blocked)
+    {
+        // Inventory is not set up: leave the order as it is; the sweep retries.
+        return Ok(out);
+    }
+    // Per line: units newly allocated / released / delivered, and what is left.
+    let mut add_alloc: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut add_rel: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut add_ship: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut left: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut explanation = json!({});
+    let mut fo_ids = Vec::new();
+    let mut fo_names = Vec::new();
+    let mut held_note: Option<String> = None;
+    let mut holds_open = p.holds.len();
+
+    if let Some(planned) = &p.planned {
         let service = planned.service;
-        if let Err(note) = &planned.decision {
-            held_note = Some(note.clone());
-            store::add_hold(db, order_id, HoldReason::IncorrectAddress, note, now, actor)?;
-            for d in &physical {
-                left.insert(d.line_no, 0); // held for the address, not for stock
+        match &planned.decision {
+            Err(note) => {
+                held_note = Some(note.clone());
+                if store::add_hold(db, order_id, HoldReason::IncorrectAddress, note, now, actor)? {
+                    holds_open += 1;
+                }
+                for l in p
+                    .lines
+                    .iter()
+                    .filter(|l| l.unplaced > 0 && !is_digital(&l.sku))
+                {
+                    left.insert(l.line_no, 0); // held for the address, not for stock
+                }
             }
-        } else if let Ok(decision) = planned.decision {
-            explanation = decision.explanation.clone();
-            for d in &physical {
-                left.insert(d.line_no, d.quantity);
-            }
-            let existing = db
-                .execute(
-                    "SELECT COUNT(*) AS n FROM fulfillment_orders WHERE order_id = ?",
-                    params![order_id],
-                )?
-                .first()
-                .map(|r| r.i64("n"))
-                .unwrap_or(0);
-            for (k, part) in decision.parts.iter().enumerate() {
-                let fo_id = uuid::Uuid::now_v7().to_string();
-                let name = format!("{number}-F{}", existing + k as i64 + 1);
-                let mut fo_lines = Vec::new();
-                for d in &part.lines {
-                    // The one conditional reservation: no read-then-write race.
-                    let got = db.exec(
-                        "UPDATE stock SET reserved = reserved + ?1, updated_at = ?2
-                         WHERE sku = ?3 AND facility_id = ?4 AND on_hand - reserved >= ?1",
-                        params![d.quantity, ts(now), d.sku.clone(), part.facility.clone()],
-                    )?;
-                    if got != 1 {
-                        continue; // changed under us: stays unplaced, the next pass retries
+            Ok(decision) => {
+                explanation = decision.explanation.clone();
+                for d in decision
+                    .parts
+                    .iter()
+                    .flat_map(|x| &x.lines)
+                    .chain(&decision.unassigned)
+                {
+                    *left.entry(d.line_no).or_default() += d.quantity;
+                }
+                for part in &decision.parts {
+                    let mut fo_lines = Vec::new();
+                    for d in &part.lines {
+                        // The one conditional reservation: no read-then-write race.
+                        let got = db.exec(
+                            "UPDATE stock SET reserved = reserved + ?1, updated_at = ?2
+                             WHERE sku = ?3 AND facility_id = ?4 AND on_hand - reserved >= ?1",
+                            params![d.quantity, ts(now), d.sku.clone(), part.facility.clone()],
+                        )?;
+                        if got != 1 {
+                            continue; // changed under us: stays unplaced, the next pass retries
+                        }
+                        *left.get_mut(&d.line_no).expect("line") -= d.quantity;
+                        fo_lines.push(d.clone());
+                        if threshold(&d.sku) > 0 {
+                            low_stock_check(db, &d.sku, &part.facility, now)?;
+                        }
                     }
-                    *left.get_mut(&d.line_no).expect("line") -= d.quantity;
-                    fo_lines.push(d.clone());
-                    low_stock_check(db, &d.sku, &part.facility, now)?;
-                }
-                if fo_lines.is_empty() {
-                    continue;
-                }
-                db.execute(
-                    "INSERT INTO fulfillment_orders (id, order_id, name, facility_id, status, request_status, pickup, created_at, updated_at)
-                     VALUES (?, ?, ?, ?, 'on_hold', 'unsubmitted', ?, ?, ?)",
-                    params![fo_id.clone(), order_id, name.clone(), part.facility.clone(), service == Service::ClickCollect, ts(now), ts(now)],
-                )?;
-                for d in &fo_lines {
+                    if fo_lines.is_empty() {
+                        continue;
+                    }
+                    let fo_id = uuid::Uuid::now_v7().to_string();
+                    let name =
+                        format!("{}-F{}", p.number, p.existing_fos + fo_ids.len() as i64 + 1);
+                    let pickup = service == Service::ClickCollect;
                     db.execute(
-                        "INSERT INTO fulfillment_order_lines (fulfillment_order_id, line_no, sku, part_number, quantity)
-                         VALUES (?, ?, ?, (SELECT part_number FROM product_parts WHERE sku = ? AND facility_id = ?), ?)",
-                        params![fo_id.clone(), d.line_no, d.sku.clone(), d.sku.clone(), part.facility.clone(), d.quantity],
+                        "INSERT INTO fulfillment_orders (id, order_id, name, facility_id, status, request_status, pickup, created_at, released_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, 'unsubmitted', ?6, ?7, ?8, ?7)",
+                        params![fo_id.clone(), order_id, name.clone(), part.facility.clone(),
+                                if blocked { "on_hold" } else { "open" }, pickup, ts(now), (!blocked).then(|| ts(now))],
                     )?;
+                    let ph = vec!["(?, ?, ?, (SELECT part_number FROM product_parts WHERE sku = ? AND facility_id = ?), ?)"; fo_lines.len()].join(",");
+                    let mut prm = Vec::with_capacity(fo_lines.len() * 6);
+                    for d in &fo_lines {
+                        prm.extend([
+                            Value::from(fo_id.clone()),
+                            Value::from(d.line_no),
+                            Value::from(d.sku.clone()),
+                            Value::from(d.sku.clone()),
+                            Value::from(part.facility.clone()),
+                            Value::from(d.quantity),
+                        ]);
+                        *if blocked {
+                            add_alloc.entry(d.line_no)
+                        } else {
+                            add_rel.entry(d.line_no)
+                        }
+                        .or_default() += d.quantity;
+                    }
                     db.execute(
-                        "UPDATE order_lines SET qty_allocated = qty_allocated + ? WHERE order_id = ? AND line_no = ?",
-                        params![d.quantity, order_id, d.line_no],
+                        &format!("INSERT INTO fulfillment_order_lines (fulfillment_order_id, line_no, sku, part_number, quantity) VALUES {ph}"),
+                        &prm,
                     )?;
-                    out.allocated += d.quantity;
+                    let units: i64 = fo_lines.iter().map(|d| d.quantity).sum();
+                    if blocked {
+                        out.allocated += units;
+                        record_event(db, order_id, now, actor, "fulfillment_order.created",
+                            &format!("{name}: {units} unit(s) allocated at {}, waiting for release (on hold)", part.facility),
+                            json!({"fulfillment_order": name, "facility": part.facility, "lines": fo_lines, "pickup": pickup}))?;
+                    } else {
+                        out.allocated += units;
+                        out.released += units;
+                        let items: Vec<Json> = fo_lines.iter().map(|d| {
+                            let name = p.lines.iter().find(|l| l.line_no == d.line_no).map(|l| l.name.clone()).unwrap_or_default();
+                            json!({"line_no": d.line_no, "sku": d.sku, "name": name, "quantity": d.quantity})
+                        }).collect();
+                        record_event(
+                            db,
+                            order_id,
+                            now,
+                            actor,
+                            "fulfillment_order.released",
+                            &format!(
+                                "{name}: {units} unit(s) allocated at {} and released",
+                                part.facility
+                            ),
+                            json!({"fulfillment_order": name, "facility": part.facility, "units": units, "lines": fo_lines, "pickup": pickup}),
+                        )?;
+                        let mut payload = released_payload(
+                            &fo_id,
+                            &name,
+                            order_id,
+                            &p.number,
+                            &part.facility,
+                            pickup,
+                            &p.email,
+                            &p.customer_name,
+                            &p.doc,
+                            &items,
+                        );
+                        // Part numbers as stored (the FC's own numbers).
+                        let pn = db.execute(
+                            "SELECT line_no, part_number FROM fulfillment_order_lines WHERE fulfillment_order_id = ? AND part_number IS NOT NULL",
+                            params![fo_id.clone()],
+                        )?;
+                        if let Some(arr) = payload["lines"].as_array_mut() {
+                            for it in arr.iter_mut() {
+                                it["part_number"] = pn
+                                    .iter()
+                                    .find(|r| Some(r.i64("line_no")) == it["line_no"].as_i64())
+                                    .map(|r| json!(r.str("part_number")))
+                                    .unwrap_or(Json::Null);
+                            }
+                        }
+                        enqueue(
+                            db,
+                            "fulfillment_order.released",
+                            Some(order_id),
+                            payload,
+                            now,
+                        )?;
+                    }
+                    fo_ids.push(fo_id);
+                    fo_names.push(name);
                 }
-                let units: i64 = fo_lines.iter().map(|d| d.quantity).sum();
-                record_event(
-                    db,
-                    order_id,
-                    now,
-                    actor,
-                    "fulfillment_order.created",
-                    &format!("{name}: {units} unit(s) allocated at {}", part.facility),
-                    json!({"fulfillment_order": name, "facility": part.facility, "lines": fo_lines, "pickup": service == Service::ClickCollect}),
-                )?;
-                fo_names.push(name);
             }
         }
     }
 
     // Licence keys: one per unit, claimed in one conditional statement.
+    let digital: Vec<&Line> = p
+        .lines
+        .iter()
+        .filter(|l| l.unplaced > 0 && is_digital(&l.sku) && !blocked)
+        .collect();
     for l in &digital {
         let got = db.exec(
             "UPDATE license_keys SET order_id = ?1, line_no = ?2, assigned_at = ?3
@@ -552,10 +759,7 @@ pub fn route_order(
                 .iter()
                 .map(|k| k.str("key"))
                 .collect();
-            db.execute(
-                "UPDATE order_lines SET qty_shipped = qty_shipped + ?1, qty_delivered = qty_delivered + ?1 WHERE order_id = ?2 AND line_no = ?3",
-                params![got, order_id, l.line_no],
-            )?;
+            *add_ship.entry(l.line_no).or_default() += got;
             out.keys += got;
             record_event(
                 db,
@@ -579,7 +783,7 @@ pub fn route_order(
                 db,
                 "license.assigned",
                 Some(order_id),
-                json!({"order_id": order_id, "number": number, "email": email, "customer_name": customer_name,
+                json!({"order_id": order_id, "number": p.number, "email": p.email, "customer_name": p.customer_name,
                        "line_no": l.line_no, "sku": l.sku, "name": l.name, "quantity": got,
                        "license_key": keys.join(", "), "license_keys": keys}),
                 now,
@@ -591,19 +795,17 @@ pub fn route_order(
     // What is left: backordered where the SKU allows it, else held out of stock.
     let mut newly_backordered = Vec::new();
     let mut short = Vec::new();
-    for l in &lines {
+    let mut new_backordered: BTreeMap<i64, i64> = BTreeMap::new();
+    for l in &p.lines {
         let Some(&rest) = left.get(&l.line_no) else {
             continue;
         };
         let target = if backorderable(&l.sku) { rest } else { 0 };
-        if target != l.backordered {
-            db.execute(
-                "UPDATE order_lines SET qty_backordered = ? WHERE order_id = ? AND line_no = ?",
-                params![target, order_id, l.line_no],
-            )?;
+        if target != l.buckets.backordered {
+            new_backordered.insert(l.line_no, target);
         }
-        if target > l.backordered {
-            newly_backordered.push(json!({"line_no": l.line_no, "sku": l.sku, "name": l.name, "quantity": target - l.backordered}));
+        if target > l.buckets.backordered {
+            newly_backordered.push(json!({"line_no": l.line_no, "sku": l.sku, "name": l.name, "quantity": target - l.buckets.backordered}));
         }
         out.backordered += target;
         if !backorderable(&l.sku) && rest > 0 && held_note.is_none() {
@@ -629,29 +831,92 @@ pub fn route_order(
             db,
             "order.backordered",
             Some(order_id),
-            json!({"order_id": order_id, "number": number, "email": email, "customer_name": customer_name, "lines": newly_backordered}),
+            json!({"order_id": order_id, "number": p.number, "email": p.email, "customer_name": p.customer_name, "lines": newly_backordered}),
             now,
         )?;
     }
-    let had_stock_hold = holds.iter().any(|h| h == HoldReason::OutOfStock.as_str());
+    let had_stock_hold = p.holds.iter().any(|h| h == HoldReason::OutOfStock.as_str());
     if !short.is_empty() {
-        store::add_hold(
+        if store::add_hold(
             db,
             order_id,
             HoldReason::OutOfStock,
             &format!("no facility can supply {}", short.join(", ")),
             now,
             actor,
-        )?;
-    } else if had_stock_hold && !left.is_empty() {
-        store::release_hold(
+        )? {
+            holds_open += 1;
+        }
+    } else if had_stock_hold
+        && !left.is_empty()
+        && store::release_hold(
             db,
             order_id,
             HoldReason::OutOfStock,
             now,
             actor,
             "every unit is now placed or backordered",
+        )?
+    {
+        holds_open -= 1;
+    }
+
+    // The buckets, in one statement.
+    let touched: BTreeSet<i64> = add_alloc
+        .keys()
+        .chain(add_rel.keys())
+        .chain(add_ship.keys())
+        .chain(new_backordered.keys())
+        .copied()
+        .collect();
+    let mut buckets: Vec<crate::model::Buckets> =
+        p.lines.iter().map(|l| l.buckets.clone()).collect();
+    if !touched.is_empty() {
+        let case = |m: &BTreeMap<i64, i64>, prm: &mut Vec<Value>| -> String {
+            if m.is_empty() {
+                return "0".into();
+            }
+            let mut sql = "CASE line_no".to_string();
+            for (k, v) in m {
+                sql.push_str(" WHEN ? THEN ?");
+                prm.extend([Value::from(*k), Value::from(*v)]);
+            }
+            sql.push_str(" ELSE 0 END");
+            sql
+        };
+        let mut prm = Vec::new();
+        let ca = case(&add_alloc, &mut prm);
+        let cr = case(&add_rel, &mut prm);
+        let cs = case(&add_ship, &mut prm);
+        let cd = case(&add_ship, &mut prm);
+        let mut cb = "qty_backordered".to_string();
+        if !new_backordered.is_empty() {
+            cb = "CASE line_no".into();
+            for (k, v) in &new_backordered {
+                cb.push_str(" WHEN ? THEN ?");
+                prm.extend([Value::from(*k), Value::from(*v)]);
+            }
+            cb.push_str(" ELSE qty_backordered END");
+        }
+        prm.push(Value::from(order_id));
+        db.execute(
+            &format!(
+                "UPDATE order_lines SET qty_allocated = qty_allocated + {ca}, qty_released = qty_released + {cr},
+                    qty_shipped = qty_shipped + {cs}, qty_delivered = qty_delivered + {cd}, qty_backordered = {cb}
+                 WHERE order_id = ?"
+            ),
+            &prm,
         )?;
+        for (i, l) in p.lines.iter().enumerate() {
+            let b = &mut buckets[i];
+            b.allocated += add_alloc.get(&l.line_no).copied().unwrap_or(0);
+            b.released += add_rel.get(&l.line_no).copied().unwrap_or(0);
+            b.shipped += add_ship.get(&l.line_no).copied().unwrap_or(0);
+            b.delivered += add_ship.get(&l.line_no).copied().unwrap_or(0);
+            if let Some(v) = new_backordered.get(&l.line_no) {
+                b.backordered = *v;
+            }
+        }
     }
 
     let placed = out.allocated + out.keys;
@@ -666,12 +931,17 @@ pub fn route_order(
             .is_empty();
     if (!unchanged || first) && !left.is_empty() {
         let summary = format!(
-            "{} unit(s) allocated{}{}{}{}",
+            "{} unit(s) allocated{}{}{}{}{}",
             out.allocated,
             if fo_names.is_empty() {
                 String::new()
             } else {
                 format!(" in {}", fo_names.join(", "))
+            },
+            if out.released > 0 {
+                " and released".to_string()
+            } else {
+                String::new()
             },
             if out.keys > 0 {
                 format!(", {} licence key(s)", out.keys)
@@ -702,13 +972,13 @@ pub fn route_order(
             params![order_id, ts(now), trigger.as_str(), summary.clone(), ex.to_string()],
         )?;
         let decision_id = db.last_insert_rowid();
-        if !fo_names.is_empty() {
-            let ph = vec!["?"; fo_names.len()].join(",");
-            let mut p: Vec<Value> = vec![Value::Integer(decision_id)];
-            p.extend(fo_names.iter().map(Value::from));
+        if !fo_ids.is_empty() {
+            let ph = vec!["?"; fo_ids.len()].join(",");
+            let mut prm: Vec<Value> = vec![Value::Integer(decision_id)];
+            prm.extend(fo_ids.iter().map(Value::from));
             db.execute(
-                &format!("UPDATE fulfillment_orders SET decision_id = ? WHERE name IN ({ph})"),
-                &p,
+                &format!("UPDATE fulfillment_orders SET decision_id = ? WHERE id IN ({ph})"),
+                &prm,
             )?;
         }
         record_event(
@@ -722,14 +992,18 @@ pub fn route_order(
                 "routing.decided"
             },
             &summary,
-            json!({"decision_id": decision_id, "trigger": trigger.as_str(), "allocated": out.allocated, "keys": out.keys,
-                   "backordered": out.backordered, "held": out.held}),
+            json!({"decision_id": decision_id, "trigger": trigger.as_str(), "allocated": out.allocated, "released": out.released,
+                   "keys": out.keys, "backordered": out.backordered, "held": out.held}),
         )?;
         out.changed = true;
     }
-    out.released = release(db, order_id, now)?;
-    if out.changed || out.released > 0 {
+    // Fulfillment orders allocated earlier whose hold is gone.
+    if !blocked && p.has_held_work {
+        out.released += release(db, order_id, now)?;
+        out.changed = true;
         store::refresh_status(db, order_id, now)?;
+    } else if out.changed || holds_open != p.holds.len() {
+        store::write_status(db, order_id, &buckets, holds_open, p.closed, now)?;
     }
     Ok(out)
 }
@@ -785,14 +1059,23 @@ pub fn release(db: &dyn Db, order_id: &str, now: DateTime<Utc>) -> Result<i64> {
             &format!("{name} released to {facility}"),
             json!({"fulfillment_order": name, "facility": facility, "units": items.iter().map(|i| i["quantity"].as_i64().unwrap_or(0)).sum::<i64>()}),
         )?;
+        let payload = released_payload(
+            &fo_id,
+            &name,
+            order_id,
+            &f.str("number"),
+            &facility,
+            f.i64("pickup") != 0,
+            &f.opt_str("customer_email"),
+            &f.opt_str("customer_name"),
+            &doc,
+            &items,
+        );
         enqueue(
             db,
             "fulfillment_order.released",
             Some(order_id),
-            json!({"fulfillment_order_id": fo_id, "fulfillment_order": name, "order_id": order_id, "number": f.str("number"),
-                   "facility": facility, "pickup": f.i64("pickup") != 0, "email": f.opt_str("customer_email"),
-                   "customer_name": f.opt_str("customer_name"), "shipping_address": doc["shipping_address"],
-                   "shipping_method": doc["shipping_lines_minor"][0]["method"], "lines": items}),
+            payload,
             now,
         )?;
     }
@@ -1437,6 +1720,52 @@ mod tests {
         let d = routing_view(&db, &first).unwrap();
         assert_eq!(d["fulfillment_orders"].as_array().unwrap().len(), 3);
         assert_eq!(d["decisions"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn licence_keys_are_assigned_once_and_the_rest_backordered() {
+        let db = setup();
+        db.execute(
+            "INSERT INTO products (sku, name, weight_grams, backorderable, digital, low_stock_threshold, updated_at) VALUES ('K', 'Key', 0, 1, 1, 5, '')",
+            &[],
+        )
+        .unwrap();
+        for k in ["k1", "k2"] {
+            db.execute(
+                "INSERT INTO license_keys (sku, key, imported_at) VALUES ('K', ?, '')",
+                params![k],
+            )
+            .unwrap();
+        }
+        let id = order(&db, "o1", &[("K", 3), ("A", 1)]);
+        stock(&db, "north", "A", 1);
+        let o = process_order(&db, &id, Trigger::Intake, Utc::now()).unwrap();
+        assert_eq!((o.keys, o.backordered, o.released), (2, 1, 1));
+        let b = buckets(&db, &id);
+        assert_eq!((b[0].shipped, b[0].delivered, b[0].backordered), (2, 2, 1));
+        assert_eq!(b[1].released, 1);
+        let n = |sql: &str| db.execute(sql, &[]).unwrap().first().unwrap().i64("n");
+        assert_eq!(
+            n("SELECT COUNT(*) AS n FROM license_keys WHERE order_id IS NOT NULL"),
+            2
+        );
+        assert_eq!(
+            n("SELECT COUNT(*) AS n FROM outbox WHERE topic = 'stock.low'"),
+            1
+        );
+        assert_eq!(
+            n("SELECT COUNT(*) AS n FROM outbox WHERE topic = 'license.assigned'"),
+            1
+        );
+        // Routing again assigns nothing twice.
+        let o = process_order(&db, &id, Trigger::Sweep, Utc::now()).unwrap();
+        assert_eq!((o.keys, o.changed), (0, false));
+        assert_eq!(
+            n("SELECT COUNT(*) AS n FROM license_keys WHERE order_id IS NOT NULL"),
+            2
+        );
+        let status = db.execute("SELECT status FROM orders", &[]).unwrap();
+        assert_eq!(status.first().unwrap().str("status"), "processing");
     }
 
     #[test]

@@ -245,7 +245,7 @@ pub fn load_buckets(db: &dyn Db, order_id: &str) -> Result<Vec<Buckets>> {
     Ok(r.iter().map(|r| buckets(&r)).collect())
 }
 
-fn buckets(r: &Row<'_>) -> Buckets {
+pub fn buckets(r: &Row<'_>) -> Buckets {
     Buckets {
         ordered: r.i64("qty_ordered"),
         cancelled: r.i64("qty_cancelled"),
@@ -270,8 +270,23 @@ pub fn refresh_status(db: &dyn Db, order_id: &str, now: DateTime<Utc>) -> Result
         .first()
         .and_then(|r| r.opt_str("closed_at"))
         .is_some();
-    let status = derive_status(&b, holds, closed).as_str().to_string();
-    let ful = derive_fulfillment(&b).as_str().to_string();
+    write_status(db, order_id, &b, holds, closed, now)
+}
+
+/// Stores the statuses derived from `buckets`, `open_holds` and `closed`
+/// (for callers that already hold the order's current state).
+pub fn write_status(
+    db: &dyn Db,
+    order_id: &str,
+    buckets: &[Buckets],
+    open_holds: usize,
+    closed: bool,
+    now: DateTime<Utc>,
+) -> Result<(String, String)> {
+    let status = derive_status(buckets, open_holds, closed)
+        .as_str()
+        .to_string();
+    let ful = derive_fulfillment(buckets).as_str().to_string();
     db.execute(
         "UPDATE orders SET status = ?, fulfillment_status = ?, updated_at = ?, version = version + 1,
             cancelled_at = CASE WHEN ? = 'cancelled' THEN COALESCE(cancelled_at, ?) ELSE cancelled_at END
