@@ -1185,6 +1185,10 @@ pub fn pool_low_check(db: &dyn Db, sku: &str, now: DateTime<Utc>) -> Result<()> 
 /// oldest first (by order time), each routed in its own transaction, until the
 /// stock runs out or `limit` orders were served. `before` restricts to orders
 /// placed before (placed_at, id). Returns the orders that changed.
+///
+/// Waiting means backordered units or an order on hold with unplaced units.
+/// Orders never routed yet are not taken here: their own chained call (or the
+/// sweep) routes them, so concurrent new orders do not route one another.
 pub fn release_backorders(
     db: &dyn Db,
     skus: Option<&[String]>,
@@ -1234,7 +1238,7 @@ pub fn release_backorders(
         let next = p.execute(
             &format!(
                 "SELECT o.id, o.placed_at FROM order_lines l JOIN orders o ON o.id = l.order_id
-                 WHERE l.sku IN ({ph}) AND {UNPLACED_LINE} > 0 AND o.status NOT IN ('cancelled', 'closed'){cond}
+                 WHERE l.sku IN ({ph}) AND {UNPLACED_LINE} > 0 AND (l.qty_backordered > 0 OR o.status = 'on_hold'){cond}
                  ORDER BY o.placed_at, o.id LIMIT 1"
             ),
             &params,

@@ -20,7 +20,8 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         Ok(db) => allocation::handle(&db, &tokens, &r, chrono::Utc::now()),
         Err(e) => http::Response::problem(&e),
     };
-    if r.method == "POST" && (200..300).contains(&resp.status) {
+    // intake kicks notify itself after its chained routing call.
+    if r.method == "POST" && r.path != "/internal/route" && (200..300).contains(&resp.status) {
         spin_glue::kick_notify().await;
     }
     Ok(spin_glue::response(resp))
