@@ -141,7 +141,7 @@ fn route(
                     "facility '{id}' exists; PUT /api/facilities/{id} replaces it"
                 )));
             }
-            put_facility(db, &id, &v, now, 201)
+            put_facility(db, &id, &v, now, 201, fx)
         }
         ("GET", ["api", "facilities", id]) => get_facility(db, id),
         ("PUT", ["api", "facilities", id]) => {
@@ -152,7 +152,7 @@ fn route(
             }
             let v = body_json(req)?;
             let status = if facility_exists(db, id)? { 200 } else { 201 };
-            put_facility(db, id, &v, now, status)
+            put_facility(db, id, &v, now, status, fx)
         }
         ("GET", ["api", "products"]) => list_products(db),
         ("GET", ["api", "products", sku]) => get_product(db, sku),
@@ -257,12 +257,16 @@ fn url_field(v: &Json, field: &str, errs: &mut Vec<FieldError>) -> Option<String
     }
 }
 
+/// Creates or replaces a facility. An active facility's stock may now reach
+/// waiting orders (activated, or new countries, methods or services), so its
+/// SKUs with stock are reported for backorder release.
 fn put_facility(
     db: &dyn Db,
     id: &str,
     v: &Json,
     now: DateTime<Utc>,
     status: u16,
+    fx: &mut Effects,
 ) -> Result<Response> {
     let mut errs = Vec::new();
     let name = v["name"]
@@ -394,6 +398,16 @@ fn put_facility(
         )?;
         Ok::<_, Error>(())
     })?;
+    if active {
+        fx.restocked.extend(
+            db.execute(
+                "SELECT sku FROM stock WHERE facility_id = ? AND on_hand > reserved ORDER BY sku LIMIT 1000",
+                params![id],
+            )?
+            .iter()
+            .map(|r| r.str("sku")),
+        );
+    }
     let view = facility_view(db, id)?.ok_or_else(|| Error::internal("facility vanished"))?;
     Ok(Response::json(status, &view))
 }

@@ -890,7 +890,8 @@ async fn the_cron_sweep_routes_what_the_chained_call_could_not() {
         "received"
     );
     assert_eq!(count(&app, "SELECT COUNT(*) FROM routing_decisions"), 0);
-    // Activating the facility changes no stock, so nothing is triggered...
+    // Activating the facility releases orders already waiting for its stock;
+    // this one was never routed (its chained call found no facility), so...
     let r = write(
         &app,
         "PUT",
