@@ -1131,7 +1131,12 @@ pub fn deallocate_unreleased(
 }
 
 /// Alerts the merchant once when a facility's stock of a SKU falls under the threshold.
-fn low_stock_check(db: &dyn Db, sku: &str, facility: &str, now: DateTime<Utc>) -> Result<()> {
+pub(crate) fn low_stock_check(
+    db: &dyn Db,
+    sku: &str,
+    facility: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
     let r = db.execute(
         "SELECT s.on_hand - s.reserved AS available, p.low_stock_threshold AS threshold FROM stock s JOIN products p ON p.sku = s.sku
          WHERE s.sku = ? AND s.facility_id = ? AND s.low_alerted = 0 AND s.on_hand - s.reserved < p.low_stock_threshold",

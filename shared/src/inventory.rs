@@ -607,7 +607,8 @@ fn stock_row(db: &dyn Db, sku: &str, facility: &str) -> Result<Json> {
     Ok(r.first()
         .map(|s| {
             json!({"sku": s.str("sku"), "facility": s.str("facility_id"), "on_hand": s.i64("on_hand"), "reserved": s.i64("reserved"),
-               "available": (s.i64("on_hand") - s.i64("reserved")).max(0), "updated_at": s.str("updated_at")})
+               "available": (s.i64("on_hand") - s.i64("reserved")).max(0),
+               "shortage": (s.i64("reserved") - s.i64("on_hand")).max(0), "updated_at": s.str("updated_at")})
         })
         .unwrap_or_else(|| json!({"sku": sku, "facility": facility, "on_hand": 0, "reserved": 0, "available": 0})))
 }
@@ -660,10 +661,27 @@ fn move_stock(
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         params![sku, facility, kind, new_on_hand - before.0, new_on_hand, reason, reference, actor, ts(now)],
     )?;
-    Ok((
+    let (was, is) = (
         (before.0 - before.1).max(0),
         (new_on_hand - before.1).max(0),
-    ))
+    );
+    if is < was {
+        crate::allocation::low_stock_check(db, sku, facility, now)?;
+    }
+    // Fewer units on hand than already promised: an action item for the merchant.
+    let short_before = (before.1 - before.0).max(0);
+    let short_now = (before.1 - new_on_hand).max(0);
+    if short_now > short_before {
+        crate::store::enqueue(
+            db,
+            "stock.shortage",
+            None,
+            json!({"sku": sku, "facility": facility, "on_hand": new_on_hand, "reserved": before.1,
+                   "shortage": short_now, "kind": kind, "reason": reason}),
+            now,
+        )?;
+    }
+    Ok((was, is))
 }
 
 fn facility_check(db: &dyn Db, id: &str, pointer: &str, errs: &mut Vec<FieldError>) -> Result<()> {

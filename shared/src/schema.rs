@@ -358,6 +358,14 @@ the following items of order {{number}} are on backorder and will ship as soon a
         "CREATE INDEX order_lines_unplaced ON order_lines (sku)
          WHERE qty_ordered - qty_cancelled - qty_allocated - qty_released - qty_shipped > 0",
     ],
+    // 7: the merchant's e-mail when a count or feed leaves fewer units on hand than reserved.
+    &[
+        "INSERT INTO email_templates (name, topic, recipient, subject, text_body, html_body) VALUES
+         ('stock_shortage', 'stock.shortage', 'merchant',
+          'Stock shortage: {{sku}} at {{facility}}',
+          '{{sku}} at {{facility}}: {{on_hand}} on hand but {{reserved}} reserved for orders ({{shortage}} short, {{kind}}). Allocated orders may need another facility.',
+          '<p><strong>{{sku}}</strong> at {{facility}}: {{on_hand}} on hand but {{reserved}} reserved for orders (<strong>{{shortage}} short</strong>, {{kind}}). Allocated orders may need another facility.</p>')",
+    ],
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;
