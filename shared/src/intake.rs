@@ -182,6 +182,14 @@ fn apply(
                 Some(ex) if ex.source_hash == store::source_hash(&o) => {
                     outcome("unchanged", &ex.id, &ex.number)
                 }
+                Some(ex)
+                    if ex.released_units > 0
+                        && !ex.fulfillment_hash.is_empty()
+                        && ex.fulfillment_hash == store::fulfillment_hash(&o) =>
+                {
+                    store::update_after_release(db, &ex, &o, now, &actor)?;
+                    outcome("updated", &ex.id, &ex.number)
+                }
                 Some(ex) if ex.released_units > 0 => {
                     store::record_event(
                         db,

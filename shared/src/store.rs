@@ -71,7 +71,43 @@ fn doc(o: &NewOrder, source_hash: &str) -> Json {
         "source_hash": source_hash,
         "pickup_location": o.pickup_location,
         "preferred_facility": o.preferred_facility,
+        "fulfillment_hash": fulfillment_hash(o),
     })
+}
+
+/// A fingerprint of what fulfillment depends on (lines, prices, destination,
+/// shipping, pickup). After release, a source update that keeps it may still
+/// change payment state, contact details, notes and tags.
+pub fn fulfillment_hash(o: &NewOrder) -> String {
+    let lines: Vec<Json> = o
+        .lines
+        .iter()
+        .map(|l| {
+            json!([
+                l.external_id,
+                l.sku,
+                l.quantity,
+                l.unit_price,
+                l.subtotal,
+                l.discount,
+                l.tax,
+                l.requires_shipping
+            ])
+        })
+        .collect();
+    let v = json!([
+        o.currency.code(),
+        o.shipping_address,
+        lines,
+        o.shipping_lines,
+        o.taxes_included,
+        o.pickup_location,
+        o.preferred_facility,
+    ]);
+    crate::signature::hex(&crate::signature::hmac_sha256(
+        b"waybill-fulfillment-hash",
+        v.to_string().as_bytes(),
+    ))
 }
 
 /// A stable fingerprint of what the source said, to skip no-op updates.
@@ -494,12 +530,15 @@ pub struct Existing {
     pub id: String,
     pub number: String,
     pub source_hash: String,
+    /// Empty for orders stored before the fingerprint existed.
+    pub fulfillment_hash: String,
     pub released_units: i64,
 }
 
 pub fn find_by_source(db: &dyn Db, source: Source, external_id: &str) -> Result<Option<Existing>> {
     let r = db.execute(
         "SELECT o.id, o.number, json_extract(o.doc, '$.source_hash') AS source_hash,
+                json_extract(o.doc, '$.fulfillment_hash') AS fulfillment_hash,
                 (SELECT COALESCE(SUM(qty_released + qty_shipped), 0) FROM order_lines l WHERE l.order_id = o.id) AS released
          FROM orders o WHERE o.source = ? AND o.external_id = ?",
         params![source.as_str(), external_id],
@@ -508,6 +547,7 @@ pub fn find_by_source(db: &dyn Db, source: Source, external_id: &str) -> Result<
         id: r.str("id"),
         number: r.str("number"),
         source_hash: r.str("source_hash"),
+        fulfillment_hash: r.str("fulfillment_hash"),
         released_units: r.i64("released"),
     }))
 }
@@ -543,16 +583,38 @@ pub fn replace_order(
             doc(o, &hash).to_string(), ts(now), ex.id.clone()
         ],
     )?;
-    // Holds the source drives follow the source: open what it reports, release what it no longer does.
+    follow_source_holds(db, &ex.id, o, now, actor)?;
+    check_source_total(db, &ex.id, o, now, actor)?;
+    record_event(
+        db,
+        &ex.id,
+        now,
+        actor,
+        "order.updated",
+        "Order updated by the source before release",
+        json!({"total": Money::new(totals.total, o.currency), "lines": o.lines.len(), "financial_status": o.financial_status.as_str()}),
+    )?;
+    refresh_status(db, &ex.id, now)?;
+    Ok(())
+}
+
+/// Holds the source drives follow the source: open what it reports, release what it no longer does.
+fn follow_source_holds(
+    db: &dyn Db,
+    id: &str,
+    o: &NewOrder,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<()> {
     for reason in [HoldReason::AwaitingPayment, HoldReason::PaymentFailed] {
         match o.holds.iter().find(|(r, _)| *r == reason) {
             Some((_, note)) => {
-                add_hold(db, &ex.id, reason, note, now, actor)?;
+                add_hold(db, id, reason, note, now, actor)?;
             }
             None => {
                 release_hold(
                     db,
-                    &ex.id,
+                    id,
                     reason,
                     now,
                     actor,
@@ -566,17 +628,40 @@ pub fn replace_order(
         .iter()
         .filter(|(r, _)| !matches!(r, HoldReason::AwaitingPayment | HoldReason::PaymentFailed))
     {
-        add_hold(db, &ex.id, *reason, note, now, actor)?;
+        add_hold(db, id, *reason, note, now, actor)?;
     }
-    check_source_total(db, &ex.id, o, now, actor)?;
+    Ok(())
+}
+
+/// Applies a source update after release that leaves what fulfillment depends
+/// on unchanged ([`fulfillment_hash`]): payment state, contact details,
+/// billing address, note, tags and the source's payment holds.
+pub fn update_after_release(
+    db: &dyn Db,
+    ex: &Existing,
+    o: &NewOrder,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<()> {
+    let hash = source_hash(o);
+    db.execute(
+        "UPDATE orders SET external_number = ?, financial_status = ?, customer_email = ?, customer_name = ?,
+            search_text = lower(number) || ' ' || ?, doc = ?, updated_at = ? WHERE id = ?",
+        params![
+            o.external_number.clone(), o.financial_status.as_str(),
+            o.customer.email.as_ref().map(|e| e.to_lowercase()), o.customer.display_name(), search_text(o, ""),
+            doc(o, &hash).to_string(), ts(now), ex.id.clone()
+        ],
+    )?;
+    follow_source_holds(db, &ex.id, o, now, actor)?;
     record_event(
         db,
         &ex.id,
         now,
         actor,
         "order.updated",
-        "Order updated by the source before release",
-        json!({"total": Money::new(totals.total, o.currency), "lines": o.lines.len(), "financial_status": o.financial_status.as_str()}),
+        "Order updated by the source after release (payment, contact, notes or tags; nothing fulfillment depends on)",
+        json!({"financial_status": o.financial_status.as_str(), "tags": o.tags}),
     )?;
     refresh_status(db, &ex.id, now)?;
     Ok(())

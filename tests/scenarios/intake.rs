@@ -937,6 +937,24 @@ async fn a_source_update_after_release_is_recorded_and_held_not_applied() {
         &[],
     )
     .unwrap();
+    // Payment state, tags and notes may change after release: applied, no hold.
+    let mut paid = v.clone();
+    paid["financial_status"] = json!("paid");
+    paid["tags"] = json!("vip, repeat");
+    paid["note"] = json!("gift wrap");
+    let r = shopify(
+        &app,
+        "orders/updated",
+        "r-1b",
+        &serde_json::to_vec(&paid).unwrap(),
+    )
+    .await;
+    assert_eq!(r.json["result"], "updated", "{}", r.json);
+    let o = get(&app, "/api/orders/shopify:450789469").await.json;
+    assert_eq!(o["financial_status"], "paid");
+    assert_eq!(o["note"], "gift wrap");
+    assert!(o["holds"].as_array().unwrap().is_empty(), "{o}");
+    // A change to what is being fulfilled is not applied: recorded and held.
     v["line_items"][0]["quantity"] = json!(5);
     let r = shopify(
         &app,
