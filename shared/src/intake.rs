@@ -669,3 +669,40 @@ pub fn orders_to_route(resp: &Response) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_orders_to_route_come_from_every_answer_shape() {
+        let webhook = Response::json(
+            200,
+            &json!({"result": "created", "order_id": "a", "number": "WB-1"}),
+        );
+        assert_eq!(orders_to_route(&webhook), vec!["a".to_string()]);
+        let dup = Response::json(
+            200,
+            &json!({"result": "duplicate_delivery", "delivery_id": "d"}),
+        );
+        assert!(orders_to_route(&dup).is_empty());
+        let cancelled = Response::json(200, &json!({"result": "cancelled", "order_id": "a"}));
+        assert!(orders_to_route(&cancelled).is_empty());
+        let view = Response::json(
+            201,
+            &json!({"id": "b", "number": "WB-2", "status": "received"}),
+        );
+        assert_eq!(orders_to_route(&view), vec!["b".to_string()]);
+        let batch = Response::json(
+            207,
+            &json!({"results": [
+            {"result": "created", "order_id": "c"}, {"result": "rejected", "status": 422}, {"result": "exists", "order_id": "d"}]}),
+        );
+        assert_eq!(
+            orders_to_route(&batch),
+            vec!["c".to_string(), "d".to_string()]
+        );
+        let error = Response::json(422, &json!({"result": "created", "order_id": "x"}));
+        assert!(orders_to_route(&error).is_empty());
+    }
+}

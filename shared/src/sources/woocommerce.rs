@@ -184,3 +184,35 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
     };
     checked(order, r, "")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> Value {
+        serde_json::from_str(include_str!(
+            "../../../tests/fixtures/woocommerce/order.json"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn local_pickup_becomes_click_and_collect_at_the_named_location() {
+        let o = map_order(&fixture(), Utc::now()).unwrap();
+        assert_eq!(o.pickup_location, None, "flat_rate ships");
+        let mut v = fixture();
+        // The block checkout's pickup locations: method `pickup_location`, the location in the meta.
+        v["shipping_lines"][0]["method_id"] = "pickup_location".into();
+        v["shipping_lines"][0]["meta_data"] = serde_json::json!([
+            {"id": 1, "key": "pickup_location", "value": "Hamburg Store"},
+            {"id": 2, "key": "pickup_address", "value": "Jungfernstieg 1, Hamburg"}
+        ]);
+        let o = map_order(&v, Utc::now()).unwrap();
+        assert_eq!(o.pickup_location.as_deref(), Some("Hamburg Store"));
+        // Classic "Local pickup" names no location: any click & collect facility.
+        v["shipping_lines"][0]["method_id"] = "local_pickup".into();
+        v["shipping_lines"][0]["meta_data"] = serde_json::json!([]);
+        let o = map_order(&v, Utc::now()).unwrap();
+        assert_eq!(o.pickup_location.as_deref(), Some(""));
+    }
+}
