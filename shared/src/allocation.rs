@@ -1778,6 +1778,40 @@ mod tests {
     }
 
     #[test]
+    fn destinations_use_order_coordinates_then_postal_then_country_centroids() {
+        let db = setup();
+        db.execute(
+            "INSERT INTO geo_centroids (country, postal_prefix, latitude, longitude) VALUES ('DE', '1', 52.5, 13.4), ('DE', '10', 52.52, 13.39)",
+            &[],
+        )
+        .unwrap();
+        let d = |a: Json| destination(&db, &a).unwrap();
+        let own = d(
+            json!({"country_code": "de", "postal_code": "10115", "latitude": 1.0, "longitude": 2.0}),
+        );
+        assert_eq!(
+            (own.location, own.location_source.as_str()),
+            (Some((1.0, 2.0)), "order")
+        );
+        let berlin = d(json!({"country_code": "DE", "postal_code": "10 115"}));
+        assert_eq!(
+            (berlin.location, berlin.location_source.as_str()),
+            (Some((52.52, 13.39)), "centroid:DE-10")
+        );
+        let hamburg = d(json!({"country_code": "DE", "postal_code": "20095"}));
+        assert_eq!(
+            hamburg.location_source, "centroid:DE",
+            "no loaded prefix: the built-in country centroid"
+        );
+        let nowhere = d(json!({"country_code": "XX"}));
+        assert_eq!(
+            (nowhere.location, nowhere.location_source.as_str()),
+            (None, "none")
+        );
+        assert_eq!(d(json!(null)).country, None);
+    }
+
+    #[test]
     fn simulate_writes_nothing() {
         let db = setup();
         stock(&db, "north", "A", 5);

@@ -928,3 +928,69 @@ async fn the_cron_sweep_routes_what_the_chained_call_could_not() {
     assert_eq!(count(&app, "SELECT COUNT(*) FROM routing_decisions"), 1);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_scheduled_pull_reads_every_center_and_the_sweep_releases_backorders() {
+    let fc = Receiver::start(0, 200).await;
+    let app = app_with_fc(fc.port).await;
+    facilities(&app, fc.port).await;
+    product(
+        &app,
+        "GADGET",
+        json!({"name": "Gadget", "backorderable": true, "parts": {"fc-paris": "P-GADGET"}}),
+    )
+    .await;
+    let id = place(
+        &app,
+        &order("pull-1", "2026-11-20T06:00:00Z", &[("GADGET", 3)]),
+    )
+    .await;
+    let o = routed(&app, &id).await;
+    assert_eq!(qty(&o, 0, "backordered"), 3, "{o}");
+    // The center answers the signed GET with its levels (by its own part number).
+    fc.set_body(&json!({"as_of": "2026-11-21T05:00:00Z", "levels": [{"part_number": "P-GADGET", "on_hand": 8}]}));
+    app.fire_cron("inventory-cron")
+        .await
+        .expect("inventory-cron runs");
+    let asked: Vec<_> = fc
+        .received()
+        .into_iter()
+        .filter(|r| r.path == "/inventory")
+        .collect();
+    assert_eq!(
+        asked.len(),
+        1,
+        "only the facility with an inventory_url is pulled"
+    );
+    assert!(waybill::signature::verify_timestamped(
+        FC_SECRET.as_bytes(),
+        asked[0].header("waybill-signature").unwrap(),
+        b"",
+        chrono::Utc::now().timestamp(),
+        300
+    ));
+    assert_eq!(stock(&app, "fc-paris", "GADGET"), (8, 0));
+    assert!(app
+        .kv_get("default", "fc-inventory/fc-paris")
+        .unwrap()
+        .is_some());
+    // A cron component cannot chain: routing-cron's sweep releases the backorder.
+    app.fire_cron("routing-cron")
+        .await
+        .expect("routing-cron runs");
+    let o = get(&app, &format!("/api/orders/{id}")).await.json;
+    assert_eq!(
+        (qty(&o, 0, "backordered"), qty(&o, 0, "released")),
+        (0, 3),
+        "{o}"
+    );
+    assert_eq!(stock(&app, "fc-paris", "GADGET"), (8, 3));
+    // A failing center changes nothing and does not stop the run.
+    fc.status.store(503, std::sync::atomic::Ordering::SeqCst);
+    app.fire_cron("inventory-cron")
+        .await
+        .expect("inventory-cron survives a failing center");
+    assert_eq!(stock(&app, "fc-paris", "GADGET"), (8, 3));
+    app.stop().await;
+    fc.stop();
+}
