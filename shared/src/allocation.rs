@@ -428,6 +428,8 @@ pub struct Prepared {
     /// Allocated fulfillment orders waiting for release.
     has_held_work: bool,
     existing_fos: i64,
+    /// The facilities' own part numbers, by (SKU, facility).
+    parts: BTreeMap<(String, String), String>,
     /// None: nothing physical to place, or no active facility.
     planned: Option<Planned>,
     no_facility: bool,
@@ -535,9 +537,37 @@ fn prepare(db: &dyn Db, order_id: &str) -> Result<Option<Prepared>> {
         catalog,
         has_held_work: held_fos > 0,
         existing_fos: fos,
+        parts: part_numbers(db, &skus)?,
         planned,
         no_facility,
     }))
+}
+
+impl Prepared {
+    fn part_number(&self, sku: &str, facility: &str) -> Option<String> {
+        self.parts
+            .get(&(sku.to_string(), facility.to_string()))
+            .cloned()
+    }
+}
+
+fn part_numbers(
+    db: &dyn Db,
+    skus: &BTreeSet<String>,
+) -> Result<BTreeMap<(String, String), String>> {
+    if skus.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let ph = vec!["?"; skus.len()].join(",");
+    let p: Vec<Value> = skus.iter().map(Value::from).collect();
+    Ok(db
+        .execute(
+            &format!("SELECT sku, facility_id, part_number FROM product_parts WHERE sku IN ({ph})"),
+            &p,
+        )?
+        .iter()
+        .map(|r| ((r.str("sku"), r.str("facility_id")), r.str("part_number")))
+        .collect())
 }
 
 /// The outbox payload of a released fulfillment order (for the shipment
@@ -561,12 +591,61 @@ fn released_payload(
            "lines": items})
 }
 
+/// Writes a pass's timeline events and outbox rows, one statement each.
+fn flush(
+    db: &dyn Db,
+    order_id: &str,
+    now: DateTime<Utc>,
+    actor: &str,
+    ev: &[(&str, String, Json)],
+    obx: &[(&str, Json)],
+) -> Result<()> {
+    if !ev.is_empty() {
+        let ph = vec!["(?, ?, ?, ?, ?, ?)"; ev.len()].join(",");
+        let mut prm = Vec::with_capacity(ev.len() * 6);
+        for (kind, summary, data) in ev {
+            prm.extend([
+                Value::from(order_id),
+                Value::from(ts(now)),
+                Value::from(actor),
+                Value::from(*kind),
+                Value::from(summary.clone()),
+                Value::from(data.to_string()),
+            ]);
+        }
+        db.execute(
+            &format!(
+                "INSERT INTO order_events (order_id, at, actor, kind, summary, data) VALUES {ph}"
+            ),
+            &prm,
+        )?;
+    }
+    if !obx.is_empty() {
+        let ph = vec!["(?, ?, ?, ?, ?)"; obx.len()].join(",");
+        let mut prm = Vec::with_capacity(obx.len() * 5);
+        for (topic, payload) in obx {
+            prm.extend([
+                Value::from(*topic),
+                Value::from(order_id),
+                Value::from(payload.to_string()),
+                Value::from(ts(now)),
+                Value::from(ts(now)),
+            ]);
+        }
+        db.execute(&format!("INSERT INTO outbox (topic, order_id, payload, created_at, next_attempt_at) VALUES {ph}"), &prm)?;
+    }
+    Ok(())
+}
+
 /// Writes a prepared pass: reservations, fulfillment orders (released at once
 /// unless a hold stops it), licence keys, backorders and holds, the decision,
 /// the buckets and statuses.
 fn apply(db: &dyn Db, p: Prepared, trigger: Trigger, now: DateTime<Utc>) -> Result<Outcome> {
     let mut out = Outcome::default();
     let actor = "routing";
+    // Timeline events and outbox rows of this pass, written in one statement each at the end.
+    let mut ev: Vec<(&str, String, Json)> = Vec::new();
+    let mut obx: Vec<(&str, Json)> = Vec::new();
     let order_id = p.order_id.as_str();
     let blocked = p.holds.iter().any(|h| blocks_release(h));
     let backorderable = |sku: &str| p.catalog.get(sku).is_some_and(|x| x.backorderable);
@@ -649,15 +728,14 @@ fn apply(db: &dyn Db, p: Prepared, trigger: Trigger, now: DateTime<Utc>) -> Resu
                         params![fo_id.clone(), order_id, name.clone(), part.facility.clone(),
                                 if blocked { "on_hold" } else { "open" }, pickup, ts(now), (!blocked).then(|| ts(now))],
                     )?;
-                    let ph = vec!["(?, ?, ?, (SELECT part_number FROM product_parts WHERE sku = ? AND facility_id = ?), ?)"; fo_lines.len()].join(",");
-                    let mut prm = Vec::with_capacity(fo_lines.len() * 6);
+                    let ph = vec!["(?, ?, ?, ?, ?)"; fo_lines.len()].join(",");
+                    let mut prm = Vec::with_capacity(fo_lines.len() * 5);
                     for d in &fo_lines {
                         prm.extend([
                             Value::from(fo_id.clone()),
                             Value::from(d.line_no),
                             Value::from(d.sku.clone()),
-                            Value::from(d.sku.clone()),
-                            Value::from(part.facility.clone()),
+                            Value::from(p.part_number(&d.sku, &part.facility)),
                             Value::from(d.quantity),
                         ]);
                         *if blocked {
@@ -674,29 +752,23 @@ fn apply(db: &dyn Db, p: Prepared, trigger: Trigger, now: DateTime<Utc>) -> Resu
                     let units: i64 = fo_lines.iter().map(|d| d.quantity).sum();
                     if blocked {
                         out.allocated += units;
-                        record_event(db, order_id, now, actor, "fulfillment_order.created",
-                            &format!("{name}: {units} unit(s) allocated at {}, waiting for release (on hold)", part.facility),
-                            json!({"fulfillment_order": name, "facility": part.facility, "lines": fo_lines, "pickup": pickup}))?;
+                        ev.push(("fulfillment_order.created",
+                            format!("{name}: {units} unit(s) allocated at {}, waiting for release (on hold)", part.facility),
+                            json!({"fulfillment_order": name, "facility": part.facility, "lines": fo_lines, "pickup": pickup})));
                     } else {
                         out.allocated += units;
                         out.released += units;
                         let items: Vec<Json> = fo_lines.iter().map(|d| {
                             let name = p.lines.iter().find(|l| l.line_no == d.line_no).map(|l| l.name.clone()).unwrap_or_default();
-                            json!({"line_no": d.line_no, "sku": d.sku, "name": name, "quantity": d.quantity})
+                            json!({"line_no": d.line_no, "sku": d.sku, "part_number": p.part_number(&d.sku, &part.facility), "name": name, "quantity": d.quantity})
                         }).collect();
-                        record_event(
-                            db,
-                            order_id,
-                            now,
-                            actor,
-                            "fulfillment_order.released",
-                            &format!(
+                        ev.push(("fulfillment_order.released",
+                            format!(
                                 "{name}: {units} unit(s) allocated at {} and released",
                                 part.facility
                             ),
-                            json!({"fulfillment_order": name, "facility": part.facility, "units": units, "lines": fo_lines, "pickup": pickup}),
-                        )?;
-                        let mut payload = released_payload(
+                            json!({"fulfillment_order": name, "facility": part.facility, "units": units, "lines": fo_lines, "pickup": pickup})));
+                        let payload = released_payload(
                             &fo_id,
                             &name,
                             order_id,
@@ -708,27 +780,7 @@ fn apply(db: &dyn Db, p: Prepared, trigger: Trigger, now: DateTime<Utc>) -> Resu
                             &p.doc,
                             &items,
                         );
-                        // Part numbers as stored (the FC's own numbers).
-                        let pn = db.execute(
-                            "SELECT line_no, part_number FROM fulfillment_order_lines WHERE fulfillment_order_id = ? AND part_number IS NOT NULL",
-                            params![fo_id.clone()],
-                        )?;
-                        if let Some(arr) = payload["lines"].as_array_mut() {
-                            for it in arr.iter_mut() {
-                                it["part_number"] = pn
-                                    .iter()
-                                    .find(|r| Some(r.i64("line_no")) == it["line_no"].as_i64())
-                                    .map(|r| json!(r.str("part_number")))
-                                    .unwrap_or(Json::Null);
-                            }
-                        }
-                        enqueue(
-                            db,
-                            "fulfillment_order.released",
-                            Some(order_id),
-                            payload,
-                            now,
-                        )?;
+                        obx.push(("fulfillment_order.released", payload));
                     }
                     fo_ids.push(fo_id);
                     fo_names.push(name);
@@ -761,33 +813,19 @@ fn apply(db: &dyn Db, p: Prepared, trigger: Trigger, now: DateTime<Utc>) -> Resu
                 .collect();
             *add_ship.entry(l.line_no).or_default() += got;
             out.keys += got;
-            record_event(
-                db,
-                order_id,
-                now,
-                actor,
+            ev.push((
                 "license.assigned",
-                &format!("{got} licence key(s) assigned for {}", l.sku),
+                format!("{got} licence key(s) assigned for {}", l.sku),
                 json!({"line_no": l.line_no, "sku": l.sku, "quantity": got}),
-            )?;
-            record_event(
-                db,
-                order_id,
-                now,
-                actor,
+            ));
+            ev.push((
                 "shipment.shipped",
-                &format!("{got} digital unit(s) of {} delivered by e-mail", l.sku),
+                format!("{got} digital unit(s) of {} delivered by e-mail", l.sku),
                 json!({"facility": "digital", "units": got, "partial": got < l.unplaced}),
-            )?;
-            enqueue(
-                db,
-                "license.assigned",
-                Some(order_id),
-                json!({"order_id": order_id, "number": p.number, "email": p.email, "customer_name": p.customer_name,
+            ));
+            obx.push(("license.assigned", json!({"order_id": order_id, "number": p.number, "email": p.email, "customer_name": p.customer_name,
                        "line_no": l.line_no, "sku": l.sku, "name": l.name, "quantity": got,
-                       "license_key": keys.join(", "), "license_keys": keys}),
-                now,
-            )?;
+                       "license_key": keys.join(", "), "license_keys": keys})));
             pool_low_check(db, &l.sku, now)?;
         }
     }
@@ -818,22 +856,12 @@ fn apply(db: &dyn Db, p: Prepared, trigger: Trigger, now: DateTime<Utc>) -> Resu
             .iter()
             .map(|b| b["quantity"].as_i64().unwrap_or(0))
             .sum();
-        record_event(
-            db,
-            order_id,
-            now,
-            actor,
+        ev.push((
             "order.backordered",
-            &format!("{units} unit(s) backordered"),
+            format!("{units} unit(s) backordered"),
             json!({"lines": newly_backordered}),
-        )?;
-        enqueue(
-            db,
-            "order.backordered",
-            Some(order_id),
-            json!({"order_id": order_id, "number": p.number, "email": p.email, "customer_name": p.customer_name, "lines": newly_backordered}),
-            now,
-        )?;
+        ));
+        obx.push(("order.backordered", json!({"order_id": order_id, "number": p.number, "email": p.email, "customer_name": p.customer_name, "lines": newly_backordered})));
     }
     let had_stock_hold = p.holds.iter().any(|h| h == HoldReason::OutOfStock.as_str());
     if !short.is_empty() {
@@ -981,22 +1009,17 @@ fn apply(db: &dyn Db, p: Prepared, trigger: Trigger, now: DateTime<Utc>) -> Resu
                 &prm,
             )?;
         }
-        record_event(
-            db,
-            order_id,
-            now,
-            actor,
-            if trigger == Trigger::Backorder {
+        ev.push((if trigger == Trigger::Backorder {
                 "backorder.allocated"
             } else {
                 "routing.decided"
             },
-            &summary,
+            summary.clone(),
             json!({"decision_id": decision_id, "trigger": trigger.as_str(), "allocated": out.allocated, "released": out.released,
-                   "keys": out.keys, "backordered": out.backordered, "held": out.held}),
-        )?;
+                   "keys": out.keys, "backordered": out.backordered, "held": out.held})));
         out.changed = true;
     }
+    flush(db, order_id, now, actor, &ev, &obx)?;
     // Fulfillment orders allocated earlier whose hold is gone.
     if !blocked && p.has_held_work {
         out.released += release(db, order_id, now)?;
