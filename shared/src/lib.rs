@@ -14,6 +14,7 @@ pub mod model;
 pub mod money;
 pub mod notify;
 pub mod orders;
+pub mod payment;
 pub mod report;
 pub mod routing;
 pub mod schema;
