@@ -38,7 +38,20 @@ async fn pull(
             format!("{facility}: the inventory endpoint answered {status}"),
         ));
     }
-    let out = inventory::apply_snapshot(db, kv, facility, &body, "pull", now, fx)?;
+    // A document the center got wrong is the center's fault, not the caller's: 503, not 4xx.
+    let out = inventory::apply_snapshot(db, kv, facility, &body, "pull", now, fx).map_err(|e| {
+        if e.status() < 500 {
+            Error::new(
+                waybill::error::ErrorKind::Unavailable,
+                format!(
+                    "{facility}: the inventory endpoint sent an unusable document: {}",
+                    e.detail
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
     Ok(http::Response::json(200, &out))
 }
 
