@@ -271,21 +271,31 @@ pub fn process_order(
             snapshot = None; // stock moved: plan again under the lock
         }
     }
-    transaction(db, |db| {
+    let optimistic = transaction(db, |db| {
         let current = db
             .execute("SELECT version FROM orders WHERE id = ?", params![order_id])?
             .first()
             .map(|r| r.i64("version"));
-        let prepared = match snapshot {
-            Some(s) if Some(s.version) == current => Some(s),
-            _ => prepare(db, order_id)?,
+        let (prepared, strict) = match snapshot {
+            Some(s) if Some(s.version) == current => (Some(s), true),
+            _ => (prepare(db, order_id)?, false),
         };
         match prepared {
-            Some(p) => apply(db, p, trigger, now),
+            Some(p) => apply(db, p, trigger, now, strict),
             None => Ok(Outcome::default()),
         }
-    })
+    });
+    match optimistic {
+        // Stock moved between the snapshot and the lock: plan again inside it.
+        Err(e) if e.detail == REPLAN => {
+            transaction(db, |db| route_order(db, order_id, trigger, now))
+        }
+        other => other,
+    }
 }
+
+/// The rollback signal of an optimistic pass whose reservation missed.
+const REPLAN: &str = "routing: stock moved since the plan; planning again under the lock";
 
 /// A routing decision for an order's physical units, or why it cannot be made
 /// (an unknown pickup location).
@@ -398,7 +408,7 @@ pub fn route_order(
     now: DateTime<Utc>,
 ) -> Result<Outcome> {
     match prepare(db, order_id)? {
-        Some(p) => apply(db, p, trigger, now),
+        Some(p) => apply(db, p, trigger, now, false),
         None => Ok(Outcome::default()),
     }
 }
@@ -640,7 +650,18 @@ fn flush(
 /// Writes a prepared pass: reservations, fulfillment orders (released at once
 /// unless a hold stops it), licence keys, backorders and holds, the decision,
 /// the buckets and statuses.
-fn apply(db: &dyn Db, p: Prepared, trigger: Trigger, now: DateTime<Utc>) -> Result<Outcome> {
+/// `strict`: the plan came from a snapshot read outside the lock; a missed
+/// reservation rolls the pass back ([`REPLAN`]) so it is planned again under
+/// the lock. Otherwise a miss (impossible under the lock on SQLite, possible on
+/// a server whose reads are not serialised) leaves the units unplaced for the
+/// next pass.
+fn apply(
+    db: &dyn Db,
+    p: Prepared,
+    trigger: Trigger,
+    now: DateTime<Utc>,
+    strict: bool,
+) -> Result<Outcome> {
     let mut out = Outcome::default();
     let actor = "routing";
     // Timeline events and outbox rows of this pass, written in one statement each at the end.
@@ -707,7 +728,10 @@ fn apply(db: &dyn Db, p: Prepared, trigger: Trigger, now: DateTime<Utc>) -> Resu
                             params![d.quantity, ts(now), d.sku.clone(), part.facility.clone()],
                         )?;
                         if got != 1 {
-                            continue; // changed under us: stays unplaced, the next pass retries
+                            if strict {
+                                return Err(crate::error::Error::conflict(REPLAN));
+                            }
+                            continue; // stays unplaced; the next pass retries
                         }
                         *left.get_mut(&d.line_no).expect("line") -= d.quantity;
                         fo_lines.push(d.clone());
@@ -1832,6 +1856,41 @@ mod tests {
             (None, "none")
         );
         assert_eq!(d(json!(null)).country, None);
+    }
+
+    #[test]
+    fn a_plan_overtaken_by_a_stock_change_is_rolled_back_and_made_again() {
+        let db = setup();
+        stock(&db, "north", "A", 2);
+        stock(&db, "south", "A", 2);
+        let id = order(&db, "o1", &[("A", 2)]);
+        let snapshot = prepare(&db, &id).unwrap().unwrap();
+        let planned_at = match &snapshot.planned.as_ref().unwrap().decision {
+            Ok(d) => d.parts[0].facility.clone(),
+            Err(e) => panic!("{e}"),
+        };
+        // Another instance takes that facility's stock before this pass gets the lock.
+        db.execute(
+            "UPDATE stock SET reserved = 2 WHERE facility_id = ?",
+            params![planned_at.clone()],
+        )
+        .unwrap();
+        let r = transaction(&db, |db| {
+            apply(db, snapshot, Trigger::Intake, Utc::now(), true)
+        });
+        assert_eq!(r.unwrap_err().detail, REPLAN);
+        assert_eq!(reserved(&db), 2, "the optimistic pass left nothing behind");
+        assert!(db
+            .execute("SELECT 1 FROM fulfillment_orders", &[])
+            .unwrap()
+            .is_empty());
+        // Planned again under the lock: the other facility.
+        let o = transaction(&db, |db| route_order(db, &id, Trigger::Intake, Utc::now())).unwrap();
+        assert_eq!((o.allocated, o.backordered), (2, 0));
+        let fo = db
+            .execute("SELECT facility_id FROM fulfillment_orders", &[])
+            .unwrap();
+        assert_ne!(fo.first().unwrap().str("facility_id"), planned_at);
     }
 
     #[test]
