@@ -159,6 +159,7 @@ fn route(
         ("PUT", ["api", "products", sku]) => put_product(db, sku, &body_json(req)?, now),
         ("GET", ["api", "stock"]) => list_stock(db, req),
         ("GET", ["api", "stock", sku]) => availability(db, sku),
+        ("GET", ["api", "stock", sku, "movements"]) => movements(db, req, sku),
         ("PUT", ["api", "stock", sku, facility]) => {
             set_level(db, sku, facility, &body_json(req)?, now, fx)
         }
@@ -912,6 +913,40 @@ fn availability(db: &dyn Db, sku: &str) -> Result<Response> {
     Ok(Response::json(
         200,
         &json!({"sku": sku, "on_hand": on_hand, "reserved": reserved, "available": available, "backordered": backordered, "facilities": facilities}),
+    ))
+}
+
+/// The stock movement log of a SKU (newest first), optionally for one facility.
+fn movements(db: &dyn Db, req: &Request, sku: &str) -> Result<Response> {
+    let limit = match req.query_param("limit") {
+        None => 100,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                Error::invalid(vec![FieldError::new(
+                    "?limit",
+                    "a whole number from 1 to 1000",
+                )])
+            })?,
+    };
+    let mut sql = "SELECT id, facility_id, kind, on_hand_delta, on_hand_after, reason, reference, actor, at FROM stock_movements WHERE sku = ?".to_string();
+    let mut p: Vec<Value> = vec![sku.into()];
+    if let Some(f) = req.query_param("facility") {
+        sql.push_str(" AND facility_id = ?");
+        p.push(f.into());
+    }
+    sql.push_str(" ORDER BY id DESC LIMIT ?");
+    p.push(Value::Integer(limit));
+    let r = db.execute(&sql, &p)?;
+    Ok(Response::json(
+        200,
+        &json!({"sku": sku, "movements": r.iter().map(|m| json!({
+            "id": m.i64("id"), "facility": m.str("facility_id"), "kind": m.str("kind"), "on_hand_delta": m.i64("on_hand_delta"),
+            "on_hand_after": m.i64("on_hand_after"), "reason": m.opt_str("reason"), "reference": m.opt_str("reference"),
+            "actor": m.str("actor"), "at": m.str("at"),
+        })).collect::<Vec<_>>()}),
     ))
 }
 
