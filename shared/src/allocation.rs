@@ -128,12 +128,17 @@ struct Product {
     threshold: i64,
 }
 
+/// `?,?,...` and the parameters for an `IN (...)` over `items`.
+fn in_list<'a>(items: impl IntoIterator<Item = &'a String>) -> (String, Vec<Value>) {
+    let p: Vec<Value> = items.into_iter().map(Value::from).collect();
+    (vec!["?"; p.len()].join(","), p)
+}
+
 fn products(db: &dyn Db, skus: &BTreeSet<String>) -> Result<BTreeMap<String, Product>> {
     if skus.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let ph = vec!["?"; skus.len()].join(",");
-    let p: Vec<Value> = skus.iter().map(Value::from).collect();
+    let (ph, p) = in_list(skus);
     let r = db.execute(
         &format!("SELECT sku, backorderable, digital, low_stock_threshold FROM products WHERE sku IN ({ph})"),
         &p,
@@ -157,8 +162,7 @@ fn supply(db: &dyn Db, skus: &BTreeSet<String>) -> Result<Supply> {
     if skus.is_empty() {
         return Ok(s);
     }
-    let ph = vec!["?"; skus.len()].join(",");
-    let p: Vec<Value> = skus.iter().map(Value::from).collect();
+    let (ph, p) = in_list(skus);
     let r = db.execute(
         &format!("SELECT facility_id, sku, on_hand - reserved AS available FROM stock WHERE sku IN ({ph})"),
         &p,
@@ -182,8 +186,7 @@ fn available_any(db: &dyn Db, skus: &BTreeSet<String>) -> Result<BTreeMap<String
     if skus.is_empty() {
         return Ok(out);
     }
-    let ph = vec!["?"; skus.len()].join(",");
-    let p: Vec<Value> = skus.iter().map(Value::from).collect();
+    let (ph, p) = in_list(skus);
     let mut params2 = p.clone();
     params2.extend(p.iter().cloned());
     let r = db.execute(
@@ -568,8 +571,7 @@ fn part_numbers(
     if skus.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let ph = vec!["?"; skus.len()].join(",");
-    let p: Vec<Value> = skus.iter().map(Value::from).collect();
+    let (ph, p) = in_list(skus);
     Ok(db
         .execute(
             &format!("SELECT sku, facility_id, part_number FROM product_parts WHERE sku IN ({ph})"),
@@ -1025,9 +1027,9 @@ fn apply(
         )?;
         let decision_id = db.last_insert_rowid();
         if !fo_ids.is_empty() {
-            let ph = vec!["?"; fo_ids.len()].join(",");
+            let (ph, ids) = in_list(&fo_ids);
             let mut prm: Vec<Value> = vec![Value::Integer(decision_id)];
-            prm.extend(fo_ids.iter().map(Value::from));
+            prm.extend(ids);
             db.execute(
                 &format!("UPDATE fulfillment_orders SET decision_id = ? WHERE id IN ({ph})"),
                 &prm,
@@ -1276,8 +1278,7 @@ pub fn release_backorders(
         if live.is_empty() {
             break;
         }
-        let ph = vec!["?"; live.len()].join(",");
-        let mut params: Vec<Value> = live.iter().map(Value::from).collect();
+        let (ph, mut params) = in_list(&live);
         let mut cond = String::new();
         if let Some((t, id)) = before {
             cond.push_str(" AND (o.placed_at < ? OR (o.placed_at = ? AND o.id < ?))");
@@ -1396,10 +1397,7 @@ pub fn routing_view(db: &dyn Db, order_id: &str) -> Result<Json> {
 // ---- the routing component's API ----
 
 fn channel_key(seg: &str) -> String {
-    let c = form_urlencoded::parse(format!("k={seg}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default();
+    let c = crate::http::path_segment(seg);
     if c == "default" {
         "*".into()
     } else {
@@ -1419,11 +1417,7 @@ pub fn handle(
     use crate::error::{Error, ErrorKind, FieldError};
     use crate::http::{Response, Scope};
     let r = (|| -> Result<Response> {
-        let body = || -> Result<Json> {
-            req.check_size()?;
-            serde_json::from_slice::<Json>(&req.body)
-                .map_err(|e| Error::bad_request(format!("the body is not valid JSON: {e}")))
-        };
+        let body = || req.json_object();
         let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
         let m = req.method.as_str();
         match (m, segs.as_slice()) {
@@ -1673,6 +1667,13 @@ mod tests {
             .i64("n")
     }
 
+    fn hold(db: &NativeDb, id: &str, reason: HoldReason) {
+        transaction(db, |db| {
+            crate::store::add_hold(db, id, reason, "check", Utc::now(), "test")
+        })
+        .unwrap();
+    }
+
     fn buckets(db: &NativeDb, id: &str) -> Vec<crate::model::Buckets> {
         crate::store::load_buckets(db, id).unwrap()
     }
@@ -1682,17 +1683,7 @@ mod tests {
         let db = setup();
         stock(&db, "north", "A", 5);
         let id = order(&db, "o1", &[("A", 2)]);
-        transaction(&db, |db| {
-            crate::store::add_hold(
-                db,
-                &id,
-                HoldReason::HighFraudRisk,
-                "check",
-                Utc::now(),
-                "test",
-            )
-        })
-        .unwrap();
+        hold(&db, &id, HoldReason::HighFraudRisk);
         let o = process_order(&db, &id, Trigger::Intake, Utc::now()).unwrap();
         assert_eq!((o.allocated, o.released), (2, 0));
         assert_eq!(buckets(&db, &id)[0].allocated, 2);
@@ -1717,17 +1708,7 @@ mod tests {
         let db = setup();
         stock(&db, "north", "A", 5);
         let id = order(&db, "o1", &[("A", 3)]);
-        transaction(&db, |db| {
-            crate::store::add_hold(
-                db,
-                &id,
-                HoldReason::ManualReview,
-                "check",
-                Utc::now(),
-                "test",
-            )
-        })
-        .unwrap();
+        hold(&db, &id, HoldReason::ManualReview);
         process_order(&db, &id, Trigger::Intake, Utc::now()).unwrap();
         assert_eq!(reserved(&db), 3);
         transaction(&db, |db| {

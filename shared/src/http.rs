@@ -63,6 +63,21 @@ impl Request {
             .collect()
     }
 
+    /// The body as a JSON object: 413 when too large, 400 when not JSON, 422
+    /// when JSON but not an object.
+    pub fn json_object(&self) -> Result<serde_json::Value, Error> {
+        self.check_size()?;
+        let v: serde_json::Value = serde_json::from_slice(&self.body)
+            .map_err(|e| Error::bad_request(format!("the body is not valid JSON: {e}")))?;
+        if !v.is_object() {
+            return Err(Error::invalid(vec![crate::error::FieldError::new(
+                "",
+                "must be a JSON object",
+            )]));
+        }
+        Ok(v)
+    }
+
     /// 413 when the body (or its declared length) exceeds `MAX_BODY`.
     pub fn check_size(&self) -> Result<(), Error> {
         let declared = self
@@ -142,6 +157,15 @@ impl From<Result<Response, Error>> for Response {
     fn from(r: Result<Response, Error>) -> Response {
         r.unwrap_or_else(|e| Response::problem(&e))
     }
+}
+
+/// A percent-decoded path segment. Unlike a query string, a path keeps `+`
+/// as `+` (a SKU may contain one).
+pub fn path_segment(seg: &str) -> String {
+    form_urlencoded::parse(format!("k={}", seg.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 /// API token scopes: `write` implies `read`.
@@ -247,6 +271,13 @@ mod tests {
                 .status(),
             401
         );
+    }
+
+    #[test]
+    fn path_segments_decode_percent_but_keep_plus() {
+        assert_eq!(path_segment("A%2FB%20C"), "A/B C");
+        assert_eq!(path_segment("A+B"), "A+B");
+        assert_eq!(path_segment("WB-100001"), "WB-100001");
     }
 
     #[test]

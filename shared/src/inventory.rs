@@ -54,26 +54,6 @@ fn ok_variable(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-fn decode(seg: &str) -> String {
-    form_urlencoded::parse(format!("k={seg}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
-}
-
-fn body_json(req: &Request) -> Result<Json> {
-    req.check_size()?;
-    let v: Json = serde_json::from_slice(&req.body)
-        .map_err(|e| Error::bad_request(format!("the body is not valid JSON: {e}")))?;
-    if !v.is_object() {
-        return Err(Error::invalid(vec![FieldError::new(
-            "",
-            "must be a JSON object",
-        )]));
-    }
-    Ok(v)
-}
-
 fn method_not_allowed(req: &Request) -> Error {
     Error::new(
         ErrorKind::MethodNotAllowed,
@@ -109,7 +89,7 @@ fn route(
         .path
         .split('/')
         .filter(|s| !s.is_empty())
-        .map(decode)
+        .map(crate::http::path_segment)
         .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let m = req.method.as_str();
@@ -128,7 +108,7 @@ fn route(
     match (m, segs.as_slice()) {
         ("GET", ["api", "facilities"]) => list_facilities(db),
         ("POST", ["api", "facilities"]) => {
-            let v = body_json(req)?;
+            let v = req.json_object()?;
             let id = v["id"].as_str().unwrap_or_default().to_string();
             if !ok_id(&id) {
                 return Err(Error::invalid(vec![FieldError::new(
@@ -150,21 +130,21 @@ fn route(
                     "a facility id is 1-64 of a-z, 0-9, '-', '_'",
                 ));
             }
-            let v = body_json(req)?;
+            let v = req.json_object()?;
             let status = if facility_exists(db, id)? { 200 } else { 201 };
             put_facility(db, id, &v, now, status, fx)
         }
         ("GET", ["api", "products"]) => list_products(db),
         ("GET", ["api", "products", sku]) => get_product(db, sku),
-        ("PUT", ["api", "products", sku]) => put_product(db, sku, &body_json(req)?, now),
+        ("PUT", ["api", "products", sku]) => put_product(db, sku, &req.json_object()?, now),
         ("GET", ["api", "stock"]) => list_stock(db, req),
         ("GET", ["api", "stock", sku]) => availability(db, sku),
         ("GET", ["api", "stock", sku, "movements"]) => movements(db, req, sku),
         ("PUT", ["api", "stock", sku, facility]) => {
-            set_level(db, sku, facility, &body_json(req)?, now, fx)
+            set_level(db, sku, facility, &req.json_object()?, now, fx)
         }
-        ("POST", ["api", "stock", "receipts"]) => receipt(db, &body_json(req)?, now, fx),
-        ("POST", ["api", "stock", "adjustments"]) => adjustment(db, &body_json(req)?, now, fx),
+        ("POST", ["api", "stock", "receipts"]) => receipt(db, &req.json_object()?, now, fx),
+        ("POST", ["api", "stock", "adjustments"]) => adjustment(db, &req.json_object()?, now, fx),
         ("GET", ["api", "license-keys", sku]) => pool(db, sku),
         ("POST", ["api", "license-keys", sku]) => import_keys(db, req, sku, now, fx),
         (_, ["api", "facilities" | "products" | "stock" | "license-keys", ..]) => {

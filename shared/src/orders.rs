@@ -26,10 +26,10 @@ pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request) -> Response {
         let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
         match segs.as_slice() {
             [] => list(db, req),
-            [key] => get(db, &decode(key)),
-            [key, "events"] => events(db, &decode(key)),
+            [key] => get(db, &crate::http::path_segment(key)),
+            [key, "events"] => events(db, &crate::http::path_segment(key)),
             [key, "routing"] => {
-                let id = resolve(db, &decode(key))?;
+                let id = resolve(db, &crate::http::path_segment(key))?;
                 Ok(Response::json(
                     200,
                     &crate::allocation::routing_view(db, &id)?,
@@ -42,13 +42,6 @@ pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request) -> Response {
         }
     })();
     r.into()
-}
-
-fn decode(seg: &str) -> String {
-    form_urlencoded::parse(format!("k={seg}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
 }
 
 fn resolve(db: &dyn Db, key: &str) -> Result<String> {
