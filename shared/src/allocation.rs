@@ -171,7 +171,7 @@ fn supply(db: &dyn Db, skus: &BTreeSet<String>) -> Result<Supply> {
         s.set(&x.str("facility_id"), &x.str("sku"), x.i64("available"));
     }
     let r = db.execute(
-        "SELECT facility_id, COUNT(*) AS n FROM fulfillment_orders WHERE status IN ('on_hold', 'open', 'in_progress') GROUP BY facility_id",
+        "SELECT facility_id, COUNT(*) AS n FROM fulfillment_orders WHERE status IN ('on_hold', 'scheduled', 'open', 'in_progress') GROUP BY facility_id",
         &[],
     )?;
     for x in r.iter() {
@@ -214,6 +214,8 @@ pub struct Outcome {
     pub held: i64,
     pub released: i64,
     pub keys: i64,
+    /// Units allocated whose capture the gateway has yet to confirm.
+    pub awaiting_capture: i64,
     pub changed: bool,
 }
 
@@ -671,6 +673,9 @@ fn apply(
     let mut obx: Vec<(&str, Json)> = Vec::new();
     let order_id = p.order_id.as_str();
     let blocked = p.holds.iter().any(|h| blocks_release(h));
+    // Released fulfillment orders wait for their capture (capture at release).
+    let gated = !blocked && p.planned.is_some() && crate::capture::gated(db, &p.order_id)?;
+    let mut to_capture: Vec<(String, i64)> = Vec::new();
     let backorderable = |sku: &str| p.catalog.get(sku).is_some_and(|x| x.backorderable);
     let threshold = |sku: &str| p.catalog.get(sku).map(|x| x.threshold).unwrap_or(0);
     let is_digital = |sku: &str| p.catalog.get(sku).is_some_and(|x| x.digital);
@@ -752,7 +757,8 @@ fn apply(
                         "INSERT INTO fulfillment_orders (id, order_id, name, facility_id, status, request_status, pickup, created_at, released_at, updated_at)
                          VALUES (?1, ?2, ?3, ?4, ?5, 'unsubmitted', ?6, ?7, ?8, ?7)",
                         params![fo_id.clone(), order_id, name.clone(), part.facility.clone(),
-                                if blocked { "on_hold" } else { "open" }, pickup, ts(now), (!blocked).then(|| ts(now))],
+                                if blocked { "on_hold" } else if gated { "scheduled" } else { "open" }, pickup, ts(now),
+                                (!blocked && !gated).then(|| ts(now))],
                     )?;
                     let ph = vec!["(?, ?, ?, ?, ?)"; fo_lines.len()].join(",");
                     let mut prm = Vec::with_capacity(fo_lines.len() * 5);
@@ -764,7 +770,7 @@ fn apply(
                             Value::from(p.part_number(&d.sku, &part.facility)),
                             Value::from(d.quantity),
                         ]);
-                        *if blocked {
+                        *if blocked || gated {
                             add_alloc.entry(d.line_no)
                         } else {
                             add_rel.entry(d.line_no)
@@ -776,11 +782,15 @@ fn apply(
                         &prm,
                     )?;
                     let units: i64 = fo_lines.iter().map(|d| d.quantity).sum();
-                    if blocked {
+                    if blocked || gated {
                         out.allocated += units;
+                        let why = if blocked { "release (on hold)" } else { "its payment capture" };
                         ev.push(("fulfillment_order.created",
-                            format!("{name}: {units} unit(s) allocated at {}, waiting for release (on hold)", part.facility),
+                            format!("{name}: {units} unit(s) allocated at {}, waiting for {why}", part.facility),
                             json!({"fulfillment_order": name, "facility": part.facility, "lines": fo_lines, "pickup": pickup})));
+                        if gated {
+                            to_capture.push((fo_id.clone(), units));
+                        }
                     } else {
                         out.allocated += units;
                         out.released += units;
@@ -1054,10 +1064,20 @@ fn apply(
     } else if out.changed || holds_open != p.holds.len() {
         store::write_status(db, order_id, &buckets, holds_open, p.closed, now)?;
     }
+    // Capture what was just allocated; ledger gateways settle (and release) here.
+    for (fo_id, units) in &to_capture {
+        match crate::capture::capture_fulfillment_order(db, fo_id, now)? {
+            crate::capture::Gate::Released => out.released += units,
+            crate::capture::Gate::Waiting => out.awaiting_capture += units,
+            crate::capture::Gate::Declined => {}
+        }
+    }
     Ok(out)
 }
 
-/// Releases the order's allocated fulfillment orders unless a hold stops it.
+/// Releases the order's allocated fulfillment orders unless a hold stops it;
+/// where the order has a payment to capture, each goes through its capture
+/// first ([`crate::capture::capture_fulfillment_order`]).
 /// Returns the units released.
 pub fn release(db: &dyn Db, order_id: &str, now: DateTime<Utc>) -> Result<i64> {
     if store::open_hold_reasons(db, order_id)?
@@ -1067,67 +1087,111 @@ pub fn release(db: &dyn Db, order_id: &str, now: DateTime<Utc>) -> Result<i64> {
         return Ok(0);
     }
     let fos = db.execute(
-        "SELECT f.id, f.name, f.facility_id, f.pickup, o.number, o.doc, o.customer_email, o.customer_name
-         FROM fulfillment_orders f JOIN orders o ON o.id = f.order_id
-         WHERE f.order_id = ? AND f.status = 'on_hold' ORDER BY f.name",
+        "SELECT id FROM fulfillment_orders WHERE order_id = ? AND status = 'on_hold' ORDER BY name",
         params![order_id],
     )?;
+    let gated = !fos.is_empty() && crate::capture::gated(db, order_id)?;
     let mut total = 0;
     for f in fos.iter() {
         let fo_id = f.str("id");
-        let lines = db.execute(
-            "SELECT fl.line_no, fl.sku, fl.part_number, fl.quantity, l.name FROM fulfillment_order_lines fl
-             JOIN order_lines l ON l.order_id = ? AND l.line_no = fl.line_no
-             WHERE fl.fulfillment_order_id = ? ORDER BY fl.line_no",
-            params![order_id, fo_id.clone()],
-        )?;
-        let mut items = Vec::new();
-        for l in lines.iter() {
-            let q = l.i64("quantity");
+        if gated {
             db.execute(
-                "UPDATE order_lines SET qty_allocated = qty_allocated - ?1, qty_released = qty_released + ?1 WHERE order_id = ?2 AND line_no = ?3",
-                params![q, order_id, l.i64("line_no")],
+                "UPDATE fulfillment_orders SET status = 'scheduled', updated_at = ? WHERE id = ?",
+                params![ts(now), fo_id.clone()],
             )?;
-            total += q;
-            items.push(json!({"line_no": l.i64("line_no"), "sku": l.str("sku"), "part_number": l.opt_str("part_number"),
-                              "name": l.str("name"), "quantity": q}));
+            if crate::capture::capture_fulfillment_order(db, &fo_id, now)?
+                == crate::capture::Gate::Released
+            {
+                total += fo_units(db, &fo_id)?;
+            }
+        } else {
+            total += release_fulfillment_order(db, &fo_id, now)?;
         }
-        db.execute(
-            "UPDATE fulfillment_orders SET status = 'open', released_at = ?, updated_at = ? WHERE id = ?",
-            params![ts(now), ts(now), fo_id.clone()],
-        )?;
-        let doc: Json = serde_json::from_str(&f.str("doc")).unwrap_or(Json::Null);
-        let name = f.str("name");
-        let facility = f.str("facility_id");
-        record_event(
-            db,
-            order_id,
-            now,
-            "routing",
-            "fulfillment_order.released",
-            &format!("{name} released to {facility}"),
-            json!({"fulfillment_order": name, "facility": facility, "units": items.iter().map(|i| i["quantity"].as_i64().unwrap_or(0)).sum::<i64>()}),
-        )?;
-        let payload = released_payload(
-            &fo_id,
-            &name,
-            order_id,
-            &f.str("number"),
-            &facility,
-            f.i64("pickup") != 0,
-            &f.opt_str("customer_email"),
-            &f.opt_str("customer_name"),
-            &doc,
-            &items,
-        );
-        enqueue(
-            db,
-            "fulfillment_order.released",
-            Some(order_id),
-            payload,
-            now,
-        )?;
     }
+    Ok(total)
+}
+
+fn fo_units(db: &dyn Db, fo_id: &str) -> Result<i64> {
+    Ok(db
+        .execute(
+            "SELECT COALESCE(SUM(quantity), 0) AS n FROM fulfillment_order_lines WHERE fulfillment_order_id = ?",
+            params![fo_id],
+        )?
+        .first()
+        .map(|r| r.i64("n"))
+        .unwrap_or(0))
+}
+
+/// Releases one allocated fulfillment order (`on_hold` or `scheduled`): its
+/// units move from allocated to released, the timeline and the outbox
+/// (`fulfillment_order.released`) say so. Returns the units released (0 if it
+/// was not waiting).
+pub fn release_fulfillment_order(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -> Result<i64> {
+    let fos = db.execute(
+        "SELECT f.id, f.order_id, f.name, f.facility_id, f.pickup, o.number, o.doc, o.customer_email, o.customer_name
+         FROM fulfillment_orders f JOIN orders o ON o.id = f.order_id
+         WHERE f.id = ? AND f.status IN ('on_hold', 'scheduled')",
+        params![fo_id],
+    )?;
+    let Some(f) = fos.first() else {
+        return Ok(0);
+    };
+    let order_id = f.str("order_id");
+    let order_id = order_id.as_str();
+    let mut total = 0;
+    let lines = db.execute(
+        "SELECT fl.line_no, fl.sku, fl.part_number, fl.quantity, l.name FROM fulfillment_order_lines fl
+         JOIN order_lines l ON l.order_id = ? AND l.line_no = fl.line_no
+         WHERE fl.fulfillment_order_id = ? ORDER BY fl.line_no",
+        params![order_id, fo_id],
+    )?;
+    let mut items = Vec::new();
+    for l in lines.iter() {
+        let q = l.i64("quantity");
+        db.execute(
+            "UPDATE order_lines SET qty_allocated = qty_allocated - ?1, qty_released = qty_released + ?1 WHERE order_id = ?2 AND line_no = ?3",
+            params![q, order_id, l.i64("line_no")],
+        )?;
+        total += q;
+        items.push(json!({"line_no": l.i64("line_no"), "sku": l.str("sku"), "part_number": l.opt_str("part_number"),
+                          "name": l.str("name"), "quantity": q}));
+    }
+    db.execute(
+        "UPDATE fulfillment_orders SET status = 'open', released_at = ?, updated_at = ? WHERE id = ?",
+        params![ts(now), ts(now), fo_id],
+    )?;
+    let doc: Json = serde_json::from_str(&f.str("doc")).unwrap_or(Json::Null);
+    let name = f.str("name");
+    let facility = f.str("facility_id");
+    record_event(
+        db,
+        order_id,
+        now,
+        "routing",
+        "fulfillment_order.released",
+        &format!("{name} released to {facility}"),
+        json!({"fulfillment_order": name, "facility": facility, "units": total}),
+    )?;
+    let payload = released_payload(
+        fo_id,
+        &name,
+        order_id,
+        &f.str("number"),
+        &facility,
+        f.i64("pickup") != 0,
+        &f.opt_str("customer_email"),
+        &f.opt_str("customer_name"),
+        &doc,
+        &items,
+    );
+    enqueue(
+        db,
+        "fulfillment_order.released",
+        Some(order_id),
+        payload,
+        now,
+    )?;
+    store::refresh_status(db, order_id, now)?;
     Ok(total)
 }
 
@@ -1143,8 +1207,16 @@ pub fn deallocate_unreleased(
     let rows = db.execute(
         "SELECT f.id, f.name, f.facility_id, fl.line_no, fl.sku, fl.quantity FROM fulfillment_orders f
          JOIN fulfillment_order_lines fl ON fl.fulfillment_order_id = f.id
-         WHERE f.order_id = ? AND f.status = 'on_hold'",
+         WHERE f.order_id = ? AND f.status IN ('on_hold', 'scheduled')",
         params![order_id],
+    )?;
+    // Captures not yet sent stop here; one in flight settles and, finding its
+    // fulfillment order cancelled, is refunded (capture::settle).
+    db.execute(
+        "UPDATE payment_transactions SET status = 'cancelled', processed_at = ?1
+         WHERE order_id = ?2 AND kind = 'capture' AND status = 'pending' AND (lease_until IS NULL OR lease_until < ?1)
+           AND fulfillment_order_id IN (SELECT id FROM fulfillment_orders WHERE order_id = ?2 AND status IN ('on_hold', 'scheduled'))",
+        params![ts(now), order_id],
     )?;
     let mut total = 0;
     let mut names = BTreeSet::new();
@@ -1433,7 +1505,7 @@ pub fn handle(
                 for id in ids.iter().take(1000) {
                     match process_order(db, id, Trigger::Intake, now) {
                         Ok(o) => results.push(json!({"order_id": id, "allocated": o.allocated, "backordered": o.backordered,
-                            "held": o.held, "released": o.released, "keys": o.keys})),
+                            "held": o.held, "released": o.released, "keys": o.keys, "awaiting_capture": o.awaiting_capture})),
                         Err(e) => {
                             eprintln!("routing: order {id} not routed (the sweep will retry): {e}");
                             results.push(json!({"order_id": id, "error": e.detail}));

@@ -4,8 +4,10 @@
 //! call a handler here, answer.
 
 pub mod allocation;
+pub mod capture;
 pub mod db;
 pub mod error;
+pub mod gateway;
 pub mod http;
 pub mod intake;
 pub mod inventory;

@@ -210,6 +210,12 @@ pub struct Payment {
     /// The gateway's reference (Stripe PaymentIntent id, Woo transaction id, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
+    /// The authorized amount when it differs from the order total (minor units).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<i64>,
+    /// When the authorization lapses (captures after it are declined).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_expires_at: Option<DateTime<Utc>>,
 }
 
 /// A normalised order from any source, validated before it is stored.

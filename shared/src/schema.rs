@@ -366,6 +366,84 @@ the following items of order {{number}} are on backorder and will ship as soon a
           '{{sku}} at {{facility}}: {{on_hand}} on hand but {{reserved}} reserved for orders ({{shortage}} short, {{kind}}). Allocated orders may need another facility.',
           '<p><strong>{{sku}}</strong> at {{facility}}: {{on_hand}} on hand but {{reserved}} reserved for orders (<strong>{{shortage}} short</strong>, {{kind}}). Allocated orders may need another facility.</p>')",
     ],
+    // 8: payments: the authorization per order, the ledger of captures, refunds and
+    // voids (the id is the gateway's Idempotency-Key), invoices and credit memos
+    // with gap-free numbers, settings.
+    &[
+        "CREATE TABLE payments (
+            order_id TEXT PRIMARY KEY REFERENCES orders (id),
+            gateway TEXT NOT NULL,
+            source_gateway TEXT,
+            reference TEXT,
+            currency TEXT NOT NULL,
+            authorized_minor INTEGER NOT NULL DEFAULT 0,
+            captured_minor INTEGER NOT NULL DEFAULT 0,
+            refunded_minor INTEGER NOT NULL DEFAULT 0,
+            voided_minor INTEGER NOT NULL DEFAULT 0,
+            expires_at TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        ) WITHOUT ROWID",
+        "CREATE TABLE payment_transactions (
+            id TEXT PRIMARY KEY,
+            order_id TEXT NOT NULL REFERENCES orders (id),
+            kind TEXT NOT NULL,
+            status TEXT NOT NULL,
+            gateway TEXT NOT NULL,
+            amount_minor INTEGER NOT NULL,
+            currency TEXT NOT NULL,
+            fulfillment_order_id TEXT,
+            parent_id TEXT,
+            shipping_minor INTEGER NOT NULL DEFAULT 0,
+            shipping_tax_minor INTEGER NOT NULL DEFAULT 0,
+            final INTEGER NOT NULL DEFAULT 0,
+            reason TEXT,
+            gateway_reference TEXT,
+            error_code TEXT,
+            error_message TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT,
+            lease_until TEXT,
+            created_at TEXT NOT NULL,
+            processed_at TEXT
+        ) WITHOUT ROWID",
+        "CREATE INDEX payment_transactions_order ON payment_transactions (order_id, created_at)",
+        "CREATE UNIQUE INDEX payment_transactions_one_capture ON payment_transactions (fulfillment_order_id)
+         WHERE kind = 'capture' AND status IN ('pending', 'succeeded', 'unknown')",
+        "CREATE INDEX payment_transactions_due ON payment_transactions (next_attempt_at) WHERE status = 'pending'",
+        "CREATE TABLE payment_transaction_lines (
+            transaction_id TEXT NOT NULL REFERENCES payment_transactions (id),
+            line_no INTEGER NOT NULL,
+            units INTEGER NOT NULL,
+            net_minor INTEGER NOT NULL,
+            tax_minor INTEGER NOT NULL,
+            PRIMARY KEY (transaction_id, line_no)
+        ) WITHOUT ROWID",
+        "CREATE TABLE invoices (
+            seq INTEGER PRIMARY KEY,
+            number TEXT NOT NULL UNIQUE,
+            transaction_id TEXT NOT NULL UNIQUE REFERENCES payment_transactions (id),
+            order_id TEXT NOT NULL REFERENCES orders (id),
+            fulfillment_order_id TEXT,
+            currency TEXT NOT NULL,
+            amount_minor INTEGER NOT NULL,
+            issued_at TEXT NOT NULL,
+            doc TEXT NOT NULL
+        )",
+        "CREATE INDEX invoices_order ON invoices (order_id)",
+        "CREATE TABLE credit_memos (
+            seq INTEGER PRIMARY KEY,
+            number TEXT NOT NULL UNIQUE,
+            transaction_id TEXT NOT NULL UNIQUE REFERENCES payment_transactions (id),
+            order_id TEXT NOT NULL REFERENCES orders (id),
+            currency TEXT NOT NULL,
+            amount_minor INTEGER NOT NULL,
+            issued_at TEXT NOT NULL,
+            doc TEXT NOT NULL
+        )",
+        "CREATE INDEX credit_memos_order ON credit_memos (order_id)",
+        "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    ],
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

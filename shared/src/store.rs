@@ -424,6 +424,7 @@ pub fn insert_order_with_id(
         return Ok(None);
     };
     insert_lines(db, id, o)?;
+    crate::capture::open_payment(db, id, o, now)?;
     let at = ts(now);
     let mut events: Vec<(String, String, Json)> = vec![(
         "order.received".into(),
@@ -583,6 +584,8 @@ pub fn replace_order(
             doc(o, &hash).to_string(), ts(now), ex.id.clone()
         ],
     )?;
+    crate::capture::sync_payment(db, &ex.id, o, now)?;
+    crate::capture::refresh_financial_status(db, &ex.id, now)?;
     follow_source_holds(db, &ex.id, o, now, actor)?;
     check_source_total(db, &ex.id, o, now, actor)?;
     record_event(
@@ -653,6 +656,8 @@ pub fn update_after_release(
             doc(o, &hash).to_string(), ts(now), ex.id.clone()
         ],
     )?;
+    crate::capture::sync_payment(db, &ex.id, o, now)?;
+    crate::capture::refresh_financial_status(db, &ex.id, now)?;
     follow_source_holds(db, &ex.id, o, now, actor)?;
     record_event(
         db,
@@ -708,6 +713,7 @@ pub fn cancel_open_units(
             now,
         )?;
     }
+    crate::capture::void_unneeded(db, order_id, reason, now)?;
     if stuck > 0 {
         add_hold(
             db,

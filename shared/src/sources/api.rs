@@ -134,6 +134,8 @@ pub fn map_order(v: &Value, prefix: &str, now: DateTime<Utc>) -> Result<NewOrder
     let payment = Payment {
         gateway: non_empty(r.opt_str(&pay, "gateway", &pp)),
         reference: non_empty(r.opt_str(&pay, "reference", &pp)),
+        amount: r.opt_money(&pay, "amount", &pp, currency),
+        authorization_expires_at: r.time(&pay, "authorization_expires_at", &pp),
     };
     let tags = r
         .array(v, "tags", b)

@@ -227,7 +227,7 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
         financial_status,
         payment: Payment {
             gateway,
-            reference: None,
+            ..Default::default()
         },
         holds,
         note: non_empty(r.opt_str(v, "note", "")),

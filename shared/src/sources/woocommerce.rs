@@ -173,6 +173,7 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
         payment: Payment {
             gateway: non_empty(r.opt_str(v, "payment_method", "")),
             reference: non_empty(r.opt_str(v, "transaction_id", "")),
+            ..Default::default()
         },
         holds,
         note: non_empty(r.opt_str(v, "customer_note", "")),
