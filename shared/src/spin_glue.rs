@@ -282,3 +282,137 @@ pub async fn release_backorders(skus: &[String]) -> Option<serde_json::Value> {
         }
     }
 }
+
+/// A blocking outbound POST with timeouts (wasi:http request options: connect,
+/// first byte, between bytes), for gateway calls where a hung peer must turn
+/// into a retry rather than a request that never ends. `allowed_outbound_hosts`
+/// applies.
+pub struct TimedHttp {
+    pub timeout: std::time::Duration,
+}
+
+impl TimedHttp {
+    fn send(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>), String> {
+        use spin_sdk::wit::wasi::http0_2_0::{outgoing_handler, types as wt};
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("not an absolute URL: {url}"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let fields = wt::Fields::new();
+        for (k, v) in headers {
+            fields
+                .append(k, v.as_bytes())
+                .map_err(|e| format!("header {k}: {e:?}"))?;
+        }
+        let req = wt::OutgoingRequest::new(fields);
+        let _ = req.set_method(&wt::Method::Post);
+        let _ = req.set_scheme(Some(&match scheme {
+            "http" => wt::Scheme::Http,
+            "https" => wt::Scheme::Https,
+            other => wt::Scheme::Other(other.to_string()),
+        }));
+        let _ = req.set_authority(Some(authority));
+        let _ = req.set_path_with_query(Some(path));
+        let out_body = req.body().map_err(|_| "request body unavailable".to_string())?;
+        let opts = wt::RequestOptions::new();
+        let ns = self.timeout.as_nanos() as u64;
+        let _ = opts.set_connect_timeout(Some(ns));
+        let _ = opts.set_first_byte_timeout(Some(ns));
+        let _ = opts.set_between_bytes_timeout(Some(ns));
+        let pending = outgoing_handler::handle(req, Some(opts)).map_err(|e| format!("{e:?}"))?;
+        {
+            let stream = out_body
+                .write()
+                .map_err(|_| "request body stream unavailable".to_string())?;
+            for chunk in body.chunks(4096) {
+                stream
+                    .blocking_write_and_flush(chunk)
+                    .map_err(|e| format!("writing the request: {e:?}"))?;
+            }
+        }
+        wt::OutgoingBody::finish(out_body, None).map_err(|e| format!("{e:?}"))?;
+        pending.subscribe().block();
+        let resp = match pending.get() {
+            Some(Ok(Ok(r))) => r,
+            Some(Ok(Err(e))) => return Err(format!("{e:?}")),
+            _ => return Err("no response".into()),
+        };
+        let status = resp.status();
+        let in_body = resp
+            .consume()
+            .map_err(|_| "response body unavailable".to_string())?;
+        let mut buf = Vec::new();
+        {
+            let stream = in_body
+                .stream()
+                .map_err(|_| "response stream unavailable".to_string())?;
+            loop {
+                match stream.blocking_read(64 * 1024) {
+                    Ok(chunk) => {
+                        buf.extend_from_slice(&chunk);
+                        if buf.len() > 4 << 20 {
+                            return Err("response larger than 4 MiB".into());
+                        }
+                    }
+                    Err(wasi::io::streams::StreamError::Closed) => break,
+                    Err(e) => return Err(format!("reading the response: {e:?}")),
+                }
+            }
+        }
+        Ok((status, buf))
+    }
+}
+
+impl crate::gateway::Http for TimedHttp {
+    fn post_form(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        body: &str,
+    ) -> Result<(u16, Vec<u8>), String> {
+        self.send(url, headers, body.as_bytes())
+    }
+}
+
+/// The gateway settings from Spin variables: `stripe_api_base`,
+/// `stripe_secret_key`, `payment_timeout_ms`.
+pub fn payment_gateway() -> (TimedHttp, crate::gateway::StripeConfig) {
+    let ms = variable("payment_timeout_ms", "15000")
+        .parse::<u64>()
+        .unwrap_or(15_000)
+        .clamp(100, 120_000);
+    (
+        TimedHttp {
+            timeout: std::time::Duration::from_millis(ms),
+        },
+        crate::gateway::StripeConfig {
+            api_base: variable("stripe_api_base", "https://api.stripe.com"),
+            secret_key: variable("stripe_secret_key", ""),
+        },
+    )
+}
+
+/// Asks the capture component to send due gateway calls (after routing
+/// scheduled captures). Failures are logged: capture-cron sends them anyway.
+pub async fn kick_capture(order_ids: &[String]) {
+    if let Err(e) = chain(
+        "http://capture.spin.internal/internal/capture",
+        &if order_ids.is_empty() {
+            serde_json::json!({})
+        } else {
+            serde_json::json!({"order_ids": order_ids})
+        },
+    )
+    .await
+    {
+        eprintln!("capture call failed (capture-cron will send it): {e}");
+    }
+}

@@ -6,20 +6,34 @@
 //!   knows it is done; if the call fails, routing-cron's sweep does it.
 //! - `/api/routing/...`: per-channel configuration, centroids, an on-demand sweep.
 //!
+//! Released fulfillment orders whose capture goes through a gateway are sent
+//! by the capture component, chained here after the work.
+//!
 //! The work is in `waybill::allocation` and `waybill::routing`.
 
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_component;
-use waybill::{allocation, http, spin_glue};
+use waybill::{allocation, capture, http, spin_glue};
 
 #[http_component]
 async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     let r = spin_glue::request(&req);
     let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
-    let resp = match spin_glue::open_writer() {
-        Ok(db) => allocation::handle(&db, &tokens, &r, chrono::Utc::now()),
-        Err(e) => http::Response::problem(&e),
+    let now = chrono::Utc::now();
+    let (resp, captures_due) = match spin_glue::open_writer() {
+        Ok(db) => {
+            let resp = allocation::handle(&db, &tokens, &r, now);
+            // Released work may wait for a gateway capture: send it now.
+            let due = r.method == "POST" && capture::has_due(&db, now).unwrap_or(false);
+            (resp, due)
+        }
+        Err(e) => (http::Response::problem(&e), false),
     };
+    if captures_due {
+        // Every due call, not only this request's orders: a pass also serves
+        // older waiting orders.
+        spin_glue::kick_capture(&[]).await;
+    }
     // intake kicks notify itself after its chained routing call.
     if r.method == "POST" && r.path != "/internal/route" && (200..300).contains(&resp.status) {
         spin_glue::kick_notify().await;

@@ -1,0 +1,28 @@
+//! capture-cron: every minute, sends the gateway calls that are due: captures
+//! routing scheduled while the chained call failed, and retries after a
+//! timeout or 5xx (same Idempotency-Key, exponential backoff).
+
+wit_bindgen::generate!({
+    world: "spin-cron",
+    path: "../../wit/cron.wit",
+});
+
+use waybill::{capture, spin_glue};
+
+struct CaptureCron;
+
+impl Guest for CaptureCron {
+    fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
+        let db = spin_glue::open_writer().map_err(|e| Error::Other(e.to_string()))?;
+        let (gateway, stripe) = spin_glue::payment_gateway();
+        let p = capture::process_due(&db, &gateway, &stripe, None, chrono::Utc::now(), 500)
+            .map_err(|e| Error::Other(e.to_string()))?;
+        println!(
+            "capture-cron: {} succeeded, {} declined, {} retrying, {} unknown",
+            p.succeeded, p.declined, p.retrying, p.unknown
+        );
+        Ok(())
+    }
+}
+
+export!(CaptureCron);

@@ -1,0 +1,31 @@
+//! capture: the payment ledger's HTTP face and its gateway worker.
+//!
+//! - `POST /internal/capture` (private; routing chains it after scheduling
+//!   captures): sends the due gateway calls (Stripe captures, refunds, voids)
+//!   before answering.
+//! - `/api/invoices/...`, `/api/credit-memos/...`, `/api/payments/...`: invoices
+//!   and credit memos, an order's payment ledger, refunds, the operator's retry
+//!   after a decline, payment action items, settings, an on-demand sweep.
+//!
+//! The work is in `waybill::capture` and `waybill::gateway`; capture-cron runs
+//! the same worker every minute (retries with backoff).
+
+use spin_sdk::http::{IntoResponse, Request};
+use spin_sdk::http_component;
+use waybill::{capture, http, spin_glue};
+
+#[http_component]
+async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
+    let r = spin_glue::request(&req);
+    let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
+    let (gateway, stripe) = spin_glue::payment_gateway();
+    let resp = match spin_glue::open_writer() {
+        Ok(db) => capture::handle(&db, &tokens, &r, &gateway, &stripe, chrono::Utc::now()),
+        Err(e) => http::Response::problem(&e),
+    };
+    // Released fulfillment orders, invoices and refunds went to the outbox.
+    if r.method == "POST" && (200..300).contains(&resp.status) {
+        spin_glue::kick_notify().await;
+    }
+    Ok(spin_glue::response(resp))
+}
