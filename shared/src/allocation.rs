@@ -784,7 +784,11 @@ fn apply(
                     let units: i64 = fo_lines.iter().map(|d| d.quantity).sum();
                     if blocked || gated {
                         out.allocated += units;
-                        let why = if blocked { "release (on hold)" } else { "its payment capture" };
+                        let why = if blocked {
+                            "release (on hold)"
+                        } else {
+                            "its payment capture"
+                        };
                         ev.push(("fulfillment_order.created",
                             format!("{name}: {units} unit(s) allocated at {}, waiting for {why}", part.facility),
                             json!({"fulfillment_order": name, "facility": part.facility, "lines": fo_lines, "pickup": pickup})));

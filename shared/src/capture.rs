@@ -82,10 +82,7 @@ impl Settings {
 }
 
 pub fn settings(db: &dyn Db) -> Result<Settings> {
-    let r = db.execute(
-        "SELECT value FROM settings WHERE key = 'payments'",
-        &[],
-    )?;
+    let r = db.execute("SELECT value FROM settings WHERE key = 'payments'", &[])?;
     let mut s = Settings::default();
     if let Some(v) = r
         .first()
@@ -115,7 +112,10 @@ fn put_settings(db: &dyn Db, v: &Json) -> Result<Settings> {
             "capture_at" => match x.as_str() {
                 Some("release") => s.capture_at = CaptureAt::Release,
                 Some("shipment") => s.capture_at = CaptureAt::Shipment,
-                _ => errs.push(FieldError::new("/capture_at", "must be 'release' or 'shipment'")),
+                _ => errs.push(FieldError::new(
+                    "/capture_at",
+                    "must be 'release' or 'shipment'",
+                )),
             },
             "retry_base_seconds" => match x.as_i64() {
                 Some(n) if (0..=3600).contains(&n) => s.retry_base_seconds = n,
@@ -126,7 +126,10 @@ fn put_settings(db: &dyn Db, v: &Json) -> Result<Settings> {
             },
             "max_attempts" => match x.as_i64() {
                 Some(n) if (1..=50).contains(&n) => s.max_attempts = n,
-                _ => errs.push(FieldError::new("/max_attempts", "must be an integer from 1 to 50")),
+                _ => errs.push(FieldError::new(
+                    "/max_attempts",
+                    "must be an integer from 1 to 50",
+                )),
             },
             other => errs.push(FieldError::new(format!("/{other}"), "unknown setting")),
         }
@@ -308,7 +311,12 @@ fn order_ctx(db: &dyn Db, order_id: &str) -> Result<OrderCtx> {
             .ok_or_else(|| Error::internal("order with an unknown currency"))?,
         live_units: lines
             .iter()
-            .map(|l| (l.i64("line_no"), l.i64("qty_ordered") - l.i64("qty_cancelled")))
+            .map(|l| {
+                (
+                    l.i64("line_no"),
+                    l.i64("qty_ordered") - l.i64("qty_cancelled"),
+                )
+            })
             .collect(),
         names: lines
             .iter()
@@ -452,9 +460,7 @@ pub fn capture_fulfillment_order(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -
     let left_after: i64 = ctx
         .live_units
         .iter()
-        .map(|(l, n)| {
-            n - before.get(l).copied().unwrap_or(0) - units.get(l).copied().unwrap_or(0)
-        })
+        .map(|(l, n)| n - before.get(l).copied().unwrap_or(0) - units.get(l).copied().unwrap_or(0))
         .map(|x| x.max(0))
         .sum();
     let id = uuid::Uuid::now_v7().to_string();
@@ -488,8 +494,18 @@ pub fn capture_fulfillment_order(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -
                 .map(|r| r.i64("n"))
                 .unwrap_or(0);
             let open = pay.authorized - pay.captured - pay.voided - pending;
-            if pay.expires_at.as_deref().is_some_and(|e| e < ts(now).as_str()) {
-                fail(db, &id, "authorization_expired", "the authorization expired", now)?;
+            if pay
+                .expires_at
+                .as_deref()
+                .is_some_and(|e| e < ts(now).as_str())
+            {
+                fail(
+                    db,
+                    &id,
+                    "authorization_expired",
+                    "the authorization expired",
+                    now,
+                )?;
                 Ok(Gate::Declined)
             } else if c.amount > open {
                 let cur = ctx.currency;
@@ -566,7 +582,10 @@ pub fn settle(db: &dyn Db, tx_id: &str, reference: Option<&str>, now: DateTime<U
                 now,
                 &format!("payment:{}", t.str("gateway")),
                 "payment.captured",
-                &format!("Captured {} {currency} for {fo_name} (invoice {number})", fmt(amount)),
+                &format!(
+                    "Captured {} {currency} for {fo_name} (invoice {number})",
+                    fmt(amount)
+                ),
                 json!({"amount_minor": amount, "currency": currency, "fulfillment_order": fo_name,
                        "invoice": number, "transaction_id": tx_id, "gateway": t.str("gateway")}),
             )?;
@@ -694,7 +713,14 @@ fn fail_as(
         json!({"transaction_id": tx_id, "code": code, "message": message, "amount_minor": t.i64("amount_minor"),
                "fulfillment_order": fo_name, "status": status}),
     )?;
-    store::add_hold(db, &order_id, HoldReason::PaymentFailed, &note, now, "payments")?;
+    store::add_hold(
+        db,
+        &order_id,
+        HoldReason::PaymentFailed,
+        &note,
+        now,
+        "payments",
+    )?;
     store::refresh_status(db, &order_id, now)?;
     Ok(())
 }
@@ -748,7 +774,13 @@ impl FirstRow for crate::db::Rows {
 /// transaction. The number is the next in a gap-free sequence: it is taken in
 /// the transaction that books the money (under SQLite's write lock), so a
 /// rollback takes the number back with it and two writers never share one.
-fn issue(db: &dyn Db, table: &str, prefix: &str, t: &crate::db::Rows, now: DateTime<Utc>) -> Result<String> {
+fn issue(
+    db: &dyn Db,
+    table: &str,
+    prefix: &str,
+    t: &crate::db::Rows,
+    now: DateTime<Utc>,
+) -> Result<String> {
     let tx_id = t.str("id");
     let order_id = t.str("order_id");
     let ctx = order_ctx(db, &order_id)?;
@@ -875,17 +907,28 @@ pub fn refund(
 ) -> Result<String> {
     let pay = load_payment(db, order_id)?
         .filter(|p| p.gateway != "none")
-        .ok_or_else(|| Error::conflict("nothing was captured for this order, so nothing can be refunded"))?;
+        .ok_or_else(|| {
+            Error::conflict("nothing was captured for this order, so nothing can be refunded")
+        })?;
     let ctx = order_ctx(db, order_id)?;
     let captured = units_in(db, order_id, "capture", "('succeeded')")?;
-    let refunded = units_in(db, order_id, "refund", "('pending', 'succeeded', 'unknown')")?;
+    let refunded = units_in(
+        db,
+        order_id,
+        "refund",
+        "('pending', 'succeeded', 'unknown')",
+    )?;
     let mut errs = Vec::new();
     for (line, n) in &r.lines {
         if !ctx.live_units.contains_key(line) && !captured.contains_key(line) {
-            errs.push(FieldError::new(format!("/lines/{line}"), "no such line on this order"));
+            errs.push(FieldError::new(
+                format!("/lines/{line}"),
+                "no such line on this order",
+            ));
             continue;
         }
-        let open = captured.get(line).copied().unwrap_or(0) - refunded.get(line).copied().unwrap_or(0);
+        let open =
+            captured.get(line).copied().unwrap_or(0) - refunded.get(line).copied().unwrap_or(0);
         if *n <= 0 || *n > open {
             errs.push(FieldError::new(
                 format!("/lines/{line}"),
@@ -895,7 +938,12 @@ pub fn refund(
     }
     let ship = r.shipping
         && shipping_taken(db, order_id, "capture", "('succeeded')")?
-        && !shipping_taken(db, order_id, "refund", "('pending', 'succeeded', 'unknown')")?;
+        && !shipping_taken(
+            db,
+            order_id,
+            "refund",
+            "('pending', 'succeeded', 'unknown')",
+        )?;
     let mut c = payment::refund_amount(&ctx.amounts, &refunded, &r.lines, ship);
     let in_flight: i64 = db
         .execute(
@@ -906,7 +954,10 @@ pub fn refund(
     let refundable = pay.captured - pay.refunded - in_flight;
     if let Some(a) = r.amount {
         if !r.lines.is_empty() {
-            errs.push(FieldError::new("/amount", "give lines or an amount, not both"));
+            errs.push(FieldError::new(
+                "/amount",
+                "give lines or an amount, not both",
+            ));
         }
         c = payment::Charge {
             amount: a,
@@ -914,7 +965,10 @@ pub fn refund(
         };
     }
     if r.lines.is_empty() && r.amount.is_none() && !ship {
-        errs.push(FieldError::new("/lines", "name the lines to refund, or an amount"));
+        errs.push(FieldError::new(
+            "/lines",
+            "name the lines to refund, or an amount",
+        ));
     }
     if c.amount <= 0 && errs.is_empty() {
         errs.push(FieldError::new("/amount", "the refund must be positive"));
@@ -966,8 +1020,18 @@ pub fn void_unneeded(db: &dyn Db, order_id: &str, reason: &str, now: DateTime<Ut
     };
     let via_gateway = pay.gateway == "stripe" && needed == 0 && pending_n == 0;
     insert_tx(
-        db, &id, order_id, "void", "pending", &pay.gateway, &pay.currency, &c, None, true,
-        Some(reason), now,
+        db,
+        &id,
+        order_id,
+        "void",
+        "pending",
+        &pay.gateway,
+        &pay.currency,
+        &c,
+        None,
+        true,
+        Some(reason),
+        now,
     )?;
     if !via_gateway {
         settle(db, &id, None, now)?;
@@ -1082,29 +1146,42 @@ pub fn process_due(
     let ids: Vec<String> = due.iter().map(|r| r.str("id")).collect();
     let mut out = Processed::default();
     for id in ids {
-        let claimed = transaction(db, |db| -> Result<Option<(crate::db::Rows, Option<String>, String, String)>> {
-            let n = db.exec(
-                "UPDATE payment_transactions SET attempts = attempts + 1, lease_until = ?
+        let claimed = transaction(
+            db,
+            |db| -> Result<Option<(crate::db::Rows, Option<String>, String, String)>> {
+                let n = db.exec(
+                    "UPDATE payment_transactions SET attempts = attempts + 1, lease_until = ?
                  WHERE id = ? AND status = 'pending' AND (lease_until IS NULL OR lease_until < ?)",
-                params![ts(now + Duration::seconds(LEASE_SECONDS)), id.clone(), ts(now)],
-            )?;
-            if n == 0 {
-                return Ok(None);
-            }
-            let t = load_tx(db, &id)?;
-            let order_id = t.str("order_id");
-            let pay = load_payment(db, &order_id)?;
-            let number = db
-                .execute("SELECT number FROM orders WHERE id = ?", params![order_id.clone()])?
-                .str("number");
-            let fo = match t.opt_str("fulfillment_order_id") {
-                Some(f) => db
-                    .execute("SELECT name FROM fulfillment_orders WHERE id = ?", params![f])?
-                    .str("name"),
-                None => String::new(),
-            };
-            Ok(Some((t, pay.and_then(|p| p.reference), number, fo)))
-        })?;
+                    params![
+                        ts(now + Duration::seconds(LEASE_SECONDS)),
+                        id.clone(),
+                        ts(now)
+                    ],
+                )?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                let t = load_tx(db, &id)?;
+                let order_id = t.str("order_id");
+                let pay = load_payment(db, &order_id)?;
+                let number = db
+                    .execute(
+                        "SELECT number FROM orders WHERE id = ?",
+                        params![order_id.clone()],
+                    )?
+                    .str("number");
+                let fo = match t.opt_str("fulfillment_order_id") {
+                    Some(f) => db
+                        .execute(
+                            "SELECT name FROM fulfillment_orders WHERE id = ?",
+                            params![f],
+                        )?
+                        .str("name"),
+                    None => String::new(),
+                };
+                Ok(Some((t, pay.and_then(|p| p.reference), number, fo)))
+            },
+        )?;
         let Some((t, reference, number, fo)) = claimed else {
             continue;
         };
@@ -1113,7 +1190,9 @@ pub fn process_due(
         let outcome = match (t.str("gateway").as_str(), reference) {
             ("stripe", Some(pi)) => {
                 let req = match kind.as_str() {
-                    "capture" => stripe.capture(&pi, &id, amount, t.i64("final") != 0, &number, &fo),
+                    "capture" => {
+                        stripe.capture(&pi, &id, amount, t.i64("final") != 0, &number, &fo)
+                    }
                     "refund" => stripe.refund(&pi, &id, amount, &number),
                     _ => stripe.cancel(&pi, &id),
                 };
@@ -1183,9 +1262,15 @@ pub fn has_due(db: &dyn Db, now: DateTime<Utc>) -> Result<bool> {
 /// new authorization (reference, amount, expiry), the payment_failed hold is
 /// lifted, unknown captures are sent again with their key and declined
 /// fulfillment orders are captured anew.
-pub fn retry(db: &dyn Db, order_id: &str, body: &Json, actor: &str, now: DateTime<Utc>) -> Result<()> {
-    let pay = load_payment(db, order_id)?
-        .ok_or_else(|| Error::conflict("the order has no payment"))?;
+pub fn retry(
+    db: &dyn Db,
+    order_id: &str,
+    body: &Json,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let pay =
+        load_payment(db, order_id)?.ok_or_else(|| Error::conflict("the order has no payment"))?;
     let mut errs = Vec::new();
     let reference = match &body["reference"] {
         Json::Null => None,
@@ -1200,24 +1285,36 @@ pub fn retry(db: &dyn Db, order_id: &str, body: &Json, actor: &str, now: DateTim
         v => match v.as_i64() {
             Some(n) if n >= 0 => Some(n),
             _ => {
-                errs.push(FieldError::new("/amount_minor", "must be a non-negative integer (minor units)"));
+                errs.push(FieldError::new(
+                    "/amount_minor",
+                    "must be a non-negative integer (minor units)",
+                ));
                 None
             }
         },
     };
     let expires = match &body["authorization_expires_at"] {
         Json::Null => None,
-        v => match v.as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()) {
+        v => match v
+            .as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        {
             Some(t) => Some(ts(t.with_timezone(&Utc))),
             None => {
-                errs.push(FieldError::new("/authorization_expires_at", "must be an RFC 3339 time"));
+                errs.push(FieldError::new(
+                    "/authorization_expires_at",
+                    "must be an RFC 3339 time",
+                ));
                 None
             }
         },
     };
     if let Some(o) = body.as_object() {
         for k in o.keys() {
-            if !matches!(k.as_str(), "reference" | "amount_minor" | "authorization_expires_at") {
+            if !matches!(
+                k.as_str(),
+                "reference" | "amount_minor" | "authorization_expires_at"
+            ) {
                 errs.push(FieldError::new(format!("/{k}"), "unknown field"));
             }
         }
@@ -1242,7 +1339,14 @@ pub fn retry(db: &dyn Db, order_id: &str, body: &Json, actor: &str, now: DateTim
          WHERE order_id = ? AND status = 'unknown'",
         params![ts(now), order_id],
     )?;
-    store::release_hold(db, order_id, HoldReason::PaymentFailed, now, actor, "payment retried by an operator")?;
+    store::release_hold(
+        db,
+        order_id,
+        HoldReason::PaymentFailed,
+        now,
+        actor,
+        "payment retried by an operator",
+    )?;
     crate::allocation::release(db, order_id, now)?;
     store::refresh_status(db, order_id, now)?;
     Ok(())
@@ -1260,11 +1364,15 @@ fn money_of(minor: i64, code: &str) -> Json {
 /// The order's payment: the authorization, every transaction with its lines,
 /// invoices and credit memos.
 pub fn payment_view(db: &dyn Db, order_id: &str) -> Result<Json> {
-    let number = db
-        .execute("SELECT number, financial_status FROM orders WHERE id = ?", params![order_id])?;
+    let number = db.execute(
+        "SELECT number, financial_status FROM orders WHERE id = ?",
+        params![order_id],
+    )?;
     let Some(pay) = load_payment(db, order_id)? else {
-        return Ok(json!({"order_id": order_id, "order_number": number.str("number"),
-                         "financial_status": number.str("financial_status"), "gateway": null, "transactions": []}));
+        return Ok(
+            json!({"order_id": order_id, "order_number": number.str("number"),
+                         "financial_status": number.str("financial_status"), "gateway": null, "transactions": []}),
+        );
     };
     let c = pay.currency.as_str();
     let txs = db.execute(
@@ -1313,7 +1421,11 @@ fn document(db: &dyn Db, table: &str, number: &str) -> Result<Json> {
         &format!("SELECT doc FROM {table} WHERE number = ?"),
         params![number.to_ascii_uppercase()],
     )?;
-    let what = if table == "invoices" { "invoice" } else { "credit memo" };
+    let what = if table == "invoices" {
+        "invoice"
+    } else {
+        "credit memo"
+    };
     let row = r
         .first()
         .ok_or_else(|| Error::not_found(format!("no {what} {number}")))?;
@@ -1339,7 +1451,9 @@ fn documents(db: &dyn Db, table: &str, req: &crate::http::Request) -> Result<Jso
             .rsplit('-')
             .next()
             .and_then(|n| n.parse::<i64>().ok())
-            .ok_or_else(|| Error::invalid(vec![FieldError::new("after", "must be a document number")]))?,
+            .ok_or_else(|| {
+                Error::invalid(vec![FieldError::new("after", "must be a document number")])
+            })?,
     };
     let mut prm = vec![Value::from(after)];
     let mut cond = String::new();
@@ -1361,7 +1475,9 @@ fn documents(db: &dyn Db, table: &str, req: &crate::http::Request) -> Result<Jso
     let more = items.len() as i64 > limit;
     items.truncate(limit as usize);
     let next = if more {
-        items.last().and_then(|d| d["number"].as_str().map(str::to_string))
+        items
+            .last()
+            .and_then(|d| d["number"].as_str().map(str::to_string))
     } else {
         None
     };
@@ -1394,7 +1510,12 @@ fn action_items(db: &dyn Db) -> Result<Json> {
 fn refund_request(v: &Json) -> Result<RefundRequest> {
     let mut errs = Vec::new();
     let mut r = RefundRequest {
-        reason: v["reason"].as_str().unwrap_or("refund").chars().take(500).collect(),
+        reason: v["reason"]
+            .as_str()
+            .unwrap_or("refund")
+            .chars()
+            .take(500)
+            .collect(),
         shipping: v["shipping"].as_bool().unwrap_or(false),
         ..Default::default()
     };
@@ -1408,7 +1529,10 @@ fn refund_request(v: &Json) -> Result<RefundRequest> {
                 match (l["line_no"].as_i64(), l["quantity"].as_i64()) {
                     (Some(n), Some(q)) if q > 0 => {
                         if r.lines.insert(n, q).is_some() {
-                            errs.push(FieldError::new(format!("/lines/{i}/line_no"), "line named twice"));
+                            errs.push(FieldError::new(
+                                format!("/lines/{i}/line_no"),
+                                "line named twice",
+                            ));
                         }
                     }
                     _ => errs.push(FieldError::new(
@@ -1424,7 +1548,10 @@ fn refund_request(v: &Json) -> Result<RefundRequest> {
         Json::Null => {}
         x => match x.as_i64() {
             Some(n) if n > 0 => r.amount = Some(n),
-            _ => errs.push(FieldError::new("/amount_minor", "must be a positive integer (minor units)")),
+            _ => errs.push(FieldError::new(
+                "/amount_minor",
+                "must be a positive integer (minor units)",
+            )),
         },
     }
     if let Some(o) = v.as_object() {
@@ -1468,9 +1595,16 @@ pub fn handle(
         if segs.first() == Some(&"internal") {
             return match (m, segs.as_slice()) {
                 ("POST", ["internal", "capture"]) => {
-                    let v = if req.body.is_empty() { json!({}) } else { req.json_object()? };
+                    let v = if req.body.is_empty() {
+                        json!({})
+                    } else {
+                        req.json_object()?
+                    };
                     let ids: Option<Vec<String>> = v["order_ids"].as_array().map(|a| {
-                        a.iter().filter_map(|x| x.as_str().map(str::to_string)).take(1000).collect()
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(str::to_string))
+                            .take(1000)
+                            .collect()
                     });
                     let p = process_due(db, http, stripe, ids.as_deref(), now, 500)?;
                     Ok(Response::json(200, &processed_json(&p)))
@@ -1480,23 +1614,39 @@ pub fn handle(
         }
         tokens.authorize(
             req,
-            if m == "GET" || m == "HEAD" { Scope::Read } else { Scope::Write },
+            if m == "GET" || m == "HEAD" {
+                Scope::Read
+            } else {
+                Scope::Write
+            },
         )?;
         let order = |key: &str| -> Result<String> {
             store::resolve(db, key)?.ok_or_else(|| Error::not_found(format!("no order '{key}'")))
         };
         match (m, segs.as_slice()) {
-            ("GET", ["api", "invoices"]) => Ok(Response::json(200, &documents(db, "invoices", req)?)),
-            ("GET", ["api", "invoices", n]) => Ok(Response::json(200, &document(db, "invoices", n)?)),
-            ("GET", ["api", "credit-memos"]) => Ok(Response::json(200, &documents(db, "credit_memos", req)?)),
-            ("GET", ["api", "credit-memos", n]) => Ok(Response::json(200, &document(db, "credit_memos", n)?)),
-            ("GET", ["api", "payments", "settings"]) => Ok(Response::json(200, &settings(db)?.json())),
+            ("GET", ["api", "invoices"]) => {
+                Ok(Response::json(200, &documents(db, "invoices", req)?))
+            }
+            ("GET", ["api", "invoices", n]) => {
+                Ok(Response::json(200, &document(db, "invoices", n)?))
+            }
+            ("GET", ["api", "credit-memos"]) => {
+                Ok(Response::json(200, &documents(db, "credit_memos", req)?))
+            }
+            ("GET", ["api", "credit-memos", n]) => {
+                Ok(Response::json(200, &document(db, "credit_memos", n)?))
+            }
+            ("GET", ["api", "payments", "settings"]) => {
+                Ok(Response::json(200, &settings(db)?.json()))
+            }
             ("PUT", ["api", "payments", "settings"]) => {
                 let v = req.json_object()?;
                 let s = transaction(db, |db| put_settings(db, &v))?;
                 Ok(Response::json(200, &s.json()))
             }
-            ("GET", ["api", "payments", "action-items"]) => Ok(Response::json(200, &action_items(db)?)),
+            ("GET", ["api", "payments", "action-items"]) => {
+                Ok(Response::json(200, &action_items(db)?))
+            }
             ("GET", ["api", "payments", "orders", key]) => {
                 let id = order(key)?;
                 Ok(Response::json(200, &payment_view(db, &id)?))
@@ -1515,7 +1665,11 @@ pub fn handle(
                 Ok(Response::json(201, &json!({"refund": t, "payment": view})))
             }
             ("POST", ["api", "payments", "orders", key, "retry"]) => {
-                let v = if req.body.is_empty() { json!({}) } else { req.json_object()? };
+                let v = if req.body.is_empty() {
+                    json!({})
+                } else {
+                    req.json_object()?
+                };
                 let id = order(key)?;
                 transaction(db, |db| retry(db, &id, &v, "api", now))?;
                 process_due(db, http, stripe, Some(std::slice::from_ref(&id)), now, 50)?;
@@ -1584,9 +1738,11 @@ mod tests {
             "shipping_lines": [{"method": "standard", "price": ship, "tax": if currency == "JPY" { "50" } else { "0.95" }}],
         });
         let o = crate::sources::api::map_order(&v, "", Utc::now()).unwrap();
-        transaction(db, |db| crate::store::insert_order(db, &o, Utc::now(), "test"))
-            .unwrap()
-            .id
+        transaction(db, |db| {
+            crate::store::insert_order(db, &o, Utc::now(), "test")
+        })
+        .unwrap()
+        .id
     }
 
     fn route(db: &NativeDb, id: &str) -> crate::allocation::Outcome {
@@ -1609,13 +1765,20 @@ mod tests {
     }
 
     fn fin(db: &NativeDb, id: &str) -> String {
-        db.execute("SELECT financial_status FROM orders WHERE id = ?", params![id])
-            .unwrap()
-            .str("financial_status")
+        db.execute(
+            "SELECT financial_status FROM orders WHERE id = ?",
+            params![id],
+        )
+        .unwrap()
+        .str("financial_status")
     }
 
     fn total(db: &NativeDb, id: &str) -> i64 {
-        one(db, "SELECT total_minor AS n FROM orders WHERE id = ?", params![id])
+        one(
+            db,
+            "SELECT total_minor AS n FROM orders WHERE id = ?",
+            params![id],
+        )
     }
 
     #[test]
@@ -1646,7 +1809,11 @@ mod tests {
             crate::allocation::release_backorders(&db, None, None, Utc::now(), 10).unwrap();
             let all = captured(&db, &id);
             assert_eq!(all.len(), 2, "{cur}: one capture per fulfillment order");
-            assert_eq!(all.iter().sum::<i64>(), total(&db, &id), "{cur}: captures add up to the total");
+            assert_eq!(
+                all.iter().sum::<i64>(),
+                total(&db, &id),
+                "{cur}: captures add up to the total"
+            );
             assert_eq!(fin(&db, &id), "paid");
             let inv: Vec<String> = db
                 .execute("SELECT number FROM invoices ORDER BY seq", &[])
@@ -1656,12 +1823,17 @@ mod tests {
                 .collect();
             assert_eq!(inv, ["INV-000001", "INV-000002"]);
             let doc: Json = serde_json::from_str(
-                &db.execute("SELECT doc FROM invoices WHERE seq = 2", &[]).unwrap().str("doc"),
+                &db.execute("SELECT doc FROM invoices WHERE seq = 2", &[])
+                    .unwrap()
+                    .str("doc"),
             )
             .unwrap();
             assert_eq!(doc["number"], "INV-000002");
             assert_eq!(doc["total"]["minor"], all[1]);
-            assert_eq!(doc["fulfillment_order"].as_str().unwrap().ends_with("-F2"), true);
+            assert_eq!(
+                doc["fulfillment_order"].as_str().unwrap().ends_with("-F2"),
+                true
+            );
             // Nothing is captured twice: a second pass changes nothing.
             route(&db, &id);
             assert_eq!(captured(&db, &id).len(), 2);
@@ -1682,7 +1854,10 @@ mod tests {
         let o = route(&db, &id);
         assert_eq!(o.released, 0, "nothing is released");
         let fo = db
-            .execute("SELECT status FROM fulfillment_orders WHERE order_id = ?", params![id.clone()])
+            .execute(
+                "SELECT status FROM fulfillment_orders WHERE order_id = ?",
+                params![id.clone()],
+            )
             .unwrap()
             .str("status");
         assert_eq!(fo, "on_hold");
@@ -1690,7 +1865,14 @@ mod tests {
             store::open_hold_reasons(&db, &id).unwrap(),
             vec!["payment_failed".to_string()]
         );
-        assert_eq!(one(&db, "SELECT COUNT(*) AS n FROM outbox WHERE topic = 'fulfillment_order.released'", &[]), 0);
+        assert_eq!(
+            one(
+                &db,
+                "SELECT COUNT(*) AS n FROM outbox WHERE topic = 'fulfillment_order.released'",
+                &[]
+            ),
+            0
+        );
         let items = action_items(&db).unwrap();
         assert_eq!(items["items"][0]["error"]["code"], "authorization_expired");
         // The sweep does not retry a decline on its own ...
@@ -1698,13 +1880,25 @@ mod tests {
         assert!(captured(&db, &id).is_empty());
         // ... the operator does, with a fresh authorization.
         transaction(&db, |db| {
-            retry(db, &id, &json!({"authorization_expires_at": "2099-01-01T00:00:00Z"}), "test", Utc::now())
+            retry(
+                db,
+                &id,
+                &json!({"authorization_expires_at": "2099-01-01T00:00:00Z"}),
+                "test",
+                Utc::now(),
+            )
         })
         .unwrap();
         assert_eq!(captured(&db, &id), vec![total(&db, &id)]);
         assert!(store::open_hold_reasons(&db, &id).unwrap().is_empty());
         assert_eq!(fin(&db, &id), "paid");
-        assert_eq!(action_items(&db).unwrap()["items"].as_array().unwrap().len(), 0);
+        assert_eq!(
+            action_items(&db).unwrap()["items"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
 
         // An authorization smaller than what is released is declined too.
         let short = order(&db, "x2", "EUR", json!({"amount": "1.00"}));
@@ -1713,7 +1907,10 @@ mod tests {
         route(&db, &short);
         assert!(captured(&db, &short).is_empty());
         let e = db
-            .execute("SELECT error_code FROM payment_transactions WHERE order_id = ?", params![short])
+            .execute(
+                "SELECT error_code FROM payment_transactions WHERE order_id = ?",
+                params![short],
+            )
             .unwrap()
             .str("error_code");
         assert_eq!(e, "amount_exceeds_authorization");
@@ -1728,7 +1925,12 @@ mod tests {
     }
 
     impl Http for FakeStripe {
-        fn post_form(&self, url: &str, headers: &[(String, String)], body: &str) -> std::result::Result<(u16, Vec<u8>), String> {
+        fn post_form(
+            &self,
+            url: &str,
+            headers: &[(String, String)],
+            body: &str,
+        ) -> std::result::Result<(u16, Vec<u8>), String> {
             let key = headers
                 .iter()
                 .find(|(k, _)| k == "idempotency-key")
@@ -1737,14 +1939,21 @@ mod tests {
             if let Some(r) = self.seen.borrow().get(&key) {
                 return Ok(r.clone());
             }
-            let step = if self.script.borrow().is_empty() { Some(200) } else { self.script.borrow_mut().remove(0) };
+            let step = if self.script.borrow().is_empty() {
+                Some(200)
+            } else {
+                self.script.borrow_mut().remove(0)
+            };
             if step == Some(402) {
                 let r = (402, br#"{"error":{"type":"card_error","code":"card_declined","decline_code":"generic_decline","message":"Your card was declined."}}"#.to_vec());
                 self.seen.borrow_mut().insert(key, r.clone());
                 return Ok(r);
             }
             if step == Some(503) {
-                return Ok((503, br#"{"error":{"type":"api_error","message":"try later"}}"#.to_vec()));
+                return Ok((
+                    503,
+                    br#"{"error":{"type":"api_error","message":"try later"}}"#.to_vec(),
+                ));
             }
             let amount: i64 = form_urlencoded::parse(body.as_bytes())
                 .find(|(k, _)| k == "amount_to_capture" || k == "amount")
@@ -1753,7 +1962,12 @@ mod tests {
             if url.ends_with("/capture") {
                 self.captures.borrow_mut().push(amount);
             }
-            let r = (200, json!({"id": "pi_1", "object": "payment_intent", "latest_charge": "ch_1"}).to_string().into_bytes());
+            let r = (
+                200,
+                json!({"id": "pi_1", "object": "payment_intent", "latest_charge": "ch_1"})
+                    .to_string()
+                    .into_bytes(),
+            );
             self.seen.borrow_mut().insert(key, r.clone());
             match step {
                 None => Err("connection reset before the answer".into()),
@@ -1775,13 +1989,21 @@ mod tests {
         put_settings(&db, &json!({"retry_base_seconds": 0})).unwrap();
         stock(&db, "A", 3);
         stock(&db, "B", 2);
-        let id = order(&db, "s1", "EUR", json!({"gateway": "stripe", "reference": "pi_1"}));
+        let id = order(
+            &db,
+            "s1",
+            "EUR",
+            json!({"gateway": "stripe", "reference": "pi_1"}),
+        );
         let o = route(&db, &id);
         assert_eq!((o.released, o.awaiting_capture), (0, 5));
         let fo = || {
-            db.execute("SELECT status FROM fulfillment_orders WHERE order_id = ?", params![id.clone()])
-                .unwrap()
-                .str("status")
+            db.execute(
+                "SELECT status FROM fulfillment_orders WHERE order_id = ?",
+                params![id.clone()],
+            )
+            .unwrap()
+            .str("status")
         };
         assert_eq!(fo(), "scheduled");
         let fake = FakeStripe {
@@ -1790,21 +2012,37 @@ mod tests {
             script: RefCell::new(vec![None]),
         };
         let p = process_due(&db, &fake, &stripe(), None, Utc::now(), 10).unwrap();
-        assert_eq!(p.retrying, 1, "the connection dropped after Stripe captured");
-        assert_eq!(fo(), "scheduled", "not released while the outcome is unknown");
+        assert_eq!(
+            p.retrying, 1,
+            "the connection dropped after Stripe captured"
+        );
+        assert_eq!(
+            fo(),
+            "scheduled",
+            "not released while the outcome is unknown"
+        );
         let p = process_due(&db, &fake, &stripe(), None, Utc::now(), 10).unwrap();
         assert_eq!(p.succeeded, 1, "the retry gets Stripe's stored answer");
         assert_eq!(fake.captures.borrow().len(), 1, "Stripe captured once");
         assert_eq!(fo(), "open");
         assert_eq!(captured(&db, &id), vec![total(&db, &id)]);
         assert_eq!(
-            one(&db, "SELECT attempts AS n FROM payment_transactions WHERE order_id = ?", params![id.clone()]),
+            one(
+                &db,
+                "SELECT attempts AS n FROM payment_transactions WHERE order_id = ?",
+                params![id.clone()]
+            ),
             2
         );
         assert!(!has_due(&db, Utc::now()).unwrap());
 
         // A decline holds the fulfillment order; nothing is released.
-        let d = order(&db, "s2", "EUR", json!({"gateway": "stripe", "reference": "pi_2"}));
+        let d = order(
+            &db,
+            "s2",
+            "EUR",
+            json!({"gateway": "stripe", "reference": "pi_2"}),
+        );
         stock(&db, "A", 6);
         stock(&db, "B", 4);
         route(&db, &d);
@@ -1814,11 +2052,17 @@ mod tests {
         let p = process_due(&db, &fake, &stripe(), None, Utc::now(), 10).unwrap();
         assert_eq!(p.declined, 1);
         let st = db
-            .execute("SELECT status FROM fulfillment_orders WHERE order_id = ?", params![d.clone()])
+            .execute(
+                "SELECT status FROM fulfillment_orders WHERE order_id = ?",
+                params![d.clone()],
+            )
             .unwrap()
             .str("status");
         assert_eq!(st, "on_hold");
-        assert_eq!(store::open_hold_reasons(&db, &d).unwrap(), vec!["payment_failed".to_string()]);
+        assert_eq!(
+            store::open_hold_reasons(&db, &d).unwrap(),
+            vec!["payment_failed".to_string()]
+        );
         let b = store::load_buckets(&db, &d).unwrap();
         assert_eq!(b.iter().map(|b| b.released).sum::<i64>(), 0);
         assert_eq!(fake.captures.borrow().len(), 1);
@@ -1838,11 +2082,18 @@ mod tests {
             ..Default::default()
         };
         transaction(&db, |db| refund(db, &id, &r, "test", Utc::now())).unwrap();
-        let amount = one(&db, "SELECT amount_minor AS n FROM payment_transactions WHERE kind = 'refund'", &[]);
+        let amount = one(
+            &db,
+            "SELECT amount_minor AS n FROM payment_transactions WHERE kind = 'refund'",
+            &[],
+        );
         let (net, tax) = (3003 - 100, 571);
         assert_eq!(amount, net / 3 + tax / 3);
         assert_eq!(fin(&db, &id), "partially_refunded");
-        let cm = db.execute("SELECT number FROM credit_memos", &[]).unwrap().str("number");
+        let cm = db
+            .execute("SELECT number FROM credit_memos", &[])
+            .unwrap()
+            .str("number");
         assert_eq!(cm, "CM-000001");
         // More than captured is refused and changes nothing.
         let too_many = RefundRequest {
@@ -1856,13 +2107,17 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            transaction(&db, |db| refund(db, &id, &none, "test", Utc::now())).unwrap_err().status(),
+            transaction(&db, |db| refund(db, &id, &none, "test", Utc::now()))
+                .unwrap_err()
+                .status(),
             422,
             "line 2 was never captured"
         );
         // The backordered B are cancelled: the authorization is reduced to what was captured.
-        transaction(&db, |db| crate::store::cancel_open_units(db, &id, "customer asked", Utc::now(), "test"))
-            .unwrap();
+        transaction(&db, |db| {
+            crate::store::cancel_open_units(db, &id, "customer asked", Utc::now(), "test")
+        })
+        .unwrap();
         let p = load_payment(&db, &id).unwrap().unwrap();
         assert_eq!(p.voided, total(&db, &id) - first);
         assert_eq!(p.captured, first);
@@ -1878,7 +2133,11 @@ mod tests {
             "shipping_address": {"line1": "x", "city": "Hamburg", "country_code": "DE"},
             "lines": [{"sku": "A", "quantity": 1, "unit_price": "2.00"}]});
         let o = crate::sources::api::map_order(&v, "", Utc::now()).unwrap();
-        let id = transaction(&db, |db| crate::store::insert_order(db, &o, Utc::now(), "t")).unwrap().id;
+        let id = transaction(&db, |db| {
+            crate::store::insert_order(db, &o, Utc::now(), "t")
+        })
+        .unwrap()
+        .id;
         route(&db, &id);
         assert_eq!(captured(&db, &id), vec![200]);
         assert_eq!(fin(&db, &id), "paid");
@@ -1886,7 +2145,11 @@ mod tests {
         let v = json!({"external_id": "p2", "currency": "EUR",
             "shipping_address": {"line1": "x", "city": "Hamburg", "country_code": "DE"}, "lines": [{"sku": "A", "quantity": 1, "unit_price": "2.00"}]});
         let o = crate::sources::api::map_order(&v, "", Utc::now()).unwrap();
-        let id = transaction(&db, |db| crate::store::insert_order(db, &o, Utc::now(), "t")).unwrap().id;
+        let id = transaction(&db, |db| {
+            crate::store::insert_order(db, &o, Utc::now(), "t")
+        })
+        .unwrap()
+        .id;
         assert_eq!(route(&db, &id).released, 1);
         assert!(captured(&db, &id).is_empty());
         assert_eq!(fin(&db, &id), "pending");

@@ -120,7 +120,10 @@ impl StripeConfig {
             p.push(("final_capture", "false".into()));
         }
         p.push(("metadata[waybill_order]", order_number.into()));
-        p.push(("metadata[waybill_fulfillment_order]", fulfillment_order.into()));
+        p.push((
+            "metadata[waybill_fulfillment_order]",
+            fulfillment_order.into(),
+        ));
         self.request(
             &format!("/v1/payment_intents/{}/capture", seg(payment_intent)),
             key,
@@ -176,8 +179,7 @@ pub fn classify(status: u16, body: &[u8]) -> Outcome {
     let v: Json = serde_json::from_slice(body).unwrap_or(Json::Null);
     if (200..300).contains(&status) {
         // A refund object may be `pending` (it settles later) or `failed`.
-        if v["object"] == "refund" && matches!(v["status"].as_str(), Some("failed" | "canceled"))
-        {
+        if v["object"] == "refund" && matches!(v["status"].as_str(), Some("failed" | "canceled")) {
             return Outcome::Declined {
                 code: format!("refund_{}", v["status"].as_str().unwrap_or("failed")),
                 message: v["failure_reason"]
@@ -244,7 +246,10 @@ mod tests {
     #[test]
     fn capture_requests_follow_stripes_form_encoding() {
         let r = cfg().capture("pi_123", "cap-1", 1999, false, "WB-1", "WB-1-F1");
-        assert_eq!(r.url, "http://127.0.0.1:9/v1/payment_intents/pi_123/capture");
+        assert_eq!(
+            r.url,
+            "http://127.0.0.1:9/v1/payment_intents/pi_123/capture"
+        );
         assert_eq!(
             r.body,
             "amount_to_capture=1999&final_capture=false&metadata%5Bwaybill_order%5D=WB-1&metadata%5Bwaybill_fulfillment_order%5D=WB-1-F1"
@@ -258,7 +263,10 @@ mod tests {
         let last = cfg().capture("pi_123", "cap-2", 1, true, "WB-1", "WB-1-F2");
         assert!(!last.body.contains("final_capture"), "{}", last.body);
         let odd = cfg().cancel("pi/../x", "v");
-        assert_eq!(odd.url, "http://127.0.0.1:9/v1/payment_intents/pi%2F..%2Fx/cancel");
+        assert_eq!(
+            odd.url,
+            "http://127.0.0.1:9/v1/payment_intents/pi%2F..%2Fx/cancel"
+        );
         let refund = cfg().refund("pi_1", "r-1", 500, "WB-1");
         assert!(refund.body.starts_with("payment_intent=pi_1&amount=500&"));
     }
@@ -293,7 +301,10 @@ mod tests {
             Outcome::Declined { .. }
         ));
         assert_eq!(
-            classify(200, br#"{"id":"re_1","object":"refund","status":"pending"}"#),
+            classify(
+                200,
+                br#"{"id":"re_1","object":"refund","status":"pending"}"#
+            ),
             Outcome::Succeeded {
                 reference: Some("re_1".into())
             }
@@ -301,6 +312,8 @@ mod tests {
         let lost = |_: &str, _: &[(String, String)], _: &str| -> Result<(u16, Vec<u8>), String> {
             Err("connection reset".into())
         };
-        assert!(matches!(send(&lost, &cfg().cancel("pi_1", "k")), Outcome::Retry { code, .. } if code == "transport"));
+        assert!(
+            matches!(send(&lost, &cfg().cancel("pi_1", "k")), Outcome::Retry { code, .. } if code == "transport")
+        );
     }
 }

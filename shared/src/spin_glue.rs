@@ -321,7 +321,9 @@ impl TimedHttp {
         }));
         let _ = req.set_authority(Some(authority));
         let _ = req.set_path_with_query(Some(path));
-        let out_body = req.body().map_err(|_| "request body unavailable".to_string())?;
+        let out_body = req
+            .body()
+            .map_err(|_| "request body unavailable".to_string())?;
         let opts = wt::RequestOptions::new();
         let ns = self.timeout.as_nanos() as u64;
         let _ = opts.set_connect_timeout(Some(ns));

@@ -773,8 +773,15 @@ async fn shopify_updates_before_release_apply_and_cancellation_cancels() {
         .collect();
     assert_eq!(
         kinds,
-        vec!["order.received", "order.updated", "order.cancelled"]
+        vec![
+            "order.received",
+            "order.updated",
+            "order.cancelled",
+            "payment.voided"
+        ]
     );
+    // Nothing was captured: the whole authorization is given back.
+    assert_eq!(o["financial_status"], "voided");
     assert_eq!(
         count(
             &app,

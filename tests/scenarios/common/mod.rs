@@ -1,6 +1,8 @@
 //! Helpers for scenario tests and benchmarks: build the components, start the
 //! app from the real spin.toml on tests/host, sign webhooks, call the API.
 
+pub mod stripe;
+
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::OnceLock;

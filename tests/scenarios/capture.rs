@@ -1,0 +1,742 @@
+//! Payments through the real components on tests/host against a local fake of
+//! Stripe's PaymentIntents API: partial releases capture exactly what is
+//! released (JPY, EUR, KWD), a timeout after Stripe captured is retried into
+//! one capture, a decline holds the fulfillment order as an action item,
+//! invoice numbers stay gap-free under 50 concurrent captures, refunds make
+//! credit memos, cancelling voids, and bad input changes nothing.
+
+use serde_json::{json, Value};
+use waybill_host::RunningApp;
+use waybill_scenarios::stripe::{FakeStripe, STRIPE_KEY};
+use waybill_scenarios::*;
+
+async fn app(stripe: &FakeStripe, extra: &[(&str, &str)]) -> RunningApp {
+    let base = stripe.base();
+    let mut vars = vec![
+        ("stripe_api_base", base.as_str()),
+        ("stripe_secret_key", STRIPE_KEY),
+    ];
+    vars.extend_from_slice(extra);
+    let app = start_with(&vars).await;
+    let r = write(
+        &app,
+        "PUT",
+        "/api/facilities/berlin",
+        &json!({"name": "Berlin DC", "type": "warehouse", "countries": ["DE"], "latitude": 52.52, "longitude": 13.40}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    for sku in ["MUG", "TEE"] {
+        let r = write(
+            &app,
+            "PUT",
+            &format!("/api/products/{sku}"),
+            &json!({"name": sku, "backorderable": true}),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.json);
+    }
+    app
+}
+
+async fn receive(app: &RunningApp, lines: Value) {
+    let r = write(
+        app,
+        "POST",
+        "/api/stock/receipts",
+        &json!({"facility": "berlin", "reference": "PO-1", "lines": lines}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+}
+
+async fn place(app: &RunningApp, body: &Value) -> Value {
+    let r = post_api(
+        app,
+        "/api/orders",
+        &[("content-type", "application/json")],
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    r.json
+}
+
+fn stripe_order(ext: &str, currency: &str, pi: &str, lines: Value, shipping: Value) -> Value {
+    json!({
+        "external_id": ext, "currency": currency, "placed_at": "2026-11-20T10:00:00Z",
+        "customer": {"email": format!("{ext}@example.com"), "first_name": "Kim"},
+        "shipping_address": {"line1": "Unter den Linden 1", "city": "Berlin", "postal_code": "10117", "country_code": "DE"},
+        "lines": lines, "shipping_lines": [shipping],
+        "financial_status": "authorized",
+        "payment": {"gateway": "stripe", "reference": pi},
+    })
+}
+
+fn fo_statuses(app: &RunningApp, id: &str) -> Vec<String> {
+    app.sql(
+        "default",
+        &format!("SELECT status FROM fulfillment_orders WHERE order_id = '{id}' ORDER BY name"),
+        &[],
+    )
+    .unwrap()
+    .rows
+    .iter()
+    .map(|r| match &r[0] {
+        waybill_host::SqlValue::Text(s) => s.clone(),
+        o => panic!("{o:?}"),
+    })
+    .collect()
+}
+
+/// Minor units from a decimal string in a currency with `exp` decimals.
+fn minor(s: &str, exp: u32) -> i64 {
+    let (i, f) = s.split_once('.').unwrap_or((s, ""));
+    let f = format!("{f:0<width$}", width = exp as usize);
+    i.parse::<i64>().unwrap() * 10i64.pow(exp)
+        + if exp == 0 {
+            0
+        } else {
+            f.parse::<i64>().unwrap()
+        }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partial_releases_capture_exactly_what_is_released_in_jpy_eur_and_kwd() {
+    let stripe = FakeStripe::start().await;
+    let app = app(&stripe, &[]).await;
+    // (currency, decimals, MUG price, MUG discount, MUG tax, TEE price, TEE tax, shipping, shipping tax)
+    let cases = [
+        ("JPY", 0, "1001", "100", "301", "333", "67", "500", "50"),
+        (
+            "EUR", 2, "10.01", "1.00", "5.71", "3.33", "1.27", "4.99", "0.95",
+        ),
+        (
+            "KWD", 3, "10.001", "1.000", "5.713", "3.333", "1.271", "1.250", "0.095",
+        ),
+    ];
+    for (i, (cur, exp, mp, md, mt, tp, tt, sp, st)) in cases.into_iter().enumerate() {
+        let m = |s: &str| minor(s, exp);
+        let mug_net = 3 * m(mp) - m(md);
+        let tee_net = 2 * m(tp);
+        let total = mug_net + m(mt) + tee_net + m(tt) + m(sp) + m(st);
+        let pi = format!("pi_{}", cur.to_lowercase());
+        stripe.authorize(&pi, total, cur, true);
+        // Two mugs in stock: the first release is 2 of 3 mugs; the tees wait.
+        receive(&app, json!([{"sku": "MUG", "quantity": 2}])).await;
+        let placed = place(
+            &app,
+            &stripe_order(
+                &format!("cur-{cur}"),
+                cur,
+                &pi,
+                json!([
+                    {"sku": "MUG", "name": "Mug", "quantity": 3, "unit_price": mp, "discount": md, "tax": mt},
+                    {"sku": "TEE", "name": "Tee", "quantity": 2, "unit_price": tp, "tax": tt},
+                ]),
+                json!({"method": "standard", "price": sp, "tax": st}),
+            ),
+        )
+        .await;
+        assert_eq!(placed["totals"]["total"]["minor"], total, "{cur}: {placed}");
+        let id = placed["id"].as_str().unwrap().to_string();
+        eventually("the first capture", || async {
+            stripe.intent(&pi).captures.len() == 1
+        })
+        .await;
+        eventually("the first release", || async {
+            fo_statuses(&app, &id) == ["open"]
+        })
+        .await;
+        let first = mug_net * 2 / 3 + m(mt) * 2 / 3 + m(sp) + m(st);
+        assert_eq!(stripe.intent(&pi).captures, vec![first], "{cur}");
+        let calls = stripe.calls(&format!("/v1/payment_intents/{pi}/capture"));
+        assert!(
+            calls[0].1.contains("final_capture=false"),
+            "{cur}: more captures follow: {}",
+            calls[0].1
+        );
+        let o = get(&app, &format!("/api/orders/{id}")).await.json;
+        assert_eq!(o["financial_status"], "partially_paid", "{cur}");
+
+        receive(
+            &app,
+            json!([{"sku": "MUG", "quantity": 1}, {"sku": "TEE", "quantity": 2}]),
+        )
+        .await;
+        eventually("the second capture", || async {
+            stripe.intent(&pi).captures.len() == 2
+        })
+        .await;
+        eventually("the second release", || async {
+            fo_statuses(&app, &id) == ["open", "open"]
+        })
+        .await;
+        let intent = stripe.intent(&pi);
+        assert_eq!(
+            intent.captures.iter().sum::<i64>(),
+            total,
+            "{cur}: the captures add up to the order total"
+        );
+        assert_eq!(
+            (intent.status.as_str(), intent.amount_received),
+            ("succeeded", total),
+            "{cur}"
+        );
+        let calls = stripe.calls(&format!("/v1/payment_intents/{pi}/capture"));
+        assert!(
+            !calls[1].1.contains("final_capture"),
+            "{cur}: the last capture is final"
+        );
+        assert_ne!(
+            calls[0].0, calls[1].0,
+            "{cur}: one idempotency key per capture"
+        );
+
+        let pay = get(&app, &format!("/api/payments/orders/{id}")).await;
+        assert_eq!(pay.status, 200);
+        assert_eq!(pay.json["financial_status"], "paid", "{cur}");
+        assert_eq!(pay.json["captured"]["minor"], total);
+        let inv = get(&app, &format!("/api/invoices?order={id}")).await.json;
+        let items = inv["items"].as_array().unwrap();
+        assert_eq!(items.len(), 2, "{cur}: an invoice per capture");
+        assert_eq!(
+            items
+                .iter()
+                .map(|d| d["total"]["minor"].as_i64().unwrap())
+                .sum::<i64>(),
+            total
+        );
+        assert_eq!(items[0]["number"], format!("INV-{:06}", 2 * i + 1));
+        assert_eq!(items[0]["lines"][0]["quantity"], 2);
+        assert_eq!(items[0]["shipping"]["minor"], m(sp));
+        assert_eq!(items[1]["lines"].as_array().unwrap().len(), 2);
+        let one = get(
+            &app,
+            &format!("/api/invoices/{}", items[1]["number"].as_str().unwrap()),
+        )
+        .await;
+        assert_eq!(one.status, 200);
+        assert_eq!(one.json["order_id"], id.as_str());
+        assert!(one.json["fulfillment_order"]
+            .as_str()
+            .unwrap()
+            .ends_with("-F2"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_timeout_after_stripe_captured_is_retried_into_one_capture() {
+    let stripe = FakeStripe::start().await;
+    let app = app(&stripe, &[("payment_timeout_ms", "300")]).await;
+    let r = write(
+        &app,
+        "PUT",
+        "/api/payments/settings",
+        &json!({"retry_base_seconds": 0}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    receive(&app, json!([{"sku": "MUG", "quantity": 5}])).await;
+    stripe.authorize("pi_slow", 2000 + 490, "EUR", true);
+    // Stripe captures, but its answer comes after Waybill stopped waiting.
+    stripe.with(|s| s.hang_next_capture_ms = 1500);
+    let placed = place(
+        &app,
+        &stripe_order(
+            "slow-1",
+            "EUR",
+            "pi_slow",
+            json!([{"sku": "MUG", "name": "Mug", "quantity": 2, "unit_price": "10.00"}]),
+            json!({"method": "standard", "price": "4.90"}),
+        ),
+    )
+    .await;
+    let id = placed["id"].as_str().unwrap().to_string();
+    eventually("the first attempt timed out", || async {
+        count(&app, &format!("SELECT COUNT(*) FROM payment_transactions WHERE order_id = '{id}' AND attempts = 1 AND error_code = 'transport'")) == 1
+    })
+    .await;
+    assert_eq!(
+        stripe.intent("pi_slow").captures,
+        vec![2490],
+        "Stripe did capture"
+    );
+    assert_eq!(
+        fo_statuses(&app, &id),
+        ["scheduled"],
+        "not released while the outcome is unknown"
+    );
+    let o = get(&app, &format!("/api/orders/{id}")).await.json;
+    assert_eq!(o["lines"][0]["quantity"]["released"], 0);
+
+    let r = post_api(&app, "/api/payments/sweep", &[], Vec::new()).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    eventually("the retry settled the capture", || async {
+        fo_statuses(&app, &id) == ["open"]
+    })
+    .await;
+    let calls = stripe.calls("/v1/payment_intents/pi_slow/capture");
+    assert!(calls.len() >= 2, "retried: {calls:?}");
+    assert!(
+        calls.iter().all(|c| c.0 == calls[0].0),
+        "the same Idempotency-Key every time"
+    );
+    assert_eq!(
+        stripe.intent("pi_slow").captures,
+        vec![2490],
+        "one capture at Stripe"
+    );
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT COUNT(*) FROM invoices WHERE order_id = '{id}'")
+        ),
+        1
+    );
+    assert_eq!(
+        count(&app, &format!("SELECT COUNT(*) FROM payment_transactions WHERE order_id = '{id}' AND status = 'succeeded'")),
+        1
+    );
+    let o = get(&app, &format!("/api/orders/{id}")).await.json;
+    assert_eq!(
+        (
+            o["financial_status"].as_str(),
+            o["lines"][0]["quantity"]["released"].as_i64()
+        ),
+        (Some("paid"), Some(2))
+    );
+    let ev = get(&app, &format!("/api/orders/{id}/events")).await.json;
+    let kinds: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"payment.capture_retry") && kinds.contains(&"payment.captured"),
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_decline_holds_the_fulfillment_order_as_an_action_item() {
+    let stripe = FakeStripe::start().await;
+    let app = app(&stripe, &[]).await;
+    receive(&app, json!([{"sku": "MUG", "quantity": 5}])).await;
+    stripe.authorize("pi_declined", 1000, "EUR", false);
+    stripe.with(|s| {
+        s.intents.get_mut("pi_declined").unwrap().decline = Some("insufficient_funds".into())
+    });
+    let placed = place(
+        &app,
+        &stripe_order(
+            "decl-1",
+            "EUR",
+            "pi_declined",
+            json!([{"sku": "MUG", "name": "Mug", "quantity": 1, "unit_price": "10.00"}]),
+            json!({"method": "standard", "price": "0.00"}),
+        ),
+    )
+    .await;
+    let id = placed["id"].as_str().unwrap().to_string();
+    eventually("the decline", || async {
+        fo_statuses(&app, &id) == ["on_hold"]
+    })
+    .await;
+    let o = get(&app, &format!("/api/orders/{id}")).await.json;
+    assert_eq!(o["status"], "on_hold");
+    assert_eq!(o["holds"][0]["reason"], "payment_failed");
+    assert_eq!(
+        o["lines"][0]["quantity"]["released"], 0,
+        "nothing is released"
+    );
+    assert_eq!(o["financial_status"], "authorized");
+    assert_eq!(count(&app, &format!("SELECT COUNT(*) FROM outbox WHERE topic = 'fulfillment_order.released' AND order_id = '{id}'")), 0);
+    let list = get(&app, "/api/orders?hold_reason=payment_failed")
+        .await
+        .json;
+    assert_eq!(list["orders"][0]["id"], id.as_str());
+    let items = get(&app, "/api/payments/action-items").await.json;
+    assert_eq!(items["items"][0]["order_id"], id.as_str());
+    assert_eq!(items["items"][0]["error"]["code"], "insufficient_funds");
+    assert!(items["items"][0]["fulfillment_order"]
+        .as_str()
+        .unwrap()
+        .ends_with("-F1"));
+    // The sweep does not retry a decline by itself.
+    post_api(&app, "/api/payments/sweep", &[], Vec::new()).await;
+    assert_eq!(stripe.calls("/capture").len(), 1);
+
+    // The customer authorizes again; the operator retries with the new PaymentIntent.
+    stripe.authorize("pi_second", 1000, "EUR", false);
+    let r = write(
+        &app,
+        "POST",
+        &format!("/api/payments/orders/{id}/retry"),
+        &json!({"reference": "pi_second"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(fo_statuses(&app, &id), ["open"]);
+    assert_eq!(stripe.intent("pi_second").captures, vec![1000]);
+    let o = get(&app, &format!("/api/orders/{id}")).await.json;
+    assert_eq!(
+        (o["status"].as_str(), o["financial_status"].as_str()),
+        (Some("processing"), Some("paid"))
+    );
+    assert_eq!(
+        get(&app, "/api/payments/action-items").await.json["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invoice_numbers_are_gap_free_under_50_concurrent_captures() {
+    let stripe = FakeStripe::start().await;
+    let app = app(&stripe, &[]).await;
+    receive(&app, json!([{"sku": "MUG", "quantity": 100}])).await;
+    for i in 0..50 {
+        stripe.authorize(&format!("pi_c{i}"), 1000, "EUR", false);
+    }
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let a = app.clone();
+        tasks.push(tokio::spawn(async move {
+            place(
+                &a,
+                &stripe_order(
+                    &format!("conc-{i}"),
+                    "EUR",
+                    &format!("pi_c{i}"),
+                    json!([{"sku": "MUG", "name": "Mug", "quantity": 1, "unit_price": "10.00"}]),
+                    json!({"method": "standard", "price": "0.00"}),
+                ),
+            )
+            .await
+        }));
+        // Sweeps race the chained workers for the same captures.
+        if i % 10 == 0 {
+            let a = app.clone();
+            tasks.push(tokio::spawn(async move {
+                post_api(&a, "/api/payments/sweep", &[], Vec::new())
+                    .await
+                    .json
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    eventually("50 captures settled", || async {
+        count(&app, "SELECT COUNT(*) FROM payment_transactions WHERE kind = 'capture' AND status = 'succeeded'") == 50
+    })
+    .await;
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM invoices"), 50);
+    assert_eq!(count(&app, "SELECT MIN(seq) FROM invoices"), 1);
+    assert_eq!(count(&app, "SELECT MAX(seq) FROM invoices"), 50, "no gaps");
+    assert_eq!(
+        count(&app, "SELECT COUNT(DISTINCT number) FROM invoices"),
+        50
+    );
+    assert_eq!(
+        count(&app, "SELECT COUNT(DISTINCT transaction_id) FROM invoices"),
+        50
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM invoices WHERE number <> printf('INV-%06d', seq)"
+        ),
+        0
+    );
+    let captures: usize = (0..50)
+        .map(|i| stripe.intent(&format!("pi_c{i}")).captures.len())
+        .sum();
+    assert_eq!(captures, 50, "each PaymentIntent captured once");
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM fulfillment_orders WHERE status = 'open'"
+        ),
+        50
+    );
+    let page = get(&app, "/api/invoices?limit=20").await.json;
+    assert_eq!(page["items"].as_array().unwrap().len(), 20);
+    assert_eq!(page["next_after"], "INV-000020");
+    let next = get(&app, "/api/invoices?limit=50&after=INV-000020")
+        .await
+        .json;
+    assert_eq!(next["items"][0]["number"], "INV-000021");
+    assert_eq!(next["items"].as_array().unwrap().len(), 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refunds_make_credit_memos_and_cancelling_voids_the_rest() {
+    let stripe = FakeStripe::start().await;
+    let app = app(&stripe, &[]).await;
+    receive(&app, json!([{"sku": "MUG", "quantity": 3}])).await;
+    stripe.authorize("pi_ref", 3 * 1000 + 300 + 500, "EUR", true);
+    let placed = place(
+        &app,
+        &stripe_order(
+            "ref-1",
+            "EUR",
+            "pi_ref",
+            json!([{"sku": "MUG", "name": "Mug", "quantity": 3, "unit_price": "10.00", "tax": "3.00"}]),
+            json!({"method": "standard", "price": "5.00"}),
+        ),
+    )
+    .await;
+    let id = placed["id"].as_str().unwrap().to_string();
+    eventually("captured", || async { fo_statuses(&app, &id) == ["open"] }).await;
+    let r = write(
+        &app,
+        "POST",
+        &format!("/api/payments/orders/{id}/refunds"),
+        &json!({"lines": [{"line_no": 1, "quantity": 1}], "reason": "arrived broken"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    assert_eq!(r.json["refund"]["status"], "succeeded");
+    assert_eq!(
+        r.json["refund"]["amount"]["minor"], 1100,
+        "one mug and its tax, no shipping"
+    );
+    assert_eq!(
+        stripe.with(|s| s.refunds.clone()),
+        vec![("pi_ref".to_string(), 1100)]
+    );
+    assert_eq!(r.json["payment"]["financial_status"], "partially_refunded");
+    let memo = get(&app, "/api/credit-memos/CM-000001").await;
+    assert_eq!(memo.status, 200, "{}", memo.json);
+    assert_eq!(
+        (
+            memo.json["total"]["minor"].as_i64(),
+            memo.json["reason"].as_str()
+        ),
+        (Some(1100), Some("arrived broken"))
+    );
+    assert_eq!(
+        get(&app, &format!("/api/credit-memos?order={id}"))
+            .await
+            .json["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A Shopify order authorized through the shop (manual ledger): two of three
+    // units have no stock and are backordered; the shop cancels the order.
+    receive(&app, json!([{"sku": "MUG", "quantity": 1}])).await;
+    let mut v: Value = serde_json::from_slice(&fixture("shopify/orders-create.json")).unwrap();
+    v["id"] = json!(777001);
+    v["shipping_address"]["country_code"] = json!("DE");
+    v["shipping_address"]["country"] = json!("Germany");
+    let skus = ["MUG", "TEE", "TEE"];
+    for (i, l) in v["line_items"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .enumerate()
+    {
+        l["sku"] = json!(skus[i]);
+    }
+    let body = serde_json::to_vec(&v).unwrap();
+    assert_eq!(
+        shopify(&app, "orders/create", "ev-1", &body).await.status,
+        200
+    );
+    let key = "shopify:777001";
+    eventually("routed", || async {
+        get(&app, &format!("/api/orders/{key}")).await.json["status"] == "processing"
+    })
+    .await;
+    let pay = get(&app, &format!("/api/payments/orders/{key}")).await.json;
+    assert_eq!(pay["gateway"], "manual");
+    let captured = pay["captured"]["minor"].as_i64().unwrap();
+    let authorized = pay["authorized"]["minor"].as_i64().unwrap();
+    assert!(captured > 0 && captured < authorized, "{pay}");
+    v["cancelled_at"] = json!("2026-11-21T10:00:00Z");
+    let body = serde_json::to_vec(&v).unwrap();
+    assert_eq!(
+        shopify(&app, "orders/cancelled", "ev-2", &body)
+            .await
+            .status,
+        200
+    );
+    let pay = get(&app, &format!("/api/payments/orders/{key}")).await.json;
+    assert_eq!(
+        pay["voided"]["minor"],
+        authorized - captured,
+        "the unreleased rest is voided: {pay}"
+    );
+    assert_eq!(
+        pay["financial_status"], "paid",
+        "what was released is paid; the rest is voided"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_payment_requests_answer_problems_and_change_nothing() {
+    let stripe = FakeStripe::start().await;
+    let app = app(&stripe, &[]).await;
+    receive(&app, json!([{"sku": "MUG", "quantity": 1}])).await;
+    stripe.authorize("pi_bad", 1000, "EUR", false);
+    let placed = place(
+        &app,
+        &stripe_order(
+            "bad-1",
+            "EUR",
+            "pi_bad",
+            json!([{"sku": "MUG", "name": "Mug", "quantity": 1, "unit_price": "10.00"}]),
+            json!({"method": "standard", "price": "0.00"}),
+        ),
+    )
+    .await;
+    let id = placed["id"].as_str().unwrap().to_string();
+    eventually("captured", || async { fo_statuses(&app, &id) == ["open"] }).await;
+    let snapshot = || {
+        [
+            "payment_transactions",
+            "invoices",
+            "credit_memos",
+            "payments",
+            "settings",
+            "order_holds",
+        ]
+        .map(|t| count(&app, &format!("SELECT COUNT(*) FROM {t}")))
+    };
+    let before = snapshot();
+    let refunds = format!("/api/payments/orders/{id}/refunds");
+    for (method, path, body, status) in [
+        (
+            "POST",
+            refunds.as_str(),
+            json!({"lines": [{"line_no": 1, "quantity": 2}]}),
+            422,
+        ),
+        (
+            "POST",
+            refunds.as_str(),
+            json!({"lines": [{"line_no": 9, "quantity": 1}]}),
+            422,
+        ),
+        (
+            "POST",
+            refunds.as_str(),
+            json!({"lines": [{"line_no": 1, "quantity": 0}]}),
+            422,
+        ),
+        ("POST", refunds.as_str(), json!({"amount_minor": 1001}), 422),
+        ("POST", refunds.as_str(), json!({"amount_minor": -5}), 422),
+        ("POST", refunds.as_str(), json!({}), 422),
+        (
+            "POST",
+            refunds.as_str(),
+            json!({"lines": [], "bogus": 1}),
+            422,
+        ),
+        (
+            "POST",
+            "/api/payments/orders/WB-999999/refunds",
+            json!({"amount_minor": 1}),
+            404,
+        ),
+        (
+            "PUT",
+            "/api/payments/settings",
+            json!({"capture_at": "never"}),
+            422,
+        ),
+        (
+            "PUT",
+            "/api/payments/settings",
+            json!({"retry_base_seconds": -1}),
+            422,
+        ),
+        (
+            "PUT",
+            "/api/payments/settings",
+            json!({"colour": "red"}),
+            422,
+        ),
+        (
+            "POST",
+            &format!("/api/payments/orders/{id}/retry"),
+            json!({"reference": 5}),
+            422,
+        ),
+        (
+            "POST",
+            &format!("/api/payments/orders/{id}/retry"),
+            json!({"authorization_expires_at": "soon"}),
+            422,
+        ),
+    ] {
+        let r = write(&app, method, path, &body).await;
+        assert_eq!(r.status, status, "{method} {path} {body}: {}", r.json);
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/problem+json"),
+            "{path}"
+        );
+    }
+    let r = post_api(
+        &app,
+        &refunds,
+        &[("content-type", "application/json")],
+        "{not json",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    for path in [
+        "/api/invoices/INV-999999",
+        "/api/credit-memos/CM-1",
+        "/api/payments/orders/nope",
+    ] {
+        assert_eq!(get(&app, path).await.status, 404, "{path}");
+    }
+    assert_eq!(get(&app, "/api/invoices?limit=0").await.status, 422);
+    assert_eq!(get(&app, "/api/invoices?after=x").await.status, 422);
+    let r = send(&app, "GET", "/api/invoices", &[], Vec::new()).await;
+    assert_eq!(r.status, 401);
+    let r = send(
+        &app,
+        "POST",
+        &refunds,
+        &[
+            ("authorization", &format!("Bearer {READ_TOKEN}")),
+            ("content-type", "application/json"),
+        ],
+        json!({"amount_minor": 1}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(snapshot(), before, "nothing changed");
+    assert_eq!(stripe.calls("/v1/refunds").len(), 0);
+    // A pending order has no payment to refund.
+    let pending = place(
+        &app,
+        &json!({"external_id": "pend-1", "currency": "EUR",
+                "shipping_address": {"line1": "x", "city": "Berlin", "country_code": "DE"},
+                "lines": [{"sku": "TEE", "quantity": 1, "unit_price": "1.00"}]}),
+    )
+    .await;
+    let r = write(
+        &app,
+        "POST",
+        &format!(
+            "/api/payments/orders/{}/refunds",
+            pending["id"].as_str().unwrap()
+        ),
+        &json!({"amount_minor": 1}),
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", r.json);
+}
