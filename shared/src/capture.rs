@@ -1352,6 +1352,130 @@ pub fn retry(
     Ok(())
 }
 
+/// A payment transaction the shop recorded (Shopify `order_transactions/create`).
+/// An authorization sets the authorized amount, reference and expiry; a void
+/// in the shop voids what is left; a refund in the shop is booked with a credit
+/// memo; captures and sales made in the shop go to the timeline (the order's
+/// `orders/paid` update moves the payment to `prepaid`). Idempotent per
+/// transaction id. Returns what was done.
+pub fn source_transaction(
+    db: &dyn Db,
+    order_id: &str,
+    t: &crate::sources::shopify::Transaction,
+    now: DateTime<Utc>,
+) -> Result<&'static str> {
+    let actor = "source:shopify";
+    let tx_id = format!("shopify-{}", t.id);
+    let seen = !db
+        .execute(
+            "SELECT 1 FROM order_events WHERE order_id = ? AND kind = 'payment.source_transaction' AND json_extract(data, '$.id') = ?",
+            params![order_id, t.id.clone()],
+        )?
+        .is_empty()
+        || !db
+            .execute("SELECT 1 FROM payment_transactions WHERE id = ?", params![tx_id.clone()])?
+            .is_empty();
+    if seen {
+        return Ok("duplicate");
+    }
+    let Some(pay) = load_payment(db, order_id)? else {
+        return Ok("ignored");
+    };
+    if pay.currency != t.currency.code() {
+        return Err(Error::unprocessable(format!(
+            "the transaction is in {}, the order in {}",
+            t.currency.code(),
+            pay.currency
+        )));
+    }
+    let fmt = |m: i64| t.currency.format_amount(m);
+    record_event(
+        db,
+        order_id,
+        now,
+        actor,
+        "payment.source_transaction",
+        &format!(
+            "Shopify {} {} of {} {}",
+            t.kind,
+            t.status,
+            fmt(t.amount),
+            t.currency.code()
+        ),
+        json!({"id": t.id, "kind": t.kind, "status": t.status, "amount_minor": t.amount,
+               "gateway": t.gateway, "authorization": t.authorization}),
+    )?;
+    if t.status != "success" {
+        return Ok("recorded");
+    }
+    let done = match t.kind.as_str() {
+        "authorization" => {
+            db.execute(
+                "UPDATE payments SET authorized_minor = ?, reference = COALESCE(?, reference),
+                    expires_at = COALESCE(?, expires_at), updated_at = ? WHERE order_id = ?",
+                params![
+                    t.amount,
+                    t.authorization.clone(),
+                    t.authorization_expires_at.map(ts),
+                    ts(now),
+                    order_id
+                ],
+            )?;
+            "authorization_recorded"
+        }
+        "void" if matches!(pay.gateway.as_str(), "manual" | "stripe") => {
+            let rest = pay.authorized - pay.captured - pay.voided;
+            if rest > 0 {
+                let c = payment::Charge {
+                    amount: rest,
+                    ..Default::default()
+                };
+                insert_tx(
+                    db,
+                    &tx_id,
+                    order_id,
+                    "void",
+                    "pending",
+                    "shopify",
+                    &pay.currency,
+                    &c,
+                    None,
+                    true,
+                    Some("voided in Shopify"),
+                    now,
+                )?;
+                settle(db, &tx_id, Some(&t.id), now)?;
+            }
+            "voided"
+        }
+        "refund" if pay.gateway != "none" => {
+            let c = payment::Charge {
+                amount: t.amount,
+                ..Default::default()
+            };
+            insert_tx(
+                db,
+                &tx_id,
+                order_id,
+                "refund",
+                "pending",
+                "shopify",
+                &pay.currency,
+                &c,
+                None,
+                false,
+                Some("refunded in Shopify"),
+                now,
+            )?;
+            settle(db, &tx_id, Some(&t.id), now)?;
+            "refunded"
+        }
+        _ => "recorded",
+    };
+    refresh_financial_status(db, order_id, now)?;
+    Ok(done)
+}
+
 // ---------------------------------------------------------------- views
 
 fn money_of(minor: i64, code: &str) -> Json {

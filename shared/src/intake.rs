@@ -263,6 +263,9 @@ fn shopify_webhook(
         .header("x-shopify-event-id")
         .or_else(|| req.header("x-shopify-webhook-id"))
         .map(str::to_string);
+    if topic == "order_transactions/create" {
+        return shopify_transaction(db, delivery.as_deref(), &topic, req, now);
+    }
     if !matches!(
         topic.as_str(),
         "orders/create" | "orders/updated" | "orders/cancelled" | "orders/paid" | "orders/edited"
@@ -303,6 +306,38 @@ fn shopify_webhook(
         action,
         now,
     )?;
+    Ok(Response::json(200, &answer))
+}
+
+/// `order_transactions/create`: the shop's record of an authorization, a
+/// capture, a void or a refund, booked in the payment ledger. A transaction
+/// for an order Waybill does not have (yet) is acknowledged and ignored:
+/// failing it would make Shopify retry and, in the end, drop the subscription.
+fn shopify_transaction(
+    db: &dyn Db,
+    delivery: Option<&str>,
+    topic: &str,
+    req: &Request,
+    now: DateTime<Utc>,
+) -> Result<Response> {
+    let v = sources::parse_json(&req.body)?;
+    let t = shopify::map_transaction(&v)?;
+    let answer = transaction(db, |db| {
+        if let Some(d) = delivery {
+            if !first_delivery(db, Source::Shopify, d, topic, &t.id, now)? {
+                return Ok(json!({"result": "duplicate_delivery", "delivery_id": d}));
+            }
+        }
+        let Some(ex) = store::find_by_source(db, Source::Shopify, &t.order_id)? else {
+            return Ok(
+                json!({"result": "ignored", "reason": format!("no order with Shopify id {}", t.order_id)}),
+            );
+        };
+        let done = crate::capture::source_transaction(db, &ex.id, &t, now)?;
+        Ok::<_, Error>(
+            json!({"result": done, "order_id": ex.id, "number": ex.number, "transaction_id": t.id}),
+        )
+    })?;
     Ok(Response::json(200, &answer))
 }
 

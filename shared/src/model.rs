@@ -333,6 +333,14 @@ impl NewOrder {
         if self.lines.is_empty() {
             e("/lines", "an order needs at least one line");
         }
+        if let Some(a) = self.payment.amount {
+            if !(0..=MAX_AMOUNT).contains(&a) {
+                e(
+                    "/payment/amount",
+                    "must be between 0 and the largest amount",
+                );
+            }
+        }
         if self.lines.len() > MAX_LINES {
             e("/lines", &format!("at most {MAX_LINES} lines per order"));
         }

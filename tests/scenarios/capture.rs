@@ -557,8 +557,48 @@ async fn refunds_make_credit_memos_and_cancelling_voids_the_rest() {
         get(&app, &format!("/api/orders/{key}")).await.json["status"] == "processing"
     })
     .await;
+    // The shop reports the authorization (Shopify's Transaction resource).
+    let txn = |id: i64, kind: &str, amount: &str| {
+        serde_json::to_vec(&json!({
+            "id": id, "order_id": 777001, "kind": kind, "gateway": "bogus", "status": "success",
+            "message": null, "created_at": "2026-11-20T11:57:11-04:00", "test": false,
+            "authorization": "authorization-key", "location_id": null, "user_id": null, "parent_id": null,
+            "processed_at": "2026-11-20T11:57:11-04:00", "device_id": null, "error_code": null,
+            "source_name": "web", "receipt": {"testcase": true, "authorization": "123456"},
+            "amount": amount, "currency": "USD", "payment_id": "#1001.1",
+            "manual_payment_gateway": false, "authorization_expires_at": "2099-11-27T11:57:11-04:00",
+            "admin_graphql_api_id": format!("gid://shopify/OrderTransaction/{id}")
+        }))
+        .unwrap()
+    };
+    let r = shopify(
+        &app,
+        "order_transactions/create",
+        "ev-t1",
+        &txn(389404469, "authorization", "598.94"),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json["result"].as_str()),
+        (200, Some("authorization_recorded")),
+        "{}",
+        r.json
+    );
+    let r = shopify(
+        &app,
+        "order_transactions/create",
+        "ev-t1",
+        &txn(389404469, "authorization", "598.94"),
+    )
+    .await;
+    assert_eq!(r.json["result"], "duplicate_delivery");
     let pay = get(&app, &format!("/api/payments/orders/{key}")).await.json;
     assert_eq!(pay["gateway"], "manual");
+    assert_eq!(pay["reference"], "authorization-key");
+    assert_eq!(
+        pay["authorization_expires_at"],
+        "2099-11-27T15:57:11.000000Z"
+    );
     let captured = pay["captured"]["minor"].as_i64().unwrap();
     let authorized = pay["authorized"]["minor"].as_i64().unwrap();
     assert!(captured > 0 && captured < authorized, "{pay}");
@@ -580,6 +620,57 @@ async fn refunds_make_credit_memos_and_cancelling_voids_the_rest() {
         pay["financial_status"], "paid",
         "what was released is paid; the rest is voided"
     );
+    // A refund made in Shopify is booked with a credit memo, once.
+    let r = shopify(
+        &app,
+        "order_transactions/create",
+        "ev-t2",
+        &txn(389404470, "refund", "10.00"),
+    )
+    .await;
+    assert_eq!(r.json["result"], "refunded", "{}", r.json);
+    let r = shopify(
+        &app,
+        "order_transactions/create",
+        "ev-t3",
+        &txn(389404470, "refund", "10.00"),
+    )
+    .await;
+    assert_eq!(
+        r.json["result"], "duplicate",
+        "the same transaction under another event id"
+    );
+    let pay = get(&app, &format!("/api/payments/orders/{key}")).await.json;
+    assert_eq!(
+        (
+            pay["refunded"]["minor"].as_i64(),
+            pay["financial_status"].as_str()
+        ),
+        (Some(1000), Some("partially_refunded"))
+    );
+    assert_eq!(pay["credit_memos"][0]["number"], "CM-000002");
+    // A transaction for an order Waybill does not know is acknowledged, not failed.
+    let mut other: Value = serde_json::from_slice(&txn(5, "authorization", "1.00")).unwrap();
+    other["order_id"] = json!(123);
+    let r = shopify(
+        &app,
+        "order_transactions/create",
+        "ev-t4",
+        &serde_json::to_vec(&other).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json["result"].as_str()),
+        (200, Some("ignored"))
+    );
+    let r = shopify(
+        &app,
+        "order_transactions/create",
+        "ev-t5",
+        &txn(6, "bogus", "1.00"),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.json);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

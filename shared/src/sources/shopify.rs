@@ -239,3 +239,67 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
     };
     checked(order, r, "")
 }
+
+/// A Shopify order transaction (`order_transactions/create` webhook, REST
+/// Transaction resource): the payment's history as the shop records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transaction {
+    pub id: String,
+    pub order_id: String,
+    /// authorization, capture, sale, void or refund.
+    pub kind: String,
+    /// success, pending, failure or error.
+    pub status: String,
+    pub amount: i64,
+    pub currency: Currency,
+    pub gateway: Option<String>,
+    pub authorization: Option<String>,
+    pub authorization_expires_at: Option<DateTime<Utc>>,
+}
+
+pub fn map_transaction(v: &Value) -> Result<Transaction, Error> {
+    let mut r = Reader::default();
+    if !v.is_object() {
+        return Err(Error::unprocessable(
+            "the Shopify payload is not a transaction object",
+        ));
+    }
+    let currency = r.currency(v, "currency", "");
+    let id = r.req_str(v, "id", "");
+    let order_id = r.req_str(v, "order_id", "");
+    let kind = r.req_str(v, "kind", "");
+    if !kind.is_empty()
+        && !matches!(
+            kind.as_str(),
+            "authorization"
+                | "capture"
+                | "sale"
+                | "void"
+                | "refund"
+                | "change"
+                | "suggested_refund"
+        )
+    {
+        r.err("/kind", format!("unknown transaction kind '{kind}'"));
+    }
+    let status = r
+        .opt_str(v, "status", "")
+        .unwrap_or_else(|| "success".into());
+    let amount = r.money(v, "amount", "", currency);
+    if amount < 0 {
+        r.err("/amount", "must not be negative");
+    }
+    let t = Transaction {
+        id,
+        order_id,
+        kind,
+        status,
+        amount,
+        currency: currency.unwrap_or(Currency::from_code("USD").expect("USD")),
+        gateway: non_empty(r.opt_str(v, "gateway", "")),
+        authorization: non_empty(r.opt_str(v, "authorization", "")),
+        authorization_expires_at: r.time(v, "authorization_expires_at", ""),
+    };
+    r.finish()?;
+    Ok(t)
+}

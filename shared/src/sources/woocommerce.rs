@@ -113,7 +113,21 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
         .opt_str(v, "status", "")
         .unwrap_or_else(|| "pending".into());
     let mut cancelled = false;
+    // WooCommerce Stripe Gateway with "capture later": the order waits on-hold
+    // with the charge authorized but not captured (`_stripe_charge_captured` =
+    // `no`) and the PaymentIntent in `_stripe_intent_id`.
+    let meta = |key: &str| -> Option<String> {
+        v["meta_data"]
+            .as_array()?
+            .iter()
+            .find(|m| m["key"] == key)
+            .and_then(|m| m["value"].as_str())
+            .map(str::to_string)
+    };
+    let stripe_intent = meta("_stripe_intent_id").filter(|i| i.starts_with("pi_"));
+    let authorized_only = meta("_stripe_charge_captured").as_deref() == Some("no");
     let financial_status = match status.as_str() {
+        "on-hold" | "processing" if authorized_only => FinancialStatus::Authorized,
         "pending" | "on-hold" => {
             holds.push((
                 HoldReason::AwaitingPayment,
@@ -172,7 +186,7 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
         financial_status,
         payment: Payment {
             gateway: non_empty(r.opt_str(v, "payment_method", "")),
-            reference: non_empty(r.opt_str(v, "transaction_id", "")),
+            reference: stripe_intent.or_else(|| non_empty(r.opt_str(v, "transaction_id", ""))),
             ..Default::default()
         },
         holds,
@@ -215,5 +229,27 @@ mod tests {
         v["shipping_lines"][0]["meta_data"] = serde_json::json!([]);
         let o = map_order(&v, Utc::now()).unwrap();
         assert_eq!(o.pickup_location.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn a_stripe_authorization_waiting_on_hold_is_captured_by_waybill() {
+        let mut v = fixture();
+        v["status"] = "on-hold".into();
+        v["payment_method"] = "stripe".into();
+        v["transaction_id"] = "ch_3Q".into();
+        v["meta_data"] = serde_json::json!([
+            {"id": 1, "key": "_stripe_intent_id", "value": "pi_3QabcDEF"},
+            {"id": 2, "key": "_stripe_charge_captured", "value": "no"}
+        ]);
+        let o = map_order(&v, Utc::now()).unwrap();
+        assert_eq!(o.financial_status, FinancialStatus::Authorized);
+        assert!(o.holds.is_empty(), "{:?}", o.holds);
+        assert_eq!(o.payment.reference.as_deref(), Some("pi_3QabcDEF"));
+        assert_eq!(crate::capture::gateway_for(&o).0, "stripe");
+        // Captured already (or another gateway on hold): as before.
+        v["meta_data"][1]["value"] = "yes".into();
+        let o = map_order(&v, Utc::now()).unwrap();
+        assert_eq!(o.financial_status, FinancialStatus::Pending);
+        assert_eq!(o.holds[0].0, HoldReason::AwaitingPayment);
     }
 }
