@@ -1188,6 +1188,12 @@ pub fn process_due(
         let kind = t.str("kind");
         let amount = t.i64("amount_minor");
         let outcome = match (t.str("gateway").as_str(), reference) {
+            ("stripe", Some(_)) if stripe.secret_key.is_empty() => Outcome::Declined {
+                code: "gateway_not_configured".into(),
+                message:
+                    "Stripe is not configured: set the Spin variable stripe_secret_key, then retry"
+                        .into(),
+            },
             ("stripe", Some(pi)) => {
                 let req = match kind.as_str() {
                     "capture" => {
@@ -2190,6 +2196,32 @@ mod tests {
         let b = store::load_buckets(&db, &d).unwrap();
         assert_eq!(b.iter().map(|b| b.released).sum::<i64>(), 0);
         assert_eq!(fake.captures.borrow().len(), 1);
+
+        // Stripe without a secret key: an action item at once, not hours of retries.
+        let n = order(
+            &db,
+            "s3",
+            "EUR",
+            json!({"gateway": "stripe", "reference": "pi_3"}),
+        );
+        stock(&db, "A", 9);
+        stock(&db, "B", 6);
+        route(&db, &n);
+        let unconfigured = StripeConfig {
+            api_base: "http://stripe.test".into(),
+            secret_key: String::new(),
+        };
+        let p = process_due(&db, &fake, &unconfigured, None, Utc::now(), 10).unwrap();
+        assert_eq!(p.declined, 1);
+        let code = db
+            .execute(
+                "SELECT error_code FROM payment_transactions WHERE order_id = ?",
+                params![n],
+            )
+            .unwrap()
+            .str("error_code");
+        assert_eq!(code, "gateway_not_configured");
+        assert_eq!(fake.captures.borrow().len(), 1, "nothing was sent");
     }
 
     #[test]
