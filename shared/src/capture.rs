@@ -2312,6 +2312,40 @@ mod tests {
     }
 
     #[test]
+    fn capture_at_shipment_releases_at_once_and_captures_when_shipped() {
+        let db = setup();
+        put_settings(&db, &json!({"capture_at": "shipment"})).unwrap();
+        stock(&db, "A", 3);
+        stock(&db, "B", 2);
+        let id = order(&db, "sh1", "EUR", json!({}));
+        assert_eq!(
+            route(&db, &id).released,
+            5,
+            "released without waiting for money"
+        );
+        assert!(captured(&db, &id).is_empty());
+        assert_eq!(fin(&db, &id), "authorized");
+        let fo = db
+            .execute(
+                "SELECT id FROM fulfillment_orders WHERE order_id = ?",
+                params![id.clone()],
+            )
+            .unwrap()
+            .str("id");
+        let g = transaction(&db, |db| capture_shipped(db, &fo, Utc::now())).unwrap();
+        assert_eq!(g, Gate::Released);
+        assert_eq!(captured(&db, &id), vec![total(&db, &id)]);
+        assert_eq!(fin(&db, &id), "paid");
+        // Shipping twice captures once.
+        transaction(&db, |db| capture_shipped(db, &fo, Utc::now())).unwrap();
+        assert_eq!(captured(&db, &id).len(), 1);
+        // With capture at release, the shipment hook does nothing.
+        put_settings(&db, &json!({"capture_at": "release"})).unwrap();
+        transaction(&db, |db| capture_shipped(db, &fo, Utc::now())).unwrap();
+        assert_eq!(captured(&db, &id).len(), 1);
+    }
+
+    #[test]
     fn financial_status_derivation() {
         use FinancialStatus::*;
         let d = derive_financial;

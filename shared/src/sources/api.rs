@@ -109,6 +109,36 @@ pub fn map_order(v: &Value, prefix: &str, now: DateTime<Utc>) -> Result<NewOrder
             requires_shipping: r.opt_bool(l, "requires_shipping", &p).unwrap_or(true),
         });
     }
+    // An order-level discount (a cart coupon, as CRM exports carry it) and an
+    // order-level tax are spread over the lines in proportion to what each line
+    // charges, by the largest-remainder rule: the parts add up exactly.
+    for (key, is_tax) in [("discount", false), ("tax", true)] {
+        let Some(amount) = r.opt_money(v, key, b, currency) else {
+            continue;
+        };
+        if amount < 0 {
+            r.err(ptr(b, key), "must not be negative");
+            continue;
+        }
+        let weights: Vec<i64> = lines
+            .iter()
+            .map(|l| (l.subtotal - l.discount).max(0))
+            .collect();
+        if weights.iter().all(|w| *w == 0) && amount > 0 {
+            r.err(ptr(b, key), "the lines charge nothing to spread it over");
+            continue;
+        }
+        for (l, part) in lines
+            .iter_mut()
+            .zip(crate::money::allocate(amount, &weights))
+        {
+            if is_tax {
+                l.tax += part;
+            } else {
+                l.discount += part;
+            }
+        }
+    }
     let mut shipping_lines = Vec::new();
     let sp = ptr(b, "shipping_lines");
     for (i, s) in r.array(v, "shipping_lines", b).to_vec().iter().enumerate() {
@@ -307,6 +337,30 @@ fn finish_element(name: &str, children: Vec<(String, Value)>, text: String) -> V
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_order_level_discount_and_tax_are_spread_over_the_lines_exactly() {
+        let v = serde_json::json!({
+            "external_id": "D-1", "currency": "EUR",
+            "shipping_address": {"line1": "x", "city": "Berlin", "country_code": "DE"},
+            "lines": [
+                {"sku": "A", "quantity": 1, "unit_price": "10.00"},
+                {"sku": "B", "quantity": 1, "unit_price": "10.00"},
+                {"sku": "C", "quantity": 1, "unit_price": "10.00", "discount": "5.00"}
+            ],
+            "discount": "1.00", "tax": "0.05"
+        });
+        let o = super::map_order(&v, "", chrono::Utc::now()).unwrap();
+        // Weights 1000, 1000, 500: 1.00 → 40, 40, 20; 0.05 → 2, 2, 1.
+        let d: Vec<i64> = o.lines.iter().map(|l| l.discount).collect();
+        let t: Vec<i64> = o.lines.iter().map(|l| l.tax).collect();
+        assert_eq!(d, vec![40, 40, 500 + 20]);
+        assert_eq!(t, vec![2, 2, 1]);
+        assert_eq!(o.totals().total, 3000 - 500 - 100 + 5);
+        let mut bad = v.clone();
+        bad["discount"] = "-1".into();
+        assert!(super::map_order(&bad, "", chrono::Utc::now()).is_err());
+    }
+
     use super::*;
     use serde_json::json;
 
