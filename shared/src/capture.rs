@@ -589,6 +589,29 @@ pub fn settle(db: &dyn Db, tx_id: &str, reference: Option<&str>, now: DateTime<U
                 json!({"amount_minor": amount, "currency": currency, "fulfillment_order": fo_name,
                        "invoice": number, "transaction_id": tx_id, "gateway": t.str("gateway")}),
             )?;
+            // For CRM / accounting subscribers (outbound webhooks, the export cursor).
+            let order_number = db
+                .execute(
+                    "SELECT number FROM orders WHERE id = ?",
+                    params![order_id.clone()],
+                )?
+                .str("number");
+            let money = money_of(amount, &currency);
+            store::enqueue(
+                db,
+                "payment.captured",
+                Some(&order_id),
+                json!({"order_id": order_id, "number": order_number, "amount": money, "fulfillment_order": fo_name,
+                       "invoice": number, "transaction_id": tx_id, "gateway": t.str("gateway")}),
+                now,
+            )?;
+            store::enqueue(
+                db,
+                "invoice.created",
+                Some(&order_id),
+                document(db, "invoices", &number)?,
+                now,
+            )?;
             match fo_status.as_str() {
                 "scheduled" => {
                     crate::allocation::release_fulfillment_order(db, &fo_id, now)?;
@@ -630,6 +653,27 @@ pub fn settle(db: &dyn Db, tx_id: &str, reference: Option<&str>, now: DateTime<U
                 &format!("Refunded {} {currency} (credit memo {number})", fmt(amount)),
                 json!({"amount_minor": amount, "currency": currency, "credit_memo": number,
                        "transaction_id": tx_id, "reason": t.opt_str("reason")}),
+            )?;
+            let order_number = db
+                .execute(
+                    "SELECT number FROM orders WHERE id = ?",
+                    params![order_id.clone()],
+                )?
+                .str("number");
+            store::enqueue(
+                db,
+                "payment.refunded",
+                Some(&order_id),
+                json!({"order_id": order_id, "number": order_number, "amount": money_of(amount, &currency),
+                       "credit_memo": number, "transaction_id": tx_id, "reason": t.opt_str("reason")}),
+                now,
+            )?;
+            store::enqueue(
+                db,
+                "credit_memo.created",
+                Some(&order_id),
+                document(db, "credit_memos", &number)?,
+                now,
             )?;
         }
         "void" => {
@@ -1963,6 +2007,11 @@ mod tests {
             assert_eq!(
                 doc["fulfillment_order"].as_str().unwrap().ends_with("-F2"),
                 true
+            );
+            assert_eq!(
+                one(&db, "SELECT COUNT(*) AS n FROM outbox WHERE topic IN ('payment.captured', 'invoice.created')", &[]),
+                4,
+                "{cur}: subscribers hear of each capture and invoice"
             );
             // Nothing is captured twice: a second pass changes nothing.
             route(&db, &id);
