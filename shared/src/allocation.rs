@@ -676,6 +676,7 @@ fn apply(
     // Released fulfillment orders wait for their capture (capture at release).
     let gated = !blocked && p.planned.is_some() && crate::capture::gated(db, &p.order_id)?;
     let mut to_capture: Vec<(String, i64)> = Vec::new();
+    let mut released_now: Vec<String> = Vec::new();
     let backorderable = |sku: &str| p.catalog.get(sku).is_some_and(|x| x.backorderable);
     let threshold = |sku: &str| p.catalog.get(sku).map(|x| x.threshold).unwrap_or(0);
     let is_digital = |sku: &str| p.catalog.get(sku).is_some_and(|x| x.digital);
@@ -821,6 +822,7 @@ fn apply(
                             &items,
                         );
                         obx.push(("fulfillment_order.released", payload));
+                        released_now.push(fo_id.clone());
                     }
                     fo_ids.push(fo_id);
                     fo_names.push(name);
@@ -1060,6 +1062,9 @@ fn apply(
         out.changed = true;
     }
     flush(db, order_id, now, actor, &ev, &obx)?;
+    for fo_id in &released_now {
+        crate::fulfillment::on_released(db, fo_id, now)?;
+    }
     // Fulfillment orders allocated earlier whose hold is gone.
     if !blocked && p.has_held_work {
         out.released += release(db, order_id, now)?;
@@ -1195,6 +1200,7 @@ pub fn release_fulfillment_order(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -
         payload,
         now,
     )?;
+    crate::fulfillment::on_released(db, fo_id, now)?;
     store::refresh_status(db, order_id, now)?;
     Ok(total)
 }

@@ -7,6 +7,7 @@ pub mod allocation;
 pub mod capture;
 pub mod db;
 pub mod error;
+pub mod fulfillment;
 pub mod gateway;
 pub mod http;
 pub mod intake;
@@ -23,6 +24,7 @@ pub mod schema;
 pub mod signature;
 pub mod sources;
 pub mod store;
+pub mod tracking;
 
 pub use error::{Error, Result};
 

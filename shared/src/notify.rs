@@ -41,6 +41,9 @@ pub struct Config {
     pub retry_base: Duration,
     pub lease: Duration,
     pub tokens: Tokens,
+    /// Fulfillment centers' signing secrets by Spin variable name (a facility
+    /// names its variable in `secret_variable`).
+    pub fc_secrets: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -54,6 +57,7 @@ impl Default for Config {
             retry_base: Duration::seconds(10),
             lease: Duration::seconds(120),
             tokens: Tokens::default(),
+            fc_secrets: Default::default(),
         }
     }
 }
@@ -210,6 +214,28 @@ pub fn expand(db: &dyn Db, cfg: &Config, now: DateTime<Utc>, limit: i64) -> Resu
                 ));
             }
         }
+        if topic == "fulfillment_order.released" {
+            // An external fulfillment center receives the release itself.
+            let f = Patient(db).execute(
+                "SELECT type, endpoints, secret_variable FROM facilities WHERE id = ?",
+                params![payload["facility"].as_str().unwrap_or_default()],
+            )?;
+            if let Some(f) = f.first() {
+                let endpoints: Json =
+                    serde_json::from_str(&f.str("endpoints")).unwrap_or(Json::Null);
+                if let Some(url) = endpoints["orders_url"].as_str().filter(|u| !u.is_empty()) {
+                    if f.str("type") == "fulfillment_center" {
+                        rows.push((
+                            "fc".into(),
+                            payload["fulfillment_order_id"].as_str().unwrap_or_default().to_string(),
+                            json!({"url": url, "facility": payload["facility"], "secret_variable": f.opt_str("secret_variable"),
+                                   "fulfillment_order_id": payload["fulfillment_order_id"],
+                                   "request": crate::fulfillment::fc_request(&Patient(db), &payload)?}),
+                        ));
+                    }
+                }
+            }
+        }
         let env = envelope(id, &topic, &ev.str("created_at"), &payload);
         for s in subs.iter() {
             let types: Vec<String> =
@@ -304,6 +330,11 @@ pub fn backoff(base: Duration, attempts: i64, jitter_seed: u64) -> Duration {
 
 enum Outcome {
     Delivered,
+    /// A fulfillment center took the request; its answer (`status`: submitted,
+    /// accepted or rejected).
+    FcAnswered(Json),
+    /// A fulfillment center refused the request for good (4xx).
+    FcRejected(String),
     Retry(String),
     /// A permanent refusal (e.g. the e-mail API rejected the address): dead at once.
     Dead(String),
@@ -398,6 +429,61 @@ async fn deliver<T: Transport>(
                 Err(e) => Ok(Outcome::Retry(format!("receiver unreachable: {e}"))),
             }
         }
+        "fc" => {
+            let Some(secret) = d.payload["secret_variable"]
+                .as_str()
+                .and_then(|v| cfg.fc_secrets.get(v))
+                .filter(|s| !s.is_empty())
+            else {
+                return Ok(Outcome::Retry(format!(
+                    "no signing secret for facility {} (set the Spin variable its secret_variable names)",
+                    d.payload["facility"]
+                )));
+            };
+            let body = d.payload["request"].to_string().into_bytes();
+            let headers = vec![
+                ("content-type".to_string(), "application/json".to_string()),
+                ("accept".to_string(), "application/json".to_string()),
+                (
+                    "waybill-signature".to_string(),
+                    signature::sign_timestamped(secret.as_bytes(), now.timestamp(), &body),
+                ),
+                (
+                    "waybill-delivery-attempt".to_string(),
+                    d.attempts.to_string(),
+                ),
+                (
+                    "idempotency-key".to_string(),
+                    format!(
+                        "fo-{}",
+                        d.payload["fulfillment_order_id"]
+                            .as_str()
+                            .unwrap_or_default()
+                    ),
+                ),
+            ];
+            match t
+                .post(
+                    d.payload["url"].as_str().unwrap_or_default(),
+                    &headers,
+                    body,
+                )
+                .await
+            {
+                Ok((200..=299, b)) => Ok(Outcome::FcAnswered(
+                    serde_json::from_slice(&b).unwrap_or(Json::Null),
+                )),
+                Ok((s @ (400 | 404 | 410 | 422), b)) => Ok(Outcome::FcRejected(format!(
+                    "the center answered {s}: {}",
+                    String::from_utf8_lossy(&b)
+                        .chars()
+                        .take(300)
+                        .collect::<String>()
+                ))),
+                Ok((s, _)) => Ok(Outcome::Retry(format!("the center answered {s}"))),
+                Err(e) => Ok(Outcome::Retry(format!("the center is unreachable: {e}"))),
+            }
+        }
         other => Ok(Outcome::Dead(format!("unknown delivery kind '{other}'"))),
     }
 }
@@ -413,7 +499,36 @@ fn record(
 ) -> Result<()> {
     transaction(db, |db| {
         for (d, outcome) in done {
+            let fo_id = d.payload["fulfillment_order_id"]
+                .as_str()
+                .unwrap_or_default();
             match outcome {
+                Outcome::FcAnswered(answer) => {
+                    let updated = !db
+                        .execute(
+                            "UPDATE deliveries SET state = 'delivered', delivered_at = ?, lease_until = NULL, last_error = NULL
+                             WHERE id = ? AND lease_owner = ? RETURNING id",
+                            params![ts(now), d.id, owner],
+                        )?
+                        .is_empty();
+                    if updated {
+                        crate::fulfillment::fc_request_delivered(db, fo_id, answer, now)?;
+                    }
+                    rep.delivered += 1;
+                }
+                Outcome::FcRejected(err) => {
+                    db.execute(
+                        "UPDATE deliveries SET state = 'dead', lease_until = NULL, last_error = ?, dead_at = ? WHERE id = ? AND lease_owner = ?",
+                        params![err.as_str(), ts(now), d.id, owner],
+                    )?;
+                    crate::fulfillment::fc_request_delivered(
+                        db,
+                        fo_id,
+                        &json!({"status": "rejected", "reason": err}),
+                        now,
+                    )?;
+                    rep.dead += 1;
+                }
                 Outcome::Delivered => {
                     let updated = !db
                         .execute(

@@ -35,6 +35,13 @@ pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request) -> Response {
                     &crate::allocation::routing_view(db, &id)?,
                 ))
             }
+            [key, "shipments"] => {
+                let id = resolve(db, &crate::http::path_segment(key))?;
+                Ok(Response::json(
+                    200,
+                    &crate::fulfillment::shipments_view(db, &id)?,
+                ))
+            }
             _ => Err(Error::not_found(format!(
                 "no orders endpoint at {}",
                 req.path

@@ -444,6 +444,109 @@ the following items of order {{number}} are on backorder and will ship as soon a
         "CREATE INDEX credit_memos_order ON credit_memos (order_id)",
         "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
     ],
+    // 9: fulfillment execution: shipments, parcels, tracking, in-house jobs,
+    // rate tables, bins, the shipment confirmation e-mail.
+    &[
+        "ALTER TABLE stock ADD COLUMN bin TEXT",
+        "CREATE TABLE shipments (
+            id TEXT PRIMARY KEY,
+            order_id TEXT NOT NULL REFERENCES orders (id),
+            fulfillment_order_id TEXT NOT NULL REFERENCES fulfillment_orders (id),
+            facility_id TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            external_ref TEXT NOT NULL,
+            carrier TEXT,
+            service TEXT,
+            shipping_method TEXT,
+            tracking_number TEXT,
+            tracking_url TEXT,
+            status TEXT NOT NULL,
+            pickup INTEGER NOT NULL DEFAULT 0,
+            cost_minor INTEGER,
+            currency TEXT,
+            shipped_at TEXT NOT NULL,
+            delivered_at TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            UNIQUE (fulfillment_order_id, external_ref)
+        ) WITHOUT ROWID",
+        "CREATE INDEX shipments_order ON shipments (order_id, shipped_at)",
+        "CREATE INDEX shipments_action ON shipments (status) WHERE status IN ('failed_attempt', 'exception', 'returned_to_sender')",
+        "CREATE TABLE shipment_lines (
+            shipment_id TEXT NOT NULL REFERENCES shipments (id),
+            line_no INTEGER NOT NULL,
+            sku TEXT NOT NULL,
+            quantity INTEGER NOT NULL,
+            PRIMARY KEY (shipment_id, line_no)
+        ) WITHOUT ROWID",
+        "CREATE TABLE parcels (
+            id TEXT PRIMARY KEY,
+            shipment_id TEXT NOT NULL REFERENCES shipments (id),
+            order_id TEXT NOT NULL,
+            tracking_number TEXT,
+            carrier TEXT,
+            service TEXT,
+            weight_grams INTEGER,
+            length_mm INTEGER,
+            width_mm INTEGER,
+            height_mm INTEGER,
+            items TEXT NOT NULL,
+            label TEXT,
+            return_label TEXT,
+            status TEXT NOT NULL,
+            status_at TEXT,
+            created_at TEXT NOT NULL
+        ) WITHOUT ROWID",
+        "CREATE INDEX parcels_tracking ON parcels (tracking_number)",
+        "CREATE INDEX parcels_shipment ON parcels (shipment_id)",
+        "CREATE TABLE tracking_events (
+            id INTEGER PRIMARY KEY,
+            provider TEXT NOT NULL,
+            tracking_number TEXT NOT NULL,
+            parcel_id TEXT,
+            status TEXT NOT NULL,
+            raw_status TEXT NOT NULL,
+            message TEXT,
+            occurred_at TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            UNIQUE (provider, tracking_number, raw_status, occurred_at)
+        )",
+        "CREATE INDEX tracking_events_number ON tracking_events (tracking_number, id)",
+        "CREATE TABLE fulfillment_jobs (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            fulfillment_order_id TEXT NOT NULL REFERENCES fulfillment_orders (id),
+            order_id TEXT NOT NULL,
+            facility_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            data TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            closed_at TEXT,
+            UNIQUE (fulfillment_order_id, kind)
+        ) WITHOUT ROWID",
+        "CREATE INDEX fulfillment_jobs_queue ON fulfillment_jobs (facility_id, kind, status, created_at)",
+        "CREATE TABLE shipping_zones (
+            country TEXT NOT NULL,
+            postal_prefix TEXT NOT NULL,
+            zone TEXT NOT NULL,
+            PRIMARY KEY (country, postal_prefix)
+        ) WITHOUT ROWID",
+        "CREATE TABLE shipping_rates (
+            carrier TEXT NOT NULL,
+            service TEXT NOT NULL,
+            zone TEXT NOT NULL,
+            max_weight_grams INTEGER NOT NULL,
+            price_minor INTEGER NOT NULL,
+            currency TEXT NOT NULL,
+            PRIMARY KEY (carrier, service, zone, max_weight_grams)
+        ) WITHOUT ROWID",
+        "UPDATE email_templates SET
+            subject = 'Your order {{number}} is on its way',
+            text_body = 'Hello {{customer_name}},\n\n{{items}} of your order {{number}} left {{facility_name}} on {{shipped_on}}{{#carrier}} with {{carrier}}{{/carrier}}.\n{{#tracking_number}}Tracking number: {{tracking_number}}\n{{/tracking_number}}{{tracking_url}}',
+            html_body = '<p>Hello {{customer_name}},</p><p>{{items}} of your order <strong>{{number}}</strong> left {{facility_name}} on {{shipped_on}}{{#carrier}} with {{carrier}}{{/carrier}}.</p>{{#tracking_number}}<p>Tracking number: <strong>{{tracking_number}}</strong></p>{{/tracking_number}}{{#tracking_url}}<p><a href=\"{{tracking_url}}\">Track the parcel</a></p>{{/tracking_url}}'
+         WHERE name = 'shipment_confirmation'",
+    ],
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;
