@@ -798,22 +798,36 @@ pub fn apply_tracking(db: &dyn Db, u: &Update, now: DateTime<Utc>) -> Result<&'s
             json!({"tracking_number": u.tracking_number, "status": u.status.as_str(), "raw_status": u.raw_status,
                    "provider": u.provider, "shipment_id": shipment_id}),
         )?;
-        // The shipment follows its least advanced parcel; delivered when all are.
-        let states: Vec<Status> = db
+        // The shipment follows its least advanced parcel (one without news is
+        // still `shipped`); an exception shows first; delivered when all are.
+        let raw: Vec<String> = db
             .execute(
                 "SELECT status FROM parcels WHERE shipment_id = ?",
                 params![shipment_id.clone()],
             )?
             .iter()
-            .map(|r| Status::parse(&r.str("status")).unwrap_or(Status::Unknown))
+            .map(|r| r.str("status"))
             .collect();
-        let all_delivered = states.iter().all(|s| *s == Status::Delivered);
-        let shipment_status = if all_delivered {
-            Status::Delivered
-        } else if let Some(bad) = states.iter().find(|s| s.needs_action()) {
-            *bad
+        let rank = |s: &str| match Status::parse(s) {
+            None | Some(Status::Unknown) => 0,
+            Some(Status::PreTransit) => 1,
+            Some(Status::InTransit) => 2,
+            Some(Status::OutForDelivery) => 3,
+            Some(Status::AvailableForPickup) => 4,
+            Some(Status::Delivered) => 6,
+            Some(_) => 5,
+        };
+        let all_delivered = raw.iter().all(|s| s == "delivered");
+        let shipment_status = if let Some(bad) = raw
+            .iter()
+            .find(|s| Status::parse(s).is_some_and(|x| x.needs_action()))
+        {
+            bad.clone()
         } else {
-            u.status
+            raw.iter()
+                .min_by_key(|s| rank(s))
+                .cloned()
+                .unwrap_or_else(|| u.status.as_str().to_string())
         };
         let was = db
             .execute(
@@ -825,7 +839,7 @@ pub fn apply_tracking(db: &dyn Db, u: &Update, now: DateTime<Utc>) -> Result<&'s
             .unwrap_or_default();
         db.execute(
             "UPDATE shipments SET status = ?, updated_at = ?, tracking_url = COALESCE(tracking_url, ?) WHERE id = ?",
-            params![shipment_status.as_str(), ts(now), u.public_url.clone(), shipment_id.clone()],
+            params![shipment_status.clone(), ts(now), u.public_url.clone(), shipment_id.clone()],
         )?;
         if all_delivered && was != "delivered" {
             deliver_shipment(db, &shipment_id, &order_id, occurred, now)?;
