@@ -202,8 +202,18 @@ pub fn fc_request(db: &dyn Db, released: &Json) -> Result<Json> {
                           "name": l["name"], "quantity": l["quantity"], "license_keys": keys}),
         );
     }
+    // Every licence key of the order, for the packing slip of boxed software.
+    let keys: Vec<Json> = db
+        .execute(
+            "SELECT k.sku, k.key, k.line_no FROM license_keys k WHERE k.order_id = ? ORDER BY k.line_no, k.id",
+            params![order_id],
+        )?
+        .iter()
+        .map(|k| json!({"line_no": k.i64("line_no"), "sku": k.str("sku"), "key": k.str("key")}))
+        .collect();
     Ok(json!({
         "type": "fulfillment_request",
+        "license_keys": keys,
         "order_number": released["number"], "fulfillment_order": released["fulfillment_order"],
         "fulfillment_order_id": released["fulfillment_order_id"],
         "shipping_method": released["shipping_method"], "shipping_address": released["shipping_address"],
@@ -2450,5 +2460,110 @@ mod tests {
                 1
             );
         }
+    }
+
+    #[test]
+    fn click_and_collect_is_handed_to_the_customer_and_exceptions_are_action_items() {
+        let db = setup();
+        db.execute(
+            "UPDATE facilities SET services = '[\"ship\", \"click_collect\"]' WHERE id = 'wh'",
+            &[],
+        )
+        .unwrap();
+        stock(&db, "wh", "A", 1);
+        let v = json!({"external_id": "cc", "currency": "EUR", "pickup_location": "wh",
+            "shipping_address": {"line1": "x", "city": "Hamburg", "country_code": "DE"},
+            "lines": [{"sku": "A", "quantity": 1, "unit_price": "1.00"}]});
+        let o = crate::sources::api::map_order(&v, "", Utc::now()).unwrap();
+        let id = transaction(&db, |db| {
+            crate::store::insert_order(db, &o, Utc::now(), "t")
+        })
+        .unwrap()
+        .id;
+        process_order(&db, &id, Trigger::Intake, Utc::now()).unwrap();
+        let fo = fo_of(&db, &id, "wh");
+        let pick = job(&db, &fo, "pick");
+        transaction(&db, |db| complete_pick(db, &pick, &json!({}), Utc::now())).unwrap();
+        let pack = job(&db, &fo, "pack");
+        // No carrier and no tracking number for a parcel the customer collects.
+        transaction(&db, |db| {
+            complete_pack(
+                db,
+                &pack,
+                &json!({"parcels": [{"items": [{"line_no": 1, "quantity": 1}]}]}),
+                Utc::now(),
+            )
+        })
+        .unwrap();
+        let hand = job(&db, &fo, "handover");
+        assert_eq!(job_view(&db, &hand).unwrap()["data"]["to"], "customer");
+        assert_eq!(
+            carrier_pickups(&db, None).unwrap()["carriers"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0,
+            "not a carrier pickup"
+        );
+        transaction(&db, |db| complete_handover(db, &hand, Utc::now())).unwrap();
+        assert_eq!(b(&db, &id)[0].delivered, 1, "handed over = delivered");
+        let st = db
+            .execute(
+                "SELECT fulfillment_status FROM orders WHERE id = ?",
+                params![id.clone()],
+            )
+            .unwrap();
+        assert_eq!(st.first().unwrap().str("fulfillment_status"), "delivered");
+
+        // A carrier exception on a shipped parcel is an action item until it moves on.
+        stock(&db, "fc", "B", 1);
+        let other = order(&db, "ex", &[("B", 1)]);
+        let f2 = fo_of(&db, &other, "fc");
+        let name = db
+            .execute(
+                "SELECT name FROM fulfillment_orders WHERE id = ?",
+                params![f2],
+            )
+            .unwrap()
+            .first()
+            .unwrap()
+            .str("name");
+        transaction(&db, |db| {
+            fc_callback(
+                db,
+                "fc",
+                &json!({"fulfillment_order": name, "tracking_number": "EXC1"}),
+                Utc::now(),
+            )
+        })
+        .unwrap();
+        let u = |st: Status, raw: &str| Update {
+            provider: "aftership",
+            tracking_number: "EXC1".into(),
+            carrier: None,
+            status: st,
+            raw_status: raw.into(),
+            message: Some("Address issue".into()),
+            occurred_at: Some(Utc::now()),
+            public_url: None,
+        };
+        transaction(&db, |db| {
+            apply_tracking(db, &u(Status::Exception, "Exception_004"), Utc::now())
+        })
+        .unwrap();
+        let items = action_items(&db).unwrap();
+        assert_eq!(items["items"][0]["kind"], "exception");
+        assert_eq!(items["items"][0]["tracking_number"], "EXC1");
+        transaction(&db, |db| {
+            apply_tracking(db, &u(Status::Delivered, "Delivered_001"), Utc::now())
+        })
+        .unwrap();
+        assert_eq!(
+            action_items(&db).unwrap()["items"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
     }
 }
