@@ -151,7 +151,16 @@ async fn an_order_splits_across_facilities_and_explains_why() {
         "PAR-TEE-01",
         "the FC's own part number"
     );
-    assert_eq!(by_fac("fc-paris")["request_status"], "unsubmitted");
+    // notify delivers the release to the center, which answers 200: submitted.
+    let fc_fo = by_fac("fc-paris")["name"].as_str().unwrap().to_string();
+    eventually("the center received the release", || async {
+        count(
+            &app,
+            &format!("SELECT COUNT(*) FROM fulfillment_orders WHERE name = '{fc_fo}' AND request_status = 'submitted'"),
+        ) == 1
+    })
+    .await;
+    assert!(fc.received().iter().any(|r| r.path == "/orders"));
     let d = &r.json["decisions"][0]["explanation"];
     assert_eq!(d["rounds"].as_array().unwrap().len(), 2, "{d}");
     assert_eq!(
