@@ -566,7 +566,6 @@ pub fn settle(db: &dyn Db, tx_id: &str, reference: Option<&str>, now: DateTime<U
                 "UPDATE payments SET captured_minor = captured_minor + ?, updated_at = ? WHERE order_id = ?",
                 params![amount, ts(now), order_id.clone()],
             )?;
-            let number = issue(db, "invoices", "INV", &t, now)?;
             let fo_id = t.opt_str("fulfillment_order_id").unwrap_or_default();
             let fo = db.execute(
                 "SELECT name, status FROM fulfillment_orders WHERE id = ?",
@@ -576,6 +575,8 @@ pub fn settle(db: &dyn Db, tx_id: &str, reference: Option<&str>, now: DateTime<U
                 .first()
                 .map(|r| (r.str("name"), r.str("status")))
                 .unwrap_or_default();
+            let (number, invoice, order_number) =
+                issue(db, "invoices", "INV", &t, Some(fo_name.clone()), now)?;
             record_event(
                 db,
                 &order_id,
@@ -590,12 +591,6 @@ pub fn settle(db: &dyn Db, tx_id: &str, reference: Option<&str>, now: DateTime<U
                        "invoice": number, "transaction_id": tx_id, "gateway": t.str("gateway")}),
             )?;
             // For CRM / accounting subscribers (outbound webhooks, the export cursor).
-            let order_number = db
-                .execute(
-                    "SELECT number FROM orders WHERE id = ?",
-                    params![order_id.clone()],
-                )?
-                .str("number");
             let money = money_of(amount, &currency);
             store::enqueue(
                 db,
@@ -605,13 +600,7 @@ pub fn settle(db: &dyn Db, tx_id: &str, reference: Option<&str>, now: DateTime<U
                        "invoice": number, "transaction_id": tx_id, "gateway": t.str("gateway")}),
                 now,
             )?;
-            store::enqueue(
-                db,
-                "invoice.created",
-                Some(&order_id),
-                document(db, "invoices", &number)?,
-                now,
-            )?;
+            store::enqueue(db, "invoice.created", Some(&order_id), invoice, now)?;
             match fo_status.as_str() {
                 "scheduled" => {
                     crate::allocation::release_fulfillment_order(db, &fo_id, now)?;
@@ -643,7 +632,7 @@ pub fn settle(db: &dyn Db, tx_id: &str, reference: Option<&str>, now: DateTime<U
                 "UPDATE payments SET refunded_minor = refunded_minor + ?, updated_at = ? WHERE order_id = ?",
                 params![amount, ts(now), order_id.clone()],
             )?;
-            let number = issue(db, "credit_memos", "CM", &t, now)?;
+            let (number, memo, order_number) = issue(db, "credit_memos", "CM", &t, None, now)?;
             record_event(
                 db,
                 &order_id,
@@ -654,12 +643,6 @@ pub fn settle(db: &dyn Db, tx_id: &str, reference: Option<&str>, now: DateTime<U
                 json!({"amount_minor": amount, "currency": currency, "credit_memo": number,
                        "transaction_id": tx_id, "reason": t.opt_str("reason")}),
             )?;
-            let order_number = db
-                .execute(
-                    "SELECT number FROM orders WHERE id = ?",
-                    params![order_id.clone()],
-                )?
-                .str("number");
             store::enqueue(
                 db,
                 "payment.refunded",
@@ -668,13 +651,7 @@ pub fn settle(db: &dyn Db, tx_id: &str, reference: Option<&str>, now: DateTime<U
                        "credit_memo": number, "transaction_id": tx_id, "reason": t.opt_str("reason")}),
                 now,
             )?;
-            store::enqueue(
-                db,
-                "credit_memo.created",
-                Some(&order_id),
-                document(db, "credit_memos", &number)?,
-                now,
-            )?;
+            store::enqueue(db, "credit_memo.created", Some(&order_id), memo, now)?;
         }
         "void" => {
             db.execute(
@@ -818,13 +795,15 @@ impl FirstRow for crate::db::Rows {
 /// transaction. The number is the next in a gap-free sequence: it is taken in
 /// the transaction that books the money (under SQLite's write lock), so a
 /// rollback takes the number back with it and two writers never share one.
+/// Returns the number, the stored document and the order number.
 fn issue(
     db: &dyn Db,
     table: &str,
     prefix: &str,
     t: &crate::db::Rows,
+    fo_name: Option<String>,
     now: DateTime<Utc>,
-) -> Result<String> {
+) -> Result<(String, Json, String)> {
     let tx_id = t.str("id");
     let order_id = t.str("order_id");
     let ctx = order_ctx(db, &order_id)?;
@@ -840,16 +819,6 @@ fn issue(
         })
         .collect();
     let fo = t.opt_str("fulfillment_order_id");
-    let fo_name = match &fo {
-        Some(id) => db
-            .execute(
-                "SELECT name FROM fulfillment_orders WHERE id = ?",
-                params![id.clone()],
-            )?
-            .first()
-            .map(|r| r.str("name")),
-        None => None,
-    };
     let amount = t.i64("amount_minor");
     let mut doc = json!({
         "order_id": order_id, "order_number": ctx.number, "issued_at": ts(now),
@@ -881,11 +850,12 @@ fn issue(
             "INSERT INTO {table} (seq, number, transaction_id, order_id, currency, amount_minor, issued_at, doc{fo_col})
              SELECT n, printf('{prefix}-%06d', n), ?1, ?2, ?3, ?4, ?5, json_set(?6, '$.number', printf('{prefix}-%06d', n)){fo_val}
              FROM (SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM {table})
-             RETURNING number"
+             RETURNING number, doc"
         ),
         &prm,
     )?;
-    Ok(r.str("number"))
+    let stored = serde_json::from_str(&r.str("doc")).unwrap_or(Json::Null);
+    Ok((r.str("number"), stored, ctx.number))
 }
 
 // ---------------------------------------------------------------- refunds and voids

@@ -103,11 +103,14 @@ struct Fo {
     status: String,
     pickup: bool,
     number: String,
+    /// The facility is an external fulfillment center (not worked through jobs).
+    external: bool,
 }
 
 fn load_fo(db: &dyn Db, fo_id: &str) -> Result<Option<Fo>> {
     let r = db.execute(
-        "SELECT f.id, f.order_id, f.name, f.facility_id, f.status, f.pickup, o.number
+        "SELECT f.id, f.order_id, f.name, f.facility_id, f.status, f.pickup, o.number,
+                (SELECT type FROM facilities WHERE id = f.facility_id) AS facility_type
          FROM fulfillment_orders f JOIN orders o ON o.id = f.order_id WHERE f.id = ?",
         params![fo_id],
     )?;
@@ -119,19 +122,8 @@ fn load_fo(db: &dyn Db, fo_id: &str) -> Result<Option<Fo>> {
         status: f.str("status"),
         pickup: f.i64("pickup") != 0,
         number: f.str("number"),
+        external: f.opt_str("facility_type").as_deref() == Some("fulfillment_center"),
     }))
-}
-
-/// Whether a facility works through Waybill's jobs (warehouses and stores) or
-/// is an external fulfillment center.
-fn is_external(db: &dyn Db, facility: &str) -> Result<bool> {
-    Ok(db
-        .execute(
-            "SELECT type FROM facilities WHERE id = ?",
-            params![facility],
-        )?
-        .first()
-        .is_some_and(|r| r.str("type") == "fulfillment_center"))
 }
 
 /// Called in the transaction that releases a fulfillment order: an in-house
@@ -141,7 +133,7 @@ pub fn on_released(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -> Result<()> {
     let Some(fo) = load_fo(db, fo_id)? else {
         return Ok(());
     };
-    if is_external(db, &fo.facility)? {
+    if fo.external {
         return Ok(());
     }
     let lines = db.execute(
