@@ -19,6 +19,7 @@ pub mod notify;
 pub mod orders;
 pub mod payment;
 pub mod report;
+pub mod returns;
 pub mod routing;
 pub mod schema;
 pub mod signature;

@@ -13,6 +13,35 @@ use crate::store::{self, ts, ListQuery};
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 200;
 
+/// Writes (returns) take the write scope; the answer comes with the SKUs a
+/// return restocked, for the caller's backorder pass.
+pub fn handle_write(
+    db: &dyn Db,
+    tokens: &Tokens,
+    req: &Request,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (Response, Vec<String>) {
+    let r = (|| -> Result<(Response, Vec<String>)> {
+        tokens.authorize(req, Scope::Write)?;
+        if req.method != "POST" {
+            return Err(Error::new(
+                crate::error::ErrorKind::MethodNotAllowed,
+                format!("{} is not allowed here", req.method),
+            ));
+        }
+        req.check_size()?;
+        let segs: Vec<String> = req
+            .path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(crate::http::path_segment)
+            .collect();
+        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        crate::returns::handle_write(db, req, &segs, now)
+    })();
+    r.unwrap_or_else(|e| (Response::problem(&e), Vec::new()))
+}
+
 pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request) -> Response {
     let r = (|| -> Result<Response> {
         tokens.authorize(req, Scope::Read)?;
@@ -22,9 +51,22 @@ pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request) -> Response {
                 format!("{} is not allowed here", req.method),
             ));
         }
+        if let Some(rest) = req.path.strip_prefix("/api/returns/") {
+            return Ok(Response::json(
+                200,
+                &crate::returns::view(db, &crate::http::path_segment(rest.trim_end_matches('/')))?,
+            ));
+        }
         let rest = req.path.strip_prefix("/api/orders").unwrap_or("");
         let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
         match segs.as_slice() {
+            [key, "returns"] => {
+                let id = resolve(db, &crate::http::path_segment(key))?;
+                Ok(Response::json(
+                    200,
+                    &crate::returns::list_for_order(db, &id)?,
+                ))
+            }
             [] => list(db, req),
             [key] => get(db, &crate::http::path_segment(key)),
             [key, "events"] => events(db, &crate::http::path_segment(key)),

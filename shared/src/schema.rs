@@ -547,6 +547,40 @@ the following items of order {{number}} are on backorder and will ship as soon a
             html_body = '<p>Hello {{customer_name}},</p><p>{{items}} of your order <strong>{{number}}</strong> left {{facility_name}} on {{shipped_on}}{{#carrier}} with {{carrier}}{{/carrier}}.</p>{{#tracking_number}}<p>Tracking number: <strong>{{tracking_number}}</strong></p>{{/tracking_number}}{{#tracking_url}}<p><a href=\"{{tracking_url}}\">Track the parcel</a></p>{{/tracking_url}}'
          WHERE name = 'shipment_confirmation'",
     ],
+    // 10: returns (RMA): the request with its lines, approval with a return label,
+    // receipt with inspection (restock or scrap), the refund it led to.
+    &[
+        "CREATE TABLE returns (
+            id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL UNIQUE,
+            number TEXT NOT NULL UNIQUE,
+            order_id TEXT NOT NULL REFERENCES orders (id),
+            status TEXT NOT NULL,
+            resolution TEXT NOT NULL,
+            refund_shipping INTEGER NOT NULL DEFAULT 0,
+            reason TEXT,
+            facility_id TEXT,
+            return_label TEXT,
+            refund_transaction_id TEXT,
+            note TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            approved_at TEXT,
+            received_at TEXT
+        ) WITHOUT ROWID",
+        "CREATE INDEX returns_order ON returns (order_id, created_at)",
+        "CREATE TABLE return_lines (
+            return_id TEXT NOT NULL REFERENCES returns (id),
+            line_no INTEGER NOT NULL,
+            sku TEXT NOT NULL,
+            quantity INTEGER NOT NULL,
+            reason TEXT,
+            received INTEGER NOT NULL DEFAULT 0,
+            restocked INTEGER NOT NULL DEFAULT 0,
+            scrapped INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (return_id, line_no)
+        ) WITHOUT ROWID",
+    ],
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -1,17 +1,40 @@
 //! orders: order queries (by id, number or source id; list with filters and
-//! cursor pagination; the timeline). The work is in `waybill::orders`.
+//! cursor pagination; the timeline, routing, shipments, returns) and returns
+//! (RMA: request, approve, reject, cancel, receive with inspection and refund).
+//! The work is in `waybill::orders` and `waybill::returns`.
 
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_component;
 use waybill::{http, orders, spin_glue};
 
 #[http_component]
-fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
+async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     let r = spin_glue::request(&req);
     let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
-    let resp = match spin_glue::open_db() {
-        Ok(db) => orders::handle(&db, &tokens, &r),
-        Err(e) => http::Response::problem(&e),
+    if r.method == "GET" || r.method == "HEAD" {
+        let resp = match spin_glue::open_db() {
+            Ok(db) => orders::handle(&db, &tokens, &r),
+            Err(e) => http::Response::problem(&e),
+        };
+        return Ok(spin_glue::response(resp));
+    }
+    let now = chrono::Utc::now();
+    let (resp, restocked, captures_due) = match spin_glue::open_writer() {
+        Ok(db) => {
+            let (resp, skus) = orders::handle_write(&db, &tokens, &r, now);
+            let due = waybill::capture::has_due(&db, now).unwrap_or(false);
+            (resp, skus, due)
+        }
+        Err(e) => (http::Response::problem(&e), Vec::new(), false),
     };
+    if (200..300).contains(&resp.status) {
+        if captures_due {
+            // A refund through the gateway: send it now.
+            spin_glue::kick_capture(&[]).await;
+        }
+        // Restocked returns may release waiting backorders.
+        spin_glue::release_backorders(&restocked).await;
+        spin_glue::kick_notify().await;
+    }
     Ok(spin_glue::response(resp))
 }
