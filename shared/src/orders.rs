@@ -20,8 +20,8 @@ pub fn handle_write(
     tokens: &Tokens,
     req: &Request,
     now: chrono::DateTime<chrono::Utc>,
-) -> (Response, Vec<String>) {
-    let r = (|| -> Result<(Response, Vec<String>)> {
+) -> (Response, crate::returns::Received) {
+    let r = (|| -> Result<(Response, crate::returns::Received)> {
         tokens.authorize(req, Scope::Write)?;
         if req.method != "POST" {
             return Err(Error::new(
@@ -39,7 +39,7 @@ pub fn handle_write(
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
         crate::returns::handle_write(db, req, &segs, now)
     })();
-    r.unwrap_or_else(|e| (Response::problem(&e), Vec::new()))
+    r.unwrap_or_else(|e| (Response::problem(&e), Default::default()))
 }
 
 pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request) -> Response {

@@ -21,7 +21,7 @@ use crate::params;
 use crate::store::{self, enqueue, record_event, ts};
 
 /// What a return leads to.
-const RESOLUTIONS: [&str; 2] = ["refund", "none"];
+const RESOLUTIONS: [&str; 3] = ["refund", "exchange", "none"];
 
 fn resolve_return(db: &dyn Db, key: &str) -> Result<crate::db::Rows> {
     let r = db.execute(
@@ -54,14 +54,17 @@ pub fn request(
     for k in obj.keys() {
         if !matches!(
             k.as_str(),
-            "lines" | "resolution" | "reason" | "refund_shipping" | "note"
+            "lines" | "resolution" | "reason" | "refund_shipping" | "note" | "replacement"
         ) {
             errs.push(FieldError::new(format!("/{k}"), "unknown field"));
         }
     }
     let resolution = v["resolution"].as_str().unwrap_or("refund").to_string();
     if !RESOLUTIONS.contains(&resolution.as_str()) {
-        errs.push(FieldError::new("/resolution", "must be 'refund' or 'none'"));
+        errs.push(FieldError::new(
+            "/resolution",
+            "must be 'refund', 'exchange' or 'none'",
+        ));
     }
     let refund_shipping = match &v["refund_shipping"] {
         Json::Null => false,
@@ -125,15 +128,57 @@ pub fn request(
             "name at least one line: [{\"line_no\", \"quantity\", \"reason\"}]",
         )),
     }
+    // An exchange ships replacements: the same SKUs by default, or others named here.
+    let mut replacement: Vec<Json> = Vec::new();
+    if resolution == "exchange" {
+        match &v["replacement"] {
+            Json::Null => {
+                replacement = wanted
+                    .iter()
+                    .map(|w| json!({"sku": w.1, "quantity": w.2}))
+                    .collect();
+            }
+            Json::Array(a) if !a.is_empty() => {
+                for (i, x) in a.iter().enumerate() {
+                    let p = format!("/replacement/{i}");
+                    match (x["sku"].as_str(), x["quantity"].as_i64()) {
+                        (Some(sku), Some(q)) if q > 0 && q <= 1_000_000 => {
+                            if db
+                                .execute("SELECT 1 FROM products WHERE sku = ?", params![sku])?
+                                .is_empty()
+                            {
+                                errs.push(FieldError::new(
+                                    format!("{p}/sku"),
+                                    format!("no product '{sku}'"),
+                                ));
+                            }
+                            replacement.push(json!({"sku": sku, "quantity": q}));
+                        }
+                        _ => errs.push(FieldError::new(p, "needs a sku and a positive quantity")),
+                    }
+                }
+            }
+            _ => errs.push(FieldError::new(
+                "/replacement",
+                "must be a non-empty array of {sku, quantity}",
+            )),
+        }
+    } else if !v["replacement"].is_null() {
+        errs.push(FieldError::new(
+            "/replacement",
+            "only an exchange ships a replacement",
+        ));
+    }
     if !errs.is_empty() {
         return Err(Error::invalid(errs));
     }
     let id = uuid::Uuid::now_v7().to_string();
     let r = db.execute(
-        "INSERT INTO returns (id, seq, number, order_id, status, resolution, refund_shipping, reason, note, created_at, updated_at)
-         SELECT ?1, n, printf('RMA-%06d', n), ?2, 'requested', ?3, ?4, ?5, ?6, ?7, ?7
+        "INSERT INTO returns (id, seq, number, order_id, status, resolution, refund_shipping, reason, note, replacement, created_at, updated_at)
+         SELECT ?1, n, printf('RMA-%06d', n), ?2, 'requested', ?3, ?4, ?5, ?6, ?7, ?8, ?8
          FROM (SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM returns) RETURNING number",
-        params![id.clone(), order_id, resolution.clone(), refund_shipping, v["reason"].as_str(), v["note"].as_str(), ts(now)],
+        params![id.clone(), order_id, resolution.clone(), refund_shipping, v["reason"].as_str(), v["note"].as_str(),
+                (!replacement.is_empty()).then(|| Json::Array(replacement.clone()).to_string()), ts(now)],
     )?;
     let number = first(&r, "number");
     for (n, sku, q, reason) in &wanted {
@@ -271,7 +316,7 @@ pub fn receive(
     v: &Json,
     actor: &str,
     now: DateTime<Utc>,
-) -> Result<Vec<String>> {
+) -> Result<Received> {
     let r = resolve_return(db, key)?;
     let (id, order_id, status) = (first(&r, "id"), first(&r, "order_id"), first(&r, "status"));
     if status != "approved" {
@@ -431,6 +476,79 @@ pub fn receive(
             Err(e) => return Err(e),
         }
     }
+    // The exchange: a linked replacement order, already paid (no second payment
+    // for the same value), routed like any order. Once per return.
+    let mut replacement_order = None;
+    if first(&r, "resolution") == "exchange"
+        && r.first()
+            .and_then(|x| x.opt_str("replacement_order_id"))
+            .is_none()
+    {
+        let o = db.execute(
+            "SELECT number, channel, currency, doc FROM orders WHERE id = ?",
+            params![order_id.clone()],
+        )?;
+        let o = o.first().ok_or_else(|| Error::not_found("no order"))?;
+        let doc: Json = serde_json::from_str(&o.str("doc")).unwrap_or(Json::Null);
+        let items: Vec<Json> = r
+            .first()
+            .and_then(|x| x.opt_str("replacement"))
+            .and_then(|x| serde_json::from_str::<Vec<Json>>(&x).ok())
+            .unwrap_or_default();
+        let names: BTreeMap<String, String> = db
+            .execute(
+                "SELECT sku, name FROM order_lines WHERE order_id = ?",
+                params![order_id.clone()],
+            )?
+            .iter()
+            .map(|l| (l.str("sku"), l.str("name")))
+            .collect();
+        let method = doc["shipping_lines_minor"][0]["method"]
+            .as_str()
+            .unwrap_or("standard")
+            .to_string();
+        let body = json!({
+            "external_id": format!("exchange-{number}"), "number": format!("{}-X", o.str("number")),
+            "channel": o.str("channel"), "currency": o.str("currency"),
+            "customer": doc["customer"], "shipping_address": doc["shipping_address"], "billing_address": doc["billing_address"],
+            "lines": items.iter().map(|i| json!({"sku": i["sku"], "quantity": i["quantity"], "unit_price": "0",
+                "name": names.get(i["sku"].as_str().unwrap_or("")).cloned().unwrap_or_else(|| i["sku"].as_str().unwrap_or("").to_string())})).collect::<Vec<_>>(),
+            "shipping_lines": [{"method": method, "title": "Exchange", "price": "0"}],
+            "financial_status": "paid", "tags": ["exchange"],
+            "note": format!("Replacement for return {number} of order {}", o.str("number")),
+        });
+        let new_order = crate::sources::api::map_order(&body, "", now)?;
+        let ins = store::insert_order(db, &new_order, now, actor)?;
+        db.execute(
+            "UPDATE returns SET replacement_order_id = ? WHERE id = ?",
+            params![ins.id.clone(), id.clone()],
+        )?;
+        record_event(
+            db,
+            &order_id,
+            now,
+            actor,
+            "return.exchanged",
+            &format!(
+                "Return {number}: replacement order {} created (no charge)",
+                ins.number
+            ),
+            json!({"return": number, "replacement_order_id": ins.id, "replacement_number": ins.number}),
+        )?;
+        record_event(
+            db,
+            &ins.id,
+            now,
+            actor,
+            "order.exchange_of",
+            &format!(
+                "Replacement for return {number} of order {}",
+                o.str("number")
+            ),
+            json!({"return": number, "original_order_id": order_id}),
+        )?;
+        replacement_order = Some(ins.id);
+    }
     db.execute(
         "UPDATE returns SET status = ?, received_at = ?, updated_at = ? WHERE id = ?",
         params![
@@ -440,6 +558,7 @@ pub fn receive(
             id.clone()
         ],
     )?;
+
     enqueue(
         db,
         "return.received",
@@ -449,7 +568,19 @@ pub fn receive(
         now,
     )?;
     store::refresh_status(db, &order_id, now)?;
-    Ok(restocked)
+    Ok(Received {
+        restocked,
+        replacement_order,
+    })
+}
+
+/// What receiving a return set in motion.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// SKUs back in stock (waiting backorders may be served).
+    pub restocked: Vec<String>,
+    /// The exchange's replacement order (to route).
+    pub replacement_order: Option<String>,
 }
 
 pub fn view(db: &dyn Db, key: &str) -> Result<Json> {
@@ -486,6 +617,8 @@ pub fn view(db: &dyn Db, key: &str) -> Result<Json> {
               "facility": x.opt_str("facility_id"),
               "return_label": x.opt_str("return_label").and_then(|l| serde_json::from_str::<Json>(&l).ok()),
               "refund": refund, "note": x.opt_str("note"), "lines": lines,
+              "replacement": x.opt_str("replacement").and_then(|l| serde_json::from_str::<Json>(&l).ok()),
+              "replacement_order_id": x.opt_str("replacement_order_id"),
               "created_at": x.str("created_at"), "approved_at": x.opt_str("approved_at"), "received_at": x.opt_str("received_at")}),
     )
 }
@@ -514,7 +647,7 @@ pub fn handle_write(
     req: &crate::http::Request,
     segs: &[&str],
     now: DateTime<Utc>,
-) -> Result<(crate::http::Response, Vec<String>)> {
+) -> Result<(crate::http::Response, Received)> {
     use crate::http::Response;
     let body = || -> Result<Json> {
         if req.body.is_empty() {
@@ -532,23 +665,23 @@ pub fn handle_write(
             Ok((
                 Response::json(201, &view(db, &id)?)
                     .with_header("location", &format!("/api/returns/{id}")),
-                Vec::new(),
+                Received::default(),
             ))
         }
         ["api", "returns", key, action] => {
             let v = body()?;
-            let mut skus = Vec::new();
+            let mut got = Received::default();
             transaction(db, |db| match *action {
                 "approve" => approve(db, key, &v, "api", now),
                 "reject" => close_unreceived(db, key, "rejected", &v, "api", now),
                 "cancel" => close_unreceived(db, key, "cancelled", &v, "api", now),
                 "receive" => {
-                    skus = receive(db, key, &v, "api", now)?;
+                    got = receive(db, key, &v, "api", now)?;
                     Ok(())
                 }
                 other => Err(Error::not_found(format!("no return action '{other}'"))),
             })?;
-            Ok((Response::json(200, &view(db, key)?), skus))
+            Ok((Response::json(200, &view(db, key)?), got))
         }
         _ => Err(Error::not_found(format!("no route for POST {}", req.path))),
     }
@@ -669,7 +802,7 @@ mod tests {
                                                 {"line_no": 1, "quantity": 1, "condition": "damaged"}]}), "t", Utc::now())
         })
         .unwrap();
-        assert_eq!(skus, vec!["A".to_string()]);
+        assert_eq!(skus.restocked, vec!["A".to_string()]);
         assert_eq!(
             n(&db, "SELECT on_hand AS n FROM stock WHERE sku = 'A'"),
             8,
@@ -725,6 +858,73 @@ mod tests {
         transaction(&db, |db| receive(db, &r2, &json!({}), "t", Utc::now())).unwrap();
         assert_eq!(refunds(&db, &id).len(), 1, "no second refund");
         assert_eq!(n(&db, "SELECT on_hand AS n FROM stock WHERE sku = 'B'"), 10);
+    }
+
+    #[test]
+    fn an_exchange_ships_a_replacement_and_charges_nothing_more() {
+        let db = setup();
+        let id = shipped_order(&db, "x1");
+        let bad = transaction(&db, |db| {
+            request(
+                db,
+                &id,
+                &json!({"lines": [{"line_no": 1, "quantity": 1}], "resolution": "exchange",
+                                     "replacement": [{"sku": "NOPE", "quantity": 1}]}),
+                "t",
+                Utc::now(),
+            )
+        });
+        assert_eq!(bad.unwrap_err().status(), 422);
+        let rid = transaction(&db, |db| {
+            request(db, &id, &json!({"lines": [{"line_no": 1, "quantity": 1, "reason": "broken handle"}], "resolution": "exchange"}), "t", Utc::now())
+        })
+        .unwrap();
+        transaction(&db, |db| approve(db, &rid, &json!({}), "t", Utc::now())).unwrap();
+        let got = transaction(&db, |db| {
+            receive(
+                db,
+                &rid,
+                &json!({"lines": [{"line_no": 1, "quantity": 1, "condition": "damaged"}]}),
+                "t",
+                Utc::now(),
+            )
+        })
+        .unwrap();
+        let rep = got.replacement_order.expect("a replacement order");
+        assert!(refunds(&db, &id).is_empty(), "an exchange refunds nothing");
+        process_order(&db, &rep, Trigger::Intake, Utc::now()).unwrap();
+        let o = db
+            .execute(
+                "SELECT total_minor, financial_status, status FROM orders WHERE id = ?",
+                params![rep.clone()],
+            )
+            .unwrap();
+        let o = o.first().unwrap();
+        assert_eq!(
+            (
+                o.i64("total_minor"),
+                o.str("financial_status"),
+                o.str("status")
+            ),
+            (0, "paid".into(), "processing".into())
+        );
+        assert_eq!(n(&db, &format!("SELECT COUNT(*) AS n FROM fulfillment_orders WHERE order_id = '{rep}' AND status = 'open'")), 1, "the refill is released");
+        assert_eq!(
+            n(&db, &format!("SELECT COALESCE(SUM(amount_minor), 0) AS n FROM payment_transactions WHERE order_id = '{rep}'")),
+            0,
+            "nothing charged for the replacement"
+        );
+        assert_eq!(
+            view(&db, &rid).unwrap()["replacement_order_id"],
+            rep.as_str()
+        );
+        // Receiving again creates no second replacement.
+        assert_eq!(
+            transaction(&db, |db| receive(db, &rid, &json!({}), "t", Utc::now()))
+                .unwrap_err()
+                .status(),
+            409
+        );
     }
 
     #[test]

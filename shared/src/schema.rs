@@ -562,6 +562,8 @@ the following items of order {{number}} are on backorder and will ship as soon a
             facility_id TEXT,
             return_label TEXT,
             refund_transaction_id TEXT,
+            replacement TEXT,
+            replacement_order_id TEXT,
             note TEXT,
             created_at TEXT NOT NULL,
             updated_at TEXT NOT NULL,

@@ -297,3 +297,57 @@ async fn bad_returns_answer_problems_and_change_nothing() {
         "rejected"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exchange_ships_the_replacement_and_charges_nothing_more() {
+    let app = start_with(&[("fc_secret_1", FC_SECRET)]).await;
+    let (id, number) = shipped(&app).await;
+    let captured_before = count(
+        &app,
+        "SELECT COALESCE(SUM(amount_minor), 0) FROM payment_transactions WHERE kind = 'capture'",
+    );
+    let r = write(&app, "POST", &format!("/api/orders/{number}/returns"),
+        &json!({"lines": [{"line_no": 1, "quantity": 1, "reason": "chipped"}], "resolution": "exchange"})).await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let rma = r.json["number"].as_str().unwrap().to_string();
+    assert_eq!(
+        write(
+            &app,
+            "POST",
+            &format!("/api/returns/{rma}/approve"),
+            &json!({})
+        )
+        .await
+        .status,
+        200
+    );
+    let r = write(
+        &app,
+        "POST",
+        &format!("/api/returns/{rma}/receive"),
+        &json!({"lines": [{"line_no": 1, "quantity": 1, "condition": "damaged"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let rep = r.json["replacement_order_id"].as_str().unwrap().to_string();
+    eventually("the replacement is released", || async {
+        count(&app, &format!("SELECT COUNT(*) FROM fulfillment_orders WHERE order_id = '{rep}' AND status = 'open'")) == 1
+    })
+    .await;
+    let o = get(&app, &format!("/api/orders/{rep}")).await.json;
+    assert_eq!(o["totals"]["total"]["minor"], 0, "{o}");
+    assert_eq!(o["external_number"], format!("{number}-X"));
+    assert_eq!(o["lines"][0]["sku"], "MUG");
+    assert_eq!(o["lines"][0]["quantity"]["released"], 1);
+    assert_eq!(count(&app, "SELECT COALESCE(SUM(amount_minor), 0) FROM payment_transactions WHERE kind = 'capture'"), captured_before, "no new charge");
+    assert_eq!(count(&app, &format!("SELECT COUNT(*) FROM payment_transactions WHERE order_id = '{id}' AND kind = 'refund'")), 0, "no refund");
+    assert_eq!(
+        stock(&app),
+        7,
+        "the damaged mug is not restocked; the replacement is reserved until it ships"
+    );
+    assert_eq!(
+        count(&app, "SELECT reserved FROM stock WHERE sku = 'MUG'"),
+        1
+    );
+}

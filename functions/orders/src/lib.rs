@@ -19,21 +19,25 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         return Ok(spin_glue::response(resp));
     }
     let now = chrono::Utc::now();
-    let (resp, restocked, captures_due) = match spin_glue::open_writer() {
+    let (resp, moved, captures_due) = match spin_glue::open_writer() {
         Ok(db) => {
-            let (resp, skus) = orders::handle_write(&db, &tokens, &r, now);
+            let (resp, moved) = orders::handle_write(&db, &tokens, &r, now);
             let due = waybill::capture::has_due(&db, now).unwrap_or(false);
-            (resp, skus, due)
+            (resp, moved, due)
         }
-        Err(e) => (http::Response::problem(&e), Vec::new(), false),
+        Err(e) => (http::Response::problem(&e), Default::default(), false),
     };
     if (200..300).contains(&resp.status) {
         if captures_due {
             // A refund through the gateway: send it now.
             spin_glue::kick_capture(&[]).await;
         }
-        // Restocked returns may release waiting backorders.
-        spin_glue::release_backorders(&restocked).await;
+        // Restocked returns may release waiting backorders; an exchange's
+        // replacement order is routed like any new order.
+        spin_glue::release_backorders(&moved.restocked).await;
+        if let Some(id) = moved.replacement_order {
+            spin_glue::route_orders(&[id]).await;
+        }
         spin_glue::kick_notify().await;
     }
     Ok(spin_glue::response(resp))
