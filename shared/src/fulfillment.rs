@@ -229,6 +229,37 @@ pub fn fc_request_delivered(
     set_request_status(db, fo_id, status, answer["reason"].as_str(), now)
 }
 
+/// The center's direct answer to a cancellation request (it may also answer
+/// later by callback): `cancellation_accepted` cancels the units at once.
+pub fn fc_cancellation_answered(
+    db: &dyn Db,
+    fo_id: &str,
+    answer: &Json,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    match answer["status"].as_str() {
+        Some("cancellation_accepted" | "accepted" | "cancelled") => {
+            set_request_status(
+                db,
+                fo_id,
+                "cancellation_accepted",
+                answer["reason"].as_str(),
+                now,
+            )?;
+            crate::changes::cancellation_accepted(db, fo_id, now)
+        }
+        Some("cancellation_rejected" | "rejected") => set_request_status(
+            db,
+            fo_id,
+            "cancellation_rejected",
+            answer["reason"].as_str(),
+            now,
+        ),
+        // Received; the answer follows by callback.
+        _ => Ok(()),
+    }
+}
+
 fn set_request_status(
     db: &dyn Db,
     fo_id: &str,
@@ -629,10 +660,8 @@ pub fn fc_callback(db: &dyn Db, facility: &str, body: &Json, now: DateTime<Utc>)
         "accepted" | "rejected" | "cancellation_accepted" | "cancellation_rejected" => {
             set_request_status(db, &fo_id, &kind, body["reason"].as_str(), now)?;
             if kind == "cancellation_accepted" {
-                db.execute(
-                    "UPDATE fulfillment_orders SET status = 'cancelled', updated_at = ? WHERE id = ? AND status IN ('open', 'in_progress')",
-                    params![ts(now), fo_id.clone()],
-                )?;
+                // Its unshipped units are cancelled: reservation, buckets, money.
+                crate::changes::cancellation_accepted(db, &fo_id, now)?;
             }
             Ok(json!({"result": kind, "fulfillment_order_id": fo_id}))
         }

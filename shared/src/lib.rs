@@ -5,6 +5,7 @@
 
 pub mod allocation;
 pub mod capture;
+pub mod changes;
 pub mod db;
 pub mod error;
 pub mod fulfillment;

@@ -214,6 +214,31 @@ pub fn expand(db: &dyn Db, cfg: &Config, now: DateTime<Utc>, limit: i64) -> Resu
                 ));
             }
         }
+        if topic == "fulfillment_order.cancellation_requested" {
+            // The center holding released units is asked to cancel them.
+            let f = Patient(db).execute(
+                "SELECT endpoints, secret_variable FROM facilities WHERE id = ?",
+                params![payload["facility"].as_str().unwrap_or_default()],
+            )?;
+            if let Some(f) = f.first() {
+                let endpoints: Json =
+                    serde_json::from_str(&f.str("endpoints")).unwrap_or(Json::Null);
+                let url = endpoints["cancel_url"]
+                    .as_str()
+                    .or(endpoints["orders_url"].as_str())
+                    .filter(|u| !u.is_empty());
+                if let Some(url) = url {
+                    rows.push((
+                        "fc".into(),
+                        format!("cancel:{}", payload["fulfillment_order_id"].as_str().unwrap_or_default()),
+                        json!({"url": url, "facility": payload["facility"], "secret_variable": f.opt_str("secret_variable"),
+                               "fulfillment_order_id": payload["fulfillment_order_id"], "cancellation": true,
+                               "request": {"type": "cancellation_request", "order_number": payload["number"],
+                                           "fulfillment_order": payload["fulfillment_order"], "reason": payload["reason"]}}),
+                    ));
+                }
+            }
+        }
         if topic == "fulfillment_order.released" {
             // An external fulfillment center receives the release itself.
             let f = Patient(db).execute(
@@ -511,7 +536,9 @@ fn record(
                             params![ts(now), d.id, owner],
                         )?
                         .is_empty();
-                    if updated {
+                    if updated && d.payload["cancellation"] == true {
+                        crate::fulfillment::fc_cancellation_answered(db, fo_id, answer, now)?;
+                    } else if updated {
                         crate::fulfillment::fc_request_delivered(db, fo_id, answer, now)?;
                     }
                     rep.delivered += 1;
@@ -521,12 +548,21 @@ fn record(
                         "UPDATE deliveries SET state = 'dead', lease_until = NULL, last_error = ?, dead_at = ? WHERE id = ? AND lease_owner = ?",
                         params![err.as_str(), ts(now), d.id, owner],
                     )?;
-                    crate::fulfillment::fc_request_delivered(
-                        db,
-                        fo_id,
-                        &json!({"status": "rejected", "reason": err}),
-                        now,
-                    )?;
+                    if d.payload["cancellation"] == true {
+                        crate::fulfillment::fc_cancellation_answered(
+                            db,
+                            fo_id,
+                            &json!({"status": "cancellation_rejected", "reason": err}),
+                            now,
+                        )?;
+                    } else {
+                        crate::fulfillment::fc_request_delivered(
+                            db,
+                            fo_id,
+                            &json!({"status": "rejected", "reason": err}),
+                            now,
+                        )?;
+                    }
                     rep.dead += 1;
                 }
                 Outcome::Delivered => {

@@ -23,12 +23,6 @@ pub fn handle_write(
 ) -> (Response, crate::returns::Received) {
     let r = (|| -> Result<(Response, crate::returns::Received)> {
         tokens.authorize(req, Scope::Write)?;
-        if req.method != "POST" {
-            return Err(Error::new(
-                crate::error::ErrorKind::MethodNotAllowed,
-                format!("{} is not allowed here", req.method),
-            ));
-        }
         req.check_size()?;
         let segs: Vec<String> = req
             .path
@@ -37,7 +31,23 @@ pub fn handle_write(
             .map(crate::http::path_segment)
             .collect();
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-        crate::returns::handle_write(db, req, &segs, now)
+        match (req.method.as_str(), segs.as_slice()) {
+            ("PATCH", ["api", "orders", key]) => {
+                let v = req.json_object()?;
+                let id = resolve(db, key)?;
+                let out = crate::db::transaction(db, |db| {
+                    crate::changes::change(db, &id, &v, "api", now)
+                })?;
+                let mut answer = store::order_view(db, &id)?.unwrap_or(serde_json::Value::Null);
+                answer["change"] = out;
+                Ok((Response::json(200, &answer), Default::default()))
+            }
+            ("POST", _) => crate::returns::handle_write(db, req, &segs, now),
+            _ => Err(Error::new(
+                crate::error::ErrorKind::MethodNotAllowed,
+                format!("{} is not allowed here", req.method),
+            )),
+        }
     })();
     r.unwrap_or_else(|e| (Response::problem(&e), Default::default()))
 }
@@ -101,10 +111,46 @@ fn resolve(db: &dyn Db, key: &str) -> Result<String> {
     })
 }
 
+/// The order with everything a CRM asks ("where is my order?") in one call:
+/// its fulfillment orders, shipments with tracking, payment and returns.
 fn get(db: &dyn Db, key: &str) -> Result<Response> {
     let id = resolve(db, key)?;
-    let view =
+    let mut view =
         store::order_view(db, &id)?.ok_or_else(|| Error::not_found(format!("no order '{key}'")))?;
+    let fos: Vec<serde_json::Value> = db
+        .execute(
+            "SELECT f.name, f.facility_id, f.status, f.request_status, f.pickup, f.released_at,
+                    (SELECT SUM(quantity) FROM fulfillment_order_lines WHERE fulfillment_order_id = f.id) AS units
+             FROM fulfillment_orders f WHERE f.order_id = ? ORDER BY f.name",
+            crate::params![id.clone()],
+        )?
+        .iter()
+        .map(|f| serde_json::json!({"name": f.str("name"), "facility": f.str("facility_id"), "status": f.str("status"),
+            "request_status": f.str("request_status"), "pickup": f.i64("pickup") != 0, "units": f.opt_i64("units"),
+            "released_at": f.opt_str("released_at")}))
+        .collect();
+    view["fulfillment_orders"] = serde_json::json!(fos);
+    let shipments = crate::fulfillment::shipments_view(db, &id)?;
+    view["shipments"] = serde_json::json!(shipments["shipments"]
+        .as_array()
+        .map(|a| a
+            .iter()
+            .map(|s| serde_json::json!({"id": s["id"], "fulfillment_order": s["fulfillment_order"], "facility": s["facility"],
+                "carrier": s["carrier"], "tracking_number": s["tracking_number"], "tracking_url": s["tracking_url"],
+                "status": s["status"], "shipped_at": s["shipped_at"], "delivered_at": s["delivered_at"]}))
+            .collect::<Vec<_>>())
+        .unwrap_or_default());
+    let p = crate::capture::payment_view(db, &id)?;
+    view["payment"] = serde_json::json!({"gateway": p["gateway"], "authorized": p["authorized"], "captured": p["captured"],
+        "refunded": p["refunded"], "voided": p["voided"], "invoices": p["invoices"], "credit_memos": p["credit_memos"]});
+    let r = crate::returns::list_for_order(db, &id)?;
+    view["returns"] = serde_json::json!(r["returns"]
+        .as_array()
+        .map(|a| a
+            .iter()
+            .map(|x| serde_json::json!({"id": x["id"], "number": x["number"], "status": x["status"], "resolution": x["resolution"]}))
+            .collect::<Vec<_>>())
+        .unwrap_or_default());
     Ok(Response::json(200, &view))
 }
 

@@ -11,7 +11,7 @@ use crate::model::{
 };
 use crate::money::Currency;
 
-fn address(r: &mut Reader, v: &Value, key: &str, base: &str) -> Option<Address> {
+pub(crate) fn address(r: &mut Reader, v: &Value, key: &str, base: &str) -> Option<Address> {
     let a = v.get(key)?;
     if a.is_null() {
         return None;
