@@ -352,6 +352,12 @@ fn shipping_taken(db: &dyn Db, order_id: &str, kind: &str, statuses: &str) -> Re
         .is_empty())
 }
 
+/// What the order still needs captured (units neither captured nor cancelled).
+pub fn still_needed(db: &dyn Db, order_id: &str) -> Result<i64> {
+    let ctx = order_ctx(db, order_id)?;
+    still_to_capture(db, &ctx, order_id)
+}
+
 /// What is still to be captured for units neither captured nor cancelled.
 fn still_to_capture(db: &dyn Db, ctx: &OrderCtx, order_id: &str) -> Result<i64> {
     let before = units_in(db, order_id, "capture", LIVE)?;
@@ -1367,6 +1373,17 @@ pub fn retry(
         actor,
         "payment retried by an operator",
     )?;
+    if amount.is_some() {
+        // A new authorized amount (e.g. after a dearer substitution).
+        store::release_hold(
+            db,
+            order_id,
+            HoldReason::AwaitingPayment,
+            now,
+            actor,
+            "a new authorization was recorded",
+        )?;
+    }
     crate::allocation::release(db, order_id, now)?;
     store::refresh_status(db, order_id, now)?;
     Ok(())
@@ -1469,8 +1486,19 @@ pub fn source_transaction(
             "voided"
         }
         "refund" if pay.gateway != "none" => {
+            // Waybill may have booked this refund already (a cancellation or a
+            // return it processed): only what is still unrefunded is booked.
+            let amount = t.amount.min(
+                pay.captured
+                    .max(pay.authorized * (pay.gateway == "prepaid") as i64)
+                    - pay.refunded,
+            );
+            if amount <= 0 {
+                refresh_financial_status(db, order_id, now)?;
+                return Ok("recorded");
+            }
             let c = payment::Charge {
-                amount: t.amount,
+                amount,
                 ..Default::default()
             };
             insert_tx(

@@ -222,6 +222,17 @@ pub fn cancel(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<Json> {
+    cancel_units(db, order_id, v, actor, now, true)
+}
+
+fn cancel_units(
+    db: &dyn Db,
+    order_id: &str,
+    v: &Json,
+    actor: &str,
+    now: DateTime<Utc>,
+    settle: bool,
+) -> Result<Json> {
     let obj = v
         .as_object()
         .ok_or_else(|| Error::bad_request("the body must be a JSON object"))?;
@@ -448,7 +459,11 @@ pub fn cancel(
         json!({"order_id": order_id, "number": number, "reason": reason, "lines": summary}),
         now,
     )?;
-    let money = settle_money(db, order_id, &reason, actor, now)?;
+    let money = if settle {
+        settle_money(db, order_id, &reason, actor, now)?
+    } else {
+        Json::Null
+    };
     store::refresh_status(db, order_id, now)?;
     Ok(
         json!({"cancelled": summary, "cancellation_requested": requested_from_fc.iter().map(|x| &x.1).collect::<Vec<_>>(), "payment": money}),
@@ -588,7 +603,34 @@ fn settle_money(
             amount: None,
             reason: format!("cancelled: {reason}"),
         };
-        let tx = crate::capture::refund(db, order_id, &req, actor, now)?;
+        let tx = match crate::capture::refund(db, order_id, &req, actor, now) {
+            Ok(tx) => Some(tx),
+            // Part of the money went back already without lines (an amount
+            // refund, or the shop's own): give back what is left, no more.
+            Err(e) if e.status() == 422 => {
+                let left = db
+                    .execute(
+                        "SELECT captured_minor - refunded_minor - (SELECT COALESCE(SUM(amount_minor), 0) FROM payment_transactions
+                            WHERE order_id = ?1 AND kind = 'refund' AND status IN ('pending', 'unknown')) AS n
+                         FROM payments WHERE order_id = ?1",
+                        params![order_id],
+                    )?
+                    .first()
+                    .map(|r| r.i64("n"))
+                    .unwrap_or(0);
+                if left > 0 {
+                    let req = crate::capture::RefundRequest {
+                        amount: Some(left),
+                        reason: req.reason.clone(),
+                        ..Default::default()
+                    };
+                    Some(crate::capture::refund(db, order_id, &req, actor, now)?)
+                } else {
+                    None
+                }
+            }
+            Err(e) => return Err(e),
+        };
         out["refund_transaction_id"] = json!(tx);
     }
     let voided = crate::capture::void_unneeded(db, order_id, reason, now)?;
@@ -651,6 +693,236 @@ pub fn cancellation_accepted(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -> Re
     )?;
     store::refresh_status(db, &order_id, now)?;
     Ok(())
+}
+
+/// Substitutes a SKU for units not yet released (typically ones no longer in
+/// stock): those units of the line are cancelled and a new line with the
+/// substitute is added (its price given, else the old unit price; the old
+/// line's per-unit discount carries over; tax at the old line's rate), then
+/// routed. The price difference is handled on the authorization: a cheaper
+/// substitute voids the difference; a dearer one holds the order
+/// (`awaiting_payment`) until the difference is authorized
+/// (`POST /api/payments/orders/{key}/retry` with the new amount).
+pub fn substitute(
+    db: &dyn Db,
+    order_id: &str,
+    v: &Json,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Json> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Error::bad_request("the body must be a JSON object"))?;
+    let mut errs = Vec::new();
+    for k in obj.keys() {
+        if !matches!(
+            k.as_str(),
+            "line_no" | "sku" | "quantity" | "unit_price" | "reason"
+        ) {
+            errs.push(FieldError::new(format!("/{k}"), "unknown field"));
+        }
+    }
+    let line_no = v["line_no"].as_i64();
+    let sku = v["sku"].as_str().map(str::to_string);
+    if line_no.is_none() {
+        errs.push(FieldError::new("/line_no", "is required"));
+    }
+    let product = match &sku {
+        Some(s) => db
+            .execute(
+                "SELECT name FROM products WHERE sku = ?",
+                params![s.clone()],
+            )?
+            .first()
+            .map(|r| r.str("name")),
+        None => None,
+    };
+    if sku.is_none() {
+        errs.push(FieldError::new("/sku", "is required"));
+    } else if product.is_none() {
+        errs.push(FieldError::new(
+            "/sku",
+            format!("no product '{}'", sku.clone().unwrap_or_default()),
+        ));
+    }
+    let l = match line_no {
+        Some(n) => db
+            .execute(
+                "SELECT l.*, o.currency, o.total_minor, o.number FROM order_lines l JOIN orders o ON o.id = l.order_id
+                 WHERE l.order_id = ? AND l.line_no = ?",
+                params![order_id, n],
+            )?,
+        None => crate::db::Rows::default(),
+    };
+    let Some(line) = l.first() else {
+        if line_no.is_some() {
+            errs.push(FieldError::new("/line_no", "the order has no such line"));
+        }
+        return Err(Error::invalid(errs));
+    };
+    let currency = crate::money::Currency::from_code(&line.str("currency"))
+        .ok_or_else(|| Error::internal("order with an unknown currency"))?;
+    let open = line.i64("qty_ordered")
+        - line.i64("qty_cancelled")
+        - line.i64("qty_released")
+        - line.i64("qty_shipped");
+    let q = v["quantity"].as_i64().unwrap_or(open);
+    if q <= 0 || q > open {
+        errs.push(FieldError::new(
+            "/quantity",
+            format!("{q} asked, {open} unit(s) not yet released can be substituted"),
+        ));
+    }
+    let old_price = line.i64("unit_price_minor");
+    let price = match &v["unit_price"] {
+        Json::Null => Some(old_price),
+        Json::String(p) => currency.parse_amount(p).ok().filter(|m| *m >= 0),
+        Json::Number(n) => currency
+            .parse_amount(&n.to_string())
+            .ok()
+            .filter(|m| *m >= 0),
+        _ => None,
+    };
+    if price.is_none() {
+        errs.push(FieldError::new(
+            "/unit_price",
+            "must be a non-negative decimal amount",
+        ));
+    }
+    if sku.as_deref() == Some(line.str("sku").as_str()) {
+        errs.push(FieldError::new("/sku", "is the line's own SKU"));
+    }
+    if !errs.is_empty() {
+        return Err(Error::invalid(errs));
+    }
+    let (sku, price) = (sku.unwrap_or_default(), price.unwrap_or(0));
+    let ordered = line.i64("qty_ordered");
+    let old_discount = crate::payment::share(line.i64("discount_minor"), ordered, q);
+    let old_net = line.i64("subtotal_minor") - line.i64("discount_minor");
+    let subtotal = price * q;
+    let discount = old_discount.min(subtotal);
+    let net = subtotal - discount;
+    let tax = if old_net > 0 {
+        ((line.i64("tax_minor") as i128 * net as i128 + old_net as i128 / 2) / old_net as i128)
+            as i64
+    } else {
+        0
+    };
+    // The old units go (without touching the money yet) ...
+    let old_amount = {
+        let c = crate::payment::charge(
+            &crate::payment::OrderAmounts {
+                lines: vec![crate::payment::LineAmounts {
+                    line_no: 1,
+                    ordered,
+                    net: old_net,
+                    tax: line.i64("tax_minor"),
+                }],
+                shipping: 0,
+                shipping_tax: 0,
+                taxes_included: false,
+            },
+            &BTreeMap::new(),
+            &BTreeMap::from([(1, q)]),
+            false,
+        );
+        c.amount
+    };
+    let reason = v["reason"].as_str().unwrap_or("substituted").to_string();
+    cancel_units(
+        db,
+        order_id,
+        &json!({"lines": [{"line_no": line.i64("line_no"), "quantity": q}], "reason": format!("substituted by {sku}: {reason}")}),
+        actor,
+        now,
+        false,
+    )?;
+    // ... the substitute comes in as a new line.
+    let new_line = db
+        .execute(
+            "SELECT COALESCE(MAX(line_no), 0) + 1 AS n FROM order_lines WHERE order_id = ?",
+            params![order_id],
+        )?
+        .first()
+        .map(|r| r.i64("n"))
+        .unwrap_or(1);
+    db.execute(
+        "INSERT INTO order_lines (order_id, line_no, external_id, sku, name, unit_price_minor, subtotal_minor, discount_minor, tax_minor,
+            requires_shipping, qty_ordered) VALUES (?, ?, NULL, ?, ?, ?, ?, ?, ?, 1, ?)",
+        params![order_id, new_line, sku.clone(), product.clone().unwrap_or_default(), price, subtotal, discount, tax, q],
+    )?;
+    let new_amount = net + tax;
+    let delta = new_amount - old_amount;
+    db.execute(
+        "UPDATE orders SET total_minor = total_minor + ?, version = version + 1, updated_at = ? WHERE id = ?",
+        params![delta, ts(now), order_id],
+    )?;
+    record_event(
+        db,
+        order_id,
+        now,
+        actor,
+        "order.substituted",
+        &format!(
+            "{q} x {} substituted by {sku} (line {new_line}); difference {} {}",
+            line.str("sku"),
+            currency.format_amount(delta),
+            currency.code()
+        ),
+        json!({"line_no": line.i64("line_no"), "from_sku": line.str("sku"), "to_sku": sku, "new_line_no": new_line,
+               "quantity": q, "difference_minor": delta, "reason": reason}),
+    )?;
+    enqueue(
+        db,
+        "order.changed",
+        Some(order_id),
+        json!({"order_id": order_id, "number": line.str("number"),
+               "changed": {"substitution": {"line_no": line.i64("line_no"), "from": line.str("sku"), "to": sku, "quantity": q, "difference_minor": delta}}}),
+        now,
+    )?;
+    // The price difference on the authorization.
+    let p = db.execute(
+        "SELECT gateway, authorized_minor, captured_minor, voided_minor FROM payments WHERE order_id = ?",
+        params![order_id],
+    )?;
+    let mut payment = json!({"difference_minor": delta});
+    if let Some(p) = p
+        .first()
+        .filter(|p| matches!(p.str("gateway").as_str(), "manual" | "stripe"))
+    {
+        if delta > 0 {
+            let needed = crate::capture::still_needed(db, order_id)?;
+            let open = p.i64("authorized_minor") - p.i64("captured_minor") - p.i64("voided_minor");
+            if needed > open {
+                store::add_hold(
+                    db,
+                    order_id,
+                    crate::model::HoldReason::AwaitingPayment,
+                    &format!(
+                        "the substitute costs {} {} more than authorized: authorize the difference, then retry the payment",
+                        currency.format_amount(needed - open),
+                        currency.code()
+                    ),
+                    now,
+                    actor,
+                )?;
+                payment["awaiting_authorization_minor"] = json!(needed - open);
+            }
+        } else {
+            payment["voided_minor"] = json!(crate::capture::void_unneeded(
+                db,
+                order_id,
+                "substituted by a cheaper item",
+                now
+            )?);
+        }
+    }
+    let o = crate::allocation::route_order(db, order_id, crate::allocation::Trigger::Intake, now)?;
+    store::refresh_status(db, order_id, now)?;
+    Ok(
+        json!({"new_line_no": new_line, "quantity": q, "payment": payment,
+              "routing": {"allocated": o.allocated, "released": o.released, "backordered": o.backordered, "held": o.held}}),
+    )
 }
 
 #[cfg(test)]
@@ -910,5 +1182,106 @@ mod tests {
             );
         }
         assert_eq!(one(&db, "SELECT (SELECT COUNT(*) FROM order_events) + (SELECT COUNT(*) FROM payment_transactions) AS n"), before);
+    }
+
+    #[test]
+    fn a_substitute_is_routed_and_its_price_difference_handled() {
+        let db = setup();
+        db.execute(
+            "INSERT INTO products (sku, name, weight_grams, backorderable, digital, low_stock_threshold, updated_at) VALUES ('C', 'C', 0, 1, 0, 0, ''), ('D', 'D', 0, 1, 0, 0, '')",
+            &[],
+        )
+        .unwrap();
+        stock(&db, "A", 2);
+        stock(&db, "C", 5);
+        stock(&db, "D", 5);
+        let id = order(&db, "s1"); // A released and captured; B (7.00 + 1.33 tax) backordered
+        let (auth, ..) = pay(&db, &id);
+        // B → C at 5.00: 2.00 cheaper (+ its tax at B's rate 19%: 0.95 instead of 1.33).
+        let r = transaction(&db, |db| {
+            substitute(
+                db,
+                &id,
+                &json!({"line_no": 2, "sku": "C", "unit_price": "5.00"}),
+                "t",
+                Utc::now(),
+            )
+        })
+        .unwrap();
+        assert_eq!(r["new_line_no"], 3);
+        assert_eq!(r["payment"]["difference_minor"], (500 + 95) - (700 + 133));
+        assert_eq!(r["routing"]["released"], 1, "the substitute ships at once");
+        let (a2, captured, _, voided) = pay(&db, &id);
+        assert_eq!(a2, auth);
+        assert_eq!(
+            voided,
+            700 + 133 - 500 - 95,
+            "the authorization shrinks by the difference"
+        );
+        assert_eq!(captured, 2000 + 380 + 490 + 500 + 95);
+        let total = one(
+            &db,
+            &format!("SELECT total_minor AS n FROM orders WHERE id = '{id}'"),
+        );
+        assert_eq!(total, captured, "the order total follows");
+        // A dearer substitute waits for the difference to be authorized.
+        stock(&db, "A", 4);
+        let id2 = order(&db, "s2");
+        let r = transaction(&db, |db| {
+            substitute(
+                db,
+                &id2,
+                &json!({"line_no": 2, "sku": "D", "unit_price": "9.00"}),
+                "t",
+                Utc::now(),
+            )
+        })
+        .unwrap();
+        assert_eq!(r["routing"]["released"], 0);
+        let short = r["payment"]["awaiting_authorization_minor"]
+            .as_i64()
+            .unwrap();
+        assert_eq!(short, (900 + 171) - (700 + 133));
+        assert_eq!(
+            store::open_hold_reasons(&db, &id2).unwrap(),
+            vec!["awaiting_payment".to_string()]
+        );
+        let (a, ..) = pay(&db, &id2);
+        transaction(&db, |db| {
+            crate::capture::retry(
+                db,
+                &id2,
+                &json!({"amount_minor": a + short}),
+                "t",
+                Utc::now(),
+            )
+        })
+        .unwrap();
+        assert!(store::open_hold_reasons(&db, &id2).unwrap().is_empty());
+        let (_, captured, ..) = pay(&db, &id2);
+        assert_eq!(captured, a + short, "everything captured once authorized");
+        // Released units cannot be substituted; unknown SKUs are refused.
+        let e = transaction(&db, |db| {
+            substitute(
+                db,
+                &id2,
+                &json!({"line_no": 1, "sku": "C"}),
+                "t",
+                Utc::now(),
+            )
+        })
+        .unwrap_err();
+        assert_eq!(e.status(), 422);
+        let e = transaction(&db, |db| {
+            substitute(
+                db,
+                &id2,
+                &json!({"line_no": 2, "sku": "ZZZ"}),
+                "t",
+                Utc::now(),
+            )
+        })
+        .unwrap_err();
+        assert_eq!(e.status(), 422);
     }
 }

@@ -668,6 +668,17 @@ pub fn handle_write(
             answer["cancellation"] = out;
             Ok((Response::json(200, &answer), Received::default()))
         }
+        ["api", "orders", key, "substitute"] => {
+            let v = body()?;
+            let order_id = store::resolve(db, key)?
+                .ok_or_else(|| Error::not_found(format!("no order '{key}'")))?;
+            let out = transaction(db, |db| {
+                crate::changes::substitute(db, &order_id, &v, "api", now)
+            })?;
+            let mut answer = store::order_view(db, &order_id)?.unwrap_or(Json::Null);
+            answer["substitution"] = out;
+            Ok((Response::json(200, &answer), Received::default()))
+        }
         ["api", "orders", key, "returns"] => {
             let v = body()?;
             let order_id = store::resolve(db, key)?

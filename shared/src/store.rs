@@ -672,8 +672,12 @@ pub fn update_after_release(
     Ok(())
 }
 
-/// Cancels every unit not yet released. Returns the units that could not be
-/// cancelled because they were already released or shipped.
+/// A source cancelled the order: everything that can still be cancelled is
+/// (unplaced and allocated units, released units not yet picked, cancellation
+/// requests to centers; captured money for them refunded, the rest of the
+/// authorization voided: [`crate::changes::cancel`]). Returns the units that
+/// could not be cancelled (shipped, being picked or packed, or waiting for a
+/// center's answer); they put the order on a manual_review hold.
 pub fn cancel_open_units(
     db: &dyn Db,
     order_id: &str,
@@ -681,45 +685,26 @@ pub fn cancel_open_units(
     now: DateTime<Utc>,
     actor: &str,
 ) -> Result<i64> {
+    match crate::changes::cancel(db, order_id, &json!({"reason": reason}), actor, now) {
+        Ok(_) => {}
+        // Nothing left to cancel: only the hold below.
+        Err(e) if e.status() == 409 => {}
+        Err(e) => return Err(e),
+    }
     let stuck = db
         .execute(
-            "SELECT COALESCE(SUM(qty_released + qty_shipped), 0) AS n FROM order_lines WHERE order_id = ?",
+            "SELECT COALESCE(SUM(qty_ordered - qty_cancelled), 0) AS n FROM order_lines WHERE order_id = ?",
             params![order_id],
         )?
         .first()
         .map(|r| r.i64("n"))
         .unwrap_or(0);
-    crate::allocation::deallocate_unreleased(db, order_id, now, actor, reason)?;
-    let n = db.exec(
-        "UPDATE order_lines SET qty_cancelled = qty_ordered - qty_released - qty_shipped, qty_backordered = 0, qty_allocated = 0
-         WHERE order_id = ? AND qty_cancelled < qty_ordered - qty_released - qty_shipped",
-        params![order_id],
-    )?;
-    if n > 0 {
-        record_event(
-            db,
-            order_id,
-            now,
-            actor,
-            "order.cancelled",
-            &format!("Order cancelled: {reason}"),
-            json!({"reason": reason}),
-        )?;
-        enqueue(
-            db,
-            "order.cancelled",
-            Some(order_id),
-            json!({"order_id": order_id, "reason": reason}),
-            now,
-        )?;
-    }
-    crate::capture::void_unneeded(db, order_id, reason, now)?;
     if stuck > 0 {
         add_hold(
             db,
             order_id,
             HoldReason::ManualReview,
-            &format!("cancelled at the source after {stuck} unit(s) were released"),
+            &format!("cancelled at the source, but {stuck} unit(s) are shipped, being picked or packed, or waiting for the center's answer"),
             now,
             actor,
         )?;

@@ -602,24 +602,6 @@ async fn refunds_make_credit_memos_and_cancelling_voids_the_rest() {
     let captured = pay["captured"]["minor"].as_i64().unwrap();
     let authorized = pay["authorized"]["minor"].as_i64().unwrap();
     assert!(captured > 0 && captured < authorized, "{pay}");
-    v["cancelled_at"] = json!("2026-11-21T10:00:00Z");
-    let body = serde_json::to_vec(&v).unwrap();
-    assert_eq!(
-        shopify(&app, "orders/cancelled", "ev-2", &body)
-            .await
-            .status,
-        200
-    );
-    let pay = get(&app, &format!("/api/payments/orders/{key}")).await.json;
-    assert_eq!(
-        pay["voided"]["minor"],
-        authorized - captured,
-        "the unreleased rest is voided: {pay}"
-    );
-    assert_eq!(
-        pay["financial_status"], "paid",
-        "what was released is paid; the rest is voided"
-    );
     // A refund made in Shopify is booked with a credit memo, once.
     let r = shopify(
         &app,
@@ -649,6 +631,42 @@ async fn refunds_make_credit_memos_and_cancelling_voids_the_rest() {
         (Some(1000), Some("partially_refunded"))
     );
     assert_eq!(pay["credit_memos"][0]["number"], "CM-000002");
+    // The shop cancels: the released mug (not picked yet) is cancelled too, the rest of
+    // what was captured goes back, and the unreleased rest of the authorization is voided.
+    v["cancelled_at"] = json!("2026-11-21T10:00:00Z");
+    let body = serde_json::to_vec(&v).unwrap();
+    assert_eq!(
+        shopify(&app, "orders/cancelled", "ev-2", &body)
+            .await
+            .status,
+        200
+    );
+    let pay = get(&app, &format!("/api/payments/orders/{key}")).await.json;
+    assert_eq!(
+        pay["voided"]["minor"],
+        authorized - captured,
+        "the unreleased rest is voided: {pay}"
+    );
+    assert_eq!(
+        pay["refunded"]["minor"], captured,
+        "everything captured came back, once: {pay}"
+    );
+    assert_eq!(pay["financial_status"], "refunded");
+    let o = get(&app, &format!("/api/orders/{key}")).await.json;
+    assert_eq!(o["status"], "cancelled", "{o}");
+    // The shop's own refund of the same money afterwards books nothing twice.
+    let r = shopify(
+        &app,
+        "order_transactions/create",
+        "ev-t6",
+        &txn(389404471, "refund", "5.00"),
+    )
+    .await;
+    assert_eq!(r.json["result"], "recorded", "{}", r.json);
+    assert_eq!(
+        get(&app, &format!("/api/payments/orders/{key}")).await.json["refunded"]["minor"],
+        captured
+    );
     // A transaction for an order Waybill does not know is acknowledged, not failed.
     let mut other: Value = serde_json::from_slice(&txn(5, "authorization", "1.00")).unwrap();
     other["order_id"] = json!(123);
