@@ -2318,7 +2318,13 @@ mod tests {
         );
         // The backordered B are cancelled: the authorization is reduced to what was captured.
         transaction(&db, |db| {
-            crate::store::cancel_open_units(db, &id, "customer asked", Utc::now(), "test")
+            crate::changes::cancel(
+                db,
+                &id,
+                &json!({"lines": [{"line_no": 2, "quantity": 2}], "reason": "customer asked"}),
+                "test",
+                Utc::now(),
+            )
         })
         .unwrap();
         let p = load_payment(&db, &id).unwrap().unwrap();
