@@ -274,7 +274,11 @@ async fn cancelling_lines_gives_back_stock_and_money_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancelling_a_delivered_order_and_bad_changes_are_refused() {
-    let app = start_with(&[("fc_secret_1", FC_SECRET)]).await;
+    let app = start_with(&[
+        ("fc_secret_1", FC_SECRET),
+        ("easypost_webhook_secret", "ep-secret"),
+    ])
+    .await;
     put(&app, "/api/facilities/fc-berlin", json!({"name": "FC", "type": "fulfillment_center", "countries": ["DE"], "latitude": 52.5, "longitude": 13.4, "secret_variable": "fc_secret_1"})).await;
     put(&app, "/api/products/MUG", json!({"name": "Mug"})).await;
     receive(&app, "fc-berlin", "MUG", 3).await;
@@ -302,6 +306,31 @@ async fn cancelling_a_delivered_order_and_bad_changes_are_refused() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.json);
+    // The carrier delivers it (EasyPost's tracker.updated).
+    let mut ev: Value =
+        serde_json::from_slice(&fixture("carriers/easypost-tracker-updated.json")).unwrap();
+    ev["result"]["tracking_code"] = json!("T-DONE");
+    let body = serde_json::to_vec(&ev).unwrap();
+    let sig = format!(
+        "hmac-sha256-hex={}",
+        signature::hex(&signature::hmac_sha256(b"ep-secret", &body))
+    );
+    let r = send(
+        &app,
+        "POST",
+        "/callbacks/carriers/easypost",
+        &[
+            ("content-type", "application/json"),
+            ("x-hmac-signature", &sig),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(r.json["result"], "delivered", "{}", r.json);
+    assert_eq!(
+        get(&app, &format!("/api/orders/{id}")).await.json["fulfillment_status"],
+        "delivered"
+    );
     let snap = || {
         [
             "order_events",
