@@ -1335,16 +1335,10 @@ pub fn retry(
             }
         },
     };
-    if let Some(o) = body.as_object() {
-        for k in o.keys() {
-            if !matches!(
-                k.as_str(),
-                "reference" | "amount_minor" | "authorization_expires_at"
-            ) {
-                errs.push(FieldError::new(format!("/{k}"), "unknown field"));
-            }
-        }
-    }
+    errs.extend(FieldError::unknown_fields(
+        body,
+        &["reference", "amount_minor", "authorization_expires_at"],
+    ));
     if !errs.is_empty() {
         return Err(Error::invalid(errs));
     }
@@ -1726,13 +1720,10 @@ fn refund_request(v: &Json) -> Result<RefundRequest> {
             )),
         },
     }
-    if let Some(o) = v.as_object() {
-        for k in o.keys() {
-            if !matches!(k.as_str(), "lines" | "shipping" | "amount_minor" | "reason") {
-                errs.push(FieldError::new(format!("/{k}"), "unknown field"));
-            }
-        }
-    }
+    errs.extend(FieldError::unknown_fields(
+        v,
+        &["lines", "shipping", "amount_minor", "reason"],
+    ));
     if !errs.is_empty() {
         return Err(Error::invalid(errs));
     }
@@ -1767,11 +1758,7 @@ pub fn handle(
         if segs.first() == Some(&"internal") {
             return match (m, segs.as_slice()) {
                 ("POST", ["internal", "capture"]) => {
-                    let v = if req.body.is_empty() {
-                        json!({})
-                    } else {
-                        req.json_object()?
-                    };
+                    let v = req.json_object_or_empty()?;
                     let ids: Option<Vec<String>> = v["order_ids"].as_array().map(|a| {
                         a.iter()
                             .filter_map(|x| x.as_str().map(str::to_string))
@@ -1837,11 +1824,7 @@ pub fn handle(
                 Ok(Response::json(201, &json!({"refund": t, "payment": view})))
             }
             ("POST", ["api", "payments", "orders", key, "retry"]) => {
-                let v = if req.body.is_empty() {
-                    json!({})
-                } else {
-                    req.json_object()?
-                };
+                let v = req.json_object_or_empty()?;
                 let id = order(key)?;
                 transaction(db, |db| retry(db, &id, &v, "api", now))?;
                 process_due(db, http, stripe, Some(std::slice::from_ref(&id)), now, 50)?;

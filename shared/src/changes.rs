@@ -56,18 +56,10 @@ pub fn change(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<Json> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| Error::bad_request("the body must be a JSON object"))?;
-    let mut errs = Vec::new();
-    for k in obj.keys() {
-        if !matches!(k.as_str(), "shipping_address" | "shipping_method" | "note") {
-            errs.push(FieldError::new(
-                format!("/{k}"),
-                "unknown field (changeable: shipping_address, shipping_method, note)",
-            ));
-        }
+    if !v.is_object() {
+        return Err(Error::bad_request("the body must be a JSON object"));
     }
+    let mut errs = FieldError::unknown_fields(v, &["shipping_address", "shipping_method", "note"]);
     let mut reader = crate::sources::Reader::default();
     let address = if v["shipping_address"].is_null() {
         None
@@ -233,15 +225,10 @@ fn cancel_units(
     now: DateTime<Utc>,
     settle: bool,
 ) -> Result<Json> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| Error::bad_request("the body must be a JSON object"))?;
-    let mut errs = Vec::new();
-    for k in obj.keys() {
-        if !matches!(k.as_str(), "lines" | "reason") {
-            errs.push(FieldError::new(format!("/{k}"), "unknown field"));
-        }
+    if !v.is_object() {
+        return Err(Error::bad_request("the body must be a JSON object"));
     }
+    let mut errs = FieldError::unknown_fields(v, &["lines", "reason"]);
     let reason = v["reason"]
         .as_str()
         .unwrap_or("cancelled by request")
@@ -710,18 +697,11 @@ pub fn substitute(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<Json> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| Error::bad_request("the body must be a JSON object"))?;
-    let mut errs = Vec::new();
-    for k in obj.keys() {
-        if !matches!(
-            k.as_str(),
-            "line_no" | "sku" | "quantity" | "unit_price" | "reason"
-        ) {
-            errs.push(FieldError::new(format!("/{k}"), "unknown field"));
-        }
+    if !v.is_object() {
+        return Err(Error::bad_request("the body must be a JSON object"));
     }
+    let mut errs =
+        FieldError::unknown_fields(v, &["line_no", "sku", "quantity", "unit_price", "reason"]);
     let line_no = v["line_no"].as_i64();
     let sku = v["sku"].as_str().map(str::to_string);
     if line_no.is_none() {

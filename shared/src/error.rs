@@ -15,6 +15,21 @@ pub struct FieldError {
 }
 
 impl FieldError {
+    /// One error per member of the JSON object `v` not in `allowed`.
+    pub fn unknown_fields(v: &serde_json::Value, allowed: &[&str]) -> Vec<FieldError> {
+        v.as_object()
+            .into_iter()
+            .flat_map(|o| o.keys())
+            .filter(|k| !allowed.contains(&k.as_str()))
+            .map(|k| {
+                FieldError::new(
+                    format!("/{k}"),
+                    format!("unknown field (allowed: {})", allowed.join(", ")),
+                )
+            })
+            .collect()
+    }
+
     pub fn new(pointer: impl Into<String>, detail: impl Into<String>) -> FieldError {
         FieldError {
             pointer: pointer.into(),

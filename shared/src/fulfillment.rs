@@ -1910,13 +1910,7 @@ pub fn handle(
                         Scope::Write
                     },
                 )?;
-                let body = || -> Result<Json> {
-                    if req.body.is_empty() {
-                        Ok(json!({}))
-                    } else {
-                        req.json_object()
-                    }
-                };
+                let body = || -> Result<Json> { req.json_object_or_empty() };
                 match (m, segs.as_slice()) {
                     ("GET", ["api", "fulfillment", "jobs"]) => {
                         Ok(Response::json(200, &jobs_list(db, req)?))
@@ -1940,7 +1934,7 @@ pub fn handle(
                         Ok(Response::json(200, &out))
                     }
                     ("POST", ["api", "fulfillment", "pick-jobs", id, "complete"]) => {
-                        let v = body()?;
+                        let v = req.json_object_or_empty()?;
                         let out = transaction(db, |db| {
                             job_for(db, id, "pick")?;
                             complete_pick(db, id, &v, now)
@@ -1948,7 +1942,7 @@ pub fn handle(
                         Ok(Response::json(200, &out))
                     }
                     ("POST", ["api", "fulfillment", "pack-jobs", id, "complete"]) => {
-                        let v = body()?;
+                        let v = req.json_object_or_empty()?;
                         let out = transaction(db, |db| {
                             job_for(db, id, "pack")?;
                             complete_pack(db, id, &v, now)

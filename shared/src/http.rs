@@ -78,6 +78,15 @@ impl Request {
         Ok(v)
     }
 
+    /// Like [`Request::json_object`], with an empty body read as `{}`.
+    pub fn json_object_or_empty(&self) -> Result<serde_json::Value, Error> {
+        if self.body.is_empty() {
+            Ok(serde_json::json!({}))
+        } else {
+            self.json_object()
+        }
+    }
+
     /// 413 when the body (or its declared length) exceeds `MAX_BODY`.
     pub fn check_size(&self) -> Result<(), Error> {
         let declared = self

@@ -13,15 +13,19 @@ use crate::store::{self, ts, ListQuery};
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 200;
 
-/// Writes (returns) take the write scope; the answer comes with the SKUs a
-/// return restocked, for the caller's backorder pass.
+/// Writes take the write scope: changes, cancellations and substitutions
+/// (answered with the order and what the change did) and returns. The answer
+/// comes with what it set in motion (restocked SKUs, a replacement order to
+/// route).
 pub fn handle_write(
     db: &dyn Db,
     tokens: &Tokens,
     req: &Request,
     now: chrono::DateTime<chrono::Utc>,
 ) -> (Response, crate::returns::Received) {
-    let r = (|| -> Result<(Response, crate::returns::Received)> {
+    use crate::returns::{self, Received};
+    use serde_json::Value;
+    let r = (|| -> Result<(Response, Received)> {
         tokens.authorize(req, Scope::Write)?;
         req.check_size()?;
         let segs: Vec<String> = req
@@ -31,18 +35,56 @@ pub fn handle_write(
             .map(crate::http::path_segment)
             .collect();
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        // One order change in one transaction; the answer is the order with
+        // what the change did under `field`.
+        type Change =
+            fn(&dyn Db, &str, &Value, &str, chrono::DateTime<chrono::Utc>) -> Result<Value>;
+        let order_change = |key: &str, field: &str, f: Change| -> Result<(Response, Received)> {
+            let v = req.json_object_or_empty()?;
+            let id = resolve(db, key)?;
+            let out = crate::db::transaction(db, |db| f(db, &id, &v, "api", now))?;
+            let mut answer = store::order_view(db, &id)?.unwrap_or(Value::Null);
+            answer[field] = out;
+            Ok((Response::json(200, &answer), Received::default()))
+        };
         match (req.method.as_str(), segs.as_slice()) {
             ("PATCH", ["api", "orders", key]) => {
-                let v = req.json_object()?;
-                let id = resolve(db, key)?;
-                let out = crate::db::transaction(db, |db| {
-                    crate::changes::change(db, &id, &v, "api", now)
-                })?;
-                let mut answer = store::order_view(db, &id)?.unwrap_or(serde_json::Value::Null);
-                answer["change"] = out;
-                Ok((Response::json(200, &answer), Default::default()))
+                order_change(key, "change", crate::changes::change)
             }
-            ("POST", _) => crate::returns::handle_write(db, req, &segs, now),
+            ("POST", ["api", "orders", key, "cancel"]) => {
+                order_change(key, "cancellation", crate::changes::cancel)
+            }
+            ("POST", ["api", "orders", key, "substitute"]) => {
+                order_change(key, "substitution", crate::changes::substitute)
+            }
+            ("POST", ["api", "orders", key, "returns"]) => {
+                let v = req.json_object_or_empty()?;
+                let order_id = resolve(db, key)?;
+                let id = crate::db::transaction(db, |db| {
+                    returns::request(db, &order_id, &v, "api", now)
+                })?;
+                Ok((
+                    Response::json(201, &returns::view(db, &id)?)
+                        .with_header("location", &format!("/api/returns/{id}")),
+                    Received::default(),
+                ))
+            }
+            ("POST", ["api", "returns", key, action]) => {
+                let v = req.json_object_or_empty()?;
+                let mut got = Received::default();
+                crate::db::transaction(db, |db| match *action {
+                    "approve" => returns::approve(db, key, &v, "api", now),
+                    "reject" => returns::close_unreceived(db, key, "rejected", &v, "api", now),
+                    "cancel" => returns::close_unreceived(db, key, "cancelled", &v, "api", now),
+                    "receive" => {
+                        got = returns::receive(db, key, &v, "api", now)?;
+                        Ok(())
+                    }
+                    other => Err(Error::not_found(format!("no return action '{other}'"))),
+                })?;
+                Ok((Response::json(200, &returns::view(db, key)?), got))
+            }
+            ("POST", _) => Err(Error::not_found(format!("no route for POST {}", req.path))),
             _ => Err(Error::new(
                 crate::error::ErrorKind::MethodNotAllowed,
                 format!("{} is not allowed here", req.method),

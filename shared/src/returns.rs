@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
-use crate::db::{transaction, Db};
+use crate::db::Db;
 use crate::error::{Error, FieldError, Result};
 use crate::params;
 use crate::store::{self, enqueue, record_event, ts};
@@ -47,18 +47,20 @@ pub fn request(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<String> {
-    let mut errs = Vec::new();
-    let obj = v
-        .as_object()
-        .ok_or_else(|| Error::bad_request("the body must be a JSON object"))?;
-    for k in obj.keys() {
-        if !matches!(
-            k.as_str(),
-            "lines" | "resolution" | "reason" | "refund_shipping" | "note" | "replacement"
-        ) {
-            errs.push(FieldError::new(format!("/{k}"), "unknown field"));
-        }
+    if !v.is_object() {
+        return Err(Error::bad_request("the body must be a JSON object"));
     }
+    let mut errs = FieldError::unknown_fields(
+        v,
+        &[
+            "lines",
+            "resolution",
+            "reason",
+            "refund_shipping",
+            "note",
+            "replacement",
+        ],
+    );
     let resolution = v["resolution"].as_str().unwrap_or("refund").to_string();
     if !RESOLUTIONS.contains(&resolution.as_str()) {
         errs.push(FieldError::new(
@@ -639,81 +641,12 @@ pub fn list_for_order(db: &dyn Db, order_id: &str) -> Result<Json> {
     Ok(json!({"order_id": order_id, "returns": out}))
 }
 
-/// Write routes of the orders component: `POST /api/orders/{key}/returns`,
-/// `POST /api/returns/{key}/{approve|reject|cancel|receive}`. Returns the
-/// answer and the SKUs restocked (the component chains the backorder pass).
-pub fn handle_write(
-    db: &dyn Db,
-    req: &crate::http::Request,
-    segs: &[&str],
-    now: DateTime<Utc>,
-) -> Result<(crate::http::Response, Received)> {
-    use crate::http::Response;
-    let body = || -> Result<Json> {
-        if req.body.is_empty() {
-            Ok(json!({}))
-        } else {
-            req.json_object()
-        }
-    };
-    match segs {
-        ["api", "orders", key, "cancel"] => {
-            let v = body()?;
-            let order_id = store::resolve(db, key)?
-                .ok_or_else(|| Error::not_found(format!("no order '{key}'")))?;
-            let out = transaction(db, |db| {
-                crate::changes::cancel(db, &order_id, &v, "api", now)
-            })?;
-            let mut answer = store::order_view(db, &order_id)?.unwrap_or(Json::Null);
-            answer["cancellation"] = out;
-            Ok((Response::json(200, &answer), Received::default()))
-        }
-        ["api", "orders", key, "substitute"] => {
-            let v = body()?;
-            let order_id = store::resolve(db, key)?
-                .ok_or_else(|| Error::not_found(format!("no order '{key}'")))?;
-            let out = transaction(db, |db| {
-                crate::changes::substitute(db, &order_id, &v, "api", now)
-            })?;
-            let mut answer = store::order_view(db, &order_id)?.unwrap_or(Json::Null);
-            answer["substitution"] = out;
-            Ok((Response::json(200, &answer), Received::default()))
-        }
-        ["api", "orders", key, "returns"] => {
-            let v = body()?;
-            let order_id = store::resolve(db, key)?
-                .ok_or_else(|| Error::not_found(format!("no order '{key}'")))?;
-            let id = transaction(db, |db| request(db, &order_id, &v, "api", now))?;
-            Ok((
-                Response::json(201, &view(db, &id)?)
-                    .with_header("location", &format!("/api/returns/{id}")),
-                Received::default(),
-            ))
-        }
-        ["api", "returns", key, action] => {
-            let v = body()?;
-            let mut got = Received::default();
-            transaction(db, |db| match *action {
-                "approve" => approve(db, key, &v, "api", now),
-                "reject" => close_unreceived(db, key, "rejected", &v, "api", now),
-                "cancel" => close_unreceived(db, key, "cancelled", &v, "api", now),
-                "receive" => {
-                    got = receive(db, key, &v, "api", now)?;
-                    Ok(())
-                }
-                other => Err(Error::not_found(format!("no return action '{other}'"))),
-            })?;
-            Ok((Response::json(200, &view(db, key)?), got))
-        }
-        _ => Err(Error::not_found(format!("no route for POST {}", req.path))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::allocation::{process_order, Trigger};
     use crate::db::native::NativeDb;
+    use crate::db::transaction;
 
     fn setup() -> NativeDb {
         let db = NativeDb::memory();
