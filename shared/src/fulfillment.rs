@@ -1910,7 +1910,6 @@ pub fn handle(
                         Scope::Write
                     },
                 )?;
-                let body = || -> Result<Json> { req.json_object_or_empty() };
                 match (m, segs.as_slice()) {
                     ("GET", ["api", "fulfillment", "jobs"]) => {
                         Ok(Response::json(200, &jobs_list(db, req)?))
