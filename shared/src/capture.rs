@@ -1847,32 +1847,19 @@ mod tests {
     use crate::db::native::NativeDb;
     use std::cell::RefCell;
 
+    use crate::testkit;
+
     fn setup() -> NativeDb {
-        let db = NativeDb::memory();
-        crate::schema::migrate(&db).unwrap();
-        let now = ts(Utc::now());
-        db.execute(
-            "INSERT INTO facilities (id, name, type, services, countries, shipping_methods, latitude, longitude, priority, active, endpoints, created_at, updated_at)
-             VALUES ('wh', 'wh', 'warehouse', '[\"ship\"]', '[]', '[]', 53.5, 10.0, 50, 1, '{}', ?, ?)",
-            params![now.clone(), now.clone()],
-        )
-        .unwrap();
+        let db = testkit::db();
+        testkit::facility(&db, "wh", "wh", "warehouse", "[]", 53.5, 10.0);
         for sku in ["A", "B"] {
-            db.execute(
-                "INSERT INTO products (sku, name, weight_grams, backorderable, digital, low_stock_threshold, updated_at) VALUES (?, ?, 0, 1, 0, 0, ?)",
-                params![sku, sku, now.clone()],
-            )
-            .unwrap();
+            testkit::product(&db, sku, 0, true);
         }
         db
     }
 
     fn stock(db: &NativeDb, sku: &str, n: i64) {
-        db.execute(
-            "INSERT INTO stock (sku, facility_id, on_hand, updated_at) VALUES (?, 'wh', ?, '') ON CONFLICT (sku, facility_id) DO UPDATE SET on_hand = excluded.on_hand",
-            params![sku, n],
-        )
-        .unwrap();
+        testkit::stock(db, "wh", sku, n);
     }
 
     /// An authorized order: 3 × A and 2 × B with awkward amounts, shipping, tax.
@@ -1892,12 +1879,7 @@ mod tests {
             ],
             "shipping_lines": [{"method": "standard", "price": ship, "tax": if currency == "JPY" { "50" } else { "0.95" }}],
         });
-        let o = crate::sources::api::map_order(&v, "", Utc::now()).unwrap();
-        transaction(db, |db| {
-            crate::store::insert_order(db, &o, Utc::now(), "test")
-        })
-        .unwrap()
-        .id
+        testkit::api_order(db, &v)
     }
 
     fn route(db: &NativeDb, id: &str) -> crate::allocation::Outcome {

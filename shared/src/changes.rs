@@ -912,32 +912,19 @@ mod tests {
     use crate::db::native::NativeDb;
     use crate::db::transaction;
 
+    use crate::testkit::{self, one};
+
     fn setup() -> NativeDb {
-        let db = NativeDb::memory();
-        crate::schema::migrate(&db).unwrap();
-        let now = ts(Utc::now());
-        db.execute(
-            "INSERT INTO facilities (id, name, type, services, countries, shipping_methods, latitude, longitude, priority, active, endpoints, created_at, updated_at)
-             VALUES ('wh', 'wh', 'warehouse', '[\"ship\"]', '[\"DE\", \"AT\"]', '[]', 52.5, 13.4, 50, 1, '{}', ?, ?)",
-            params![now.clone(), now.clone()],
-        )
-        .unwrap();
+        let db = testkit::db();
+        testkit::facility(&db, "wh", "wh", "warehouse", "[\"DE\", \"AT\"]", 52.5, 13.4);
         for sku in ["A", "B"] {
-            db.execute(
-                "INSERT INTO products (sku, name, weight_grams, backorderable, digital, low_stock_threshold, updated_at) VALUES (?, ?, 0, 1, 0, 0, ?)",
-                params![sku, sku, now.clone()],
-            )
-            .unwrap();
+            testkit::product(&db, sku, 0, true);
         }
         db
     }
 
     fn stock(db: &NativeDb, sku: &str, n: i64) {
-        db.execute(
-            "INSERT INTO stock (sku, facility_id, on_hand, updated_at) VALUES (?, 'wh', ?, '') ON CONFLICT (sku, facility_id) DO UPDATE SET on_hand = excluded.on_hand",
-            params![sku, n],
-        )
-        .unwrap();
+        testkit::stock(db, "wh", sku, n);
     }
 
     fn order(db: &NativeDb, ext: &str) -> String {
@@ -946,16 +933,9 @@ mod tests {
             "lines": [{"sku": "A", "quantity": 2, "unit_price": "10.00", "tax": "3.80"},
                       {"sku": "B", "quantity": 1, "unit_price": "7.00", "tax": "1.33"}],
             "shipping_lines": [{"method": "standard", "price": "4.90"}]});
-        let o = crate::sources::api::map_order(&v, "", Utc::now()).unwrap();
-        let id = transaction(db, |db| crate::store::insert_order(db, &o, Utc::now(), "t"))
-            .unwrap()
-            .id;
+        let id = testkit::api_order(db, &v);
         process_order(db, &id, Trigger::Intake, Utc::now()).unwrap();
         id
-    }
-
-    fn one(db: &NativeDb, sql: &str) -> i64 {
-        db.execute(sql, &[]).unwrap().first().unwrap().i64("n")
     }
 
     fn pay(db: &NativeDb, id: &str) -> (i64, i64, i64, i64) {

@@ -2060,38 +2060,21 @@ mod tests {
     use crate::allocation::{process_order, Trigger};
     use crate::db::native::NativeDb;
 
+    use crate::testkit::{self, one, stock};
+
     fn setup() -> NativeDb {
-        let db = NativeDb::memory();
-        crate::schema::migrate(&db).unwrap();
-        let now = ts(Utc::now());
+        let db = testkit::db();
         for (id, kind, lat) in [
             ("wh", "warehouse", 53.5),
             ("wh2", "warehouse", 48.1),
             ("fc", "fulfillment_center", 52.5),
         ] {
-            db.execute(
-                "INSERT INTO facilities (id, name, type, services, countries, shipping_methods, latitude, longitude, priority, active, endpoints, created_at, updated_at)
-                 VALUES (?, ?, ?, '[\"ship\"]', '[]', '[]', ?, 10.0, 50, 1, '{}', ?, ?)",
-                params![id, id, kind, lat, now.clone(), now.clone()],
-            )
-            .unwrap();
+            testkit::facility(&db, id, id, kind, "[]", lat, 10.0);
         }
         for sku in ["A", "B"] {
-            db.execute(
-                "INSERT INTO products (sku, name, weight_grams, backorderable, digital, low_stock_threshold, updated_at) VALUES (?, ?, 400, 1, 0, 0, ?)",
-                params![sku, sku, now.clone()],
-            )
-            .unwrap();
+            testkit::product(&db, sku, 400, true);
         }
         db
-    }
-
-    fn stock(db: &NativeDb, facility: &str, sku: &str, n: i64) {
-        db.execute(
-            "INSERT INTO stock (sku, facility_id, on_hand, updated_at) VALUES (?, ?, ?, '') ON CONFLICT (sku, facility_id) DO UPDATE SET on_hand = excluded.on_hand",
-            params![sku, facility, n],
-        )
-        .unwrap();
     }
 
     fn order(db: &NativeDb, ext: &str, lines: &[(&str, i64)]) -> String {
@@ -2100,18 +2083,9 @@ mod tests {
             "shipping_address": {"line1": "x", "city": "Hamburg", "postal_code": "20095", "country_code": "DE", "latitude": 53.5, "longitude": 10.0},
             "lines": lines.iter().map(|(s, q)| json!({"sku": s, "quantity": q, "unit_price": "1.00"})).collect::<Vec<_>>(),
         });
-        let o = crate::sources::api::map_order(&v, "", Utc::now()).unwrap();
-        let id = transaction(db, |db| {
-            crate::store::insert_order(db, &o, Utc::now(), "test")
-        })
-        .unwrap()
-        .id;
+        let id = testkit::api_order(db, &v);
         process_order(db, &id, Trigger::Intake, Utc::now()).unwrap();
         id
-    }
-
-    fn one(db: &NativeDb, sql: &str) -> i64 {
-        db.execute(sql, &[]).unwrap().first().unwrap().i64("n")
     }
 
     fn fo_of(db: &NativeDb, order: &str, facility: &str) -> String {

@@ -26,6 +26,8 @@ pub mod schema;
 pub mod signature;
 pub mod sources;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod tracking;
 
 pub use error::{Error, Result};

@@ -648,27 +648,14 @@ mod tests {
     use crate::db::native::NativeDb;
     use crate::db::transaction;
 
+    use crate::testkit;
+
     fn setup() -> NativeDb {
-        let db = NativeDb::memory();
-        crate::schema::migrate(&db).unwrap();
-        let now = ts(Utc::now());
-        db.execute(
-            "INSERT INTO facilities (id, name, type, services, countries, shipping_methods, latitude, longitude, priority, active, endpoints, created_at, updated_at)
-             VALUES ('fc', 'FC', 'fulfillment_center', '[\"ship\"]', '[]', '[]', 52.5, 13.4, 50, 1, '{}', ?, ?)",
-            params![now.clone(), now.clone()],
-        )
-        .unwrap();
+        let db = testkit::db();
+        testkit::facility(&db, "fc", "FC", "fulfillment_center", "[]", 52.5, 13.4);
         for sku in ["A", "B"] {
-            db.execute(
-                "INSERT INTO products (sku, name, weight_grams, backorderable, digital, low_stock_threshold, updated_at) VALUES (?, ?, 0, 0, 0, 0, ?)",
-                params![sku, sku, now.clone()],
-            )
-            .unwrap();
-            db.execute(
-                "INSERT INTO stock (sku, facility_id, on_hand, updated_at) VALUES (?, 'fc', 10, '')",
-                params![sku],
-            )
-            .unwrap();
+            testkit::product(&db, sku, 0, false);
+            testkit::stock(&db, "fc", sku, 10);
         }
         db
     }
@@ -680,10 +667,7 @@ mod tests {
             "lines": [{"sku": "A", "quantity": 3, "unit_price": "10.00", "tax": "5.70"},
                       {"sku": "B", "quantity": 1, "unit_price": "5.00", "tax": "0.95"}],
             "shipping_lines": [{"method": "standard", "price": "4.90"}]});
-        let o = crate::sources::api::map_order(&v, "", Utc::now()).unwrap();
-        let id = transaction(db, |db| crate::store::insert_order(db, &o, Utc::now(), "t"))
-            .unwrap()
-            .id;
+        let id = testkit::api_order(db, &v);
         process_order(db, &id, Trigger::Intake, Utc::now()).unwrap();
         let number = db
             .execute(
@@ -706,9 +690,7 @@ mod tests {
         id
     }
 
-    fn n(db: &NativeDb, sql: &str) -> i64 {
-        db.execute(sql, &[]).unwrap().first().unwrap().i64("n")
-    }
+    use testkit::one as n;
 
     fn refunds(db: &NativeDb, id: &str) -> Vec<i64> {
         db.execute(
