@@ -12,22 +12,6 @@ use waybill_scenarios::*;
 
 const FC_SECRET: &str = "test-fc-secret";
 
-async fn put(app: &RunningApp, path: &str, body: Value) {
-    let r = write(app, "PUT", path, &body).await;
-    assert!(r.status == 200 || r.status == 201, "{path}: {}", r.json);
-}
-
-async fn receive(app: &RunningApp, facility: &str, sku: &str, qty: i64) {
-    let r = write(
-        app,
-        "POST",
-        "/api/stock/receipts",
-        &json!({"facility": facility, "lines": [{"sku": sku, "quantity": qty}]}),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.json);
-}
-
 async fn place(app: &RunningApp, ext: &str, lines: Value) -> (String, String) {
     let body = json!({"external_id": ext, "currency": "EUR", "financial_status": "authorized",
         "customer": {"email": format!("{ext}@example.com")},
@@ -70,9 +54,9 @@ fn payment(app: &RunningApp, id: &str) -> (i64, i64, i64, i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_address_change_is_routed_before_release_and_refused_after() {
     let app = start().await;
-    put(&app, "/api/facilities/berlin", json!({"name": "Berlin", "type": "warehouse", "countries": ["DE"], "latitude": 52.5, "longitude": 13.4})).await;
-    put(&app, "/api/facilities/vienna", json!({"name": "Vienna", "type": "warehouse", "countries": ["AT"], "latitude": 48.2, "longitude": 16.37})).await;
-    put(
+    put_ok(&app, "/api/facilities/berlin", json!({"name": "Berlin", "type": "warehouse", "countries": ["DE"], "latitude": 52.5, "longitude": 13.4})).await;
+    put_ok(&app, "/api/facilities/vienna", json!({"name": "Vienna", "type": "warehouse", "countries": ["AT"], "latitude": 48.2, "longitude": 16.37})).await;
+    put_ok(
         &app,
         "/api/products/MUG",
         json!({"name": "Mug", "backorderable": true}),
@@ -93,8 +77,8 @@ async fn an_address_change_is_routed_before_release_and_refused_after() {
         r.json["change"]["changed"],
         json!(["shipping_address", "shipping_method"])
     );
-    receive(&app, "berlin", "MUG", 5).await;
-    receive(&app, "vienna", "MUG", 5).await;
+    receive_stock(&app, "berlin", "MUG", 5).await;
+    receive_stock(&app, "vienna", "MUG", 5).await;
     eventually("released to Vienna", || async {
         count(&app, &format!("SELECT COUNT(*) FROM fulfillment_orders WHERE order_id = '{id}' AND facility_id = 'vienna' AND status = 'open'")) == 1
     })
@@ -133,20 +117,20 @@ async fn cancelling_lines_gives_back_stock_and_money_exactly() {
         ),
     ])
     .await;
-    put(&app, "/api/facilities/berlin", json!({"name": "Berlin", "type": "warehouse", "countries": ["DE"], "latitude": 52.5, "longitude": 13.4})).await;
-    put(&app, "/api/facilities/fc-paris", json!({"name": "Paris FC", "type": "fulfillment_center", "countries": ["DE"], "latitude": 48.86, "longitude": 2.35,
+    put_ok(&app, "/api/facilities/berlin", json!({"name": "Berlin", "type": "warehouse", "countries": ["DE"], "latitude": 52.5, "longitude": 13.4})).await;
+    put_ok(&app, "/api/facilities/fc-paris", json!({"name": "Paris FC", "type": "fulfillment_center", "countries": ["DE"], "latitude": 48.86, "longitude": 2.35,
         "endpoints": {"orders_url": format!("http://127.0.0.1:{}/orders", fc.port), "cancel_url": format!("http://127.0.0.1:{}/cancel", fc.port)},
         "secret_variable": "fc_secret_1"})).await;
     for sku in ["MUG", "TEE", "CAP"] {
-        put(
+        put_ok(
             &app,
             &format!("/api/products/{sku}"),
             json!({"name": sku, "backorderable": true}),
         )
         .await;
     }
-    receive(&app, "berlin", "MUG", 2).await;
-    receive(&app, "fc-paris", "CAP", 1).await;
+    receive_stock(&app, "berlin", "MUG", 2).await;
+    receive_stock(&app, "fc-paris", "CAP", 1).await;
     // MUG released at Berlin, CAP released at the Paris FC, TEE backordered.
     let (id, _) = place(
         &app,
@@ -279,9 +263,9 @@ async fn cancelling_a_delivered_order_and_bad_changes_are_refused() {
         ("easypost_webhook_secret", "ep-secret"),
     ])
     .await;
-    put(&app, "/api/facilities/fc-berlin", json!({"name": "FC", "type": "fulfillment_center", "countries": ["DE"], "latitude": 52.5, "longitude": 13.4, "secret_variable": "fc_secret_1"})).await;
-    put(&app, "/api/products/MUG", json!({"name": "Mug"})).await;
-    receive(&app, "fc-berlin", "MUG", 3).await;
+    put_ok(&app, "/api/facilities/fc-berlin", json!({"name": "FC", "type": "fulfillment_center", "countries": ["DE"], "latitude": 52.5, "longitude": 13.4, "secret_variable": "fc_secret_1"})).await;
+    put_ok(&app, "/api/products/MUG", json!({"name": "Mug"})).await;
+    receive_stock(&app, "fc-berlin", "MUG", 3).await;
     let (id, number) = place(
         &app,
         "done-1",

@@ -29,22 +29,6 @@ async fn app(fc_port: u16) -> RunningApp {
     .await
 }
 
-async fn put(app: &RunningApp, path: &str, body: Value) {
-    let r = write(app, "PUT", path, &body).await;
-    assert!(r.status == 200 || r.status == 201, "{path}: {}", r.json);
-}
-
-async fn receive(app: &RunningApp, facility: &str, sku: &str, qty: i64) {
-    let r = write(
-        app,
-        "POST",
-        "/api/stock/receipts",
-        &json!({"facility": facility, "lines": [{"sku": sku, "quantity": qty}]}),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.json);
-}
-
 async fn place(app: &RunningApp, ext: &str, lines: &[(&str, i64)], pickup: Option<&str>) -> String {
     let body = json!({
         "external_id": ext, "currency": "EUR", "placed_at": "2026-11-20T10:00:00Z",
@@ -185,33 +169,33 @@ async fn a_split_order_ships_from_a_center_and_a_store_and_ends_delivered() {
     let fc = Receiver::start(0, 200).await;
     fc.set_body(&json!({"status": "accepted", "reference": "PAR-77"}));
     let app = app(fc.port).await;
-    put(
+    put_ok(
         &app,
         "/api/facilities/store-hamburg",
         json!({"name": "Hamburg Store", "type": "store", "services": ["ship", "click_collect"],
         "countries": ["DE"], "latitude": 53.55, "longitude": 9.99}),
     )
     .await;
-    put(&app, "/api/facilities/fc-paris", json!({"name": "Paris FC", "type": "fulfillment_center", "countries": ["FR", "DE"],
+    put_ok(&app, "/api/facilities/fc-paris", json!({"name": "Paris FC", "type": "fulfillment_center", "countries": ["FR", "DE"],
         "latitude": 48.86, "longitude": 2.35, "endpoints": {"orders_url": format!("http://127.0.0.1:{}/orders", fc.port)},
         "secret_variable": "fc_secret_1"})).await;
-    put(
+    put_ok(
         &app,
         "/api/products/MUG",
         json!({"name": "Mug", "weight_grams": 350}),
     )
     .await;
-    put(
+    put_ok(
         &app,
         "/api/products/TEE",
         json!({"name": "Tee", "weight_grams": 200, "parts": {"fc-paris": "PAR-TEE-01"}}),
     )
     .await;
-    put(&app, "/api/fulfillment/rates", json!({"zones": [{"country": "DE", "postal_prefix": "", "zone": "de"}],
+    put_ok(&app, "/api/fulfillment/rates", json!({"zones": [{"country": "DE", "postal_prefix": "", "zone": "de"}],
         "rates": [{"carrier": "usps", "service": "priority", "zone": "de", "max_weight_grams": 1000, "price": "5.90", "currency": "EUR"}]})).await;
-    receive(&app, "store-hamburg", "MUG", 2).await;
-    receive(&app, "fc-paris", "TEE", 4).await;
-    put(
+    receive_stock(&app, "store-hamburg", "MUG", 2).await;
+    receive_stock(&app, "fc-paris", "TEE", 4).await;
+    put_ok(
         &app,
         "/api/fulfillment/bins/store-hamburg/MUG",
         json!({"bin": "A-01-3"}),
@@ -442,18 +426,18 @@ async fn a_split_order_ships_from_a_center_and_a_store_and_ends_delivered() {
 async fn a_short_pick_reroutes_or_backorders_as_configured() {
     let fc = Receiver::start(0, 200).await;
     let app = app(fc.port).await;
-    put(&app, "/api/facilities/north", json!({"name": "North", "type": "warehouse", "countries": ["DE"], "latitude": 52.6, "longitude": 13.4})).await;
-    put(&app, "/api/facilities/south", json!({"name": "South", "type": "warehouse", "countries": ["DE"], "latitude": 48.1, "longitude": 11.6})).await;
-    put(
+    put_ok(&app, "/api/facilities/north", json!({"name": "North", "type": "warehouse", "countries": ["DE"], "latitude": 52.6, "longitude": 13.4})).await;
+    put_ok(&app, "/api/facilities/south", json!({"name": "South", "type": "warehouse", "countries": ["DE"], "latitude": 48.1, "longitude": 11.6})).await;
+    put_ok(
         &app,
         "/api/products/CUP",
         json!({"name": "Cup", "backorderable": true}),
     )
     .await;
-    receive(&app, "north", "CUP", 2).await;
-    receive(&app, "south", "CUP", 5).await;
+    receive_stock(&app, "north", "CUP", 2).await;
+    receive_stock(&app, "south", "CUP", 5).await;
     for (i, policy) in ["reroute", "backorder"].into_iter().enumerate() {
-        put(
+        put_ok(
             &app,
             "/api/fulfillment/settings",
             json!({"short_pick": policy}),
@@ -531,7 +515,7 @@ async fn a_short_pick_reroutes_or_backorders_as_configured() {
 async fn rate_lookups_at_bracket_edges_and_bad_requests() {
     let fc = Receiver::start(0, 200).await;
     let app = app(fc.port).await;
-    put(&app, "/api/fulfillment/rates", json!({
+    put_ok(&app, "/api/fulfillment/rates", json!({
         "zones": [{"country": "DE", "postal_prefix": "", "zone": "de"}, {"country": "DE", "postal_prefix": "2", "zone": "de-north"},
                   {"country": "AT", "postal_prefix": "", "zone": "eu1"}],
         "rates": [

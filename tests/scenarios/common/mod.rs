@@ -337,3 +337,21 @@ impl Receiver {
         self.task.abort();
     }
 }
+
+/// A PUT that must succeed (200 or 201): facilities, products, settings.
+pub async fn put_ok(app: &RunningApp, path: &str, body: Value) {
+    let r = write(app, "PUT", path, &body).await;
+    assert!(r.status == 200 || r.status == 201, "{path}: {}", r.json);
+}
+
+/// A stock receipt of `qty` units that must succeed.
+pub async fn receive_stock(app: &RunningApp, facility: &str, sku: &str, qty: i64) {
+    let r = write(
+        app,
+        "POST",
+        "/api/stock/receipts",
+        &serde_json::json!({"facility": facility, "lines": [{"sku": sku, "quantity": qty}]}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+}
