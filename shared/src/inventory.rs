@@ -46,13 +46,23 @@ fn ok_sku(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && !s.chars().any(|c| c.is_control())
 }
 
-fn ok_variable(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.as_bytes()[0].is_ascii_lowercase()
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+/// A facility's `secret_variable`: one of the Spin variables declared for
+/// fulfillment-center secrets. The names from before the rename (`fc_secret_1..3`,
+/// which Spin's manifest refuses) are taken and stored under their new names.
+fn secret_variable_name(s: &str) -> Option<&'static str> {
+    FC_SECRET_VARIABLES
+        .iter()
+        .zip(LEGACY_FC_SECRET_VARIABLES)
+        .find(|(new, old)| **new == s || *old == s)
+        .map(|(new, _)| *new)
 }
+
+const LEGACY_FC_SECRET_VARIABLES: [&str; 3] = ["fc_secret_1", "fc_secret_2", "fc_secret_3"];
+
+/// The Spin variables declared for fulfillment centers' signing secrets. Each word
+/// of a Spin variable name starts with a letter (the manifest refuses
+/// `fc_secret_1`), hence letters, not numbers.
+pub const FC_SECRET_VARIABLES: [&str; 3] = ["fc_secret_a", "fc_secret_b", "fc_secret_c"];
 
 fn method_not_allowed(req: &Request) -> Error {
     Error::new(
@@ -342,11 +352,16 @@ fn put_facility(
     });
     let secret_variable = match &v["secret_variable"] {
         Json::Null => None,
-        Json::String(s) if ok_variable(s) => Some(s.clone()),
+        Json::String(s) if secret_variable_name(s).is_some() => {
+            secret_variable_name(s).map(str::to_string)
+        }
         _ => {
             errs.push(FieldError::new(
                 "/secret_variable",
-                "the name of a Spin variable (a-z, 0-9, '_', starting with a letter)",
+                format!(
+                    "one of the Spin variables declared for fulfillment-center secrets: {}",
+                    FC_SECRET_VARIABLES.join(", ")
+                ),
             ));
             None
         }
@@ -1328,7 +1343,7 @@ mod tests {
     }
 
     fn call(db: &NativeDb, kv: &MemoryKv, m: &str, path: &str, body: Json) -> (Response, Effects) {
-        let secret = |name: &str| (name == "fc_secret_1").then(|| "fc-secret".to_string());
+        let secret = |name: &str| (name == "fc_secret_a").then(|| "fc-secret".to_string());
         let cfg = Config {
             tokens: Tokens::parse("write:write-token-1,read:read-token-1"),
             secret: &secret,
@@ -1494,6 +1509,57 @@ mod tests {
     }
 
     #[test]
+    fn secret_variables_are_names_spin_declares_and_old_names_follow_the_rename() {
+        let db = setup();
+        let kv = MemoryKv::default();
+        let put = |name: &str| {
+            call(
+                &db,
+                &kv,
+                "PUT",
+                "/api/facilities/fc",
+                json!({"name": "FC", "type": "fulfillment_center", "secret_variable": name}),
+            )
+            .0
+        };
+        let stored = || {
+            db.execute("SELECT secret_variable FROM facilities WHERE id = 'fc'", &[])
+                .unwrap()
+                .first()
+                .and_then(|r| r.opt_str("secret_variable"))
+        };
+        assert!(put("fc_secret_b").status < 300);
+        assert_eq!(stored().as_deref(), Some("fc_secret_b"));
+        // A name from before the rename is taken under its new name.
+        assert!(put("fc_secret_3").status < 300);
+        assert_eq!(stored().as_deref(), Some("fc_secret_c"));
+        // A variable no component declares could never be read: refused, nothing changed.
+        let r = put("fc_secret_d");
+        assert_eq!(r.status, 422);
+        assert_eq!(stored().as_deref(), Some("fc_secret_c"));
+    }
+
+    #[test]
+    fn the_migration_renames_the_secret_variables_of_saved_facilities() {
+        let db = crate::db::native::NativeDb::memory();
+        crate::schema::migrate(&db).unwrap();
+        crate::testkit::facility(&db, "fc1", "FC", "fulfillment_center", "[]", 0.0, 0.0);
+        crate::testkit::facility(&db, "fc2", "FC", "fulfillment_center", "[]", 0.0, 0.0);
+        db.execute("UPDATE facilities SET secret_variable = 'fc_secret_2' WHERE id = 'fc1'", &[])
+            .unwrap();
+        db.execute("UPDATE facilities SET secret_variable = 'custom' WHERE id = 'fc2'", &[])
+            .unwrap();
+        db.execute(&format!("PRAGMA user_version = {}", crate::schema::LATEST - 1), &[])
+            .unwrap();
+        crate::schema::migrate(&db).unwrap();
+        let rows = db
+            .execute("SELECT id, secret_variable FROM facilities ORDER BY id", &[])
+            .unwrap();
+        assert_eq!(rows[0].opt_str("secret_variable").as_deref(), Some("fc_secret_b"));
+        assert_eq!(rows[1].opt_str("secret_variable").as_deref(), Some("custom"));
+    }
+
+    #[test]
     fn fc_push_needs_the_signature() {
         let db = setup();
         let kv = MemoryKv::default();
@@ -1502,7 +1568,7 @@ mod tests {
             &kv,
             "PUT",
             "/api/facilities/fc",
-            json!({"name": "FC", "type": "fulfillment_center", "secret_variable": "fc_secret_1"}),
+            json!({"name": "FC", "type": "fulfillment_center", "secret_variable": "fc_secret_a"}),
         );
         call(
             &db,
@@ -1512,7 +1578,7 @@ mod tests {
             json!({"name": "Mug", "parts": {"fc": "FC-001"}}),
         );
         let body = json!({"as_of": "2026-11-20T10:00:00Z", "levels": [{"part_number": "FC-001", "on_hand": 7}, {"sku": "OTHER", "on_hand": 1}]}).to_string();
-        let secret = |name: &str| (name == "fc_secret_1").then(|| "fc-secret".to_string());
+        let secret = |name: &str| (name == "fc_secret_a").then(|| "fc-secret".to_string());
         let cfg = Config {
             tokens: Tokens::default(),
             secret: &secret,

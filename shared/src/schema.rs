@@ -583,6 +583,16 @@ the following items of order {{number}} are on backorder and will ship as soon a
             PRIMARY KEY (return_id, line_no)
         ) WITHOUT ROWID",
     ],
+    // 11: the fulfillment-center secret variables are `fc_secret_a..c`: Spin's
+    // manifest refuses a variable name with a word that starts with a digit
+    // (`fc_secret_1`), so facilities saved with the old names follow the rename.
+    &[
+        "UPDATE facilities SET secret_variable = CASE secret_variable
+            WHEN 'fc_secret_1' THEN 'fc_secret_a'
+            WHEN 'fc_secret_2' THEN 'fc_secret_b'
+            WHEN 'fc_secret_3' THEN 'fc_secret_c' END
+         WHERE secret_variable IN ('fc_secret_1', 'fc_secret_2', 'fc_secret_3')",
+    ],
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

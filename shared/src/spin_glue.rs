@@ -179,7 +179,7 @@ pub fn notify_config() -> crate::notify::Config {
         ),
         lease: d.lease,
         tokens: crate::http::Tokens::parse(&variable("api_tokens", "")),
-        fc_secrets: FC_SECRET_VARIABLES
+        fc_secrets: crate::inventory::FC_SECRET_VARIABLES
             .iter()
             .map(|v| (v.to_string(), variable(v, "")))
             .filter(|(_, s)| !s.is_empty())
@@ -187,8 +187,6 @@ pub fn notify_config() -> crate::notify::Config {
     }
 }
 
-/// The Spin variables declared for fulfillment centers' signing secrets.
-pub const FC_SECRET_VARIABLES: [&str; 3] = ["fc_secret_1", "fc_secret_2", "fc_secret_3"];
 
 /// The `default` key-value store.
 pub fn kv() -> Result<crate::kv::spin::SpinKv, Error> {

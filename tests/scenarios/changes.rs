@@ -110,7 +110,7 @@ async fn an_address_change_is_routed_before_release_and_refused_after() {
 async fn cancelling_lines_gives_back_stock_and_money_exactly() {
     let fc = Receiver::start(0, 200).await;
     let app = start_with(&[
-        ("fc_secret_1", FC_SECRET),
+        ("fc_secret_a", FC_SECRET),
         (
             "fc_extra_outbound_host",
             &format!("http://127.0.0.1:{}", fc.port),
@@ -120,7 +120,7 @@ async fn cancelling_lines_gives_back_stock_and_money_exactly() {
     put_ok(&app, "/api/facilities/berlin", json!({"name": "Berlin", "type": "warehouse", "countries": ["DE"], "latitude": 52.5, "longitude": 13.4})).await;
     put_ok(&app, "/api/facilities/fc-paris", json!({"name": "Paris FC", "type": "fulfillment_center", "countries": ["DE"], "latitude": 48.86, "longitude": 2.35,
         "endpoints": {"orders_url": format!("http://127.0.0.1:{}/orders", fc.port), "cancel_url": format!("http://127.0.0.1:{}/cancel", fc.port)},
-        "secret_variable": "fc_secret_1"})).await;
+        "secret_variable": "fc_secret_a"})).await;
     for sku in ["MUG", "TEE", "CAP"] {
         put_ok(
             &app,
@@ -259,11 +259,11 @@ async fn cancelling_lines_gives_back_stock_and_money_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancelling_a_delivered_order_and_bad_changes_are_refused() {
     let app = start_with(&[
-        ("fc_secret_1", FC_SECRET),
+        ("fc_secret_a", FC_SECRET),
         ("easypost_webhook_secret", "ep-secret"),
     ])
     .await;
-    put_ok(&app, "/api/facilities/fc-berlin", json!({"name": "FC", "type": "fulfillment_center", "countries": ["DE"], "latitude": 52.5, "longitude": 13.4, "secret_variable": "fc_secret_1"})).await;
+    put_ok(&app, "/api/facilities/fc-berlin", json!({"name": "FC", "type": "fulfillment_center", "countries": ["DE"], "latitude": 52.5, "longitude": 13.4, "secret_variable": "fc_secret_a"})).await;
     put_ok(&app, "/api/products/MUG", json!({"name": "Mug"})).await;
     receive_stock(&app, "fc-berlin", "MUG", 3).await;
     let (id, number) = place(

@@ -15,7 +15,7 @@ async fn shipped(app: &RunningApp) -> (String, String) {
         (
             "/api/facilities/fc-berlin",
             json!({"name": "Berlin FC", "type": "fulfillment_center", "countries": ["DE"],
-            "latitude": 52.5, "longitude": 13.4, "secret_variable": "fc_secret_1"}),
+            "latitude": 52.5, "longitude": 13.4, "secret_variable": "fc_secret_a"}),
         ),
         ("/api/products/MUG", json!({"name": "Mug"})),
     ] {
@@ -81,7 +81,7 @@ fn stock(app: &RunningApp) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn returns_restock_good_units_and_refund_exactly_what_came_back() {
-    let app = start_with(&[("fc_secret_1", FC_SECRET)]).await;
+    let app = start_with(&[("fc_secret_a", FC_SECRET)]).await;
     let (id, number) = shipped(&app).await;
     assert_eq!(stock(&app), 7);
 
@@ -182,7 +182,7 @@ async fn returns_restock_good_units_and_refund_exactly_what_came_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_returns_answer_problems_and_change_nothing() {
-    let app = start_with(&[("fc_secret_1", FC_SECRET)]).await;
+    let app = start_with(&[("fc_secret_a", FC_SECRET)]).await;
     let (id, _) = shipped(&app).await;
     let snap = || {
         [
@@ -300,7 +300,7 @@ async fn bad_returns_answer_problems_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_exchange_ships_the_replacement_and_charges_nothing_more() {
-    let app = start_with(&[("fc_secret_1", FC_SECRET)]).await;
+    let app = start_with(&[("fc_secret_a", FC_SECRET)]).await;
     let (id, number) = shipped(&app).await;
     let captured_before = count(
         &app,

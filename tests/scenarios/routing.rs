@@ -10,7 +10,7 @@ const FC_SECRET: &str = "test-fc-secret";
 
 async fn app_with_fc(fc_port: u16) -> RunningApp {
     start_with(&[
-        ("fc_secret_1", FC_SECRET),
+        ("fc_secret_a", FC_SECRET),
         (
             "fc_extra_outbound_host",
             &format!("http://127.0.0.1:{fc_port}"),
@@ -39,7 +39,7 @@ async fn facilities(app: &RunningApp, fc_port: u16) {
             "fc-paris",
             json!({"name": "Paris FC", "type": "fulfillment_center", "countries": ["FR", "DE"], "latitude": 48.86, "longitude": 2.35, "priority": 40,
             "endpoints": {"orders_url": format!("http://127.0.0.1:{fc_port}/orders"), "inventory_url": format!("http://127.0.0.1:{fc_port}/inventory")},
-            "secret_variable": "fc_secret_1"}),
+            "secret_variable": "fc_secret_a"}),
         ),
     ] {
         let r = write(app, "PUT", &format!("/api/facilities/{id}"), &body).await;

@@ -17,7 +17,7 @@ const SHIPPO_TOKEN: &str = "test-shippo-token";
 
 async fn app(fc_port: u16) -> RunningApp {
     start_with(&[
-        ("fc_secret_1", FC_SECRET),
+        ("fc_secret_a", FC_SECRET),
         (
             "fc_extra_outbound_host",
             &format!("http://127.0.0.1:{fc_port}"),
@@ -178,7 +178,7 @@ async fn a_split_order_ships_from_a_center_and_a_store_and_ends_delivered() {
     .await;
     put_ok(&app, "/api/facilities/fc-paris", json!({"name": "Paris FC", "type": "fulfillment_center", "countries": ["FR", "DE"],
         "latitude": 48.86, "longitude": 2.35, "endpoints": {"orders_url": format!("http://127.0.0.1:{}/orders", fc.port)},
-        "secret_variable": "fc_secret_1"})).await;
+        "secret_variable": "fc_secret_a"})).await;
     put_ok(
         &app,
         "/api/products/MUG",

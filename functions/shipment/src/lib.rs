@@ -18,7 +18,7 @@ use spin_sdk::http_component;
 use waybill::{fulfillment, http, spin_glue};
 
 fn secret(name: &str) -> Option<String> {
-    spin_glue::FC_SECRET_VARIABLES
+    waybill::inventory::FC_SECRET_VARIABLES
         .contains(&name)
         .then(|| spin_glue::variable(name, ""))
         .filter(|s| !s.is_empty())

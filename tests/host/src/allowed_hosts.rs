@@ -18,7 +18,8 @@ enum Host {
     Any,
     /// `*.example.com`: stored as `.example.com`.
     Subdomain(String),
-    Exact(String),
+    /// A domain or an IP address, compared as `url::Host` values (as Spin does).
+    Exact(url::Host),
     Cidr(ipnet::IpNet),
     /// `self`: relative requests to the app itself (not service chaining).
     ToSelf,
@@ -56,17 +57,16 @@ impl AllowedHost {
             Scheme::Any => true,
             Scheme::Is(s) => s == scheme,
         };
-        let host_ok = match &self.host {
-            Host::Any => true,
-            Host::Subdomain(suffix) => host.ends_with(suffix.as_str()),
-            Host::Exact(h) => h == host,
-            Host::Cidr(net) => host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-                .map(|ip| net.contains(&ip))
-                .unwrap_or(false),
-            Host::ToSelf => false,
+        let Ok(host) = url::Host::parse(host) else {
+            return false;
+        };
+        let host_ok = match (&self.host, &host) {
+            (Host::Any, _) => true,
+            (Host::Subdomain(suffix), url::Host::Domain(d)) => d.ends_with(suffix.as_str()),
+            (Host::Exact(h), host) => h == host,
+            (Host::Cidr(net), url::Host::Ipv4(ip)) => net.contains(&IpAddr::V4(*ip)),
+            (Host::Cidr(net), url::Host::Ipv6(ip)) => net.contains(&IpAddr::V6(*ip)),
+            _ => false,
         };
         let port_ok = match &self.port {
             Port::Any => true,
@@ -81,6 +81,16 @@ impl AllowedHost {
         };
         scheme_ok && host_ok && port_ok
     }
+
+    /// A socket use (`scheme` is `tcp` or `udp`): Spin checks `addr` as the
+    /// authority of a `scheme://` URL, so `tcp://...` and `*://...` entries apply.
+    fn allows_socket(&self, scheme: &str, addr: &std::net::SocketAddr) -> bool {
+        let host = match addr.ip() {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        self.allows(scheme, &host, Some(addr.port()))
+    }
 }
 
 /// The resolved allow-list of one component.
@@ -90,6 +100,11 @@ pub struct AllowedHosts {
 }
 
 impl AllowedHosts {
+    /// One entry, checked in the order and by the rules Spin's
+    /// `outbound-networking-config` applies: a scheme separator, then the port
+    /// (split at the last ':'; empty means the scheme's well-known port), then the
+    /// scheme (`*` or alphabetic, possibly empty), then the host (`*`, `self`, a
+    /// CIDR block, `*.domain`, or a host `url::Host` accepts).
     pub fn parse_one(s: &str) -> Result<AllowedHost> {
         let url = s.trim();
         if url == "insecure:allow-all" {
@@ -100,60 +115,21 @@ impl AllowedHosts {
         let Some((scheme, rest)) = url.split_once("://") else {
             bail!("{url:?} has no scheme: hosts must look like <scheme>://<host>[:<port>] ('*' wildcards allowed)");
         };
-        let scheme = if scheme == "*" {
-            Scheme::Any
-        } else if !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphabetic()) {
-            Scheme::Is(scheme.to_ascii_lowercase())
-        } else {
-            bail!("{url:?}: scheme {scheme:?} must be alphabetic or '*'");
-        };
-        // A trailing '/' is tolerated; any other path is not.
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        let (host, port) = if rest.starts_with('[') {
-            match rest.find(']') {
-                Some(i) => (&rest[..=i], rest[i + 1..].strip_prefix(':').unwrap_or("")),
-                None => bail!("{url:?}: unterminated IPv6 address"),
+        let (host, rest) = rest.rsplit_once(':').unwrap_or((rest, ""));
+        let port = match rest.split_once('/') {
+            Some((_, path)) if !path.is_empty() => {
+                bail!("{url:?} has a path, which allowed_outbound_hosts does not accept")
             }
-        } else {
-            rest.rsplit_once(':').unwrap_or((rest, ""))
-        };
-        if port.contains('/') || (host.contains('/') && host.parse::<ipnet::IpNet>().is_err()) {
-            bail!("{url:?} has a path, which allowed_outbound_hosts does not accept");
-        }
-        let host = match host {
-            "" => bail!("{url:?} has no host"),
-            "*" => Host::Any,
-            "self" | "self.alt" => Host::ToSelf,
-            h => {
-                if let Ok(net) = h.parse::<ipnet::IpNet>() {
-                    Host::Cidr(net)
-                } else if let Ok(ip) = h
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<IpAddr>()
-                {
-                    Host::Cidr(ipnet::IpNet::from(ip))
-                } else if let Some(domain) = h.strip_prefix("*.") {
-                    if domain.contains('*') {
-                        bail!("{url:?}: wildcards are allowed only as a leading '*.'");
-                    }
-                    Host::Subdomain(format!(".{}", domain.to_ascii_lowercase()))
-                } else if h.contains('*') {
-                    bail!("{url:?}: wildcards are allowed only as a leading '*.'");
-                } else {
-                    Host::Exact(h.to_ascii_lowercase())
-                }
-            }
+            Some((port, _)) => port,
+            None => rest,
         };
         let port = match port {
-            "" => match &scheme {
-                Scheme::Is(s) => match well_known_port(s) {
-                    Some(p) => Port::Is(p),
-                    None => bail!("{url:?}: no port given and scheme '{s}' has no well-known port"),
-                },
-                Scheme::Any => bail!("{url:?}: no port given and scheme '*' has no well-known port; use :* or a number"),
+            "" => match well_known_port(scheme) {
+                Some(p) => Port::Is(p),
+                None => bail!("{url:?}: no port given and the scheme {scheme:?} has no well-known port"),
             },
             "*" => Port::Any,
+            p if p.starts_with('{') => bail!("{url:?}: port lists are not supported"),
             p => {
                 if let Some((a, b)) = p.split_once("..") {
                     let a = a.parse().with_context(|| format!("{url:?}: port range {p:?} is not numeric"))?;
@@ -161,6 +137,44 @@ impl AllowedHosts {
                     Port::Range(a, b)
                 } else {
                     Port::Is(p.parse().with_context(|| format!("{url:?}: port {p:?} is not a number"))?)
+                }
+            }
+        };
+        let scheme = if scheme == "*" {
+            Scheme::Any
+        } else if scheme.starts_with('{') {
+            bail!("{url:?}: scheme lists are not supported");
+        } else if scheme.chars().all(char::is_alphabetic) {
+            Scheme::Is(scheme.to_string())
+        } else {
+            bail!("{url:?}: scheme {scheme:?} may only hold letters, or be '*'");
+        };
+        let host = host.trim();
+        let host = match host {
+            "*" => Host::Any,
+            "self" | "self.alt" => Host::ToSelf,
+            h if h.starts_with('{') => bail!("{url:?}: host lists are not supported"),
+            h => {
+                if let Ok(net) = h.parse::<ipnet::IpNet>() {
+                    Host::Cidr(net.trunc())
+                } else {
+                    let h = h.trim_end_matches('/');
+                    if h.contains('/') {
+                        bail!("{url:?} has a path, which allowed_outbound_hosts does not accept");
+                    }
+                    if let Some(domain) = h.strip_prefix("*.") {
+                        if domain.contains('*') {
+                            bail!("{url:?}: wildcards are allowed only as a leading '*.'");
+                        }
+                        Host::Subdomain(format!(".{domain}"))
+                    } else if h.contains('*') {
+                        bail!("{url:?}: wildcards are allowed only as a leading '*.'");
+                    } else {
+                        Host::Exact(
+                            url::Host::parse(h)
+                                .map_err(|e| anyhow::anyhow!("{url:?}: invalid host {h:?}: {e}"))?,
+                        )
+                    }
                 }
             }
         };
@@ -180,8 +194,13 @@ impl AllowedHosts {
 
     /// Whether a request to `scheme://host[:port]` may leave the component.
     pub fn allows(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
-        let host = host.to_ascii_lowercase();
-        self.hosts.iter().any(|h| h.allows(scheme, &host, port))
+        self.hosts.iter().any(|h| h.allows(scheme, host, port))
+    }
+
+    /// Whether a wasi:sockets connection (`tcp`) or datagram (`udp`) to `addr`
+    /// may leave the component.
+    pub fn allows_socket(&self, scheme: &str, addr: &std::net::SocketAddr) -> bool {
+        self.hosts.iter().any(|h| h.allows_socket(scheme, addr))
     }
 }
 

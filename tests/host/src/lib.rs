@@ -23,6 +23,7 @@ pub mod manifest;
 pub mod routes;
 pub mod runtime;
 pub mod stores;
+mod unbacked;
 pub mod variables;
 
 use anyhow::{Context, Result};

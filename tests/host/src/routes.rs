@@ -5,41 +5,40 @@
 //! `/...` matches any trailing path. The same crate is used here so the
 //! precedence is Spin's own, not an imitation.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-/// Checks a route pattern the way the router will read it.
+use crate::manifest::Handler;
+
+/// Checks a route pattern the way the router will read it: Spin hands every
+/// route to `routefinder`, so only what `routefinder` refuses is refused (a
+/// `...` in the middle is a literal segment; `/*` is a trailing wildcard).
 pub fn validate_route(route: &str) -> Result<()> {
-    let based = absolutize(route);
-    let body = based.strip_suffix("/...").unwrap_or(&based);
-    if body.contains("...") {
-        bail!("'{route}': the wildcard '/...' may only end a route");
-    }
-    if body.split('/').any(|s| s == "*") {
-        bail!("'{route}': use '/...' for a trailing wildcard");
-    }
-    parse_route(&based)
+    parse_route(&based(route))
         .map(|_| ())
         .map_err(|e| anyhow!("'{route}': {e}"))
 }
 
-fn absolutize(route: &str) -> String {
+/// Spin's "based" route: absolute, with one trailing slash stripped (so "/" is "").
+fn based(route: &str) -> String {
     let r = if route.starts_with('/') {
         route.to_string()
     } else {
         format!("/{route}")
     };
-    // Spin strips one trailing slash ("/foo/" routes like "/foo"), but keeps "/".
     match r.strip_suffix('/') {
-        Some(s) if !s.is_empty() && !r.ends_with("/.../") => s.to_string(),
-        _ => r,
+        Some(s) => s.to_string(),
+        None => r,
     }
 }
 
 fn parse_route(based: &str) -> Result<(routefinder::RouteSpec, bool), String> {
     if let Some(prefix) = based.strip_suffix("/...") {
         let spec: routefinder::RouteSpec = format!("{prefix}/*").as_str().try_into()?;
+        Ok((spec, true))
+    } else if based.ends_with("/*") {
+        let spec: routefinder::RouteSpec = based.try_into()?;
         Ok((spec, true))
     } else {
         let spec: routefinder::RouteSpec = based.try_into()?;
@@ -48,23 +47,30 @@ fn parse_route(based: &str) -> Result<(routefinder::RouteSpec, bool), String> {
 }
 
 #[derive(Debug, Clone)]
-struct Handler {
-    component: String,
+struct Entry {
+    handler: Handler,
+    trigger: String,
     raw_route: String,
+    based_route: String,
 }
 
 /// The public routes of an app (private routes are reachable only by chaining).
 #[derive(Debug)]
 pub struct Router {
-    inner: routefinder::Router<Handler>,
+    inner: routefinder::Router<Entry>,
 }
 
 /// What a path matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteMatch {
-    pub component: String,
+    /// The component to run (None for a `static_response` trigger).
+    pub component: Option<String>,
+    /// The id of the trigger that matched.
+    pub trigger: String,
     /// The route as written in the manifest (`/api/:id/...`).
     pub raw_route: String,
+    /// The route absolutized, one trailing slash stripped (`spin-matched-route`).
+    pub based_route: String,
     /// `:name` captures.
     pub params: BTreeMap<String, String>,
     /// The path below the route (what `spin-path-info` carries).
@@ -72,40 +78,38 @@ pub struct RouteMatch {
 }
 
 impl Router {
-    /// `routes`: (component, route) in manifest order; a later duplicate replaces an
-    /// earlier one, as in Spin (which warns about it).
+    /// `routes`: (trigger id, handler, route) in manifest order; a later trigger
+    /// with the same route text replaces an earlier one in its place, as in Spin
+    /// (which warns about it).
     pub fn build<'a>(
-        routes: impl IntoIterator<Item = (&'a str, &'a str)>,
+        routes: impl IntoIterator<Item = (&'a str, &'a Handler, &'a str)>,
     ) -> Result<(Router, Vec<String>)> {
-        let mut unique: Vec<(String, Handler)> = Vec::new();
+        let mut unique: Vec<Entry> = Vec::new();
         let mut warnings = Vec::new();
-        for (component, route) in routes {
-            let based = absolutize(route);
-            if let Some(slot) = unique.iter_mut().find(|(b, _)| *b == based) {
+        for (trigger, handler, route) in routes {
+            let entry = Entry {
+                handler: handler.clone(),
+                trigger: trigger.to_string(),
+                raw_route: route.to_string(),
+                based_route: based(route),
+            };
+            if let Some(slot) = unique.iter_mut().find(|e| e.raw_route == route) {
                 warnings.push(format!(
-                    "route '{route}' is declared twice: component '{}' replaces '{}'",
-                    component, slot.1.component
+                    "route '{route}' is declared twice: trigger '{trigger}' replaces '{}'",
+                    slot.trigger
                 ));
-                slot.1 = Handler {
-                    component: component.to_string(),
-                    raw_route: route.to_string(),
-                };
+                *slot = entry;
             } else {
-                unique.push((
-                    based,
-                    Handler {
-                        component: component.to_string(),
-                        raw_route: route.to_string(),
-                    },
-                ));
+                unique.push(entry);
             }
         }
         let mut inner = routefinder::Router::new();
-        for (based, handler) in unique {
-            let (spec, _) = parse_route(&based).map_err(|e| anyhow!("route '{based}': {e}"))?;
+        for e in unique {
+            let (spec, _) = parse_route(&e.based_route)
+                .map_err(|err| anyhow!("route '{}': {err}", e.based_route))?;
             inner
-                .add(spec, handler)
-                .map_err(|e| anyhow!("route '{based}': {e}"))?;
+                .add(spec, e.clone())
+                .map_err(|err| anyhow!("route '{}': {err}", e.based_route))?;
         }
         Ok((Router { inner }, warnings))
     }
@@ -113,7 +117,7 @@ impl Router {
     /// The best route for `path` (no query string), or None (404).
     pub fn route(&self, path: &str) -> Option<RouteMatch> {
         let m = self.inner.best_match(path)?;
-        let h = m.handler();
+        let e = m.handler();
         let captures = m.captures();
         let params = captures
             .params()
@@ -131,8 +135,13 @@ impl Router {
             },
         };
         Some(RouteMatch {
-            component: h.component.clone(),
-            raw_route: h.raw_route.clone(),
+            component: match &e.handler {
+                Handler::Component(c) => Some(c.clone()),
+                Handler::Static(_) => None,
+            },
+            trigger: e.trigger.clone(),
+            raw_route: e.raw_route.clone(),
+            based_route: e.based_route.clone(),
             params,
             path_info,
         })
@@ -144,14 +153,18 @@ impl RouteMatch {
     /// the path info of a `/...` route.
     pub fn synthetic(component: &str, path: &str) -> RouteMatch {
         RouteMatch {
-            component: component.to_string(),
+            component: Some(component.to_string()),
+            trigger: String::new(),
             raw_route: "/...".to_string(),
+            based_route: "/...".to_string(),
             params: BTreeMap::new(),
             path_info: path.to_string(),
         }
     }
 
-    /// The `spin-*` headers Spin adds to the request (they replace any the client sent).
+    /// The `spin-*` headers Spin adds to the request (they replace any the client
+    /// sent). Names are Spin's `SPIN_*` keys with `_` turned into `-`, lowercased,
+    /// also for `:name` captures (`:path_segment` → `spin-path-match-path-segment`).
     pub fn spin_headers(
         &self,
         scheme: &str,
@@ -170,10 +183,7 @@ impl RouteMatch {
                 "spin-full-url".to_string(),
                 format!("{scheme}://{host}{path_and_query}"),
             ),
-            (
-                "spin-matched-route".to_string(),
-                absolutize(&self.raw_route),
-            ),
+            ("spin-matched-route".to_string(), self.based_route.clone()),
             ("spin-base-path".to_string(), "/".to_string()),
             (
                 "spin-raw-component-route".to_string(),
@@ -184,7 +194,7 @@ impl RouteMatch {
         ];
         for (k, v) in &self.params {
             h.push((
-                format!("spin-path-match-{}", k.to_ascii_lowercase()),
+                format!("spin-path-match-{}", k.replace('_', "-").to_ascii_lowercase()),
                 v.clone(),
             ));
         }
@@ -196,12 +206,20 @@ impl RouteMatch {
 mod tests {
     use super::*;
 
+    fn build(routes: &[(&str, &str)]) -> Result<(Router, Vec<String>)> {
+        let handlers: Vec<(String, Handler, String)> = routes
+            .iter()
+            .map(|(c, r)| (format!("{c}-trigger"), Handler::Component(c.to_string()), r.to_string()))
+            .collect();
+        Router::build(handlers.iter().map(|(t, h, r)| (t.as_str(), h, r.as_str())))
+    }
+
     fn router(routes: &[(&str, &str)]) -> Router {
-        Router::build(routes.iter().copied()).unwrap().0
+        build(routes).unwrap().0
     }
 
     fn comp(r: &Router, path: &str) -> Option<String> {
-        r.route(path).map(|m| m.component)
+        r.route(path).and_then(|m| m.component)
     }
 
     /// The route-matching table: (routes, path, expected component).
@@ -271,6 +289,11 @@ mod tests {
         assert_eq!(get("spin-full-url"), "http://localhost:3000/foo/42/bar?x=1");
         assert_eq!(get("spin-path-info"), "/bar");
         assert_eq!(get("spin-matched-route"), "/foo/:userid/...");
+        let r = router(&[("seg", "/p/:path_segment")]);
+        let m = r.route("/p/x").unwrap();
+        let h = m.spin_headers("http", "h", "/p/x", "127.0.0.1:1".parse().unwrap());
+        assert!(h.contains(&("spin-path-match-path-segment".to_string(), "x".to_string())));
+        assert!(!h.iter().any(|(k, _)| k.contains('_')));
         assert_eq!(get("spin-raw-component-route"), "/foo/:userid/...");
         assert_eq!(get("spin-component-route"), "/foo/:userid");
         assert_eq!(get("spin-base-path"), "/");
@@ -280,16 +303,21 @@ mod tests {
 
     #[test]
     fn later_duplicate_wins_with_warning() {
-        let (r, warnings) = Router::build([("a", "/x"), ("b", "/x")]).unwrap();
+        let (r, warnings) = build(&[("a", "/x"), ("b", "/x")]).unwrap();
         assert_eq!(comp(&r, "/x").as_deref(), Some("b"));
         assert_eq!(warnings.len(), 1);
     }
 
     #[test]
-    fn invalid_routes() {
-        assert!(validate_route("/a/.../b").is_err());
-        assert!(validate_route("/a/*").is_err());
+    fn routes_spin_accepts() {
+        // Spin hands these to routefinder as they are: `...` mid-route is a literal
+        // segment and `/*` a trailing wildcard.
+        assert!(validate_route("/a/.../b").is_ok());
+        assert!(validate_route("/a/*").is_ok());
         assert!(validate_route("/a/:id/...").is_ok());
         assert!(validate_route("api/orders").is_ok());
+        let r = router(&[("star", "/a/*"), ("lit", "/b/.../c")]);
+        assert_eq!(comp(&r, "/a/x/y").as_deref(), Some("star"));
+        assert_eq!(r.route("/a/x/y").unwrap().path_info, "/x/y");
     }
 }

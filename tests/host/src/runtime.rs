@@ -19,12 +19,12 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::allowed_hosts::{service_chaining_target, AllowedHosts};
-use crate::manifest::{ComponentDef, Manifest, Route};
+use crate::manifest::{ComponentDef, Handler, Manifest, Route, Source};
 use crate::routes::{RouteMatch, Router};
 use crate::stores::{self, KeyValueBackend, KvStore, SqlValue, SqliteBackend, SqliteConn};
 use crate::variables::{Resolver, Template};
 
-mod spin_bindings {
+pub(crate) mod spin_bindings {
     wasmtime::component::bindgen!({
         path: "wit",
         world: "waybill:host/spin-imports",
@@ -33,6 +33,10 @@ mod spin_bindings {
             "fermyon:spin/key-value.store": crate::stores::KvStore,
             "fermyon:spin/sqlite.connection": crate::stores::SqliteConn,
             "spin:sqlite/sqlite.connection": crate::stores::SqliteConn,
+            "fermyon:spin/redis.connection": crate::unbacked::NoConnection,
+            "fermyon:spin/mqtt.connection": crate::unbacked::NoConnection,
+            "fermyon:spin/postgres.connection": crate::unbacked::NoConnection,
+            "fermyon:spin/mysql.connection": crate::unbacked::NoConnection,
         },
     });
 }
@@ -106,7 +110,10 @@ fn load_component(path: &Path) -> Result<Component> {
             return Ok(c.clone());
         }
     }
-    let c = Component::from_file(engine(), path)
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = componentize_if_module(&bytes)
+        .with_context(|| format!("cannot convert the core module {} to a component", path.display()))?;
+    let c = Component::new(engine(), &bytes)
         .map_err(|e| anyhow!("cannot compile {}: {e:#}", path.display()))?;
     cache
         .lock()
@@ -115,14 +122,104 @@ fn load_component(path: &Path) -> Result<Component> {
     Ok(c)
 }
 
+/// Spin runs core Wasm modules too: one built by wit-bindgen for WASI preview 1
+/// (it carries its component type in custom sections) is wrapped into a
+/// component with the preview-1 adapter when it is loaded, as Spin does.
+fn componentize_if_module(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
+    if !wasmparser::Parser::is_core_wasm(bytes) {
+        return Ok(std::borrow::Cow::Borrowed(bytes));
+    }
+    let component = wit_component::ComponentEncoder::default()
+        .validate(true)
+        .module(bytes)?
+        .adapter(
+            "wasi_snapshot_preview1",
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+        )?
+        .encode()?;
+    Ok(std::borrow::Cow::Owned(component))
+}
+
+/// Spin's "copy" mount strategy: every file a `files` glob matches (relative to
+/// the manifest's directory, minus `exclude_files`) is copied to the same
+/// relative path under `root`; a `{ source, destination }` placement copies the
+/// source directory's tree under `destination`. `root` is then mounted at `/`.
+fn copy_file_mounts(
+    files: &[crate::manifest::RawFilesMount],
+    exclude: &[String],
+    app_dir: &Path,
+    root: &Path,
+) -> Result<()> {
+    use crate::manifest::RawFilesMount;
+    if root.exists() {
+        std::fs::remove_dir_all(root).with_context(|| format!("cannot clear {}", root.display()))?;
+    }
+    std::fs::create_dir_all(root)?;
+    let excludes = exclude
+        .iter()
+        .map(|p| glob::Pattern::new(p).map_err(|e| anyhow!("exclude_files {p:?}: {e}")))
+        .collect::<Result<Vec<_>>>()?;
+    let copy = |from: &Path, to: &Path| -> Result<()> {
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(from, to)
+            .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+        Ok(())
+    };
+    for f in files {
+        match f {
+            RawFilesMount::Pattern(p) => {
+                let pattern = app_dir.join(p);
+                let matches = glob::glob(&pattern.to_string_lossy())
+                    .map_err(|e| anyhow!("{p:?} is not a valid glob: {e}"))?;
+                for m in matches {
+                    let m = m?;
+                    if !m.is_file() {
+                        continue;
+                    }
+                    let rel = m.strip_prefix(app_dir).unwrap_or(&m).to_path_buf();
+                    if excludes.iter().any(|x| x.matches_path(&rel)) {
+                        continue;
+                    }
+                    copy(&m, &root.join(&rel))?;
+                }
+            }
+            RawFilesMount::Placement { source, destination } => {
+                let src = app_dir.join(source);
+                if !src.is_dir() {
+                    bail!("{source:?}: the source of a placement must be a directory");
+                }
+                let dest = root.join(destination.trim_start_matches('/'));
+                let mut stack = vec![src.clone()];
+                while let Some(dir) = stack.pop() {
+                    for entry in std::fs::read_dir(&dir)? {
+                        let path = entry?.path();
+                        if path.is_dir() {
+                            stack.push(path);
+                        } else {
+                            let rel = path.strip_prefix(&src).unwrap_or(&path);
+                            copy(&path, &dest.join(rel))?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What one component may do, resolved at start.
 pub struct ComponentRt {
     pub id: String,
     variables: BTreeMap<String, Template>,
     environment: Vec<(String, String)>,
-    allowed_hosts: AllowedHosts,
+    pub(crate) allowed_hosts: AllowedHosts,
     key_value_stores: Vec<String>,
     sqlite_databases: Vec<String>,
+    pub(crate) ai_models: Vec<String>,
+    /// The component's `files`, copied into a directory mounted read-only at `/`.
+    files_root: Option<PathBuf>,
     http_pre: Option<ProxyPre<HostState>>,
     cron_pre: Option<cron_bindings::SpinCronPre<HostState>>,
 }
@@ -146,7 +243,7 @@ pub struct HostState {
     table: ResourceTable,
     http: WasiHttpCtx,
     hooks: OutboundHooks,
-    comp: Arc<ComponentRt>,
+    pub(crate) comp: Arc<ComponentRt>,
     app: Arc<AppRt>,
     open_handles: usize,
 }
@@ -173,15 +270,18 @@ impl WasiHttpView for HostState {
 pub type HttpResponse = hyper::Response<HyperOutgoingBody>;
 type BoxFut<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
-fn text_response(status: u16, body: &str) -> HttpResponse {
+fn full_body(body: impl Into<Bytes>) -> HyperOutgoingBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A response with no body and no content type, as Spin sends for 404 (no route),
+/// 500 (a trap or an error) and the other answers it makes itself.
+fn empty_response(status: u16) -> HttpResponse {
     hyper::Response::builder()
         .status(status)
-        .header("content-type", "text/plain")
-        .body(
-            Full::new(Bytes::from(body.to_string()))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
+        .body(full_body(Bytes::new()))
         .expect("static response")
 }
 
@@ -205,16 +305,16 @@ impl AppRt {
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
 
-        let public_routes: Vec<(&str, &str)> = manifest
+        let public_routes: Vec<(&str, &Handler, &str)> = manifest
             .http
             .iter()
             .filter_map(|t| match &t.route {
-                Route::Path(p) => Some((t.component.as_str(), p.as_str())),
+                Route::Path(p) => Some((t.id.as_str(), &t.handler, p.as_str())),
                 Route::Private => None,
             })
             .collect();
         let (router, warnings) = Router::build(public_routes)?;
-        for w in warnings {
+        for w in manifest.warnings.iter().chain(&warnings) {
             eprintln!("waybill-host: warning: {w}");
         }
 
@@ -224,7 +324,7 @@ impl AppRt {
         spin_bindings::SpinImports::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
 
         let http_components: Vec<&str> =
-            manifest.http.iter().map(|t| t.component.as_str()).collect();
+            manifest.http.iter().filter_map(|t| t.component()).collect();
         let cron_components: Vec<&str> =
             manifest.cron.iter().map(|t| t.component.as_str()).collect();
         let mut components = HashMap::new();
@@ -234,6 +334,8 @@ impl AppRt {
             }
             let rt = Self::prepare_component(
                 def,
+                &manifest.dir,
+                &state_dir,
                 &resolver,
                 &linker,
                 http_components.contains(&id.as_str()),
@@ -273,6 +375,8 @@ impl AppRt {
 
     fn prepare_component(
         def: &ComponentDef,
+        app_dir: &Path,
+        state_dir: &Path,
         resolver: &Resolver,
         linker: &Linker<HostState>,
         http: bool,
@@ -288,21 +392,51 @@ impl AppRt {
                 bail!("sqlite_databases: database '{label}' is not defined (only 'default' exists without runtime configuration)");
             }
         }
-        let hosts: Vec<String> = def
+        // Spin resolves templated hosts when the component runs; one that cannot be
+        // resolved or parsed then makes every outbound check of the component fail.
+        let allowed_hosts = def
             .allowed_outbound_hosts
             .iter()
             .map(|h| Template::parse(h).and_then(|t| t.render(resolver)))
-            .collect::<Result<_>>()?;
-        let allowed_hosts = AllowedHosts::parse(&hosts)?;
-        let component = load_component(&def.source)?;
+            .collect::<Result<Vec<String>>>()
+            .and_then(|hosts| AllowedHosts::parse(&hosts));
+        let allowed_hosts = match allowed_hosts {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("waybill-host: warning: component '{}': allowed_outbound_hosts cannot be resolved ({e:#}); its outbound requests will be refused", def.id);
+                AllowedHosts::default()
+            }
+        };
+        if def.has_dependencies {
+            bail!("dependencies: component dependencies (composition) are not supported by this host");
+        }
+        let source = match &def.source {
+            Source::Local(p) => p,
+            Source::Remote(r) => bail!("source: remote source {r} cannot be fetched by this host; download the component and give a local path"),
+        };
+        if !source.is_file() {
+            bail!(
+                "source: file {} does not exist (build the components first: scripts/build-wasm or `spin build`)",
+                source.display()
+            );
+        }
+        let component = load_component(source)?;
+        let files_root = if def.files.is_empty() {
+            None
+        } else {
+            let root = state_dir.join("files").join(&def.id);
+            copy_file_mounts(&def.files, &def.exclude_files, app_dir, &root)
+                .context("files")?;
+            Some(root)
+        };
         let pre = linker.instantiate_pre(&component).map_err(|e| {
-            anyhow!("{}: cannot be linked: {e:#} (the host provides WASI 0.2, wasi:http, fermyon:spin/key-value@2.0.0, fermyon:spin/variables@2.0.0, fermyon:spin/sqlite@2.0.0 and spin:sqlite/sqlite@3.0.0)", def.source.display())
+            anyhow!("{}: cannot be linked: {e:#} (the host provides WASI 0.2, wasi:http, fermyon:spin@2.0.0 key-value, variables, sqlite, redis, mqtt, postgres, mysql and llm, and spin:sqlite/sqlite@3.0.0)", source.display())
         })?;
         let http_pre = if http {
             Some(ProxyPre::new(pre.clone()).map_err(|e| {
                 anyhow!(
                     "{}: does not export wasi:http/incoming-handler@0.2.x: {e}",
-                    def.source.display()
+                    source.display()
                 )
             })?)
         } else {
@@ -312,7 +446,7 @@ impl AppRt {
             Some(cron_bindings::SpinCronPre::new(pre).map_err(|e| {
                 anyhow!(
                     "{}: does not export handle-cron-event (fermyon:spin-cron@2.0.0): {e}",
-                    def.source.display()
+                    source.display()
                 )
             })?)
         } else {
@@ -329,6 +463,8 @@ impl AppRt {
             allowed_hosts,
             key_value_stores: def.key_value_stores.clone(),
             sqlite_databases: def.sqlite_databases.clone(),
+            ai_models: def.ai_models.clone(),
+            files_root,
             http_pre,
             cron_pre,
         })
@@ -351,6 +487,29 @@ impl AppRt {
         wasi.inherit_stdout()
             .inherit_stderr()
             .envs(&comp.environment);
+        if let Some(root) = &comp.files_root {
+            if let Err(e) = wasi.preopened_dir(root, "/", wasmtime_wasi::FsPerms::ReadOnly) {
+                eprintln!("waybill-host: {}: cannot mount files: {e:#}", comp.id);
+            }
+        }
+        // wasi:sockets as Spin gates it: a TCP connection or a UDP datagram may
+        // go where `allowed_outbound_hosts` lets a `tcp://` / `udp://` URL go;
+        // explicit binds and listening are refused (the unspecified address is the
+        // implicit bind a connect performs, which Spin does not check).
+        let allowed = comp.allowed_hosts.clone();
+        wasi.socket_addr_check(move |addr, usage| {
+            let ok = match usage {
+                wasmtime_wasi::sockets::SocketAddrUse::TcpBind => {
+                    addr.ip().is_unspecified() && addr.port() == 0
+                }
+                wasmtime_wasi::sockets::SocketAddrUse::TcpConnect => allowed.allows_socket("tcp", &addr),
+                wasmtime_wasi::sockets::SocketAddrUse::UdpBind
+                | wasmtime_wasi::sockets::SocketAddrUse::UdpSend => allowed.allows_socket("udp", &addr),
+                wasmtime_wasi::sockets::SocketAddrUse::UdpReceive => true,
+                _ => false,
+            };
+            Box::pin(async move { ok })
+        });
         Store::new(
             engine(),
             HostState {
@@ -381,13 +540,38 @@ impl AppRt {
         let app = self.clone();
         Box::pin(async move {
             let path = req.uri().path().to_string();
-            if path == "/.well-known/spin/health" {
-                return text_response(200, "OK");
+            if let Some(well_known) = path.strip_prefix("/.well-known/spin/") {
+                return match well_known {
+                    "health" => hyper::Response::new(full_body("OK")),
+                    "info" => {
+                        let mut info = serde_json::json!({"name": app.manifest.name});
+                        if let Some(v) = &app.manifest.version {
+                            info["version"] = v.clone().into();
+                        }
+                        hyper::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(full_body(serde_json::to_vec_pretty(&info).unwrap_or_default()))
+                            .expect("static response")
+                    }
+                    _ => empty_response(404),
+                };
             }
             let Some(m) = app.router.route(&path) else {
                 app.log(req.method().as_str(), &path, "-", 404, Instant::now());
-                return text_response(404, "Not Found");
+                return empty_response(404);
             };
+            if m.component.is_none() {
+                let trigger = app.manifest.http.iter().find(|t| t.id == m.trigger);
+                if let Some(Handler::Static(sr)) = trigger.map(|t| &t.handler) {
+                    let mut b = hyper::Response::builder().status(sr.status);
+                    for (k, v) in &sr.headers {
+                        b = b.header(k, v);
+                    }
+                    let body = sr.body.clone().map(Bytes::from).unwrap_or_default();
+                    return b.body(full_body(body)).unwrap_or_else(|_| empty_response(500));
+                }
+                return empty_response(500);
+            }
             app.dispatch(req, m, "http", client).await
         })
     }
@@ -410,11 +594,16 @@ impl AppRt {
             let started = Instant::now();
             let method = req.method().to_string();
             let path = req.uri().path().to_string();
-            let Some(comp) = app.components.get(&m.component).cloned() else {
-                return text_response(404, "Not Found");
+            let Some(comp) = m
+                .component
+                .as_ref()
+                .and_then(|c| app.components.get(c))
+                .cloned()
+            else {
+                return empty_response(404);
             };
             let Some(pre) = comp.http_pre.clone() else {
-                return text_response(500, "component is not an HTTP component");
+                return empty_response(500);
             };
             let (mut parts, body) = req.into_parts();
             let host = parts
@@ -443,7 +632,7 @@ impl AppRt {
                 .build()
             {
                 Ok(u) => u,
-                Err(_) => return text_response(400, "Bad Request"),
+                Err(_) => return empty_response(400),
             };
             let req = hyper::Request::from_parts(parts, body);
             let wasi_scheme = if scheme == "https" {
@@ -466,7 +655,7 @@ impl AppRt {
                 Ok(x) => x,
                 Err(e) => {
                     eprintln!("waybill-host: {}: cannot prepare request: {e:#}", comp.id);
-                    return text_response(400, "Bad Request");
+                    return empty_response(400);
                 }
             };
             let comp_id = comp.id.clone();
@@ -483,7 +672,7 @@ impl AppRt {
                     eprintln!(
                         "waybill-host: {comp_id}: component answered with an error: {code:?}"
                     );
-                    text_response(500, "Internal Server Error")
+                    empty_response(500)
                 }
                 Err(_) => {
                     let why = match task.await {
@@ -494,7 +683,7 @@ impl AppRt {
                         Err(e) => e.to_string(),
                     };
                     eprintln!("waybill-host: {comp_id}: trapped: {why}");
-                    text_response(500, "Internal Server Error")
+                    empty_response(500)
                 }
             };
             app.log(&method, &path, &comp_id, resp.status().as_u16(), started);
@@ -709,9 +898,10 @@ impl kv::HostStore for HostState {
 
 impl vars::Host for HostState {
     async fn get(&mut self, name: String) -> wasmtime::Result<Result<String, vars::Error>> {
-        if !crate::manifest::is_snake_id(&name) {
+        // Spin's run-time rule (looser than the manifest's: `fc_secret_1` passes).
+        if let Err(e) = crate::manifest::runtime_variable_name(&name) {
             return Ok(Err(vars::Error::InvalidName(format!(
-                "invalid variable name {name:?}: names are lowercase letters, digits and single underscores"
+                "invalid variable name {name:?}: {e}"
             ))));
         }
         let Some(t) = self.comp.variables.get(&name) else {

@@ -8,7 +8,7 @@
 use anyhow::{bail, Result};
 use std::collections::{BTreeMap, HashMap};
 
-use crate::manifest::{is_snake_id, VariableDef};
+use crate::manifest::{runtime_variable_name, VariableDef};
 
 /// A parsed template: literal text and `{{ variable }}` references.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,8 +35,8 @@ impl Template {
                 bail!("unterminated '{{{{' in template {s:?}");
             };
             let name = after[..end].trim();
-            if !is_snake_id(name) {
-                bail!("invalid variable reference {{{{ {name} }}}} in template {s:?}");
+            if let Err(e) = runtime_variable_name(name) {
+                bail!("invalid variable reference {{{{ {name} }}}} in template {s:?}: {e}");
             }
             parts.push(Part::Var(name.to_string()));
             rest = &after[end + 2..];
@@ -57,6 +57,18 @@ impl Template {
             .filter_map(|p| match p {
                 Part::Var(v) => Some(v.as_str()),
                 Part::Lit(_) => None,
+            })
+            .collect()
+    }
+
+    /// Renders with the given values (e.g. the manifest defaults); every
+    /// reference must have one.
+    pub fn render_with(&self, values: &HashMap<String, String>) -> String {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Lit(l) => l.as_str(),
+                Part::Var(v) => values.get(v).map(String::as_str).unwrap_or(""),
             })
             .collect()
     }
@@ -91,9 +103,10 @@ impl Resolver {
         env: &HashMap<String, String>,
     ) -> Result<Resolver> {
         let mut values = HashMap::new();
+        // Spin takes a `--variable` the manifest does not declare and ignores it.
         for (name, _) in explicit {
             if !defs.contains_key(name) {
-                bail!("--variable {name}: no variable '{name}' is declared in [variables]");
+                eprintln!("waybill-host: warning: --variable {name}: no variable '{name}' is declared in [variables]; ignored");
             }
         }
         for (name, def) in defs {
@@ -181,7 +194,10 @@ mod tests {
         assert!(e
             .to_string()
             .contains("variables.b: required variable has no value"));
-        let e = Resolver::new(&defs(), &[("zz".into(), "1".into())], &HashMap::new()).unwrap_err();
-        assert!(e.to_string().contains("no variable 'zz'"));
+        // Spin ignores a --variable the manifest does not declare.
+        let mut env = HashMap::new();
+        env.insert("SPIN_VARIABLE_B".to_string(), "b".to_string());
+        let r = Resolver::new(&defs(), &[("zz".into(), "1".into())], &env).unwrap();
+        assert_eq!(r.get("zz"), None);
     }
 }
