@@ -3,7 +3,7 @@
 # wasm32-wasip2, as `spin build` does per component.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+for t in wasm32-wasip2 wasm32-wasip1; do rustup target list --installed 2>/dev/null | grep -qx $t || rustup target add $t; done
 pkgs=()
 for d in functions/*/; do pkgs+=(-p "$(basename "$d")"); done
 for d in tests/host/fixtures/*/; do pkgs+=(-p "fixture-$(basename "$d")"); done

@@ -1523,10 +1523,13 @@ mod tests {
             .0
         };
         let stored = || {
-            db.execute("SELECT secret_variable FROM facilities WHERE id = 'fc'", &[])
-                .unwrap()
-                .first()
-                .and_then(|r| r.opt_str("secret_variable"))
+            db.execute(
+                "SELECT secret_variable FROM facilities WHERE id = 'fc'",
+                &[],
+            )
+            .unwrap()
+            .first()
+            .and_then(|r| r.opt_str("secret_variable"))
         };
         assert!(put("fc_secret_b").status < 300);
         assert_eq!(stored().as_deref(), Some("fc_secret_b"));
@@ -1545,18 +1548,36 @@ mod tests {
         crate::schema::migrate(&db).unwrap();
         crate::testkit::facility(&db, "fc1", "FC", "fulfillment_center", "[]", 0.0, 0.0);
         crate::testkit::facility(&db, "fc2", "FC", "fulfillment_center", "[]", 0.0, 0.0);
-        db.execute("UPDATE facilities SET secret_variable = 'fc_secret_2' WHERE id = 'fc1'", &[])
-            .unwrap();
-        db.execute("UPDATE facilities SET secret_variable = 'custom' WHERE id = 'fc2'", &[])
-            .unwrap();
-        db.execute(&format!("PRAGMA user_version = {}", crate::schema::LATEST - 1), &[])
-            .unwrap();
+        db.execute(
+            "UPDATE facilities SET secret_variable = 'fc_secret_2' WHERE id = 'fc1'",
+            &[],
+        )
+        .unwrap();
+        db.execute(
+            "UPDATE facilities SET secret_variable = 'custom' WHERE id = 'fc2'",
+            &[],
+        )
+        .unwrap();
+        db.execute(
+            &format!("PRAGMA user_version = {}", crate::schema::LATEST - 1),
+            &[],
+        )
+        .unwrap();
         crate::schema::migrate(&db).unwrap();
         let rows = db
-            .execute("SELECT id, secret_variable FROM facilities ORDER BY id", &[])
+            .execute(
+                "SELECT id, secret_variable FROM facilities ORDER BY id",
+                &[],
+            )
             .unwrap();
-        assert_eq!(rows[0].opt_str("secret_variable").as_deref(), Some("fc_secret_b"));
-        assert_eq!(rows[1].opt_str("secret_variable").as_deref(), Some("custom"));
+        assert_eq!(
+            rows[0].opt_str("secret_variable").as_deref(),
+            Some("fc_secret_b")
+        );
+        assert_eq!(
+            rows[1].opt_str("secret_variable").as_deref(),
+            Some("custom")
+        );
     }
 
     #[test]

@@ -187,7 +187,6 @@ pub fn notify_config() -> crate::notify::Config {
     }
 }
 
-
 /// The `default` key-value store.
 pub fn kv() -> Result<crate::kv::spin::SpinKv, Error> {
     crate::kv::spin::SpinKv::open("default").map_err(|e| Error::new(ErrorKind::Unavailable, e.0))

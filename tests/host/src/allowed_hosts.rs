@@ -126,17 +126,26 @@ impl AllowedHosts {
         let port = match port {
             "" => match well_known_port(scheme) {
                 Some(p) => Port::Is(p),
-                None => bail!("{url:?}: no port given and the scheme {scheme:?} has no well-known port"),
+                None => {
+                    bail!("{url:?}: no port given and the scheme {scheme:?} has no well-known port")
+                }
             },
             "*" => Port::Any,
             p if p.starts_with('{') => bail!("{url:?}: port lists are not supported"),
             p => {
                 if let Some((a, b)) = p.split_once("..") {
-                    let a = a.parse().with_context(|| format!("{url:?}: port range {p:?} is not numeric"))?;
-                    let b = b.parse().with_context(|| format!("{url:?}: port range {p:?} is not numeric"))?;
+                    let a = a
+                        .parse()
+                        .with_context(|| format!("{url:?}: port range {p:?} is not numeric"))?;
+                    let b = b
+                        .parse()
+                        .with_context(|| format!("{url:?}: port range {p:?} is not numeric"))?;
                     Port::Range(a, b)
                 } else {
-                    Port::Is(p.parse().with_context(|| format!("{url:?}: port {p:?} is not a number"))?)
+                    Port::Is(
+                        p.parse()
+                            .with_context(|| format!("{url:?}: port {p:?} is not a number"))?,
+                    )
                 }
             }
         };

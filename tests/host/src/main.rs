@@ -115,7 +115,10 @@ async fn run() -> Result<()> {
                     }
                     waybill_host::manifest::Route::Private => "(private)".to_string(),
                 };
-                eprintln!("  {}: {route}", t.component().unwrap_or("(static response)"));
+                eprintln!(
+                    "  {}: {route}",
+                    t.component().unwrap_or("(static response)")
+                );
             }
             for t in &running.app.manifest.cron {
                 eprintln!("  {}: cron '{}'", t.component, t.cron_expression);

@@ -299,7 +299,9 @@ pub fn spin_id(s: &str, delim: char, lower: bool) -> std::result::Result<(), Str
     }
     let wrong = if delim == '_' { '-' } else { '_' };
     if s.contains(wrong) {
-        return Err(format!("words must be separated with {delim:?}, not {wrong:?}"));
+        return Err(format!(
+            "words must be separated with {delim:?}, not {wrong:?}"
+        ));
     }
     for word in s.split(delim) {
         let mut chars = word.chars();
@@ -328,7 +330,9 @@ pub fn spin_id(s: &str, delim: char, lower: bool) -> std::result::Result<(), Str
             }
         }
         if lower && upper {
-            return Err(format!("lower-case identifiers must be all lowercase; got {s:?}"));
+            return Err(format!(
+                "lower-case identifiers must be all lowercase; got {s:?}"
+            ));
         }
     }
     Ok(())
@@ -403,7 +407,9 @@ fn convert_allowed_http_hosts(entries: &[String]) -> Result<Vec<String>> {
                 .ok_or_else(|| format!("{e} doesn't contain a host name"))?
                 .to_string();
             if u.path().len() > 1 {
-                return Err(format!("{e} contains a path, should be host and optional port only"));
+                return Err(format!(
+                    "{e} contains a path, should be host and optional port only"
+                ));
             }
             Ok((host, u.port()))
         }) {
@@ -631,14 +637,21 @@ impl Manifest {
                             },
                         }
                     }
-                    Some(other) => bail!("{field}.id: expected a string, found {}", other.type_str()),
+                    Some(other) => {
+                        bail!("{field}.id: expected a string, found {}", other.type_str())
+                    }
                 };
                 taken_ids.insert(id.clone());
                 if let Some(cs) = t.remove("components") {
                     match cs {
                         toml::Value::Table(m) if m.is_empty() => {}
-                        toml::Value::Table(_) => bail!("{field}.components: this trigger type takes one `component`"),
-                        other => bail!("{field}.components: expected a table, found {}", other.type_str()),
+                        toml::Value::Table(_) => {
+                            bail!("{field}.components: this trigger type takes one `component`")
+                        }
+                        other => bail!(
+                            "{field}.components: expected a table, found {}",
+                            other.type_str()
+                        ),
                     }
                 }
                 let component = match t.remove("component") {
@@ -940,14 +953,52 @@ source = "a.wasm"
                 )),
             }
         }
-        let head = |version: &str, app: &str| format!("spin_manifest_version = {version}\n[application]\n{app}\n{T}{C}");
+        let head = |version: &str, app: &str| {
+            format!("spin_manifest_version = {version}\n[application]\n{app}\n{T}{C}")
+        };
         for (rule, text, ok) in [
-            ("an empty application name is accepted", head("2", "name = \"\""), true),
-            ("version as the string \"2\" is refused", head("\"2\"", "name = \"t\""), false),
-            ("base = \"/\" is accepted with a warning", head("2", "name = \"t\"\n[application.trigger.http]\nbase = \"/\""), true),
-            ("any other base is refused", head("2", "name = \"t\"\n[application.trigger.http]\nbase = \"/api\""), false),
-            ("unknown [application.trigger.http] keys are refused", head("2", "name = \"t\"\n[application.trigger.http]\nprefix = \"/\""), false),
-            ("application targets and tool tables are accepted", head("2", "name = \"t\"\ntargets = [\"spin-up:3.3\"]\n[application.tool.x]\ny = 1"), true),
+            (
+                "an empty application name is accepted",
+                head("2", "name = \"\""),
+                true,
+            ),
+            (
+                "version as the string \"2\" is refused",
+                head("\"2\"", "name = \"t\""),
+                false,
+            ),
+            (
+                "base = \"/\" is accepted with a warning",
+                head(
+                    "2",
+                    "name = \"t\"\n[application.trigger.http]\nbase = \"/\"",
+                ),
+                true,
+            ),
+            (
+                "any other base is refused",
+                head(
+                    "2",
+                    "name = \"t\"\n[application.trigger.http]\nbase = \"/api\"",
+                ),
+                false,
+            ),
+            (
+                "unknown [application.trigger.http] keys are refused",
+                head(
+                    "2",
+                    "name = \"t\"\n[application.trigger.http]\nprefix = \"/\"",
+                ),
+                false,
+            ),
+            (
+                "application targets and tool tables are accepted",
+                head(
+                    "2",
+                    "name = \"t\"\ntargets = [\"spin-up:3.3\"]\n[application.tool.x]\ny = 1",
+                ),
+                true,
+            ),
         ] {
             if Manifest::parse(&text, d.path()).is_ok() != ok {
                 failures.push(format!("{rule}: want accepted = {ok}"));

@@ -194,7 +194,10 @@ impl RouteMatch {
         ];
         for (k, v) in &self.params {
             h.push((
-                format!("spin-path-match-{}", k.replace('_', "-").to_ascii_lowercase()),
+                format!(
+                    "spin-path-match-{}",
+                    k.replace('_', "-").to_ascii_lowercase()
+                ),
                 v.clone(),
             ));
         }
@@ -209,7 +212,13 @@ mod tests {
     fn build(routes: &[(&str, &str)]) -> Result<(Router, Vec<String>)> {
         let handlers: Vec<(String, Handler, String)> = routes
             .iter()
-            .map(|(c, r)| (format!("{c}-trigger"), Handler::Component(c.to_string()), r.to_string()))
+            .map(|(c, r)| {
+                (
+                    format!("{c}-trigger"),
+                    Handler::Component(c.to_string()),
+                    r.to_string(),
+                )
+            })
             .collect();
         Router::build(handlers.iter().map(|(t, h, r)| (t.as_str(), h, r.as_str())))
     }

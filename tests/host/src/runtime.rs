@@ -111,8 +111,12 @@ fn load_component(path: &Path) -> Result<Component> {
         }
     }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let bytes = componentize_if_module(&bytes)
-        .with_context(|| format!("cannot convert the core module {} to a component", path.display()))?;
+    let bytes = componentize_if_module(&bytes).with_context(|| {
+        format!(
+            "cannot convert the core module {} to a component",
+            path.display()
+        )
+    })?;
     let c = Component::new(engine(), &bytes)
         .map_err(|e| anyhow!("cannot compile {}: {e:#}", path.display()))?;
     cache
@@ -152,7 +156,8 @@ fn copy_file_mounts(
 ) -> Result<()> {
     use crate::manifest::RawFilesMount;
     if root.exists() {
-        std::fs::remove_dir_all(root).with_context(|| format!("cannot clear {}", root.display()))?;
+        std::fs::remove_dir_all(root)
+            .with_context(|| format!("cannot clear {}", root.display()))?;
     }
     std::fs::create_dir_all(root)?;
     let excludes = exclude
@@ -185,7 +190,10 @@ fn copy_file_mounts(
                     copy(&m, &root.join(&rel))?;
                 }
             }
-            RawFilesMount::Placement { source, destination } => {
+            RawFilesMount::Placement {
+                source,
+                destination,
+            } => {
                 let src = app_dir.join(source);
                 if !src.is_dir() {
                     bail!("{source:?}: the source of a placement must be a directory");
@@ -408,7 +416,9 @@ impl AppRt {
             }
         };
         if def.has_dependencies {
-            bail!("dependencies: component dependencies (composition) are not supported by this host");
+            bail!(
+                "dependencies: component dependencies (composition) are not supported by this host"
+            );
         }
         let source = match &def.source {
             Source::Local(p) => p,
@@ -425,8 +435,7 @@ impl AppRt {
             None
         } else {
             let root = state_dir.join("files").join(&def.id);
-            copy_file_mounts(&def.files, &def.exclude_files, app_dir, &root)
-                .context("files")?;
+            copy_file_mounts(&def.files, &def.exclude_files, app_dir, &root).context("files")?;
             Some(root)
         };
         let pre = linker.instantiate_pre(&component).map_err(|e| {
@@ -497,14 +506,19 @@ impl AppRt {
         // explicit binds and listening are refused (the unspecified address is the
         // implicit bind a connect performs, which Spin does not check).
         let allowed = comp.allowed_hosts.clone();
+        wasi.allow_tcp(true).allow_udp(true);
         wasi.socket_addr_check(move |addr, usage| {
             let ok = match usage {
                 wasmtime_wasi::sockets::SocketAddrUse::TcpBind => {
                     addr.ip().is_unspecified() && addr.port() == 0
                 }
-                wasmtime_wasi::sockets::SocketAddrUse::TcpConnect => allowed.allows_socket("tcp", &addr),
+                wasmtime_wasi::sockets::SocketAddrUse::TcpConnect => {
+                    allowed.allows_socket("tcp", &addr)
+                }
                 wasmtime_wasi::sockets::SocketAddrUse::UdpBind
-                | wasmtime_wasi::sockets::SocketAddrUse::UdpSend => allowed.allows_socket("udp", &addr),
+                | wasmtime_wasi::sockets::SocketAddrUse::UdpSend => {
+                    allowed.allows_socket("udp", &addr)
+                }
                 wasmtime_wasi::sockets::SocketAddrUse::UdpReceive => true,
                 _ => false,
             };
@@ -550,7 +564,9 @@ impl AppRt {
                         }
                         hyper::Response::builder()
                             .header("content-type", "application/json")
-                            .body(full_body(serde_json::to_vec_pretty(&info).unwrap_or_default()))
+                            .body(full_body(
+                                serde_json::to_vec_pretty(&info).unwrap_or_default(),
+                            ))
                             .expect("static response")
                     }
                     _ => empty_response(404),
@@ -568,7 +584,9 @@ impl AppRt {
                         b = b.header(k, v);
                     }
                     let body = sr.body.clone().map(Bytes::from).unwrap_or_default();
-                    return b.body(full_body(body)).unwrap_or_else(|_| empty_response(500));
+                    return b
+                        .body(full_body(body))
+                        .unwrap_or_else(|_| empty_response(500));
                 }
                 return empty_response(500);
             }

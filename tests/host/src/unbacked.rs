@@ -11,7 +11,9 @@
 
 use wasmtime::component::Resource;
 
-use crate::runtime::spin_bindings::fermyon::spin::{llm, mqtt, mysql, postgres, rdbms_types, redis};
+use crate::runtime::spin_bindings::fermyon::spin::{
+    llm, mqtt, mysql, postgres, rdbms_types, redis,
+};
 use crate::runtime::HostState;
 
 /// The resource type of the connections: none is ever handed out.
@@ -38,10 +40,13 @@ impl HostState {
 }
 
 fn never<T>() -> R<T> {
-    Err(wasmtime::format_err!("no connection of this kind exists on this host"))
+    Err(wasmtime::format_err!(
+        "no connection of this kind exists on this host"
+    ))
 }
 
-const NO_BACKEND: &str = "this host (tests/host) has no backend for this interface; run the component on Spin";
+const NO_BACKEND: &str =
+    "this host (tests/host) has no backend for this interface; run the component on Spin";
 
 // ---- redis ----
 impl redis::Host for HostState {}
@@ -52,28 +57,60 @@ impl redis::HostConnection for HostState {
         }
         Ok(Err(redis::Error::Other(NO_BACKEND.into())))
     }
-    async fn publish(&mut self, _: Resource<NoConnection>, _: String, _: Vec<u8>) -> R<Result<(), redis::Error>> {
+    async fn publish(
+        &mut self,
+        _: Resource<NoConnection>,
+        _: String,
+        _: Vec<u8>,
+    ) -> R<Result<(), redis::Error>> {
         never()
     }
-    async fn get(&mut self, _: Resource<NoConnection>, _: String) -> R<Result<Option<Vec<u8>>, redis::Error>> {
+    async fn get(
+        &mut self,
+        _: Resource<NoConnection>,
+        _: String,
+    ) -> R<Result<Option<Vec<u8>>, redis::Error>> {
         never()
     }
-    async fn set(&mut self, _: Resource<NoConnection>, _: String, _: Vec<u8>) -> R<Result<(), redis::Error>> {
+    async fn set(
+        &mut self,
+        _: Resource<NoConnection>,
+        _: String,
+        _: Vec<u8>,
+    ) -> R<Result<(), redis::Error>> {
         never()
     }
     async fn incr(&mut self, _: Resource<NoConnection>, _: String) -> R<Result<i64, redis::Error>> {
         never()
     }
-    async fn del(&mut self, _: Resource<NoConnection>, _: Vec<String>) -> R<Result<u32, redis::Error>> {
+    async fn del(
+        &mut self,
+        _: Resource<NoConnection>,
+        _: Vec<String>,
+    ) -> R<Result<u32, redis::Error>> {
         never()
     }
-    async fn sadd(&mut self, _: Resource<NoConnection>, _: String, _: Vec<String>) -> R<Result<u32, redis::Error>> {
+    async fn sadd(
+        &mut self,
+        _: Resource<NoConnection>,
+        _: String,
+        _: Vec<String>,
+    ) -> R<Result<u32, redis::Error>> {
         never()
     }
-    async fn smembers(&mut self, _: Resource<NoConnection>, _: String) -> R<Result<Vec<String>, redis::Error>> {
+    async fn smembers(
+        &mut self,
+        _: Resource<NoConnection>,
+        _: String,
+    ) -> R<Result<Vec<String>, redis::Error>> {
         never()
     }
-    async fn srem(&mut self, _: Resource<NoConnection>, _: String, _: Vec<String>) -> R<Result<u32, redis::Error>> {
+    async fn srem(
+        &mut self,
+        _: Resource<NoConnection>,
+        _: String,
+        _: Vec<String>,
+    ) -> R<Result<u32, redis::Error>> {
         never()
     }
     async fn execute(
@@ -106,7 +143,13 @@ impl mqtt::HostConnection for HostState {
         }
         Ok(Err(mqtt::Error::ConnectionFailed(NO_BACKEND.into())))
     }
-    async fn publish(&mut self, _: Resource<NoConnection>, _: String, _: Vec<u8>, _: mqtt::Qos) -> R<Result<(), mqtt::Error>> {
+    async fn publish(
+        &mut self,
+        _: Resource<NoConnection>,
+        _: String,
+        _: Vec<u8>,
+        _: mqtt::Qos,
+    ) -> R<Result<(), mqtt::Error>> {
         never()
     }
     async fn drop(&mut self, _: Resource<NoConnection>) -> R<()> {
@@ -128,7 +171,10 @@ fn rdbms_open(allowed: bool, address: &str) -> Result<Resource<NoConnection>, rd
 
 impl postgres::Host for HostState {}
 impl postgres::HostConnection for HostState {
-    async fn open(&mut self, address: String) -> R<Result<Resource<NoConnection>, rdbms_types::Error>> {
+    async fn open(
+        &mut self,
+        address: String,
+    ) -> R<Result<Resource<NoConnection>, rdbms_types::Error>> {
         Ok(rdbms_open(self.address_allowed(&address), &address))
     }
     async fn query(
@@ -154,7 +200,10 @@ impl postgres::HostConnection for HostState {
 
 impl mysql::Host for HostState {}
 impl mysql::HostConnection for HostState {
-    async fn open(&mut self, address: String) -> R<Result<Resource<NoConnection>, rdbms_types::Error>> {
+    async fn open(
+        &mut self,
+        address: String,
+    ) -> R<Result<Resource<NoConnection>, rdbms_types::Error>> {
         Ok(rdbms_open(self.address_allowed(&address), &address))
     }
     async fn query(

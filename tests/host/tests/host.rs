@@ -34,6 +34,24 @@ fn build_fixtures() {
             .status()
             .expect("run cargo to build the fixture components");
         assert!(status.success(), "building the fixture components failed");
+        // The same hello fixture as a core module (WASI preview 1).
+        let status =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(root())
+                .args([
+                    "build",
+                    "--target",
+                    "wasm32-wasip1",
+                    "--release",
+                    "-p",
+                    "fixture-hello",
+                ])
+                .status()
+                .expect("run cargo to build the core-module fixture");
+        assert!(
+            status.success(),
+            "building the core-module fixture failed (rustup target add wasm32-wasip1)"
+        );
     });
 }
 
@@ -286,15 +304,124 @@ async fn a_required_variable_without_value_fails_at_start() {
     );
 }
 
+/// Spin links its redis, mqtt, postgres, mysql and llm interfaces for every
+/// component; one that opens a Redis address outside its allowed hosts gets
+/// Spin's `invalid-address`, not a refusal to load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unprovided_import_fails_at_load_naming_it() {
-    let err = App::builder(manifest("spin-unsupported.toml"))
+async fn spins_other_interfaces_are_linked_and_refuse_what_is_not_permitted() {
+    let app = App::builder(manifest("spin-unsupported.toml"))
         .start()
         .await
-        .err()
-        .expect("must fail");
-    let msg = format!("{err:#}");
-    assert!(msg.contains("fermyon:spin/redis"), "{msg}");
+        .expect("a component importing fermyon:spin/redis loads");
+    let (status, _, body) = client::request("GET", &app.url("/"), &[], String::new())
+        .await
+        .unwrap();
+    assert_eq!(status, 500);
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("InvalidAddress"), "{body}");
+    app.stop().await;
+}
+
+/// A core module is converted to a component on load, as Spin does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_module_runs_as_a_component() {
+    let app = App::builder(manifest("spin-module.toml"))
+        .start()
+        .await
+        .expect("core module loads");
+    assert_eq!(
+        call(&app, "GET", "/hello", "").await,
+        (200, Value::String("hello".into()))
+    );
+    app.stop().await;
+}
+
+/// The conformance suite's request shape: header names, Spin's own answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_shape_and_spins_own_answers() {
+    let app = start().await;
+    let (status, _, body) =
+        client::request("GET", &app.url("/segments/abc/rest"), &[], String::new())
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["headers"]["spin-path-match-path-segment"], json!("abc"));
+    assert_eq!(v["headers"]["spin-path-info"], json!("/rest"));
+    assert!(v["headers"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .all(|k| !k.contains('_')));
+    // No route: 404 with an empty body; a trap: 500 with an empty body.
+    for (path, want) in [
+        ("/nothing/here", 404),
+        ("/probe/trap", 500),
+        ("/.well-known/spin/other", 404),
+    ] {
+        let (status, headers, body) = client::request("GET", &app.url(path), &[], String::new())
+            .await
+            .unwrap();
+        assert_eq!((status, body.len()), (want, 0), "{path}");
+        assert!(
+            !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type")),
+            "{path}"
+        );
+    }
+    let (status, info) = call(&app, "GET", "/.well-known/spin/info", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(info, json!({"name": "host-fixtures", "version": "0.1.0"}));
+    let (status, headers, body) = client::request("GET", &app.url("/static"), &[], String::new())
+        .await
+        .unwrap();
+    assert_eq!((status, &body[..]), (203, &b"static body"[..]));
+    assert!(headers.iter().any(|(k, v)| k == "x-static" && v == "yes"));
+    app.stop().await;
+}
+
+/// wasi:sockets TCP: created freely, connected only where allowed_outbound_hosts
+/// lets a `tcp://` URL go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_sockets_are_gated_by_allowed_outbound_hosts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let echo = tokio::spawn(async move {
+        for _ in 0..2 {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 4];
+            if s.read_exact(&mut buf).await.is_ok() {
+                let _ = s.write_all(&buf).await;
+            }
+        }
+    });
+    let app = App::builder(manifest("spin.toml"))
+        .variable("api_token", "t0ken")
+        .variable("tcp_port", &port.to_string())
+        .start()
+        .await
+        .unwrap();
+    let addr = format!("127.0.0.1%3A{port}");
+    let (_, v) = call(&app, "GET", &format!("/probe/tcp?addr={addr}"), "").await;
+    assert_eq!(v, json!({"echo": "ping"}), "allowed: connects");
+    // Another port of the same host is not allowed; neither is any port for a
+    // component without a tcp:// entry.
+    let (_, v) = call(
+        &app,
+        "GET",
+        &format!("/probe/tcp?addr=127.0.0.1%3A{}", port + 1),
+        "",
+    )
+    .await;
+    assert_eq!(v["error"], json!("PermissionDenied"), "{v}");
+    let (_, v) = call(&app, "GET", &format!("/noaccess/tcp?addr={addr}"), "").await;
+    assert_eq!(v["error"], json!("PermissionDenied"), "{v}");
+    app.stop().await;
+    echo.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
