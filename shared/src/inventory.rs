@@ -1571,11 +1571,17 @@ mod tests {
             )
             .unwrap();
         assert_eq!(
-            rows[0].opt_str("secret_variable").as_deref(),
+            rows.iter()
+                .next()
+                .and_then(|r| r.opt_str("secret_variable"))
+                .as_deref(),
             Some("fc_secret_b")
         );
         assert_eq!(
-            rows[1].opt_str("secret_variable").as_deref(),
+            rows.iter()
+                .nth(1)
+                .and_then(|r| r.opt_str("secret_variable"))
+                .as_deref(),
             Some("custom")
         );
     }
