@@ -3,8 +3,8 @@
 
 use spin_sdk::http::{Request as SpinRequest, Response as SpinResponse};
 
-use crate::db::spin::SpinDb;
-use crate::error::{Error, ErrorKind};
+use crate::kernel::db::spin::SpinDb;
+use crate::kernel::error::{Error, ErrorKind};
 use crate::http::{Request, Response};
 
 /// Copies a Spin request into the host-independent [`Request`].
@@ -42,14 +42,14 @@ pub fn response(r: Response) -> SpinResponse {
 /// Opens the `default` database for a request that only reads.
 pub fn open_db() -> Result<SpinDb, Error> {
     let db = SpinDb::open("default").map_err(|e| Error::new(ErrorKind::Unavailable, e.0))?;
-    crate::schema::prepare(&db).map_err(Error::from)?;
+    crate::kernel::schema::prepare(&db).map_err(Error::from)?;
     Ok(db)
 }
 
 /// Opens the `default` database for a request that writes (see `schema::prepare_writer`).
 pub fn open_writer() -> Result<SpinDb, Error> {
     let db = SpinDb::open("default").map_err(|e| Error::new(ErrorKind::Unavailable, e.0))?;
-    crate::schema::prepare_writer(&db).map_err(Error::from)?;
+    crate::kernel::schema::prepare_writer(&db).map_err(Error::from)?;
     Ok(db)
 }
 
@@ -188,15 +188,15 @@ pub fn notify_config() -> crate::notify::Config {
 }
 
 /// The `default` key-value store.
-pub fn kv() -> Result<crate::kv::spin::SpinKv, Error> {
-    crate::kv::spin::SpinKv::open("default").map_err(|e| Error::new(ErrorKind::Unavailable, e.0))
+pub fn kv() -> Result<crate::kernel::kv::spin::SpinKv, Error> {
+    crate::kernel::kv::spin::SpinKv::open("default").map_err(|e| Error::new(ErrorKind::Unavailable, e.0))
 }
 
 /// The report settings from Spin variables (`merchant_timezone`, an IANA name).
-pub fn report_config() -> Result<crate::report::Config, Error> {
-    let tz = crate::report::parse_tz(&variable("merchant_timezone", "UTC"))
+pub fn report_config() -> Result<crate::reporting::Config, Error> {
+    let tz = crate::reporting::parse_tz(&variable("merchant_timezone", "UTC"))
         .map_err(|e| Error::internal(format!("merchant_timezone: {e}")))?;
-    Ok(crate::report::Config {
+    Ok(crate::reporting::Config {
         timezone: tz,
         tokens: crate::http::Tokens::parse(&variable("api_tokens", "")),
     })
@@ -378,7 +378,7 @@ impl TimedHttp {
     }
 }
 
-impl crate::gateway::Http for TimedHttp {
+impl crate::payments::gateway::Http for TimedHttp {
     fn post_form(
         &self,
         url: &str,
@@ -391,7 +391,7 @@ impl crate::gateway::Http for TimedHttp {
 
 /// The gateway settings from Spin variables: `stripe_api_base`,
 /// `stripe_secret_key`, `payment_timeout_ms`.
-pub fn payment_gateway() -> (TimedHttp, crate::gateway::StripeConfig) {
+pub fn payment_gateway() -> (TimedHttp, crate::payments::gateway::StripeConfig) {
     let ms = variable("payment_timeout_ms", "15000")
         .parse::<u64>()
         .unwrap_or(15_000)
@@ -400,7 +400,7 @@ pub fn payment_gateway() -> (TimedHttp, crate::gateway::StripeConfig) {
         TimedHttp {
             timeout: std::time::Duration::from_millis(ms),
         },
-        crate::gateway::StripeConfig {
+        crate::payments::gateway::StripeConfig {
             api_base: variable("stripe_api_base", "https://api.stripe.com"),
             secret_key: variable("stripe_secret_key", ""),
         },

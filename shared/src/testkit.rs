@@ -5,14 +5,14 @@
 use chrono::Utc;
 use serde_json::Value as Json;
 
-use crate::db::native::NativeDb;
-use crate::db::{transaction, Db};
+use crate::kernel::db::native::NativeDb;
+use crate::kernel::db::{transaction, Db};
 use crate::params;
 
 /// A migrated in-memory database.
 pub fn db() -> NativeDb {
     let db = NativeDb::memory();
-    crate::schema::migrate(&db).unwrap();
+    crate::kernel::schema::migrate(&db).unwrap();
     db
 }
 
@@ -26,7 +26,7 @@ pub fn facility(
     lat: f64,
     lon: f64,
 ) {
-    let now = crate::store::ts(Utc::now());
+    let now = crate::orders::store::ts(Utc::now());
     db.execute(
         "INSERT INTO facilities (id, name, type, services, countries, shipping_methods, latitude, longitude, priority, active, endpoints, created_at, updated_at)
          VALUES (?, ?, ?, '[\"ship\"]', ?, '[]', ?, ?, 50, 1, '{}', ?, ?)",
@@ -38,7 +38,7 @@ pub fn facility(
 pub fn product(db: &NativeDb, sku: &str, weight_grams: i64, backorderable: bool) {
     db.execute(
         "INSERT INTO products (sku, name, weight_grams, backorderable, digital, low_stock_threshold, updated_at) VALUES (?, ?, ?, ?, 0, 0, ?)",
-        params![sku, sku, weight_grams, backorderable, crate::store::ts(Utc::now())],
+        params![sku, sku, weight_grams, backorderable, crate::orders::store::ts(Utc::now())],
     )
     .unwrap();
 }
@@ -54,9 +54,9 @@ pub fn stock(db: &NativeDb, facility: &str, sku: &str, n: i64) {
 
 /// Stores an order given as the API's JSON; returns its id.
 pub fn api_order(db: &NativeDb, v: &Json) -> String {
-    let o = crate::sources::api::map_order(v, "", Utc::now()).unwrap();
+    let o = crate::intake::sources::api::map_order(v, "", Utc::now()).unwrap();
     transaction(db, |db| {
-        crate::store::insert_order(db, &o, Utc::now(), "test")
+        crate::orders::store::insert_order(db, &o, Utc::now(), "test")
     })
     .unwrap()
     .id

@@ -82,7 +82,7 @@ async fn worker(addr: String, mode: String, secret: String, run: u64, until: Ins
             _ => {
                 let n = SEQ.fetch_add(1, Ordering::Relaxed);
                 let body = shopify_body(n, run);
-                let sig = waybill::signature::base64_hmac(secret.as_bytes(), &body);
+                let sig = waybill::kernel::signature::base64_hmac(secret.as_bytes(), &body);
                 hyper::Request::post("/webhooks/shopify")
                     .header("host", &addr)
                     .header("content-type", "application/json")
@@ -130,12 +130,12 @@ fn pct(sorted: &[u32], p: f64) -> String {
 /// The same order rows written natively: one transaction per order on a new
 /// connection, as each Spin request does.
 fn raw_sqlite(dir: &str, conns: usize, secs: u64) {
-    use waybill::db::native::NativeDb;
+    use waybill::kernel::db::native::NativeDb;
     let path = std::path::Path::new(dir).join("raw.db");
     let _ = std::fs::remove_file(&path);
     {
         let db = NativeDb::open(&path).expect("db");
-        waybill::schema::prepare(&db).expect("schema");
+        waybill::kernel::schema::prepare(&db).expect("schema");
     }
     let until = Instant::now() + Duration::from_secs(secs);
     let run = std::process::id() as u64;
@@ -152,13 +152,13 @@ fn raw_sqlite(dir: &str, conns: usize, secs: u64) {
                     let v: serde_json::Value =
                         serde_json::from_slice(&shopify_body(n, run)).expect("json");
                     let order =
-                        waybill::sources::shopify::map_order(&v, chrono_now()).expect("maps");
+                        waybill::intake::sources::shopify::map_order(&v, chrono_now()).expect("maps");
                     let t0 = Instant::now();
                     let r = (|| -> Result<(), waybill::Error> {
                         let db = NativeDb::open(&path).map_err(waybill::Error::from)?;
-                        waybill::schema::prepare_writer(&db)?;
-                        waybill::db::transaction(&db, |db| {
-                            waybill::store::insert_order(db, &order, chrono_now(), "bench")
+                        waybill::kernel::schema::prepare_writer(&db)?;
+                        waybill::kernel::db::transaction(&db, |db| {
+                            waybill::orders::store::insert_order(db, &order, chrono_now(), "bench")
                                 .map(|_| ())
                         })
                     })();

@@ -6,11 +6,11 @@
 //! N orders in one business day (2 lines each, a shipment event for 60% of them,
 //! a capture for 80%, a hold for 5%, a backorder for 3%, spread over 3 channels,
 //! 4 facilities and 2 currencies) plus the same volume on the day before, then
-//! `waybill::report::compute` for that day: min and median of 5 runs.
+//! `waybill::reporting::compute` for that day: min and median of 5 runs.
 
 use std::time::Instant;
-use waybill::db::native::NativeDb;
-use waybill::db::Db;
+use waybill::kernel::db::native::NativeDb;
+use waybill::kernel::db::Db;
 
 fn seed(db: &NativeDb, n: i64, day: &str, prefix: &str) {
     let conn = &db.conn;
@@ -97,7 +97,7 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let tz: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
     let date = chrono::NaiveDate::from_ymd_opt(2026, 10, 25).unwrap();
-    let (from, _) = waybill::report::business_day(date, tz);
+    let (from, _) = waybill::reporting::business_day(date, tz);
     let before = from - chrono::Duration::days(1);
     println!("| orders in the day | orders in the file | seed time | report min | report median | orders_received |");
     println!("|---|---|---|---|---|---|");
@@ -105,17 +105,17 @@ fn main() {
         let path = dir.join(format!("r{n}.db"));
         let _ = std::fs::remove_file(&path);
         let db = NativeDb::open(&path).unwrap();
-        waybill::schema::prepare_writer(&db).unwrap();
+        waybill::kernel::schema::prepare_writer(&db).unwrap();
         let t0 = Instant::now();
-        seed(&db, n, &waybill::store::ts(from), "d");
-        seed(&db, n, &waybill::store::ts(before), "p");
+        seed(&db, n, &waybill::orders::store::ts(from), "d");
+        seed(&db, n, &waybill::orders::store::ts(before), "p");
         db.execute("ANALYZE", &[]).unwrap();
         let seed_time = t0.elapsed();
         let mut times = Vec::new();
         let mut received = serde_json::Value::Null;
         for _ in 0..5 {
             let t = Instant::now();
-            let r = waybill::report::compute(&db, date, tz, chrono::Utc::now()).unwrap();
+            let r = waybill::reporting::compute(&db, date, tz, chrono::Utc::now()).unwrap();
             times.push(t.elapsed());
             received = r["overall"]["orders_received"].clone();
         }

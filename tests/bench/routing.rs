@@ -5,8 +5,8 @@
 //! For 10, 100 and 1000 facilities and orders of 1, 10 and 50 lines, with stock
 //! spread so that no facility holds everything (larger orders split, up to the
 //! default 3 parts):
-//! - `engine`: `waybill::routing::route` alone (facilities and stock in memory);
-//! - `plan`: `waybill::allocation::simulate` on native SQLite (loads facilities,
+//! - `engine`: `waybill::routing::engine::route` alone (facilities and stock in memory);
+//! - `plan`: `waybill::routing::allocation::simulate` on native SQLite (loads facilities,
 //!   stock, workload and config, then routes; what a routing pass reads);
 //! - `component`: `POST /api/routing/simulate` through the compiled routing
 //!   component on tests/host (HTTP, a fresh Wasm instance, SQLite through the
@@ -17,8 +17,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use waybill::db::native::NativeDb;
-use waybill::db::Db;
+use waybill::kernel::db::native::NativeDb;
+use waybill::kernel::db::Db;
 
 const SKUS: usize = 50;
 
@@ -79,15 +79,15 @@ fn measure(budget: Duration, mut f: impl FnMut()) -> (f64, f64, usize) {
 
 fn native(facilities: usize, lines: usize) -> ((f64, f64, usize), (f64, f64, usize), usize) {
     let db = NativeDb::memory();
-    waybill::schema::migrate(&db).unwrap();
+    waybill::kernel::schema::migrate(&db).unwrap();
     for s in seed_statements(facilities) {
         db.execute(&s, &[]).unwrap();
     }
     let body = order(lines);
     let now = chrono::Utc::now();
     // The engine alone, on what the plan loads.
-    let facs = waybill::allocation::load_facilities(&db).unwrap();
-    let mut supply = waybill::routing::Supply::default();
+    let facs = waybill::routing::allocation::load_facilities(&db).unwrap();
+    let mut supply = waybill::routing::engine::Supply::default();
     for r in db
         .execute(
             "SELECT facility_id, sku, on_hand - reserved AS a FROM stock",
@@ -98,33 +98,33 @@ fn native(facilities: usize, lines: usize) -> ((f64, f64, usize), (f64, f64, usi
     {
         supply.set(&r.str("facility_id"), &r.str("sku"), r.i64("a"));
     }
-    let req = waybill::routing::Request {
+    let req = waybill::routing::engine::Request {
         order_id: "bench",
-        destination: waybill::routing::Destination {
+        destination: waybill::routing::engine::Destination {
             country: Some("DE".into()),
             location: Some((50.11, 8.68)),
             location_source: "order".into(),
         },
         shipping_method: Some("standard".into()),
-        service: waybill::routing::Service::Ship,
+        service: waybill::routing::engine::Service::Ship,
         preselected: None,
         lines: (0..lines)
-            .map(|i| waybill::routing::Demand {
+            .map(|i| waybill::routing::engine::Demand {
                 line_no: i as i64 + 1,
                 sku: format!("SKU-{i}"),
                 quantity: 1 + (i % 3) as i64,
             })
             .collect(),
     };
-    let cfg = waybill::routing::Config::default();
-    let parts = waybill::routing::route(&req, &facs, &supply, &cfg)
+    let cfg = waybill::routing::engine::Config::default();
+    let parts = waybill::routing::engine::route(&req, &facs, &supply, &cfg)
         .parts
         .len();
     let engine = measure(Duration::from_millis(700), || {
-        std::hint::black_box(waybill::routing::route(&req, &facs, &supply, &cfg));
+        std::hint::black_box(waybill::routing::engine::route(&req, &facs, &supply, &cfg));
     });
     let plan = measure(Duration::from_millis(700), || {
-        std::hint::black_box(waybill::allocation::simulate(&db, &body, now).unwrap());
+        std::hint::black_box(waybill::routing::allocation::simulate(&db, &body, now).unwrap());
     });
     (engine, plan, parts)
 }

@@ -6,7 +6,7 @@
 //! API answers "where is my order" in one call; bad requests change nothing.
 
 use serde_json::{json, Value};
-use waybill::signature;
+use waybill::kernel::signature;
 use waybill_host::RunningApp;
 use waybill_scenarios::*;
 

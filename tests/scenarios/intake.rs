@@ -421,7 +421,7 @@ async fn twenty_concurrent_deliveries_make_exactly_one_order() {
 async fn wrong_or_missing_signatures_answer_401_and_store_nothing() {
     let app = start().await;
     let body = fixture("shopify/orders-create.json");
-    let wrong = waybill::signature::base64_hmac(b"another-secret", &body);
+    let wrong = waybill::kernel::signature::base64_hmac(b"another-secret", &body);
     for headers in [
         vec![
             ("x-shopify-topic", "orders/create"),

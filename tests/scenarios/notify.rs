@@ -83,7 +83,7 @@ async fn an_order_sends_its_confirmation_and_a_signed_webhook() {
         .unwrap()
         .as_secs() as i64;
     assert!(
-        waybill::signature::verify_timestamped(HOOK_SECRET.as_bytes(), sig, &hook.body, now, 300),
+        waybill::kernel::signature::verify_timestamped(HOOK_SECRET.as_bytes(), sig, &hook.body, now, 300),
         "{sig}"
     );
     let (t, v1) = sig.split_once(',').unwrap();
@@ -92,7 +92,7 @@ async fn an_order_sends_its_confirmation_and_a_signed_webhook() {
     signed.extend_from_slice(&hook.body);
     assert_eq!(
         v1.strip_prefix("v1=").unwrap(),
-        waybill::signature::hex(&waybill::signature::hmac_sha256(
+        waybill::kernel::signature::hex(&waybill::kernel::signature::hmac_sha256(
             HOOK_SECRET.as_bytes(),
             &signed
         ))

@@ -4,7 +4,7 @@
 //! requests that change nothing.
 
 use serde_json::{json, Value};
-use waybill::signature;
+use waybill::kernel::signature;
 use waybill_host::RunningApp;
 use waybill_scenarios::*;
 

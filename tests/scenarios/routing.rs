@@ -361,7 +361,7 @@ async fn backorders_are_released_fifo_by_receipt_fc_push_and_pull() {
 
     // The FC pushes its levels (signed): the rest is released from Paris.
     let push = json!({"as_of": "2026-11-21T06:00:00Z", "levels": [{"part_number": "P-GADGET", "on_hand": 10}]}).to_string();
-    let bad = waybill::signature::sign_timestamped(
+    let bad = waybill::kernel::signature::sign_timestamped(
         b"wrong",
         chrono::Utc::now().timestamp(),
         push.as_bytes(),
@@ -384,7 +384,7 @@ async fn backorders_are_released_fifo_by_receipt_fc_push_and_pull() {
         (0, 0),
         "a bad signature changes nothing"
     );
-    let sig = waybill::signature::sign_timestamped(
+    let sig = waybill::kernel::signature::sign_timestamped(
         FC_SECRET.as_bytes(),
         chrono::Utc::now().timestamp(),
         push.as_bytes(),
@@ -446,7 +446,7 @@ async fn backorders_are_released_fifo_by_receipt_fc_push_and_pull() {
         .find(|x| x.path == "/inventory")
         .expect("the FC was asked");
     let sig = req.header("waybill-signature").unwrap();
-    assert!(waybill::signature::verify_timestamped(
+    assert!(waybill::kernel::signature::verify_timestamped(
         FC_SECRET.as_bytes(),
         sig,
         b"",
@@ -828,7 +828,7 @@ async fn bad_inventory_input_answers_problems_and_changes_nothing() {
     assert_eq!(r.status, 401);
     // Pushes: unknown facility and bad signature look the same (401), expired timestamps too.
     let body = json!({"levels": [{"sku": "MUG", "on_hand": 99}]}).to_string();
-    let old = waybill::signature::sign_timestamped(
+    let old = waybill::kernel::signature::sign_timestamped(
         FC_SECRET.as_bytes(),
         chrono::Utc::now().timestamp() - 3600,
         body.as_bytes(),
@@ -836,7 +836,7 @@ async fn bad_inventory_input_answers_problems_and_changes_nothing() {
     for (path, sig) in [
         (
             "/callbacks/fc/atlantis/inventory",
-            waybill::signature::sign_timestamped(
+            waybill::kernel::signature::sign_timestamped(
                 FC_SECRET.as_bytes(),
                 chrono::Utc::now().timestamp(),
                 body.as_bytes(),
@@ -971,7 +971,7 @@ async fn the_scheduled_pull_reads_every_center_and_the_sweep_releases_backorders
         1,
         "only the facility with an inventory_url is pulled"
     );
-    assert!(waybill::signature::verify_timestamped(
+    assert!(waybill::kernel::signature::verify_timestamped(
         FC_SECRET.as_bytes(),
         asked[0].header("waybill-signature").unwrap(),
         b"",

@@ -6,7 +6,7 @@
 //! signatures, duplicates and unknown orders.
 
 use serde_json::{json, Value};
-use waybill::signature;
+use waybill::kernel::signature;
 use waybill_host::RunningApp;
 use waybill_scenarios::*;
 

@@ -7,7 +7,7 @@ wit_bindgen::generate!({
     path: "../../wit/cron.wit",
 });
 
-use waybill::{capture, spin_glue};
+use waybill::{payments::capture, spin_glue};
 
 struct CaptureCron;
 

@@ -7,12 +7,12 @@
 //!   and credit memos, an order's payment ledger, refunds, the operator's retry
 //!   after a decline, payment action items, settings, an on-demand sweep.
 //!
-//! The work is in `waybill::capture` and `waybill::gateway`; capture-cron runs
+//! The work is in `waybill::payments::capture` and `waybill::payments::gateway`; capture-cron runs
 //! the same worker every minute (retries with backoff).
 
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_component;
-use waybill::{capture, http, spin_glue};
+use waybill::{http, payments::capture, spin_glue};
 
 #[http_component]
 async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {

@@ -1,6 +1,6 @@
 //! intake: order webhooks from Shopify, WooCommerce and commercetools, and
 //! Waybill's own order API (single, batch, XML). Verifies, de-duplicates,
-//! normalises and persists; the work is in `waybill::intake`.
+//! normalises and persists; the work is in `waybill::intake::webhooks`.
 //!
 //! The answer goes out as soon as the order is durable; then, in this same
 //! instance, routing is chained for the orders concerned and notify is kicked.
@@ -8,7 +8,7 @@
 
 use spin_sdk::http::{IncomingRequest, Method, Request, Response, ResponseOutparam};
 use spin_sdk::http_component;
-use waybill::{http, intake, spin_glue};
+use waybill::{http, intake::webhooks as intake, spin_glue};
 
 fn config() -> intake::Config {
     intake::Config {
@@ -45,7 +45,7 @@ async fn forward_to_orders(req: &http::Request) -> http::Response {
             body: r.body().to_vec(),
         },
         Err(e) => http::Response::problem(&waybill::Error::new(
-            waybill::error::ErrorKind::Unavailable,
+            waybill::kernel::error::ErrorKind::Unavailable,
             format!("the orders component did not answer: {e}"),
         )),
     }

@@ -8,7 +8,7 @@ wit_bindgen::generate!({
     path: "../../wit/cron.wit",
 });
 
-use waybill::{inventory, signature, spin_glue};
+use waybill::{inventory, kernel::signature, spin_glue};
 
 struct InventoryCron;
 

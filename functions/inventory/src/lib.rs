@@ -5,7 +5,7 @@
 
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_component;
-use waybill::{http, inventory, signature, spin_glue, Error};
+use waybill::{http, inventory, kernel::signature, spin_glue, Error};
 
 fn secret(name: &str) -> Option<String> {
     Some(spin_glue::variable(name, "")).filter(|s| !s.is_empty())
@@ -13,8 +13,8 @@ fn secret(name: &str) -> Option<String> {
 
 /// `POST /api/facilities/{id}/inventory/sync`: pulls the center's levels now.
 async fn pull(
-    db: &dyn waybill::db::Db,
-    kv: &dyn waybill::kv::Kv,
+    db: &dyn waybill::kernel::db::Db,
+    kv: &dyn waybill::kernel::kv::Kv,
     cfg: &inventory::Config<'_>,
     facility: &str,
     fx: &mut inventory::Effects,
@@ -28,13 +28,13 @@ async fn pull(
     ];
     let (status, body) = spin_glue::http_get(&t.url, &headers).await.map_err(|e| {
         Error::new(
-            waybill::error::ErrorKind::Unavailable,
+            waybill::kernel::error::ErrorKind::Unavailable,
             format!("{facility}: inventory pull failed: {e}"),
         )
     })?;
     if status != 200 {
         return Err(Error::new(
-            waybill::error::ErrorKind::Unavailable,
+            waybill::kernel::error::ErrorKind::Unavailable,
             format!("{facility}: the inventory endpoint answered {status}"),
         ));
     }
@@ -42,7 +42,7 @@ async fn pull(
     let out = inventory::apply_snapshot(db, kv, facility, &body, "pull", now, fx).map_err(|e| {
         if e.status() < 500 {
             Error::new(
-                waybill::error::ErrorKind::Unavailable,
+                waybill::kernel::error::ErrorKind::Unavailable,
                 format!(
                     "{facility}: the inventory endpoint sent an unusable document: {}",
                     e.detail
@@ -72,7 +72,7 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
                     (_, Err(e)) => http::Response::problem(&e),
                     ("POST", Ok(())) => pull(&db, &kv, &cfg, id, &mut fx).await.into(),
                     _ => http::Response::problem(&Error::new(
-                        waybill::error::ErrorKind::MethodNotAllowed,
+                        waybill::kernel::error::ErrorKind::MethodNotAllowed,
                         "POST to pull the facility's inventory now",
                     )),
                 }

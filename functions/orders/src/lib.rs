@@ -1,11 +1,11 @@
 //! orders: order queries (by id, number or source id; list with filters and
 //! cursor pagination; the timeline, routing, shipments, returns) and returns
 //! (RMA: request, approve, reject, cancel, receive with inspection and refund).
-//! The work is in `waybill::orders` and `waybill::returns`.
+//! The work is in `waybill::orders::views` and `waybill::returns`.
 
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_component;
-use waybill::{http, orders, spin_glue};
+use waybill::{http, orders::views as orders, spin_glue};
 
 #[http_component]
 async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
@@ -22,7 +22,7 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     let (resp, moved, captures_due) = match spin_glue::open_writer() {
         Ok(db) => {
             let (resp, moved) = orders::handle_write(&db, &tokens, &r, now);
-            let due = waybill::capture::has_due(&db, now).unwrap_or(false);
+            let due = waybill::payments::capture::has_due(&db, now).unwrap_or(false);
             (resp, moved, due)
         }
         Err(e) => (http::Response::problem(&e), Default::default(), false),

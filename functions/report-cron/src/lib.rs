@@ -9,7 +9,7 @@ wit_bindgen::generate!({
     path: "../../wit/cron.wit",
 });
 
-use waybill::{report, spin_glue};
+use waybill::{reporting as report, spin_glue};
 
 struct ReportCron;
 
@@ -22,7 +22,7 @@ impl Guest for ReportCron {
         let date = report::scheduled_date(now, cfg.timezone);
         let (r, fresh) = report::generate(&db, date, cfg.timezone, now).map_err(fail)?;
         // Hourly housekeeping rides along: expired Idempotency-Keys, month-old webhook receipts.
-        let purged = waybill::store::purge_expired(&db, now, 30).map_err(fail)?;
+        let purged = waybill::orders::store::purge_expired(&db, now, 30).map_err(fail)?;
         if purged > 0 {
             println!("report-cron: purged {purged} expired idempotency keys and webhook receipts");
         }

@@ -1,9 +1,9 @@
 //! report: the daily performance report over HTTP — read (JSON or CSV) and
-//! (re)generate. The work is in `waybill::report`.
+//! (re)generate. The work is in `waybill::reporting`.
 
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_component;
-use waybill::{http, report, spin_glue};
+use waybill::{http, reporting as report, spin_glue};
 
 #[http_component]
 fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {

@@ -7,7 +7,7 @@ wit_bindgen::generate!({
     path: "../../wit/cron.wit",
 });
 
-use waybill::{allocation, spin_glue};
+use waybill::{routing::allocation, spin_glue};
 
 struct RoutingCron;
 

@@ -9,11 +9,11 @@
 //! Released fulfillment orders whose capture goes through a gateway are sent
 //! by the capture component, chained here after the work.
 //!
-//! The work is in `waybill::allocation` and `waybill::routing`.
+//! The work is in `waybill::routing::allocation` and `waybill::routing::engine`.
 
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_component;
-use waybill::{allocation, capture, http, spin_glue};
+use waybill::{http, payments::capture, routing::allocation, spin_glue};
 
 #[http_component]
 async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {

@@ -8,7 +8,7 @@
 //! - `/api/fulfillment/...`: in-house pick, pack and handover jobs, the
 //!   carrier-pickup list, rate tables and quotes, bins, settings, action items.
 //!
-//! The work is in `waybill::fulfillment` and `waybill::tracking`. Shipments
+//! The work is in `waybill::fulfillment` and `waybill::fulfillment::tracking`. Shipments
 //! write the confirmation e-mail and CRM events to the outbox; notify is
 //! kicked after every successful write, capture after a shipment (capture at
 //! shipment).
@@ -39,7 +39,7 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     let (resp, captures_due) = match spin_glue::open_writer() {
         Ok(db) => {
             let resp = fulfillment::handle(&db, &tokens, &secrets, &r, now);
-            let due = r.method == "POST" && waybill::capture::has_due(&db, now).unwrap_or(false);
+            let due = r.method == "POST" && waybill::payments::capture::has_due(&db, now).unwrap_or(false);
             (resp, due)
         }
         Err(e) => (http::Response::problem(&e), false),

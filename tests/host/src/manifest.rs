@@ -840,13 +840,6 @@ mod tests {
         Manifest::parse(&format!("{HEAD}{body}"), d.path())
     }
 
-    fn err(body: &str) -> String {
-        format!(
-            "{:#}",
-            parse(body).expect_err("manifest should be rejected")
-        )
-    }
-
     #[test]
     fn parses_a_full_manifest() {
         let m = parse(

@@ -72,7 +72,7 @@ pub fn fixture(path: &str) -> Vec<u8> {
 }
 
 pub fn sign(body: &[u8]) -> String {
-    waybill::signature::base64_hmac(WEBHOOK_SECRET.as_bytes(), body)
+    waybill::kernel::signature::base64_hmac(WEBHOOK_SECRET.as_bytes(), body)
 }
 
 pub struct Reply {

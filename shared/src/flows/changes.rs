@@ -1,0 +1,1247 @@
+//! Order changes after sale and cancellations (DESIGN §3, §5).
+//!
+//! - `PATCH /api/orders/{key}`: shipping address and shipping method before
+//!   release (what was allocated is given back and routed again at once);
+//!   after a release, 409 with the fulfillment orders that hold it. A note
+//!   may change at any time.
+//! - `POST /api/orders/{key}/cancel` (whole order, or `lines`): units not
+//!   yet in a fulfillment order are cancelled; allocated units give back their
+//!   reservation; released units at an in-house facility whose picking has
+//!   not started leave the fulfillment order (its pick list follows); units
+//!   at an external center get a cancellation request (the center's
+//!   `cancellation_accepted` callback cancels them). Picked, packed, shipped
+//!   or delivered units cannot be cancelled (409; return them instead). The
+//!   money follows exactly: captured units now cancelled are refunded at their
+//!   capture shares, and the authorization no longer needed is voided.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value as Json};
+
+use crate::kernel::db::Db;
+use crate::kernel::error::{Error, FieldError, Result};
+use crate::params;
+use crate::orders::store::{self, enqueue, record_event, ts};
+
+fn order_row(db: &dyn Db, order_id: &str) -> Result<crate::kernel::db::Rows> {
+    let r = db.execute(
+        "SELECT id, number, status, doc FROM orders WHERE id = ?",
+        params![order_id],
+    )?;
+    if r.is_empty() {
+        return Err(Error::not_found("no such order"));
+    }
+    Ok(r)
+}
+
+/// Fulfillment orders released (to a facility or already shipping).
+fn released_fos(db: &dyn Db, order_id: &str) -> Result<Vec<(String, String, String)>> {
+    Ok(db
+        .execute(
+            "SELECT name, facility_id, status FROM fulfillment_orders WHERE order_id = ? AND status IN ('open', 'in_progress', 'closed')
+             ORDER BY name",
+            params![order_id],
+        )?
+        .iter()
+        .map(|r| (r.str("name"), r.str("facility_id"), r.str("status")))
+        .collect())
+}
+
+/// Applies a change. Returns whether routing ran again.
+pub fn change(
+    db: &dyn Db,
+    order_id: &str,
+    v: &Json,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Json> {
+    if !v.is_object() {
+        return Err(Error::bad_request("the body must be a JSON object"));
+    }
+    let mut errs = FieldError::unknown_fields(v, &["shipping_address", "shipping_method", "note"]);
+    let mut reader = crate::intake::sources::Reader::default();
+    let address = if v["shipping_address"].is_null() {
+        None
+    } else {
+        crate::intake::sources::api::address(&mut reader, v, "shipping_address", "")
+    };
+    errs.extend(reader.errors);
+    if let Some(a) = &address {
+        if a.country_code.len() != 2 {
+            errs.push(FieldError::new(
+                "/shipping_address/country_code",
+                "must be an ISO 3166-1 alpha-2 code",
+            ));
+        }
+    }
+    let method = match &v["shipping_method"] {
+        Json::Null => None,
+        Json::String(m) if !m.trim().is_empty() && m.len() <= 64 => Some(m.trim().to_string()),
+        _ => {
+            errs.push(FieldError::new(
+                "/shipping_method",
+                "must be a method code of 1 to 64 characters",
+            ));
+            None
+        }
+    };
+    let note = match &v["note"] {
+        Json::Null => None,
+        Json::String(n) if n.len() <= 5000 => Some(n.clone()),
+        _ => {
+            errs.push(FieldError::new(
+                "/note",
+                "must be a string of at most 5000 characters",
+            ));
+            None
+        }
+    };
+    if address.is_none() && method.is_none() && note.is_none() && errs.is_empty() {
+        errs.push(FieldError::new("/", "nothing to change"));
+    }
+    if !errs.is_empty() {
+        return Err(Error::invalid(errs));
+    }
+    let o = order_row(db, order_id)?;
+    let row = o.first().ok_or_else(|| Error::not_found("no such order"))?;
+    let status = row.str("status");
+    if matches!(status.as_str(), "cancelled" | "closed" | "completed") {
+        return Err(Error::conflict(format!(
+            "the order is {status}; it cannot change"
+        )));
+    }
+    let mut doc: Json = serde_json::from_str(&row.str("doc")).unwrap_or(Json::Null);
+    let fulfillment_change = address.is_some() || method.is_some();
+    if fulfillment_change {
+        let released = released_fos(db, order_id)?;
+        if !released.is_empty() {
+            let list = released
+                .iter()
+                .map(|(n, f, s)| format!("{n} at {f} ({s})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Error::conflict(format!(
+                "the shipping address and method cannot change after release: {list} already went to the facility; cancel and re-order, or ask the facility"
+            )));
+        }
+    }
+    let mut changed = serde_json::Map::new();
+    if let Some(a) = &address {
+        changed.insert(
+            "shipping_address".into(),
+            json!({"from": doc["shipping_address"], "to": a}),
+        );
+        doc["shipping_address"] = json!(a);
+    }
+    if let Some(m) = &method {
+        let from = doc["shipping_lines_minor"][0]["method"].clone();
+        changed.insert("shipping_method".into(), json!({"from": from, "to": m}));
+        if doc["shipping_lines_minor"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+        {
+            doc["shipping_lines_minor"][0]["method"] = json!(m);
+            doc["shipping_lines"][0]["method"] = json!(m);
+        } else {
+            doc["shipping_lines_minor"] =
+                json!([{"method": m, "title": m, "price": 0, "discount": 0, "tax": 0}]);
+        }
+    }
+    if let Some(n) = &note {
+        changed.insert("note".into(), json!({"from": doc["note"], "to": n}));
+        doc["note"] = json!(n);
+    }
+    db.execute(
+        "UPDATE orders SET doc = ?, updated_at = ?, version = version + 1 WHERE id = ?",
+        params![doc.to_string(), ts(now), order_id],
+    )?;
+    let what: Vec<String> = changed.keys().cloned().collect();
+    record_event(
+        db,
+        order_id,
+        now,
+        actor,
+        "order.changed",
+        &format!("Changed: {}", what.join(", ")),
+        Json::Object(changed.clone()),
+    )?;
+    let mut routed = Json::Null;
+    if fulfillment_change {
+        // What was allocated for the old destination or method is given back and routed again.
+        crate::routing::allocation::deallocate_unreleased(
+            db,
+            order_id,
+            now,
+            actor,
+            "the shipping address or method changed",
+        )?;
+        db.execute(
+            "UPDATE order_lines SET qty_backordered = 0 WHERE order_id = ?",
+            params![order_id],
+        )?;
+        // An incorrect-address hold is the operator's to lift; a new address lifts it.
+        if address.is_some() {
+            store::release_hold(
+                db,
+                order_id,
+                crate::orders::model::HoldReason::IncorrectAddress,
+                now,
+                actor,
+                "a new shipping address",
+            )?;
+        }
+        let o =
+            crate::routing::allocation::route_order(db, order_id, crate::routing::allocation::Trigger::Intake, now)?;
+        routed = json!({"allocated": o.allocated, "released": o.released, "backordered": o.backordered, "held": o.held});
+    }
+    enqueue(
+        db,
+        "order.changed",
+        Some(order_id),
+        json!({"order_id": order_id, "number": row.str("number"), "changed": changed}),
+        now,
+    )?;
+    store::refresh_status(db, order_id, now)?;
+    Ok(json!({"changed": what, "routing": routed}))
+}
+
+/// Cancels units (all cancellable ones when `lines` is absent).
+pub fn cancel(
+    db: &dyn Db,
+    order_id: &str,
+    v: &Json,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Json> {
+    cancel_units(db, order_id, v, actor, now, true)
+}
+
+fn cancel_units(
+    db: &dyn Db,
+    order_id: &str,
+    v: &Json,
+    actor: &str,
+    now: DateTime<Utc>,
+    settle: bool,
+) -> Result<Json> {
+    if !v.is_object() {
+        return Err(Error::bad_request("the body must be a JSON object"));
+    }
+    let mut errs = FieldError::unknown_fields(v, &["lines", "reason"]);
+    let reason = v["reason"]
+        .as_str()
+        .unwrap_or("cancelled by request")
+        .chars()
+        .take(500)
+        .collect::<String>();
+    let lines = db.execute(
+        "SELECT line_no, sku, qty_ordered, qty_cancelled, qty_allocated, qty_released, qty_shipped FROM order_lines WHERE order_id = ? ORDER BY line_no",
+        params![order_id],
+    )?;
+    if lines.is_empty() {
+        return Err(Error::not_found("no such order"));
+    }
+    // What each line can still give up: everything not shipped and not being picked or packed.
+    let busy: BTreeMap<i64, i64> = db
+        .execute(
+            "SELECT fl.line_no, SUM(fl.quantity) AS n FROM fulfillment_order_lines fl JOIN fulfillment_orders f ON f.id = fl.fulfillment_order_id
+             WHERE f.order_id = ? AND f.status IN ('open', 'in_progress')
+               AND (EXISTS (SELECT 1 FROM fulfillment_jobs j WHERE j.fulfillment_order_id = f.id AND (j.kind <> 'pick' OR j.status <> 'open'))
+                    OR f.status = 'in_progress')
+               AND NOT EXISTS (SELECT 1 FROM facilities x WHERE x.id = f.facility_id AND x.type = 'fulfillment_center')
+             GROUP BY fl.line_no",
+            params![order_id],
+        )?
+        .iter()
+        .map(|r| (r.i64("line_no"), r.i64("n")))
+        .collect();
+    let shipped_units: BTreeMap<i64, i64> = db
+        .execute(
+            "SELECT sl.line_no, SUM(sl.quantity) AS n FROM shipment_lines sl JOIN shipments s ON s.id = sl.shipment_id
+             JOIN fulfillment_orders f ON f.id = s.fulfillment_order_id
+             WHERE s.order_id = ? AND f.status IN ('open', 'in_progress') GROUP BY sl.line_no",
+            params![order_id],
+        )?
+        .iter()
+        .map(|r| (r.i64("line_no"), r.i64("n")))
+        .collect();
+    let cancellable = |l: &crate::kernel::db::Row| -> i64 {
+        let n = l.i64("line_no");
+        // Units of a partly shipped fulfillment order that shipped are in qty_shipped, not in busy.
+        let in_work = (busy.get(&n).copied().unwrap_or(0)
+            - shipped_units.get(&n).copied().unwrap_or(0))
+        .max(0);
+        (l.i64("qty_ordered") - l.i64("qty_cancelled") - l.i64("qty_shipped") - in_work).max(0)
+    };
+    let mut wanted: BTreeMap<i64, i64> = BTreeMap::new();
+    match &v["lines"] {
+        Json::Null => {
+            for l in lines.iter() {
+                let c = cancellable(&l);
+                if c > 0 {
+                    wanted.insert(l.i64("line_no"), c);
+                }
+            }
+            if wanted.is_empty() && errs.is_empty() {
+                return Err(Error::conflict(
+                    "nothing left to cancel: every unit is shipped, delivered, or being picked or packed (return it instead)",
+                ));
+            }
+        }
+        Json::Array(a) if !a.is_empty() => {
+            for (i, x) in a.iter().enumerate() {
+                let p = format!("/lines/{i}");
+                let (Some(n), Some(q)) = (x["line_no"].as_i64(), x["quantity"].as_i64()) else {
+                    errs.push(FieldError::new(p, "needs an integer line_no and quantity"));
+                    continue;
+                };
+                let Some(l) = lines.iter().find(|l| l.i64("line_no") == n) else {
+                    errs.push(FieldError::new(
+                        format!("{p}/line_no"),
+                        format!("the order has no line {n}"),
+                    ));
+                    continue;
+                };
+                let c = cancellable(&l) - wanted.get(&n).copied().unwrap_or(0);
+                if q <= 0 {
+                    errs.push(FieldError::new(format!("{p}/quantity"), "must be positive"));
+                } else if q > c {
+                    let shipped = l.i64("qty_shipped");
+                    let conflict = c == 0 && (shipped > 0 || busy.contains_key(&n));
+                    let msg = format!(
+                        "{q} asked, {c} cancellable ({shipped} shipped or delivered, the rest being picked or packed: return them instead)"
+                    );
+                    if conflict && a.len() == 1 {
+                        return Err(Error::conflict(msg));
+                    }
+                    errs.push(FieldError::new(format!("{p}/quantity"), msg));
+                } else {
+                    *wanted.entry(n).or_default() += q;
+                }
+            }
+        }
+        _ => errs.push(FieldError::new(
+            "/lines",
+            "must be a non-empty array of {line_no, quantity}",
+        )),
+    }
+    if !errs.is_empty() {
+        return Err(Error::invalid(errs));
+    }
+    let order = order_row(db, order_id)?;
+    let number = order.first().map(|r| r.str("number")).unwrap_or_default();
+    let mut summary = Vec::new();
+    let mut requested_from_fc = Vec::new();
+    for (line_no, mut q) in wanted.clone() {
+        let l = lines
+            .iter()
+            .find(|l| l.i64("line_no") == line_no)
+            .expect("validated");
+        // 1. Units in no fulfillment order (unplaced, backordered).
+        let unplaced = (l.i64("qty_ordered")
+            - l.i64("qty_cancelled")
+            - l.i64("qty_allocated")
+            - l.i64("qty_released")
+            - l.i64("qty_shipped"))
+        .max(0);
+        let take = q.min(unplaced);
+        if take > 0 {
+            db.execute(
+                "UPDATE order_lines SET qty_cancelled = qty_cancelled + ?1, qty_backordered = MAX(qty_backordered - ?1, 0)
+                 WHERE order_id = ?2 AND line_no = ?3",
+                params![take, order_id, line_no],
+            )?;
+            q -= take;
+        }
+        // 2. Units in fulfillment orders not being worked on, newest first.
+        if q > 0 {
+            let fos = db.execute(
+                "SELECT f.id, f.name, f.status, f.facility_id, fl.quantity, fl.sku,
+                        (SELECT type FROM facilities x WHERE x.id = f.facility_id) AS ftype
+                 FROM fulfillment_orders f JOIN fulfillment_order_lines fl ON fl.fulfillment_order_id = f.id
+                 WHERE f.order_id = ? AND fl.line_no = ? AND f.status IN ('on_hold', 'scheduled', 'open')
+                 ORDER BY CASE f.status WHEN 'on_hold' THEN 0 WHEN 'scheduled' THEN 1 ELSE 2 END, f.name DESC",
+                params![order_id, line_no],
+            )?;
+            for f in fos.iter() {
+                if q == 0 {
+                    break;
+                }
+                let fo_id = f.str("id");
+                let fs = f.str("status");
+                if f.str("ftype") == "fulfillment_center" && fs == "open" {
+                    // The center has it: ask it to cancel.
+                    let n = db.exec(
+                        "UPDATE fulfillment_orders SET request_status = 'cancellation_requested', updated_at = ? WHERE id = ?
+                         AND request_status NOT IN ('cancellation_requested')",
+                        params![ts(now), fo_id.clone()],
+                    )?;
+                    if n > 0 {
+                        requested_from_fc.push((
+                            fo_id.clone(),
+                            f.str("name"),
+                            f.str("facility_id"),
+                        ));
+                    }
+                    q -= q.min(f.i64("quantity"));
+                    continue;
+                }
+                let take = q.min(f.i64("quantity"));
+                remove_from_fo(
+                    db,
+                    order_id,
+                    &fo_id,
+                    line_no,
+                    &f.str("sku"),
+                    &f.str("facility_id"),
+                    take,
+                    &fs,
+                    now,
+                )?;
+                q -= take;
+            }
+        }
+        summary.push(json!({"line_no": line_no, "quantity": wanted[&line_no]}));
+    }
+    for (fo_id, name, facility) in &requested_from_fc {
+        record_event(
+            db,
+            order_id,
+            now,
+            actor,
+            "fulfillment_request.cancellation_requested",
+            &format!("{name}: cancellation requested from {facility}"),
+            json!({"fulfillment_order": name, "facility": facility}),
+        )?;
+        enqueue(
+            db,
+            "fulfillment_order.cancellation_requested",
+            Some(order_id),
+            json!({"order_id": order_id, "number": number, "fulfillment_order_id": fo_id, "fulfillment_order": name,
+                   "facility": facility, "reason": reason}),
+            now,
+        )?;
+    }
+    record_event(
+        db,
+        order_id,
+        now,
+        actor,
+        "order.cancelled",
+        &format!(
+            "Cancelled {}: {reason}",
+            summary
+                .iter()
+                .map(|s| format!("{} x line {}", s["quantity"], s["line_no"]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        json!({"reason": reason, "lines": summary, "cancellation_requested": requested_from_fc.iter().map(|x| &x.1).collect::<Vec<_>>()}),
+    )?;
+    enqueue(
+        db,
+        "order.cancelled",
+        Some(order_id),
+        json!({"order_id": order_id, "number": number, "reason": reason, "lines": summary}),
+        now,
+    )?;
+    let money = if settle {
+        settle_money(db, order_id, &reason, actor, now)?
+    } else {
+        Json::Null
+    };
+    store::refresh_status(db, order_id, now)?;
+    Ok(
+        json!({"cancelled": summary, "cancellation_requested": requested_from_fc.iter().map(|x| &x.1).collect::<Vec<_>>(), "payment": money}),
+    )
+}
+
+/// Takes `q` units of a line out of a fulfillment order that is not being
+/// worked on: the reservation is given back, the bucket moves to cancelled,
+/// the pick list follows, an empty fulfillment order is cancelled.
+#[allow(clippy::too_many_arguments)]
+fn remove_from_fo(
+    db: &dyn Db,
+    order_id: &str,
+    fo_id: &str,
+    line_no: i64,
+    sku: &str,
+    facility: &str,
+    q: i64,
+    fo_status: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    db.execute(
+        "UPDATE stock SET reserved = MAX(reserved - ?, 0), updated_at = ? WHERE sku = ? AND facility_id = ?",
+        params![q, ts(now), sku, facility],
+    )?;
+    let bucket = if fo_status == "open" {
+        "qty_released"
+    } else {
+        "qty_allocated"
+    };
+    db.execute(
+        &format!("UPDATE order_lines SET {bucket} = MAX({bucket} - ?1, 0), qty_cancelled = qty_cancelled + ?1 WHERE order_id = ?2 AND line_no = ?3"),
+        params![q, order_id, line_no],
+    )?;
+    db.execute(
+        "UPDATE fulfillment_order_lines SET quantity = quantity - ? WHERE fulfillment_order_id = ? AND line_no = ?",
+        params![q, fo_id, line_no],
+    )?;
+    db.execute(
+        "DELETE FROM fulfillment_order_lines WHERE fulfillment_order_id = ? AND line_no = ? AND quantity <= 0",
+        params![fo_id, line_no],
+    )?;
+    // The pick list (not started) follows.
+    if let Some(j) = db
+        .execute(
+            "SELECT id, data FROM fulfillment_jobs WHERE fulfillment_order_id = ? AND kind = 'pick' AND status = 'open'",
+            params![fo_id],
+        )?
+        .first()
+    {
+        let mut data: Json = serde_json::from_str(&j.str("data")).unwrap_or(Json::Null);
+        if let Some(list) = data["checklist"].as_array_mut() {
+            for item in list.iter_mut() {
+                if item["line_no"].as_i64() == Some(line_no) {
+                    item["quantity"] = json!(item["quantity"].as_i64().unwrap_or(0) - q);
+                }
+            }
+            list.retain(|i| i["quantity"].as_i64().unwrap_or(0) > 0);
+        }
+        let empty = data["checklist"].as_array().is_none_or(|a| a.is_empty());
+        db.execute(
+            "UPDATE fulfillment_jobs SET data = ?, status = CASE WHEN ? THEN 'cancelled' ELSE status END, updated_at = ? WHERE id = ?",
+            params![data.to_string(), empty, ts(now), j.str("id")],
+        )?;
+    }
+    let left = db
+        .execute(
+            "SELECT COUNT(*) AS n FROM fulfillment_order_lines WHERE fulfillment_order_id = ?",
+            params![fo_id],
+        )?
+        .first()
+        .map(|r| r.i64("n"))
+        .unwrap_or(0);
+    if left == 0 {
+        db.execute(
+            "UPDATE fulfillment_orders SET status = 'cancelled', updated_at = ? WHERE id = ?",
+            params![ts(now), fo_id],
+        )?;
+        // A capture not yet sent stops; one in flight that succeeds is refunded (capture::settle).
+        db.execute(
+            "UPDATE payment_transactions SET status = 'cancelled', processed_at = ?1
+             WHERE fulfillment_order_id = ?2 AND kind = 'capture' AND status = 'pending' AND (lease_until IS NULL OR lease_until < ?1)",
+            params![ts(now), fo_id],
+        )?;
+    }
+    Ok(())
+}
+
+/// After a cancellation: captured units no longer ordered are refunded at their
+/// capture shares; the authorization no longer needed is voided.
+fn settle_money(
+    db: &dyn Db,
+    order_id: &str,
+    reason: &str,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Json> {
+    let captured: BTreeMap<i64, i64> = db
+        .execute(
+            "SELECT tl.line_no, SUM(tl.units) AS n FROM payment_transaction_lines tl JOIN payment_transactions t ON t.id = tl.transaction_id
+             WHERE t.order_id = ? AND t.kind = 'capture' AND t.status = 'succeeded' GROUP BY tl.line_no",
+            params![order_id],
+        )?
+        .iter()
+        .map(|r| (r.i64("line_no"), r.i64("n")))
+        .collect();
+    let refunded: BTreeMap<i64, i64> = db
+        .execute(
+            "SELECT tl.line_no, SUM(tl.units) AS n FROM payment_transaction_lines tl JOIN payment_transactions t ON t.id = tl.transaction_id
+             WHERE t.order_id = ? AND t.kind = 'refund' AND t.status IN ('pending', 'succeeded', 'unknown') GROUP BY tl.line_no",
+            params![order_id],
+        )?
+        .iter()
+        .map(|r| (r.i64("line_no"), r.i64("n")))
+        .collect();
+    let live: BTreeMap<i64, i64> = db
+        .execute(
+            "SELECT line_no, qty_ordered - qty_cancelled - qty_returned AS n FROM order_lines WHERE order_id = ?",
+            params![order_id],
+        )?
+        .iter()
+        .map(|r| (r.i64("line_no"), r.i64("n")))
+        .collect();
+    let mut refund_lines = BTreeMap::new();
+    for (l, c) in &captured {
+        let excess = c - refunded.get(l).copied().unwrap_or(0) - live.get(l).copied().unwrap_or(0);
+        if excess > 0 {
+            refund_lines.insert(*l, excess);
+        }
+    }
+    let mut out = json!({});
+    if !refund_lines.is_empty() {
+        let whole = live.values().all(|n| *n == 0);
+        let req = crate::payments::capture::RefundRequest {
+            lines: refund_lines,
+            shipping: whole,
+            amount: None,
+            reason: format!("cancelled: {reason}"),
+        };
+        let tx = match crate::payments::capture::refund(db, order_id, &req, actor, now) {
+            Ok(tx) => Some(tx),
+            // Part of the money went back already without lines (an amount
+            // refund, or the shop's own): give back what is left, no more.
+            Err(e) if e.status() == 422 => {
+                let left = db
+                    .execute(
+                        "SELECT captured_minor - refunded_minor - (SELECT COALESCE(SUM(amount_minor), 0) FROM payment_transactions
+                            WHERE order_id = ?1 AND kind = 'refund' AND status IN ('pending', 'unknown')) AS n
+                         FROM payments WHERE order_id = ?1",
+                        params![order_id],
+                    )?
+                    .first()
+                    .map(|r| r.i64("n"))
+                    .unwrap_or(0);
+                if left > 0 {
+                    let req = crate::payments::capture::RefundRequest {
+                        amount: Some(left),
+                        reason: req.reason.clone(),
+                        ..Default::default()
+                    };
+                    Some(crate::payments::capture::refund(db, order_id, &req, actor, now)?)
+                } else {
+                    None
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        out["refund_transaction_id"] = json!(tx);
+    }
+    let voided = crate::payments::capture::void_unneeded(db, order_id, reason, now)?;
+    out["voided_minor"] = json!(voided);
+    Ok(out)
+}
+
+/// A center accepted a cancellation request: its unshipped units are cancelled
+/// (reservation back, buckets, money).
+pub fn cancellation_accepted(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -> Result<()> {
+    let f = db.execute(
+        "SELECT order_id, facility_id, status FROM fulfillment_orders WHERE id = ?",
+        params![fo_id],
+    )?;
+    let Some(f) = f.first() else { return Ok(()) };
+    if !matches!(f.str("status").as_str(), "open" | "in_progress") {
+        return Ok(());
+    }
+    let order_id = f.str("order_id");
+    let shipped: BTreeMap<i64, i64> = db
+        .execute(
+            "SELECT sl.line_no, SUM(sl.quantity) AS n FROM shipment_lines sl JOIN shipments s ON s.id = sl.shipment_id
+             WHERE s.fulfillment_order_id = ? GROUP BY sl.line_no",
+            params![fo_id],
+        )?
+        .iter()
+        .map(|r| (r.i64("line_no"), r.i64("n")))
+        .collect();
+    let lines = db.execute(
+        "SELECT line_no, sku, quantity FROM fulfillment_order_lines WHERE fulfillment_order_id = ?",
+        params![fo_id],
+    )?;
+    for l in lines.iter() {
+        let open = l.i64("quantity") - shipped.get(&l.i64("line_no")).copied().unwrap_or(0);
+        if open > 0 {
+            remove_from_fo(
+                db,
+                &order_id,
+                fo_id,
+                l.i64("line_no"),
+                &l.str("sku"),
+                &f.str("facility_id"),
+                open,
+                "open",
+                now,
+            )?;
+        }
+    }
+    db.execute(
+        "UPDATE fulfillment_orders SET status = CASE WHEN EXISTS (SELECT 1 FROM shipments WHERE fulfillment_order_id = ?1) THEN 'closed' ELSE 'cancelled' END,
+            updated_at = ?2 WHERE id = ?1 AND status IN ('open', 'in_progress')",
+        params![fo_id, ts(now)],
+    )?;
+    settle_money(
+        db,
+        &order_id,
+        "the fulfillment center accepted the cancellation",
+        "fulfillment",
+        now,
+    )?;
+    store::refresh_status(db, &order_id, now)?;
+    Ok(())
+}
+
+/// Substitutes a SKU for units not yet released (typically ones no longer in
+/// stock): those units of the line are cancelled and a new line with the
+/// substitute is added (its price given, else the old unit price; the old
+/// line's per-unit discount carries over; tax at the old line's rate), then
+/// routed. The price difference is handled on the authorization: a cheaper
+/// substitute voids the difference; a dearer one holds the order
+/// (`awaiting_payment`) until the difference is authorized
+/// (`POST /api/payments/orders/{key}/retry` with the new amount).
+pub fn substitute(
+    db: &dyn Db,
+    order_id: &str,
+    v: &Json,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Json> {
+    if !v.is_object() {
+        return Err(Error::bad_request("the body must be a JSON object"));
+    }
+    let mut errs =
+        FieldError::unknown_fields(v, &["line_no", "sku", "quantity", "unit_price", "reason"]);
+    let line_no = v["line_no"].as_i64();
+    let sku = v["sku"].as_str().map(str::to_string);
+    if line_no.is_none() {
+        errs.push(FieldError::new("/line_no", "is required"));
+    }
+    let product = match &sku {
+        Some(s) => db
+            .execute(
+                "SELECT name FROM products WHERE sku = ?",
+                params![s.clone()],
+            )?
+            .first()
+            .map(|r| r.str("name")),
+        None => None,
+    };
+    if sku.is_none() {
+        errs.push(FieldError::new("/sku", "is required"));
+    } else if product.is_none() {
+        errs.push(FieldError::new(
+            "/sku",
+            format!("no product '{}'", sku.clone().unwrap_or_default()),
+        ));
+    }
+    let l = match line_no {
+        Some(n) => db
+            .execute(
+                "SELECT l.*, o.currency, o.total_minor, o.number FROM order_lines l JOIN orders o ON o.id = l.order_id
+                 WHERE l.order_id = ? AND l.line_no = ?",
+                params![order_id, n],
+            )?,
+        None => crate::kernel::db::Rows::default(),
+    };
+    let Some(line) = l.first() else {
+        if line_no.is_some() {
+            errs.push(FieldError::new("/line_no", "the order has no such line"));
+        }
+        return Err(Error::invalid(errs));
+    };
+    let currency = crate::kernel::money::Currency::from_code(&line.str("currency"))
+        .ok_or_else(|| Error::internal("order with an unknown currency"))?;
+    let open = line.i64("qty_ordered")
+        - line.i64("qty_cancelled")
+        - line.i64("qty_released")
+        - line.i64("qty_shipped");
+    let q = v["quantity"].as_i64().unwrap_or(open);
+    if q <= 0 || q > open {
+        errs.push(FieldError::new(
+            "/quantity",
+            format!("{q} asked, {open} unit(s) not yet released can be substituted"),
+        ));
+    }
+    let old_price = line.i64("unit_price_minor");
+    let price = match &v["unit_price"] {
+        Json::Null => Some(old_price),
+        Json::String(p) => currency.parse_amount(p).ok().filter(|m| *m >= 0),
+        Json::Number(n) => currency
+            .parse_amount(&n.to_string())
+            .ok()
+            .filter(|m| *m >= 0),
+        _ => None,
+    };
+    if price.is_none() {
+        errs.push(FieldError::new(
+            "/unit_price",
+            "must be a non-negative decimal amount",
+        ));
+    }
+    if sku.as_deref() == Some(line.str("sku").as_str()) {
+        errs.push(FieldError::new("/sku", "is the line's own SKU"));
+    }
+    if !errs.is_empty() {
+        return Err(Error::invalid(errs));
+    }
+    let (sku, price) = (sku.unwrap_or_default(), price.unwrap_or(0));
+    let ordered = line.i64("qty_ordered");
+    let old_discount = crate::payments::shares::share(line.i64("discount_minor"), ordered, q);
+    let old_net = line.i64("subtotal_minor") - line.i64("discount_minor");
+    let subtotal = price * q;
+    let discount = old_discount.min(subtotal);
+    let net = subtotal - discount;
+    let tax = if old_net > 0 {
+        ((line.i64("tax_minor") as i128 * net as i128 + old_net as i128 / 2) / old_net as i128)
+            as i64
+    } else {
+        0
+    };
+    // The old units go (without touching the money yet) ...
+    let old_amount = {
+        let c = crate::payments::shares::charge(
+            &crate::payments::shares::OrderAmounts {
+                lines: vec![crate::payments::shares::LineAmounts {
+                    line_no: 1,
+                    ordered,
+                    net: old_net,
+                    tax: line.i64("tax_minor"),
+                }],
+                shipping: 0,
+                shipping_tax: 0,
+                taxes_included: false,
+            },
+            &BTreeMap::new(),
+            &BTreeMap::from([(1, q)]),
+            false,
+        );
+        c.amount
+    };
+    let reason = v["reason"].as_str().unwrap_or("substituted").to_string();
+    cancel_units(
+        db,
+        order_id,
+        &json!({"lines": [{"line_no": line.i64("line_no"), "quantity": q}], "reason": format!("substituted by {sku}: {reason}")}),
+        actor,
+        now,
+        false,
+    )?;
+    // ... the substitute comes in as a new line.
+    let new_line = db
+        .execute(
+            "SELECT COALESCE(MAX(line_no), 0) + 1 AS n FROM order_lines WHERE order_id = ?",
+            params![order_id],
+        )?
+        .first()
+        .map(|r| r.i64("n"))
+        .unwrap_or(1);
+    db.execute(
+        "INSERT INTO order_lines (order_id, line_no, external_id, sku, name, unit_price_minor, subtotal_minor, discount_minor, tax_minor,
+            requires_shipping, qty_ordered) VALUES (?, ?, NULL, ?, ?, ?, ?, ?, ?, 1, ?)",
+        params![order_id, new_line, sku.clone(), product.clone().unwrap_or_default(), price, subtotal, discount, tax, q],
+    )?;
+    let new_amount = net + tax;
+    let delta = new_amount - old_amount;
+    db.execute(
+        "UPDATE orders SET total_minor = total_minor + ?, version = version + 1, updated_at = ? WHERE id = ?",
+        params![delta, ts(now), order_id],
+    )?;
+    record_event(
+        db,
+        order_id,
+        now,
+        actor,
+        "order.substituted",
+        &format!(
+            "{q} x {} substituted by {sku} (line {new_line}); difference {} {}",
+            line.str("sku"),
+            currency.format_amount(delta),
+            currency.code()
+        ),
+        json!({"line_no": line.i64("line_no"), "from_sku": line.str("sku"), "to_sku": sku, "new_line_no": new_line,
+               "quantity": q, "difference_minor": delta, "reason": reason}),
+    )?;
+    enqueue(
+        db,
+        "order.changed",
+        Some(order_id),
+        json!({"order_id": order_id, "number": line.str("number"),
+               "changed": {"substitution": {"line_no": line.i64("line_no"), "from": line.str("sku"), "to": sku, "quantity": q, "difference_minor": delta}}}),
+        now,
+    )?;
+    // The price difference on the authorization.
+    let p = db.execute(
+        "SELECT gateway, authorized_minor, captured_minor, voided_minor FROM payments WHERE order_id = ?",
+        params![order_id],
+    )?;
+    let mut payment = json!({"difference_minor": delta});
+    if let Some(p) = p
+        .first()
+        .filter(|p| matches!(p.str("gateway").as_str(), "manual" | "stripe"))
+    {
+        if delta > 0 {
+            let needed = crate::payments::capture::still_needed(db, order_id)?;
+            let open = p.i64("authorized_minor") - p.i64("captured_minor") - p.i64("voided_minor");
+            if needed > open {
+                store::add_hold(
+                    db,
+                    order_id,
+                    crate::orders::model::HoldReason::AwaitingPayment,
+                    &format!(
+                        "the substitute costs {} {} more than authorized: authorize the difference, then retry the payment",
+                        currency.format_amount(needed - open),
+                        currency.code()
+                    ),
+                    now,
+                    actor,
+                )?;
+                payment["awaiting_authorization_minor"] = json!(needed - open);
+            }
+        } else {
+            payment["voided_minor"] = json!(crate::payments::capture::void_unneeded(
+                db,
+                order_id,
+                "substituted by a cheaper item",
+                now
+            )?);
+        }
+    }
+    let o = crate::routing::allocation::route_order(db, order_id, crate::routing::allocation::Trigger::Intake, now)?;
+    store::refresh_status(db, order_id, now)?;
+    Ok(
+        json!({"new_line_no": new_line, "quantity": q, "payment": payment,
+              "routing": {"allocated": o.allocated, "released": o.released, "backordered": o.backordered, "held": o.held}}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::allocation::{process_order, Trigger};
+    use crate::kernel::db::native::NativeDb;
+    use crate::kernel::db::transaction;
+
+    use crate::testkit::{self, one};
+
+    fn setup() -> NativeDb {
+        let db = testkit::db();
+        testkit::facility(&db, "wh", "wh", "warehouse", "[\"DE\", \"AT\"]", 52.5, 13.4);
+        for sku in ["A", "B"] {
+            testkit::product(&db, sku, 0, true);
+        }
+        db
+    }
+
+    fn stock(db: &NativeDb, sku: &str, n: i64) {
+        testkit::stock(db, "wh", sku, n);
+    }
+
+    fn order(db: &NativeDb, ext: &str) -> String {
+        let v = json!({"external_id": ext, "currency": "EUR", "financial_status": "authorized",
+            "shipping_address": {"line1": "x", "city": "Berlin", "country_code": "DE"},
+            "lines": [{"sku": "A", "quantity": 2, "unit_price": "10.00", "tax": "3.80"},
+                      {"sku": "B", "quantity": 1, "unit_price": "7.00", "tax": "1.33"}],
+            "shipping_lines": [{"method": "standard", "price": "4.90"}]});
+        let id = testkit::api_order(db, &v);
+        process_order(db, &id, Trigger::Intake, Utc::now()).unwrap();
+        id
+    }
+
+    fn pay(db: &NativeDb, id: &str) -> (i64, i64, i64, i64) {
+        let r = db
+            .execute("SELECT * FROM payments WHERE order_id = ?", params![id])
+            .unwrap();
+        let r = r.first().unwrap();
+        (
+            r.i64("authorized_minor"),
+            r.i64("captured_minor"),
+            r.i64("refunded_minor"),
+            r.i64("voided_minor"),
+        )
+    }
+
+    #[test]
+    fn an_address_change_before_release_is_routed_and_refused_after() {
+        let db = setup();
+        let id = order(&db, "c1"); // no stock: everything backordered
+        let r = transaction(&db, |db| {
+            change(db, &id, &json!({"shipping_address": {"line1": "Ring 1", "city": "Wien", "postal_code": "1010", "country_code": "AT"},
+                                    "shipping_method": "express"}), "t", Utc::now())
+        })
+        .unwrap();
+        assert_eq!(r["changed"], json!(["shipping_address", "shipping_method"]));
+        let doc: Json = serde_json::from_str(
+            &db.execute("SELECT doc FROM orders WHERE id = ?", params![id.clone()])
+                .unwrap()
+                .first()
+                .unwrap()
+                .str("doc"),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                doc["shipping_address"]["city"].as_str(),
+                doc["shipping_lines_minor"][0]["method"].as_str()
+            ),
+            (Some("Wien"), Some("express"))
+        );
+        stock(&db, "A", 5);
+        stock(&db, "B", 5);
+        crate::routing::allocation::release_backorders(&db, None, None, Utc::now(), 10).unwrap();
+        assert_eq!(
+            one(
+                &db,
+                "SELECT COUNT(*) AS n FROM fulfillment_orders WHERE status = 'open'"
+            ),
+            1
+        );
+        let e = transaction(&db, |db| {
+            change(
+                db,
+                &id,
+                &json!({"shipping_address": {"line1": "y", "city": "Graz", "country_code": "AT"}}),
+                "t",
+                Utc::now(),
+            )
+        })
+        .unwrap_err();
+        assert_eq!(e.status(), 409);
+        assert!(e.detail.contains("after release"), "{}", e.detail);
+        // A note may still change.
+        transaction(&db, |db| {
+            change(db, &id, &json!({"note": "ring twice"}), "t", Utc::now())
+        })
+        .unwrap();
+        let bad = transaction(&db, |db| {
+            change(db, &id, &json!({"colour": "red"}), "t", Utc::now())
+        })
+        .unwrap_err();
+        assert_eq!(bad.status(), 422);
+    }
+
+    #[test]
+    fn cancelling_lines_of_a_partly_released_order_gives_back_stock_and_money_exactly() {
+        let db = setup();
+        stock(&db, "A", 2);
+        let id = order(&db, "c2");
+        // A released and captured (2 × 10.00 + 3.80 tax + 4.90 shipping); B backordered, not captured.
+        let (auth, captured, _, _) = pay(&db, &id);
+        assert_eq!(
+            (auth, captured),
+            (2000 + 380 + 700 + 133 + 490, 2000 + 380 + 490)
+        );
+        // Cancel B: the authorization shrinks by exactly B's amount.
+        transaction(&db, |db| {
+            cancel(
+                db,
+                &id,
+                &json!({"lines": [{"line_no": 2, "quantity": 1}]}),
+                "t",
+                Utc::now(),
+            )
+        })
+        .unwrap();
+        let (_, _, refunded, voided) = pay(&db, &id);
+        assert_eq!((refunded, voided), (0, 700 + 133));
+        // Cancel one A (released, picking not started): its reservation comes back, its share is refunded.
+        transaction(&db, |db| {
+            cancel(
+                db,
+                &id,
+                &json!({"lines": [{"line_no": 1, "quantity": 1}], "reason": "customer"}),
+                "t",
+                Utc::now(),
+            )
+        })
+        .unwrap();
+        assert_eq!(
+            one(&db, "SELECT reserved AS n FROM stock WHERE sku = 'A'"),
+            1
+        );
+        let (_, _, refunded, _) = pay(&db, &id);
+        assert_eq!(
+            refunded,
+            1000 + 190,
+            "one unit's net and tax, shipping kept"
+        );
+        let checklist = db
+            .execute("SELECT data FROM fulfillment_jobs WHERE kind = 'pick'", &[])
+            .unwrap()
+            .first()
+            .unwrap()
+            .str("data");
+        assert!(
+            checklist.contains("\"quantity\":1"),
+            "the pick list follows: {checklist}"
+        );
+        // The rest: the whole order is cancelled and the rest refunded with shipping.
+        transaction(&db, |db| cancel(db, &id, &json!({}), "t", Utc::now())).unwrap();
+        let (_, captured, refunded, _) = pay(&db, &id);
+        assert_eq!(refunded, captured, "everything captured came back");
+        let o = db
+            .execute(
+                "SELECT status, financial_status FROM orders WHERE id = ?",
+                params![id.clone()],
+            )
+            .unwrap();
+        assert_eq!(
+            (
+                o.first().unwrap().str("status"),
+                o.first().unwrap().str("financial_status")
+            ),
+            ("cancelled".into(), "refunded".into())
+        );
+        assert_eq!(
+            one(&db, "SELECT reserved AS n FROM stock WHERE sku = 'A'"),
+            0
+        );
+        assert_eq!(
+            one(
+                &db,
+                "SELECT COUNT(*) AS n FROM fulfillment_orders WHERE status = 'cancelled'"
+            ),
+            1
+        );
+    }
+
+    #[test]
+    fn shipped_units_cannot_be_cancelled_and_bad_requests_change_nothing() {
+        let db = setup();
+        db.execute(
+            "UPDATE facilities SET type = 'fulfillment_center' WHERE id = 'wh'",
+            &[],
+        )
+        .unwrap();
+        stock(&db, "A", 2);
+        stock(&db, "B", 1);
+        let id = order(&db, "c3");
+        let number = db
+            .execute(
+                "SELECT number FROM orders WHERE id = ?",
+                params![id.clone()],
+            )
+            .unwrap()
+            .first()
+            .unwrap()
+            .str("number");
+        transaction(&db, |db| {
+            crate::fulfillment::fc_callback(
+                db,
+                "wh",
+                &json!({"order_number": number, "tracking_number": "T1"}),
+                Utc::now(),
+            )
+        })
+        .unwrap();
+        let before = one(&db, "SELECT (SELECT COUNT(*) FROM order_events) + (SELECT COUNT(*) FROM payment_transactions) AS n");
+        let e = transaction(&db, |db| cancel(db, &id, &json!({}), "t", Utc::now())).unwrap_err();
+        assert_eq!(e.status(), 409, "a shipped order: {}", e.detail);
+        for body in [
+            json!({"lines": [{"line_no": 9, "quantity": 1}]}),
+            json!({"lines": [{"line_no": 1, "quantity": 0}]}),
+            json!({"lines": []}),
+            json!({"why": "no"}),
+        ] {
+            assert_eq!(
+                transaction(&db, |db| cancel(db, &id, &body, "t", Utc::now()))
+                    .unwrap_err()
+                    .status(),
+                422,
+                "{body}"
+            );
+        }
+        assert_eq!(one(&db, "SELECT (SELECT COUNT(*) FROM order_events) + (SELECT COUNT(*) FROM payment_transactions) AS n"), before);
+    }
+
+    #[test]
+    fn a_substitute_is_routed_and_its_price_difference_handled() {
+        let db = setup();
+        db.execute(
+            "INSERT INTO products (sku, name, weight_grams, backorderable, digital, low_stock_threshold, updated_at) VALUES ('C', 'C', 0, 1, 0, 0, ''), ('D', 'D', 0, 1, 0, 0, '')",
+            &[],
+        )
+        .unwrap();
+        stock(&db, "A", 2);
+        stock(&db, "C", 5);
+        stock(&db, "D", 5);
+        let id = order(&db, "s1"); // A released and captured; B (7.00 + 1.33 tax) backordered
+        let (auth, ..) = pay(&db, &id);
+        // B → C at 5.00: 2.00 cheaper (+ its tax at B's rate 19%: 0.95 instead of 1.33).
+        let r = transaction(&db, |db| {
+            substitute(
+                db,
+                &id,
+                &json!({"line_no": 2, "sku": "C", "unit_price": "5.00"}),
+                "t",
+                Utc::now(),
+            )
+        })
+        .unwrap();
+        assert_eq!(r["new_line_no"], 3);
+        assert_eq!(r["payment"]["difference_minor"], (500 + 95) - (700 + 133));
+        assert_eq!(r["routing"]["released"], 1, "the substitute ships at once");
+        let (a2, captured, _, voided) = pay(&db, &id);
+        assert_eq!(a2, auth);
+        assert_eq!(
+            voided,
+            700 + 133 - 500 - 95,
+            "the authorization shrinks by the difference"
+        );
+        assert_eq!(captured, 2000 + 380 + 490 + 500 + 95);
+        let total = one(
+            &db,
+            &format!("SELECT total_minor AS n FROM orders WHERE id = '{id}'"),
+        );
+        assert_eq!(total, captured, "the order total follows");
+        // A dearer substitute waits for the difference to be authorized.
+        stock(&db, "A", 4);
+        let id2 = order(&db, "s2");
+        let r = transaction(&db, |db| {
+            substitute(
+                db,
+                &id2,
+                &json!({"line_no": 2, "sku": "D", "unit_price": "9.00"}),
+                "t",
+                Utc::now(),
+            )
+        })
+        .unwrap();
+        assert_eq!(r["routing"]["released"], 0);
+        let short = r["payment"]["awaiting_authorization_minor"]
+            .as_i64()
+            .unwrap();
+        assert_eq!(short, (900 + 171) - (700 + 133));
+        assert_eq!(
+            store::open_hold_reasons(&db, &id2).unwrap(),
+            vec!["awaiting_payment".to_string()]
+        );
+        let (a, ..) = pay(&db, &id2);
+        transaction(&db, |db| {
+            crate::payments::capture::retry(
+                db,
+                &id2,
+                &json!({"amount_minor": a + short}),
+                "t",
+                Utc::now(),
+            )
+        })
+        .unwrap();
+        assert!(store::open_hold_reasons(&db, &id2).unwrap().is_empty());
+        let (_, captured, ..) = pay(&db, &id2);
+        assert_eq!(captured, a + short, "everything captured once authorized");
+        // Released units cannot be substituted; unknown SKUs are refused.
+        let e = transaction(&db, |db| {
+            substitute(
+                db,
+                &id2,
+                &json!({"line_no": 1, "sku": "C"}),
+                "t",
+                Utc::now(),
+            )
+        })
+        .unwrap_err();
+        assert_eq!(e.status(), 422);
+        let e = transaction(&db, |db| {
+            substitute(
+                db,
+                &id2,
+                &json!({"line_no": 2, "sku": "ZZZ"}),
+                "t",
+                Utc::now(),
+            )
+        })
+        .unwrap_err();
+        assert_eq!(e.status(), 422);
+    }
+}

@@ -1,0 +1,3 @@
+//! Use cases that span contexts. Only modules here call more than one context.
+
+pub mod changes;

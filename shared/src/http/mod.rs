@@ -1,0 +1,303 @@
+//! Host-independent request and response types, so every handler in `shared/`
+//! runs the same natively (tests) and inside a Spin component.
+
+use crate::kernel::error::Error;
+use crate::kernel::signature::constant_time_eq;
+
+/// The largest request body any endpoint accepts.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub method: String,
+    /// The path without the query string (`/api/orders/WB-100001`).
+    pub path: String,
+    pub query: String,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn new(method: &str, path_and_query: &str) -> Request {
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
+        Request {
+            method: method.to_string(),
+            path: path.to_string(),
+            query: query.to_string(),
+            ..Default::default()
+        }
+    }
+
+    pub fn with_header(mut self, k: &str, v: &str) -> Request {
+        self.headers.push((k.to_ascii_lowercase(), v.to_string()));
+        self
+    }
+
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Request {
+        self.body = body.into();
+        self
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The decoded query parameter (the last one wins).
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        form_urlencoded::parse(self.query.as_bytes())
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .last()
+    }
+
+    pub fn query_pairs(&self) -> Vec<(String, String)> {
+        form_urlencoded::parse(self.query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    }
+
+    /// The body as a JSON object: 413 when too large, 400 when not JSON, 422
+    /// when JSON but not an object.
+    pub fn json_object(&self) -> Result<serde_json::Value, Error> {
+        self.check_size()?;
+        let v: serde_json::Value = serde_json::from_slice(&self.body)
+            .map_err(|e| Error::bad_request(format!("the body is not valid JSON: {e}")))?;
+        if !v.is_object() {
+            return Err(Error::invalid(vec![crate::kernel::error::FieldError::new(
+                "",
+                "must be a JSON object",
+            )]));
+        }
+        Ok(v)
+    }
+
+    /// Like [`Request::json_object`], with an empty body read as `{}`.
+    pub fn json_object_or_empty(&self) -> Result<serde_json::Value, Error> {
+        if self.body.is_empty() {
+            Ok(serde_json::json!({}))
+        } else {
+            self.json_object()
+        }
+    }
+
+    /// 413 when the body (or its declared length) exceeds `MAX_BODY`.
+    pub fn check_size(&self) -> Result<(), Error> {
+        let declared = self
+            .header("content-length")
+            .and_then(|l| l.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if self.body.len() > MAX_BODY || declared > MAX_BODY {
+            return Err(Error::new(
+                crate::kernel::error::ErrorKind::PayloadTooLarge,
+                format!("the body exceeds the limit of {MAX_BODY} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn content_type(&self) -> String {
+        self.header("content-type")
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(status: u16, v: &serde_json::Value) -> Response {
+        Response {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: serde_json::to_vec(v).unwrap_or_default(),
+        }
+    }
+
+    pub fn problem(e: &Error) -> Response {
+        let mut r = Response {
+            status: e.status(),
+            headers: vec![("content-type".into(), "application/problem+json".into())],
+            body: serde_json::to_vec(&e.problem()).unwrap_or_default(),
+        };
+        if e.status() == 401 {
+            r.headers
+                .push(("www-authenticate".into(), "Bearer realm=\"waybill\"".into()));
+        }
+        if e.status() == 503 {
+            r.headers.push(("retry-after".into(), "1".into()));
+        }
+        r
+    }
+
+    pub fn with_header(mut self, k: &str, v: &str) -> Response {
+        self.headers.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json_body(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl From<Result<Response, Error>> for Response {
+    fn from(r: Result<Response, Error>) -> Response {
+        r.unwrap_or_else(|e| Response::problem(&e))
+    }
+}
+
+/// A percent-decoded path segment. Unlike a query string, a path keeps `+`
+/// as `+` (a SKU may contain one).
+pub fn path_segment(seg: &str) -> String {
+    form_urlencoded::parse(format!("k={}", seg.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// API token scopes: `write` implies `read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    Read,
+    Write,
+}
+
+/// Bearer tokens from the `api_tokens` Spin variable: `write:<token>,read:<token>,...`.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens(Vec<(Scope, String)>);
+
+impl Tokens {
+    pub fn parse(spec: &str) -> Tokens {
+        Tokens(
+            spec.split(',')
+                .filter_map(|e| {
+                    let (scope, token) = e.trim().split_once(':')?;
+                    let scope = match scope.trim() {
+                        "read" => Scope::Read,
+                        "write" => Scope::Write,
+                        _ => return None,
+                    };
+                    let token = token.trim();
+                    (token.len() >= 8).then(|| (scope, token.to_string()))
+                })
+                .collect(),
+        )
+    }
+
+    /// Checks `Authorization: Bearer <token>` for `need`; 401 without a valid token, 403 for too little scope.
+    pub fn authorize(&self, req: &Request, need: Scope) -> Result<(), Error> {
+        let Some(auth) = req.header("authorization") else {
+            return Err(Error::unauthorized(
+                "an `Authorization: Bearer <token>` header is required",
+            ));
+        };
+        let token = match auth.split_once(' ') {
+            Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
+            _ => {
+                return Err(Error::unauthorized(
+                    "the Authorization header must use the Bearer scheme",
+                ))
+            }
+        };
+        let mut best: Option<Scope> = None;
+        for (scope, t) in &self.0 {
+            if constant_time_eq(t.as_bytes(), token.as_bytes()) {
+                best = best.max(Some(*scope));
+            }
+        }
+        match best {
+            None => Err(Error::unauthorized("the bearer token is not valid")),
+            Some(s) if s >= need => Ok(()),
+            Some(_) => Err(Error::forbidden("the token lacks the write scope")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_and_scopes() {
+        let t = Tokens::parse("write:w-token-123, read:r-token-456, bogus:x, read:short");
+        let req = |tok: &str| {
+            Request::new("GET", "/").with_header("Authorization", &format!("Bearer {tok}"))
+        };
+        assert!(t.authorize(&req("w-token-123"), Scope::Write).is_ok());
+        assert!(t.authorize(&req("w-token-123"), Scope::Read).is_ok());
+        assert!(t.authorize(&req("r-token-456"), Scope::Read).is_ok());
+        assert_eq!(
+            t.authorize(&req("r-token-456"), Scope::Write)
+                .unwrap_err()
+                .status(),
+            403
+        );
+        assert_eq!(
+            t.authorize(&req("nope-nope-nope"), Scope::Read)
+                .unwrap_err()
+                .status(),
+            401
+        );
+        assert_eq!(
+            t.authorize(&req("short"), Scope::Read)
+                .unwrap_err()
+                .status(),
+            401,
+            "tokens under 8 characters are ignored"
+        );
+        assert_eq!(
+            t.authorize(&Request::new("GET", "/"), Scope::Read)
+                .unwrap_err()
+                .status(),
+            401
+        );
+        assert_eq!(
+            Tokens::parse("")
+                .authorize(&req("w-token-123"), Scope::Read)
+                .unwrap_err()
+                .status(),
+            401
+        );
+    }
+
+    #[test]
+    fn path_segments_decode_percent_but_keep_plus() {
+        assert_eq!(path_segment("A%2FB%20C"), "A/B C");
+        assert_eq!(path_segment("A+B"), "A+B");
+        assert_eq!(path_segment("WB-100001"), "WB-100001");
+    }
+
+    #[test]
+    fn query_and_size() {
+        let r = Request::new("GET", "/x?q=a%20b&status=on_hold&q=c+d");
+        assert_eq!(r.query_param("q").as_deref(), Some("c d"));
+        assert_eq!(r.query_param("status").as_deref(), Some("on_hold"));
+        assert!(r.query_param("none").is_none());
+        let big = Request::new("POST", "/").with_body(vec![b' '; MAX_BODY + 1]);
+        assert_eq!(big.check_size().unwrap_err().status(), 413);
+        let declared = Request::new("POST", "/").with_header("content-length", "99999999");
+        assert_eq!(declared.check_size().unwrap_err().status(), 413);
+    }
+}

@@ -1,0 +1,4 @@
+//! Intake: the mappings from every order source, receipts and idempotency keys.
+
+pub mod sources;
+pub mod webhooks;

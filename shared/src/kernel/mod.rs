@@ -1,0 +1,9 @@
+//! The foundation: storage ports (SQL and key-value), errors, money, signatures,
+//! the schema and time. Names nothing else in the crate.
+
+pub mod db;
+pub mod error;
+pub mod kv;
+pub mod money;
+pub mod schema;
+pub mod signature;

@@ -1,0 +1,1270 @@
+//! Reliable notifications: the outbox drained into e-mails and signed outbound
+//! webhooks, at least once, with retries, dead letters and replay.
+//!
+//! 1. Expand: each pending outbox event becomes deliveries (one e-mail per
+//!    template for its topic, one webhook per matching subscription), written
+//!    with `UNIQUE (outbox_id, kind, target)` in the transaction that marks the
+//!    event expanded, so concurrent sweeps cannot expand twice.
+//! 2. Claim: one `UPDATE ... RETURNING` takes due deliveries under a lease; the
+//!    statement runs under SQLite's write lock, so no two sweeps get one row.
+//! 3. Deliver outside any transaction, then record the outcome: delivered,
+//!    retry later (exponential backoff with jitter), or dead after the maximum
+//!    number of attempts. Dead letters can be listed and replayed.
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{json, Value as Json};
+
+use crate::kernel::db::{transaction, Db, Patient};
+use crate::kernel::error::{Error, ErrorKind, FieldError, Result};
+use crate::http::{Request, Response, Scope, Tokens};
+use crate::params;
+use crate::kernel::signature;
+use crate::orders::store::ts;
+
+/// Where e-mails go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmailProvider {
+    /// The embedded default: the rendered message is stored in `mailbox`.
+    Mailbox,
+    /// Postmark's HTTP API (`POST {url}/email`, `X-Postmark-Server-Token`).
+    Postmark { url: String, token: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub provider: EmailProvider,
+    pub from: String,
+    pub merchant_email: String,
+    pub management_emails: Vec<String>,
+    pub max_attempts: i64,
+    /// First retry delay; doubles per attempt (capped at one hour), ±25% jitter.
+    pub retry_base: Duration,
+    pub lease: Duration,
+    pub tokens: Tokens,
+    /// Fulfillment centers' signing secrets by Spin variable name (a facility
+    /// names its variable in `secret_variable`).
+    pub fc_secrets: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            provider: EmailProvider::Mailbox,
+            from: "orders@waybill.local".into(),
+            merchant_email: String::new(),
+            management_emails: Vec::new(),
+            max_attempts: 8,
+            retry_base: Duration::seconds(10),
+            lease: Duration::seconds(120),
+            tokens: Tokens::default(),
+            fc_secrets: Default::default(),
+        }
+    }
+}
+
+/// Outbound HTTP as the host provides it (Spin's `wasi:http` or a test fake).
+#[allow(async_fn_in_trait)]
+pub trait Transport {
+    /// POSTs `body`; Ok((status, response body)) when an answer came back.
+    async fn post(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> std::result::Result<(u16, Vec<u8>), String>;
+}
+
+// ---- templates ----
+
+/// Renders `{{path.to.value}}` and `{{#list}}...{{/list}}` sections against `data`.
+/// `html` escapes substituted values.
+pub fn render(template: &str, data: &Json, html: bool) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let tag = after[..end].trim();
+        rest = &after[end + 2..];
+        if let Some(name) = tag.strip_prefix('#') {
+            let close = format!("{{{{/{name}}}}}");
+            let Some(close_at) = rest.find(&close) else {
+                continue;
+            };
+            let inner = &rest[..close_at];
+            rest = &rest[close_at + close.len()..];
+            match lookup(data, name) {
+                Some(Json::Array(items)) => {
+                    for item in items {
+                        out.push_str(&render(inner, item, html));
+                    }
+                }
+                Some(v) if truthy(v) => out.push_str(&render(inner, data, html)),
+                _ => {}
+            }
+        } else {
+            let v = match lookup(data, tag) {
+                Some(Json::String(s)) => s.clone(),
+                Some(Json::Null) | None => String::new(),
+                Some(other) => other.to_string(),
+            };
+            out.push_str(&if html { escape_html(&v) } else { v });
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn truthy(v: &Json) -> bool {
+    !matches!(v, Json::Null | Json::Bool(false)) && v.as_str() != Some("")
+}
+
+fn lookup<'a>(data: &'a Json, path: &str) -> Option<&'a Json> {
+    path.split('.').try_fold(data, |v, k| v.get(k))
+}
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+// ---- expansion ----
+
+struct Template {
+    name: String,
+    recipient: String,
+    subject: String,
+    text: String,
+    html: String,
+}
+
+fn templates_for(db: &dyn Db, topic: &str) -> Result<Vec<Template>> {
+    let r = db.execute(
+        "SELECT name, recipient, subject, text_body, html_body FROM email_templates WHERE topic = ? AND active = 1 ORDER BY name",
+        params![topic],
+    )?;
+    Ok(r.iter()
+        .map(|t| Template {
+            name: t.str("name"),
+            recipient: t.str("recipient"),
+            subject: t.str("subject"),
+            text: t.str("text_body"),
+            html: t.str("html_body"),
+        })
+        .collect())
+}
+
+fn recipients(cfg: &Config, recipient: &str, payload: &Json) -> Vec<String> {
+    match recipient {
+        "customer" => payload["email"]
+            .as_str()
+            .map(str::to_string)
+            .into_iter()
+            .filter(|e| !e.is_empty())
+            .collect(),
+        "merchant" => Some(cfg.merchant_email.clone())
+            .into_iter()
+            .filter(|e| !e.is_empty())
+            .collect(),
+        "management" => cfg.management_emails.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// The envelope outbound webhooks and the export carry.
+pub fn envelope(id: i64, topic: &str, created_at: &str, payload: &Json) -> Json {
+    json!({"id": format!("evt_{id}"), "type": topic, "occurred_at": created_at, "data": payload})
+}
+
+/// Turns up to `limit` pending outbox events into deliveries. Returns how many events were expanded.
+pub fn expand(db: &dyn Db, cfg: &Config, now: DateTime<Utc>, limit: i64) -> Result<usize> {
+    let pending = Patient(db).execute(
+        "SELECT id, topic, payload, created_at FROM outbox WHERE state = 'pending' ORDER BY id LIMIT ?",
+        params![limit],
+    )?;
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let subs = Patient(db).execute(
+        "SELECT id, url, event_types FROM subscriptions WHERE active = 1 ORDER BY id",
+        &[],
+    )?;
+    // Render outside the write lock; write every event's deliveries in one transaction.
+    let mut planned: Vec<(i64, Vec<(String, String, Json)>)> = Vec::new();
+    for ev in pending.iter() {
+        let (id, topic) = (ev.i64("id"), ev.str("topic"));
+        let payload: Json = serde_json::from_str(&ev.str("payload")).unwrap_or(Json::Null);
+        let mut rows: Vec<(String, String, Json)> = Vec::new();
+        for t in templates_for(&Patient(db), &topic)? {
+            for to in recipients(cfg, &t.recipient, &payload) {
+                rows.push((
+                    "email".into(),
+                    format!("{}:{to}", t.name),
+                    json!({"template": t.name, "to": to, "from": cfg.from,
+                           "subject": render(&t.subject, &payload, false),
+                           "text": render(&t.text, &payload, false),
+                           "html": render(&t.html, &payload, true)}),
+                ));
+            }
+        }
+        if topic == "fulfillment_order.cancellation_requested" {
+            // The center holding released units is asked to cancel them.
+            let f = Patient(db).execute(
+                "SELECT endpoints, secret_variable FROM facilities WHERE id = ?",
+                params![payload["facility"].as_str().unwrap_or_default()],
+            )?;
+            if let Some(f) = f.first() {
+                let endpoints: Json =
+                    serde_json::from_str(&f.str("endpoints")).unwrap_or(Json::Null);
+                let url = endpoints["cancel_url"]
+                    .as_str()
+                    .or(endpoints["orders_url"].as_str())
+                    .filter(|u| !u.is_empty());
+                if let Some(url) = url {
+                    rows.push((
+                        "fc".into(),
+                        format!("cancel:{}", payload["fulfillment_order_id"].as_str().unwrap_or_default()),
+                        json!({"url": url, "facility": payload["facility"], "secret_variable": f.opt_str("secret_variable"),
+                               "fulfillment_order_id": payload["fulfillment_order_id"], "cancellation": true,
+                               "request": {"type": "cancellation_request", "order_number": payload["number"],
+                                           "fulfillment_order": payload["fulfillment_order"], "reason": payload["reason"]}}),
+                    ));
+                }
+            }
+        }
+        if topic == "fulfillment_order.released" {
+            // An external fulfillment center receives the release itself.
+            let f = Patient(db).execute(
+                "SELECT type, endpoints, secret_variable FROM facilities WHERE id = ?",
+                params![payload["facility"].as_str().unwrap_or_default()],
+            )?;
+            if let Some(f) = f.first() {
+                let endpoints: Json =
+                    serde_json::from_str(&f.str("endpoints")).unwrap_or(Json::Null);
+                if let Some(url) = endpoints["orders_url"].as_str().filter(|u| !u.is_empty()) {
+                    if f.str("type") == "fulfillment_center" {
+                        rows.push((
+                            "fc".into(),
+                            payload["fulfillment_order_id"].as_str().unwrap_or_default().to_string(),
+                            json!({"url": url, "facility": payload["facility"], "secret_variable": f.opt_str("secret_variable"),
+                                   "fulfillment_order_id": payload["fulfillment_order_id"],
+                                   "request": crate::fulfillment::fc_request(&Patient(db), &payload)?}),
+                        ));
+                    }
+                }
+            }
+        }
+        let env = envelope(id, &topic, &ev.str("created_at"), &payload);
+        for s in subs.iter() {
+            let types: Vec<String> =
+                serde_json::from_str(&s.str("event_types")).unwrap_or_default();
+            if types.iter().any(|t| t == "*" || *t == topic) {
+                rows.push((
+                    "webhook".into(),
+                    s.i64("id").to_string(),
+                    json!({"url": s.str("url"), "event": env}),
+                ));
+            }
+        }
+        planned.push((id, rows));
+    }
+    transaction(db, |db| {
+        let mut expanded = 0;
+        for (id, rows) in &planned {
+            // Another sweep may have expanded it meanwhile; only the first marks it.
+            let won = !db
+                .execute("UPDATE outbox SET state = 'expanded' WHERE id = ? AND state = 'pending' RETURNING id", params![*id])?
+                .is_empty();
+            if !won {
+                continue;
+            }
+            expanded += 1;
+            for (kind, target, body) in rows {
+                db.execute(
+                    "INSERT INTO deliveries (outbox_id, kind, target, payload, created_at, next_attempt_at)
+                     VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (outbox_id, kind, target) DO NOTHING",
+                    params![*id, kind.as_str(), target.as_str(), body.to_string(), ts(now), ts(now)],
+                )?;
+            }
+        }
+        Ok::<_, Error>(expanded)
+    })
+}
+
+// ---- claiming and delivering ----
+
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: i64,
+    pub kind: String,
+    pub target: String,
+    pub payload: Json,
+    pub attempts: i64,
+}
+
+/// Takes up to `limit` due deliveries under a lease, atomically.
+pub fn claim(
+    db: &dyn Db,
+    owner: &str,
+    now: DateTime<Utc>,
+    lease: Duration,
+    limit: i64,
+    only: Option<i64>,
+) -> Result<Vec<Claimed>> {
+    let r = Patient(db).execute(
+        "UPDATE deliveries SET lease_owner = ?, lease_until = ?, attempts = attempts + 1
+         WHERE id IN (SELECT id FROM deliveries
+                      WHERE state = 'pending' AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)
+                        AND (? IS NULL OR id = ?)
+                      ORDER BY id LIMIT ?)
+         RETURNING id, kind, target, payload, attempts",
+        params![owner, ts(now + lease), ts(now), ts(now), only, only, limit],
+    )?;
+    Ok(r.iter()
+        .map(|d| Claimed {
+            id: d.i64("id"),
+            kind: d.str("kind"),
+            target: d.str("target"),
+            payload: serde_json::from_str(&d.str("payload")).unwrap_or(Json::Null),
+            attempts: d.i64("attempts"),
+        })
+        .collect())
+}
+
+/// The delay before attempt `attempts + 1`: base x 2^(attempts-1), at most an hour, ±25%.
+pub fn backoff(base: Duration, attempts: i64, jitter_seed: u64) -> Duration {
+    let exp = (attempts - 1).clamp(0, 20) as u32;
+    let ms = (base.num_milliseconds().max(0) as u64)
+        .saturating_mul(1u64 << exp)
+        .min(3_600_000);
+    let spread = ms / 4;
+    let jitter = if spread == 0 {
+        0
+    } else {
+        jitter_seed % (2 * spread + 1)
+    };
+    Duration::milliseconds((ms - spread + jitter) as i64)
+}
+
+enum Outcome {
+    Delivered,
+    /// A fulfillment center took the request; its answer (`status`: submitted,
+    /// accepted or rejected).
+    FcAnswered(Json),
+    /// A fulfillment center refused the request for good (4xx).
+    FcRejected(String),
+    Retry(String),
+    /// A permanent refusal (e.g. the e-mail API rejected the address): dead at once.
+    Dead(String),
+}
+
+async fn deliver<T: Transport>(
+    db: &dyn Db,
+    cfg: &Config,
+    t: &T,
+    d: &Claimed,
+    now: DateTime<Utc>,
+) -> Result<Outcome> {
+    match d.kind.as_str() {
+        "email" => match &cfg.provider {
+            // Stored in the mailbox by `record`, in the transaction that marks it delivered.
+            EmailProvider::Mailbox => Ok(Outcome::Delivered),
+            EmailProvider::Postmark { url, token } => {
+                let body = json!({
+                    "From": d.payload["from"], "To": d.payload["to"], "Subject": d.payload["subject"],
+                    "TextBody": d.payload["text"], "HtmlBody": d.payload["html"], "MessageStream": "outbound",
+                    "Metadata": {"delivery": d.id.to_string()},
+                });
+                let headers = vec![
+                    ("content-type".to_string(), "application/json".to_string()),
+                    ("accept".to_string(), "application/json".to_string()),
+                    ("x-postmark-server-token".to_string(), token.clone()),
+                ];
+                match t
+                    .post(
+                        &format!("{}/email", url.trim_end_matches('/')),
+                        &headers,
+                        body.to_string().into_bytes(),
+                    )
+                    .await
+                {
+                    Ok((200..=299, _)) => Ok(Outcome::Delivered),
+                    // Postmark answers 422 with an ErrorCode for messages it will never accept.
+                    Ok((422, b)) => Ok(Outcome::Dead(format!(
+                        "e-mail API refused the message: {}",
+                        String::from_utf8_lossy(&b)
+                    ))),
+                    Ok((s, b)) => Ok(Outcome::Retry(format!(
+                        "e-mail API answered {s}: {}",
+                        String::from_utf8_lossy(&b)
+                            .chars()
+                            .take(200)
+                            .collect::<String>()
+                    ))),
+                    Err(e) => Ok(Outcome::Retry(format!("e-mail API unreachable: {e}"))),
+                }
+            }
+        },
+        "webhook" => {
+            let sub = Patient(db).execute(
+                "SELECT url, secret, active FROM subscriptions WHERE id = ?",
+                params![d.target.clone()],
+            )?;
+            let Some(s) = sub.first() else {
+                return Ok(Outcome::Dead("the subscription was deleted".into()));
+            };
+            if s.i64("active") == 0 {
+                return Ok(Outcome::Dead("the subscription is inactive".into()));
+            }
+            let body = d.payload["event"].to_string().into_bytes();
+            let header =
+                signature::sign_timestamped(s.str("secret").as_bytes(), now.timestamp(), &body);
+            let headers = vec![
+                ("content-type".to_string(), "application/json".to_string()),
+                ("waybill-signature".to_string(), header),
+                (
+                    "waybill-event-id".to_string(),
+                    d.payload["event"]["id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                ),
+                (
+                    "waybill-event-type".to_string(),
+                    d.payload["event"]["type"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                ),
+                (
+                    "waybill-delivery-attempt".to_string(),
+                    d.attempts.to_string(),
+                ),
+            ];
+            match t.post(&s.str("url"), &headers, body).await {
+                Ok((200..=299, _)) => Ok(Outcome::Delivered),
+                Ok((s, _)) => Ok(Outcome::Retry(format!("receiver answered {s}"))),
+                Err(e) => Ok(Outcome::Retry(format!("receiver unreachable: {e}"))),
+            }
+        }
+        "fc" => {
+            let Some(secret) = d.payload["secret_variable"]
+                .as_str()
+                .and_then(|v| cfg.fc_secrets.get(v))
+                .filter(|s| !s.is_empty())
+            else {
+                return Ok(Outcome::Retry(format!(
+                    "no signing secret for facility {} (set the Spin variable its secret_variable names)",
+                    d.payload["facility"]
+                )));
+            };
+            let body = d.payload["request"].to_string().into_bytes();
+            let headers = vec![
+                ("content-type".to_string(), "application/json".to_string()),
+                ("accept".to_string(), "application/json".to_string()),
+                (
+                    "waybill-signature".to_string(),
+                    signature::sign_timestamped(secret.as_bytes(), now.timestamp(), &body),
+                ),
+                (
+                    "waybill-delivery-attempt".to_string(),
+                    d.attempts.to_string(),
+                ),
+                (
+                    "idempotency-key".to_string(),
+                    format!(
+                        "fo-{}",
+                        d.payload["fulfillment_order_id"]
+                            .as_str()
+                            .unwrap_or_default()
+                    ),
+                ),
+            ];
+            match t
+                .post(
+                    d.payload["url"].as_str().unwrap_or_default(),
+                    &headers,
+                    body,
+                )
+                .await
+            {
+                Ok((200..=299, b)) => Ok(Outcome::FcAnswered(
+                    serde_json::from_slice(&b).unwrap_or(Json::Null),
+                )),
+                Ok((s @ (400 | 404 | 410 | 422), b)) => Ok(Outcome::FcRejected(format!(
+                    "the center answered {s}: {}",
+                    String::from_utf8_lossy(&b)
+                        .chars()
+                        .take(300)
+                        .collect::<String>()
+                ))),
+                Ok((s, _)) => Ok(Outcome::Retry(format!("the center answered {s}"))),
+                Err(e) => Ok(Outcome::Retry(format!("the center is unreachable: {e}"))),
+            }
+        }
+        other => Ok(Outcome::Dead(format!("unknown delivery kind '{other}'"))),
+    }
+}
+
+/// Writes a batch of outcomes in one transaction (one write lock for the batch).
+fn record(
+    db: &dyn Db,
+    cfg: &Config,
+    done: &[(Claimed, Outcome)],
+    owner: &str,
+    now: DateTime<Utc>,
+    rep: &mut SweepReport,
+) -> Result<()> {
+    transaction(db, |db| {
+        for (d, outcome) in done {
+            let fo_id = d.payload["fulfillment_order_id"]
+                .as_str()
+                .unwrap_or_default();
+            match outcome {
+                Outcome::FcAnswered(answer) => {
+                    let updated = !db
+                        .execute(
+                            "UPDATE deliveries SET state = 'delivered', delivered_at = ?, lease_until = NULL, last_error = NULL
+                             WHERE id = ? AND lease_owner = ? RETURNING id",
+                            params![ts(now), d.id, owner],
+                        )?
+                        .is_empty();
+                    if updated && d.payload["cancellation"] == true {
+                        crate::fulfillment::fc_cancellation_answered(db, fo_id, answer, now)?;
+                    } else if updated {
+                        crate::fulfillment::fc_request_delivered(db, fo_id, answer, now)?;
+                    }
+                    rep.delivered += 1;
+                }
+                Outcome::FcRejected(err) => {
+                    db.execute(
+                        "UPDATE deliveries SET state = 'dead', lease_until = NULL, last_error = ?, dead_at = ? WHERE id = ? AND lease_owner = ?",
+                        params![err.as_str(), ts(now), d.id, owner],
+                    )?;
+                    if d.payload["cancellation"] == true {
+                        crate::fulfillment::fc_cancellation_answered(
+                            db,
+                            fo_id,
+                            &json!({"status": "cancellation_rejected", "reason": err}),
+                            now,
+                        )?;
+                    } else {
+                        crate::fulfillment::fc_request_delivered(
+                            db,
+                            fo_id,
+                            &json!({"status": "rejected", "reason": err}),
+                            now,
+                        )?;
+                    }
+                    rep.dead += 1;
+                }
+                Outcome::Delivered => {
+                    let updated = !db
+                        .execute(
+                            "UPDATE deliveries SET state = 'delivered', delivered_at = ?, lease_until = NULL, last_error = NULL
+                             WHERE id = ? AND lease_owner = ? RETURNING id",
+                            params![ts(now), d.id, owner],
+                        )?
+                        .is_empty();
+                    if updated && d.kind == "email" && cfg.provider == EmailProvider::Mailbox {
+                        db.execute(
+                            "INSERT INTO mailbox (delivery_id, to_address, from_address, subject, text_body, html_body, delivered_at)
+                             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id) DO NOTHING",
+                            params![d.id, d.payload["to"].as_str().unwrap_or_default(), d.payload["from"].as_str().unwrap_or_default(),
+                                d.payload["subject"].as_str().unwrap_or_default(), d.payload["text"].as_str().unwrap_or_default(),
+                                d.payload["html"].as_str().unwrap_or_default(), ts(now)],
+                        )?;
+                    }
+                    rep.delivered += 1;
+                }
+                Outcome::Retry(err) if d.attempts < cfg.max_attempts => {
+                    let seed = (now.timestamp_subsec_nanos() as u64)
+                        ^ (d.id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    let next = now + backoff(cfg.retry_base, d.attempts, seed);
+                    db.execute(
+                        "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, lease_until = NULL, last_error = ? WHERE id = ? AND lease_owner = ?",
+                        params![ts(next), err.as_str(), d.id, owner],
+                    )?;
+                    rep.retried += 1;
+                }
+                Outcome::Retry(err) | Outcome::Dead(err) => {
+                    db.execute(
+                        "UPDATE deliveries SET state = 'dead', lease_until = NULL, last_error = ?, dead_at = ? WHERE id = ? AND lease_owner = ?",
+                        params![err.as_str(), ts(now), d.id, owner],
+                    )?;
+                    rep.dead += 1;
+                }
+            }
+        }
+        Ok::<_, Error>(())
+    })
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SweepReport {
+    pub expanded: usize,
+    pub delivered: usize,
+    pub retried: usize,
+    pub dead: usize,
+}
+
+/// Expands and delivers until nothing is due or `budget` runs out.
+pub async fn sweep<T: Transport>(
+    db: &dyn Db,
+    cfg: &Config,
+    t: &T,
+    budget: std::time::Duration,
+) -> Result<SweepReport> {
+    let started = std::time::Instant::now();
+    let owner = uuid::Uuid::now_v7().to_string();
+    let mut rep = SweepReport::default();
+    loop {
+        let now = Utc::now();
+        rep.expanded += expand(db, cfg, now, 50)?;
+        let batch = claim(db, &owner, now, cfg.lease, 20, None)?;
+        if batch.is_empty() {
+            let more_events =
+                Patient(db).execute("SELECT 1 FROM outbox WHERE state = 'pending' LIMIT 1", &[])?;
+            if more_events.is_empty() {
+                break;
+            }
+        }
+        let mut done = Vec::with_capacity(batch.len());
+        for d in batch {
+            let outcome = deliver(db, cfg, t, &d, Utc::now()).await?;
+            done.push((d, outcome));
+        }
+        if !done.is_empty() {
+            record(db, cfg, &done, &owner, Utc::now(), &mut rep)?;
+        }
+        if started.elapsed() >= budget {
+            break;
+        }
+    }
+    Ok(rep)
+}
+
+/// Is there anything a sweep could do now? (Reads only.)
+pub fn has_work(db: &dyn Db, now: DateTime<Utc>) -> Result<bool> {
+    Ok(!Patient(db)
+        .execute(
+            "SELECT 1 FROM outbox WHERE state = 'pending'
+             UNION ALL SELECT 1 FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)
+             LIMIT 1",
+            params![ts(now), ts(now)],
+        )?
+        .is_empty())
+}
+
+/// Takes the named lock until `until` unless someone holds it. The common case
+/// under load (held) is a read, so kicks do not queue on the write lock.
+pub fn try_lock(
+    db: &dyn Db,
+    name: &str,
+    owner: &str,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<bool> {
+    let held = Patient(db).execute(
+        "SELECT 1 FROM locks WHERE name = ? AND until > ?",
+        params![name, ts(now)],
+    )?;
+    if !held.is_empty() {
+        return Ok(false);
+    }
+    let got = Patient(db).execute(
+        "INSERT INTO locks (name, owner, until) VALUES (?, ?, ?)
+         ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until WHERE locks.until <= ?
+         RETURNING owner",
+        params![name, owner, ts(until), ts(now)],
+    )?;
+    Ok(!got.is_empty())
+}
+
+pub fn unlock(db: &dyn Db, name: &str, owner: &str) -> Result<()> {
+    Patient(db).execute(
+        "UPDATE locks SET until = '' WHERE name = ? AND owner = ?",
+        params![name, owner],
+    )?;
+    Ok(())
+}
+
+/// The chained sweep after a change: at most one at a time across all
+/// instances (a lease in `locks`); a kick that finds one running returns at
+/// once, and the running one re-checks for work before it lets go, so nothing
+/// committed before the kick waits for the cron.
+pub async fn kicked_sweep<T: Transport>(
+    db: &dyn Db,
+    cfg: &Config,
+    t: &T,
+    budget: std::time::Duration,
+) -> Result<SweepReport> {
+    let owner = uuid::Uuid::now_v7().to_string();
+    let mut total = SweepReport::default();
+    let started = std::time::Instant::now();
+    loop {
+        let now = Utc::now();
+        if !try_lock(
+            db,
+            "notify.kick",
+            &owner,
+            now,
+            now + Duration::from_std(budget).unwrap_or(Duration::seconds(30))
+                + Duration::seconds(30),
+        )? {
+            return Ok(total);
+        }
+        let left = budget.saturating_sub(started.elapsed());
+        let rep = sweep(db, cfg, t, left).await;
+        unlock(db, "notify.kick", &owner)?;
+        let rep = rep?;
+        total.expanded += rep.expanded;
+        total.delivered += rep.delivered;
+        total.retried += rep.retried;
+        total.dead += rep.dead;
+        if started.elapsed() >= budget || !has_work(db, Utc::now())? {
+            return Ok(total);
+        }
+    }
+}
+
+// ---- admin and export API ----
+
+fn bad(detail: impl Into<String>) -> Error {
+    Error::bad_request(detail)
+}
+
+fn int_param(req: &Request, name: &str, default: i64, max: i64) -> Result<i64> {
+    match req.query_param(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (0..=max).contains(n))
+            .ok_or_else(|| bad(format!("query parameter '{name}' must be 0 to {max}"))),
+    }
+}
+
+/// `/api/events`, `/api/notifications/...`.
+pub fn handle_api(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> Response {
+    let r = (|| -> Result<Response> {
+        let path = req.path.trim_end_matches('/');
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let m = req.method.as_str();
+        let need = if m == "GET" {
+            Scope::Read
+        } else {
+            Scope::Write
+        };
+        cfg.tokens.authorize(req, need)?;
+        match (m, segs.as_slice()) {
+            ("GET", ["api", "events"]) => export(db, req),
+            ("GET", ["api", "notifications", "mailbox"]) => mailbox(db, req),
+            ("GET", ["api", "notifications", "dead-letters"]) => dead_letters(db, req),
+            ("POST", ["api", "notifications", "dead-letters", id, "replay"]) => replay(db, id, now),
+            ("GET", ["api", "notifications", "deliveries"]) => deliveries(db, req),
+            ("GET", ["api", "notifications", "subscriptions"]) => list_subscriptions(db),
+            ("POST", ["api", "notifications", "subscriptions"]) => {
+                create_subscription(db, req, now)
+            }
+            ("DELETE", ["api", "notifications", "subscriptions", id]) => {
+                delete_subscription(db, id)
+            }
+            ("GET", ["api", "notifications", "templates"]) => list_templates(db),
+            ("PUT", ["api", "notifications", "templates", name]) => {
+                put_template(db, req, name, now)
+            }
+            (
+                _,
+                ["api", "events"]
+                | ["api", "notifications", "mailbox" | "dead-letters" | "deliveries" | "subscriptions" | "templates"],
+            )
+            | (_, ["api", "notifications", "dead-letters", _, "replay"])
+            | (_, ["api", "notifications", "subscriptions" | "templates", _]) => Err(Error::new(
+                ErrorKind::MethodNotAllowed,
+                format!("{m} is not allowed at {path}"),
+            )),
+            _ => Err(Error::not_found(format!(
+                "no notifications endpoint at {path}"
+            ))),
+        }
+    })();
+    r.into()
+}
+
+/// The cursor export: every outbox event once, in commit order.
+fn export(db: &dyn Db, req: &Request) -> Result<Response> {
+    let after = match req.query_param("after") {
+        None => 0,
+        Some(a) => a
+            .trim_start_matches("evt_")
+            .parse::<i64>()
+            .map_err(|_| bad("'after' must be an event id (evt_N or N)"))?,
+    };
+    let limit = int_param(req, "limit", 100, 1000)?.max(1);
+    let r = db.execute(
+        "SELECT id, topic, payload, created_at FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+        params![after, limit],
+    )?;
+    let events: Vec<Json> = r
+        .iter()
+        .map(|e| {
+            envelope(
+                e.i64("id"),
+                &e.str("topic"),
+                &e.str("created_at"),
+                &serde_json::from_str(&e.str("payload")).unwrap_or(Json::Null),
+            )
+        })
+        .collect();
+    let next = r.iter().last().map(|e| e.i64("id")).unwrap_or(after);
+    Ok(Response::json(
+        200,
+        &json!({"events": events, "next_after": format!("evt_{next}"), "has_more": events.len() as i64 == limit}),
+    ))
+}
+
+fn mailbox(db: &dyn Db, req: &Request) -> Result<Response> {
+    let limit = int_param(req, "limit", 50, 500)?.max(1);
+    let r = match req.query_param("to") {
+        Some(to) => db.execute(
+            "SELECT * FROM mailbox WHERE to_address = ? ORDER BY id DESC LIMIT ?",
+            params![to, limit],
+        )?,
+        None => db.execute(
+            "SELECT * FROM mailbox ORDER BY id DESC LIMIT ?",
+            params![limit],
+        )?,
+    };
+    let msgs: Vec<Json> = r
+        .iter()
+        .map(|m| json!({"id": m.i64("id"), "delivery_id": m.i64("delivery_id"), "to": m.str("to_address"), "from": m.str("from_address"),
+            "subject": m.str("subject"), "text": m.str("text_body"), "html": m.str("html_body"), "delivered_at": m.str("delivered_at")}))
+        .collect();
+    Ok(Response::json(200, &json!({"messages": msgs})))
+}
+
+fn delivery_json(d: &crate::kernel::db::Row<'_>) -> Json {
+    json!({"id": d.i64("id"), "outbox_id": d.i64("outbox_id"), "kind": d.str("kind"), "target": d.str("target"),
+        "state": d.str("state"), "attempts": d.i64("attempts"), "next_attempt_at": d.str("next_attempt_at"),
+        "last_error": d.opt_str("last_error"), "created_at": d.str("created_at"), "delivered_at": d.opt_str("delivered_at"),
+        "dead_at": d.opt_str("dead_at")})
+}
+
+fn dead_letters(db: &dyn Db, req: &Request) -> Result<Response> {
+    let limit = int_param(req, "limit", 100, 1000)?.max(1);
+    let r = db.execute(
+        "SELECT * FROM deliveries WHERE state = 'dead' ORDER BY id LIMIT ?",
+        params![limit],
+    )?;
+    Ok(Response::json(
+        200,
+        &json!({"dead_letters": r.iter().map(|d| delivery_json(&d)).collect::<Vec<_>>()}),
+    ))
+}
+
+fn deliveries(db: &dyn Db, req: &Request) -> Result<Response> {
+    let limit = int_param(req, "limit", 100, 1000)?.max(1);
+    let state = req.query_param("state");
+    if let Some(s) = &state {
+        if !["pending", "delivered", "dead"].contains(&s.as_str()) {
+            return Err(bad("'state' must be pending, delivered or dead"));
+        }
+    }
+    let r = db.execute(
+        "SELECT * FROM deliveries WHERE (? IS NULL OR state = ?) ORDER BY id LIMIT ?",
+        params![state.clone(), state, limit],
+    )?;
+    Ok(Response::json(
+        200,
+        &json!({"deliveries": r.iter().map(|d| delivery_json(&d)).collect::<Vec<_>>()}),
+    ))
+}
+
+fn replay(db: &dyn Db, id: &str, now: DateTime<Utc>) -> Result<Response> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| Error::not_found(format!("no dead letter '{id}'")))?;
+    let n = transaction(db, |db| {
+        Ok::<_, Error>(db.exec(
+            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_until = NULL, dead_at = NULL
+             WHERE id = ? AND state = 'dead'",
+            params![ts(now), id],
+        )?)
+    })?;
+    if n == 0 {
+        return Err(Error::not_found(format!("no dead letter {id}")));
+    }
+    Ok(Response::json(202, &json!({"id": id, "state": "pending"})))
+}
+
+fn list_subscriptions(db: &dyn Db) -> Result<Response> {
+    let r = db.execute(
+        "SELECT id, url, event_types, active, created_at FROM subscriptions ORDER BY id",
+        &[],
+    )?;
+    let subs: Vec<Json> = r
+        .iter()
+        .map(|s| json!({"id": s.i64("id"), "url": s.str("url"), "events": serde_json::from_str::<Json>(&s.str("event_types")).unwrap_or(Json::Null),
+            "active": s.i64("active") == 1, "created_at": s.str("created_at")}))
+        .collect();
+    Ok(Response::json(200, &json!({"subscriptions": subs})))
+}
+
+/// The event types a subscription may name.
+pub const EVENT_TYPES: &[&str] = &[
+    "*",
+    "order.received",
+    "order.updated",
+    "order.cancelled",
+    "order.released",
+    "payment.captured",
+    "invoice.created",
+    "shipment.created",
+    "shipment.delivered",
+    "report.daily",
+];
+
+fn create_subscription(db: &dyn Db, req: &Request, now: DateTime<Utc>) -> Result<Response> {
+    let v = crate::intake::sources::parse_json(&req.body)?;
+    let mut errs = Vec::new();
+    let url = v["url"].as_str().unwrap_or_default().trim().to_string();
+    if !(url.starts_with("https://") || url.starts_with("http://"))
+        || url.len() > 2000
+        || url.parse::<http_uri::Uri>().is_err()
+    {
+        errs.push(FieldError::new("/url", "must be an absolute http(s) URL"));
+    }
+    let events: Vec<String> = match v.get("events") {
+        Some(Json::Array(a)) if !a.is_empty() => a
+            .iter()
+            .filter_map(|e| e.as_str().map(str::to_string))
+            .collect(),
+        _ => {
+            errs.push(FieldError::new(
+                "/events",
+                "must be a non-empty array of event types",
+            ));
+            Vec::new()
+        }
+    };
+    for (i, e) in events.iter().enumerate() {
+        if !EVENT_TYPES.contains(&e.as_str()) {
+            errs.push(FieldError::new(
+                format!("/events/{i}"),
+                format!("'{e}' is not one of {}", EVENT_TYPES.join(", ")),
+            ));
+        }
+    }
+    let secret = match v.get("secret") {
+        Some(Json::String(s)) if s.len() >= 16 => s.clone(),
+        Some(Json::String(_)) => {
+            errs.push(FieldError::new("/secret", "must be at least 16 characters"));
+            String::new()
+        }
+        _ => format!("whsec_{}", uuid::Uuid::new_v4().simple()),
+    };
+    if !errs.is_empty() {
+        return Err(Error::invalid(errs));
+    }
+    let r = transaction(db, |db| {
+        Ok::<_, Error>(db.execute(
+            "INSERT INTO subscriptions (url, event_types, secret, active, created_at) VALUES (?, ?, ?, 1, ?) RETURNING id",
+            params![url.clone(), serde_json::to_string(&events).unwrap_or_default(), secret.clone(), ts(now)],
+        )?)
+    })?;
+    let id = r.first().map(|r| r.i64("id")).unwrap_or(0);
+    // The secret is shown once, at creation.
+    Ok(Response::json(
+        201,
+        &json!({"id": id, "url": url, "events": events, "secret": secret, "active": true}),
+    )
+    .with_header(
+        "location",
+        &format!("/api/notifications/subscriptions/{id}"),
+    ))
+}
+
+fn delete_subscription(db: &dyn Db, id: &str) -> Result<Response> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| Error::not_found(format!("no subscription '{id}'")))?;
+    let n = transaction(db, |db| {
+        Ok::<_, Error>(db.exec(
+            "UPDATE subscriptions SET active = 0 WHERE id = ? AND active = 1",
+            params![id],
+        )?)
+    })?;
+    if n == 0 {
+        return Err(Error::not_found(format!("no active subscription {id}")));
+    }
+    Ok(Response::json(200, &json!({"id": id, "active": false})))
+}
+
+fn list_templates(db: &dyn Db) -> Result<Response> {
+    let r = db.execute("SELECT name, topic, recipient, subject, text_body, html_body, active, updated_at FROM email_templates ORDER BY name", &[])?;
+    let t: Vec<Json> = r
+        .iter()
+        .map(|t| json!({"name": t.str("name"), "topic": t.str("topic"), "recipient": t.str("recipient"), "subject": t.str("subject"),
+            "text": t.str("text_body"), "html": t.str("html_body"), "active": t.i64("active") == 1, "updated_at": t.str("updated_at")}))
+        .collect();
+    Ok(Response::json(200, &json!({"templates": t})))
+}
+
+fn put_template(db: &dyn Db, req: &Request, name: &str, now: DateTime<Utc>) -> Result<Response> {
+    let v = crate::intake::sources::parse_json(&req.body)?;
+    let mut errs = Vec::new();
+    let field = |k: &str, errs: &mut Vec<FieldError>| match v.get(k) {
+        Some(Json::String(s)) if !s.trim().is_empty() => s.clone(),
+        _ => {
+            errs.push(FieldError::new(
+                format!("/{k}"),
+                "is required (a non-empty string)",
+            ));
+            String::new()
+        }
+    };
+    let (subject, text, html) = (
+        field("subject", &mut errs),
+        field("text", &mut errs),
+        field("html", &mut errs),
+    );
+    let active = v.get("active").and_then(Json::as_bool).unwrap_or(true);
+    if !errs.is_empty() {
+        return Err(Error::invalid(errs));
+    }
+    let n = transaction(db, |db| {
+        Ok::<_, Error>(db.exec(
+            "UPDATE email_templates SET subject = ?, text_body = ?, html_body = ?, active = ?, updated_at = ? WHERE name = ?",
+            params![subject, text, html, active, ts(now), name],
+        )?)
+    })?;
+    if n == 0 {
+        return Err(Error::not_found(format!("no template '{name}'")));
+    }
+    list_templates(db)
+}
+
+/// Parses a URL just enough to reject nonsense (scheme://host[:port]/...).
+mod http_uri {
+    pub struct Uri;
+    impl std::str::FromStr for Uri {
+        type Err = ();
+        fn from_str(s: &str) -> Result<Self, ()> {
+            let rest = s.split_once("://").map(|(_, r)| r).ok_or(())?;
+            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+            let host = host.rsplit_once('@').map(|(_, h)| h).unwrap_or(host);
+            let name = if host.starts_with('[') {
+                host
+            } else {
+                host.split(':').next().unwrap_or("")
+            };
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return Err(());
+            }
+            if let Some((_, port)) = host.rsplit_once(':').filter(|_| !host.ends_with(']')) {
+                port.parse::<u16>().map_err(|_| ())?;
+            }
+            Ok(Uri)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::db::native::NativeDb;
+    use std::cell::RefCell;
+
+    struct Fake {
+        calls: RefCell<Vec<(String, Vec<(String, String)>, Vec<u8>)>>,
+        answers: RefCell<Vec<std::result::Result<(u16, Vec<u8>), String>>>,
+    }
+
+    impl Transport for Fake {
+        async fn post(
+            &self,
+            url: &str,
+            headers: &[(String, String)],
+            body: Vec<u8>,
+        ) -> std::result::Result<(u16, Vec<u8>), String> {
+            self.calls
+                .borrow_mut()
+                .push((url.to_string(), headers.to_vec(), body));
+            let mut a = self.answers.borrow_mut();
+            if a.is_empty() {
+                Ok((200, Vec::new()))
+            } else {
+                a.remove(0)
+            }
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        // The fake completes at once; a no-op waker is enough.
+        let mut f = std::pin::pin!(f);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        loop {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+
+    fn db() -> NativeDb {
+        let db = NativeDb::memory();
+        crate::kernel::schema::migrate(&db).unwrap();
+        db
+    }
+
+    fn event(db: &NativeDb, topic: &str, payload: Json) {
+        crate::orders::store::enqueue(db, topic, None, payload, Utc::now()).unwrap();
+    }
+
+    #[test]
+    fn templates_render_values_sections_and_escape_html() {
+        let data = json!({"number": "WB-1", "name": "<Ada>", "lines": [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 1}], "totals": {"total": {"amount": "9.90"}}});
+        assert_eq!(render("Order {{number}}: {{#lines}}{{quantity}}x{{sku}} {{/lines}}= {{totals.total.amount}}", &data, false), "Order WB-1: 2xA 1xB = 9.90");
+        assert_eq!(render("<p>{{name}}</p>", &data, true), "<p>&lt;Ada&gt;</p>");
+        assert_eq!(
+            render("{{missing}}|{{#missing}}x{{/missing}}", &data, false),
+            "|"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_with_bounded_jitter() {
+        let base = Duration::seconds(10);
+        for (attempt, mid) in [(1, 10_000), (2, 20_000), (3, 40_000), (12, 3_600_000)] {
+            for seed in [0u64, 1, 7, 12345, u64::MAX] {
+                let d = backoff(base, attempt, seed).num_milliseconds();
+                assert!(
+                    d >= mid * 3 / 4 && d <= mid * 5 / 4,
+                    "attempt {attempt}: {d}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn expansion_is_once_and_delivery_retries_then_dead_letters() {
+        let db = db();
+        let cfg = Config {
+            retry_base: Duration::milliseconds(0),
+            max_attempts: 3,
+            ..Default::default()
+        };
+        db.execute("INSERT INTO subscriptions (url, event_types, secret, active, created_at) VALUES ('http://crm.test/hook', '[\"order.received\"]', 'sixteen-chars-secret', 1, 'x')", &[]).unwrap();
+        event(
+            &db,
+            "order.received",
+            json!({"order_id": "o1", "number": "WB-1", "email": "c@example.com", "customer_name": "C", "lines": [], "totals": {"total": {"amount": "1.00"}}}),
+        );
+        assert_eq!(expand(&db, &cfg, Utc::now(), 10).unwrap(), 1);
+        assert_eq!(
+            expand(&db, &cfg, Utc::now(), 10).unwrap(),
+            0,
+            "expanded once"
+        );
+        let n: i64 = db
+            .execute("SELECT count(*) AS n FROM deliveries", &[])
+            .unwrap()
+            .first()
+            .unwrap()
+            .i64("n");
+        assert_eq!(n, 2, "one confirmation e-mail and one webhook");
+        // The receiver fails three times: retried twice, then dead.
+        let fake = Fake {
+            calls: RefCell::new(Vec::new()),
+            answers: RefCell::new(vec![
+                Ok((500, vec![])),
+                Err("refused".into()),
+                Ok((503, vec![])),
+            ]),
+        };
+        let rep = block_on(sweep(&db, &cfg, &fake, std::time::Duration::from_secs(5))).unwrap();
+        assert_eq!((rep.delivered, rep.retried, rep.dead), (1, 2, 1), "{rep:?}");
+        assert_eq!(fake.calls.borrow().len(), 3);
+        let (url, headers, body) = fake.calls.borrow()[0].clone();
+        assert_eq!(url, "http://crm.test/hook");
+        let sig = headers
+            .iter()
+            .find(|(k, _)| k == "waybill-signature")
+            .unwrap()
+            .1
+            .clone();
+        assert!(signature::verify_timestamped(
+            b"sixteen-chars-secret",
+            &sig,
+            &body,
+            Utc::now().timestamp(),
+            300
+        ));
+        let env: Json = serde_json::from_slice(&body).unwrap();
+        assert_eq!(env["type"], "order.received");
+        assert_eq!(env["data"]["number"], "WB-1");
+        // The mailbox got the confirmation, rendered.
+        let m = db
+            .execute("SELECT to_address, subject FROM mailbox", &[])
+            .unwrap();
+        assert_eq!(m.first().unwrap().str("to_address"), "c@example.com");
+        assert!(m.first().unwrap().str("subject").contains("WB-1"));
+        // Replay the dead letter: delivered on the next sweep.
+        let dead = db
+            .execute("SELECT id FROM deliveries WHERE state = 'dead'", &[])
+            .unwrap()
+            .first()
+            .unwrap()
+            .i64("id");
+        assert_eq!(
+            replay(&db, &dead.to_string(), Utc::now()).unwrap().status,
+            202
+        );
+        let rep = block_on(sweep(&db, &cfg, &fake, std::time::Duration::from_secs(5))).unwrap();
+        assert_eq!(rep.delivered, 1);
+        assert_eq!(fake.calls.borrow().len(), 4);
+    }
+
+    #[test]
+    fn a_claimed_delivery_is_not_claimed_again_while_leased() {
+        let db = db();
+        let cfg = Config::default();
+        event(&db, "order.received", json!({"email": "c@example.com"}));
+        expand(&db, &cfg, Utc::now(), 10).unwrap();
+        let now = Utc::now();
+        assert_eq!(
+            claim(&db, "a", now, Duration::seconds(60), 10, None)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            claim(&db, "b", now, Duration::seconds(60), 10, None)
+                .unwrap()
+                .len(),
+            0
+        );
+        // After the lease expires (a crashed sweep), another sweep takes it.
+        assert_eq!(
+            claim(
+                &db,
+                "b",
+                now + Duration::seconds(61),
+                Duration::seconds(60),
+                10,
+                None
+            )
+            .unwrap()
+            .len(),
+            1
+        );
+    }
+}

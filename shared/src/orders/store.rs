@@ -1,0 +1,947 @@
+//! Persistence of orders: rows, lines with buckets, holds, the timeline and the
+//! outbox. Every function here runs inside the caller's transaction, so a state
+//! change, its event and its outbox rows commit together or not at all.
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value as Json};
+
+use crate::kernel::db::{Db, Row, Value};
+use crate::kernel::error::{Error, Result};
+use crate::orders::model::{derive_fulfillment, derive_status, Buckets, HoldReason, NewOrder, Source};
+use crate::kernel::money::{Currency, Money};
+use crate::params;
+
+/// UTC timestamps stored as sortable text with microseconds.
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// Who caused a change, for the timeline.
+pub fn actor_for(source: Source) -> String {
+    format!("source:{}", source.as_str())
+}
+
+pub fn record_event(
+    db: &dyn Db,
+    order_id: &str,
+    now: DateTime<Utc>,
+    actor: &str,
+    kind: &str,
+    summary: &str,
+    data: Json,
+) -> Result<()> {
+    db.execute(
+        "INSERT INTO order_events (order_id, at, actor, kind, summary, data) VALUES (?, ?, ?, ?, ?, ?)",
+        params![order_id, ts(now), actor, kind, summary, data.to_string()],
+    )?;
+    Ok(())
+}
+
+/// Writes a side effect to the outbox, to be delivered at least once.
+pub fn enqueue(
+    db: &dyn Db,
+    topic: &str,
+    order_id: Option<&str>,
+    payload: Json,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    db.execute(
+        "INSERT INTO outbox (topic, order_id, payload, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)",
+        params![topic, order_id, payload.to_string(), ts(now), ts(now)],
+    )?;
+    Ok(())
+}
+
+fn doc(o: &NewOrder, source_hash: &str) -> Json {
+    let c = o.currency;
+    json!({
+        "customer": o.customer,
+        "shipping_address": o.shipping_address,
+        "billing_address": o.billing_address,
+        "shipping_lines": o.shipping_lines.iter().map(|s| json!({
+            "method": s.method, "title": s.title,
+            "price": Money::new(s.price, c), "discount": Money::new(s.discount, c), "tax": Money::new(s.tax, c),
+        })).collect::<Vec<_>>(),
+        "shipping_lines_minor": o.shipping_lines,
+        "taxes_included": o.taxes_included,
+        "payment": o.payment,
+        "note": o.note,
+        "tags": o.tags,
+        "source_total_minor": o.source_total,
+        "source_hash": source_hash,
+        "pickup_location": o.pickup_location,
+        "preferred_facility": o.preferred_facility,
+        "fulfillment_hash": fulfillment_hash(o),
+    })
+}
+
+/// A fingerprint of what fulfillment depends on (lines, prices, destination,
+/// shipping, pickup). After release, a source update that keeps it may still
+/// change payment state, contact details, notes and tags.
+pub fn fulfillment_hash(o: &NewOrder) -> String {
+    let lines: Vec<Json> = o
+        .lines
+        .iter()
+        .map(|l| {
+            json!([
+                l.external_id,
+                l.sku,
+                l.quantity,
+                l.unit_price,
+                l.subtotal,
+                l.discount,
+                l.tax,
+                l.requires_shipping
+            ])
+        })
+        .collect();
+    let v = json!([
+        o.currency.code(),
+        o.shipping_address,
+        lines,
+        o.shipping_lines,
+        o.taxes_included,
+        o.pickup_location,
+        o.preferred_facility,
+    ]);
+    crate::kernel::signature::hex(&crate::kernel::signature::hmac_sha256(
+        b"waybill-fulfillment-hash",
+        v.to_string().as_bytes(),
+    ))
+}
+
+/// A stable fingerprint of what the source said, to skip no-op updates.
+pub fn source_hash(o: &NewOrder) -> String {
+    let lines: Vec<Json> = o
+        .lines
+        .iter()
+        .map(|l| {
+            json!([
+                l.external_id,
+                l.sku,
+                l.name,
+                l.quantity,
+                l.unit_price,
+                l.subtotal,
+                l.discount,
+                l.tax,
+                l.requires_shipping
+            ])
+        })
+        .collect();
+    let v = json!([
+        o.external_number,
+        o.channel,
+        o.currency.code(),
+        o.customer,
+        o.shipping_address,
+        o.billing_address,
+        lines,
+        o.shipping_lines,
+        o.taxes_included,
+        o.financial_status.as_str(),
+        o.payment,
+        o.note,
+        o.tags,
+        o.source_total,
+        o.cancelled,
+        o.holds
+            .iter()
+            .map(|(r, n)| json!([r.as_str(), n]))
+            .collect::<Vec<_>>(),
+    ]);
+    crate::kernel::signature::hex(&crate::kernel::signature::hmac_sha256(
+        b"waybill-source-hash",
+        v.to_string().as_bytes(),
+    ))
+}
+
+fn search_text(o: &NewOrder, number: &str) -> String {
+    let mut parts = if number.is_empty() {
+        vec![o.external_id.clone()]
+    } else {
+        vec![number.to_string(), o.external_id.clone()]
+    };
+    parts.extend(o.external_number.clone());
+    parts.extend(o.customer.email.clone());
+    parts.extend(o.customer.display_name());
+    if let Some(a) = &o.shipping_address {
+        parts.extend(
+            [a.first_name.clone(), a.last_name.clone(), a.company.clone()]
+                .into_iter()
+                .flatten(),
+        );
+    }
+    parts.join(" ").to_lowercase()
+}
+
+/// All lines in one multi-row INSERT (one statement, one host call).
+fn insert_lines(db: &dyn Db, order_id: &str, o: &NewOrder) -> Result<()> {
+    let mut sql = String::from(
+        "INSERT INTO order_lines (order_id, line_no, external_id, sku, name, unit_price_minor, subtotal_minor,
+            discount_minor, tax_minor, requires_shipping, qty_ordered, qty_cancelled) VALUES ",
+    );
+    let mut p: Vec<Value> = Vec::with_capacity(o.lines.len() * 12);
+    for (i, l) in o.lines.iter().enumerate() {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+        let cancelled = if o.cancelled { l.quantity } else { 0 };
+        p.extend([
+            Value::from(order_id),
+            Value::Integer((i + 1) as i64),
+            Value::from(l.external_id.clone()),
+            Value::from(&l.sku),
+            Value::from(&l.name),
+            Value::Integer(l.unit_price),
+            Value::Integer(l.subtotal),
+            Value::Integer(l.discount),
+            Value::Integer(l.tax),
+            Value::from(l.requires_shipping),
+            Value::Integer(l.quantity),
+            Value::Integer(cancelled),
+        ]);
+    }
+    db.execute(&sql, &p)?;
+    Ok(())
+}
+
+pub fn open_hold_reasons(db: &dyn Db, order_id: &str) -> Result<Vec<String>> {
+    let r = db.execute(
+        "SELECT reason FROM order_holds WHERE order_id = ? AND released_at IS NULL",
+        params![order_id],
+    )?;
+    Ok(r.iter().map(|r| r.str("reason")).collect())
+}
+
+/// Opens a hold unless one with the same reason is already open. Returns whether it opened one.
+pub fn add_hold(
+    db: &dyn Db,
+    order_id: &str,
+    reason: HoldReason,
+    note: &str,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<bool> {
+    if open_hold_reasons(db, order_id)?
+        .iter()
+        .any(|r| r == reason.as_str())
+    {
+        return Ok(false);
+    }
+    db.execute(
+        "INSERT INTO order_holds (order_id, reason, note, created_at) VALUES (?, ?, ?, ?)",
+        params![order_id, reason.as_str(), note, ts(now)],
+    )?;
+    record_event(
+        db,
+        order_id,
+        now,
+        actor,
+        "hold.added",
+        &format!("On hold: {} ({note})", reason.as_str()),
+        json!({"reason": reason.as_str(), "note": note}),
+    )?;
+    Ok(true)
+}
+
+pub fn release_hold(
+    db: &dyn Db,
+    order_id: &str,
+    reason: HoldReason,
+    now: DateTime<Utc>,
+    actor: &str,
+    why: &str,
+) -> Result<bool> {
+    let n = db.exec(
+        "UPDATE order_holds SET released_at = ? WHERE order_id = ? AND reason = ? AND released_at IS NULL",
+        params![ts(now), order_id, reason.as_str()],
+    )?;
+    if n > 0 {
+        record_event(
+            db,
+            order_id,
+            now,
+            actor,
+            "hold.released",
+            &format!("Hold released: {} ({why})", reason.as_str()),
+            json!({"reason": reason.as_str()}),
+        )?;
+    }
+    Ok(n > 0)
+}
+
+pub fn load_buckets(db: &dyn Db, order_id: &str) -> Result<Vec<Buckets>> {
+    let r = db.execute(
+        "SELECT qty_ordered, qty_cancelled, qty_backordered, qty_allocated, qty_released, qty_shipped, qty_delivered, qty_returned
+         FROM order_lines WHERE order_id = ? ORDER BY line_no",
+        params![order_id],
+    )?;
+    Ok(r.iter().map(|r| buckets(&r)).collect())
+}
+
+pub fn buckets(r: &Row<'_>) -> Buckets {
+    Buckets {
+        ordered: r.i64("qty_ordered"),
+        cancelled: r.i64("qty_cancelled"),
+        backordered: r.i64("qty_backordered"),
+        allocated: r.i64("qty_allocated"),
+        released: r.i64("qty_released"),
+        shipped: r.i64("qty_shipped"),
+        delivered: r.i64("qty_delivered"),
+        returned: r.i64("qty_returned"),
+    }
+}
+
+/// Re-derives the stored statuses from buckets and holds (after any change).
+pub fn refresh_status(db: &dyn Db, order_id: &str, now: DateTime<Utc>) -> Result<(String, String)> {
+    let b = load_buckets(db, order_id)?;
+    let holds = open_hold_reasons(db, order_id)?.len();
+    let closed = db
+        .execute(
+            "SELECT closed_at FROM orders WHERE id = ?",
+            params![order_id],
+        )?
+        .first()
+        .and_then(|r| r.opt_str("closed_at"))
+        .is_some();
+    write_status(db, order_id, &b, holds, closed, now)
+}
+
+/// Stores the statuses derived from `buckets`, `open_holds` and `closed`
+/// (for callers that already hold the order's current state).
+pub fn write_status(
+    db: &dyn Db,
+    order_id: &str,
+    buckets: &[Buckets],
+    open_holds: usize,
+    closed: bool,
+    now: DateTime<Utc>,
+) -> Result<(String, String)> {
+    let status = derive_status(buckets, open_holds, closed)
+        .as_str()
+        .to_string();
+    let ful = derive_fulfillment(buckets).as_str().to_string();
+    db.execute(
+        "UPDATE orders SET status = ?, fulfillment_status = ?, updated_at = ?, version = version + 1,
+            cancelled_at = CASE WHEN ? = 'cancelled' THEN COALESCE(cancelled_at, ?) ELSE cancelled_at END
+         WHERE id = ?",
+        params![status.clone(), ful.clone(), ts(now), status.clone(), ts(now), order_id],
+    )?;
+    Ok((status, ful))
+}
+
+/// The outbox payload announcing an order (confirmation e-mail, outbound webhook).
+fn received_payload(id: &str, number: &str, o: &NewOrder) -> Json {
+    let t = o.totals();
+    json!({
+        "order_id": id,
+        "number": number,
+        "source": o.source.as_str(),
+        "external_id": o.external_id,
+        "channel": o.channel,
+        "email": o.customer.email,
+        "customer_name": o.customer.display_name(),
+        "totals": t.to_json(o.currency),
+        "lines": o.lines.iter().map(|l| json!({"sku": l.sku, "name": l.name, "quantity": l.quantity})).collect::<Vec<_>>(),
+    })
+}
+
+pub struct Inserted {
+    pub id: String,
+    pub number: String,
+}
+
+/// Inserts a new order with its lines, holds, timeline and outbox rows.
+pub fn insert_order(
+    db: &dyn Db,
+    o: &NewOrder,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<Inserted> {
+    insert_order_with_id(db, &uuid::Uuid::now_v7().to_string(), o, now, actor)?.ok_or_else(|| {
+        Error::conflict(format!(
+            "an order from {} with id '{}' already exists",
+            o.source.as_str(),
+            o.external_id
+        ))
+    })
+}
+
+/// The hot path of intake, written for contention: the order number comes from
+/// the counter inside the order INSERT (a trigger advances it), the statuses are
+/// derived in Rust from what is inserted, and lines, holds and events go in as
+/// one multi-row INSERT each, so the write lock is held for few statements.
+/// Returns None when `(source, external_id)` exists already (nothing written).
+pub fn insert_order_with_id(
+    db: &dyn Db,
+    id: &str,
+    o: &NewOrder,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<Option<Inserted>> {
+    let totals = o.totals();
+    let hash = source_hash(o);
+    // Holds: one per reason, plus a review hold when the totals disagree.
+    let mut holds: Vec<(HoldReason, String)> = Vec::new();
+    for (r, n) in o
+        .holds
+        .iter()
+        .cloned()
+        .chain(total_mismatch(o).map(|n| (HoldReason::ManualReview, n)))
+    {
+        if !holds.iter().any(|(h, _)| *h == r) {
+            holds.push((r, n));
+        }
+    }
+    let buckets: Vec<Buckets> = o
+        .lines
+        .iter()
+        .map(|l| Buckets {
+            ordered: l.quantity,
+            cancelled: if o.cancelled { l.quantity } else { 0 },
+            ..Default::default()
+        })
+        .collect();
+    let status = derive_status(&buckets, holds.len(), false);
+    let inserted = db.execute(
+        "INSERT INTO orders (id, number, source, external_id, external_number, channel, status, fulfillment_status,
+            financial_status, currency, total_minor, customer_email, customer_name, search_text, placed_at,
+            created_at, updated_at, cancelled_at, doc)
+         VALUES (?, (SELECT 'WB-' || (value + 1) FROM counters WHERE name = 'order_number'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+            (SELECT lower('WB-' || (value + 1)) FROM counters WHERE name = 'order_number') || ' ' || ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (source, external_id) DO NOTHING
+         RETURNING number",
+        params![
+            id, o.source.as_str(), o.external_id.clone(), o.external_number.clone(), o.channel.clone(),
+            status.as_str(), derive_fulfillment(&buckets).as_str(), o.financial_status.as_str(), o.currency.code(), totals.total,
+            o.customer.email.as_ref().map(|e| e.to_lowercase()), o.customer.display_name(), search_text(o, ""),
+            ts(o.placed_at), ts(now), ts(now), o.cancelled.then(|| ts(now)), doc(o, &hash).to_string()
+        ],
+    )?;
+    let Some(number) = inserted.first().map(|r| r.str("number")) else {
+        return Ok(None);
+    };
+    insert_lines(db, id, o)?;
+    crate::payments::capture::open_payment(db, id, o, now)?;
+    let at = ts(now);
+    let mut events: Vec<(String, String, Json)> = vec![(
+        "order.received".into(),
+        format!(
+            "Order {number} received from {} ({})",
+            o.source.as_str(),
+            o.external_id
+        ),
+        json!({"source": o.source.as_str(), "external_id": o.external_id, "total": Money::new(totals.total, o.currency)}),
+    )];
+    if !holds.is_empty() {
+        let mut sql =
+            String::from("INSERT INTO order_holds (order_id, reason, note, created_at) VALUES ");
+        let mut p: Vec<Value> = Vec::new();
+        for (i, (r, n)) in holds.iter().enumerate() {
+            sql.push_str(if i == 0 {
+                "(?, ?, ?, ?)"
+            } else {
+                ",(?, ?, ?, ?)"
+            });
+            p.extend([
+                Value::from(id),
+                Value::from(r.as_str()),
+                Value::from(n),
+                Value::from(&at),
+            ]);
+            events.push((
+                "hold.added".into(),
+                format!("On hold: {} ({n})", r.as_str()),
+                json!({"reason": r.as_str(), "note": n}),
+            ));
+        }
+        db.execute(&sql, &p)?;
+    }
+    if o.cancelled {
+        events.push((
+            "order.cancelled".into(),
+            "Order arrived cancelled at the source".into(),
+            json!({}),
+        ));
+    }
+    let mut sql =
+        String::from("INSERT INTO order_events (order_id, at, actor, kind, summary, data) VALUES ");
+    let mut p: Vec<Value> = Vec::new();
+    for (i, (kind, summary, data)) in events.iter().enumerate() {
+        sql.push_str(if i == 0 {
+            "(?, ?, ?, ?, ?, ?)"
+        } else {
+            ",(?, ?, ?, ?, ?, ?)"
+        });
+        p.extend([
+            Value::from(id),
+            Value::from(&at),
+            Value::from(actor),
+            Value::from(kind),
+            Value::from(summary),
+            Value::from(data.to_string()),
+        ]);
+    }
+    db.execute(&sql, &p)?;
+    if !o.cancelled {
+        enqueue(
+            db,
+            "order.received",
+            Some(id),
+            received_payload(id, &number, o),
+            now,
+        )?;
+    }
+    Ok(Some(Inserted {
+        id: id.to_string(),
+        number,
+    }))
+}
+
+fn total_mismatch(o: &NewOrder) -> Option<String> {
+    let src = o.source_total?;
+    let computed = o.totals().total;
+    (src != computed).then(|| {
+        format!(
+            "source total {} differs from the computed total {}",
+            Money::new(src, o.currency).to_decimal(),
+            Money::new(computed, o.currency).to_decimal()
+        )
+    })
+}
+
+/// A computed total that differs from the source's total means the mapping missed
+/// something (fees, rounding rules): hold for review before any capture.
+fn check_source_total(
+    db: &dyn Db,
+    id: &str,
+    o: &NewOrder,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<()> {
+    if let Some(note) = total_mismatch(o) {
+        add_hold(db, id, HoldReason::ManualReview, &note, now, actor)?;
+    }
+    Ok(())
+}
+
+pub struct Existing {
+    pub id: String,
+    pub number: String,
+    pub source_hash: String,
+    /// Empty for orders stored before the fingerprint existed.
+    pub fulfillment_hash: String,
+    pub released_units: i64,
+}
+
+pub fn find_by_source(db: &dyn Db, source: Source, external_id: &str) -> Result<Option<Existing>> {
+    let r = db.execute(
+        "SELECT o.id, o.number, json_extract(o.doc, '$.source_hash') AS source_hash,
+                json_extract(o.doc, '$.fulfillment_hash') AS fulfillment_hash,
+                (SELECT COALESCE(SUM(qty_released + qty_shipped), 0) FROM order_lines l WHERE l.order_id = o.id) AS released
+         FROM orders o WHERE o.source = ? AND o.external_id = ?",
+        params![source.as_str(), external_id],
+    )?;
+    Ok(r.first().map(|r| Existing {
+        id: r.str("id"),
+        number: r.str("number"),
+        source_hash: r.str("source_hash"),
+        fulfillment_hash: r.str("fulfillment_hash"),
+        released_units: r.i64("released"),
+    }))
+}
+
+/// Applies a source update to an order nothing of which has been released yet.
+pub fn replace_order(
+    db: &dyn Db,
+    ex: &Existing,
+    o: &NewOrder,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<()> {
+    let totals = o.totals();
+    let hash = source_hash(o);
+    crate::routing::allocation::deallocate_unreleased(
+        db,
+        &ex.id,
+        now,
+        actor,
+        "the source changed the order",
+    )?;
+    db.execute(
+        "DELETE FROM order_lines WHERE order_id = ?",
+        params![ex.id.clone()],
+    )?;
+    insert_lines(db, &ex.id, o)?;
+    db.execute(
+        "UPDATE orders SET external_number = ?, financial_status = ?, currency = ?, total_minor = ?, customer_email = ?,
+            customer_name = ?, search_text = lower(number) || ' ' || ?, doc = ?, updated_at = ? WHERE id = ?",
+        params![
+            o.external_number.clone(), o.financial_status.as_str(), o.currency.code(), totals.total,
+            o.customer.email.as_ref().map(|e| e.to_lowercase()), o.customer.display_name(), search_text(o, ""),
+            doc(o, &hash).to_string(), ts(now), ex.id.clone()
+        ],
+    )?;
+    crate::payments::capture::sync_payment(db, &ex.id, o, now)?;
+    crate::payments::capture::refresh_financial_status(db, &ex.id, now)?;
+    follow_source_holds(db, &ex.id, o, now, actor)?;
+    check_source_total(db, &ex.id, o, now, actor)?;
+    record_event(
+        db,
+        &ex.id,
+        now,
+        actor,
+        "order.updated",
+        "Order updated by the source before release",
+        json!({"total": Money::new(totals.total, o.currency), "lines": o.lines.len(), "financial_status": o.financial_status.as_str()}),
+    )?;
+    refresh_status(db, &ex.id, now)?;
+    Ok(())
+}
+
+/// Holds the source drives follow the source: open what it reports, release what it no longer does.
+fn follow_source_holds(
+    db: &dyn Db,
+    id: &str,
+    o: &NewOrder,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<()> {
+    for reason in [HoldReason::AwaitingPayment, HoldReason::PaymentFailed] {
+        match o.holds.iter().find(|(r, _)| *r == reason) {
+            Some((_, note)) => {
+                add_hold(db, id, reason, note, now, actor)?;
+            }
+            None => {
+                release_hold(
+                    db,
+                    id,
+                    reason,
+                    now,
+                    actor,
+                    "the source no longer reports it",
+                )?;
+            }
+        }
+    }
+    for (reason, note) in o
+        .holds
+        .iter()
+        .filter(|(r, _)| !matches!(r, HoldReason::AwaitingPayment | HoldReason::PaymentFailed))
+    {
+        add_hold(db, id, *reason, note, now, actor)?;
+    }
+    Ok(())
+}
+
+/// Applies a source update after release that leaves what fulfillment depends
+/// on unchanged ([`fulfillment_hash`]): payment state, contact details,
+/// billing address, note, tags and the source's payment holds.
+pub fn update_after_release(
+    db: &dyn Db,
+    ex: &Existing,
+    o: &NewOrder,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<()> {
+    let hash = source_hash(o);
+    db.execute(
+        "UPDATE orders SET external_number = ?, financial_status = ?, customer_email = ?, customer_name = ?,
+            search_text = lower(number) || ' ' || ?, doc = ?, updated_at = ? WHERE id = ?",
+        params![
+            o.external_number.clone(), o.financial_status.as_str(),
+            o.customer.email.as_ref().map(|e| e.to_lowercase()), o.customer.display_name(), search_text(o, ""),
+            doc(o, &hash).to_string(), ts(now), ex.id.clone()
+        ],
+    )?;
+    crate::payments::capture::sync_payment(db, &ex.id, o, now)?;
+    crate::payments::capture::refresh_financial_status(db, &ex.id, now)?;
+    follow_source_holds(db, &ex.id, o, now, actor)?;
+    record_event(
+        db,
+        &ex.id,
+        now,
+        actor,
+        "order.updated",
+        "Order updated by the source after release (payment, contact, notes or tags; nothing fulfillment depends on)",
+        json!({"financial_status": o.financial_status.as_str(), "tags": o.tags}),
+    )?;
+    refresh_status(db, &ex.id, now)?;
+    Ok(())
+}
+
+/// A source cancelled the order: everything that can still be cancelled is
+/// (unplaced and allocated units, released units not yet picked, cancellation
+/// requests to centers; captured money for them refunded, the rest of the
+/// authorization voided: [`crate::flows::changes::cancel`]). Returns the units that
+/// could not be cancelled (shipped, being picked or packed, or waiting for a
+/// center's answer); they put the order on a manual_review hold.
+pub fn cancel_open_units(
+    db: &dyn Db,
+    order_id: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<i64> {
+    match crate::flows::changes::cancel(db, order_id, &json!({"reason": reason}), actor, now) {
+        Ok(_) => {}
+        // Nothing left to cancel: only the hold below.
+        Err(e) if e.status() == 409 => {}
+        Err(e) => return Err(e),
+    }
+    let stuck = db
+        .execute(
+            "SELECT COALESCE(SUM(qty_ordered - qty_cancelled), 0) AS n FROM order_lines WHERE order_id = ?",
+            params![order_id],
+        )?
+        .first()
+        .map(|r| r.i64("n"))
+        .unwrap_or(0);
+    if stuck > 0 {
+        add_hold(
+            db,
+            order_id,
+            HoldReason::ManualReview,
+            &format!("cancelled at the source, but {stuck} unit(s) are shipped, being picked or packed, or waiting for the center's answer"),
+            now,
+            actor,
+        )?;
+    }
+    refresh_status(db, order_id, now)?;
+    Ok(stuck)
+}
+
+/// Housekeeping: drops Idempotency-Keys past their retention and webhook
+/// receipts older than `receipt_days` (sources stop retrying long before).
+/// Returns the rows removed.
+pub fn purge_expired(db: &dyn Db, now: DateTime<Utc>, receipt_days: i64) -> Result<u64> {
+    let p = crate::kernel::db::Patient(db);
+    let a = p.exec(
+        "DELETE FROM idempotency_keys WHERE expires_at <= ?",
+        params![ts(now)],
+    )?;
+    let b = p.exec(
+        "DELETE FROM webhook_receipts WHERE received_at < ?",
+        params![ts(now - chrono::Duration::days(receipt_days))],
+    )?;
+    Ok(a + b)
+}
+
+// ---- reading ----
+
+/// Resolves an order key: a UUID, an order number (`WB-100001`) or `source:external_id`.
+pub fn resolve(db: &dyn Db, key: &str) -> Result<Option<String>> {
+    let r = if uuid::Uuid::parse_str(key).is_ok() {
+        db.execute("SELECT id FROM orders WHERE id = ?", params![key])?
+    } else if let Some((src, ext)) = key
+        .split_once(':')
+        .filter(|(s, _)| Source::parse(s).is_some())
+    {
+        db.execute(
+            "SELECT id FROM orders WHERE source = ? AND external_id = ?",
+            params![src, ext],
+        )?
+    } else {
+        db.execute(
+            "SELECT id FROM orders WHERE number = ?",
+            params![key.to_ascii_uppercase()],
+        )?
+    };
+    Ok(r.first().map(|r| r.str("id")))
+}
+
+fn money_json(minor: i64, c: Option<Currency>) -> Json {
+    match c {
+        Some(c) => serde_json::to_value(Money::new(minor, c)).unwrap_or(Json::Null),
+        None => json!({"minor": minor}),
+    }
+}
+
+/// The full order document the API serves.
+pub fn order_view(db: &dyn Db, id: &str) -> Result<Option<Json>> {
+    let r = db.execute("SELECT * FROM orders WHERE id = ?", params![id])?;
+    let Some(o) = r.first() else { return Ok(None) };
+    let currency = Currency::from_code(&o.str("currency"));
+    let doc: Json = serde_json::from_str(&o.str("doc")).unwrap_or(Json::Null);
+    let lines = db.execute(
+        "SELECT * FROM order_lines WHERE order_id = ? ORDER BY line_no",
+        params![id],
+    )?;
+    let mut line_views = Vec::new();
+    let (mut subtotal, mut discount, mut tax) = (0i64, 0i64, 0i64);
+    for l in lines.iter() {
+        let b = buckets(&l);
+        subtotal += l.i64("subtotal_minor");
+        discount += l.i64("discount_minor");
+        tax += l.i64("tax_minor");
+        line_views.push(json!({
+            "line_no": l.i64("line_no"),
+            "external_id": l.opt_str("external_id"),
+            "sku": l.str("sku"),
+            "name": l.str("name"),
+            "requires_shipping": l.i64("requires_shipping") != 0,
+            "unit_price": money_json(l.i64("unit_price_minor"), currency),
+            "subtotal": money_json(l.i64("subtotal_minor"), currency),
+            "discount": money_json(l.i64("discount_minor"), currency),
+            "tax": money_json(l.i64("tax_minor"), currency),
+            "quantity": {
+                "ordered": b.ordered, "cancelled": b.cancelled, "backordered": b.backordered, "allocated": b.allocated,
+                "released": b.released, "shipped": b.shipped, "delivered": b.delivered, "returned": b.returned,
+                "open": b.open(),
+            },
+        }));
+    }
+    let ship_minor: Vec<crate::orders::model::ShippingLine> =
+        serde_json::from_value(doc["shipping_lines_minor"].clone()).unwrap_or_default();
+    let shipping: i64 = ship_minor.iter().map(|s| s.price).sum();
+    discount += ship_minor.iter().map(|s| s.discount).sum::<i64>();
+    tax += ship_minor.iter().map(|s| s.tax).sum::<i64>();
+    let holds = db.execute(
+        "SELECT reason, note, created_at FROM order_holds WHERE order_id = ? AND released_at IS NULL ORDER BY id",
+        params![id],
+    )?;
+    Ok(Some(json!({
+        "id": o.str("id"),
+        "number": o.str("number"),
+        "source": o.str("source"),
+        "external_id": o.str("external_id"),
+        "external_number": o.opt_str("external_number"),
+        "channel": o.str("channel"),
+        "status": o.str("status"),
+        "fulfillment_status": o.str("fulfillment_status"),
+        "financial_status": o.str("financial_status"),
+        "currency": o.str("currency"),
+        "totals": {
+            "subtotal": money_json(subtotal, currency),
+            "discount": money_json(discount, currency),
+            "shipping": money_json(shipping, currency),
+            "tax": money_json(tax, currency),
+            "total": money_json(o.i64("total_minor"), currency),
+            "taxes_included": doc["taxes_included"],
+        },
+        "customer": doc["customer"],
+        "shipping_address": doc["shipping_address"],
+        "billing_address": doc["billing_address"],
+        "shipping_lines": doc["shipping_lines"],
+        "payment": doc["payment"],
+        "note": doc["note"],
+        "tags": doc["tags"],
+        "lines": line_views,
+        "holds": holds.iter().map(|h| json!({"reason": h.str("reason"), "note": h.opt_str("note"), "since": h.str("created_at")})).collect::<Vec<_>>(),
+        "placed_at": o.str("placed_at"),
+        "created_at": o.str("created_at"),
+        "updated_at": o.str("updated_at"),
+        "cancelled_at": o.opt_str("cancelled_at"),
+        "version": o.i64("version"),
+    })))
+}
+
+pub fn events(db: &dyn Db, id: &str) -> Result<Vec<Json>> {
+    let r = db.execute(
+        "SELECT id, at, actor, kind, summary, data FROM order_events WHERE order_id = ? ORDER BY id",
+        params![id],
+    )?;
+    Ok(r.iter()
+        .map(|e| {
+            json!({
+                "id": e.i64("id"), "at": e.str("at"), "actor": e.str("actor"), "kind": e.str("kind"),
+                "summary": e.str("summary"),
+                "data": e.opt_str("data").and_then(|d| serde_json::from_str::<Json>(&d).ok()).unwrap_or(Json::Null),
+            })
+        })
+        .collect())
+}
+
+/// Filters for listing orders.
+#[derive(Debug, Default, Clone)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub hold_reason: Option<String>,
+    pub channel: Option<String>,
+    pub source: Option<String>,
+    pub created_from: Option<String>,
+    pub created_to: Option<String>,
+    pub email: Option<String>,
+    pub sku: Option<String>,
+    pub text: Option<String>,
+    pub limit: i64,
+    /// (created_at, id) of the last row of the previous page.
+    pub after: Option<(String, String)>,
+}
+
+/// Lists order summaries newest first; returns the rows and whether more follow.
+pub fn list(db: &dyn Db, q: &ListQuery) -> Result<(Vec<Json>, bool)> {
+    let mut sql = String::from(
+        "SELECT o.id, o.number, o.source, o.external_id, o.channel, o.status, o.fulfillment_status, o.financial_status,
+                o.currency, o.total_minor, o.customer_email, o.customer_name, o.created_at, o.placed_at,
+                (SELECT group_concat(reason) FROM order_holds h WHERE h.order_id = o.id AND h.released_at IS NULL) AS holds
+         FROM orders o WHERE 1 = 1",
+    );
+    let mut p: Vec<Value> = Vec::new();
+    if let Some(s) = &q.status {
+        sql.push_str(" AND o.status = ?");
+        p.push(s.into());
+    }
+    if let Some(h) = &q.hold_reason {
+        sql.push_str(" AND EXISTS (SELECT 1 FROM order_holds h WHERE h.order_id = o.id AND h.released_at IS NULL AND h.reason = ?)");
+        p.push(h.into());
+    }
+    if let Some(c) = &q.channel {
+        sql.push_str(" AND o.channel = ?");
+        p.push(c.into());
+    }
+    if let Some(s) = &q.source {
+        sql.push_str(" AND o.source = ?");
+        p.push(s.into());
+    }
+    if let Some(f) = &q.created_from {
+        sql.push_str(" AND o.created_at >= ?");
+        p.push(f.into());
+    }
+    if let Some(t) = &q.created_to {
+        sql.push_str(" AND o.created_at < ?");
+        p.push(t.into());
+    }
+    if let Some(e) = &q.email {
+        sql.push_str(" AND o.customer_email = ?");
+        p.push(e.to_lowercase().into());
+    }
+    if let Some(s) = &q.sku {
+        sql.push_str(
+            " AND EXISTS (SELECT 1 FROM order_lines l WHERE l.order_id = o.id AND l.sku = ?)",
+        );
+        p.push(s.into());
+    }
+    if let Some(t) = &q.text {
+        sql.push_str(" AND instr(o.search_text, ?) > 0");
+        p.push(t.to_lowercase().into());
+    }
+    if let Some((at, id)) = &q.after {
+        sql.push_str(" AND (o.created_at < ? OR (o.created_at = ? AND o.id < ?))");
+        p.push(at.into());
+        p.push(at.into());
+        p.push(id.into());
+    }
+    sql.push_str(" ORDER BY o.created_at DESC, o.id DESC LIMIT ?");
+    p.push(Value::Integer(q.limit + 1));
+    let r = db.execute(&sql, &p)?;
+    let mut out: Vec<Json> = r
+        .iter()
+        .map(|o| {
+            let c = Currency::from_code(&o.str("currency"));
+            json!({
+                "id": o.str("id"), "number": o.str("number"), "source": o.str("source"), "external_id": o.str("external_id"),
+                "channel": o.str("channel"), "status": o.str("status"), "fulfillment_status": o.str("fulfillment_status"),
+                "financial_status": o.str("financial_status"), "total": money_json(o.i64("total_minor"), c),
+                "customer_email": o.opt_str("customer_email"), "customer_name": o.opt_str("customer_name"),
+                "holds": o.opt_str("holds").map(|h| h.split(',').map(str::to_string).collect::<Vec<_>>()).unwrap_or_default(),
+                "created_at": o.str("created_at"), "placed_at": o.str("placed_at"),
+            })
+        })
+        .collect();
+    let more = out.len() as i64 > q.limit;
+    out.truncate(q.limit as usize);
+    Ok((out, more))
+}

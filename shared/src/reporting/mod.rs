@@ -1,0 +1,618 @@
+//! The daily performance report for a business day in the merchant's time zone.
+//!
+//! Sources: orders and lines (received, units, revenue ordered, fill rate,
+//! backorders, cancellations), holds (exceptions), and the timeline events the
+//! lifecycle components write: `shipment.shipped` (`data.facility`,
+//! `data.units`, `data.partial`), `return.received` (`data.units`) and
+//! `payment.captured` (`data.amount_minor`, `data.currency`). Stored per date
+//! (regenerating replaces), the latest also in key-value, e-mailed to
+//! management through the outbox on first generation.
+
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use serde_json::{json, Map, Value as Json};
+use std::collections::BTreeMap;
+
+use crate::kernel::db::{transaction, Db, Patient};
+use crate::kernel::error::{Error, Result};
+use crate::http::{Request, Response, Scope, Tokens};
+use crate::kernel::money::Currency;
+use crate::params;
+use crate::orders::store::{enqueue, ts};
+
+/// Start (inclusive) and end (exclusive) in UTC of `date` in `tz`, DST-correct:
+/// a 23- or 25-hour day where the clocks change.
+pub fn business_day(date: NaiveDate, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
+    (
+        local_midnight(date, tz),
+        local_midnight(date + Duration::days(1), tz),
+    )
+}
+
+fn local_midnight(date: NaiveDate, tz: Tz) -> DateTime<Utc> {
+    let mut t = date.and_hms_opt(0, 0, 0).expect("midnight");
+    // Where midnight does not exist (a DST gap at 00:00), the day starts at the first valid minute.
+    for _ in 0..180 {
+        if let Some(dt) = tz.from_local_datetime(&t).earliest() {
+            return dt.with_timezone(&Utc);
+        }
+        t += Duration::minutes(1);
+    }
+    tz.from_utc_datetime(&t).with_timezone(&Utc)
+}
+
+/// The business day (in `tz`) that contains `t`.
+pub fn day_of(t: DateTime<Utc>, tz: Tz) -> NaiveDate {
+    t.with_timezone(&tz).date_naive()
+}
+
+#[derive(Debug, Default, Clone)]
+struct Metrics {
+    orders_received: i64,
+    orders_shipped: i64,
+    orders_cancelled: i64,
+    orders_returned: i64,
+    units_ordered: i64,
+    units_shipped: i64,
+    units_returned: i64,
+    revenue_ordered: BTreeMap<String, i64>,
+    revenue_captured: BTreeMap<String, i64>,
+    ship_hours: Vec<f64>,
+    fill_num: i64,
+    fill_den: i64,
+    split_shipments: i64,
+    partial_shipments: i64,
+    exceptions: BTreeMap<String, i64>,
+}
+
+fn money_map(m: &BTreeMap<String, i64>) -> Json {
+    Json::Object(
+        m.iter()
+            .map(|(c, v)| {
+                (
+                    c.clone(),
+                    json!(Currency::from_code(c)
+                        .map(|cur| cur.format_amount(*v))
+                        .unwrap_or_else(|| v.to_string())),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+impl Metrics {
+    fn to_json(&self) -> Json {
+        let mut hours = self.ship_hours.clone();
+        hours.sort_by(|a, b| a.total_cmp(b));
+        let mean =
+            (!hours.is_empty()).then(|| round2(hours.iter().sum::<f64>() / hours.len() as f64));
+        json!({
+            "orders_received": self.orders_received,
+            "orders_shipped": self.orders_shipped,
+            "orders_cancelled": self.orders_cancelled,
+            "orders_returned": self.orders_returned,
+            "units_ordered": self.units_ordered,
+            "units_shipped": self.units_shipped,
+            "units_returned": self.units_returned,
+            "revenue_ordered": money_map(&self.revenue_ordered),
+            "revenue_captured": money_map(&self.revenue_captured),
+            "time_to_ship_hours": {"mean": mean, "p90": percentile(&hours, 0.9).map(round2), "orders": hours.len()},
+            "fill_rate": (self.fill_den > 0).then(|| (self.fill_num as f64 / self.fill_den as f64 * 10_000.0).round() / 10_000.0),
+            "split_shipments": self.split_shipments,
+            "partial_shipments": self.partial_shipments,
+            "exceptions": self.exceptions,
+        })
+    }
+}
+
+/// Computes the report for `date` in `tz`.
+pub fn compute(db: &dyn Db, date: NaiveDate, tz: Tz, now: DateTime<Utc>) -> Result<Json> {
+    let (from, to) = business_day(date, tz);
+    let (f, t) = (ts(from), ts(to));
+    let db = &Patient(db);
+    let mut overall = Metrics::default();
+    let mut by_channel: BTreeMap<String, Metrics> = BTreeMap::new();
+    let mut by_facility: BTreeMap<String, Metrics> = BTreeMap::new();
+    // Per-currency order counts, for the average order value.
+    let mut aov_counts: BTreeMap<String, i64> = BTreeMap::new();
+
+    // Orders received that day (the index on created_at bounds both scans).
+    let r = db.execute(
+        "SELECT channel, currency, COUNT(*) AS n, SUM(total_minor) AS revenue
+         FROM orders WHERE created_at >= ? AND created_at < ? GROUP BY channel, currency",
+        params![f.clone(), t.clone()],
+    )?;
+    for row in r.iter() {
+        let (channel, currency) = (row.str("channel"), row.str("currency"));
+        let (n, revenue) = (row.i64("n"), row.i64("revenue"));
+        *aov_counts.entry(currency.clone()).or_default() += n;
+        for m in [&mut overall, by_channel.entry(channel).or_default()] {
+            m.orders_received += n;
+            *m.revenue_ordered.entry(currency.clone()).or_default() += revenue;
+        }
+    }
+    let r = db.execute(
+        "SELECT o.channel, SUM(l.qty_ordered) AS ordered, SUM(l.qty_cancelled) AS cancelled, SUM(l.qty_backordered) AS backordered
+         FROM orders o JOIN order_lines l ON l.order_id = o.id
+         WHERE o.created_at >= ? AND o.created_at < ? GROUP BY o.channel",
+        params![f.clone(), t.clone()],
+    )?;
+    for row in r.iter() {
+        let (ordered, cancelled, back) = (
+            row.i64("ordered"),
+            row.i64("cancelled"),
+            row.i64("backordered"),
+        );
+        for m in [
+            &mut overall,
+            by_channel.entry(row.str("channel")).or_default(),
+        ] {
+            m.units_ordered += ordered;
+            m.fill_den += ordered - cancelled;
+            m.fill_num += ordered - cancelled - back;
+        }
+    }
+
+    // Cancellations that day.
+    let r = db.execute(
+        "SELECT channel, COUNT(*) AS n FROM orders WHERE cancelled_at >= ? AND cancelled_at < ? GROUP BY channel",
+        params![f.clone(), t.clone()],
+    )?;
+    for row in r.iter() {
+        overall.orders_cancelled += row.i64("n");
+        by_channel
+            .entry(row.str("channel"))
+            .or_default()
+            .orders_cancelled += row.i64("n");
+    }
+
+    // Shipments that day.
+    let r = db.execute(
+        "SELECT e.order_id, o.channel, o.created_at,
+                COALESCE(json_extract(e.data, '$.facility'), 'unknown') AS facility,
+                COALESCE(json_extract(e.data, '$.units'), 0) AS units,
+                COALESCE(json_extract(e.data, '$.partial'), 0) AS partial,
+                e.at,
+                (SELECT MIN(e2.at) FROM order_events e2 WHERE e2.order_id = e.order_id AND e2.kind = 'shipment.shipped') AS first_at,
+                (SELECT COUNT(DISTINCT COALESCE(json_extract(e3.data, '$.facility'), '')) FROM order_events e3
+                  WHERE e3.order_id = e.order_id AND e3.kind = 'shipment.shipped') AS facilities
+         FROM order_events e JOIN orders o ON o.id = e.order_id
+         WHERE e.kind = 'shipment.shipped' AND e.at >= ? AND e.at < ?
+         ORDER BY e.id",
+        params![f.clone(), t.clone()],
+    )?;
+    let mut shipped_orders: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    let mut facility_orders: BTreeMap<(String, String), ()> = BTreeMap::new();
+    for row in r.iter() {
+        let (order, channel, facility) =
+            (row.str("order_id"), row.str("channel"), row.str("facility"));
+        let units = row.i64("units");
+        let partial = row.i64("partial") != 0;
+        for m in [
+            &mut overall,
+            by_channel.entry(channel.clone()).or_default(),
+            by_facility.entry(facility.clone()).or_default(),
+        ] {
+            m.units_shipped += units;
+            m.partial_shipments += partial as i64;
+        }
+        if facility_orders
+            .insert((facility.clone(), order.clone()), ())
+            .is_none()
+        {
+            by_facility
+                .entry(facility.clone())
+                .or_default()
+                .orders_shipped += 1;
+        }
+        // Time to ship counts each order once, on the day of its first shipment.
+        if !shipped_orders.contains_key(&order) {
+            let first = row.str("first_at");
+            let first_today = first >= f && first < t;
+            shipped_orders.insert(order.clone(), (channel.clone(), first_today));
+            if first_today {
+                if let (Some(c), Some(s)) = (
+                    crate::intake::sources::parse_time(&row.str("created_at")),
+                    crate::intake::sources::parse_time(&first),
+                ) {
+                    let h = (s - c).num_seconds() as f64 / 3600.0;
+                    overall.ship_hours.push(h);
+                    by_channel
+                        .entry(channel.clone())
+                        .or_default()
+                        .ship_hours
+                        .push(h);
+                    by_facility
+                        .entry(facility.clone())
+                        .or_default()
+                        .ship_hours
+                        .push(h);
+                }
+            }
+            if row.i64("facilities") > 1 {
+                overall.split_shipments += 1;
+                by_channel
+                    .entry(channel.clone())
+                    .or_default()
+                    .split_shipments += 1;
+            }
+        }
+    }
+    overall.orders_shipped = shipped_orders.len() as i64;
+    for (channel, _) in shipped_orders.values() {
+        by_channel
+            .entry(channel.clone())
+            .or_default()
+            .orders_shipped += 1;
+    }
+
+    // Returns received that day.
+    let r = db.execute(
+        "SELECT o.channel, COUNT(DISTINCT e.order_id) AS n, COALESCE(SUM(json_extract(e.data, '$.units')), 0) AS units
+         FROM order_events e JOIN orders o ON o.id = e.order_id
+         WHERE e.kind = 'return.received' AND e.at >= ? AND e.at < ? GROUP BY o.channel",
+        params![f.clone(), t.clone()],
+    )?;
+    for row in r.iter() {
+        for m in [
+            &mut overall,
+            by_channel.entry(row.str("channel")).or_default(),
+        ] {
+            m.orders_returned += row.i64("n");
+            m.units_returned += row.i64("units");
+        }
+    }
+
+    // Revenue captured that day.
+    let r = db.execute(
+        "SELECT o.channel, json_extract(e.data, '$.currency') AS currency, SUM(json_extract(e.data, '$.amount_minor')) AS amount
+         FROM order_events e JOIN orders o ON o.id = e.order_id
+         WHERE e.kind = 'payment.captured' AND e.at >= ? AND e.at < ? GROUP BY o.channel, currency",
+        params![f.clone(), t.clone()],
+    )?;
+    for row in r.iter() {
+        for m in [
+            &mut overall,
+            by_channel.entry(row.str("channel")).or_default(),
+        ] {
+            *m.revenue_captured.entry(row.str("currency")).or_default() += row.i64("amount");
+        }
+    }
+
+    // Exceptions: holds opened that day, by reason.
+    let r = db.execute(
+        "SELECT o.channel, h.reason, COUNT(*) AS n FROM order_holds h JOIN orders o ON o.id = h.order_id
+         WHERE h.created_at >= ? AND h.created_at < ? GROUP BY o.channel, h.reason",
+        params![f.clone(), t.clone()],
+    )?;
+    for row in r.iter() {
+        for m in [
+            &mut overall,
+            by_channel.entry(row.str("channel")).or_default(),
+        ] {
+            *m.exceptions.entry(row.str("reason")).or_default() += row.i64("n");
+        }
+    }
+
+    // Backorders open at the end of the day (as of generation).
+    let r = db.execute(
+        "SELECT COUNT(DISTINCT l.order_id) AS orders, COALESCE(SUM(l.qty_backordered), 0) AS units, MIN(o.created_at) AS oldest
+         FROM order_lines l JOIN orders o ON o.id = l.order_id
+         WHERE l.qty_backordered > 0 AND o.created_at < ?",
+        params![t.clone()],
+    )?;
+    let b = r.first();
+    let oldest_age = b
+        .as_ref()
+        .and_then(|b| b.opt_str("oldest"))
+        .and_then(|o| crate::intake::sources::parse_time(&o))
+        .map(|o| round2((to.min(now) - o).num_seconds() as f64 / 3600.0));
+    let backorders = json!({
+        "orders": b.as_ref().map(|b| b.i64("orders")).unwrap_or(0),
+        "units": b.as_ref().map(|b| b.i64("units")).unwrap_or(0),
+        "oldest_age_hours": oldest_age,
+    });
+
+    let with_aov = |m: &Metrics, counts: Option<&BTreeMap<String, i64>>| -> Json {
+        let mut j = m.to_json();
+        let mut aov = Map::new();
+        for (c, total) in &m.revenue_ordered {
+            let n = counts
+                .and_then(|k| k.get(c).copied())
+                .unwrap_or(m.orders_received)
+                .max(1);
+            let cur = Currency::from_code(c);
+            // Rounded half away from zero to the currency's minor unit.
+            let avg = (*total as f64 / n as f64).round() as i64;
+            aov.insert(
+                c.clone(),
+                json!(cur
+                    .map(|x| x.format_amount(avg))
+                    .unwrap_or_else(|| avg.to_string())),
+            );
+        }
+        j["average_order_value"] = Json::Object(aov);
+        j
+    };
+    let mut overall_json = with_aov(&overall, Some(&aov_counts));
+    overall_json["backorders"] = backorders;
+    Ok(json!({
+        "date": date.to_string(),
+        "timezone": tz.name(),
+        "window": {"from": ts(from), "to": ts(to)},
+        "generated_at": ts(now),
+        "overall": overall_json,
+        "by_channel": by_channel.iter().map(|(k, m)| (k.clone(), with_aov(m, None))).collect::<Map<String, Json>>(),
+        "by_facility": by_facility.iter().map(|(k, m)| (k.clone(), with_aov(m, None))).collect::<Map<String, Json>>(),
+    }))
+}
+
+/// Computes and stores the report for `date`; returns it and whether it is new.
+/// A new report also goes to management by e-mail (outbox `report.daily`).
+pub fn generate(db: &dyn Db, date: NaiveDate, tz: Tz, now: DateTime<Utc>) -> Result<(Json, bool)> {
+    let report = compute(db, date, tz, now)?;
+    let fresh = transaction(db, |db| {
+        let existed = !db
+            .execute(
+                "SELECT 1 FROM daily_reports WHERE date = ?",
+                params![date.to_string()],
+            )?
+            .is_empty();
+        db.execute(
+            "INSERT INTO daily_reports (date, timezone, generated_at, data) VALUES (?, ?, ?, ?)
+             ON CONFLICT (date) DO UPDATE SET timezone = excluded.timezone, generated_at = excluded.generated_at, data = excluded.data",
+            params![date.to_string(), tz.name(), ts(now), report.to_string()],
+        )?;
+        if !existed {
+            let o = &report["overall"];
+            enqueue(
+                db,
+                "report.daily",
+                None,
+                json!({
+                    "date": date.to_string(), "timezone": tz.name(),
+                    "orders_received": o["orders_received"], "orders_shipped": o["orders_shipped"],
+                    "orders_cancelled": o["orders_cancelled"],
+                    "revenue": o["revenue_captured"].as_object().filter(|m| !m.is_empty()).map(|m| m.iter().map(|(c, v)| format!("{} {c}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(", ")).unwrap_or_else(|| "0".into()),
+                    "report": report,
+                }),
+                now,
+            )?;
+        }
+        Ok::<_, Error>(!existed)
+    })?;
+    Ok((report, fresh))
+}
+
+/// Keeps the latest report in key-value (`report:latest`); a cache, so a
+/// failure is logged, never fatal.
+pub fn cache_latest(kv: &dyn crate::kernel::kv::Kv, report: &Json) {
+    if let Err(e) = kv.set("report:latest", report.to_string().as_bytes()) {
+        eprintln!("report: cannot cache the latest report: {e}");
+    }
+}
+
+/// The business day the scheduled run reports on: yesterday in the merchant's zone.
+pub fn scheduled_date(now: DateTime<Utc>, tz: Tz) -> NaiveDate {
+    day_of(now, tz) - Duration::days(1)
+}
+
+/// Flattens a report into CSV rows: `date,scope,metric,value`.
+pub fn to_csv(reports: &[Json]) -> Result<String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let csv_err = |e: csv::Error| Error::internal(format!("csv: {e}"));
+    w.write_record(["date", "timezone", "scope", "metric", "value"])
+        .map_err(csv_err)?;
+    for r in reports {
+        let date = r["date"].as_str().unwrap_or_default();
+        let tz = r["timezone"].as_str().unwrap_or_default();
+        let mut scopes: Vec<(String, &Json)> = vec![("overall".into(), &r["overall"])];
+        for (k, v) in r["by_channel"].as_object().into_iter().flatten() {
+            scopes.push((format!("channel:{k}"), v));
+        }
+        for (k, v) in r["by_facility"].as_object().into_iter().flatten() {
+            scopes.push((format!("facility:{k}"), v));
+        }
+        for (scope, m) in scopes {
+            let mut flat = Vec::new();
+            flatten("", m, &mut flat);
+            for (metric, value) in flat {
+                w.write_record([date, tz, scope.as_str(), metric.as_str(), value.as_str()])
+                    .map_err(csv_err)?;
+            }
+        }
+    }
+    String::from_utf8(w.into_inner().map_err(|e| Error::internal(e.to_string()))?)
+        .map_err(|e| Error::internal(e.to_string()))
+}
+
+fn flatten(prefix: &str, v: &Json, out: &mut Vec<(String, String)>) {
+    match v {
+        Json::Object(m) => {
+            for (k, x) in m {
+                flatten(
+                    &if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    },
+                    x,
+                    out,
+                );
+            }
+        }
+        Json::Null => out.push((prefix.to_string(), String::new())),
+        Json::String(s) => out.push((prefix.to_string(), s.clone())),
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+/// What the report component needs from Spin variables.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub timezone: Tz,
+    pub tokens: Tokens,
+}
+
+pub fn parse_tz(name: &str) -> std::result::Result<Tz, String> {
+    name.trim()
+        .parse::<Tz>()
+        .map_err(|_| format!("'{name}' is not an IANA time zone"))
+}
+
+fn parse_date(s: &str) -> Result<NaiveDate> {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| Error::bad_request(format!("'{s}' is not a date (YYYY-MM-DD)")))
+}
+
+fn wants_csv(req: &Request) -> bool {
+    req.query_param("format").as_deref() == Some("csv")
+        || req
+            .header("accept")
+            .map(|a| a.contains("text/csv") && !a.contains("application/json"))
+            .unwrap_or(false)
+}
+
+fn answer(req: &Request, reports: Vec<Json>, single: bool) -> Result<Response> {
+    if wants_csv(req) {
+        let body = to_csv(&reports)?;
+        return Ok(Response {
+            status: 200,
+            headers: vec![("content-type".into(), "text/csv; charset=utf-8".into())],
+            body: body.into_bytes(),
+        });
+    }
+    if single {
+        Ok(Response::json(
+            200,
+            &reports.into_iter().next().unwrap_or(Json::Null),
+        ))
+    } else {
+        Ok(Response::json(200, &json!({"reports": reports})))
+    }
+}
+
+/// `GET /api/reports/daily/{date}`, `GET /api/reports/daily?from=&to=`, `POST /api/reports/daily/{date}`.
+pub fn handle(
+    db: &dyn Db,
+    cfg: &Config,
+    req: &Request,
+    now: DateTime<Utc>,
+) -> (Response, Option<Json>) {
+    let mut latest = None;
+    let r = (|| -> Result<Response> {
+        let path = req.path.trim_end_matches('/');
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        match (req.method.as_str(), segs.as_slice()) {
+            ("GET", ["api", "reports", "daily"]) => {
+                cfg.tokens.authorize(req, Scope::Read)?;
+                let from =
+                    parse_date(&req.query_param("from").ok_or_else(|| {
+                        Error::bad_request("query parameter 'from' is required")
+                    })?)?;
+                let to = match req.query_param("to") {
+                    Some(t) => parse_date(&t)?,
+                    None => from,
+                };
+                if to < from || (to - from).num_days() > 366 {
+                    return Err(Error::bad_request(
+                        "'to' must be on or after 'from', at most 366 days later",
+                    ));
+                }
+                let rows = db.execute(
+                    "SELECT data FROM daily_reports WHERE date >= ? AND date <= ? ORDER BY date",
+                    params![from.to_string(), to.to_string()],
+                )?;
+                let reports = rows
+                    .iter()
+                    .filter_map(|r| serde_json::from_str(&r.str("data")).ok())
+                    .collect();
+                answer(req, reports, false)
+            }
+            ("GET", ["api", "reports", "daily", date]) => {
+                cfg.tokens.authorize(req, Scope::Read)?;
+                let d = parse_date(date)?;
+                let rows = db.execute(
+                    "SELECT data FROM daily_reports WHERE date = ?",
+                    params![d.to_string()],
+                )?;
+                let report: Json = rows
+                    .first()
+                    .and_then(|r| serde_json::from_str(&r.str("data")).ok())
+                    .ok_or_else(|| {
+                        Error::not_found(format!(
+                            "no report for {d}; POST to this URL generates it"
+                        ))
+                    })?;
+                answer(req, vec![report], true)
+            }
+            ("POST", ["api", "reports", "daily", date]) => {
+                cfg.tokens.authorize(req, Scope::Write)?;
+                let d = parse_date(date)?;
+                if d > day_of(now, cfg.timezone) {
+                    return Err(Error::unprocessable(format!(
+                        "{d} has not begun in {}",
+                        cfg.timezone.name()
+                    )));
+                }
+                let (report, fresh) = generate(db, d, cfg.timezone, now)?;
+                latest = Some(report.clone());
+                Ok(Response::json(if fresh { 201 } else { 200 }, &report))
+            }
+            (_, ["api", "reports", "daily", ..]) => Err(Error::new(
+                crate::kernel::error::ErrorKind::MethodNotAllowed,
+                format!("{} is not allowed here", req.method),
+            )),
+            _ => Err(Error::not_found(format!("no report endpoint at {path}"))),
+        }
+    })();
+    (r.into(), latest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn business_days_follow_dst() {
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        // Spring forward: 23 hours.
+        let (a, b) = business_day(NaiveDate::from_ymd_opt(2026, 3, 29).unwrap(), berlin);
+        assert_eq!(ts(a), "2026-03-28T23:00:00.000000Z");
+        assert_eq!((b - a).num_hours(), 23);
+        // Fall back: 25 hours.
+        let (a, b) = business_day(NaiveDate::from_ymd_opt(2026, 10, 25).unwrap(), berlin);
+        assert_eq!(ts(a), "2026-10-24T22:00:00.000000Z");
+        assert_eq!((b - a).num_hours(), 25);
+        // A zone whose DST gap is at midnight (America/Santiago, 2026-09-06): the day starts at 01:00.
+        let santiago: Tz = "America/Santiago".parse().unwrap();
+        let (a, _) = business_day(NaiveDate::from_ymd_opt(2026, 9, 6).unwrap(), santiago);
+        assert_eq!(
+            a.with_timezone(&santiago).format("%H:%M").to_string(),
+            "01:00"
+        );
+        assert!(parse_tz("Mars/Olympus").is_err());
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=10).map(|x| x as f64).collect();
+        assert_eq!(percentile(&v, 0.9), Some(9.0));
+        assert_eq!(percentile(&v, 0.5), Some(5.0));
+        assert_eq!(percentile(&[3.0], 0.9), Some(3.0));
+        assert_eq!(percentile(&[], 0.9), None);
+    }
+}
