@@ -151,8 +151,8 @@ fn raw_sqlite(dir: &str, conns: usize, secs: u64) {
                     let n = SEQ.fetch_add(1, Ordering::Relaxed);
                     let v: serde_json::Value =
                         serde_json::from_slice(&shopify_body(n, run)).expect("json");
-                    let order =
-                        waybill::intake::sources::shopify::map_order(&v, chrono_now()).expect("maps");
+                    let order = waybill::intake::sources::shopify::map_order(&v, chrono_now())
+                        .expect("maps");
                     let t0 = Instant::now();
                     let r = (|| -> Result<(), waybill::Error> {
                         let db = NativeDb::open(&path).map_err(waybill::Error::from)?;

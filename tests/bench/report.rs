@@ -107,8 +107,8 @@ fn main() {
         let db = NativeDb::open(&path).unwrap();
         waybill::kernel::schema::prepare_writer(&db).unwrap();
         let t0 = Instant::now();
-        seed(&db, n, &waybill::orders::store::ts(from), "d");
-        seed(&db, n, &waybill::orders::store::ts(before), "p");
+        seed(&db, n, &waybill::kernel::time::ts(from), "d");
+        seed(&db, n, &waybill::kernel::time::ts(before), "p");
         db.execute("ANALYZE", &[]).unwrap();
         let seed_time = t0.elapsed();
         let mut times = Vec::new();

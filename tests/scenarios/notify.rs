@@ -83,7 +83,13 @@ async fn an_order_sends_its_confirmation_and_a_signed_webhook() {
         .unwrap()
         .as_secs() as i64;
     assert!(
-        waybill::kernel::signature::verify_timestamped(HOOK_SECRET.as_bytes(), sig, &hook.body, now, 300),
+        waybill::kernel::signature::verify_timestamped(
+            HOOK_SECRET.as_bytes(),
+            sig,
+            &hook.body,
+            now,
+            300
+        ),
         "{sig}"
     );
     let (t, v1) = sig.split_once(',').unwrap();

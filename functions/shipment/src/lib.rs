@@ -39,7 +39,8 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     let (resp, captures_due) = match spin_glue::open_writer() {
         Ok(db) => {
             let resp = fulfillment::handle(&db, &tokens, &secrets, &r, now);
-            let due = r.method == "POST" && waybill::payments::capture::has_due(&db, now).unwrap_or(false);
+            let due = r.method == "POST"
+                && waybill::payments::capture::has_due(&db, now).unwrap_or(false);
             (resp, due)
         }
         Err(e) => (http::Response::problem(&e), false),

@@ -21,8 +21,9 @@ use serde_json::{json, Value as Json};
 
 use crate::kernel::db::Db;
 use crate::kernel::error::{Error, FieldError, Result};
+use crate::kernel::time::ts;
+use crate::orders::store::{self, enqueue, record_event};
 use crate::params;
-use crate::orders::store::{self, enqueue, record_event, ts};
 
 fn order_row(db: &dyn Db, order_id: &str) -> Result<crate::kernel::db::Rows> {
     let r = db.execute(
@@ -191,8 +192,12 @@ pub fn change(
                 "a new shipping address",
             )?;
         }
-        let o =
-            crate::routing::allocation::route_order(db, order_id, crate::routing::allocation::Trigger::Intake, now)?;
+        let o = crate::routing::allocation::route_order(
+            db,
+            order_id,
+            crate::routing::allocation::Trigger::Intake,
+            now,
+        )?;
         routed = json!({"allocated": o.allocated, "released": o.released, "backordered": o.backordered, "held": o.held});
     }
     enqueue(
@@ -611,7 +616,9 @@ fn settle_money(
                         reason: req.reason.clone(),
                         ..Default::default()
                     };
-                    Some(crate::payments::capture::refund(db, order_id, &req, actor, now)?)
+                    Some(crate::payments::capture::refund(
+                        db, order_id, &req, actor, now,
+                    )?)
                 } else {
                     None
                 }
@@ -897,7 +904,12 @@ pub fn substitute(
             )?);
         }
     }
-    let o = crate::routing::allocation::route_order(db, order_id, crate::routing::allocation::Trigger::Intake, now)?;
+    let o = crate::routing::allocation::route_order(
+        db,
+        order_id,
+        crate::routing::allocation::Trigger::Intake,
+        now,
+    )?;
     store::refresh_status(db, order_id, now)?;
     Ok(
         json!({"new_line_no": new_line, "quantity": q, "payment": payment,
@@ -908,9 +920,9 @@ pub fn substitute(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::allocation::{process_order, Trigger};
     use crate::kernel::db::native::NativeDb;
     use crate::kernel::db::transaction;
+    use crate::routing::allocation::{process_order, Trigger};
 
     use crate::testkit::{self, one};
 

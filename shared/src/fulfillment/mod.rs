@@ -30,11 +30,12 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
+use crate::fulfillment::tracking::{Status, Update};
 use crate::kernel::db::{transaction, Db, Value};
 use crate::kernel::error::{Error, FieldError, Result};
+use crate::kernel::time::ts;
+use crate::orders::store::{self, enqueue, record_event};
 use crate::params;
-use crate::orders::store::{self, enqueue, record_event, ts};
-use crate::fulfillment::tracking::{Status, Update};
 
 // ---------------------------------------------------------------- settings
 
@@ -672,7 +673,7 @@ pub fn fc_callback(db: &dyn Db, facility: &str, body: &Json, now: DateTime<Utc>)
             let tracking = opt_str(body, "tracking_number", &mut errs);
             let shipped_at = match &body["ship_date"] {
                 Json::Null => None,
-                Json::String(t) => match crate::intake::sources::parse_time(t).or_else(|| {
+                Json::String(t) => match crate::kernel::time::parse_time(t).or_else(|| {
                     chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d")
                         .ok()
                         .and_then(|d| d.and_hms_opt(12, 0, 0))
@@ -995,7 +996,8 @@ pub fn quote(
 fn rate_json(r: &Rate) -> Json {
     let price = crate::kernel::money::Currency::from_code(&r.currency)
         .map(|c| {
-            serde_json::to_value(crate::kernel::money::Money::new(r.price_minor, c)).unwrap_or(Json::Null)
+            serde_json::to_value(crate::kernel::money::Money::new(r.price_minor, c))
+                .unwrap_or(Json::Null)
         })
         .unwrap_or(Json::Null);
     json!({"carrier": r.carrier, "service": r.service, "zone": r.zone, "max_weight_grams": r.max_weight_grams, "price": price})
@@ -1553,7 +1555,8 @@ fn complete_pack(db: &dyn Db, job_id: &str, body: &Json, now: DateTime<Utc>) -> 
     new_data["cost"] = total_cost
         .as_ref()
         .and_then(|(m, c)| {
-            crate::kernel::money::Currency::from_code(c).map(|c| json!(crate::kernel::money::Money::new(*m, c)))
+            crate::kernel::money::Currency::from_code(c)
+                .map(|c| json!(crate::kernel::money::Money::new(*m, c)))
         })
         .unwrap_or(Json::Null);
     set_job(db, job_id, "closed", Some(&new_data), now)?;
@@ -2059,8 +2062,8 @@ pub fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::allocation::{process_order, Trigger};
     use crate::kernel::db::native::NativeDb;
+    use crate::routing::allocation::{process_order, Trigger};
 
     use crate::testkit::{self, one, stock};
 

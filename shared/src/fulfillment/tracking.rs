@@ -102,7 +102,7 @@ fn s(v: &Value, k: &str) -> Option<String> {
 }
 
 fn time(v: &Value, k: &str) -> Option<DateTime<Utc>> {
-    s(v, k).and_then(|t| crate::intake::sources::parse_time(&t))
+    s(v, k).and_then(|t| crate::kernel::time::parse_time(&t))
 }
 
 fn parse_json(body: &[u8]) -> Result<Value> {

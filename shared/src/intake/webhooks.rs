@@ -10,13 +10,14 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value as Json};
 use sha2::Digest;
 
+use crate::http::{Request, Response, Scope, Tokens};
+use crate::intake::sources::{self, commercetools, shopify, woocommerce};
 use crate::kernel::db::{transaction, Db};
 use crate::kernel::error::{Error, Result};
-use crate::http::{Request, Response, Scope, Tokens};
-use crate::orders::model::{NewOrder, Source};
-use crate::intake::sources::{self, commercetools, shopify, woocommerce};
-use crate::orders::store::{self, ts};
 use crate::kernel::signature;
+use crate::kernel::time::ts;
+use crate::orders::model::{NewOrder, Source};
+use crate::orders::store;
 use crate::params;
 
 /// Secrets and tokens, from Spin variables.
@@ -152,7 +153,9 @@ fn apply(
     // Fast path before taking the write lock: a known order needs no write
     // (and this read loads the schema outside the lock).
     if let Action::Create(o) = &action {
-        if let Some(ex) = store::find_by_source(&crate::kernel::db::Patient(db), source, &o.external_id)? {
+        if let Some(ex) =
+            store::find_by_source(&crate::kernel::db::Patient(db), source, &o.external_id)?
+        {
             return Ok(outcome("already_received", &ex.id, &ex.number));
         }
     }
@@ -276,7 +279,7 @@ fn shopify_webhook(
             &json!({"result": "ignored", "topic": topic}),
         ));
     }
-    let v = sources::parse_json(&req.body)?;
+    let v = crate::kernel::json::parse_json(&req.body)?;
     if topic == "orders/edited" {
         // The order_edit payload is not an order; the orders/updated that follows carries the result.
         return Ok(Response::json(
@@ -321,7 +324,7 @@ fn shopify_transaction(
     req: &Request,
     now: DateTime<Utc>,
 ) -> Result<Response> {
-    let v = sources::parse_json(&req.body)?;
+    let v = crate::kernel::json::parse_json(&req.body)?;
     let t = shopify::map_transaction(&v)?;
     let answer = transaction(db, |db| {
         if let Some(d) = delivery {
@@ -369,7 +372,7 @@ fn woocommerce_webhook(
     )?;
     let topic = require_header(req, "x-wc-webhook-topic")?.to_string();
     let delivery = req.header("x-wc-webhook-delivery-id").map(str::to_string);
-    let v = sources::parse_json(&req.body)?;
+    let v = crate::kernel::json::parse_json(&req.body)?;
     let action = match topic.as_str() {
         "order.created" => Action::Create(woocommerce::map_order(&v, now)?),
         "order.updated" | "order.restored" => Action::Update(woocommerce::map_order(&v, now)?),
@@ -422,7 +425,7 @@ fn unwrap_envelope(v: Json) -> Result<Json> {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(data)
             .map_err(|_| Error::bad_request("message.data is not base64"))?;
-        return sources::parse_json(&bytes);
+        return crate::kernel::json::parse_json(&bytes);
     }
     if let Some(detail) = v
         .get("detail")
@@ -464,12 +467,15 @@ fn commercetools_webhook(
             ))
         }
     }
-    let v = unwrap_envelope(sources::parse_json(&req.body)?)?;
+    let v = unwrap_envelope(crate::kernel::json::parse_json(&req.body)?)?;
     let msg = commercetools::message(&v)?;
     let action = match msg.kind.as_str() {
         "OrderCreated" | "OrderImported" => {
             let o = msg.order.ok_or_else(|| {
-                Error::invalid(vec![crate::kernel::error::FieldError::new("/order", "is required")])
+                Error::invalid(vec![crate::kernel::error::FieldError::new(
+                    "/order",
+                    "is required",
+                )])
             })?;
             Action::Create(commercetools::map_order(&o, now)?)
         }
@@ -540,7 +546,7 @@ fn api_create(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> R
             ));
         }
     }
-    let v = sources::parse_json(&req.body)?;
+    let v = crate::kernel::json::parse_json(&req.body)?;
     let order = sources::api::map_order(&v, "", now)?;
     let Some(key) = key else {
         return transaction(db, |db| create_api_order(db, &order, now));
@@ -593,7 +599,7 @@ fn api_batch(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> Re
     let docs: Vec<Json> = if ct == "application/xml" || ct == "text/xml" || ct.ends_with("+xml") {
         sources::api::xml_orders(&req.body)?
     } else if ct.is_empty() || ct == "application/json" {
-        match sources::parse_json(&req.body)? {
+        match crate::kernel::json::parse_json(&req.body)? {
             Json::Array(a) => a,
             Json::Object(mut m) if m.get("orders").map(Json::is_array).unwrap_or(false) => {
                 match m.remove("orders") {

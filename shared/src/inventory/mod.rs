@@ -6,13 +6,13 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
+use crate::http::{Request, Response, Scope, Tokens};
 use crate::kernel::db::{transaction, Db, Value};
 use crate::kernel::error::{Error, ErrorKind, FieldError, Result};
-use crate::http::{Request, Response, Scope, Tokens};
 use crate::kernel::kv::Kv;
+use crate::kernel::time::ts;
 use crate::params;
 use crate::routing::engine::{FacilityType, Service};
-use crate::orders::store::ts;
 
 /// The most licence keys one import may carry.
 pub const MAX_KEYS_PER_IMPORT: usize = 10_000;
@@ -1194,7 +1194,7 @@ pub fn apply_snapshot(
         )]));
     }
     if let Some(t) = &as_of {
-        if crate::intake::sources::parse_time(t).is_none() {
+        if crate::kernel::time::parse_time(t).is_none() {
             return Err(Error::invalid(vec![FieldError::new(
                 "/as_of",
                 "an RFC 3339 timestamp",
@@ -1208,10 +1208,10 @@ pub fn apply_snapshot(
         .flatten()
         .and_then(|b| serde_json::from_slice(&b).ok());
     if let (Some(new), Some(old)) = (
-        as_of.as_deref().and_then(crate::intake::sources::parse_time),
+        as_of.as_deref().and_then(crate::kernel::time::parse_time),
         last.as_ref()
             .and_then(|l| l["as_of"].as_str())
-            .and_then(crate::intake::sources::parse_time),
+            .and_then(crate::kernel::time::parse_time),
     ) {
         if new < old {
             return Ok(
@@ -1559,7 +1559,10 @@ mod tests {
         )
         .unwrap();
         db.execute(
-            &format!("PRAGMA user_version = {}", crate::kernel::schema::LATEST - 1),
+            &format!(
+                "PRAGMA user_version = {}",
+                crate::kernel::schema::LATEST - 1
+            ),
             &[],
         )
         .unwrap();
@@ -1616,12 +1619,16 @@ mod tests {
                 .with_header("waybill-signature", sig)
                 .with_body(body.clone())
         };
-        let bad = crate::kernel::signature::sign_timestamped(b"wrong", now.timestamp(), body.as_bytes());
+        let bad =
+            crate::kernel::signature::sign_timestamped(b"wrong", now.timestamp(), body.as_bytes());
         let (r, _) = handle(&db, &kv, &cfg, &push(&bad), now);
         assert_eq!(r.status, 401);
         assert!(db.execute("SELECT * FROM stock", &[]).unwrap().is_empty());
-        let good =
-            crate::kernel::signature::sign_timestamped(b"fc-secret", now.timestamp(), body.as_bytes());
+        let good = crate::kernel::signature::sign_timestamped(
+            b"fc-secret",
+            now.timestamp(),
+            body.as_bytes(),
+        );
         let (r, fx) = handle(&db, &kv, &cfg, &push(&good), now);
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         assert_eq!(r.json_body()["ignored"], json!(["OTHER"]));
@@ -1629,7 +1636,11 @@ mod tests {
         assert!(kv.get(&snapshot_key("fc")).unwrap().is_some());
         // An older snapshot is stale and changes nothing.
         let old = json!({"as_of": "2026-11-19T10:00:00Z", "levels": [{"part_number": "FC-001", "on_hand": 0}]}).to_string();
-        let sig = crate::kernel::signature::sign_timestamped(b"fc-secret", now.timestamp(), old.as_bytes());
+        let sig = crate::kernel::signature::sign_timestamped(
+            b"fc-secret",
+            now.timestamp(),
+            old.as_bytes(),
+        );
         let req = Request::new("POST", "/callbacks/fc/fc/inventory")
             .with_header("waybill-signature", &sig)
             .with_body(old);

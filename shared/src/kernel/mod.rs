@@ -3,7 +3,9 @@
 
 pub mod db;
 pub mod error;
+pub mod json;
 pub mod kv;
 pub mod money;
 pub mod schema;
 pub mod signature;
+pub mod time;

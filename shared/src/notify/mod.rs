@@ -14,12 +14,12 @@
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value as Json};
 
+use crate::http::{Request, Response, Scope, Tokens};
 use crate::kernel::db::{transaction, Db, Patient};
 use crate::kernel::error::{Error, ErrorKind, FieldError, Result};
-use crate::http::{Request, Response, Scope, Tokens};
-use crate::params;
 use crate::kernel::signature;
-use crate::orders::store::ts;
+use crate::kernel::time::ts;
+use crate::params;
 
 /// Where e-mails go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -933,7 +933,7 @@ pub const EVENT_TYPES: &[&str] = &[
 ];
 
 fn create_subscription(db: &dyn Db, req: &Request, now: DateTime<Utc>) -> Result<Response> {
-    let v = crate::intake::sources::parse_json(&req.body)?;
+    let v = crate::kernel::json::parse_json(&req.body)?;
     let mut errs = Vec::new();
     let url = v["url"].as_str().unwrap_or_default().trim().to_string();
     if !(url.starts_with("https://") || url.starts_with("http://"))
@@ -1019,7 +1019,7 @@ fn list_templates(db: &dyn Db) -> Result<Response> {
 }
 
 fn put_template(db: &dyn Db, req: &Request, name: &str, now: DateTime<Utc>) -> Result<Response> {
-    let v = crate::intake::sources::parse_json(&req.body)?;
+    let v = crate::kernel::json::parse_json(&req.body)?;
     let mut errs = Vec::new();
     let field = |k: &str, errs: &mut Vec<FieldError>| match v.get(k) {
         Some(Json::String(s)) if !s.trim().is_empty() => s.clone(),

@@ -7,14 +7,12 @@ use serde_json::{json, Value as Json};
 
 use crate::kernel::db::{Db, Row, Value};
 use crate::kernel::error::{Error, Result};
-use crate::orders::model::{derive_fulfillment, derive_status, Buckets, HoldReason, NewOrder, Source};
 use crate::kernel::money::{Currency, Money};
+use crate::kernel::time::ts;
+use crate::orders::model::{
+    derive_fulfillment, derive_status, Buckets, HoldReason, NewOrder, Source,
+};
 use crate::params;
-
-/// UTC timestamps stored as sortable text with microseconds.
-pub fn ts(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
 
 /// Who caused a change, for the timeline.
 pub fn actor_for(source: Source) -> String {

@@ -3,12 +3,13 @@
 use base64::Engine as _;
 use serde_json::json;
 
+use crate::http::{Request, Response, Scope, Tokens};
 use crate::kernel::db::Db;
 use crate::kernel::error::{Error, Result};
-use crate::http::{Request, Response, Scope, Tokens};
+use crate::kernel::time::parse_time;
+use crate::kernel::time::ts;
 use crate::orders::model::{HoldReason, OrderStatus, Source};
-use crate::intake::sources::parse_time;
-use crate::orders::store::{self, ts, ListQuery};
+use crate::orders::store::{self, ListQuery};
 
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 200;

@@ -25,12 +25,13 @@ use serde_json::{json, Value as Json};
 
 use crate::kernel::db::{transaction, Db, Value};
 use crate::kernel::error::{Error, FieldError, Result};
-use crate::payments::gateway::{self, Http, Outcome, StripeConfig};
-use crate::orders::model::{FinancialStatus, HoldReason, NewOrder};
 use crate::kernel::money::{Currency, Money};
+use crate::kernel::time::ts;
+use crate::orders::model::{FinancialStatus, HoldReason, NewOrder};
+use crate::orders::store::{self, record_event};
 use crate::params;
+use crate::payments::gateway::{self, Http, Outcome, StripeConfig};
 use crate::payments::shares::{self, LineAmounts, OrderAmounts};
-use crate::orders::store::{self, record_event, ts};
 
 /// Captures whose outcome is still open count against the authorization.
 const LIVE: &str = "('pending', 'succeeded', 'unknown')";
@@ -1843,8 +1844,8 @@ pub fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::allocation::{process_order, Trigger};
     use crate::kernel::db::native::NativeDb;
+    use crate::routing::allocation::{process_order, Trigger};
     use std::cell::RefCell;
 
     use crate::testkit;
@@ -1943,7 +1944,8 @@ mod tests {
             assert_eq!(first[0], t[0] * 2 / 3 + t[1] * 2 / 3 + ship_total, "{cur}");
             stock(&db, "A", 3);
             stock(&db, "B", 2);
-            crate::routing::allocation::release_backorders(&db, None, None, Utc::now(), 10).unwrap();
+            crate::routing::allocation::release_backorders(&db, None, None, Utc::now(), 10)
+                .unwrap();
             let all = captured(&db, &id);
             assert_eq!(all.len(), 2, "{cur}: one capture per fulfillment order");
             assert_eq!(

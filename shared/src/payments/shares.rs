@@ -156,8 +156,8 @@ pub fn refund_amount(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::orders::model::Totals;
     use crate::kernel::money::Currency;
+    use crate::orders::model::Totals;
 
     #[test]
     fn shares_are_cumulative_and_exact() {

@@ -13,12 +13,13 @@ use chrono_tz::Tz;
 use serde_json::{json, Map, Value as Json};
 use std::collections::BTreeMap;
 
+use crate::http::{Request, Response, Scope, Tokens};
 use crate::kernel::db::{transaction, Db, Patient};
 use crate::kernel::error::{Error, Result};
-use crate::http::{Request, Response, Scope, Tokens};
 use crate::kernel::money::Currency;
+use crate::kernel::time::ts;
+use crate::orders::store::enqueue;
 use crate::params;
-use crate::orders::store::{enqueue, ts};
 
 /// Start (inclusive) and end (exclusive) in UTC of `date` in `tz`, DST-correct:
 /// a 23- or 25-hour day where the clocks change.
@@ -225,8 +226,8 @@ pub fn compute(db: &dyn Db, date: NaiveDate, tz: Tz, now: DateTime<Utc>) -> Resu
             shipped_orders.insert(order.clone(), (channel.clone(), first_today));
             if first_today {
                 if let (Some(c), Some(s)) = (
-                    crate::intake::sources::parse_time(&row.str("created_at")),
-                    crate::intake::sources::parse_time(&first),
+                    crate::kernel::time::parse_time(&row.str("created_at")),
+                    crate::kernel::time::parse_time(&first),
                 ) {
                     let h = (s - c).num_seconds() as f64 / 3600.0;
                     overall.ship_hours.push(h);
@@ -318,7 +319,7 @@ pub fn compute(db: &dyn Db, date: NaiveDate, tz: Tz, now: DateTime<Utc>) -> Resu
     let oldest_age = b
         .as_ref()
         .and_then(|b| b.opt_str("oldest"))
-        .and_then(|o| crate::intake::sources::parse_time(&o))
+        .and_then(|o| crate::kernel::time::parse_time(&o))
         .map(|o| round2((to.min(now) - o).num_seconds() as f64 / 3600.0));
     let backorders = json!({
         "orders": b.as_ref().map(|b| b.i64("orders")).unwrap_or(0),

@@ -17,8 +17,9 @@ use serde_json::{json, Value as Json};
 
 use crate::kernel::db::Db;
 use crate::kernel::error::{Error, FieldError, Result};
+use crate::kernel::time::ts;
+use crate::orders::store::{self, enqueue, record_event};
 use crate::params;
-use crate::orders::store::{self, enqueue, record_event, ts};
 
 /// What a return leads to.
 const RESOLUTIONS: [&str; 3] = ["refund", "exchange", "none"];
@@ -605,8 +606,11 @@ pub fn view(db: &dyn Db, key: &str) -> Result<Json> {
             .map(|p| {
                 let amount = crate::kernel::money::Currency::from_code(&p.str("currency"))
                     .map(|c| {
-                        serde_json::to_value(crate::kernel::money::Money::new(p.i64("amount_minor"), c))
-                            .unwrap_or(Json::Null)
+                        serde_json::to_value(crate::kernel::money::Money::new(
+                            p.i64("amount_minor"),
+                            c,
+                        ))
+                        .unwrap_or(Json::Null)
                     })
                     .unwrap_or(Json::Null);
                 json!({"transaction_id": t, "status": p.str("status"), "amount": amount})
@@ -644,9 +648,9 @@ pub fn list_for_order(db: &dyn Db, order_id: &str) -> Result<Json> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::allocation::{process_order, Trigger};
     use crate::kernel::db::native::NativeDb;
     use crate::kernel::db::transaction;
+    use crate::routing::allocation::{process_order, Trigger};
 
     use crate::testkit;
 

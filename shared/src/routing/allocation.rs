@@ -19,10 +19,11 @@ use serde_json::{json, Value as Json};
 
 use crate::kernel::db::{transaction, Db, Value};
 use crate::kernel::error::Result;
+use crate::kernel::time::ts;
 use crate::orders::model::HoldReason;
+use crate::orders::store::{self, enqueue, record_event};
 use crate::params;
 use crate::routing::engine::{self, Demand, Destination, Facility, FacilityType, Service, Supply};
-use crate::orders::store::{self, enqueue, record_event, ts};
 
 /// Holds that stop a release (every reason but `out_of_stock`, which concerns
 /// only the units that could not be placed).
@@ -674,7 +675,8 @@ fn apply(
     let order_id = p.order_id.as_str();
     let blocked = p.holds.iter().any(|h| blocks_release(h));
     // Released fulfillment orders wait for their capture (capture at release).
-    let gated = !blocked && p.planned.is_some() && crate::payments::capture::gated(db, &p.order_id)?;
+    let gated =
+        !blocked && p.planned.is_some() && crate::payments::capture::gated(db, &p.order_id)?;
     let mut to_capture: Vec<(String, i64)> = Vec::new();
     let mut released_now: Vec<String> = Vec::new();
     let backorderable = |sku: &str| p.catalog.get(sku).is_some_and(|x| x.backorderable);
@@ -1496,8 +1498,8 @@ pub fn handle(
     req: &crate::http::Request,
     now: DateTime<Utc>,
 ) -> crate::http::Response {
-    use crate::kernel::error::{Error, ErrorKind, FieldError};
     use crate::http::{Response, Scope};
+    use crate::kernel::error::{Error, ErrorKind, FieldError};
     let r = (|| -> Result<Response> {
         let body = || req.json_object();
         let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
@@ -1572,10 +1574,9 @@ pub fn handle(
                         if ch.is_empty() || ch.len() > 100 {
                             return Err(Error::bad_request("a channel name is 1-100 characters ('*' or 'default' for every channel)"));
                         }
-                        let cfg: engine::Config =
-                            serde_json::from_value(body()?).map_err(|e| {
-                                Error::invalid(vec![FieldError::new("", e.to_string())])
-                            })?;
+                        let cfg: engine::Config = serde_json::from_value(body()?).map_err(|e| {
+                            Error::invalid(vec![FieldError::new("", e.to_string())])
+                        })?;
                         let errs = cfg.validate();
                         if !errs.is_empty() {
                             return Err(Error::invalid(errs));
@@ -1772,7 +1773,14 @@ mod tests {
         assert_eq!(reserved(&db), 2);
         // The sweep releases once the hold is gone.
         transaction(&db, |db| {
-            crate::orders::store::release_hold(db, &id, HoldReason::HighFraudRisk, Utc::now(), "test", "ok")
+            crate::orders::store::release_hold(
+                db,
+                &id,
+                HoldReason::HighFraudRisk,
+                Utc::now(),
+                "test",
+                "ok",
+            )
         })
         .unwrap();
         let (_, released, _) = sweep(&db, Utc::now(), 10).unwrap();

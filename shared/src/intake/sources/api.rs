@@ -6,10 +6,10 @@ use serde_json::{Map, Value};
 
 use super::{checked, country, non_empty, ptr, Reader};
 use crate::kernel::error::Error;
+use crate::kernel::money::Currency;
 use crate::orders::model::{
     Address, Customer, FinancialStatus, NewLine, NewOrder, Payment, ShippingLine, Source,
 };
-use crate::kernel::money::Currency;
 
 pub(crate) fn address(r: &mut Reader, v: &Value, key: &str, base: &str) -> Option<Address> {
     let a = v.get(key)?;

@@ -8,12 +8,12 @@ pub mod commercetools;
 pub mod shopify;
 pub mod woocommerce;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::kernel::error::{Error, FieldError};
-use crate::orders::model::{Address, NewOrder};
 use crate::kernel::money::Currency;
+use crate::orders::model::{Address, NewOrder};
 
 /// Typed reads from a JSON document, collecting errors with their pointers.
 #[derive(Default)]
@@ -151,7 +151,7 @@ impl Reader {
     /// An RFC 3339 timestamp (or a naive one taken as UTC, as WooCommerce's `_gmt` fields are).
     pub fn time(&mut self, v: &Value, key: &str, base: &str) -> Option<DateTime<Utc>> {
         let s = self.opt_str(v, key, base)?;
-        match parse_time(&s) {
+        match crate::kernel::time::parse_time(&s) {
             Some(t) => Some(t),
             None => {
                 self.err(
@@ -173,18 +173,6 @@ impl Reader {
     }
 }
 
-pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.with_timezone(&Utc));
-    }
-    for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
-            return Some(t.and_utc());
-        }
-    }
-    None
-}
-
 pub fn non_empty(s: Option<String>) -> Option<String> {
     s.map(|x| x.trim().to_string()).filter(|x| !x.is_empty())
 }
@@ -193,16 +181,6 @@ pub fn non_empty(s: Option<String>) -> Option<String> {
 pub fn country(code: Option<String>) -> String {
     code.map(|c| c.trim().to_ascii_uppercase())
         .unwrap_or_default()
-}
-
-/// Parses a JSON body, mapping syntax errors to 400 with the position.
-pub fn parse_json(body: &[u8]) -> Result<Value, Error> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(Error::bad_request(
-            "the request body is empty; a JSON document is expected",
-        ));
-    }
-    serde_json::from_slice(body).map_err(|e| Error::bad_request(format!("malformed JSON: {e}")))
 }
 
 /// The shape every mapper returns: a validated order or a 422 with pointers.

@@ -11,11 +11,11 @@ use serde_json::Value;
 
 use super::{checked, country, non_empty, ptr, Reader};
 use crate::kernel::error::Error;
+use crate::kernel::money::Currency;
 use crate::orders::model::{
     Address, Customer, FinancialStatus, HoldReason, NewLine, NewOrder, Payment, ShippingLine,
     Source,
 };
-use crate::kernel::money::Currency;
 
 fn address(r: &mut Reader, v: &Value, key: &str) -> Option<Address> {
     let a = v.get(key).filter(|a| a.is_object())?;
