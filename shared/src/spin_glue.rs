@@ -3,9 +3,9 @@
 
 use spin_sdk::http::{Request as SpinRequest, Response as SpinResponse};
 
+use crate::http::{Request, Response};
 use crate::kernel::db::spin::SpinDb;
 use crate::kernel::error::{Error, ErrorKind};
-use crate::http::{Request, Response};
 
 /// Copies a Spin request into the host-independent [`Request`].
 pub fn request(req: &SpinRequest) -> Request {
@@ -189,7 +189,8 @@ pub fn notify_config() -> crate::notify::Config {
 
 /// The `default` key-value store.
 pub fn kv() -> Result<crate::kernel::kv::spin::SpinKv, Error> {
-    crate::kernel::kv::spin::SpinKv::open("default").map_err(|e| Error::new(ErrorKind::Unavailable, e.0))
+    crate::kernel::kv::spin::SpinKv::open("default")
+        .map_err(|e| Error::new(ErrorKind::Unavailable, e.0))
 }
 
 /// The report settings from Spin variables (`merchant_timezone`, an IANA name).

@@ -26,7 +26,7 @@ pub fn facility(
     lat: f64,
     lon: f64,
 ) {
-    let now = crate::orders::store::ts(Utc::now());
+    let now = crate::kernel::time::ts(Utc::now());
     db.execute(
         "INSERT INTO facilities (id, name, type, services, countries, shipping_methods, latitude, longitude, priority, active, endpoints, created_at, updated_at)
          VALUES (?, ?, ?, '[\"ship\"]', ?, '[]', ?, ?, 50, 1, '{}', ?, ?)",
@@ -38,7 +38,7 @@ pub fn facility(
 pub fn product(db: &NativeDb, sku: &str, weight_grams: i64, backorderable: bool) {
     db.execute(
         "INSERT INTO products (sku, name, weight_grams, backorderable, digital, low_stock_threshold, updated_at) VALUES (?, ?, ?, ?, 0, 0, ?)",
-        params![sku, sku, weight_grams, backorderable, crate::orders::store::ts(Utc::now())],
+        params![sku, sku, weight_grams, backorderable, crate::kernel::time::ts(Utc::now())],
     )
     .unwrap();
 }
