@@ -178,7 +178,6 @@ pub fn notify_config() -> crate::notify::Config {
                 .unwrap_or(10_000),
         ),
         lease: d.lease,
-        tokens: crate::http::Tokens::parse(&variable("api_tokens", "")),
         fc_secrets: crate::inventory::FC_SECRET_VARIABLES
             .iter()
             .map(|v| (v.to_string(), variable(v, "")))
@@ -194,10 +193,10 @@ pub fn kv() -> Result<crate::kernel::kv::spin::SpinKv, Error> {
 }
 
 /// The report settings from Spin variables (`merchant_timezone`, an IANA name).
-pub fn report_config() -> Result<crate::reporting::Config, Error> {
+pub fn report_config() -> Result<crate::http::report::Config, Error> {
     let tz = crate::reporting::parse_tz(&variable("merchant_timezone", "UTC"))
         .map_err(|e| Error::internal(format!("merchant_timezone: {e}")))?;
-    Ok(crate::reporting::Config {
+    Ok(crate::http::report::Config {
         timezone: tz,
         tokens: crate::http::Tokens::parse(&variable("api_tokens", "")),
     })

@@ -4,7 +4,7 @@
 //!   change): answers 202 at once, then sweeps in this instance.
 //! - `GET /api/events`, `/api/notifications/...`: the export cursor, mailbox,
 //!   dead letters and replay, subscriptions, templates.
-//! The work is in `waybill::notify`.
+//! The work is in `waybill::notify`; the routes are `waybill::http::notify`.
 
 use spin_sdk::http::{IncomingRequest, ResponseOutparam};
 use spin_sdk::http_component;
@@ -37,8 +37,9 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
         }
         return;
     }
+    let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
     let resp = match spin_glue::open_writer() {
-        Ok(db) => notify::handle_api(&db, &cfg, &req, chrono::Utc::now()),
+        Ok(db) => http::notify::handle(&db, &tokens, &req, chrono::Utc::now()),
         Err(e) => http::Response::problem(&e),
     };
     spin_glue::respond(out, resp);

@@ -1,11 +1,11 @@
 //! orders: order queries (by id, number or source id; list with filters and
 //! cursor pagination; the timeline, routing, shipments, returns) and returns
 //! (RMA: request, approve, reject, cancel, receive with inspection and refund).
-//! The work is in `waybill::orders::views` and `waybill::returns`.
+//! The routes are `waybill::http::orders`.
 
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_component;
-use waybill::{http, orders::views as orders, spin_glue};
+use waybill::{http, spin_glue};
 
 #[http_component]
 async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
@@ -13,7 +13,7 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
     if r.method == "GET" || r.method == "HEAD" {
         let resp = match spin_glue::open_db() {
-            Ok(db) => orders::handle(&db, &tokens, &r),
+            Ok(db) => http::orders::handle(&db, &tokens, &r),
             Err(e) => http::Response::problem(&e),
         };
         return Ok(spin_glue::response(resp));
@@ -21,7 +21,7 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     let now = chrono::Utc::now();
     let (resp, moved, captures_due) = match spin_glue::open_writer() {
         Ok(db) => {
-            let (resp, moved) = orders::handle_write(&db, &tokens, &r, now);
+            let (resp, moved) = http::orders::handle_write(&db, &tokens, &r, now);
             let due = waybill::payments::capture::has_due(&db, now).unwrap_or(false);
             (resp, moved, due)
         }

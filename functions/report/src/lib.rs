@@ -3,17 +3,17 @@
 
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_component;
-use waybill::{http, reporting as report, spin_glue};
+use waybill::{http, reporting, spin_glue};
 
 #[http_component]
 fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     let r = spin_glue::request(&req);
     let resp = match (spin_glue::report_config(), spin_glue::open_writer()) {
         (Ok(cfg), Ok(db)) => {
-            let (resp, latest) = report::handle(&db, &cfg, &r, chrono::Utc::now());
+            let (resp, latest) = http::report::handle(&db, &cfg, &r, chrono::Utc::now());
             if let Some(latest) = latest {
                 match spin_glue::kv() {
-                    Ok(kv) => report::cache_latest(&kv, &latest),
+                    Ok(kv) => reporting::cache_latest(&kv, &latest),
                     Err(e) => eprintln!("report: cannot cache the latest report: {e}"),
                 }
             }

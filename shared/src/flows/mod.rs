@@ -1,3 +1,4 @@
 //! Use cases that span contexts. Only modules here call more than one context.
 
 pub mod changes;
+pub mod order_detail;

@@ -1707,6 +1707,22 @@ fn carrier_pickups(db: &dyn Db, facility: Option<String>) -> Result<Json> {
 
 // ---------------------------------------------------------------- views
 
+/// The fulfillment orders of an order, summarised for the order document.
+pub fn fulfillment_orders_of(db: &dyn Db, order_id: &str) -> Result<Vec<Json>> {
+    Ok(db
+        .execute(
+            "SELECT f.name, f.facility_id, f.status, f.request_status, f.pickup, f.released_at,
+                    (SELECT SUM(quantity) FROM fulfillment_order_lines WHERE fulfillment_order_id = f.id) AS units
+             FROM fulfillment_orders f WHERE f.order_id = ? ORDER BY f.name",
+            params![order_id],
+        )?
+        .iter()
+        .map(|f| json!({"name": f.str("name"), "facility": f.str("facility_id"), "status": f.str("status"),
+            "request_status": f.str("request_status"), "pickup": f.i64("pickup") != 0, "units": f.opt_i64("units"),
+            "released_at": f.opt_str("released_at")}))
+        .collect())
+}
+
 /// Every shipment of an order with its lines and parcels, and the tracking history.
 pub fn shipments_view(db: &dyn Db, order_id: &str) -> Result<Json> {
     let r = db.execute(

@@ -4,6 +4,10 @@
 use crate::kernel::error::Error;
 use crate::kernel::signature::constant_time_eq;
 
+pub mod notify;
+pub mod orders;
+pub mod report;
+
 /// The largest request body any endpoint accepts.
 pub const MAX_BODY: usize = 1024 * 1024;
 
@@ -175,6 +179,33 @@ pub fn path_segment(seg: &str) -> String {
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default()
+}
+
+/// The percent-decoded segments of a path, empty segments dropped: the one
+/// splitter every router matches on.
+pub fn segments(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .map(path_segment)
+        .collect()
+}
+
+/// 405 for a method a route does not take.
+pub fn method_not_allowed(req: &Request) -> Error {
+    Error::new(
+        crate::kernel::error::ErrorKind::MethodNotAllowed,
+        format!("{} is not allowed here", req.method),
+    )
+}
+
+/// 400 for a bad query parameter, with its pointer (`?name`).
+pub fn query_error(param: &str, detail: impl Into<String>) -> Error {
+    let mut e = Error::bad_request(format!("query parameter '{param}': {}", detail.into()));
+    e.errors.push(crate::kernel::error::FieldError::new(
+        format!("?{param}"),
+        e.detail.clone(),
+    ));
+    e
 }
 
 /// API token scopes: `write` implies `read`.

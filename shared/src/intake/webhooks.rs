@@ -504,7 +504,8 @@ fn request_hash(body: &[u8]) -> String {
 }
 
 fn order_response(db: &dyn Db, id: &str, status: u16) -> Result<Response> {
-    let view = store::order_view(db, id)?.ok_or_else(|| Error::internal("order vanished"))?;
+    let view = crate::orders::views::order_view(db, id)?
+        .ok_or_else(|| Error::internal("order vanished"))?;
     Ok(Response::json(status, &view).with_header("location", &format!("/api/orders/{id}")))
 }
 

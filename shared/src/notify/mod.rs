@@ -14,12 +14,14 @@
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value as Json};
 
-use crate::http::{Request, Response, Scope, Tokens};
 use crate::kernel::db::{transaction, Db, Patient};
-use crate::kernel::error::{Error, ErrorKind, FieldError, Result};
+use crate::kernel::error::{Error, Result};
 use crate::kernel::signature;
 use crate::kernel::time::ts;
 use crate::params;
+
+pub mod admin;
+pub use admin::EVENT_TYPES;
 
 /// Where e-mails go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +42,6 @@ pub struct Config {
     /// First retry delay; doubles per attempt (capped at one hour), ±25% jitter.
     pub retry_base: Duration,
     pub lease: Duration,
-    pub tokens: Tokens,
     /// Fulfillment centers' signing secrets by Spin variable name (a facility
     /// names its variable in `secret_variable`).
     pub fc_secrets: std::collections::BTreeMap<String, String>,
@@ -56,7 +57,6 @@ impl Default for Config {
             max_attempts: 8,
             retry_base: Duration::seconds(10),
             lease: Duration::seconds(120),
-            tokens: Tokens::default(),
             fc_secrets: Default::default(),
         }
     }
@@ -735,348 +735,6 @@ pub async fn kicked_sweep<T: Transport>(
     }
 }
 
-// ---- admin and export API ----
-
-fn bad(detail: impl Into<String>) -> Error {
-    Error::bad_request(detail)
-}
-
-fn int_param(req: &Request, name: &str, default: i64, max: i64) -> Result<i64> {
-    match req.query_param(name) {
-        None => Ok(default),
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (0..=max).contains(n))
-            .ok_or_else(|| bad(format!("query parameter '{name}' must be 0 to {max}"))),
-    }
-}
-
-/// `/api/events`, `/api/notifications/...`.
-pub fn handle_api(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> Response {
-    let r = (|| -> Result<Response> {
-        let path = req.path.trim_end_matches('/');
-        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let m = req.method.as_str();
-        let need = if m == "GET" {
-            Scope::Read
-        } else {
-            Scope::Write
-        };
-        cfg.tokens.authorize(req, need)?;
-        match (m, segs.as_slice()) {
-            ("GET", ["api", "events"]) => export(db, req),
-            ("GET", ["api", "notifications", "mailbox"]) => mailbox(db, req),
-            ("GET", ["api", "notifications", "dead-letters"]) => dead_letters(db, req),
-            ("POST", ["api", "notifications", "dead-letters", id, "replay"]) => replay(db, id, now),
-            ("GET", ["api", "notifications", "deliveries"]) => deliveries(db, req),
-            ("GET", ["api", "notifications", "subscriptions"]) => list_subscriptions(db),
-            ("POST", ["api", "notifications", "subscriptions"]) => {
-                create_subscription(db, req, now)
-            }
-            ("DELETE", ["api", "notifications", "subscriptions", id]) => {
-                delete_subscription(db, id)
-            }
-            ("GET", ["api", "notifications", "templates"]) => list_templates(db),
-            ("PUT", ["api", "notifications", "templates", name]) => {
-                put_template(db, req, name, now)
-            }
-            (
-                _,
-                ["api", "events"]
-                | ["api", "notifications", "mailbox" | "dead-letters" | "deliveries" | "subscriptions" | "templates"],
-            )
-            | (_, ["api", "notifications", "dead-letters", _, "replay"])
-            | (_, ["api", "notifications", "subscriptions" | "templates", _]) => Err(Error::new(
-                ErrorKind::MethodNotAllowed,
-                format!("{m} is not allowed at {path}"),
-            )),
-            _ => Err(Error::not_found(format!(
-                "no notifications endpoint at {path}"
-            ))),
-        }
-    })();
-    r.into()
-}
-
-/// The cursor export: every outbox event once, in commit order.
-fn export(db: &dyn Db, req: &Request) -> Result<Response> {
-    let after = match req.query_param("after") {
-        None => 0,
-        Some(a) => a
-            .trim_start_matches("evt_")
-            .parse::<i64>()
-            .map_err(|_| bad("'after' must be an event id (evt_N or N)"))?,
-    };
-    let limit = int_param(req, "limit", 100, 1000)?.max(1);
-    let r = db.execute(
-        "SELECT id, topic, payload, created_at FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-        params![after, limit],
-    )?;
-    let events: Vec<Json> = r
-        .iter()
-        .map(|e| {
-            envelope(
-                e.i64("id"),
-                &e.str("topic"),
-                &e.str("created_at"),
-                &serde_json::from_str(&e.str("payload")).unwrap_or(Json::Null),
-            )
-        })
-        .collect();
-    let next = r.iter().last().map(|e| e.i64("id")).unwrap_or(after);
-    Ok(Response::json(
-        200,
-        &json!({"events": events, "next_after": format!("evt_{next}"), "has_more": events.len() as i64 == limit}),
-    ))
-}
-
-fn mailbox(db: &dyn Db, req: &Request) -> Result<Response> {
-    let limit = int_param(req, "limit", 50, 500)?.max(1);
-    let r = match req.query_param("to") {
-        Some(to) => db.execute(
-            "SELECT * FROM mailbox WHERE to_address = ? ORDER BY id DESC LIMIT ?",
-            params![to, limit],
-        )?,
-        None => db.execute(
-            "SELECT * FROM mailbox ORDER BY id DESC LIMIT ?",
-            params![limit],
-        )?,
-    };
-    let msgs: Vec<Json> = r
-        .iter()
-        .map(|m| json!({"id": m.i64("id"), "delivery_id": m.i64("delivery_id"), "to": m.str("to_address"), "from": m.str("from_address"),
-            "subject": m.str("subject"), "text": m.str("text_body"), "html": m.str("html_body"), "delivered_at": m.str("delivered_at")}))
-        .collect();
-    Ok(Response::json(200, &json!({"messages": msgs})))
-}
-
-fn delivery_json(d: &crate::kernel::db::Row<'_>) -> Json {
-    json!({"id": d.i64("id"), "outbox_id": d.i64("outbox_id"), "kind": d.str("kind"), "target": d.str("target"),
-        "state": d.str("state"), "attempts": d.i64("attempts"), "next_attempt_at": d.str("next_attempt_at"),
-        "last_error": d.opt_str("last_error"), "created_at": d.str("created_at"), "delivered_at": d.opt_str("delivered_at"),
-        "dead_at": d.opt_str("dead_at")})
-}
-
-fn dead_letters(db: &dyn Db, req: &Request) -> Result<Response> {
-    let limit = int_param(req, "limit", 100, 1000)?.max(1);
-    let r = db.execute(
-        "SELECT * FROM deliveries WHERE state = 'dead' ORDER BY id LIMIT ?",
-        params![limit],
-    )?;
-    Ok(Response::json(
-        200,
-        &json!({"dead_letters": r.iter().map(|d| delivery_json(&d)).collect::<Vec<_>>()}),
-    ))
-}
-
-fn deliveries(db: &dyn Db, req: &Request) -> Result<Response> {
-    let limit = int_param(req, "limit", 100, 1000)?.max(1);
-    let state = req.query_param("state");
-    if let Some(s) = &state {
-        if !["pending", "delivered", "dead"].contains(&s.as_str()) {
-            return Err(bad("'state' must be pending, delivered or dead"));
-        }
-    }
-    let r = db.execute(
-        "SELECT * FROM deliveries WHERE (? IS NULL OR state = ?) ORDER BY id LIMIT ?",
-        params![state.clone(), state, limit],
-    )?;
-    Ok(Response::json(
-        200,
-        &json!({"deliveries": r.iter().map(|d| delivery_json(&d)).collect::<Vec<_>>()}),
-    ))
-}
-
-fn replay(db: &dyn Db, id: &str, now: DateTime<Utc>) -> Result<Response> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| Error::not_found(format!("no dead letter '{id}'")))?;
-    let n = transaction(db, |db| {
-        Ok::<_, Error>(db.exec(
-            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_until = NULL, dead_at = NULL
-             WHERE id = ? AND state = 'dead'",
-            params![ts(now), id],
-        )?)
-    })?;
-    if n == 0 {
-        return Err(Error::not_found(format!("no dead letter {id}")));
-    }
-    Ok(Response::json(202, &json!({"id": id, "state": "pending"})))
-}
-
-fn list_subscriptions(db: &dyn Db) -> Result<Response> {
-    let r = db.execute(
-        "SELECT id, url, event_types, active, created_at FROM subscriptions ORDER BY id",
-        &[],
-    )?;
-    let subs: Vec<Json> = r
-        .iter()
-        .map(|s| json!({"id": s.i64("id"), "url": s.str("url"), "events": serde_json::from_str::<Json>(&s.str("event_types")).unwrap_or(Json::Null),
-            "active": s.i64("active") == 1, "created_at": s.str("created_at")}))
-        .collect();
-    Ok(Response::json(200, &json!({"subscriptions": subs})))
-}
-
-/// The event types a subscription may name.
-pub const EVENT_TYPES: &[&str] = &[
-    "*",
-    "order.received",
-    "order.updated",
-    "order.cancelled",
-    "order.released",
-    "payment.captured",
-    "invoice.created",
-    "shipment.created",
-    "shipment.delivered",
-    "report.daily",
-];
-
-fn create_subscription(db: &dyn Db, req: &Request, now: DateTime<Utc>) -> Result<Response> {
-    let v = crate::kernel::json::parse_json(&req.body)?;
-    let mut errs = Vec::new();
-    let url = v["url"].as_str().unwrap_or_default().trim().to_string();
-    if !(url.starts_with("https://") || url.starts_with("http://"))
-        || url.len() > 2000
-        || url.parse::<http_uri::Uri>().is_err()
-    {
-        errs.push(FieldError::new("/url", "must be an absolute http(s) URL"));
-    }
-    let events: Vec<String> = match v.get("events") {
-        Some(Json::Array(a)) if !a.is_empty() => a
-            .iter()
-            .filter_map(|e| e.as_str().map(str::to_string))
-            .collect(),
-        _ => {
-            errs.push(FieldError::new(
-                "/events",
-                "must be a non-empty array of event types",
-            ));
-            Vec::new()
-        }
-    };
-    for (i, e) in events.iter().enumerate() {
-        if !EVENT_TYPES.contains(&e.as_str()) {
-            errs.push(FieldError::new(
-                format!("/events/{i}"),
-                format!("'{e}' is not one of {}", EVENT_TYPES.join(", ")),
-            ));
-        }
-    }
-    let secret = match v.get("secret") {
-        Some(Json::String(s)) if s.len() >= 16 => s.clone(),
-        Some(Json::String(_)) => {
-            errs.push(FieldError::new("/secret", "must be at least 16 characters"));
-            String::new()
-        }
-        _ => format!("whsec_{}", uuid::Uuid::new_v4().simple()),
-    };
-    if !errs.is_empty() {
-        return Err(Error::invalid(errs));
-    }
-    let r = transaction(db, |db| {
-        Ok::<_, Error>(db.execute(
-            "INSERT INTO subscriptions (url, event_types, secret, active, created_at) VALUES (?, ?, ?, 1, ?) RETURNING id",
-            params![url.clone(), serde_json::to_string(&events).unwrap_or_default(), secret.clone(), ts(now)],
-        )?)
-    })?;
-    let id = r.first().map(|r| r.i64("id")).unwrap_or(0);
-    // The secret is shown once, at creation.
-    Ok(Response::json(
-        201,
-        &json!({"id": id, "url": url, "events": events, "secret": secret, "active": true}),
-    )
-    .with_header(
-        "location",
-        &format!("/api/notifications/subscriptions/{id}"),
-    ))
-}
-
-fn delete_subscription(db: &dyn Db, id: &str) -> Result<Response> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| Error::not_found(format!("no subscription '{id}'")))?;
-    let n = transaction(db, |db| {
-        Ok::<_, Error>(db.exec(
-            "UPDATE subscriptions SET active = 0 WHERE id = ? AND active = 1",
-            params![id],
-        )?)
-    })?;
-    if n == 0 {
-        return Err(Error::not_found(format!("no active subscription {id}")));
-    }
-    Ok(Response::json(200, &json!({"id": id, "active": false})))
-}
-
-fn list_templates(db: &dyn Db) -> Result<Response> {
-    let r = db.execute("SELECT name, topic, recipient, subject, text_body, html_body, active, updated_at FROM email_templates ORDER BY name", &[])?;
-    let t: Vec<Json> = r
-        .iter()
-        .map(|t| json!({"name": t.str("name"), "topic": t.str("topic"), "recipient": t.str("recipient"), "subject": t.str("subject"),
-            "text": t.str("text_body"), "html": t.str("html_body"), "active": t.i64("active") == 1, "updated_at": t.str("updated_at")}))
-        .collect();
-    Ok(Response::json(200, &json!({"templates": t})))
-}
-
-fn put_template(db: &dyn Db, req: &Request, name: &str, now: DateTime<Utc>) -> Result<Response> {
-    let v = crate::kernel::json::parse_json(&req.body)?;
-    let mut errs = Vec::new();
-    let field = |k: &str, errs: &mut Vec<FieldError>| match v.get(k) {
-        Some(Json::String(s)) if !s.trim().is_empty() => s.clone(),
-        _ => {
-            errs.push(FieldError::new(
-                format!("/{k}"),
-                "is required (a non-empty string)",
-            ));
-            String::new()
-        }
-    };
-    let (subject, text, html) = (
-        field("subject", &mut errs),
-        field("text", &mut errs),
-        field("html", &mut errs),
-    );
-    let active = v.get("active").and_then(Json::as_bool).unwrap_or(true);
-    if !errs.is_empty() {
-        return Err(Error::invalid(errs));
-    }
-    let n = transaction(db, |db| {
-        Ok::<_, Error>(db.exec(
-            "UPDATE email_templates SET subject = ?, text_body = ?, html_body = ?, active = ?, updated_at = ? WHERE name = ?",
-            params![subject, text, html, active, ts(now), name],
-        )?)
-    })?;
-    if n == 0 {
-        return Err(Error::not_found(format!("no template '{name}'")));
-    }
-    list_templates(db)
-}
-
-/// Parses a URL just enough to reject nonsense (scheme://host[:port]/...).
-mod http_uri {
-    pub struct Uri;
-    impl std::str::FromStr for Uri {
-        type Err = ();
-        fn from_str(s: &str) -> Result<Self, ()> {
-            let rest = s.split_once("://").map(|(_, r)| r).ok_or(())?;
-            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-            let host = host.rsplit_once('@').map(|(_, h)| h).unwrap_or(host);
-            let name = if host.starts_with('[') {
-                host
-            } else {
-                host.split(':').next().unwrap_or("")
-            };
-            if name.is_empty() || name.contains(char::is_whitespace) {
-                return Err(());
-            }
-            if let Some((_, port)) = host.rsplit_once(':').filter(|_| !host.ends_with(']')) {
-                port.parse::<u16>().map_err(|_| ())?;
-            }
-            Ok(Uri)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1225,8 +883,8 @@ mod tests {
             .unwrap()
             .i64("id");
         assert_eq!(
-            replay(&db, &dead.to_string(), Utc::now()).unwrap().status,
-            202
+            admin::replay(&db, &dead.to_string(), Utc::now()).unwrap()["state"],
+            "pending"
         );
         let rep = block_on(sweep(&db, &cfg, &fake, std::time::Duration::from_secs(5))).unwrap();
         assert_eq!(rep.delivered, 1);

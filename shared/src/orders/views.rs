@@ -1,327 +1,244 @@
-//! Order queries for operators and integrations (the orders component).
+//! Read views of orders: lookup by any key, the order document, the timeline
+//! and the filtered, cursor-paged list.
 
-use base64::Engine as _;
-use serde_json::json;
+use serde_json::{json, Value as Json};
 
-use crate::http::{Request, Response, Scope, Tokens};
-use crate::kernel::db::Db;
+use crate::kernel::db::{Db, Value};
 use crate::kernel::error::{Error, Result};
-use crate::kernel::time::parse_time;
-use crate::kernel::time::ts;
-use crate::orders::model::{HoldReason, OrderStatus, Source};
-use crate::orders::store::{self, ListQuery};
+use crate::kernel::money::{Currency, Money};
+use crate::orders::model::Source;
+use crate::orders::store::buckets;
+use crate::params;
 
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 200;
 
-/// Writes take the write scope: changes, cancellations and substitutions
-/// (answered with the order and what the change did) and returns. The answer
-/// comes with what it set in motion (restocked SKUs, a replacement order to
-/// route).
-pub fn handle_write(
-    db: &dyn Db,
-    tokens: &Tokens,
-    req: &Request,
-    now: chrono::DateTime<chrono::Utc>,
-) -> (Response, crate::returns::Received) {
-    use crate::returns::{self, Received};
-    use serde_json::Value;
-    let r = (|| -> Result<(Response, Received)> {
-        tokens.authorize(req, Scope::Write)?;
-        req.check_size()?;
-        let segs: Vec<String> = req
-            .path
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(crate::http::path_segment)
-            .collect();
-        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-        // One order change in one transaction; the answer is the order with
-        // what the change did under `field`.
-        type Change =
-            fn(&dyn Db, &str, &Value, &str, chrono::DateTime<chrono::Utc>) -> Result<Value>;
-        let order_change = |key: &str, field: &str, f: Change| -> Result<(Response, Received)> {
-            let v = req.json_object_or_empty()?;
-            let id = resolve(db, key)?;
-            let out = crate::kernel::db::transaction(db, |db| f(db, &id, &v, "api", now))?;
-            let mut answer = store::order_view(db, &id)?.unwrap_or(Value::Null);
-            answer[field] = out;
-            Ok((Response::json(200, &answer), Received::default()))
-        };
-        match (req.method.as_str(), segs.as_slice()) {
-            ("PATCH", ["api", "orders", key]) => {
-                order_change(key, "change", crate::flows::changes::change)
-            }
-            ("POST", ["api", "orders", key, "cancel"]) => {
-                order_change(key, "cancellation", crate::flows::changes::cancel)
-            }
-            ("POST", ["api", "orders", key, "substitute"]) => {
-                order_change(key, "substitution", crate::flows::changes::substitute)
-            }
-            ("POST", ["api", "orders", key, "returns"]) => {
-                let v = req.json_object_or_empty()?;
-                let order_id = resolve(db, key)?;
-                let id = crate::kernel::db::transaction(db, |db| {
-                    returns::request(db, &order_id, &v, "api", now)
-                })?;
-                Ok((
-                    Response::json(201, &returns::view(db, &id)?)
-                        .with_header("location", &format!("/api/returns/{id}")),
-                    Received::default(),
-                ))
-            }
-            ("POST", ["api", "returns", key, action]) => {
-                let v = req.json_object_or_empty()?;
-                let mut got = Received::default();
-                crate::kernel::db::transaction(db, |db| match *action {
-                    "approve" => returns::approve(db, key, &v, "api", now),
-                    "reject" => returns::close_unreceived(db, key, "rejected", &v, "api", now),
-                    "cancel" => returns::close_unreceived(db, key, "cancelled", &v, "api", now),
-                    "receive" => {
-                        got = returns::receive(db, key, &v, "api", now)?;
-                        Ok(())
-                    }
-                    other => Err(Error::not_found(format!("no return action '{other}'"))),
-                })?;
-                Ok((Response::json(200, &returns::view(db, key)?), got))
-            }
-            ("POST", _) => Err(Error::not_found(format!("no route for POST {}", req.path))),
-            _ => Err(Error::new(
-                crate::kernel::error::ErrorKind::MethodNotAllowed,
-                format!("{} is not allowed here", req.method),
-            )),
-        }
-    })();
-    r.unwrap_or_else(|e| (Response::problem(&e), Default::default()))
-}
-
-pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request) -> Response {
-    let r = (|| -> Result<Response> {
-        tokens.authorize(req, Scope::Read)?;
-        if req.method != "GET" && req.method != "HEAD" {
-            return Err(Error::new(
-                crate::kernel::error::ErrorKind::MethodNotAllowed,
-                format!("{} is not allowed here", req.method),
-            ));
-        }
-        if let Some(rest) = req.path.strip_prefix("/api/returns/") {
-            return Ok(Response::json(
-                200,
-                &crate::returns::view(db, &crate::http::path_segment(rest.trim_end_matches('/')))?,
-            ));
-        }
-        let rest = req.path.strip_prefix("/api/orders").unwrap_or("");
-        let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-        match segs.as_slice() {
-            [key, "returns"] => {
-                let id = resolve(db, &crate::http::path_segment(key))?;
-                Ok(Response::json(
-                    200,
-                    &crate::returns::list_for_order(db, &id)?,
-                ))
-            }
-            [] => list(db, req),
-            [key] => get(db, &crate::http::path_segment(key)),
-            [key, "events"] => events(db, &crate::http::path_segment(key)),
-            [key, "routing"] => {
-                let id = resolve(db, &crate::http::path_segment(key))?;
-                Ok(Response::json(
-                    200,
-                    &crate::routing::allocation::routing_view(db, &id)?,
-                ))
-            }
-            [key, "shipments"] => {
-                let id = resolve(db, &crate::http::path_segment(key))?;
-                Ok(Response::json(
-                    200,
-                    &crate::fulfillment::shipments_view(db, &id)?,
-                ))
-            }
-            _ => Err(Error::not_found(format!(
-                "no orders endpoint at {}",
-                req.path
-            ))),
-        }
-    })();
-    r.into()
-}
-
-fn resolve(db: &dyn Db, key: &str) -> Result<String> {
-    store::resolve(db, key)?.ok_or_else(|| {
+/// The order id for a key, or a 404 naming the key forms.
+pub fn find(db: &dyn Db, key: &str) -> Result<String> {
+    resolve(db, key)?.ok_or_else(|| {
         Error::not_found(format!(
             "no order '{key}' (by id, number or source:external_id)"
         ))
     })
 }
 
-/// The order with everything a CRM asks ("where is my order?") in one call:
-/// its fulfillment orders, shipments with tracking, payment and returns.
-fn get(db: &dyn Db, key: &str) -> Result<Response> {
-    let id = resolve(db, key)?;
-    let mut view =
-        store::order_view(db, &id)?.ok_or_else(|| Error::not_found(format!("no order '{key}'")))?;
-    let fos: Vec<serde_json::Value> = db
-        .execute(
-            "SELECT f.name, f.facility_id, f.status, f.request_status, f.pickup, f.released_at,
-                    (SELECT SUM(quantity) FROM fulfillment_order_lines WHERE fulfillment_order_id = f.id) AS units
-             FROM fulfillment_orders f WHERE f.order_id = ? ORDER BY f.name",
-            crate::params![id.clone()],
+/// The timeline of an order.
+pub fn timeline(db: &dyn Db, key: &str) -> Result<Json> {
+    let id = find(db, key)?;
+    Ok(json!({"order_id": id, "events": events(db, &id)?}))
+}
+
+/// Resolves an order key: a UUID, an order number (`WB-100001`) or `source:external_id`.
+pub fn resolve(db: &dyn Db, key: &str) -> Result<Option<String>> {
+    let r = if uuid::Uuid::parse_str(key).is_ok() {
+        db.execute("SELECT id FROM orders WHERE id = ?", params![key])?
+    } else if let Some((src, ext)) = key
+        .split_once(':')
+        .filter(|(s, _)| Source::parse(s).is_some())
+    {
+        db.execute(
+            "SELECT id FROM orders WHERE source = ? AND external_id = ?",
+            params![src, ext],
         )?
-        .iter()
-        .map(|f| serde_json::json!({"name": f.str("name"), "facility": f.str("facility_id"), "status": f.str("status"),
-            "request_status": f.str("request_status"), "pickup": f.i64("pickup") != 0, "units": f.opt_i64("units"),
-            "released_at": f.opt_str("released_at")}))
-        .collect();
-    view["fulfillment_orders"] = serde_json::json!(fos);
-    let shipments = crate::fulfillment::shipments_view(db, &id)?;
-    view["shipments"] = serde_json::json!(shipments["shipments"]
-        .as_array()
-        .map(|a| a
-            .iter()
-            .map(|s| serde_json::json!({"id": s["id"], "fulfillment_order": s["fulfillment_order"], "facility": s["facility"],
-                "carrier": s["carrier"], "tracking_number": s["tracking_number"], "tracking_url": s["tracking_url"],
-                "status": s["status"], "shipped_at": s["shipped_at"], "delivered_at": s["delivered_at"]}))
-            .collect::<Vec<_>>())
-        .unwrap_or_default());
-    let p = crate::payments::capture::payment_view(db, &id)?;
-    view["payment"] = serde_json::json!({"gateway": p["gateway"], "authorized": p["authorized"], "captured": p["captured"],
-        "refunded": p["refunded"], "voided": p["voided"], "invoices": p["invoices"], "credit_memos": p["credit_memos"]});
-    let r = crate::returns::list_for_order(db, &id)?;
-    view["returns"] = serde_json::json!(r["returns"]
-        .as_array()
-        .map(|a| a
-            .iter()
-            .map(|x| serde_json::json!({"id": x["id"], "number": x["number"], "status": x["status"], "resolution": x["resolution"]}))
-            .collect::<Vec<_>>())
-        .unwrap_or_default());
-    Ok(Response::json(200, &view))
-}
-
-fn events(db: &dyn Db, key: &str) -> Result<Response> {
-    let id = resolve(db, key)?;
-    Ok(Response::json(
-        200,
-        &json!({"order_id": id, "events": store::events(db, &id)?}),
-    ))
-}
-
-fn bad(param: &str, detail: impl Into<String>) -> Error {
-    let mut e = Error::bad_request(format!("query parameter '{param}': {}", detail.into()));
-    e.errors.push(crate::kernel::error::FieldError::new(
-        format!("?{param}"),
-        e.detail.clone(),
-    ));
-    e
-}
-
-fn time_param(req: &Request, name: &str) -> Result<Option<String>> {
-    match req.query_param(name) {
-        None => Ok(None),
-        Some(v) => {
-            // A date means the start of that day (UTC).
-            let t = parse_time(&v).or_else(|| parse_time(&format!("{v}T00:00:00Z")));
-            t.map(|t| Some(ts(t))).ok_or_else(|| {
-                bad(
-                    name,
-                    format!("'{v}' is not an RFC 3339 timestamp or a date"),
-                )
-            })
-        }
-    }
-}
-
-fn list(db: &dyn Db, req: &Request) -> Result<Response> {
-    const KNOWN: &[&str] = &[
-        "status",
-        "hold_reason",
-        "channel",
-        "source",
-        "created_from",
-        "created_to",
-        "email",
-        "sku",
-        "q",
-        "limit",
-        "cursor",
-    ];
-    for (k, _) in req.query_pairs() {
-        if !KNOWN.contains(&k.as_str()) {
-            return Err(bad(
-                &k,
-                format!("unknown filter; known: {}", KNOWN.join(", ")),
-            ));
-        }
-    }
-    let mut q = ListQuery {
-        limit: DEFAULT_LIMIT,
-        ..Default::default()
-    };
-    if let Some(s) = req.query_param("status") {
-        if !OrderStatus::ALL.contains(&s.as_str()) {
-            return Err(bad(
-                "status",
-                format!("'{s}' is not one of {}", OrderStatus::ALL.join(", ")),
-            ));
-        }
-        q.status = Some(s);
-    }
-    if let Some(h) = req.query_param("hold_reason") {
-        if HoldReason::parse(&h).is_none() {
-            return Err(bad("hold_reason", format!("'{h}' is not a hold reason")));
-        }
-        q.hold_reason = Some(h);
-    }
-    if let Some(s) = req.query_param("source") {
-        if Source::parse(&s).is_none() {
-            return Err(bad(
-                "source",
-                format!("'{s}' is not one of shopify, woocommerce, commercetools, api"),
-            ));
-        }
-        q.source = Some(s);
-    }
-    q.channel = req.query_param("channel");
-    q.email = req.query_param("email");
-    q.sku = req.query_param("sku");
-    q.text = req
-        .query_param("q")
-        .filter(|t| !t.trim().is_empty())
-        .map(|t| t.trim().to_string());
-    q.created_from = time_param(req, "created_from")?;
-    q.created_to = time_param(req, "created_to")?;
-    if let Some(l) = req.query_param("limit") {
-        q.limit = l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| bad("limit", format!("must be 1 to {MAX_LIMIT}")))?;
-    }
-    if let Some(c) = req.query_param("cursor") {
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(c.as_bytes())
-            .map_err(|_| bad("cursor", "is not a cursor this API issued"))?;
-        let s =
-            String::from_utf8(raw).map_err(|_| bad("cursor", "is not a cursor this API issued"))?;
-        let (at, id) = s
-            .split_once('|')
-            .ok_or_else(|| bad("cursor", "is not a cursor this API issued"))?;
-        q.after = Some((at.to_string(), id.to_string()));
-    }
-    let (rows, more) = store::list(db, &q)?;
-    let next = if more {
-        rows.last().map(|r| {
-            let raw = format!(
-                "{}|{}",
-                r["created_at"].as_str().unwrap_or_default(),
-                r["id"].as_str().unwrap_or_default()
-            );
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-        })
     } else {
-        None
+        db.execute(
+            "SELECT id FROM orders WHERE number = ?",
+            params![key.to_ascii_uppercase()],
+        )?
     };
-    Ok(Response::json(
-        200,
-        &json!({"orders": rows, "next_cursor": next}),
-    ))
+    Ok(r.first().map(|r| r.str("id")))
+}
+
+fn money_json(minor: i64, c: Option<Currency>) -> Json {
+    match c {
+        Some(c) => serde_json::to_value(Money::new(minor, c)).unwrap_or(Json::Null),
+        None => json!({"minor": minor}),
+    }
+}
+
+/// The full order document the API serves.
+pub fn order_view(db: &dyn Db, id: &str) -> Result<Option<Json>> {
+    let r = db.execute("SELECT * FROM orders WHERE id = ?", params![id])?;
+    let Some(o) = r.first() else { return Ok(None) };
+    let currency = Currency::from_code(&o.str("currency"));
+    let doc: Json = serde_json::from_str(&o.str("doc")).unwrap_or(Json::Null);
+    let lines = db.execute(
+        "SELECT * FROM order_lines WHERE order_id = ? ORDER BY line_no",
+        params![id],
+    )?;
+    let mut line_views = Vec::new();
+    let (mut subtotal, mut discount, mut tax) = (0i64, 0i64, 0i64);
+    for l in lines.iter() {
+        let b = buckets(&l);
+        subtotal += l.i64("subtotal_minor");
+        discount += l.i64("discount_minor");
+        tax += l.i64("tax_minor");
+        line_views.push(json!({
+            "line_no": l.i64("line_no"),
+            "external_id": l.opt_str("external_id"),
+            "sku": l.str("sku"),
+            "name": l.str("name"),
+            "requires_shipping": l.i64("requires_shipping") != 0,
+            "unit_price": money_json(l.i64("unit_price_minor"), currency),
+            "subtotal": money_json(l.i64("subtotal_minor"), currency),
+            "discount": money_json(l.i64("discount_minor"), currency),
+            "tax": money_json(l.i64("tax_minor"), currency),
+            "quantity": {
+                "ordered": b.ordered, "cancelled": b.cancelled, "backordered": b.backordered, "allocated": b.allocated,
+                "released": b.released, "shipped": b.shipped, "delivered": b.delivered, "returned": b.returned,
+                "open": b.open(),
+            },
+        }));
+    }
+    let ship_minor: Vec<crate::orders::model::ShippingLine> =
+        serde_json::from_value(doc["shipping_lines_minor"].clone()).unwrap_or_default();
+    let shipping: i64 = ship_minor.iter().map(|s| s.price).sum();
+    discount += ship_minor.iter().map(|s| s.discount).sum::<i64>();
+    tax += ship_minor.iter().map(|s| s.tax).sum::<i64>();
+    let holds = db.execute(
+        "SELECT reason, note, created_at FROM order_holds WHERE order_id = ? AND released_at IS NULL ORDER BY id",
+        params![id],
+    )?;
+    Ok(Some(json!({
+        "id": o.str("id"),
+        "number": o.str("number"),
+        "source": o.str("source"),
+        "external_id": o.str("external_id"),
+        "external_number": o.opt_str("external_number"),
+        "channel": o.str("channel"),
+        "status": o.str("status"),
+        "fulfillment_status": o.str("fulfillment_status"),
+        "financial_status": o.str("financial_status"),
+        "currency": o.str("currency"),
+        "totals": {
+            "subtotal": money_json(subtotal, currency),
+            "discount": money_json(discount, currency),
+            "shipping": money_json(shipping, currency),
+            "tax": money_json(tax, currency),
+            "total": money_json(o.i64("total_minor"), currency),
+            "taxes_included": doc["taxes_included"],
+        },
+        "customer": doc["customer"],
+        "shipping_address": doc["shipping_address"],
+        "billing_address": doc["billing_address"],
+        "shipping_lines": doc["shipping_lines"],
+        "payment": doc["payment"],
+        "note": doc["note"],
+        "tags": doc["tags"],
+        "lines": line_views,
+        "holds": holds.iter().map(|h| json!({"reason": h.str("reason"), "note": h.opt_str("note"), "since": h.str("created_at")})).collect::<Vec<_>>(),
+        "placed_at": o.str("placed_at"),
+        "created_at": o.str("created_at"),
+        "updated_at": o.str("updated_at"),
+        "cancelled_at": o.opt_str("cancelled_at"),
+        "version": o.i64("version"),
+    })))
+}
+
+pub fn events(db: &dyn Db, id: &str) -> Result<Vec<Json>> {
+    let r = db.execute(
+        "SELECT id, at, actor, kind, summary, data FROM order_events WHERE order_id = ? ORDER BY id",
+        params![id],
+    )?;
+    Ok(r.iter()
+        .map(|e| {
+            json!({
+                "id": e.i64("id"), "at": e.str("at"), "actor": e.str("actor"), "kind": e.str("kind"),
+                "summary": e.str("summary"),
+                "data": e.opt_str("data").and_then(|d| serde_json::from_str::<Json>(&d).ok()).unwrap_or(Json::Null),
+            })
+        })
+        .collect())
+}
+
+/// Filters for listing orders.
+#[derive(Debug, Default, Clone)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub hold_reason: Option<String>,
+    pub channel: Option<String>,
+    pub source: Option<String>,
+    pub created_from: Option<String>,
+    pub created_to: Option<String>,
+    pub email: Option<String>,
+    pub sku: Option<String>,
+    pub text: Option<String>,
+    pub limit: i64,
+    /// (created_at, id) of the last row of the previous page.
+    pub after: Option<(String, String)>,
+}
+
+/// Lists order summaries newest first; returns the rows and whether more follow.
+pub fn list(db: &dyn Db, q: &ListQuery) -> Result<(Vec<Json>, bool)> {
+    let mut sql = String::from(
+        "SELECT o.id, o.number, o.source, o.external_id, o.channel, o.status, o.fulfillment_status, o.financial_status,
+                o.currency, o.total_minor, o.customer_email, o.customer_name, o.created_at, o.placed_at,
+                (SELECT group_concat(reason) FROM order_holds h WHERE h.order_id = o.id AND h.released_at IS NULL) AS holds
+         FROM orders o WHERE 1 = 1",
+    );
+    let mut p: Vec<Value> = Vec::new();
+    if let Some(s) = &q.status {
+        sql.push_str(" AND o.status = ?");
+        p.push(s.into());
+    }
+    if let Some(h) = &q.hold_reason {
+        sql.push_str(" AND EXISTS (SELECT 1 FROM order_holds h WHERE h.order_id = o.id AND h.released_at IS NULL AND h.reason = ?)");
+        p.push(h.into());
+    }
+    if let Some(c) = &q.channel {
+        sql.push_str(" AND o.channel = ?");
+        p.push(c.into());
+    }
+    if let Some(s) = &q.source {
+        sql.push_str(" AND o.source = ?");
+        p.push(s.into());
+    }
+    if let Some(f) = &q.created_from {
+        sql.push_str(" AND o.created_at >= ?");
+        p.push(f.into());
+    }
+    if let Some(t) = &q.created_to {
+        sql.push_str(" AND o.created_at < ?");
+        p.push(t.into());
+    }
+    if let Some(e) = &q.email {
+        sql.push_str(" AND o.customer_email = ?");
+        p.push(e.to_lowercase().into());
+    }
+    if let Some(s) = &q.sku {
+        sql.push_str(
+            " AND EXISTS (SELECT 1 FROM order_lines l WHERE l.order_id = o.id AND l.sku = ?)",
+        );
+        p.push(s.into());
+    }
+    if let Some(t) = &q.text {
+        sql.push_str(" AND instr(o.search_text, ?) > 0");
+        p.push(t.to_lowercase().into());
+    }
+    if let Some((at, id)) = &q.after {
+        sql.push_str(" AND (o.created_at < ? OR (o.created_at = ? AND o.id < ?))");
+        p.push(at.into());
+        p.push(at.into());
+        p.push(id.into());
+    }
+    sql.push_str(" ORDER BY o.created_at DESC, o.id DESC LIMIT ?");
+    p.push(Value::Integer(q.limit + 1));
+    let r = db.execute(&sql, &p)?;
+    let mut out: Vec<Json> = r
+        .iter()
+        .map(|o| {
+            let c = Currency::from_code(&o.str("currency"));
+            json!({
+                "id": o.str("id"), "number": o.str("number"), "source": o.str("source"), "external_id": o.str("external_id"),
+                "channel": o.str("channel"), "status": o.str("status"), "fulfillment_status": o.str("fulfillment_status"),
+                "financial_status": o.str("financial_status"), "total": money_json(o.i64("total_minor"), c),
+                "customer_email": o.opt_str("customer_email"), "customer_name": o.opt_str("customer_name"),
+                "holds": o.opt_str("holds").map(|h| h.split(',').map(str::to_string).collect::<Vec<_>>()).unwrap_or_default(),
+                "created_at": o.str("created_at"), "placed_at": o.str("placed_at"),
+            })
+        })
+        .collect();
+    let more = out.len() as i64 > q.limit;
+    out.truncate(q.limit as usize);
+    Ok((out, more))
 }

@@ -1625,7 +1625,7 @@ fn documents(db: &dyn Db, table: &str, req: &crate::http::Request) -> Result<Jso
     let mut prm = vec![Value::from(after)];
     let mut cond = String::new();
     if let Some(key) = req.query_param("order") {
-        let id = store::resolve(db, &key)?
+        let id = crate::orders::views::resolve(db, &key)?
             .ok_or_else(|| Error::not_found(format!("no order '{key}'")))?;
         cond = " AND order_id = ?".into();
         prm.push(Value::from(id));
@@ -1781,7 +1781,8 @@ pub fn handle(
             },
         )?;
         let order = |key: &str| -> Result<String> {
-            store::resolve(db, key)?.ok_or_else(|| Error::not_found(format!("no order '{key}'")))
+            crate::orders::views::resolve(db, key)?
+                .ok_or_else(|| Error::not_found(format!("no order '{key}'")))
         };
         match (m, segs.as_slice()) {
             ("GET", ["api", "invoices"]) => {
