@@ -20,6 +20,8 @@ pub mod flows;
 pub mod http;
 
 #[cfg(test)]
+mod layout;
+#[cfg(test)]
 pub(crate) mod testkit;
 
 pub use kernel::error::{Error, Result};

@@ -1,0 +1,196 @@
+//! The crate's import direction, checked from its source: `kernel` names
+//! nothing; `orders` names only `kernel`; a context names only the contexts
+//! below it in [`ALLOWED`]; no context names `flows` or `http`. Test modules are
+//! not checked (a test may set up state through any context).
+//!
+//! The refactor into this layout is under way (issue #15): [`PENDING`] lists
+//! the imports against the direction that remain. It may only shrink: a new
+//! wrong import fails, and so does a listed one that is gone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Each top-level module and the top-level modules its production code may name.
+const ALLOWED: &[(&str, &[&str])] = &[
+    ("kernel", &[]),
+    ("orders", &["kernel"]),
+    ("intake", &["kernel", "orders"]),
+    ("inventory", &["kernel", "orders"]),
+    ("payments", &["kernel", "orders"]),
+    ("notify", &["kernel", "orders"]),
+    ("reporting", &["kernel", "orders"]),
+    ("routing", &["kernel", "orders", "inventory"]),
+    ("fulfillment", &["kernel", "orders", "inventory"]),
+    ("returns", &["kernel", "orders", "inventory"]),
+    (
+        "flows",
+        &[
+            "kernel",
+            "orders",
+            "intake",
+            "inventory",
+            "payments",
+            "notify",
+            "reporting",
+            "routing",
+            "fulfillment",
+            "returns",
+        ],
+    ),
+    (
+        "http",
+        &[
+            "kernel",
+            "orders",
+            "intake",
+            "inventory",
+            "payments",
+            "notify",
+            "reporting",
+            "routing",
+            "fulfillment",
+            "returns",
+            "flows",
+        ],
+    ),
+];
+
+/// Imports against the direction still to be moved into `flows` or `http`.
+const PENDING: &[(&str, &str)] = &[
+    ("fulfillment", "flows"),
+    ("fulfillment", "http"),
+    ("fulfillment", "payments"),
+    ("fulfillment", "routing"),
+    ("intake", "http"),
+    ("intake", "payments"),
+    ("inventory", "http"),
+    ("inventory", "routing"),
+    ("notify", "fulfillment"),
+    ("orders", "flows"),
+    ("orders", "payments"),
+    ("orders", "routing"),
+    ("payments", "http"),
+    ("payments", "intake"),
+    ("payments", "routing"),
+    ("returns", "intake"),
+    ("returns", "payments"),
+    ("routing", "fulfillment"),
+    ("routing", "http"),
+    ("routing", "intake"),
+    ("routing", "payments"),
+];
+
+/// The production part of a source file: everything before its `mod tests`.
+fn production(text: &str) -> &str {
+    match text.find("#[cfg(test)]\nmod tests") {
+        Some(i) => &text[..i],
+        None => text,
+    }
+}
+
+/// Every `crate::<module>` a text names.
+fn named(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("crate::") {
+        rest = &rest[i + "crate::".len()..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        if !name.is_empty() {
+            out.insert(name);
+        }
+    }
+    out
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// (module, named module) -> files, for every name a module's code uses.
+fn edges() -> BTreeMap<(String, String), BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let modules: BTreeSet<&str> = ALLOWED.iter().map(|(m, _)| *m).collect();
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for f in files {
+        let rel = f
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        let top = rel
+            .split('/')
+            .next()
+            .unwrap()
+            .trim_end_matches(".rs")
+            .to_string();
+        if !modules.contains(top.as_str()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap();
+        for n in named(production(&text)) {
+            if n != top && modules.contains(n.as_str()) {
+                out.entry((top.clone(), n)).or_default().insert(rel.clone());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn modules_import_only_in_the_allowed_direction() {
+    let allowed: BTreeMap<&str, &[&str]> = ALLOWED.iter().copied().collect();
+    let seen = edges();
+    let wrong: Vec<String> = seen
+        .iter()
+        .filter(|((from, to), _)| !allowed[from.as_str()].contains(&to.as_str()))
+        .filter(|((from, to), _)| !PENDING.contains(&(from.as_str(), to.as_str())))
+        .map(|((from, to), files)| format!("{from} -> {to} in {files:?}"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "imports against the direction:\n{}",
+        wrong.join("\n")
+    );
+    let gone: Vec<String> = PENDING
+        .iter()
+        .filter(|(from, to)| !seen.contains_key(&(from.to_string(), to.to_string())))
+        .map(|(from, to)| format!("{from} -> {to}"))
+        .collect();
+    assert!(
+        gone.is_empty(),
+        "fixed, so take them off PENDING:\n{}",
+        gone.join("\n")
+    );
+}
+
+#[test]
+fn the_allowed_directions_have_no_cycle() {
+    let allowed: BTreeMap<&str, &[&str]> = ALLOWED.iter().copied().collect();
+    // Each module may name only modules listed before it.
+    let order: Vec<&str> = ALLOWED.iter().map(|(m, _)| *m).collect();
+    for (i, m) in order.iter().enumerate() {
+        for d in allowed[m] {
+            let j = order.iter().position(|x| x == d).expect("a listed module");
+            assert!(j < i, "{m} may name {d}, which is not below it");
+        }
+    }
+}
+
+#[test]
+fn the_checker_sees_names_and_skips_tests() {
+    let text = "use crate::orders::store;\nfn f() { crate::kernel::time::ts(x) }\n#[cfg(test)]\nmod tests {\n use crate::flows;\n}";
+    let n = named(production(text));
+    assert!(n.contains("orders") && n.contains("kernel") && !n.contains("flows"));
+}
