@@ -63,7 +63,6 @@ const PENDING: &[(&str, &str)] = &[
     ("fulfillment", "routing"),
     ("intake", "http"),
     ("intake", "payments"),
-    ("inventory", "http"),
     ("inventory", "routing"),
     ("notify", "fulfillment"),
     ("orders", "flows"),

@@ -21,10 +21,7 @@ impl Guest for InventoryCron {
         let fail = |e: waybill::Error| Error::Other(e.to_string());
         let db = spin_glue::open_writer().map_err(fail)?;
         let kv = spin_glue::kv().map_err(fail)?;
-        let cfg = inventory::Config {
-            tokens: waybill::http::Tokens::default(),
-            secret: &secret,
-        };
+        let cfg = inventory::Config { secret: &secret };
         for facility in inventory::pull_facilities(&db).map_err(fail)? {
             let now = chrono::Utc::now();
             let result = (|| {

@@ -1,7 +1,8 @@
 //! inventory: facilities, catalog, stock per facility, licence-key pools, and
 //! the fulfillment centers' inventory (pull on demand, signed push callback).
 //! Whatever makes stock available is followed by a chained backorder release
-//! (routing) before the answer; the work is in `waybill::inventory`.
+//! (routing) before the answer; the work is in `waybill::inventory`, the
+//! routes in `waybill::http::inventory`.
 
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_component;
@@ -58,16 +59,14 @@ async fn pull(
 #[http_component]
 async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     let r = spin_glue::request(&req);
-    let cfg = inventory::Config {
-        tokens: http::Tokens::parse(&spin_glue::variable("api_tokens", "")),
-        secret: &secret,
-    };
+    let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
+    let cfg = inventory::Config { secret: &secret };
     let mut fx = inventory::Effects::default();
     let resp = match (spin_glue::open_writer(), spin_glue::kv()) {
         (Ok(db), Ok(kv)) => {
             let segs: Vec<&str> = r.path.split('/').filter(|s| !s.is_empty()).collect();
             if let ["api", "facilities", id, "inventory", "sync"] = segs.as_slice() {
-                let auth = cfg.tokens.authorize(&r, http::Scope::Write);
+                let auth = tokens.authorize(&r, http::Scope::Write);
                 match (r.method.as_str(), auth) {
                     (_, Err(e)) => http::Response::problem(&e),
                     ("POST", Ok(())) => pull(&db, &kv, &cfg, id, &mut fx).await.into(),
@@ -77,7 +76,8 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
                     )),
                 }
             } else {
-                let (resp, f) = inventory::handle(&db, &kv, &cfg, &r, chrono::Utc::now());
+                let (resp, f) =
+                    http::inventory::handle(&db, &kv, &tokens, &cfg, &r, chrono::Utc::now());
                 fx = f;
                 resp
             }

@@ -6,7 +6,6 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
-use crate::http::{Request, Response, Scope, Tokens};
 use crate::kernel::db::{transaction, Db, Value};
 use crate::kernel::error::{Error, ErrorKind, FieldError, Result};
 use crate::kernel::kv::Kv;
@@ -22,7 +21,6 @@ pub const MAX_LEVELS: usize = 50_000;
 pub const SIGNATURE_TOLERANCE_SECS: i64 = 300;
 
 pub struct Config<'a> {
-    pub tokens: Tokens,
     /// Reads a Spin variable by name (a facility names the one holding its secret).
     pub secret: &'a dyn Fn(&str) -> Option<String>,
 }
@@ -34,7 +32,7 @@ pub struct Effects {
     pub restocked: Vec<String>,
 }
 
-fn ok_id(s: &str) -> bool {
+pub fn ok_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()
@@ -64,129 +62,9 @@ const LEGACY_FC_SECRET_VARIABLES: [&str; 3] = ["fc_secret_1", "fc_secret_2", "fc
 /// `fc_secret_1`), hence letters, not numbers.
 pub const FC_SECRET_VARIABLES: [&str; 3] = ["fc_secret_a", "fc_secret_b", "fc_secret_c"];
 
-fn method_not_allowed(req: &Request) -> Error {
-    Error::new(
-        ErrorKind::MethodNotAllowed,
-        format!("{} is not allowed on {}", req.method, req.path),
-    )
-}
-
-/// The inventory API. Returns the answer and what the caller must follow up.
-pub fn handle(
-    db: &dyn Db,
-    kv: &dyn Kv,
-    cfg: &Config<'_>,
-    req: &Request,
-    now: DateTime<Utc>,
-) -> (Response, Effects) {
-    let mut fx = Effects::default();
-    let r = route(db, kv, cfg, req, now, &mut fx);
-    if r.is_err() {
-        fx.restocked.clear();
-    }
-    (r.into(), fx)
-}
-
-fn route(
-    db: &dyn Db,
-    kv: &dyn Kv,
-    cfg: &Config<'_>,
-    req: &Request,
-    now: DateTime<Utc>,
-    fx: &mut Effects,
-) -> Result<Response> {
-    let segs: Vec<String> = req
-        .path
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(crate::http::path_segment)
-        .collect();
-    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-    let m = req.method.as_str();
-    if let ["callbacks", "fc", facility, "inventory"] = segs.as_slice() {
-        if m != "POST" {
-            return Err(method_not_allowed(req));
-        }
-        return fc_push(db, kv, cfg, req, facility, now, fx);
-    }
-    let need = if m == "GET" || m == "HEAD" {
-        Scope::Read
-    } else {
-        Scope::Write
-    };
-    cfg.tokens.authorize(req, need)?;
-    match (m, segs.as_slice()) {
-        ("GET", ["api", "facilities"]) => list_facilities(db),
-        ("POST", ["api", "facilities"]) => {
-            let v = req.json_object()?;
-            let id = v["id"].as_str().unwrap_or_default().to_string();
-            if !ok_id(&id) {
-                return Err(Error::invalid(vec![FieldError::new(
-                    "/id",
-                    "required: 1-64 of a-z, 0-9, '-', '_'",
-                )]));
-            }
-            if facility_exists(db, &id)? {
-                return Err(Error::conflict(format!(
-                    "facility '{id}' exists; PUT /api/facilities/{id} replaces it"
-                )));
-            }
-            put_facility(db, &id, &v, now, 201, fx)
-        }
-        ("GET", ["api", "facilities", id]) => get_facility(db, id),
-        ("PUT", ["api", "facilities", id]) => {
-            if !ok_id(id) {
-                return Err(Error::bad_request(
-                    "a facility id is 1-64 of a-z, 0-9, '-', '_'",
-                ));
-            }
-            let v = req.json_object()?;
-            let status = if facility_exists(db, id)? { 200 } else { 201 };
-            put_facility(db, id, &v, now, status, fx)
-        }
-        ("GET", ["api", "products"]) => list_products(db),
-        ("GET", ["api", "products", sku]) => get_product(db, sku),
-        ("PUT", ["api", "products", sku]) => put_product(db, sku, &req.json_object()?, now),
-        ("GET", ["api", "stock"]) => list_stock(db, req),
-        ("GET", ["api", "stock", sku]) => availability(db, sku),
-        ("GET", ["api", "stock", sku, "movements"]) => movements(db, req, sku),
-        ("PUT", ["api", "stock", sku, facility]) => {
-            set_level(db, sku, facility, &req.json_object()?, now, fx)
-        }
-        ("POST", ["api", "stock", "receipts"]) => receipt(db, &req.json_object()?, now, fx),
-        ("POST", ["api", "stock", "adjustments"]) => adjustment(db, &req.json_object()?, now, fx),
-        ("GET", ["api", "license-keys", sku]) => pool(db, sku),
-        ("POST", ["api", "license-keys", sku]) => import_keys(db, req, sku, now, fx),
-        (_, ["api", "facilities" | "products" | "stock" | "license-keys", ..]) => {
-            if matches!(
-                segs.as_slice(),
-                ["api", "facilities"]
-                    | ["api", "facilities", _]
-                    | ["api", "products"]
-                    | ["api", "products", _]
-                    | ["api", "stock"]
-                    | ["api", "stock", _]
-                    | ["api", "stock", _, _]
-                    | ["api", "license-keys", _]
-            ) {
-                Err(method_not_allowed(req))
-            } else {
-                Err(Error::not_found(format!(
-                    "no inventory endpoint at {}",
-                    req.path
-                )))
-            }
-        }
-        _ => Err(Error::not_found(format!(
-            "no inventory endpoint at {}",
-            req.path
-        ))),
-    }
-}
-
 // ---- facilities ----
 
-fn facility_exists(db: &dyn Db, id: &str) -> Result<bool> {
+pub fn facility_exists(db: &dyn Db, id: &str) -> Result<bool> {
     Ok(!db
         .execute("SELECT 1 FROM facilities WHERE id = ?", params![id])?
         .is_empty())
@@ -251,14 +129,13 @@ fn url_field(v: &Json, field: &str, errs: &mut Vec<FieldError>) -> Option<String
 /// Creates or replaces a facility. An active facility's stock may now reach
 /// waiting orders (activated, or new countries, methods or services), so its
 /// SKUs with stock are reported for backorder release.
-fn put_facility(
+pub fn put_facility(
     db: &dyn Db,
     id: &str,
     v: &Json,
     now: DateTime<Utc>,
-    status: u16,
     fx: &mut Effects,
-) -> Result<Response> {
+) -> Result<Json> {
     let mut errs = Vec::new();
     let name = v["name"]
         .as_str()
@@ -405,7 +282,7 @@ fn put_facility(
         );
     }
     let view = facility_view(db, id)?.ok_or_else(|| Error::internal("facility vanished"))?;
-    Ok(Response::json(status, &view))
+    Ok(view)
 }
 
 fn facility_json(f: &crate::kernel::db::Row<'_>) -> Json {
@@ -427,23 +304,19 @@ pub fn facility_view(db: &dyn Db, id: &str) -> Result<Option<Json>> {
         .map(|f| facility_json(&f)))
 }
 
-fn get_facility(db: &dyn Db, id: &str) -> Result<Response> {
-    let v =
-        facility_view(db, id)?.ok_or_else(|| Error::not_found(format!("no facility '{id}'")))?;
-    Ok(Response::json(200, &v))
+pub fn get_facility(db: &dyn Db, id: &str) -> Result<Json> {
+    facility_view(db, id)?.ok_or_else(|| Error::not_found(format!("no facility '{id}'")))
 }
 
-fn list_facilities(db: &dyn Db) -> Result<Response> {
+pub fn list_facilities(db: &dyn Db) -> Result<Json> {
     let r = db.execute("SELECT * FROM facilities ORDER BY id", &[])?;
-    Ok(Response::json(
-        200,
-        &json!({"facilities": r.iter().map(|f| facility_json(&f)).collect::<Vec<_>>()}),
-    ))
+    Ok(json!({"facilities": r.iter().map(|f| facility_json(&f)).collect::<Vec<_>>()}))
 }
 
 // ---- products ----
 
-fn put_product(db: &dyn Db, sku: &str, v: &Json, now: DateTime<Utc>) -> Result<Response> {
+/// Creates or replaces a product; answers whether it was created, and its view.
+pub fn put_product(db: &dyn Db, sku: &str, v: &Json, now: DateTime<Utc>) -> Result<(bool, Json)> {
     let mut errs = Vec::new();
     if !ok_sku(sku) {
         return Err(Error::bad_request(
@@ -536,7 +409,7 @@ fn put_product(db: &dyn Db, sku: &str, v: &Json, now: DateTime<Utc>) -> Result<R
             })?;
         }
         let view = product_view(db, sku)?.ok_or_else(|| Error::internal("product vanished"))?;
-        Ok(Response::json(if existed { 200 } else { 201 }, &view))
+        Ok((!existed, view))
     })
 }
 
@@ -558,13 +431,11 @@ pub fn product_view(db: &dyn Db, sku: &str) -> Result<Option<Json>> {
     })))
 }
 
-fn get_product(db: &dyn Db, sku: &str) -> Result<Response> {
-    let v =
-        product_view(db, sku)?.ok_or_else(|| Error::not_found(format!("no product '{sku}'")))?;
-    Ok(Response::json(200, &v))
+pub fn get_product(db: &dyn Db, sku: &str) -> Result<Json> {
+    product_view(db, sku)?.ok_or_else(|| Error::not_found(format!("no product '{sku}'")))
 }
 
-fn list_products(db: &dyn Db) -> Result<Response> {
+pub fn list_products(db: &dyn Db) -> Result<Json> {
     let r = db.execute("SELECT sku FROM products ORDER BY sku LIMIT 1000", &[])?;
     let mut out = Vec::new();
     for p in r.iter() {
@@ -572,7 +443,7 @@ fn list_products(db: &dyn Db) -> Result<Response> {
             out.push(v);
         }
     }
-    Ok(Response::json(200, &json!({"products": out})))
+    Ok(json!({"products": out}))
 }
 
 // ---- stock ----
@@ -687,14 +558,14 @@ fn facility_check(db: &dyn Db, id: &str, pointer: &str, errs: &mut Vec<FieldErro
     Ok(())
 }
 
-fn set_level(
+pub fn set_level(
     db: &dyn Db,
     sku: &str,
     facility: &str,
     v: &Json,
     now: DateTime<Utc>,
     fx: &mut Effects,
-) -> Result<Response> {
+) -> Result<Json> {
     let mut errs = Vec::new();
     if !facility_exists(db, facility)? {
         return Err(Error::not_found(format!("no facility '{facility}'")));
@@ -729,10 +600,11 @@ fn set_level(
         }
         stock_row(db, sku, facility)
     })?;
-    Ok(Response::json(200, &row))
+    Ok(row)
 }
 
-fn receipt(db: &dyn Db, v: &Json, now: DateTime<Utc>, fx: &mut Effects) -> Result<Response> {
+/// Goods received at a facility.
+pub fn receipt(db: &dyn Db, v: &Json, now: DateTime<Utc>, fx: &mut Effects) -> Result<Json> {
     let mut errs = Vec::new();
     let facility = v["facility"].as_str().unwrap_or_default().to_string();
     if facility.is_empty() {
@@ -789,13 +661,11 @@ fn receipt(db: &dyn Db, v: &Json, now: DateTime<Utc>, fx: &mut Effects) -> Resul
         }
         Ok::<_, Error>(rows)
     })?;
-    Ok(Response::json(
-        201,
-        &json!({"facility": facility, "reference": reference, "stock": rows}),
-    ))
+    Ok(json!({"facility": facility, "reference": reference, "stock": rows}))
 }
 
-fn adjustment(db: &dyn Db, v: &Json, now: DateTime<Utc>, fx: &mut Effects) -> Result<Response> {
+/// A counted correction of stock at a facility.
+pub fn adjustment(db: &dyn Db, v: &Json, now: DateTime<Utc>, fx: &mut Effects) -> Result<Json> {
     let mut errs = Vec::new();
     let facility = v["facility"].as_str().unwrap_or_default().to_string();
     if facility.is_empty() {
@@ -847,17 +717,18 @@ fn adjustment(db: &dyn Db, v: &Json, now: DateTime<Utc>, fx: &mut Effects) -> Re
         }
         stock_row(db, &sku, &facility)
     })?;
-    Ok(Response::json(200, &row))
+    Ok(row)
 }
 
-fn list_stock(db: &dyn Db, req: &Request) -> Result<Response> {
+/// Stock rows, optionally for one SKU and/or one facility.
+pub fn list_stock(db: &dyn Db, sku: Option<String>, facility: Option<String>) -> Result<Json> {
     let mut sql = "SELECT sku, facility_id FROM stock WHERE 1 = 1".to_string();
     let mut p: Vec<Value> = Vec::new();
-    if let Some(s) = req.query_param("sku") {
+    if let Some(s) = sku {
         sql.push_str(" AND sku = ?");
         p.push(s.into());
     }
-    if let Some(f) = req.query_param("facility") {
+    if let Some(f) = facility {
         sql.push_str(" AND facility_id = ?");
         p.push(f.into());
     }
@@ -867,10 +738,11 @@ fn list_stock(db: &dyn Db, req: &Request) -> Result<Response> {
     for x in r.iter() {
         rows.push(stock_row(db, &x.str("sku"), &x.str("facility_id"))?);
     }
-    Ok(Response::json(200, &json!({"stock": rows})))
+    Ok(json!({"stock": rows}))
 }
 
-fn availability(db: &dyn Db, sku: &str) -> Result<Response> {
+/// Availability of a SKU across facilities (a digital SKU: its key pool).
+pub fn availability(db: &dyn Db, sku: &str) -> Result<Json> {
     let p = db.execute("SELECT digital FROM products WHERE sku = ?", params![sku])?;
     let Some(p) = p.first() else {
         return Err(Error::not_found(format!("no product '{sku}'")));
@@ -905,49 +777,33 @@ fn availability(db: &dyn Db, sku: &str) -> Result<Response> {
         .first()
         .map(|x| x.i64("n"))
         .unwrap_or(0);
-    Ok(Response::json(
-        200,
-        &json!({"sku": sku, "on_hand": on_hand, "reserved": reserved, "available": available, "backordered": backordered, "facilities": facilities}),
-    ))
+    Ok(
+        json!({"sku": sku, "on_hand": on_hand, "reserved": reserved, "available": available, "backordered": backordered, "facilities": facilities}),
+    )
 }
 
 /// The stock movement log of a SKU (newest first), optionally for one facility.
-fn movements(db: &dyn Db, req: &Request, sku: &str) -> Result<Response> {
-    let limit = match req.query_param("limit") {
-        None => 100,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| {
-                Error::invalid(vec![FieldError::new(
-                    "?limit",
-                    "a whole number from 1 to 1000",
-                )])
-            })?,
-    };
+pub fn movements(db: &dyn Db, sku: &str, facility: Option<String>, limit: i64) -> Result<Json> {
     let mut sql = "SELECT id, facility_id, kind, on_hand_delta, on_hand_after, reason, reference, actor, at FROM stock_movements WHERE sku = ?".to_string();
     let mut p: Vec<Value> = vec![sku.into()];
-    if let Some(f) = req.query_param("facility") {
+    if let Some(f) = facility {
         sql.push_str(" AND facility_id = ?");
         p.push(f.into());
     }
     sql.push_str(" ORDER BY id DESC LIMIT ?");
     p.push(Value::Integer(limit));
     let r = db.execute(&sql, &p)?;
-    Ok(Response::json(
-        200,
-        &json!({"sku": sku, "movements": r.iter().map(|m| json!({
+    Ok(json!({"sku": sku, "movements": r.iter().map(|m| json!({
             "id": m.i64("id"), "facility": m.str("facility_id"), "kind": m.str("kind"), "on_hand_delta": m.i64("on_hand_delta"),
             "on_hand_after": m.i64("on_hand_after"), "reason": m.opt_str("reason"), "reference": m.opt_str("reference"),
             "actor": m.str("actor"), "at": m.str("at"),
-        })).collect::<Vec<_>>()}),
-    ))
+        })).collect::<Vec<_>>()}))
 }
 
 // ---- licence keys ----
 
-fn pool(db: &dyn Db, sku: &str) -> Result<Response> {
+/// The licence-key pool of a digital SKU.
+pub fn pool(db: &dyn Db, sku: &str) -> Result<Json> {
     let r = db.execute(
         "SELECT digital, low_stock_threshold,
             (SELECT COUNT(*) FROM license_keys k WHERE k.sku = p.sku AND k.order_id IS NULL) AS available,
@@ -964,104 +820,20 @@ fn pool(db: &dyn Db, sku: &str) -> Result<Response> {
             "'{sku}' is not a digital product; it has no licence-key pool"
         )));
     }
-    Ok(Response::json(
-        200,
-        &json!({"sku": sku, "available": p.i64("available"), "assigned": p.i64("assigned"),
+    Ok(
+        json!({"sku": sku, "available": p.i64("available"), "assigned": p.i64("assigned"),
                 "backordered": p.i64("backordered"), "low_stock_threshold": p.i64("low_stock_threshold")}),
-    ))
+    )
 }
 
-/// Keys from a JSON body (`{"keys": [...]}`) or CSV (a `key` or `license_key`
-/// column, or the first column without a header).
-pub fn parse_keys(req: &Request) -> Result<Vec<String>> {
-    req.check_size()?;
-    let ct = req.content_type();
-    let raw: Vec<String> = if ct.contains("csv") || ct.starts_with("text/plain") {
-        let mut rd = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .trim(csv::Trim::All)
-            .from_reader(&req.body[..]);
-        let mut rows = Vec::new();
-        for (i, rec) in rd.records().enumerate() {
-            let rec = rec.map_err(|e| Error::bad_request(format!("CSV row {}: {e}", i + 1)))?;
-            rows.push(rec.iter().map(str::to_string).collect::<Vec<_>>());
-        }
-        let mut col = 0;
-        let mut skip = 0;
-        if let Some(h) = rows.first() {
-            if let Some(i) = h.iter().position(|c| {
-                c.eq_ignore_ascii_case("key")
-                    || c.eq_ignore_ascii_case("license_key")
-                    || c.eq_ignore_ascii_case("licence_key")
-            }) {
-                col = i;
-                skip = 1;
-            }
-        }
-        rows.into_iter()
-            .skip(skip)
-            .filter_map(|r| r.get(col).cloned())
-            .filter(|k| !k.is_empty())
-            .collect()
-    } else if ct.is_empty() || ct.contains("json") {
-        let v: Json = serde_json::from_slice(&req.body)
-            .map_err(|e| Error::bad_request(format!("the body is not valid JSON: {e}")))?;
-        let Some(a) = v["keys"].as_array() else {
-            return Err(Error::invalid(vec![FieldError::new(
-                "/keys",
-                "required: an array of licence keys",
-            )]));
-        };
-        let mut out = Vec::new();
-        let mut errs = Vec::new();
-        for (i, k) in a.iter().enumerate() {
-            match k.as_str() {
-                Some(s) => out.push(s.trim().to_string()),
-                None => errs.push(FieldError::new(format!("/keys/{i}"), "must be a string")),
-            }
-        }
-        if !errs.is_empty() {
-            return Err(Error::invalid(errs));
-        }
-        out
-    } else {
-        return Err(Error::new(
-            ErrorKind::UnsupportedMediaType,
-            format!("send application/json or text/csv, not {ct}"),
-        ));
-    };
-    let mut errs = Vec::new();
-    for (i, k) in raw.iter().enumerate() {
-        if k.is_empty() || k.len() > 512 || k.chars().any(|c| c.is_control()) {
-            errs.push(FieldError::new(
-                format!("/keys/{i}"),
-                "a key is 1-512 characters without control characters",
-            ));
-        }
-    }
-    if raw.is_empty() {
-        errs.push(FieldError::new("/keys", "no keys in the body"));
-    }
-    if raw.len() > MAX_KEYS_PER_IMPORT {
-        errs.push(FieldError::new(
-            "/keys",
-            format!("at most {MAX_KEYS_PER_IMPORT} keys per import"),
-        ));
-    }
-    if !errs.is_empty() {
-        return Err(Error::invalid(errs));
-    }
-    Ok(raw)
-}
-
-fn import_keys(
+/// Imports licence keys into a digital SKU's pool (duplicates are counted, not added).
+pub fn import_keys(
     db: &dyn Db,
-    req: &Request,
     sku: &str,
+    keys: &[String],
     now: DateTime<Utc>,
     fx: &mut Effects,
-) -> Result<Response> {
+) -> Result<Json> {
     let r = db.execute("SELECT digital FROM products WHERE sku = ?", params![sku])?;
     match r.first() {
         None => {
@@ -1076,7 +848,6 @@ fn import_keys(
         }
         _ => {}
     }
-    let keys = parse_keys(req)?;
     let (imported, duplicates) = transaction(db, |db| {
         let mut imported = 0u64;
         for chunk in keys.chunks(200) {
@@ -1101,10 +872,10 @@ fn import_keys(
     if imported > 0 {
         fx.restocked.push(sku.to_string());
     }
-    let mut body = pool(db, sku)?.json_body();
+    let mut body = pool(db, sku)?;
     body["imported"] = json!(imported);
     body["duplicates"] = json!(duplicates);
-    Ok(Response::json(201, &body))
+    Ok(body)
 }
 
 // ---- fulfillment-center inventory feeds ----
@@ -1294,16 +1065,19 @@ pub fn apply_snapshot(
     )
 }
 
-fn fc_push(
+/// A fulfillment center's signed inventory push: the signature is checked
+/// with the facility's secret before the snapshot is applied.
+#[allow(clippy::too_many_arguments)]
+pub fn fc_push(
     db: &dyn Db,
     kv: &dyn Kv,
     cfg: &Config<'_>,
-    req: &Request,
     facility: &str,
+    signature_header: &str,
+    body: &[u8],
     now: DateTime<Utc>,
     fx: &mut Effects,
-) -> Result<Response> {
-    req.check_size()?;
+) -> Result<Json> {
     let r = db.execute(
         "SELECT secret_variable FROM facilities WHERE id = ?",
         params![facility],
@@ -1314,11 +1088,10 @@ fn fc_push(
         .and_then(|f| f.opt_str("secret_variable"))
         .and_then(|v| (cfg.secret)(&v))
         .unwrap_or_default();
-    let header = req.header("waybill-signature").unwrap_or_default();
     if !crate::kernel::signature::verify_timestamped(
         secret.as_bytes(),
-        header,
-        &req.body,
+        signature_header,
+        body,
         now.timestamp(),
         SIGNATURE_TOLERANCE_SECS,
     ) {
@@ -1326,13 +1099,14 @@ fn fc_push(
             "the Waybill-Signature header (t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.body\">) does not verify for this facility",
         ));
     }
-    let out = apply_snapshot(db, kv, facility, &req.body, "push", now, fx)?;
-    Ok(Response::json(200, &out))
+    apply_snapshot(db, kv, facility, body, "push", now, fx)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::inventory::handle;
+    use crate::http::{Request, Response, Tokens};
     use crate::kernel::db::native::NativeDb;
     use crate::kernel::kv::MemoryKv;
 
@@ -1344,15 +1118,13 @@ mod tests {
 
     fn call(db: &NativeDb, kv: &MemoryKv, m: &str, path: &str, body: Json) -> (Response, Effects) {
         let secret = |name: &str| (name == "fc_secret_a").then(|| "fc-secret".to_string());
-        let cfg = Config {
-            tokens: Tokens::parse("write:write-token-1,read:read-token-1"),
-            secret: &secret,
-        };
+        let tokens = Tokens::parse("write:write-token-1,read:read-token-1");
+        let cfg = Config { secret: &secret };
         let req = Request::new(m, path)
             .with_header("authorization", "Bearer write-token-1")
             .with_header("content-type", "application/json")
             .with_body(body.to_string());
-        handle(db, kv, &cfg, &req, Utc::now())
+        handle(db, kv, &tokens, &cfg, &req, Utc::now())
     }
 
     #[test]
@@ -1483,15 +1255,13 @@ mod tests {
         );
         assert_eq!(fx.restocked, vec!["SOFT".to_string()]);
         let secret = |_: &str| None;
-        let cfg = Config {
-            tokens: Tokens::parse("write:write-token-1"),
-            secret: &secret,
-        };
+        let tokens = Tokens::parse("write:write-token-1");
+        let cfg = Config { secret: &secret };
         let req = Request::new("POST", "/api/license-keys/SOFT")
             .with_header("authorization", "Bearer write-token-1")
             .with_header("content-type", "text/csv")
             .with_body("license_key,batch\nA-3,7\nA-1,7\n");
-        let (r, _) = handle(&db, &kv, &cfg, &req, Utc::now());
+        let (r, _) = handle(&db, &kv, &tokens, &cfg, &req, Utc::now());
         assert_eq!(
             r.json_body()["available"],
             3,
@@ -1609,10 +1379,8 @@ mod tests {
         );
         let body = json!({"as_of": "2026-11-20T10:00:00Z", "levels": [{"part_number": "FC-001", "on_hand": 7}, {"sku": "OTHER", "on_hand": 1}]}).to_string();
         let secret = |name: &str| (name == "fc_secret_a").then(|| "fc-secret".to_string());
-        let cfg = Config {
-            tokens: Tokens::default(),
-            secret: &secret,
-        };
+        let tokens = Tokens::default();
+        let cfg = Config { secret: &secret };
         let now = Utc::now();
         let push = |sig: &str| {
             Request::new("POST", "/callbacks/fc/fc/inventory")
@@ -1621,7 +1389,7 @@ mod tests {
         };
         let bad =
             crate::kernel::signature::sign_timestamped(b"wrong", now.timestamp(), body.as_bytes());
-        let (r, _) = handle(&db, &kv, &cfg, &push(&bad), now);
+        let (r, _) = handle(&db, &kv, &tokens, &cfg, &push(&bad), now);
         assert_eq!(r.status, 401);
         assert!(db.execute("SELECT * FROM stock", &[]).unwrap().is_empty());
         let good = crate::kernel::signature::sign_timestamped(
@@ -1629,7 +1397,7 @@ mod tests {
             now.timestamp(),
             body.as_bytes(),
         );
-        let (r, fx) = handle(&db, &kv, &cfg, &push(&good), now);
+        let (r, fx) = handle(&db, &kv, &tokens, &cfg, &push(&good), now);
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         assert_eq!(r.json_body()["ignored"], json!(["OTHER"]));
         assert_eq!(fx.restocked, vec!["SKU-1".to_string()]);
@@ -1644,7 +1412,7 @@ mod tests {
         let req = Request::new("POST", "/callbacks/fc/fc/inventory")
             .with_header("waybill-signature", &sig)
             .with_body(old);
-        let (r, _) = handle(&db, &kv, &cfg, &req, now);
+        let (r, _) = handle(&db, &kv, &tokens, &cfg, &req, now);
         assert_eq!(r.json_body()["result"], "stale");
         let n = db.execute("SELECT on_hand FROM stock", &[]).unwrap();
         assert_eq!(n.first().unwrap().i64("on_hand"), 7);
