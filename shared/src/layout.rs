@@ -74,7 +74,6 @@ const PENDING: &[(&str, &str)] = &[
     ("returns", "intake"),
     ("returns", "payments"),
     ("routing", "fulfillment"),
-    ("routing", "http"),
     ("routing", "intake"),
     ("routing", "payments"),
 ];

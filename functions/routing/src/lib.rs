@@ -9,11 +9,11 @@
 //! Released fulfillment orders whose capture goes through a gateway are sent
 //! by the capture component, chained here after the work.
 //!
-//! The work is in `waybill::routing::allocation` and `waybill::routing::engine`.
+//! The work is in `waybill::routing`; the routes in `waybill::http::routing`.
 
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_component;
-use waybill::{http, payments::capture, routing::allocation, spin_glue};
+use waybill::{http, payments::capture, spin_glue};
 
 #[http_component]
 async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
@@ -22,7 +22,7 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     let now = chrono::Utc::now();
     let (resp, captures_due) = match spin_glue::open_writer() {
         Ok(db) => {
-            let resp = allocation::handle(&db, &tokens, &r, now);
+            let resp = http::routing::handle(&db, &tokens, &r, now);
             // Released work may wait for a gateway capture: send it now.
             let due = r.method == "POST" && capture::has_due(&db, now).unwrap_or(false);
             (resp, due)

@@ -8,6 +8,7 @@ pub mod inventory;
 pub mod notify;
 pub mod orders;
 pub mod report;
+pub mod routing;
 
 /// The largest request body any endpoint accepts.
 pub const MAX_BODY: usize = 1024 * 1024;

@@ -56,17 +56,6 @@ pub fn load_facilities(db: &dyn Db) -> Result<Vec<Facility>> {
         .collect())
 }
 
-/// The routing configuration of a channel, else the default (`*`), else built-in.
-pub fn load_config(db: &dyn Db, channel: &str) -> Result<engine::Config> {
-    let r = db.execute(
-        "SELECT config FROM routing_config WHERE channel IN (?, '*') ORDER BY channel = '*' LIMIT 1",
-        params![channel],
-    )?;
-    Ok(r.first()
-        .and_then(|c| serde_json::from_str(&c.str("config")).ok())
-        .unwrap_or_default())
-}
-
 /// Destination coordinates: the order's own, else the longest loaded postal
 /// prefix centroid, else the country centroid (loaded, then built in).
 pub fn destination(db: &dyn Db, address: &Json) -> Result<Destination> {
@@ -363,7 +352,7 @@ pub fn plan(
     };
     let skus: BTreeSet<String> = req.lines.iter().map(|d| d.sku.clone()).collect();
     let sup = supply(db, &skus)?;
-    let cfg = load_config(db, channel)?;
+    let cfg = crate::routing::settings::load_config(db, channel)?;
     Ok(Planned {
         service,
         decision: Ok(engine::route(&req, facilities, &sup, &cfg)),
@@ -1478,219 +1467,21 @@ pub fn routing_view(db: &dyn Db, order_id: &str) -> Result<Json> {
     }))
 }
 
-// ---- the routing component's API ----
-
-fn channel_key(seg: &str) -> String {
-    let c = crate::http::path_segment(seg);
-    if c == "default" {
-        "*".into()
-    } else {
-        c
-    }
-}
-
-/// Private: `POST /internal/route {"order_ids"}`, `POST /internal/backorders {"skus"}`
-/// (reachable only by service chaining: no public route maps to `/internal`).
-/// Admin: `/api/routing/config[/{channel}]`, `/api/routing/centroids`, `POST /api/routing/sweep`.
-pub fn handle(
-    db: &dyn Db,
-    tokens: &crate::http::Tokens,
-    req: &crate::http::Request,
-    now: DateTime<Utc>,
-) -> crate::http::Response {
-    use crate::http::{Response, Scope};
-    use crate::kernel::error::{Error, ErrorKind, FieldError};
-    let r = (|| -> Result<Response> {
-        let body = || req.json_object();
-        let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
-        let m = req.method.as_str();
-        match (m, segs.as_slice()) {
-            ("POST", ["internal", "route"]) => {
-                let v = body()?;
-                let ids: Vec<String> = v["order_ids"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect();
-                let mut results = Vec::new();
-                for id in ids.iter().take(1000) {
-                    match process_order(db, id, Trigger::Intake, now) {
-                        Ok(o) => results.push(json!({"order_id": id, "allocated": o.allocated, "backordered": o.backordered,
-                            "held": o.held, "released": o.released, "keys": o.keys, "awaiting_capture": o.awaiting_capture})),
-                        Err(e) => {
-                            eprintln!("routing: order {id} not routed (the sweep will retry): {e}");
-                            results.push(json!({"order_id": id, "error": e.detail}));
-                        }
-                    }
-                }
-                Ok(Response::json(200, &json!({"results": results})))
-            }
-            ("POST", ["internal", "backorders"]) => {
-                let v = body()?;
-                let skus: Vec<String> = v["skus"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect();
-                let served = release_backorders(db, Some(&skus), None, now, 1000)?;
-                Ok(Response::json(
-                    200,
-                    &json!({"skus": skus, "orders_served": served}),
-                ))
-            }
-            (_, ["internal", ..]) => Err(Error::not_found("no such internal endpoint")),
-            _ => {
-                tokens.authorize(
-                    req,
-                    if m == "GET" || m == "HEAD" {
-                        Scope::Read
-                    } else {
-                        Scope::Write
-                    },
-                )?;
-                match (m, segs.as_slice()) {
-                    ("GET", ["api", "routing", "config"]) => {
-                        let r = db.execute("SELECT channel, config, updated_at FROM routing_config ORDER BY channel", &[])?;
-                        Ok(Response::json(
-                            200,
-                            &json!({
-                                "built_in_default": engine::Config::default(),
-                                "configs": r.iter().map(|c| json!({"channel": c.str("channel"), "updated_at": c.str("updated_at"),
-                                    "config": serde_json::from_str::<Json>(&c.str("config")).unwrap_or(Json::Null)})).collect::<Vec<_>>(),
-                            }),
-                        ))
-                    }
-                    ("GET", ["api", "routing", "config", ch]) => {
-                        let ch = channel_key(ch);
-                        Ok(Response::json(
-                            200,
-                            &json!({"channel": ch, "effective": load_config(db, &ch)?}),
-                        ))
-                    }
-                    ("PUT", ["api", "routing", "config", ch]) => {
-                        let ch = channel_key(ch);
-                        if ch.is_empty() || ch.len() > 100 {
-                            return Err(Error::bad_request("a channel name is 1-100 characters ('*' or 'default' for every channel)"));
-                        }
-                        let cfg: engine::Config = serde_json::from_value(body()?).map_err(|e| {
-                            Error::invalid(vec![FieldError::new("", e.to_string())])
-                        })?;
-                        let errs = cfg.validate();
-                        if !errs.is_empty() {
-                            return Err(Error::invalid(errs));
-                        }
-                        transaction(db, |db| {
-                            db.execute(
-                                "INSERT INTO routing_config (channel, config, updated_at) VALUES (?, ?, ?)
-                                 ON CONFLICT (channel) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
-                                params![ch.clone(), serde_json::to_string(&cfg).unwrap_or_default(), ts(now)],
-                            )?;
-                            Ok::<_, Error>(())
-                        })?;
-                        Ok(Response::json(200, &json!({"channel": ch, "config": cfg})))
-                    }
-                    ("GET", ["api", "routing", "centroids"]) => {
-                        let r = db.execute("SELECT * FROM geo_centroids ORDER BY country, postal_prefix LIMIT 10000", &[])?;
-                        Ok(Response::json(
-                            200,
-                            &json!({"centroids": r.iter().map(|c| json!({"country": c.str("country"),
-                            "postal_prefix": c.str("postal_prefix"), "latitude": c.opt_f64("latitude"), "longitude": c.opt_f64("longitude")})).collect::<Vec<_>>()}),
-                        ))
-                    }
-                    ("PUT", ["api", "routing", "centroids"]) => {
-                        let v = body()?;
-                        let Some(list) = v["centroids"].as_array() else {
-                            return Err(Error::invalid(vec![FieldError::new(
-                                "/centroids",
-                                "required: [{country, postal_prefix, latitude, longitude}]",
-                            )]));
-                        };
-                        let mut rows = Vec::new();
-                        let mut errs = Vec::new();
-                        for (i, c) in list.iter().enumerate() {
-                            let country = c["country"]
-                                .as_str()
-                                .unwrap_or_default()
-                                .to_ascii_uppercase();
-                            let prefix = c["postal_prefix"]
-                                .as_str()
-                                .unwrap_or_default()
-                                .to_ascii_uppercase();
-                            let (la, lo) = (c["latitude"].as_f64(), c["longitude"].as_f64());
-                            if country.len() != 2
-                                || !country.bytes().all(|b| b.is_ascii_alphabetic())
-                            {
-                                errs.push(FieldError::new(
-                                    format!("/centroids/{i}/country"),
-                                    "an ISO 3166-1 alpha-2 code",
-                                ));
-                            }
-                            if prefix.len() > 10
-                                || !prefix.bytes().all(|b| b.is_ascii_alphanumeric())
-                            {
-                                errs.push(FieldError::new(
-                                    format!("/centroids/{i}/postal_prefix"),
-                                    "up to 10 letters or digits ('' for the whole country)",
-                                ));
-                            }
-                            match (la, lo) {
-                                (Some(a), Some(b))
-                                    if (-90.0..=90.0).contains(&a)
-                                        && (-180.0..=180.0).contains(&b) =>
-                                {
-                                    rows.push((country, prefix, a, b))
-                                }
-                                _ => errs.push(FieldError::new(
-                                    format!("/centroids/{i}"),
-                                    "latitude -90..90 and longitude -180..180 are required",
-                                )),
-                            }
-                        }
-                        if list.len() > 10_000 {
-                            errs.push(FieldError::new("/centroids", "at most 10000 per request"));
-                        }
-                        if !errs.is_empty() {
-                            return Err(Error::invalid(errs));
-                        }
-                        transaction(db, |db| {
-                            for (c, p, a, b) in &rows {
-                                db.execute(
-                                    "INSERT INTO geo_centroids (country, postal_prefix, latitude, longitude) VALUES (?, ?, ?, ?)
-                                     ON CONFLICT (country, postal_prefix) DO UPDATE SET latitude = excluded.latitude, longitude = excluded.longitude",
-                                    params![c.clone(), p.clone(), *a, *b],
-                                )?;
-                            }
-                            Ok::<_, Error>(())
-                        })?;
-                        Ok(Response::json(200, &json!({"upserted": rows.len()})))
-                    }
-                    ("POST", ["api", "routing", "simulate"]) => {
-                        Ok(Response::json(200, &simulate(db, &body()?, now)?))
-                    }
-                    ("POST", ["api", "routing", "sweep"]) => {
-                        let (routed, released, served) = sweep(db, now, 500)?;
-                        Ok(Response::json(
-                            200,
-                            &json!({"routed": routed, "released": released, "backorders_served": served}),
-                        ))
-                    }
-                    (_, ["api", "routing", "config" | "centroids" | "sweep" | "simulate", ..]) => {
-                        Err(Error::new(
-                            ErrorKind::MethodNotAllowed,
-                            format!("{m} is not allowed on {}", req.path),
-                        ))
-                    }
-                    _ => Err(Error::not_found(format!(
-                        "no routing endpoint at {}",
-                        req.path
-                    ))),
-                }
+/// Routes each order once (at most 1000) and reports per order what happened;
+/// an order that fails is reported and left to the sweep.
+pub fn route_orders(db: &dyn Db, ids: &[String], now: DateTime<Utc>) -> Json {
+    let mut results = Vec::new();
+    for id in ids.iter().take(1000) {
+        match process_order(db, id, Trigger::Intake, now) {
+            Ok(o) => results.push(json!({"order_id": id, "allocated": o.allocated, "backordered": o.backordered,
+                "held": o.held, "released": o.released, "keys": o.keys, "awaiting_capture": o.awaiting_capture})),
+            Err(e) => {
+                eprintln!("routing: order {id} not routed (the sweep will retry): {e}");
+                results.push(json!({"order_id": id, "error": e.detail}));
             }
         }
-    })();
-    r.into()
+    }
+    json!({"results": results})
 }
 
 #[cfg(test)]

@@ -3,3 +3,4 @@
 
 pub mod allocation;
 pub mod engine;
+pub mod settings;

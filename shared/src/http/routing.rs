@@ -1,0 +1,95 @@
+//! The routing component's routes. Private (reachable only by service chaining:
+//! no public route maps to `/internal`): `POST /internal/route {"order_ids"}`,
+//! `POST /internal/backorders {"skus"}`. Admin: `/api/routing/config[/{channel}]`,
+//! `/api/routing/centroids`, `POST /api/routing/simulate`, `POST /api/routing/sweep`.
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value as Json};
+
+use crate::http::{segments, Request, Response, Scope, Tokens};
+use crate::kernel::db::Db;
+use crate::kernel::error::{Error, ErrorKind, Result};
+use crate::routing::{allocation, settings};
+
+/// A channel in a path: `default` names the default (`*`).
+fn channel_key(c: &str) -> String {
+    if c == "default" {
+        "*".into()
+    } else {
+        c.to_string()
+    }
+}
+
+/// The strings of an array field of a body.
+fn strings(v: &Json, field: &str) -> Vec<String> {
+    v[field]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_string))
+        .collect()
+}
+
+pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request, now: DateTime<Utc>) -> Response {
+    let r = (|| -> Result<Response> {
+        let body = || req.json_object();
+        let segs = segments(&req.path);
+        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        let m = req.method.as_str();
+        let ok = |v: Json| Ok(Response::json(200, &v));
+        match (m, segs.as_slice()) {
+            ("POST", ["internal", "route"]) => ok(allocation::route_orders(
+                db,
+                &strings(&body()?, "order_ids"),
+                now,
+            )),
+            ("POST", ["internal", "backorders"]) => {
+                let skus = strings(&body()?, "skus");
+                let served = allocation::release_backorders(db, Some(&skus), None, now, 1000)?;
+                ok(json!({"skus": skus, "orders_served": served}))
+            }
+            (_, ["internal", ..]) => Err(Error::not_found("no such internal endpoint")),
+            _ => {
+                let need = if m == "GET" || m == "HEAD" {
+                    Scope::Read
+                } else {
+                    Scope::Write
+                };
+                tokens.authorize(req, need)?;
+                match (m, segs.as_slice()) {
+                    ("GET", ["api", "routing", "config"]) => ok(settings::configs_view(db)?),
+                    ("GET", ["api", "routing", "config", ch]) => {
+                        ok(settings::effective_view(db, &channel_key(ch))?)
+                    }
+                    ("PUT", ["api", "routing", "config", ch]) => {
+                        ok(settings::put_config(db, &channel_key(ch), body()?, now)?)
+                    }
+                    ("GET", ["api", "routing", "centroids"]) => ok(settings::centroids_view(db)?),
+                    ("PUT", ["api", "routing", "centroids"]) => {
+                        ok(settings::put_centroids(db, &body()?)?)
+                    }
+                    ("POST", ["api", "routing", "simulate"]) => {
+                        ok(allocation::simulate(db, &body()?, now)?)
+                    }
+                    ("POST", ["api", "routing", "sweep"]) => {
+                        let (routed, released, served) = allocation::sweep(db, now, 500)?;
+                        ok(
+                            json!({"routed": routed, "released": released, "backorders_served": served}),
+                        )
+                    }
+                    (_, ["api", "routing", "config" | "centroids" | "sweep" | "simulate", ..]) => {
+                        Err(Error::new(
+                            ErrorKind::MethodNotAllowed,
+                            format!("{m} is not allowed on {}", req.path),
+                        ))
+                    }
+                    _ => Err(Error::not_found(format!(
+                        "no routing endpoint at {}",
+                        req.path
+                    ))),
+                }
+            }
+        }
+    })();
+    r.into()
+}
