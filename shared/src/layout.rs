@@ -68,7 +68,6 @@ const PENDING: &[(&str, &str)] = &[
     ("orders", "flows"),
     ("orders", "payments"),
     ("orders", "routing"),
-    ("payments", "http"),
     ("payments", "intake"),
     ("payments", "routing"),
     ("returns", "intake"),

@@ -7,12 +7,12 @@
 //!   and credit memos, an order's payment ledger, refunds, the operator's retry
 //!   after a decline, payment action items, settings, an on-demand sweep.
 //!
-//! The work is in `waybill::payments::capture` and `waybill::payments::gateway`; capture-cron runs
+//! The work is in `waybill::payments`, the routes in `waybill::http::capture`; capture-cron runs
 //! the same worker every minute (retries with backoff).
 
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_component;
-use waybill::{http, payments::capture, spin_glue};
+use waybill::{http, spin_glue};
 
 #[http_component]
 async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
@@ -20,7 +20,7 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
     let (gateway, stripe) = spin_glue::payment_gateway();
     let resp = match spin_glue::open_writer() {
-        Ok(db) => capture::handle(&db, &tokens, &r, &gateway, &stripe, chrono::Utc::now()),
+        Ok(db) => http::capture::handle(&db, &tokens, &r, &gateway, &stripe, chrono::Utc::now()),
         Err(e) => http::Response::problem(&e),
     };
     // Released fulfillment orders, invoices and refunds went to the outbox.

@@ -4,6 +4,7 @@
 use crate::kernel::error::Error;
 use crate::kernel::signature::constant_time_eq;
 
+pub mod capture;
 pub mod inventory;
 pub mod notify;
 pub mod orders;

@@ -102,7 +102,7 @@ pub fn settings(db: &dyn Db) -> Result<Settings> {
     Ok(s)
 }
 
-fn put_settings(db: &dyn Db, v: &Json) -> Result<Settings> {
+pub fn put_settings(db: &dyn Db, v: &Json) -> Result<Settings> {
     let mut s = settings(db)?;
     let mut errs = Vec::new();
     let Some(obj) = v.as_object() else {
@@ -1583,7 +1583,7 @@ pub fn payment_view(db: &dyn Db, order_id: &str) -> Result<Json> {
     }))
 }
 
-fn document(db: &dyn Db, table: &str, number: &str) -> Result<Json> {
+pub fn document(db: &dyn Db, table: &str, number: &str) -> Result<Json> {
     let r = db.execute(
         &format!("SELECT doc FROM {table} WHERE number = ?"),
         params![number.to_ascii_uppercase()],
@@ -1599,34 +1599,17 @@ fn document(db: &dyn Db, table: &str, number: &str) -> Result<Json> {
     Ok(serde_json::from_str(&row.str("doc")).unwrap_or(Json::Null))
 }
 
-fn documents(db: &dyn Db, table: &str, req: &crate::http::Request) -> Result<Json> {
-    let limit = match req.query_param("limit") {
-        None => 50,
-        Some(s) => match s.parse::<i64>() {
-            Ok(n) if (1..=500).contains(&n) => n,
-            _ => {
-                return Err(Error::invalid(vec![FieldError::new(
-                    "limit",
-                    "must be an integer from 1 to 500",
-                )]))
-            }
-        },
-    };
-    let after = match req.query_param("after") {
-        None => 0,
-        Some(s) => s
-            .rsplit('-')
-            .next()
-            .and_then(|n| n.parse::<i64>().ok())
-            .ok_or_else(|| {
-                Error::invalid(vec![FieldError::new("after", "must be a document number")])
-            })?,
-    };
+/// A page of invoices or credit memos in number order, optionally of one order.
+pub fn documents(
+    db: &dyn Db,
+    table: &str,
+    after: i64,
+    order_id: Option<String>,
+    limit: i64,
+) -> Result<Json> {
     let mut prm = vec![Value::from(after)];
     let mut cond = String::new();
-    if let Some(key) = req.query_param("order") {
-        let id = crate::orders::views::resolve(db, &key)?
-            .ok_or_else(|| Error::not_found(format!("no order '{key}'")))?;
+    if let Some(id) = order_id {
         cond = " AND order_id = ?".into();
         prm.push(Value::from(id));
     }
@@ -1652,7 +1635,7 @@ fn documents(db: &dyn Db, table: &str, req: &crate::http::Request) -> Result<Jso
 }
 
 /// Captures and refunds that need an operator: declined, or unresolved.
-fn action_items(db: &dyn Db) -> Result<Json> {
+pub fn action_items(db: &dyn Db) -> Result<Json> {
     let r = db.execute(
         "SELECT t.id, t.kind, t.status, t.amount_minor, t.currency, t.error_code, t.error_message, t.processed_at,
                 o.number, o.id AS order_id, f.name AS fo_name
@@ -1674,172 +1657,38 @@ fn action_items(db: &dyn Db) -> Result<Json> {
     })).collect::<Vec<_>>()}))
 }
 
-fn refund_request(v: &Json) -> Result<RefundRequest> {
-    let mut errs = Vec::new();
-    let mut r = RefundRequest {
-        reason: v["reason"]
-            .as_str()
-            .unwrap_or("refund")
-            .chars()
-            .take(500)
-            .collect(),
-        shipping: v["shipping"].as_bool().unwrap_or(false),
-        ..Default::default()
-    };
-    if !v["shipping"].is_null() && !v["shipping"].is_boolean() {
-        errs.push(FieldError::new("/shipping", "must be true or false"));
-    }
-    match &v["lines"] {
-        Json::Null => {}
-        Json::Array(a) => {
-            for (i, l) in a.iter().enumerate() {
-                match (l["line_no"].as_i64(), l["quantity"].as_i64()) {
-                    (Some(n), Some(q)) if q > 0 => {
-                        if r.lines.insert(n, q).is_some() {
-                            errs.push(FieldError::new(
-                                format!("/lines/{i}/line_no"),
-                                "line named twice",
-                            ));
-                        }
-                    }
-                    _ => errs.push(FieldError::new(
-                        format!("/lines/{i}"),
-                        "needs an integer line_no and a positive integer quantity",
-                    )),
-                }
-            }
-        }
-        _ => errs.push(FieldError::new("/lines", "must be an array")),
-    }
-    match &v["amount_minor"] {
-        Json::Null => {}
-        x => match x.as_i64() {
-            Some(n) if n > 0 => r.amount = Some(n),
-            _ => errs.push(FieldError::new(
-                "/amount_minor",
-                "must be a positive integer (minor units)",
-            )),
-        },
-    }
-    errs.extend(FieldError::unknown_fields(
-        v,
-        &["lines", "shipping", "amount_minor", "reason"],
-    ));
-    if !errs.is_empty() {
-        return Err(Error::invalid(errs));
-    }
-    Ok(r)
-}
-
-fn processed_json(p: &Processed) -> Json {
-    json!({"succeeded": p.succeeded, "declined": p.declined, "retrying": p.retrying, "unknown": p.unknown})
-}
-
-/// The capture component's HTTP routes. `POST /internal/capture` (private:
-/// routing chains it) and `POST /api/payments/sweep` run the gateway worker
-/// before answering; refunds and retries run it for their order.
-pub fn handle(
+/// A refund of an order, sent to the gateway before the answer: the refund
+/// transaction and the order's payment view.
+pub fn refund_now(
     db: &dyn Db,
-    tokens: &crate::http::Tokens,
-    req: &crate::http::Request,
     http: &dyn Http,
     stripe: &StripeConfig,
+    order_id: &str,
+    r: &RefundRequest,
     now: DateTime<Utc>,
-) -> crate::http::Response {
-    use crate::http::{Response, Scope};
-    let r = (|| -> Result<Response> {
-        let segs: Vec<String> = req
-            .path
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(crate::http::path_segment)
-            .collect();
-        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-        let m = req.method.as_str();
-        if segs.first() == Some(&"internal") {
-            return match (m, segs.as_slice()) {
-                ("POST", ["internal", "capture"]) => {
-                    let v = req.json_object_or_empty()?;
-                    let ids: Option<Vec<String>> = v["order_ids"].as_array().map(|a| {
-                        a.iter()
-                            .filter_map(|x| x.as_str().map(str::to_string))
-                            .take(1000)
-                            .collect()
-                    });
-                    let p = process_due(db, http, stripe, ids.as_deref(), now, 500)?;
-                    Ok(Response::json(200, &processed_json(&p)))
-                }
-                _ => Err(Error::not_found("no such internal endpoint")),
-            };
-        }
-        tokens.authorize(
-            req,
-            if m == "GET" || m == "HEAD" {
-                Scope::Read
-            } else {
-                Scope::Write
-            },
-        )?;
-        let order = |key: &str| -> Result<String> {
-            crate::orders::views::resolve(db, key)?
-                .ok_or_else(|| Error::not_found(format!("no order '{key}'")))
-        };
-        match (m, segs.as_slice()) {
-            ("GET", ["api", "invoices"]) => {
-                Ok(Response::json(200, &documents(db, "invoices", req)?))
-            }
-            ("GET", ["api", "invoices", n]) => {
-                Ok(Response::json(200, &document(db, "invoices", n)?))
-            }
-            ("GET", ["api", "credit-memos"]) => {
-                Ok(Response::json(200, &documents(db, "credit_memos", req)?))
-            }
-            ("GET", ["api", "credit-memos", n]) => {
-                Ok(Response::json(200, &document(db, "credit_memos", n)?))
-            }
-            ("GET", ["api", "payments", "settings"]) => {
-                Ok(Response::json(200, &settings(db)?.json()))
-            }
-            ("PUT", ["api", "payments", "settings"]) => {
-                let v = req.json_object()?;
-                let s = transaction(db, |db| put_settings(db, &v))?;
-                Ok(Response::json(200, &s.json()))
-            }
-            ("GET", ["api", "payments", "action-items"]) => {
-                Ok(Response::json(200, &action_items(db)?))
-            }
-            ("GET", ["api", "payments", "orders", key]) => {
-                let id = order(key)?;
-                Ok(Response::json(200, &payment_view(db, &id)?))
-            }
-            ("POST", ["api", "payments", "orders", key, "refunds"]) => {
-                let v = req.json_object()?;
-                let r = refund_request(&v)?;
-                let id = order(key)?;
-                let tx = transaction(db, |db| refund(db, &id, &r, "api", now))?;
-                process_due(db, http, stripe, Some(std::slice::from_ref(&id)), now, 50)?;
-                let view = payment_view(db, &id)?;
-                let t = view["transactions"]
-                    .as_array()
-                    .and_then(|a| a.iter().find(|t| t["id"] == tx.as_str()).cloned())
-                    .unwrap_or(Json::Null);
-                Ok(Response::json(201, &json!({"refund": t, "payment": view})))
-            }
-            ("POST", ["api", "payments", "orders", key, "retry"]) => {
-                let v = req.json_object_or_empty()?;
-                let id = order(key)?;
-                transaction(db, |db| retry(db, &id, &v, "api", now))?;
-                process_due(db, http, stripe, Some(std::slice::from_ref(&id)), now, 50)?;
-                Ok(Response::json(200, &payment_view(db, &id)?))
-            }
-            ("POST", ["api", "payments", "sweep"]) => {
-                let p = process_due(db, http, stripe, None, now, 500)?;
-                Ok(Response::json(200, &processed_json(&p)))
-            }
-            _ => Err(Error::not_found(format!("no route for {m} {}", req.path))),
-        }
-    })();
-    r.unwrap_or_else(|e| Response::problem(&e))
+) -> Result<Json> {
+    let tx = transaction(db, |db| refund(db, order_id, r, "api", now))?;
+    process_due(db, http, stripe, Some(&[order_id.to_string()]), now, 50)?;
+    let view = payment_view(db, order_id)?;
+    let t = view["transactions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["id"] == tx.as_str()).cloned())
+        .unwrap_or(Json::Null);
+    Ok(json!({"refund": t, "payment": view}))
+}
+
+/// The operator's retry of an order's failed payment, sent before the answer.
+pub fn retry_now(
+    db: &dyn Db,
+    http: &dyn Http,
+    stripe: &StripeConfig,
+    order_id: &str,
+    v: &Json,
+    now: DateTime<Utc>,
+) -> Result<Json> {
+    transaction(db, |db| retry(db, order_id, v, "api", now))?;
+    process_due(db, http, stripe, Some(&[order_id.to_string()]), now, 50)?;
+    payment_view(db, order_id)
 }
 
 #[cfg(test)]
