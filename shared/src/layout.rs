@@ -58,7 +58,6 @@ const ALLOWED: &[(&str, &[&str])] = &[
 /// Imports against the direction still to be moved into `flows` or `http`.
 const PENDING: &[(&str, &str)] = &[
     ("fulfillment", "flows"),
-    ("fulfillment", "http"),
     ("fulfillment", "payments"),
     ("fulfillment", "routing"),
     ("intake", "http"),

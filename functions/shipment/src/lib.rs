@@ -8,7 +8,7 @@
 //! - `/api/fulfillment/...`: in-house pick, pack and handover jobs, the
 //!   carrier-pickup list, rate tables and quotes, bins, settings, action items.
 //!
-//! The work is in `waybill::fulfillment` and `waybill::fulfillment::tracking`. Shipments
+//! The work is in `waybill::fulfillment`, the routes in `waybill::http::shipment`. Shipments
 //! write the confirmation e-mail and CRM events to the outbox; notify is
 //! kicked after every successful write, capture after a shipment (capture at
 //! shipment).
@@ -38,7 +38,7 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     let now = chrono::Utc::now();
     let (resp, captures_due) = match spin_glue::open_writer() {
         Ok(db) => {
-            let resp = fulfillment::handle(&db, &tokens, &secrets, &r, now);
+            let resp = http::shipment::handle(&db, &tokens, &secrets, &r, now);
             let due = r.method == "POST"
                 && waybill::payments::capture::has_due(&db, now).unwrap_or(false);
             (resp, due)

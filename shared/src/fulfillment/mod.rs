@@ -61,13 +61,13 @@ pub fn short_pick_policy(db: &dyn Db) -> Result<ShortPick> {
     })
 }
 
-fn settings_json(db: &dyn Db) -> Result<Json> {
+pub fn settings_json(db: &dyn Db) -> Result<Json> {
     Ok(
         json!({"short_pick": match short_pick_policy(db)? { ShortPick::Reroute => "reroute", ShortPick::Backorder => "backorder" }}),
     )
 }
 
-fn put_settings(db: &dyn Db, v: &Json) -> Result<Json> {
+pub fn put_settings(db: &dyn Db, v: &Json) -> Result<Json> {
     let mut errs = Vec::new();
     let obj = v
         .as_object()
@@ -1003,7 +1003,7 @@ fn rate_json(r: &Rate) -> Json {
     json!({"carrier": r.carrier, "service": r.service, "zone": r.zone, "max_weight_grams": r.max_weight_grams, "price": price})
 }
 
-fn put_rates(db: &dyn Db, v: &Json) -> Result<Json> {
+pub fn put_rates(db: &dyn Db, v: &Json) -> Result<Json> {
     let mut errs = Vec::new();
     let mut zones = Vec::new();
     for (i, z) in v["zones"]
@@ -1131,7 +1131,7 @@ fn put_rates(db: &dyn Db, v: &Json) -> Result<Json> {
     rates_view(db)
 }
 
-fn rates_view(db: &dyn Db) -> Result<Json> {
+pub fn rates_view(db: &dyn Db) -> Result<Json> {
     let zones: Vec<Json> = db
         .execute("SELECT * FROM shipping_zones ORDER BY country, postal_prefix", &[])?
         .iter()
@@ -1176,7 +1176,7 @@ fn load_job(db: &dyn Db, id: &str) -> Result<(String, String, String, Json, Stri
     ))
 }
 
-fn job_view(db: &dyn Db, id: &str) -> Result<Json> {
+pub fn job_view(db: &dyn Db, id: &str) -> Result<Json> {
     let r = db.execute(
         "SELECT j.*, f.name AS fo_name, f.pickup, o.number FROM fulfillment_jobs j
          JOIN fulfillment_orders f ON f.id = j.fulfillment_order_id JOIN orders o ON o.id = j.order_id WHERE j.id = ?",
@@ -1649,19 +1649,34 @@ fn complete_handover(db: &dyn Db, job_id: &str, now: DateTime<Utc>) -> Result<Js
     }}))
 }
 
-fn jobs_list(db: &dyn Db, req: &crate::http::Request) -> Result<Json> {
+/// Filters of the job list.
+#[derive(Debug, Default)]
+pub struct JobQuery {
+    pub facility: Option<String>,
+    pub kind: Option<String>,
+    pub status: Option<String>,
+}
+
+/// Jobs, oldest first, filtered.
+pub fn jobs_list(db: &dyn Db, q: &JobQuery) -> Result<Json> {
     let mut cond = String::from("1 = 1");
     let mut prm: Vec<Value> = Vec::new();
-    for (k, col, allowed) in [
-        ("facility", "j.facility_id", None),
-        ("kind", "j.kind", Some(&["pick", "pack", "handover"][..])),
+    for (k, col, allowed, value) in [
+        ("facility", "j.facility_id", None, &q.facility),
+        (
+            "kind",
+            "j.kind",
+            Some(&["pick", "pack", "handover"][..]),
+            &q.kind,
+        ),
         (
             "status",
             "j.status",
             Some(&["open", "in_progress", "closed", "handed_over", "cancelled"][..]),
+            &q.status,
         ),
     ] {
-        if let Some(v) = req.query_param(k) {
+        if let Some(v) = value.clone() {
             if allowed.is_some_and(|a| !a.contains(&v.as_str())) {
                 return Err(Error::invalid(vec![FieldError::new(
                     k,
@@ -1684,7 +1699,7 @@ fn jobs_list(db: &dyn Db, req: &crate::http::Request) -> Result<Json> {
 }
 
 /// Handovers waiting for the carrier at a facility, grouped by carrier.
-fn carrier_pickups(db: &dyn Db, facility: Option<String>) -> Result<Json> {
+pub fn carrier_pickups(db: &dyn Db, facility: Option<String>) -> Result<Json> {
     let r = db.execute(
         "SELECT j.id FROM fulfillment_jobs j WHERE j.kind = 'handover' AND j.status IN ('open', 'in_progress')
            AND json_extract(j.data, '$.to') = 'carrier' AND (?1 IS NULL OR j.facility_id = ?1) ORDER BY j.created_at",
@@ -1780,7 +1795,7 @@ pub fn shipments_view(db: &dyn Db, order_id: &str) -> Result<Json> {
 
 /// What needs an operator: centers that rejected a fulfillment order, and
 /// parcels in exception, failed delivery attempts or on their way back.
-fn action_items(db: &dyn Db) -> Result<Json> {
+pub fn action_items(db: &dyn Db) -> Result<Json> {
     let rejected: Vec<Json> = db
         .execute(
             "SELECT f.name, f.facility_id, f.order_id, f.updated_at, o.number FROM fulfillment_orders f JOIN orders o ON o.id = f.order_id
@@ -1828,251 +1843,115 @@ fn job_for(db: &dyn Db, id: &str, kind: &str) -> Result<()> {
     Ok(())
 }
 
-/// The shipment component's routes.
-pub fn handle(
-    db: &dyn Db,
-    tokens: &crate::http::Tokens,
-    secrets: &Secrets,
-    req: &crate::http::Request,
-    now: DateTime<Utc>,
-) -> crate::http::Response {
-    use crate::http::{Response, Scope};
-    let r = (|| -> Result<Response> {
-        req.check_size()?;
-        let segs: Vec<String> = req
-            .path
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(crate::http::path_segment)
-            .collect();
-        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-        let m = req.method.as_str();
-        match (m, segs.as_slice()) {
-            ("POST", ["callbacks", "fc", facility, "shipments"]) => {
-                let f = db.execute(
-                    "SELECT secret_variable FROM facilities WHERE id = ?",
-                    params![*facility],
-                )?;
-                let secret = f
-                    .first()
-                    .and_then(|r| r.opt_str("secret_variable"))
-                    .and_then(|v| (secrets.facility)(&v))
-                    .unwrap_or_default();
-                let sig = req.header("waybill-signature").unwrap_or("");
-                if secret.is_empty()
-                    || !crate::kernel::signature::verify_timestamped(
-                        secret.as_bytes(),
-                        sig,
-                        &req.body,
-                        now.timestamp(),
-                        300,
-                    )
-                {
-                    return Err(Error::unauthorized(
-                        "missing or wrong Waybill-Signature for this facility",
-                    ));
-                }
-                let v = req.json_object()?;
-                let out = transaction(db, |db| fc_callback(db, facility, &v, now))?;
-                Ok(Response::json(200, &out))
-            }
-            ("POST", ["callbacks", "carriers", provider]) => {
-                let ok = match *provider {
-                    "easypost" => crate::fulfillment::tracking::verify_easypost(
-                        &secrets.easypost,
-                        &req.body,
-                        req.header("x-hmac-signature"),
-                    ),
-                    "aftership" => crate::fulfillment::tracking::verify_aftership(
-                        &secrets.aftership,
-                        &req.body,
-                        req.header("aftership-hmac-sha256"),
-                    ),
-                    "shippo" => crate::fulfillment::tracking::verify_shippo(
-                        &secrets.shippo_token,
-                        req.query_param("token").as_deref(),
-                        &secrets.shippo_hmac,
-                        &req.body,
-                        req.header("shippo-auth-signature"),
-                        now.timestamp(),
-                    ),
-                    _ => {
-                        return Err(Error::not_found(format!(
-                            "no carrier callback '{provider}'"
-                        )))
-                    }
-                };
-                if !ok {
-                    return Err(Error::unauthorized(format!(
-                        "the {provider} signature does not match"
-                    )));
-                }
-                let update = match *provider {
-                    "easypost" => crate::fulfillment::tracking::easypost(&req.body)?,
-                    "aftership" => crate::fulfillment::tracking::aftership(&req.body)?,
-                    _ => crate::fulfillment::tracking::shippo(&req.body)?,
-                };
-                let Some(u) = update else {
-                    return Ok(Response::json(200, &json!({"result": "ignored"})));
-                };
-                let result = transaction(db, |db| apply_tracking(db, &u, now))?;
-                Ok(Response::json(
-                    200,
-                    &json!({"result": result, "tracking_number": u.tracking_number, "status": u.status.as_str()}),
-                ))
-            }
-            (_, ["callbacks", ..]) => Err(Error::not_found("no such callback")),
-            _ => {
-                tokens.authorize(
-                    req,
-                    if m == "GET" || m == "HEAD" {
-                        Scope::Read
-                    } else {
-                        Scope::Write
-                    },
-                )?;
-                match (m, segs.as_slice()) {
-                    ("GET", ["api", "fulfillment", "jobs"]) => {
-                        Ok(Response::json(200, &jobs_list(db, req)?))
-                    }
-                    ("GET", ["api", "fulfillment", "jobs", id]) => {
-                        Ok(Response::json(200, &job_view(db, id)?))
-                    }
-                    ("POST", ["api", "fulfillment", "jobs", id, "start"]) => {
-                        let out = transaction(db, |db| {
-                            let (kind, fo_id, status, ..) = load_job(db, id)?;
-                            if status != "open" {
-                                return Err(Error::conflict(format!("the {kind} job is {status}")));
-                            }
-                            set_job(db, id, "in_progress", None, now)?;
-                            db.execute(
-                                "UPDATE fulfillment_orders SET status = 'in_progress', updated_at = ? WHERE id = ? AND status = 'open'",
-                                params![ts(now), fo_id],
-                            )?;
-                            job_view(db, id)
-                        })?;
-                        Ok(Response::json(200, &out))
-                    }
-                    ("POST", ["api", "fulfillment", "pick-jobs", id, "complete"]) => {
-                        let v = req.json_object_or_empty()?;
-                        let out = transaction(db, |db| {
-                            job_for(db, id, "pick")?;
-                            complete_pick(db, id, &v, now)
-                        })?;
-                        Ok(Response::json(200, &out))
-                    }
-                    ("POST", ["api", "fulfillment", "pack-jobs", id, "complete"]) => {
-                        let v = req.json_object_or_empty()?;
-                        let out = transaction(db, |db| {
-                            job_for(db, id, "pack")?;
-                            complete_pack(db, id, &v, now)
-                        })?;
-                        Ok(Response::json(200, &out))
-                    }
-                    ("POST", ["api", "fulfillment", "handover-jobs", id, "complete"]) => {
-                        let out = transaction(db, |db| {
-                            job_for(db, id, "handover")?;
-                            complete_handover(db, id, now)
-                        })?;
-                        Ok(Response::json(200, &out))
-                    }
-                    ("GET", ["api", "fulfillment", "carrier-pickups"]) => Ok(Response::json(
-                        200,
-                        &carrier_pickups(db, req.query_param("facility"))?,
-                    )),
-                    ("GET", ["api", "fulfillment", "rates"]) => {
-                        Ok(Response::json(200, &rates_view(db)?))
-                    }
-                    ("PUT", ["api", "fulfillment", "rates"]) => {
-                        let v = req.json_object()?;
-                        Ok(Response::json(
-                            200,
-                            &transaction(db, |db| put_rates(db, &v))?,
-                        ))
-                    }
-                    ("GET", ["api", "fulfillment", "rates", "quote"]) => {
-                        let country = req.query_param("country").unwrap_or_default();
-                        let weight = req
-                            .query_param("weight_grams")
-                            .and_then(|w| w.parse::<i64>().ok())
-                            .filter(|w| *w > 0);
-                        let mut errs = Vec::new();
-                        if country.len() != 2 {
-                            errs.push(FieldError::new(
-                                "country",
-                                "an ISO 3166-1 alpha-2 code is required",
-                            ));
-                        }
-                        if weight.is_none() {
-                            errs.push(FieldError::new(
-                                "weight_grams",
-                                "a positive integer is required",
-                            ));
-                        }
-                        if !errs.is_empty() {
-                            return Err(Error::invalid(errs));
-                        }
-                        let postal = req.query_param("postal_code").unwrap_or_default();
-                        let (zone, rates) = quote(
-                            db,
-                            &country,
-                            &postal,
-                            weight.unwrap_or(0),
-                            req.query_param("carrier").as_deref(),
-                            req.query_param("service").as_deref(),
-                        )?;
-                        Ok(Response::json(
-                            200,
-                            &json!({"zone": zone, "weight_grams": weight, "rates": rates.iter().map(rate_json).collect::<Vec<_>>()}),
-                        ))
-                    }
-                    ("GET", ["api", "fulfillment", "settings"]) => {
-                        Ok(Response::json(200, &settings_json(db)?))
-                    }
-                    ("PUT", ["api", "fulfillment", "settings"]) => {
-                        let v = req.json_object()?;
-                        Ok(Response::json(
-                            200,
-                            &transaction(db, |db| put_settings(db, &v))?,
-                        ))
-                    }
-                    ("GET", ["api", "fulfillment", "action-items"]) => {
-                        Ok(Response::json(200, &action_items(db)?))
-                    }
-                    ("PUT", ["api", "fulfillment", "bins", facility, sku]) => {
-                        let v = req.json_object()?;
-                        let bin = v["bin"]
-                            .as_str()
-                            .filter(|b| !b.is_empty() && b.len() <= 64)
-                            .ok_or_else(|| {
-                                Error::invalid(vec![FieldError::new(
-                                    "/bin",
-                                    "must be 1 to 64 characters",
-                                )])
-                            })?
-                            .to_string();
-                        let n = transaction(db, |db| {
-                            Ok::<_, Error>(db.exec(
-                                "UPDATE stock SET bin = ?, updated_at = ? WHERE facility_id = ? AND sku = ?",
-                                params![bin.clone(), ts(now), *facility, *sku],
-                            )?)
-                        })?;
-                        if n == 0 {
-                            return Err(Error::not_found(format!(
-                                "no stock of {sku} at {facility}"
-                            )));
-                        }
-                        Ok(Response::json(
-                            200,
-                            &json!({"facility": facility, "sku": sku, "bin": bin}),
-                        ))
-                    }
-                    _ => Err(Error::not_found(format!("no route for {m} {}", req.path))),
-                }
-            }
+/// Starts an open job (its fulfillment order goes in progress).
+pub fn start_job(db: &dyn Db, id: &str, now: DateTime<Utc>) -> Result<Json> {
+    transaction(db, |db| {
+        let (kind, fo_id, status, ..) = load_job(db, id)?;
+        if status != "open" {
+            return Err(Error::conflict(format!("the {kind} job is {status}")));
         }
-    })();
-    r.unwrap_or_else(|e| Response::problem(&e))
+        set_job(db, id, "in_progress", None, now)?;
+        db.execute(
+            "UPDATE fulfillment_orders SET status = 'in_progress', updated_at = ? WHERE id = ? AND status = 'open'",
+            params![ts(now), fo_id],
+        )?;
+        job_view(db, id)
+    })
+}
+
+/// Completes a pick, pack or handover job in one transaction.
+pub fn complete_job(
+    db: &dyn Db,
+    kind: &str,
+    id: &str,
+    v: &Json,
+    now: DateTime<Utc>,
+) -> Result<Json> {
+    transaction(db, |db| {
+        job_for(db, id, kind)?;
+        match kind {
+            "pick" => complete_pick(db, id, v, now),
+            "pack" => complete_pack(db, id, v, now),
+            _ => complete_handover(db, id, now),
+        }
+    })
+}
+
+/// Rates for a destination and weight; the query is checked first.
+pub fn quote_view(
+    db: &dyn Db,
+    country: &str,
+    postal: &str,
+    weight: Option<i64>,
+    carrier: Option<&str>,
+    service: Option<&str>,
+) -> Result<Json> {
+    let mut errs = Vec::new();
+    if country.len() != 2 {
+        errs.push(FieldError::new(
+            "country",
+            "an ISO 3166-1 alpha-2 code is required",
+        ));
+    }
+    if weight.is_none() {
+        errs.push(FieldError::new(
+            "weight_grams",
+            "a positive integer is required",
+        ));
+    }
+    if !errs.is_empty() {
+        return Err(Error::invalid(errs));
+    }
+    let (zone, rates) = quote(db, country, postal, weight.unwrap_or(0), carrier, service)?;
+    Ok(
+        json!({"zone": zone, "weight_grams": weight, "rates": rates.iter().map(rate_json).collect::<Vec<_>>()}),
+    )
+}
+
+/// Checks a fulfillment center's `Waybill-Signature` with the secret its
+/// facility names; the same answer for an unknown facility and a bad signature.
+pub fn verify_center(
+    db: &dyn Db,
+    secrets: &Secrets,
+    facility: &str,
+    signature: &str,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let f = db.execute(
+        "SELECT secret_variable FROM facilities WHERE id = ?",
+        params![facility],
+    )?;
+    let secret = f
+        .first()
+        .and_then(|r| r.opt_str("secret_variable"))
+        .and_then(|v| (secrets.facility)(&v))
+        .unwrap_or_default();
+    if secret.is_empty()
+        || !crate::kernel::signature::verify_timestamped(
+            secret.as_bytes(),
+            signature,
+            body,
+            now.timestamp(),
+            300,
+        )
+    {
+        return Err(Error::unauthorized(
+            "missing or wrong Waybill-Signature for this facility",
+        ));
+    }
+    Ok(())
+}
+
+/// A center's shipment callback, applied in one transaction.
+pub fn center_callback(db: &dyn Db, facility: &str, v: &Json, now: DateTime<Utc>) -> Result<Json> {
+    transaction(db, |db| fc_callback(db, facility, v, now))
+}
+
+/// A verified carrier tracking update, applied in one transaction.
+pub fn carrier_update(db: &dyn Db, u: &tracking::Update, now: DateTime<Utc>) -> Result<Json> {
+    let result = transaction(db, |db| apply_tracking(db, u, now))?;
+    Ok(json!({"result": result, "tracking_number": u.tracking_number, "status": u.status.as_str()}))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod notify;
 pub mod orders;
 pub mod report;
 pub mod routing;
+pub mod shipment;
 
 /// The largest request body any endpoint accepts.
 pub const MAX_BODY: usize = 1024 * 1024;

@@ -800,6 +800,31 @@ pub fn movements(db: &dyn Db, sku: &str, facility: Option<String>, limit: i64) -
         })).collect::<Vec<_>>()}))
 }
 
+/// Sets the bin a SKU is picked from at a facility.
+pub fn set_bin(
+    db: &dyn Db,
+    facility: &str,
+    sku: &str,
+    v: &Json,
+    now: DateTime<Utc>,
+) -> Result<Json> {
+    let bin = v["bin"]
+        .as_str()
+        .filter(|b| !b.is_empty() && b.len() <= 64)
+        .ok_or_else(|| Error::invalid(vec![FieldError::new("/bin", "must be 1 to 64 characters")]))?
+        .to_string();
+    let n = transaction(db, |db| {
+        Ok::<_, Error>(db.exec(
+            "UPDATE stock SET bin = ?, updated_at = ? WHERE facility_id = ? AND sku = ?",
+            params![bin.clone(), ts(now), facility, sku],
+        )?)
+    })?;
+    if n == 0 {
+        return Err(Error::not_found(format!("no stock of {sku} at {facility}")));
+    }
+    Ok(json!({"facility": facility, "sku": sku, "bin": bin}))
+}
+
 // ---- licence keys ----
 
 /// The licence-key pool of a digital SKU.
