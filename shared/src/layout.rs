@@ -60,7 +60,6 @@ const PENDING: &[(&str, &str)] = &[
     ("fulfillment", "flows"),
     ("fulfillment", "payments"),
     ("fulfillment", "routing"),
-    ("intake", "http"),
     ("intake", "payments"),
     ("inventory", "routing"),
     ("notify", "fulfillment"),

@@ -1,6 +1,7 @@
 //! intake: order webhooks from Shopify, WooCommerce and commercetools, and
 //! Waybill's own order API (single, batch, XML). Verifies, de-duplicates,
-//! normalises and persists; the work is in `waybill::intake::webhooks`.
+//! normalises and persists; the work is in `waybill::intake`, the routes in
+//! `waybill::http::intake`.
 //!
 //! The answer goes out as soon as the order is durable; then, in this same
 //! instance, routing is chained for the orders concerned and notify is kicked.
@@ -8,14 +9,13 @@
 
 use spin_sdk::http::{IncomingRequest, Method, Request, Response, ResponseOutparam};
 use spin_sdk::http_component;
-use waybill::{http, intake::webhooks as intake, spin_glue};
+use waybill::{http, intake::webhooks, spin_glue};
 
-fn config() -> intake::Config {
-    intake::Config {
+fn config() -> webhooks::Config {
+    webhooks::Config {
         shopify_secret: spin_glue::variable("shopify_webhook_secret", ""),
         woocommerce_secret: spin_glue::variable("woocommerce_webhook_secret", ""),
         commercetools_secret: spin_glue::variable("commercetools_secret", ""),
-        tokens: http::Tokens::parse(&spin_glue::variable("api_tokens", "")),
     }
 }
 
@@ -62,11 +62,14 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
         return spin_glue::respond(out, resp);
     }
     let resp = match spin_glue::open_writer() {
-        Ok(db) => intake::handle(&db, &config(), &r, chrono::Utc::now()),
+        Ok(db) => {
+            let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
+            http::intake::handle(&db, &config(), &tokens, &r, chrono::Utc::now())
+        }
         Err(e) => http::Response::problem(&e),
     };
     let ok = (200..300).contains(&resp.status);
-    let route = intake::orders_to_route(&resp);
+    let route = http::intake::orders_to_route(&resp);
     spin_glue::respond(out, resp);
     if ok {
         spin_glue::route_orders(&route).await;

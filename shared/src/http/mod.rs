@@ -5,6 +5,7 @@ use crate::kernel::error::Error;
 use crate::kernel::signature::constant_time_eq;
 
 pub mod capture;
+pub mod intake;
 pub mod inventory;
 pub mod notify;
 pub mod orders;

@@ -1,0 +1,257 @@
+//! The intake component's routes: the shops' webhooks (each verified by its
+//! documented signature header) and Waybill's order API (`POST /api/orders`
+//! with an optional Idempotency-Key, `POST /api/orders/batch` in JSON or XML).
+
+use chrono::{DateTime, Utc};
+use serde_json::Value as Json;
+
+use crate::http::{Request, Response, Scope, Tokens};
+use crate::intake::webhooks::{self, Config};
+use crate::intake::{api, sources};
+use crate::kernel::db::{transaction, Db};
+use crate::kernel::error::{Error, ErrorKind, Result};
+
+/// Routes an intake request.
+pub fn handle(
+    db: &dyn Db,
+    cfg: &Config,
+    tokens: &Tokens,
+    req: &Request,
+    now: DateTime<Utc>,
+) -> Response {
+    let r = (|| -> Result<Response> {
+        req.check_size()?;
+        // Spin's router treats `/x/` like `/x`; so does this one.
+        let path = match req.path.trim_end_matches('/') {
+            "" => "/",
+            p => p,
+        };
+        let ok = |v: Json| Ok(Response::json(200, &v));
+        match (req.method.as_str(), path) {
+            ("POST", "/webhooks/shopify") => ok(shopify(db, cfg, req, now)?),
+            ("POST", "/webhooks/woocommerce") => ok(woocommerce(db, cfg, req, now)?),
+            ("POST", "/webhooks/commercetools") => {
+                let given = req
+                    .header("x-waybill-secret")
+                    .map(str::to_string)
+                    .or_else(|| {
+                        req.header("authorization")
+                            .and_then(|a| a.strip_prefix("Bearer ").map(str::to_string))
+                    });
+                webhooks::verify_commercetools(cfg, given)?;
+                ok(webhooks::commercetools(db, &req.body, now)?)
+            }
+            ("POST", "/api/orders") => {
+                tokens.authorize(req, Scope::Write)?;
+                api_create(db, req, now)
+            }
+            ("POST", "/api/orders/batch") => {
+                tokens.authorize(req, Scope::Write)?;
+                let answer = api::batch(db, &batch_documents(req)?, now)?;
+                let partial = answer["rejected"].as_u64().unwrap_or(0) > 0;
+                Ok(Response::json(if partial { 207 } else { 200 }, &answer))
+            }
+            (
+                _,
+                "/webhooks/shopify"
+                | "/webhooks/woocommerce"
+                | "/webhooks/commercetools"
+                | "/api/orders/batch",
+            ) => Err(Error::new(
+                ErrorKind::MethodNotAllowed,
+                format!("{} is not allowed here; use POST", req.method),
+            )),
+            _ => Err(Error::not_found(format!(
+                "no intake endpoint at {}",
+                req.path
+            ))),
+        }
+    })();
+    r.into()
+}
+
+fn require_header<'a>(req: &'a Request, name: &str) -> Result<&'a str> {
+    req.header(name)
+        .ok_or_else(|| Error::bad_request(format!("the {name} header is required")))
+}
+
+/// Shopify: `X-Shopify-Hmac-Sha256`, `X-Shopify-Topic`, and the event id (or
+/// the webhook id) as the delivery id.
+fn shopify(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> Result<Json> {
+    let h = "x-shopify-hmac-sha256";
+    webhooks::verify_hmac(&req.body, h, req.header(h), &cfg.shopify_secret, "Shopify")?;
+    let topic = require_header(req, "x-shopify-topic")?;
+    let delivery = req
+        .header("x-shopify-event-id")
+        .or_else(|| req.header("x-shopify-webhook-id"));
+    webhooks::shopify(db, topic, delivery, &req.body, now)
+}
+
+/// WooCommerce: the ping that confirms a new webhook, then
+/// `X-WC-Webhook-Signature`, `X-WC-Webhook-Topic`, `X-WC-Webhook-Delivery-ID`.
+fn woocommerce(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> Result<Json> {
+    if webhooks::is_woo_ping(&req.body) {
+        return Ok(serde_json::json!({"result": "pong"}));
+    }
+    let h = "x-wc-webhook-signature";
+    webhooks::verify_hmac(
+        &req.body,
+        h,
+        req.header(h),
+        &cfg.woocommerce_secret,
+        "WooCommerce",
+    )?;
+    let topic = require_header(req, "x-wc-webhook-topic")?;
+    let delivery = req.header("x-wc-webhook-delivery-id");
+    webhooks::woocommerce(db, topic, delivery, &req.body, now)
+}
+
+/// `POST /api/orders`: JSON only; with an Idempotency-Key the first answer
+/// (success or 409) is kept and replayed for the same body.
+fn api_create(db: &dyn Db, req: &Request, now: DateTime<Utc>) -> Result<Response> {
+    let ct = req.content_type();
+    if !ct.is_empty() && ct != "application/json" && !ct.ends_with("+json") {
+        return Err(Error::new(
+            ErrorKind::UnsupportedMediaType,
+            format!(
+                "'{ct}' is not accepted; send application/json (XML goes to /api/orders/batch)"
+            ),
+        ));
+    }
+    let key = req
+        .header("idempotency-key")
+        .map(str::trim)
+        .map(str::to_string);
+    if let Some(k) = &key {
+        if k.is_empty() || k.len() > 255 {
+            return Err(Error::bad_request(
+                "Idempotency-Key must be 1 to 255 characters",
+            ));
+        }
+    }
+    let v = crate::kernel::json::parse_json(&req.body)?;
+    let order = sources::api::map_order(&v, "", now)?;
+    let created = |view: Json| {
+        let id = view["id"].as_str().unwrap_or_default().to_string();
+        Response::json(201, &view).with_header("location", &format!("/api/orders/{id}"))
+    };
+    let Some(key) = key else {
+        return Ok(created(transaction(db, |db| api::create(db, &order, now))?));
+    };
+    let hash = api::request_hash(&req.body);
+    transaction(db, |db| {
+        if let Some((status, body)) = api::kept_answer(db, &key, &hash, now)? {
+            let mut r = if status >= 400 {
+                Response {
+                    status,
+                    headers: vec![("content-type".into(), "application/problem+json".into())],
+                    body: body.to_string().into_bytes(),
+                }
+            } else {
+                Response::json(status, &body)
+            };
+            r.headers
+                .push(("idempotent-replayed".into(), "true".into()));
+            return Ok(r);
+        }
+        let resp: Response = match api::create(db, &order, now) {
+            Ok(view) => created(view),
+            Err(e) if e.status() == 409 => Response::problem(&e),
+            Err(e) => return Err(e),
+        };
+        api::keep_answer(db, &key, &hash, &(resp.status, resp.json_body()), now)?;
+        Ok(resp)
+    })
+}
+
+/// The order documents of a batch: XML, or JSON (an array or `{"orders": [...]}`).
+fn batch_documents(req: &Request) -> Result<Vec<Json>> {
+    let ct = req.content_type();
+    if ct == "application/xml" || ct == "text/xml" || ct.ends_with("+xml") {
+        return sources::api::xml_orders(&req.body);
+    }
+    if !(ct.is_empty() || ct == "application/json") {
+        return Err(Error::new(
+            ErrorKind::UnsupportedMediaType,
+            format!("'{ct}' is not accepted; send application/json or application/xml"),
+        ));
+    }
+    match crate::kernel::json::parse_json(&req.body)? {
+        Json::Array(a) => Ok(a),
+        Json::Object(mut m) => match m.remove("orders") {
+            Some(Json::Array(a)) => Ok(a),
+            _ => Err(Error::bad_request(
+                "a JSON batch is an array of orders (or {\"orders\": [...]})",
+            )),
+        },
+        _ => Err(Error::bad_request(
+            "a JSON batch is an array of orders (or {\"orders\": [...]})",
+        )),
+    }
+}
+
+/// The orders an intake answer created or changed, for the chained routing call.
+pub fn orders_to_route(resp: &Response) -> Vec<String> {
+    if !(200..300).contains(&resp.status) {
+        return Vec::new();
+    }
+    let v = resp.json_body();
+    let routable = |x: &Json| {
+        matches!(
+            x["result"].as_str(),
+            Some("created" | "updated" | "already_received" | "unchanged" | "exists")
+        )
+    };
+    let mut out = Vec::new();
+    if let Some(list) = v["results"].as_array() {
+        for x in list.iter().filter(|x| routable(x)) {
+            if let Some(id) = x["order_id"].as_str() {
+                out.push(id.to_string());
+            }
+        }
+    } else if routable(&v) {
+        out.extend(v["order_id"].as_str().map(str::to_string));
+    } else if v["number"].is_string() && v["status"].is_string() {
+        // The API's order view.
+        out.extend(v["id"].as_str().map(str::to_string));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_orders_to_route_come_from_every_answer_shape() {
+        let webhook = Response::json(
+            200,
+            &json!({"result": "created", "order_id": "a", "number": "WB-1"}),
+        );
+        assert_eq!(orders_to_route(&webhook), vec!["a".to_string()]);
+        let dup = Response::json(
+            200,
+            &json!({"result": "duplicate_delivery", "delivery_id": "d"}),
+        );
+        assert!(orders_to_route(&dup).is_empty());
+        let cancelled = Response::json(200, &json!({"result": "cancelled", "order_id": "a"}));
+        assert!(orders_to_route(&cancelled).is_empty());
+        let view = Response::json(
+            201,
+            &json!({"id": "b", "number": "WB-2", "status": "received"}),
+        );
+        assert_eq!(orders_to_route(&view), vec!["b".to_string()]);
+        let batch = Response::json(
+            207,
+            &json!({"results": [
+            {"result": "created", "order_id": "c"}, {"result": "rejected", "status": 422}, {"result": "exists", "order_id": "d"}]}),
+        );
+        assert_eq!(
+            orders_to_route(&batch),
+            vec!["c".to_string(), "d".to_string()]
+        );
+        let error = Response::json(422, &json!({"result": "created", "order_id": "x"}));
+        assert!(orders_to_route(&error).is_empty());
+    }
+}
