@@ -61,7 +61,6 @@ const PENDING: &[(&str, &str)] = &[
     ("fulfillment", "payments"),
     ("fulfillment", "routing"),
     ("intake", "payments"),
-    ("inventory", "routing"),
     ("notify", "fulfillment"),
     ("orders", "flows"),
     ("orders", "payments"),

@@ -3,6 +3,9 @@
 //! inventory component). Every change that can make stock available returns
 //! the SKUs concerned, so the caller releases backorders for them.
 
+pub mod facility;
+pub mod stock;
+
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
@@ -11,7 +14,7 @@ use crate::kernel::error::{Error, ErrorKind, FieldError, Result};
 use crate::kernel::kv::Kv;
 use crate::kernel::time::ts;
 use crate::params;
-use crate::routing::engine::{FacilityType, Service};
+use facility::{FacilityType, Service};
 
 /// The most licence keys one import may carry.
 pub const MAX_KEYS_PER_IMPORT: usize = 10_000;
@@ -533,7 +536,7 @@ fn move_stock(
         (new_on_hand - before.1).max(0),
     );
     if is < was {
-        crate::routing::allocation::low_stock_check(db, sku, facility, now)?;
+        stock::low_stock_check(db, sku, facility, now)?;
     }
     // Fewer units on hand than already promised: an action item for the merchant.
     let short_before = (before.1 - before.0).max(0);

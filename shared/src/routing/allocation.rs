@@ -735,7 +735,12 @@ fn apply(
                         *left.get_mut(&d.line_no).expect("line") -= d.quantity;
                         fo_lines.push(d.clone());
                         if threshold(&d.sku) > 0 {
-                            low_stock_check(db, &d.sku, &part.facility, now)?;
+                            crate::inventory::stock::low_stock_check(
+                                db,
+                                &d.sku,
+                                &part.facility,
+                                now,
+                            )?;
                         }
                     }
                     if fo_lines.is_empty() {
@@ -859,7 +864,7 @@ fn apply(
             obx.push(("license.assigned", json!({"order_id": order_id, "number": p.number, "email": p.email, "customer_name": p.customer_name,
                        "line_no": l.line_no, "sku": l.sku, "name": l.name, "quantity": got,
                        "license_key": keys.join(", "), "license_keys": keys})));
-            pool_low_check(db, &l.sku, now)?;
+            crate::inventory::stock::pool_low_check(db, &l.sku, now)?;
         }
     }
 
@@ -1253,60 +1258,8 @@ pub fn deallocate_unreleased(
 }
 
 /// Alerts the merchant once when a facility's stock of a SKU falls under the threshold.
-pub(crate) fn low_stock_check(
-    db: &dyn Db,
-    sku: &str,
-    facility: &str,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    let r = db.execute(
-        "SELECT s.on_hand - s.reserved AS available, p.low_stock_threshold AS threshold FROM stock s JOIN products p ON p.sku = s.sku
-         WHERE s.sku = ? AND s.facility_id = ? AND s.low_alerted = 0 AND s.on_hand - s.reserved < p.low_stock_threshold",
-        params![sku, facility],
-    )?;
-    if let Some(x) = r.first() {
-        if db.exec(
-            "UPDATE stock SET low_alerted = 1 WHERE sku = ? AND facility_id = ? AND low_alerted = 0",
-            params![sku, facility],
-        )? == 1
-        {
-            enqueue(
-                db,
-                "stock.low",
-                None,
-                json!({"sku": sku, "facility": facility, "available": x.i64("available"), "threshold": x.i64("threshold")}),
-                now,
-            )?;
-        }
-    }
-    Ok(())
-}
 
 /// Alerts the merchant once when a licence-key pool falls under its threshold.
-pub fn pool_low_check(db: &dyn Db, sku: &str, now: DateTime<Utc>) -> Result<()> {
-    let r = db.execute(
-        "SELECT (SELECT COUNT(*) FROM license_keys WHERE sku = ?1 AND order_id IS NULL) AS available, low_stock_threshold AS threshold
-         FROM products WHERE sku = ?1 AND low_stock_alerted = 0",
-        params![sku],
-    )?;
-    if let Some(x) = r.first() {
-        if x.i64("available") < x.i64("threshold")
-            && db.exec(
-                "UPDATE products SET low_stock_alerted = 1 WHERE sku = ? AND low_stock_alerted = 0",
-                params![sku],
-            )? == 1
-        {
-            enqueue(
-                db,
-                "stock.low",
-                None,
-                json!({"sku": sku, "facility": "licence key pool", "available": x.i64("available"), "threshold": x.i64("threshold")}),
-                now,
-            )?;
-        }
-    }
-    Ok(())
-}
 
 /// After stock arrives: orders waiting for these SKUs (all SKUs when `None`),
 /// oldest first (by order time), each routed in its own transaction, until the
