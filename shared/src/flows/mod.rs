@@ -2,3 +2,4 @@
 
 pub mod changes;
 pub mod order_detail;
+pub mod source_payments;

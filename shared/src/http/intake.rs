@@ -84,6 +84,11 @@ fn shopify(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> Resu
     let delivery = req
         .header("x-shopify-event-id")
         .or_else(|| req.header("x-shopify-webhook-id"));
+    if topic == "order_transactions/create" {
+        return crate::flows::source_payments::shopify_transaction(
+            db, delivery, topic, &req.body, now,
+        );
+    }
     webhooks::shopify(db, topic, delivery, &req.body, now)
 }
 

@@ -56,7 +56,7 @@ pub fn verify_hmac(
 /// Records a delivery id with the id its order will most likely get; false when
 /// the delivery was seen before (a redelivery). One statement: RETURNING yields
 /// no row when the receipt already exists.
-fn first_delivery(
+pub fn first_delivery(
     db: &dyn Db,
     source: Source,
     delivery_id: &str,
@@ -224,9 +224,6 @@ pub fn shopify(
     body: &[u8],
     now: DateTime<Utc>,
 ) -> Result<Json> {
-    if topic == "order_transactions/create" {
-        return shopify_transaction(db, delivery, topic, body, now);
-    }
     if !matches!(
         topic,
         "orders/create" | "orders/updated" | "orders/cancelled" | "orders/paid" | "orders/edited"
@@ -254,37 +251,6 @@ pub fn shopify(
         _ => Action::Update(order),
     };
     apply(db, Source::Shopify, delivery, topic, action, now)
-}
-
-/// `order_transactions/create`: the shop's record of an authorization, a
-/// capture, a void or a refund, booked in the payment ledger. A transaction
-/// for an order Waybill does not have (yet) is acknowledged and ignored:
-/// failing it would make Shopify retry and, in the end, drop the subscription.
-fn shopify_transaction(
-    db: &dyn Db,
-    delivery: Option<&str>,
-    topic: &str,
-    body: &[u8],
-    now: DateTime<Utc>,
-) -> Result<Json> {
-    let v = crate::kernel::json::parse_json(body)?;
-    let t = shopify::map_transaction(&v)?;
-    transaction(db, |db| {
-        if let Some(d) = delivery {
-            if !first_delivery(db, Source::Shopify, d, topic, &t.id, now)? {
-                return Ok(json!({"result": "duplicate_delivery", "delivery_id": d}));
-            }
-        }
-        let Some(ex) = store::find_by_source(db, Source::Shopify, &t.order_id)? else {
-            return Ok(
-                json!({"result": "ignored", "reason": format!("no order with Shopify id {}", t.order_id)}),
-            );
-        };
-        let done = crate::payments::capture::source_transaction(db, &ex.id, &t, now)?;
-        Ok::<_, Error>(
-            json!({"result": done, "order_id": ex.id, "number": ex.number, "transaction_id": t.id}),
-        )
-    })
 }
 
 // ---- WooCommerce ----

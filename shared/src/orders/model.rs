@@ -575,6 +575,23 @@ pub fn derive_fulfillment(lines: &[Buckets]) -> FulfillmentStatus {
     }
 }
 
+/// A payment transaction as the shop records it (Shopify's
+/// `order_transactions/create` webhook, REST Transaction resource).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceTransaction {
+    pub id: String,
+    pub order_id: String,
+    /// authorization, capture, sale, void or refund.
+    pub kind: String,
+    /// success, pending, failure or error.
+    pub status: String,
+    pub amount: i64,
+    pub currency: Currency,
+    pub gateway: Option<String>,
+    pub authorization: Option<String>,
+    pub authorization_expires_at: Option<DateTime<Utc>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1393,7 +1393,7 @@ pub fn retry(
 pub fn source_transaction(
     db: &dyn Db,
     order_id: &str,
-    t: &crate::intake::sources::shopify::Transaction,
+    t: &crate::orders::model::SourceTransaction,
     now: DateTime<Utc>,
 ) -> Result<&'static str> {
     let actor = "source:shopify";

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::{checked, country, non_empty, ptr, Reader};
 use crate::kernel::error::Error;
 use crate::kernel::money::Currency;
+use crate::orders::model::SourceTransaction;
 use crate::orders::model::{
     Address, Customer, FinancialStatus, HoldReason, NewLine, NewOrder, Payment, ShippingLine,
     Source,
@@ -240,24 +241,7 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
     checked(order, r, "")
 }
 
-/// A Shopify order transaction (`order_transactions/create` webhook, REST
-/// Transaction resource): the payment's history as the shop records it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Transaction {
-    pub id: String,
-    pub order_id: String,
-    /// authorization, capture, sale, void or refund.
-    pub kind: String,
-    /// success, pending, failure or error.
-    pub status: String,
-    pub amount: i64,
-    pub currency: Currency,
-    pub gateway: Option<String>,
-    pub authorization: Option<String>,
-    pub authorization_expires_at: Option<DateTime<Utc>>,
-}
-
-pub fn map_transaction(v: &Value) -> Result<Transaction, Error> {
+pub fn map_transaction(v: &Value) -> Result<SourceTransaction, Error> {
     let mut r = Reader::default();
     if !v.is_object() {
         return Err(Error::unprocessable(
@@ -289,7 +273,7 @@ pub fn map_transaction(v: &Value) -> Result<Transaction, Error> {
     if amount < 0 {
         r.err("/amount", "must not be negative");
     }
-    let t = Transaction {
+    let t = SourceTransaction {
         id,
         order_id,
         kind,
