@@ -68,7 +68,6 @@ const PENDING: &[(&str, &str)] = &[
     ("returns", "intake"),
     ("returns", "payments"),
     ("routing", "fulfillment"),
-    ("routing", "intake"),
     ("routing", "payments"),
 ];
 

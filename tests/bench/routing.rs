@@ -124,7 +124,8 @@ fn native(facilities: usize, lines: usize) -> ((f64, f64, usize), (f64, f64, usi
         std::hint::black_box(waybill::routing::engine::route(&req, &facs, &supply, &cfg));
     });
     let plan = measure(Duration::from_millis(700), || {
-        std::hint::black_box(waybill::routing::allocation::simulate(&db, &body, now).unwrap());
+        let o = waybill::intake::sources::api::map_order(&body["order"], "/order", now).unwrap();
+        std::hint::black_box(waybill::routing::allocation::simulate(&db, &o).unwrap());
     });
     (engine, plan, parts)
 }

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
 use crate::http::{segments, Request, Response, Scope, Tokens};
+use crate::intake::sources;
 use crate::kernel::db::Db;
 use crate::kernel::error::{Error, ErrorKind, Result};
 use crate::routing::{allocation, settings};
@@ -69,7 +70,8 @@ pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request, now: DateTime<Utc>) -
                         ok(settings::put_centroids(db, &body()?)?)
                     }
                     ("POST", ["api", "routing", "simulate"]) => {
-                        ok(allocation::simulate(db, &body()?, now)?)
+                        let o = sources::api::map_order(&body()?["order"], "/order", now)?;
+                        ok(allocation::simulate(db, &o)?)
                     }
                     ("POST", ["api", "routing", "sweep"]) => {
                         let (routed, released, served) = allocation::sweep(db, now, 500)?;

@@ -20,7 +20,7 @@ use serde_json::{json, Value as Json};
 use crate::kernel::db::{transaction, Db, Value};
 use crate::kernel::error::Result;
 use crate::kernel::time::ts;
-use crate::orders::model::HoldReason;
+use crate::orders::model::{HoldReason, NewOrder};
 use crate::orders::store::{self, enqueue, record_event};
 use crate::params;
 use crate::routing::engine::{self, Demand, Destination, Facility, FacilityType, Service, Supply};
@@ -361,8 +361,7 @@ pub fn plan(
 
 /// A dry run for an order that is not stored: `{"order": <Waybill order JSON>}`.
 /// Returns the decision and its explanation; reserves nothing.
-pub fn simulate(db: &dyn Db, body: &Json, now: DateTime<Utc>) -> Result<Json> {
-    let o = crate::intake::sources::api::map_order(&body["order"], "/order", now)?;
+pub fn simulate(db: &dyn Db, o: &NewOrder) -> Result<Json> {
     let doc = json!({
         "shipping_address": o.shipping_address,
         "shipping_lines_minor": o.shipping_lines,
@@ -1715,9 +1714,13 @@ mod tests {
         let body = json!({"order": {"external_id": "sim", "currency": "EUR",
             "shipping_address": {"line1": "x", "city": "Munich", "country_code": "DE", "postal_code": "80331"},
             "lines": [{"sku": "A", "quantity": 2, "unit_price": "1.00"}]}});
-        let r = simulate(&db, &body, Utc::now()).unwrap();
+        let sim = |b: &Json| {
+            crate::intake::sources::api::map_order(&b["order"], "/order", Utc::now())
+                .and_then(|o| simulate(&db, &o))
+        };
+        let r = sim(&body).unwrap();
         assert_eq!(r["parts"][0]["facility"], "north");
         assert_eq!(reserved(&db), 0);
-        assert!(simulate(&db, &json!({"order": {"lines": []}}), Utc::now()).is_err());
+        assert!(sim(&json!({"order": {"lines": []}})).is_err());
     }
 }
