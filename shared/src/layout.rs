@@ -60,7 +60,6 @@ const PENDING: &[(&str, &str)] = &[
     ("fulfillment", "flows"),
     ("fulfillment", "payments"),
     ("fulfillment", "routing"),
-    ("notify", "fulfillment"),
     ("orders", "flows"),
     ("orders", "payments"),
     ("orders", "routing"),

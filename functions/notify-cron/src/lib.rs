@@ -6,6 +6,7 @@ wit_bindgen::generate!({
     path: "../../wit/cron.wit",
 });
 
+use waybill::flows::center_requests::FulfillmentCenters;
 use waybill::{notify, spin_glue};
 
 struct NotifyCron;
@@ -17,6 +18,7 @@ impl Guest for NotifyCron {
         let report = spin_sdk::http::run(notify::sweep(
             &db,
             &cfg,
+            &FulfillmentCenters,
             &spin_glue::SpinTransport,
             std::time::Duration::from_secs(50),
         ))

@@ -8,6 +8,7 @@
 
 use spin_sdk::http::{IncomingRequest, ResponseOutparam};
 use spin_sdk::http_component;
+use waybill::flows::center_requests::FulfillmentCenters;
 use waybill::{http, notify, spin_glue};
 
 /// How long one chained sweep may keep this instance busy.
@@ -28,7 +29,8 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
         );
         let result = match spin_glue::open_writer() {
             Ok(db) => {
-                notify::kicked_sweep(&db, &cfg, &spin_glue::SpinTransport, SWEEP_BUDGET).await
+                let t = &spin_glue::SpinTransport;
+                notify::kicked_sweep(&db, &cfg, &FulfillmentCenters, t, SWEEP_BUDGET).await
             }
             Err(e) => Err(e),
         };

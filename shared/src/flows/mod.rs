@@ -1,5 +1,6 @@
 //! Use cases that span contexts. Only modules here call more than one context.
 
+pub mod center_requests;
 pub mod changes;
 pub mod order_detail;
 pub mod source_payments;

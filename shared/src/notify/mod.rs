@@ -74,6 +74,31 @@ pub trait Transport {
     ) -> std::result::Result<(u16, Vec<u8>), String>;
 }
 
+/// What the outbox needs from fulfillment for requests to external centers:
+/// the request document of a released fulfillment order, and where the
+/// center's answer is booked. Implemented by `flows::center_requests`, so the
+/// outbox never names the fulfillment context.
+pub trait Centers {
+    /// The request document sent to the center for a `fulfillment_order.released` event.
+    fn request(&self, db: &dyn Db, released: &Json) -> Result<Json>;
+    /// The center answered a fulfillment request (accepted, submitted or rejected).
+    fn request_answered(
+        &self,
+        db: &dyn Db,
+        fo_id: &str,
+        answer: &Json,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// The center answered a cancellation request.
+    fn cancellation_answered(
+        &self,
+        db: &dyn Db,
+        fo_id: &str,
+        answer: &Json,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+}
+
 // ---- templates ----
 
 /// Renders `{{path.to.value}}` and `{{#list}}...{{/list}}` sections against `data`.
@@ -184,7 +209,13 @@ pub fn envelope(id: i64, topic: &str, created_at: &str, payload: &Json) -> Json 
 }
 
 /// Turns up to `limit` pending outbox events into deliveries. Returns how many events were expanded.
-pub fn expand(db: &dyn Db, cfg: &Config, now: DateTime<Utc>, limit: i64) -> Result<usize> {
+pub fn expand(
+    db: &dyn Db,
+    cfg: &Config,
+    centers: &dyn Centers,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<usize> {
     let pending = Patient(db).execute(
         "SELECT id, topic, payload, created_at FROM outbox WHERE state = 'pending' ORDER BY id LIMIT ?",
         params![limit],
@@ -255,7 +286,7 @@ pub fn expand(db: &dyn Db, cfg: &Config, now: DateTime<Utc>, limit: i64) -> Resu
                             payload["fulfillment_order_id"].as_str().unwrap_or_default().to_string(),
                             json!({"url": url, "facility": payload["facility"], "secret_variable": f.opt_str("secret_variable"),
                                    "fulfillment_order_id": payload["fulfillment_order_id"],
-                                   "request": crate::fulfillment::fc_request(&Patient(db), &payload)?}),
+                                   "request": centers.request(&Patient(db), &payload)?}),
                         ));
                     }
                 }
@@ -517,6 +548,7 @@ async fn deliver<T: Transport>(
 fn record(
     db: &dyn Db,
     cfg: &Config,
+    centers: &dyn Centers,
     done: &[(Claimed, Outcome)],
     owner: &str,
     now: DateTime<Utc>,
@@ -537,9 +569,9 @@ fn record(
                         )?
                         .is_empty();
                     if updated && d.payload["cancellation"] == true {
-                        crate::fulfillment::fc_cancellation_answered(db, fo_id, answer, now)?;
+                        centers.cancellation_answered(db, fo_id, answer, now)?;
                     } else if updated {
-                        crate::fulfillment::fc_request_delivered(db, fo_id, answer, now)?;
+                        centers.request_answered(db, fo_id, answer, now)?;
                     }
                     rep.delivered += 1;
                 }
@@ -549,14 +581,14 @@ fn record(
                         params![err.as_str(), ts(now), d.id, owner],
                     )?;
                     if d.payload["cancellation"] == true {
-                        crate::fulfillment::fc_cancellation_answered(
+                        centers.cancellation_answered(
                             db,
                             fo_id,
                             &json!({"status": "cancellation_rejected", "reason": err}),
                             now,
                         )?;
                     } else {
-                        crate::fulfillment::fc_request_delivered(
+                        centers.request_answered(
                             db,
                             fo_id,
                             &json!({"status": "rejected", "reason": err}),
@@ -619,6 +651,7 @@ pub struct SweepReport {
 pub async fn sweep<T: Transport>(
     db: &dyn Db,
     cfg: &Config,
+    centers: &dyn Centers,
     t: &T,
     budget: std::time::Duration,
 ) -> Result<SweepReport> {
@@ -627,7 +660,7 @@ pub async fn sweep<T: Transport>(
     let mut rep = SweepReport::default();
     loop {
         let now = Utc::now();
-        rep.expanded += expand(db, cfg, now, 50)?;
+        rep.expanded += expand(db, cfg, centers, now, 50)?;
         let batch = claim(db, &owner, now, cfg.lease, 20, None)?;
         if batch.is_empty() {
             let more_events =
@@ -642,7 +675,7 @@ pub async fn sweep<T: Transport>(
             done.push((d, outcome));
         }
         if !done.is_empty() {
-            record(db, cfg, &done, &owner, Utc::now(), &mut rep)?;
+            record(db, cfg, centers, &done, &owner, Utc::now(), &mut rep)?;
         }
         if started.elapsed() >= budget {
             break;
@@ -703,6 +736,7 @@ pub fn unlock(db: &dyn Db, name: &str, owner: &str) -> Result<()> {
 pub async fn kicked_sweep<T: Transport>(
     db: &dyn Db,
     cfg: &Config,
+    centers: &dyn Centers,
     t: &T,
     budget: std::time::Duration,
 ) -> Result<SweepReport> {
@@ -722,7 +756,7 @@ pub async fn kicked_sweep<T: Transport>(
             return Ok(total);
         }
         let left = budget.saturating_sub(started.elapsed());
-        let rep = sweep(db, cfg, t, left).await;
+        let rep = sweep(db, cfg, centers, t, left).await;
         unlock(db, "notify.kick", &owner)?;
         let rep = rep?;
         total.expanded += rep.expanded;
@@ -738,6 +772,7 @@ pub async fn kicked_sweep<T: Transport>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flows::center_requests::FulfillmentCenters;
     use crate::kernel::db::native::NativeDb;
     use std::cell::RefCell;
 
@@ -826,9 +861,12 @@ mod tests {
             "order.received",
             json!({"order_id": "o1", "number": "WB-1", "email": "c@example.com", "customer_name": "C", "lines": [], "totals": {"total": {"amount": "1.00"}}}),
         );
-        assert_eq!(expand(&db, &cfg, Utc::now(), 10).unwrap(), 1);
         assert_eq!(
-            expand(&db, &cfg, Utc::now(), 10).unwrap(),
+            expand(&db, &cfg, &FulfillmentCenters, Utc::now(), 10).unwrap(),
+            1
+        );
+        assert_eq!(
+            expand(&db, &cfg, &FulfillmentCenters, Utc::now(), 10).unwrap(),
             0,
             "expanded once"
         );
@@ -848,7 +886,14 @@ mod tests {
                 Ok((503, vec![])),
             ]),
         };
-        let rep = block_on(sweep(&db, &cfg, &fake, std::time::Duration::from_secs(5))).unwrap();
+        let rep = block_on(sweep(
+            &db,
+            &cfg,
+            &FulfillmentCenters,
+            &fake,
+            std::time::Duration::from_secs(5),
+        ))
+        .unwrap();
         assert_eq!((rep.delivered, rep.retried, rep.dead), (1, 2, 1), "{rep:?}");
         assert_eq!(fake.calls.borrow().len(), 3);
         let (url, headers, body) = fake.calls.borrow()[0].clone();
@@ -886,7 +931,14 @@ mod tests {
             admin::replay(&db, &dead.to_string(), Utc::now()).unwrap()["state"],
             "pending"
         );
-        let rep = block_on(sweep(&db, &cfg, &fake, std::time::Duration::from_secs(5))).unwrap();
+        let rep = block_on(sweep(
+            &db,
+            &cfg,
+            &FulfillmentCenters,
+            &fake,
+            std::time::Duration::from_secs(5),
+        ))
+        .unwrap();
         assert_eq!(rep.delivered, 1);
         assert_eq!(fake.calls.borrow().len(), 4);
     }
@@ -896,7 +948,7 @@ mod tests {
         let db = db();
         let cfg = Config::default();
         event(&db, "order.received", json!({"email": "c@example.com"}));
-        expand(&db, &cfg, Utc::now(), 10).unwrap();
+        expand(&db, &cfg, &FulfillmentCenters, Utc::now(), 10).unwrap();
         let now = Utc::now();
         assert_eq!(
             claim(&db, "a", now, Duration::seconds(60), 10, None)
