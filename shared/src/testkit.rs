@@ -56,7 +56,7 @@ pub fn stock(db: &NativeDb, facility: &str, sku: &str, n: i64) {
 pub fn api_order(db: &NativeDb, v: &Json) -> String {
     let o = crate::intake::sources::api::map_order(v, "", Utc::now()).unwrap();
     transaction(db, |db| {
-        crate::orders::store::insert_order(db, &o, Utc::now(), "test")
+        crate::flows::intake::place(db, &o, Utc::now(), "test")
     })
     .unwrap()
     .id

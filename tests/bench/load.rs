@@ -158,7 +158,7 @@ fn raw_sqlite(dir: &str, conns: usize, secs: u64) {
                         let db = NativeDb::open(&path).map_err(waybill::Error::from)?;
                         waybill::kernel::schema::prepare_writer(&db)?;
                         waybill::kernel::db::transaction(&db, |db| {
-                            waybill::orders::store::insert_order(db, &order, chrono_now(), "bench")
+                            waybill::flows::intake::place(db, &order, chrono_now(), "bench")
                                 .map(|_| ())
                         })
                     })();

@@ -2,5 +2,6 @@
 
 pub mod center_requests;
 pub mod changes;
+pub mod intake;
 pub mod order_detail;
 pub mod source_payments;

@@ -2364,7 +2364,7 @@ mod tests {
             "lines": [{"sku": "A", "quantity": 1, "unit_price": "1.00"}]});
         let o = crate::intake::sources::api::map_order(&v, "", Utc::now()).unwrap();
         let id = transaction(&db, |db| {
-            crate::orders::store::insert_order(db, &o, Utc::now(), "t")
+            crate::flows::intake::place(db, &o, Utc::now(), "t")
         })
         .unwrap()
         .id;

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 
+use crate::flows::intake;
 use crate::http::{Request, Response, Scope, Tokens};
 use crate::intake::webhooks::{self, Config};
 use crate::intake::{api, sources};
@@ -39,7 +40,11 @@ pub fn handle(
                             .and_then(|a| a.strip_prefix("Bearer ").map(str::to_string))
                     });
                 webhooks::verify_commercetools(cfg, given)?;
-                ok(webhooks::commercetools(db, &req.body, now)?)
+                ok(intake::receive(
+                    db,
+                    webhooks::commercetools(&req.body, now)?,
+                    now,
+                )?)
             }
             ("POST", "/api/orders") => {
                 tokens.authorize(req, Scope::Write)?;
@@ -47,7 +52,7 @@ pub fn handle(
             }
             ("POST", "/api/orders/batch") => {
                 tokens.authorize(req, Scope::Write)?;
-                let answer = api::batch(db, &batch_documents(req)?, now)?;
+                let answer = intake::api_batch(db, &batch_documents(req)?, now)?;
                 let partial = answer["rejected"].as_u64().unwrap_or(0) > 0;
                 Ok(Response::json(if partial { 207 } else { 200 }, &answer))
             }
@@ -89,7 +94,7 @@ fn shopify(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> Resu
             db, delivery, topic, &req.body, now,
         );
     }
-    webhooks::shopify(db, topic, delivery, &req.body, now)
+    intake::receive(db, webhooks::shopify(topic, delivery, &req.body, now)?, now)
 }
 
 /// WooCommerce: the ping that confirms a new webhook, then
@@ -108,7 +113,11 @@ fn woocommerce(db: &dyn Db, cfg: &Config, req: &Request, now: DateTime<Utc>) -> 
     )?;
     let topic = require_header(req, "x-wc-webhook-topic")?;
     let delivery = req.header("x-wc-webhook-delivery-id");
-    webhooks::woocommerce(db, topic, delivery, &req.body, now)
+    intake::receive(
+        db,
+        webhooks::woocommerce(topic, delivery, &req.body, now)?,
+        now,
+    )
 }
 
 /// `POST /api/orders`: JSON only; with an Idempotency-Key the first answer
@@ -141,7 +150,9 @@ fn api_create(db: &dyn Db, req: &Request, now: DateTime<Utc>) -> Result<Response
         Response::json(201, &view).with_header("location", &format!("/api/orders/{id}"))
     };
     let Some(key) = key else {
-        return Ok(created(transaction(db, |db| api::create(db, &order, now))?));
+        return Ok(created(transaction(db, |db| {
+            intake::create_api_order(db, &order, now)
+        })?));
     };
     let hash = api::request_hash(&req.body);
     transaction(db, |db| {
@@ -159,7 +170,7 @@ fn api_create(db: &dyn Db, req: &Request, now: DateTime<Utc>) -> Result<Response
                 .push(("idempotent-replayed".into(), "true".into()));
             return Ok(r);
         }
-        let resp: Response = match api::create(db, &order, now) {
+        let resp: Response = match intake::create_api_order(db, &order, now) {
             Ok(view) => created(view),
             Err(e) if e.status() == 409 => Response::problem(&e),
             Err(e) => return Err(e),

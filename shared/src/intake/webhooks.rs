@@ -11,12 +11,11 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
 use crate::intake::sources::{commercetools, shopify, woocommerce};
-use crate::kernel::db::{transaction, Db};
+use crate::kernel::db::Db;
 use crate::kernel::error::{Error, Result};
 use crate::kernel::signature;
 use crate::kernel::time::ts;
 use crate::orders::model::{NewOrder, Source};
-use crate::orders::store;
 use crate::params;
 
 /// The sources' webhook secrets, from Spin variables.
@@ -72,7 +71,7 @@ pub fn first_delivery(
     Ok(!r.is_empty())
 }
 
-fn mark_delivery(
+pub fn mark_delivery(
     db: &dyn Db,
     source: Source,
     delivery_id: &str,
@@ -85,12 +84,34 @@ fn mark_delivery(
     Ok(())
 }
 
-fn outcome(status: &str, id: &str, number: &str) -> Json {
-    json!({"result": status, "order_id": id, "number": number})
+/// What a verified delivery asks for.
+pub enum Delivery {
+    /// Acknowledged with nothing to do; the answer says why.
+    Ignored(Json),
+    /// An order change, applied once per delivery id (`flows::intake::apply`).
+    Apply {
+        source: Source,
+        delivery: Option<String>,
+        topic: String,
+        action: Action,
+    },
+}
+
+fn apply(source: Source, delivery: Option<&str>, topic: &str, action: Action) -> Result<Delivery> {
+    Ok(Delivery::Apply {
+        source,
+        delivery: delivery.map(str::to_string),
+        topic: topic.to_string(),
+        action,
+    })
+}
+
+fn ignored(v: Json) -> Result<Delivery> {
+    Ok(Delivery::Ignored(v))
 }
 
 /// What a source delivery asks for.
-enum Action {
+pub enum Action {
     Create(NewOrder),
     Update(NewOrder),
     Cancel {
@@ -100,140 +121,25 @@ enum Action {
     },
 }
 
-/// Applies one delivery in one transaction. Returns the JSON answer.
-fn apply(
-    db: &dyn Db,
-    source: Source,
-    delivery_id: Option<&str>,
-    topic: &str,
-    action: Action,
-    now: DateTime<Utc>,
-) -> Result<Json> {
-    let actor = store::actor_for(source);
-    let new_id = uuid::Uuid::now_v7().to_string();
-    // Fast path before taking the write lock: a known order needs no write
-    // (and this read loads the schema outside the lock).
-    if let Action::Create(o) = &action {
-        if let Some(ex) =
-            store::find_by_source(&crate::kernel::db::Patient(db), source, &o.external_id)?
-        {
-            return Ok(outcome("already_received", &ex.id, &ex.number));
-        }
-    }
-    transaction(db, |db| {
-        if let Some(d) = delivery_id {
-            if !first_delivery(db, source, d, topic, &new_id, now)? {
-                return Ok(json!({"result": "duplicate_delivery", "delivery_id": d}));
-            }
-        }
-        let answer = match action {
-            Action::Create(o) => match store::insert_order_with_id(db, &new_id, &o, now, &actor)? {
-                Some(ins) => return Ok(outcome("created", &ins.id, &ins.number)),
-                // Another delivery created it between the fast path and the lock.
-                None => match store::find_by_source(db, source, &o.external_id)? {
-                    Some(ex) => outcome("already_received", &ex.id, &ex.number),
-                    None => return Err(Error::internal("order conflict without an order")),
-                },
-            },
-            Action::Update(o) => match store::find_by_source(db, source, &o.external_id)? {
-                None => match store::insert_order_with_id(db, &new_id, &o, now, &actor)? {
-                    Some(ins) => outcome("created", &ins.id, &ins.number),
-                    None => return Err(Error::internal("order conflict without an order")),
-                },
-                Some(ex) if o.cancelled => {
-                    store::cancel_open_units(db, &ex.id, "cancelled at the source", now, &actor)?;
-                    outcome("cancelled", &ex.id, &ex.number)
-                }
-                Some(ex) if ex.source_hash == store::source_hash(&o) => {
-                    outcome("unchanged", &ex.id, &ex.number)
-                }
-                Some(ex)
-                    if ex.released_units > 0
-                        && !ex.fulfillment_hash.is_empty()
-                        && ex.fulfillment_hash == store::fulfillment_hash(&o) =>
-                {
-                    store::update_after_release(db, &ex, &o, now, &actor)?;
-                    outcome("updated", &ex.id, &ex.number)
-                }
-                Some(ex) if ex.released_units > 0 => {
-                    store::record_event(
-                        db,
-                        &ex.id,
-                        now,
-                        &actor,
-                        "order.source_update_after_release",
-                        "The source changed the order after release; not applied",
-                        json!({"released_units": ex.released_units}),
-                    )?;
-                    store::add_hold(
-                        db,
-                        &ex.id,
-                        crate::orders::model::HoldReason::ManualReview,
-                        "the source changed the order after release",
-                        now,
-                        &actor,
-                    )?;
-                    store::refresh_status(db, &ex.id, now)?;
-                    outcome("flagged", &ex.id, &ex.number)
-                }
-                Some(ex) => {
-                    store::replace_order(db, &ex, &o, now, &actor)?;
-                    outcome("updated", &ex.id, &ex.number)
-                }
-            },
-            Action::Cancel {
-                external_id,
-                reason,
-                order,
-            } => match store::find_by_source(db, source, &external_id)? {
-                Some(ex) => {
-                    store::cancel_open_units(db, &ex.id, &reason, now, &actor)?;
-                    outcome("cancelled", &ex.id, &ex.number)
-                }
-                // A cancellation can overtake the creation; keep the order, cancelled.
-                None => match order {
-                    Some(mut o) => {
-                        o.cancelled = true;
-                        match store::insert_order_with_id(db, &new_id, &o, now, &actor)? {
-                            Some(ins) => outcome("created_cancelled", &ins.id, &ins.number),
-                            None => return Err(Error::internal("order conflict without an order")),
-                        }
-                    }
-                    None => json!({"result": "unknown_order", "external_id": external_id}),
-                },
-            },
-        };
-        // The receipt was written with the id a new order would get; point it at the real one.
-        if let Some(d) = delivery_id {
-            let id = answer.get("order_id").and_then(Json::as_str);
-            if id != Some(new_id.as_str()) {
-                mark_delivery(db, source, d, id)?;
-            }
-        }
-        Ok(answer)
-    })
-}
-
 // ---- Shopify ----
 
 /// A verified Shopify delivery of `topic`.
 pub fn shopify(
-    db: &dyn Db,
     topic: &str,
     delivery: Option<&str>,
     body: &[u8],
     now: DateTime<Utc>,
-) -> Result<Json> {
+) -> Result<Delivery> {
     if !matches!(
         topic,
         "orders/create" | "orders/updated" | "orders/cancelled" | "orders/paid" | "orders/edited"
     ) {
-        return Ok(json!({"result": "ignored", "topic": topic}));
+        return ignored(json!({"result": "ignored", "topic": topic}));
     }
     let v = crate::kernel::json::parse_json(body)?;
     if topic == "orders/edited" {
         // The order_edit payload is not an order; the orders/updated that follows carries the result.
-        return Ok(json!({"result": "ignored", "topic": topic}));
+        return ignored(json!({"result": "ignored", "topic": topic}));
     }
     let order = shopify::map_order(&v, now)?;
     let action = match topic {
@@ -250,7 +156,7 @@ pub fn shopify(
         },
         _ => Action::Update(order),
     };
-    apply(db, Source::Shopify, delivery, topic, action, now)
+    apply(Source::Shopify, delivery, topic, action)
 }
 
 // ---- WooCommerce ----
@@ -265,12 +171,11 @@ pub fn is_woo_ping(body: &[u8]) -> bool {
 
 /// A verified WooCommerce delivery of `topic`.
 pub fn woocommerce(
-    db: &dyn Db,
     topic: &str,
     delivery: Option<&str>,
     body: &[u8],
     now: DateTime<Utc>,
-) -> Result<Json> {
+) -> Result<Delivery> {
     let v = crate::kernel::json::parse_json(body)?;
     let action = match topic {
         "order.created" => Action::Create(woocommerce::map_order(&v, now)?),
@@ -292,9 +197,9 @@ pub fn woocommerce(
                 order: None,
             }
         }
-        _ => return Ok(json!({"result": "ignored", "topic": topic})),
+        _ => return ignored(json!({"result": "ignored", "topic": topic})),
     };
-    apply(db, Source::Woocommerce, delivery, topic, action, now)
+    apply(Source::Woocommerce, delivery, topic, action)
 }
 
 // ---- commercetools ----
@@ -346,7 +251,7 @@ pub fn verify_commercetools(cfg: &Config, given: Option<String>) -> Result<()> {
 }
 
 /// A verified commercetools message (direct, Pub/Sub or EventBridge).
-pub fn commercetools(db: &dyn Db, body: &[u8], now: DateTime<Utc>) -> Result<Json> {
+pub fn commercetools(body: &[u8], now: DateTime<Utc>) -> Result<Delivery> {
     let v = unwrap_envelope(crate::kernel::json::parse_json(body)?)?;
     let msg = commercetools::message(&v)?;
     let action = match msg.kind.as_str() {
@@ -359,14 +264,7 @@ pub fn commercetools(db: &dyn Db, body: &[u8], now: DateTime<Utc>) -> Result<Jso
             })?;
             Action::Create(commercetools::map_order(&o, now)?)
         }
-        _ => return Ok(json!({"result": "ignored", "type": msg.kind})),
+        _ => return ignored(json!({"result": "ignored", "type": msg.kind})),
     };
-    apply(
-        db,
-        Source::Commercetools,
-        Some(&msg.id),
-        &msg.kind,
-        action,
-        now,
-    )
+    apply(Source::Commercetools, Some(&msg.id), &msg.kind, action)
 }

@@ -351,7 +351,8 @@ pub struct Inserted {
     pub number: String,
 }
 
-/// Inserts a new order with its lines, holds, timeline and outbox rows.
+/// Inserts a new order with its lines, holds, timeline and outbox rows (its
+/// payment record is the caller's: `flows::intake::place`).
 pub fn insert_order(
     db: &dyn Db,
     o: &NewOrder,
@@ -422,7 +423,6 @@ pub fn insert_order_with_id(
         return Ok(None);
     };
     insert_lines(db, id, o)?;
-    crate::payments::capture::open_payment(db, id, o, now)?;
     let at = ts(now);
     let mut events: Vec<(String, String, Json)> = vec![(
         "order.received".into(),
@@ -551,23 +551,12 @@ pub fn find_by_source(db: &dyn Db, source: Source, external_id: &str) -> Result<
     }))
 }
 
-/// Applies a source update to an order nothing of which has been released yet.
-pub fn replace_order(
-    db: &dyn Db,
-    ex: &Existing,
-    o: &NewOrder,
-    now: DateTime<Utc>,
-    actor: &str,
-) -> Result<()> {
+/// Rewrites an order nothing of which is released or allocated any more from
+/// the source's new version: lines and document (`flows::intake` gives back
+/// what was allocated first and syncs the payment after).
+pub fn rewrite_order(db: &dyn Db, ex: &Existing, o: &NewOrder, now: DateTime<Utc>) -> Result<()> {
     let totals = o.totals();
     let hash = source_hash(o);
-    crate::routing::allocation::deallocate_unreleased(
-        db,
-        &ex.id,
-        now,
-        actor,
-        "the source changed the order",
-    )?;
     db.execute(
         "DELETE FROM order_lines WHERE order_id = ?",
         params![ex.id.clone()],
@@ -582,8 +571,19 @@ pub fn replace_order(
             doc(o, &hash).to_string(), ts(now), ex.id.clone()
         ],
     )?;
-    crate::payments::capture::sync_payment(db, &ex.id, o, now)?;
-    crate::payments::capture::refresh_financial_status(db, &ex.id, now)?;
+    Ok(())
+}
+
+/// After a rewrite: the holds the source drives, the total check, the timeline
+/// and the statuses.
+pub fn rewritten(
+    db: &dyn Db,
+    ex: &Existing,
+    o: &NewOrder,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<()> {
+    let totals = o.totals();
     follow_source_holds(db, &ex.id, o, now, actor)?;
     check_source_total(db, &ex.id, o, now, actor)?;
     record_event(
@@ -636,13 +636,13 @@ fn follow_source_holds(
 
 /// Applies a source update after release that leaves what fulfillment depends
 /// on unchanged ([`fulfillment_hash`]): payment state, contact details,
-/// billing address, note, tags and the source's payment holds.
+/// billing address, note, tags (the payment is synced by `flows::intake`, then
+/// [`updated_after_release`]).
 pub fn update_after_release(
     db: &dyn Db,
     ex: &Existing,
     o: &NewOrder,
     now: DateTime<Utc>,
-    actor: &str,
 ) -> Result<()> {
     let hash = source_hash(o);
     db.execute(
@@ -654,8 +654,18 @@ pub fn update_after_release(
             doc(o, &hash).to_string(), ts(now), ex.id.clone()
         ],
     )?;
-    crate::payments::capture::sync_payment(db, &ex.id, o, now)?;
-    crate::payments::capture::refresh_financial_status(db, &ex.id, now)?;
+    Ok(())
+}
+
+/// After an update after release: the source's payment holds, the timeline and
+/// the statuses.
+pub fn updated_after_release(
+    db: &dyn Db,
+    ex: &Existing,
+    o: &NewOrder,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<()> {
     follow_source_holds(db, &ex.id, o, now, actor)?;
     record_event(
         db,
@@ -668,47 +678,6 @@ pub fn update_after_release(
     )?;
     refresh_status(db, &ex.id, now)?;
     Ok(())
-}
-
-/// A source cancelled the order: everything that can still be cancelled is
-/// (unplaced and allocated units, released units not yet picked, cancellation
-/// requests to centers; captured money for them refunded, the rest of the
-/// authorization voided: [`crate::flows::changes::cancel`]). Returns the units that
-/// could not be cancelled (shipped, being picked or packed, or waiting for a
-/// center's answer); they put the order on a manual_review hold.
-pub fn cancel_open_units(
-    db: &dyn Db,
-    order_id: &str,
-    reason: &str,
-    now: DateTime<Utc>,
-    actor: &str,
-) -> Result<i64> {
-    match crate::flows::changes::cancel(db, order_id, &json!({"reason": reason}), actor, now) {
-        Ok(_) => {}
-        // Nothing left to cancel: only the hold below.
-        Err(e) if e.status() == 409 => {}
-        Err(e) => return Err(e),
-    }
-    let stuck = db
-        .execute(
-            "SELECT COALESCE(SUM(qty_ordered - qty_cancelled), 0) AS n FROM order_lines WHERE order_id = ?",
-            params![order_id],
-        )?
-        .first()
-        .map(|r| r.i64("n"))
-        .unwrap_or(0);
-    if stuck > 0 {
-        add_hold(
-            db,
-            order_id,
-            HoldReason::ManualReview,
-            &format!("cancelled at the source, but {stuck} unit(s) are shipped, being picked or packed, or waiting for the center's answer"),
-            now,
-            actor,
-        )?;
-    }
-    refresh_status(db, order_id, now)?;
-    Ok(stuck)
 }
 
 /// Housekeeping: drops Idempotency-Keys past their retention and webhook

@@ -2160,7 +2160,7 @@ mod tests {
             "lines": [{"sku": "A", "quantity": 1, "unit_price": "2.00"}]});
         let o = crate::intake::sources::api::map_order(&v, "", Utc::now()).unwrap();
         let id = transaction(&db, |db| {
-            crate::orders::store::insert_order(db, &o, Utc::now(), "t")
+            crate::flows::intake::place(db, &o, Utc::now(), "t")
         })
         .unwrap()
         .id;
@@ -2172,7 +2172,7 @@ mod tests {
             "shipping_address": {"line1": "x", "city": "Hamburg", "country_code": "DE"}, "lines": [{"sku": "A", "quantity": 1, "unit_price": "2.00"}]});
         let o = crate::intake::sources::api::map_order(&v, "", Utc::now()).unwrap();
         let id = transaction(&db, |db| {
-            crate::orders::store::insert_order(db, &o, Utc::now(), "t")
+            crate::flows::intake::place(db, &o, Utc::now(), "t")
         })
         .unwrap()
         .id;

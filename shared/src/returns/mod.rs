@@ -522,6 +522,8 @@ pub fn receive(
         });
         let new_order = crate::intake::sources::api::map_order(&body, "", now)?;
         let ins = store::insert_order(db, &new_order, now, actor)?;
+        // Pending the return-receipt flow (issue #15): the payment record every placed order has.
+        crate::payments::capture::open_payment(db, &ins.id, &new_order, now)?;
         db.execute(
             "UPDATE returns SET replacement_order_id = ? WHERE id = ?",
             params![ins.id.clone(), id.clone()],
@@ -934,7 +936,7 @@ mod tests {
                        "lines": [{"sku": "A", "quantity": 1, "unit_price": "1.00"}]});
         let o = crate::intake::sources::api::map_order(&v, "", Utc::now()).unwrap();
         let u = transaction(&db, |db| {
-            crate::orders::store::insert_order(db, &o, Utc::now(), "t")
+            crate::flows::intake::place(db, &o, Utc::now(), "t")
         })
         .unwrap()
         .id;

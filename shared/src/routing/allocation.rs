@@ -1479,7 +1479,7 @@ mod tests {
         });
         let o = crate::intake::sources::api::map_order(&v, "", Utc::now()).unwrap();
         transaction(db, |db| {
-            crate::orders::store::insert_order(db, &o, Utc::now(), "test")
+            crate::flows::intake::place(db, &o, Utc::now(), "test")
         })
         .unwrap()
         .id
@@ -1545,7 +1545,7 @@ mod tests {
         process_order(&db, &id, Trigger::Intake, Utc::now()).unwrap();
         assert_eq!(reserved(&db), 3);
         transaction(&db, |db| {
-            crate::orders::store::cancel_open_units(db, &id, "customer asked", Utc::now(), "test")
+            crate::flows::intake::cancel_open_units(db, &id, "customer asked", Utc::now(), "test")
         })
         .unwrap();
         assert_eq!(reserved(&db), 0);
