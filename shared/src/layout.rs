@@ -19,8 +19,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("payments", &["kernel", "orders"]),
     ("notify", &["kernel", "orders"]),
     ("reporting", &["kernel", "orders"]),
-    ("routing", &["kernel", "orders", "inventory"]),
     ("fulfillment", &["kernel", "orders", "inventory"]),
+    ("routing", &["kernel", "orders", "inventory", "fulfillment"]),
     ("returns", &["kernel", "orders", "inventory"]),
     (
         "flows",
@@ -60,10 +60,12 @@ const PENDING: &[(&str, &str)] = &[
     ("fulfillment", "flows"),
     ("fulfillment", "payments"),
     ("fulfillment", "routing"),
+    // The capture worker holds a scheduled fulfillment order whose capture failed
+    // (to become an outcome the ship-and-capture flow applies).
+    ("payments", "fulfillment"),
     ("payments", "routing"),
     ("returns", "intake"),
     ("returns", "payments"),
-    ("routing", "fulfillment"),
     ("routing", "payments"),
 ];
 

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
+use crate::fulfillment::status::{set_status, set_status_from, FoStatus};
 use crate::kernel::db::Db;
 use crate::kernel::error::{Error, FieldError, Result};
 use crate::kernel::time::ts;
@@ -530,10 +531,7 @@ fn remove_from_fo(
         .map(|r| r.i64("n"))
         .unwrap_or(0);
     if left == 0 {
-        db.execute(
-            "UPDATE fulfillment_orders SET status = 'cancelled', updated_at = ? WHERE id = ?",
-            params![ts(now), fo_id],
-        )?;
+        set_status(db, fo_id, FoStatus::Cancelled, now)?;
         // A capture not yet sent stops; one in flight that succeeds is refunded (capture::settle).
         db.execute(
             "UPDATE payment_transactions SET status = 'cancelled', processed_at = ?1
@@ -673,11 +671,18 @@ pub fn cancellation_accepted(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -> Re
             )?;
         }
     }
-    db.execute(
-        "UPDATE fulfillment_orders SET status = CASE WHEN EXISTS (SELECT 1 FROM shipments WHERE fulfillment_order_id = ?1) THEN 'closed' ELSE 'cancelled' END,
-            updated_at = ?2 WHERE id = ?1 AND status IN ('open', 'in_progress')",
-        params![fo_id, ts(now)],
-    )?;
+    let shipped = !db
+        .execute(
+            "SELECT 1 FROM shipments WHERE fulfillment_order_id = ? LIMIT 1",
+            params![fo_id],
+        )?
+        .is_empty();
+    let to = if shipped {
+        FoStatus::Closed
+    } else {
+        FoStatus::Cancelled
+    };
+    set_status_from(db, fo_id, &[FoStatus::Open, FoStatus::InProgress], to, now)?;
     settle_money(
         db,
         &order_id,

@@ -23,7 +23,10 @@
 //!   which update the delivered bucket; exceptions and failed attempts are
 //!   action items; an unknown tracking number is logged, not an error.
 
+pub mod status;
 pub mod tracking;
+
+use status::{set_status, set_status_from, FoStatus};
 
 use std::collections::BTreeMap;
 
@@ -487,18 +490,12 @@ pub fn ship(db: &dyn Db, fo_id: &str, s: &ShipIn, now: DateTime<Utc>) -> Result<
         parcel_json.push(json!({"tracking_number": p.tracking_number, "carrier": p.carrier.clone().or(s.carrier.clone()),
                                 "weight_grams": p.weight_grams, "items": items}));
     }
-    db.execute(
-        "UPDATE fulfillment_orders SET status = ?, updated_at = ? WHERE id = ?",
-        params![
-            if left_after == 0 {
-                "closed"
-            } else {
-                "in_progress"
-            },
-            ts(now),
-            fo_id
-        ],
-    )?;
+    let to = if left_after == 0 {
+        FoStatus::Closed
+    } else {
+        FoStatus::InProgress
+    };
+    set_status(db, fo_id, to, now)?;
     let partial = left_after > 0;
     record_event(
         db,
@@ -1350,10 +1347,7 @@ fn complete_pick(db: &dyn Db, job_id: &str, body: &Json, now: DateTime<Utc>) -> 
     }
     let mut rerouted = Json::Null;
     if picked_units == 0 {
-        db.execute(
-            "UPDATE fulfillment_orders SET status = 'cancelled', updated_at = ? WHERE id = ?",
-            params![ts(now), fo_id.clone()],
-        )?;
+        set_status(db, &fo_id, FoStatus::Cancelled, now)?;
     } else {
         let items: Vec<Json> = checklist
             .iter()
@@ -1365,10 +1359,7 @@ fn complete_pick(db: &dyn Db, job_id: &str, body: &Json, now: DateTime<Utc>) -> 
                 )
             })
             .collect();
-        db.execute(
-            "UPDATE fulfillment_orders SET status = 'in_progress', updated_at = ? WHERE id = ? AND status = 'open'",
-            params![ts(now), fo_id.clone()],
-        )?;
+        set_status_from(db, &fo_id, &[FoStatus::Open], FoStatus::InProgress, now)?;
         open_job(db, &fo, "pack", json!({"items": items}), now)?;
     }
     if short_total > 0 && policy == ShortPick::Reroute {
@@ -1851,10 +1842,7 @@ pub fn start_job(db: &dyn Db, id: &str, now: DateTime<Utc>) -> Result<Json> {
             return Err(Error::conflict(format!("the {kind} job is {status}")));
         }
         set_job(db, id, "in_progress", None, now)?;
-        db.execute(
-            "UPDATE fulfillment_orders SET status = 'in_progress', updated_at = ? WHERE id = ? AND status = 'open'",
-            params![ts(now), fo_id],
-        )?;
+        set_status_from(db, &fo_id, &[FoStatus::Open], FoStatus::InProgress, now)?;
         job_view(db, id)
     })
 }

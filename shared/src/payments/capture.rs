@@ -716,9 +716,12 @@ fn fail_as(
             .first()
             .map(|r| r.str("name"))
             .unwrap_or_default();
-        db.execute(
-            "UPDATE fulfillment_orders SET status = 'on_hold', updated_at = ? WHERE id = ? AND status = 'scheduled'",
-            params![ts(now), fo_id],
+        crate::fulfillment::status::set_status_from(
+            db,
+            &fo_id,
+            &[crate::fulfillment::status::FoStatus::Scheduled],
+            crate::fulfillment::status::FoStatus::OnHold,
+            now,
         )?;
     }
     let what = if fo_name.is_empty() {

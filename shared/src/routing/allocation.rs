@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
+use crate::fulfillment::status::{set_status, FoStatus};
 use crate::kernel::db::{transaction, Db, Value};
 use crate::kernel::error::Result;
 use crate::kernel::time::ts;
@@ -753,7 +754,7 @@ fn apply(
                         "INSERT INTO fulfillment_orders (id, order_id, name, facility_id, status, request_status, pickup, created_at, released_at, updated_at)
                          VALUES (?1, ?2, ?3, ?4, ?5, 'unsubmitted', ?6, ?7, ?8, ?7)",
                         params![fo_id.clone(), order_id, name.clone(), part.facility.clone(),
-                                if blocked { "on_hold" } else if gated { "scheduled" } else { "open" }, pickup, ts(now),
+                                if blocked { FoStatus::OnHold } else if gated { FoStatus::Scheduled } else { FoStatus::Open }.as_str(), pickup, ts(now),
                                 (!blocked && !gated).then(|| ts(now))],
                     )?;
                     let ph = vec!["(?, ?, ?, ?, ?)"; fo_lines.len()].join(",");
@@ -1099,10 +1100,7 @@ pub fn release(db: &dyn Db, order_id: &str, now: DateTime<Utc>) -> Result<i64> {
     for f in fos.iter() {
         let fo_id = f.str("id");
         if gated {
-            db.execute(
-                "UPDATE fulfillment_orders SET status = 'scheduled', updated_at = ? WHERE id = ?",
-                params![ts(now), fo_id.clone()],
-            )?;
+            set_status(db, &fo_id, FoStatus::Scheduled, now)?;
             if crate::payments::capture::capture_fulfillment_order(db, &fo_id, now)?
                 == crate::payments::capture::Gate::Released
             {
@@ -1160,10 +1158,7 @@ pub fn release_fulfillment_order(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -
         items.push(json!({"line_no": l.i64("line_no"), "sku": l.str("sku"), "part_number": l.opt_str("part_number"),
                           "name": l.str("name"), "quantity": q}));
     }
-    db.execute(
-        "UPDATE fulfillment_orders SET status = 'open', released_at = ?, updated_at = ? WHERE id = ?",
-        params![ts(now), ts(now), fo_id],
-    )?;
+    set_status(db, fo_id, FoStatus::Open, now)?;
     let doc: Json = serde_json::from_str(&f.str("doc")).unwrap_or(Json::Null);
     let name = f.str("name");
     let facility = f.str("facility_id");
@@ -1239,10 +1234,7 @@ pub fn deallocate_unreleased(
         names.insert((r.str("id"), r.str("name")));
     }
     for (id, name) in &names {
-        db.execute(
-            "UPDATE fulfillment_orders SET status = 'cancelled', updated_at = ? WHERE id = ?",
-            params![ts(now), id.clone()],
-        )?;
+        set_status(db, id, FoStatus::Cancelled, now)?;
         record_event(
             db,
             order_id,
