@@ -478,10 +478,7 @@ fn remove_from_fo(
     fo_status: &str,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    db.execute(
-        "UPDATE stock SET reserved = MAX(reserved - ?, 0), updated_at = ? WHERE sku = ? AND facility_id = ?",
-        params![q, ts(now), sku, facility],
-    )?;
+    crate::inventory::stock::give_back(db, sku, facility, q, now)?;
     let bucket = if fo_status == "open" {
         "qty_released"
     } else {

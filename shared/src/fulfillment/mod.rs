@@ -26,6 +26,7 @@
 pub mod status;
 pub mod tracking;
 
+use crate::inventory::stock;
 use status::{set_status, set_status_from, FoStatus};
 
 use std::collections::BTreeMap;
@@ -442,19 +443,13 @@ pub fn ship(db: &dyn Db, fo_id: &str, s: &ShipIn, now: DateTime<Utc>) -> Result<
                 qty_delivered = qty_delivered + ?2 WHERE order_id = ?3 AND line_no = ?4",
             params![*q, if s.delivered { *q } else { 0 }, fo.order_id.clone(), *l],
         )?;
-        let level = db.execute(
-            "UPDATE stock SET on_hand = MAX(on_hand - ?1, 0), reserved = MAX(reserved - ?1, 0), updated_at = ?2
-             WHERE sku = ?3 AND facility_id = ?4 RETURNING on_hand",
-            params![*q, ts(now), sku.clone(), fo.facility.clone()],
-        )?;
-        if let Some(r) = level.first() {
-            db.execute(
-                "INSERT INTO stock_movements (sku, facility_id, kind, on_hand_delta, on_hand_after, reason, reference, actor, at)
-                 VALUES (?, ?, 'shipment', ?, ?, ?, ?, 'fulfillment', ?)",
-                params![sku.clone(), fo.facility.clone(), -*q, r.i64("on_hand"), format!("shipped with {}", fo.name),
-                        shipment_id.clone(), ts(now)],
-            )?;
-        }
+        let m = stock::Movement {
+            kind: "shipment",
+            reason: format!("shipped with {}", fo.name),
+            reference: shipment_id.clone(),
+            actor: "fulfillment",
+        };
+        stock::consume(db, &sku, &fo.facility, *q, &m, now)?;
         items_text.push(format!("{q} x {sku}"));
     }
     // Parcels: as given, or one carrying everything under the shipment's tracking number.
@@ -1272,18 +1267,13 @@ fn complete_pick(db: &dyn Db, job_id: &str, body: &Json, now: DateTime<Utc>) -> 
             .unwrap_or_default()
             .to_string();
         // The units are not on the shelf: the count goes down with the reservation.
-        let level = db.execute(
-            "UPDATE stock SET on_hand = MAX(on_hand - ?1, 0), reserved = MAX(reserved - ?1, 0), updated_at = ?2
-             WHERE sku = ?3 AND facility_id = ?4 RETURNING on_hand",
-            params![short, ts(now), sku.clone(), facility.clone()],
-        )?;
-        if let Some(r) = level.first() {
-            db.execute(
-                "INSERT INTO stock_movements (sku, facility_id, kind, on_hand_delta, on_hand_after, reason, reference, actor, at)
-                 VALUES (?, ?, 'short_pick', ?, ?, ?, ?, 'fulfillment', ?)",
-                params![sku.clone(), facility.clone(), -short, r.i64("on_hand"), format!("short pick on {}", fo.name), job_id, ts(now)],
-            )?;
-        }
+        let m = stock::Movement {
+            kind: "short_pick",
+            reason: format!("short pick on {}", fo.name),
+            reference: job_id.to_string(),
+            actor: "fulfillment",
+        };
+        stock::consume(db, &sku, &facility, short, &m, now)?;
         db.execute(
             "UPDATE fulfillment_order_lines SET quantity = quantity - ? WHERE fulfillment_order_id = ? AND line_no = ?",
             params![short, fo_id.clone(), *line],

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use crate::kernel::db::Db;
 use crate::kernel::error::Result;
+use crate::kernel::time::ts;
 use crate::orders::store::enqueue;
 use crate::params;
 
@@ -58,4 +59,191 @@ pub fn pool_low_check(db: &dyn Db, sku: &str, now: DateTime<Utc>) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// The answer of a conditional reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Reservation {
+    Reserved,
+    /// Fewer than the units asked are available: nothing was reserved.
+    Short,
+}
+
+/// Reserves `q` units of a SKU at a facility in one conditional statement
+/// (`on_hand - reserved >= q`), so no number of concurrent instances can
+/// oversell: a race can only make a reservation miss.
+pub fn reserve(
+    db: &dyn Db,
+    sku: &str,
+    facility: &str,
+    q: i64,
+    now: DateTime<Utc>,
+) -> Result<Reservation> {
+    let got = db.exec(
+        "UPDATE stock SET reserved = reserved + ?1, updated_at = ?2
+         WHERE sku = ?3 AND facility_id = ?4 AND on_hand - reserved >= ?1",
+        params![q, ts(now), sku, facility],
+    )?;
+    Ok(if got == 1 {
+        Reservation::Reserved
+    } else {
+        Reservation::Short
+    })
+}
+
+/// Gives back `q` reserved units (never below zero).
+pub fn give_back(db: &dyn Db, sku: &str, facility: &str, q: i64, now: DateTime<Utc>) -> Result<()> {
+    db.execute(
+        "UPDATE stock SET reserved = MAX(reserved - ?, 0), updated_at = ? WHERE sku = ? AND facility_id = ?",
+        params![q, ts(now), sku, facility],
+    )?;
+    Ok(())
+}
+
+/// Why units leave or enter the shelf, for the movement log.
+pub struct Movement<'a> {
+    /// `shipment`, `short_pick`, `return`, ...
+    pub kind: &'a str,
+    pub reason: String,
+    pub reference: String,
+    pub actor: &'a str,
+}
+
+/// Reserved units leave the shelf (shipped, or found missing at picking): on
+/// hand and reserved go down together, and the movement is logged.
+pub fn consume(
+    db: &dyn Db,
+    sku: &str,
+    facility: &str,
+    q: i64,
+    m: &Movement,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let level = db.execute(
+        "UPDATE stock SET on_hand = MAX(on_hand - ?1, 0), reserved = MAX(reserved - ?1, 0), updated_at = ?2
+         WHERE sku = ?3 AND facility_id = ?4 RETURNING on_hand",
+        params![q, ts(now), sku, facility],
+    )?;
+    if let Some(r) = level.first() {
+        log_movement(db, sku, facility, -q, r.i64("on_hand"), m, now)?;
+    }
+    Ok(())
+}
+
+/// Units come back on the shelf (a good return); returns the level after.
+pub fn restock(
+    db: &dyn Db,
+    sku: &str,
+    facility: &str,
+    q: i64,
+    m: &Movement,
+    now: DateTime<Utc>,
+) -> Result<i64> {
+    let level = db.execute(
+        "INSERT INTO stock (sku, facility_id, on_hand, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (sku, facility_id) DO UPDATE SET on_hand = on_hand + ?3, updated_at = ?4 RETURNING on_hand",
+        params![sku, facility, q, ts(now)],
+    )?;
+    let after = level.first().map(|x| x.i64("on_hand")).unwrap_or(0);
+    log_movement(db, sku, facility, q, after, m, now)?;
+    Ok(after)
+}
+
+fn log_movement(
+    db: &dyn Db,
+    sku: &str,
+    facility: &str,
+    delta: i64,
+    after: i64,
+    m: &Movement,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    db.execute(
+        "INSERT INTO stock_movements (sku, facility_id, kind, on_hand_delta, on_hand_after, reason, reference, actor, at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        params![sku, facility, m.kind, delta, after, m.reason.as_str(), m.reference.as_str(), m.actor, ts(now)],
+    )?;
+    Ok(())
+}
+
+/// Claims up to `q` unassigned licence keys of a SKU for an order line in one
+/// conditional statement (no key is ever given twice); returns how many.
+pub fn claim_keys(
+    db: &dyn Db,
+    sku: &str,
+    order_id: &str,
+    line_no: i64,
+    q: i64,
+    now: DateTime<Utc>,
+) -> Result<i64> {
+    Ok(db.exec(
+        "UPDATE license_keys SET order_id = ?1, line_no = ?2, assigned_at = ?3
+         WHERE id IN (SELECT id FROM license_keys WHERE sku = ?4 AND order_id IS NULL ORDER BY id LIMIT ?5)",
+        params![order_id, line_no, ts(now), sku, q],
+    )? as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn level(db: &dyn Db) -> (i64, i64) {
+        let r = db
+            .execute("SELECT on_hand, reserved FROM stock", &[])
+            .unwrap();
+        let r = r.first().unwrap();
+        (r.i64("on_hand"), r.i64("reserved"))
+    }
+
+    #[test]
+    fn reservations_never_exceed_what_is_on_hand_and_movements_are_logged() {
+        let db = crate::testkit::db();
+        crate::testkit::facility(&db, "f", "F", "warehouse", "[]", 0.0, 0.0);
+        crate::testkit::product(&db, "A", 100, false);
+        crate::testkit::stock(&db, "f", "A", 3);
+        let now = Utc::now();
+        assert_eq!(
+            reserve(&db, "A", "f", 2, now).unwrap(),
+            Reservation::Reserved
+        );
+        assert_eq!(reserve(&db, "A", "f", 2, now).unwrap(), Reservation::Short);
+        assert_eq!(level(&db), (3, 2), "a short reservation reserves nothing");
+        assert_eq!(reserve(&db, "B", "f", 1, now).unwrap(), Reservation::Short);
+        give_back(&db, "A", "f", 5, now).unwrap();
+        assert_eq!(level(&db), (3, 0), "never below zero");
+        assert_eq!(
+            reserve(&db, "A", "f", 1, now).unwrap(),
+            Reservation::Reserved
+        );
+        let m = |kind| Movement {
+            kind,
+            reason: "r".into(),
+            reference: "x".into(),
+            actor: "t",
+        };
+        consume(&db, "A", "f", 1, &m("shipment"), now).unwrap();
+        assert_eq!(level(&db), (2, 0));
+        assert_eq!(restock(&db, "A", "f", 4, &m("return"), now).unwrap(), 6);
+        let log = db
+            .execute(
+                "SELECT kind, on_hand_delta, on_hand_after FROM stock_movements ORDER BY id",
+                &[],
+            )
+            .unwrap();
+        let log: Vec<(String, i64, i64)> = log
+            .iter()
+            .map(|r| {
+                (
+                    r.str("kind"),
+                    r.i64("on_hand_delta"),
+                    r.i64("on_hand_after"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            log,
+            vec![("shipment".into(), -1, 2), ("return".into(), 4, 6)]
+        );
+    }
 }

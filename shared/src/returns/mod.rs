@@ -402,17 +402,13 @@ pub fn receive(
             params![*q, order_id.clone(), *n],
         )?;
         if *good {
-            let level = db.execute(
-                "INSERT INTO stock (sku, facility_id, on_hand, updated_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (sku, facility_id) DO UPDATE SET on_hand = on_hand + ?3, updated_at = ?4 RETURNING on_hand",
-                params![sku.clone(), facility.clone(), *q, ts(now)],
-            )?;
-            db.execute(
-                "INSERT INTO stock_movements (sku, facility_id, kind, on_hand_delta, on_hand_after, reason, reference, actor, at)
-                 VALUES (?, ?, 'return', ?, ?, 'returned in good condition', ?, ?, ?)",
-                params![sku.clone(), facility.clone(), *q, level.first().map(|x| x.i64("on_hand")).unwrap_or(0),
-                        first(&r, "number"), actor, ts(now)],
-            )?;
+            let m = crate::inventory::stock::Movement {
+                kind: "return",
+                reason: "returned in good condition".into(),
+                reference: first(&r, "number"),
+                actor,
+            };
+            crate::inventory::stock::restock(db, sku, &facility, *q, &m, now)?;
             restocked.push(sku.clone());
         }
     }

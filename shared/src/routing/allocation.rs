@@ -6,10 +6,9 @@
 //! (pending and waiting for stock on a backorderable SKU), *allocated* (reserved
 //! at a facility in a fulfillment order not yet released), *released*, *shipped*.
 //!
-//! Reservation is one conditional statement per (facility, SKU):
-//! `UPDATE stock SET reserved = reserved + ?q WHERE ... AND on_hand - reserved >= ?q`,
-//! checked with `changes()`; licence keys are claimed with one conditional
-//! `UPDATE ... WHERE id IN (SELECT ... WHERE order_id IS NULL LIMIT ?q)`. Neither
+//! Reservation is one conditional statement per (facility, SKU)
+//! ([`crate::inventory::stock::reserve`]) and licence keys are claimed with one
+//! conditional statement ([`crate::inventory::stock::claim_keys`]). Neither
 //! reads then writes, so no number of concurrent instances can oversell.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,8 +17,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
 use crate::fulfillment::status::{set_status, FoStatus};
+use crate::inventory::stock::{self, Reservation};
 use crate::kernel::db::{transaction, Db, Value};
-use crate::kernel::error::Result;
+use crate::kernel::error::{Error, Result};
 use crate::kernel::time::ts;
 use crate::orders::model::{HoldReason, NewOrder};
 use crate::orders::store::{self, enqueue, record_event};
@@ -267,7 +267,7 @@ pub fn process_order(
             snapshot = None; // stock moved: plan again under the lock
         }
     }
-    let optimistic = transaction(db, |db| {
+    let optimistic = transaction(db, |db| -> std::result::Result<Outcome, PassError> {
         let current = db
             .execute("SELECT version FROM orders WHERE id = ?", params![order_id])?
             .first()
@@ -282,16 +282,33 @@ pub fn process_order(
         }
     });
     match optimistic {
+        Ok(o) => Ok(o),
         // Stock moved between the snapshot and the lock: plan again inside it.
-        Err(e) if e.detail == REPLAN => {
-            transaction(db, |db| route_order(db, order_id, trigger, now))
-        }
-        other => other,
+        Err(PassError::StockMoved) => transaction(db, |db| route_order(db, order_id, trigger, now)),
+        Err(PassError::Failed(e)) => Err(e),
     }
 }
 
-/// The rollback signal of an optimistic pass whose reservation missed.
-const REPLAN: &str = "routing: stock moved since the plan; planning again under the lock";
+/// Why a routing pass stopped (and rolled back).
+#[derive(Debug)]
+pub enum PassError {
+    /// A reservation of an optimistic pass missed: stock moved since the plan,
+    /// which is made again under the lock.
+    StockMoved,
+    Failed(Error),
+}
+
+impl From<Error> for PassError {
+    fn from(e: Error) -> Self {
+        PassError::Failed(e)
+    }
+}
+
+impl From<crate::kernel::db::DbError> for PassError {
+    fn from(e: crate::kernel::db::DbError) -> Self {
+        PassError::Failed(e.into())
+    }
+}
 
 /// A routing decision for an order's physical units, or why it cannot be made
 /// (an unknown pickup location).
@@ -403,7 +420,11 @@ pub fn route_order(
     now: DateTime<Utc>,
 ) -> Result<Outcome> {
     match prepare(db, order_id)? {
-        Some(p) => apply(db, p, trigger, now, false),
+        // Not strict: a missed reservation leaves units unplaced, it never stops the pass.
+        Some(p) => apply(db, p, trigger, now, false).map_err(|e| match e {
+            PassError::Failed(e) => e,
+            PassError::StockMoved => Error::internal("a pass under the lock asked to plan again"),
+        }),
         None => Ok(Outcome::default()),
     }
 }
@@ -645,7 +666,7 @@ fn flush(
 /// unless a hold stops it), licence keys, backorders and holds, the decision,
 /// the buckets and statuses.
 /// `strict`: the plan came from a snapshot read outside the lock; a missed
-/// reservation rolls the pass back ([`REPLAN`]) so it is planned again under
+/// reservation rolls the pass back ([`PassError::StockMoved`]) so it is planned again under
 /// the lock. Otherwise a miss (impossible under the lock on SQLite, possible on
 /// a server whose reads are not serialised) leaves the units unplaced for the
 /// next pass.
@@ -655,7 +676,7 @@ fn apply(
     trigger: Trigger,
     now: DateTime<Utc>,
     strict: bool,
-) -> Result<Outcome> {
+) -> std::result::Result<Outcome, PassError> {
     let mut out = Outcome::default();
     let actor = "routing";
     // Timeline events and outbox rows of this pass, written in one statement each at the end.
@@ -721,14 +742,10 @@ fn apply(
                     let mut fo_lines = Vec::new();
                     for d in &part.lines {
                         // The one conditional reservation: no read-then-write race.
-                        let got = db.exec(
-                            "UPDATE stock SET reserved = reserved + ?1, updated_at = ?2
-                             WHERE sku = ?3 AND facility_id = ?4 AND on_hand - reserved >= ?1",
-                            params![d.quantity, ts(now), d.sku.clone(), part.facility.clone()],
-                        )?;
-                        if got != 1 {
+                        let got = stock::reserve(db, &d.sku, &part.facility, d.quantity, now)?;
+                        if got == Reservation::Short {
                             if strict {
-                                return Err(crate::kernel::error::Error::conflict(REPLAN));
+                                return Err(PassError::StockMoved);
                             }
                             continue; // stays unplaced; the next pass retries
                         }
@@ -834,11 +851,7 @@ fn apply(
         .filter(|l| l.unplaced > 0 && is_digital(&l.sku) && !blocked)
         .collect();
     for l in &digital {
-        let got = db.exec(
-            "UPDATE license_keys SET order_id = ?1, line_no = ?2, assigned_at = ?3
-             WHERE id IN (SELECT id FROM license_keys WHERE sku = ?4 AND order_id IS NULL ORDER BY id LIMIT ?5)",
-            params![order_id, l.line_no, ts(now), l.sku.clone(), l.unplaced],
-        )? as i64;
+        let got = stock::claim_keys(db, &l.sku, order_id, l.line_no, l.unplaced, now)?;
         left.insert(l.line_no, l.unplaced - got);
         if got > 0 {
             let keys: Vec<String> = db
@@ -1222,10 +1235,7 @@ pub fn deallocate_unreleased(
     let mut names = BTreeSet::new();
     for r in rows.iter() {
         let q = r.i64("quantity");
-        db.execute(
-            "UPDATE stock SET reserved = MAX(reserved - ?, 0), updated_at = ? WHERE sku = ? AND facility_id = ?",
-            params![q, ts(now), r.str("sku"), r.str("facility_id")],
-        )?;
+        stock::give_back(db, &r.str("sku"), &r.str("facility_id"), q, now)?;
         db.execute(
             "UPDATE order_lines SET qty_allocated = MAX(qty_allocated - ?, 0) WHERE order_id = ? AND line_no = ?",
             params![q, order_id, r.i64("line_no")],
@@ -1684,7 +1694,7 @@ mod tests {
         let r = transaction(&db, |db| {
             apply(db, snapshot, Trigger::Intake, Utc::now(), true)
         });
-        assert_eq!(r.unwrap_err().detail, REPLAN);
+        assert!(matches!(r, Err(PassError::StockMoved)), "{r:?}");
         assert_eq!(reserved(&db), 2, "the optimistic pass left nothing behind");
         assert!(db
             .execute("SELECT 1 FROM fulfillment_orders", &[])
