@@ -57,9 +57,6 @@ const ALLOWED: &[(&str, &[&str])] = &[
 
 /// Imports against the direction still to be moved into `flows` or `http`.
 const PENDING: &[(&str, &str)] = &[
-    ("fulfillment", "flows"),
-    ("fulfillment", "payments"),
-    ("fulfillment", "routing"),
     // The capture worker holds a scheduled fulfillment order whose capture failed
     // (to become an outcome the ship-and-capture flow applies).
     ("payments", "fulfillment"),

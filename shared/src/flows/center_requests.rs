@@ -33,6 +33,9 @@ impl crate::notify::Centers for FulfillmentCenters {
         answer: &Json,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        crate::fulfillment::fc_cancellation_answered(db, fo_id, answer, now)
+        if crate::fulfillment::fc_cancellation_answered(db, fo_id, answer, now)? {
+            crate::flows::changes::cancellation_accepted(db, fo_id, now)?;
+        }
+        Ok(())
     }
 }

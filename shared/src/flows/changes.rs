@@ -1130,7 +1130,7 @@ mod tests {
             .unwrap()
             .str("number");
         transaction(&db, |db| {
-            crate::fulfillment::fc_callback(
+            crate::flows::shipping::center_event(
                 db,
                 "wh",
                 &json!({"order_number": number, "tracking_number": "T1"}),

@@ -4,4 +4,5 @@ pub mod center_requests;
 pub mod changes;
 pub mod intake;
 pub mod order_detail;
+pub mod shipping;
 pub mod source_payments;

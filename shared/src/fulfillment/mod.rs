@@ -114,6 +114,17 @@ struct Fo {
     external: bool,
 }
 
+/// The order a fulfillment order belongs to.
+pub fn order_of(db: &dyn Db, fo_id: &str) -> Result<Option<String>> {
+    Ok(db
+        .execute(
+            "SELECT order_id FROM fulfillment_orders WHERE id = ?",
+            params![fo_id],
+        )?
+        .first()
+        .map(|r| r.str("order_id")))
+}
+
 fn load_fo(db: &dyn Db, fo_id: &str) -> Result<Option<Fo>> {
     let r = db.execute(
         "SELECT f.id, f.order_id, f.name, f.facility_id, f.status, f.pickup, o.number,
@@ -238,12 +249,14 @@ pub fn fc_request_delivered(
 
 /// The center's direct answer to a cancellation request (it may also answer
 /// later by callback): `cancellation_accepted` cancels the units at once.
+/// Returns whether the center accepted (its units are then to be cancelled:
+/// [`FollowUp::cancelled_by_center`]).
 pub fn fc_cancellation_answered(
     db: &dyn Db,
     fo_id: &str,
     answer: &Json,
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<bool> {
     match answer["status"].as_str() {
         Some("cancellation_accepted" | "accepted" | "cancelled") => {
             set_request_status(
@@ -253,7 +266,7 @@ pub fn fc_cancellation_answered(
                 answer["reason"].as_str(),
                 now,
             )?;
-            crate::flows::changes::cancellation_accepted(db, fo_id, now)
+            Ok(true)
         }
         Some("cancellation_rejected" | "rejected") => set_request_status(
             db,
@@ -261,10 +274,24 @@ pub fn fc_cancellation_answered(
             "cancellation_rejected",
             answer["reason"].as_str(),
             now,
-        ),
+        )
+        .map(|_| false),
         // Received; the answer follows by callback.
-        _ => Ok(()),
+        _ => Ok(false),
     }
+}
+
+/// What a fulfillment step leaves for the flows that span contexts
+/// (`flows::shipping`).
+#[derive(Debug, Default)]
+pub struct FollowUp {
+    /// Fulfillment orders that shipped: their capture at shipment may be due.
+    pub shipped: Vec<String>,
+    /// The order whose short-picked units wait for routing (policy `reroute`).
+    pub reroute: Option<String>,
+    /// Fulfillment orders whose cancellation the center accepted: their
+    /// unshipped units are cancelled (reservation, buckets, money).
+    pub cancelled_by_center: Vec<String>,
 }
 
 fn set_request_status(
@@ -544,7 +571,6 @@ pub fn ship(db: &dyn Db, fo_id: &str, s: &ShipIn, now: DateTime<Utc>) -> Result<
                "parcels": parcel_json}),
         now,
     )?;
-    crate::payments::capture::capture_shipped(db, fo_id, now)?;
     store::refresh_status(db, &fo.order_id, now)?;
     Ok(Shipped::Booked {
         shipment_id,
@@ -636,7 +662,13 @@ fn lines_of(
 /// checked by the caller). `type`: `accepted`, `rejected`, `shipped` (the
 /// default when a tracking number is given), `cancellation_accepted`,
 /// `cancellation_rejected`.
-pub fn fc_callback(db: &dyn Db, facility: &str, body: &Json, now: DateTime<Utc>) -> Result<Json> {
+pub fn fc_callback(
+    db: &dyn Db,
+    facility: &str,
+    body: &Json,
+    now: DateTime<Utc>,
+) -> Result<(Json, FollowUp)> {
+    let mut follow = FollowUp::default();
     if !body.is_object() {
         return Err(Error::bad_request("the body must be a JSON object"));
     }
@@ -655,10 +687,9 @@ pub fn fc_callback(db: &dyn Db, facility: &str, body: &Json, now: DateTime<Utc>)
         "accepted" | "rejected" | "cancellation_accepted" | "cancellation_rejected" => {
             set_request_status(db, &fo_id, &kind, body["reason"].as_str(), now)?;
             if kind == "cancellation_accepted" {
-                // Its unshipped units are cancelled: reservation, buckets, money.
-                crate::flows::changes::cancellation_accepted(db, &fo_id, now)?;
+                follow.cancelled_by_center.push(fo_id.clone());
             }
-            Ok(json!({"result": kind, "fulfillment_order_id": fo_id}))
+            Ok((json!({"result": kind, "fulfillment_order_id": fo_id}), follow))
         }
         "shipped" => {
             let mut errs = Vec::new();
@@ -746,12 +777,14 @@ pub fn fc_callback(db: &dyn Db, facility: &str, body: &Json, now: DateTime<Utc>)
                     set_request_status(db, &fo_id, "accepted", None, now)?;
                 }
             }
-            Ok(match ship(db, &fo_id, &s, now)? {
+            let answer = match ship(db, &fo_id, &s, now)? {
                 Shipped::Booked { shipment_id, units, partial } => {
+                    follow.shipped.push(fo_id.clone());
                     json!({"result": "shipped", "shipment_id": shipment_id, "units": units, "partial": partial})
                 }
                 Shipped::Duplicate { shipment_id } => json!({"result": "duplicate", "shipment_id": shipment_id}),
-            })
+            };
+            Ok((answer, follow))
         }
         "" => Err(Error::invalid(vec![FieldError::new("/type", "is required: accepted, rejected, shipped, cancellation_accepted or cancellation_rejected")])),
         other => Err(Error::invalid(vec![FieldError::new("/type", format!("unknown callback type '{other}'"))])),
@@ -1206,7 +1239,12 @@ fn set_job(
 /// leave the facility's stock (they are not there), leave the fulfillment
 /// order, and are re-routed or backordered (setting `short_pick`). A pack job
 /// opens for what was picked.
-fn complete_pick(db: &dyn Db, job_id: &str, body: &Json, now: DateTime<Utc>) -> Result<Json> {
+fn complete_pick(
+    db: &dyn Db,
+    job_id: &str,
+    body: &Json,
+    now: DateTime<Utc>,
+) -> Result<(Json, FollowUp)> {
     let (_, fo_id, status, data, facility) = load_job(db, job_id)?;
     if !matches!(status.as_str(), "open" | "in_progress") {
         return Err(Error::conflict(format!("the pick job is {status}")));
@@ -1335,7 +1373,6 @@ fn complete_pick(db: &dyn Db, job_id: &str, body: &Json, now: DateTime<Utc>) -> 
             json!({"fulfillment_order": fo.name, "short": short_lines, "policy": if policy == ShortPick::Reroute { "reroute" } else { "backorder" }}),
         )?;
     }
-    let mut rerouted = Json::Null;
     if picked_units == 0 {
         set_status(db, &fo_id, FoStatus::Cancelled, now)?;
     } else {
@@ -1352,17 +1389,15 @@ fn complete_pick(db: &dyn Db, job_id: &str, body: &Json, now: DateTime<Utc>) -> 
         set_status_from(db, &fo_id, &[FoStatus::Open], FoStatus::InProgress, now)?;
         open_job(db, &fo, "pack", json!({"items": items}), now)?;
     }
+    let mut follow = FollowUp::default();
     if short_total > 0 && policy == ShortPick::Reroute {
-        let o = crate::routing::allocation::route_order(
-            db,
-            &fo.order_id,
-            crate::routing::allocation::Trigger::Sweep,
-            now,
-        )?;
-        rerouted = json!({"allocated": o.allocated, "released": o.released, "backordered": o.backordered, "held": o.held});
+        follow.reroute = Some(fo.order_id.clone());
     }
     store::refresh_status(db, &fo.order_id, now)?;
-    Ok(json!({"job": job_view(db, job_id)?, "short": short_total, "rerouted": rerouted}))
+    Ok((
+        json!({"job": job_view(db, job_id)?, "short": short_total, "rerouted": Json::Null}),
+        follow,
+    ))
 }
 
 /// Closes a pack job: parcels (weight, dimensions, items, tracking number),
@@ -1563,7 +1598,7 @@ fn complete_pack(db: &dyn Db, job_id: &str, body: &Json, now: DateTime<Utc>) -> 
 }
 
 /// Hands the parcels over (to the carrier, or to the customer): the shipment is shipped.
-fn complete_handover(db: &dyn Db, job_id: &str, now: DateTime<Utc>) -> Result<Json> {
+fn complete_handover(db: &dyn Db, job_id: &str, now: DateTime<Utc>) -> Result<(Json, FollowUp)> {
     let (_, fo_id, status, data, _) = load_job(db, job_id)?;
     if status == "handed_over" {
         return Err(Error::conflict("already handed over"));
@@ -1624,10 +1659,15 @@ fn complete_handover(db: &dyn Db, job_id: &str, now: DateTime<Utc>) -> Result<Js
     };
     let r = ship(db, &fo_id, &s, now)?;
     set_job(db, job_id, "handed_over", None, now)?;
-    Ok(json!({"job": job_view(db, job_id)?, "shipment": match r {
+    let mut follow = FollowUp::default();
+    if matches!(r, Shipped::Booked { .. }) {
+        follow.shipped.push(fo_id.clone());
+    }
+    let answer = json!({"job": job_view(db, job_id)?, "shipment": match r {
         Shipped::Booked { shipment_id, units, partial } => json!({"id": shipment_id, "units": units, "partial": partial}),
         Shipped::Duplicate { shipment_id } => json!({"id": shipment_id, "duplicate": true}),
-    }}))
+    }});
+    Ok((answer, follow))
 }
 
 /// Filters of the job list.
@@ -1837,24 +1877,6 @@ pub fn start_job(db: &dyn Db, id: &str, now: DateTime<Utc>) -> Result<Json> {
     })
 }
 
-/// Completes a pick, pack or handover job in one transaction.
-pub fn complete_job(
-    db: &dyn Db,
-    kind: &str,
-    id: &str,
-    v: &Json,
-    now: DateTime<Utc>,
-) -> Result<Json> {
-    transaction(db, |db| {
-        job_for(db, id, kind)?;
-        match kind {
-            "pick" => complete_pick(db, id, v, now),
-            "pack" => complete_pack(db, id, v, now),
-            _ => complete_handover(db, id, now),
-        }
-    })
-}
-
 /// Rates for a destination and weight; the query is checked first.
 pub fn quote_view(
     db: &dyn Db,
@@ -1921,15 +1943,26 @@ pub fn verify_center(
     Ok(())
 }
 
-/// A center's shipment callback, applied in one transaction.
-pub fn center_callback(db: &dyn Db, facility: &str, v: &Json, now: DateTime<Utc>) -> Result<Json> {
-    transaction(db, |db| fc_callback(db, facility, v, now))
-}
-
 /// A verified carrier tracking update, applied in one transaction.
 pub fn carrier_update(db: &dyn Db, u: &tracking::Update, now: DateTime<Utc>) -> Result<Json> {
     let result = transaction(db, |db| apply_tracking(db, u, now))?;
     Ok(json!({"result": result, "tracking_number": u.tracking_number, "status": u.status.as_str()}))
+}
+
+/// Completes a pick, pack or handover job (in the caller's transaction).
+pub fn complete_job(
+    db: &dyn Db,
+    kind: &str,
+    id: &str,
+    v: &Json,
+    now: DateTime<Utc>,
+) -> Result<(Json, FollowUp)> {
+    job_for(db, id, kind)?;
+    match kind {
+        "pick" => complete_pick(db, id, v, now),
+        "pack" => Ok((complete_pack(db, id, v, now)?, FollowUp::default())),
+        _ => complete_handover(db, id, now),
+    }
 }
 
 #[cfg(test)]
@@ -2082,7 +2115,10 @@ mod tests {
         assert_eq!(job(&db, &fo, "pick"), "", "a center gets no pick job");
         let first = json!({"order_number": "WB-100001", "ship_date": "2026-11-21", "tracking_number": "TRK1",
                            "carrier": "dhl", "shipping_method": "standard", "lines": [{"sku": "A", "quantity": 2}]});
-        let r = transaction(&db, |db| fc_callback(db, "fc", &first, Utc::now())).unwrap();
+        let r = transaction(&db, |db| {
+            crate::flows::shipping::center_event(db, "fc", &first, Utc::now())
+        })
+        .unwrap();
         assert_eq!(
             (
                 r["result"].as_str(),
@@ -2091,7 +2127,10 @@ mod tests {
             ),
             (Some("shipped"), Some(2), Some(true))
         );
-        let again = transaction(&db, |db| fc_callback(db, "fc", &first, Utc::now())).unwrap();
+        let again = transaction(&db, |db| {
+            crate::flows::shipping::center_event(db, "fc", &first, Utc::now())
+        })
+        .unwrap();
         assert_eq!(again["result"], "duplicate");
         assert_eq!(one(&db, "SELECT COUNT(*) AS n FROM shipments"), 1);
         assert_eq!((b(&db, &id)[0].shipped, b(&db, &id)[0].released), (2, 1));
@@ -2112,28 +2151,46 @@ mod tests {
         // Too many, or a part the order does not have: 422, nothing booked.
         let over = json!({"order_number": "WB-100001", "tracking_number": "TRK2", "lines": [{"sku": "A", "quantity": 2}]});
         assert_eq!(
-            transaction(&db, |db| fc_callback(db, "fc", &over, Utc::now()))
-                .unwrap_err()
-                .status(),
+            transaction(&db, |db| crate::flows::shipping::center_event(
+                db,
+                "fc",
+                &over,
+                Utc::now()
+            ))
+            .unwrap_err()
+            .status(),
             422
         );
         let odd = json!({"order_number": "WB-100001", "tracking_number": "TRK2", "lines": [{"part_number": "NOPE", "quantity": 1}]});
         assert_eq!(
-            transaction(&db, |db| fc_callback(db, "fc", &odd, Utc::now()))
-                .unwrap_err()
-                .status(),
+            transaction(&db, |db| crate::flows::shipping::center_event(
+                db,
+                "fc",
+                &odd,
+                Utc::now()
+            ))
+            .unwrap_err()
+            .status(),
             422
         );
         let unknown = json!({"order_number": "WB-999", "tracking_number": "T"});
         assert_eq!(
-            transaction(&db, |db| fc_callback(db, "fc", &unknown, Utc::now()))
-                .unwrap_err()
-                .status(),
+            transaction(&db, |db| crate::flows::shipping::center_event(
+                db,
+                "fc",
+                &unknown,
+                Utc::now()
+            ))
+            .unwrap_err()
+            .status(),
             404
         );
         // The rest (no lines: whatever is open).
         let rest = json!({"order_number": "WB-100001", "tracking_number": "TRK2"});
-        let r = transaction(&db, |db| fc_callback(db, "fc", &rest, Utc::now())).unwrap();
+        let r = transaction(&db, |db| {
+            crate::flows::shipping::center_event(db, "fc", &rest, Utc::now())
+        })
+        .unwrap();
         assert_eq!(
             (r["units"].as_i64(), r["partial"].as_bool()),
             (Some(1), Some(false))
@@ -2216,8 +2273,9 @@ mod tests {
             assert_eq!(v["data"]["checklist"].as_array().unwrap().len(), 2);
             // One A is missing from the shelf.
             let r = transaction(&db, |db| {
-                complete_pick(
+                crate::flows::shipping::complete_job_step(
                     db,
+                    "pick",
                     &pick,
                     &json!({"lines": [{"line_no": 1, "picked": 2}]}),
                     Utc::now(),
@@ -2265,15 +2323,24 @@ mod tests {
             // Every picked unit must go into a parcel.
             let partial = json!({"carrier": "dhl", "parcels": [{"tracking_number": "P1", "items": [{"line_no": 1, "quantity": 1}]}]});
             assert_eq!(
-                transaction(&db, |db| complete_pack(db, &pack, &partial, Utc::now()))
-                    .unwrap_err()
-                    .status(),
+                transaction(&db, |db| crate::flows::shipping::complete_job_step(
+                    db,
+                    "pack",
+                    &pack,
+                    &partial,
+                    Utc::now()
+                ))
+                .unwrap_err()
+                .status(),
                 422
             );
             let packed = json!({"carrier": "dhl", "service": "parcel", "parcels": [
                 {"tracking_number": "P1", "items": [{"line_no": 1, "quantity": 2}]},
                 {"tracking_number": "P2", "weight_grams": 450, "length_mm": 300, "width_mm": 200, "height_mm": 100, "items": [{"line_no": 2, "quantity": 1}]}]});
-            transaction(&db, |db| complete_pack(db, &pack, &packed, Utc::now())).unwrap();
+            transaction(&db, |db| {
+                crate::flows::shipping::complete_job_step(db, "pack", &pack, &packed, Utc::now())
+            })
+            .unwrap();
             let hand = job(&db, &fo, "handover");
             let pickups = carrier_pickups(&db, Some("wh".into())).unwrap();
             assert_eq!(pickups["carriers"][0]["carrier"], "dhl");
@@ -2287,11 +2354,26 @@ mod tests {
                 h["data"]["parcels"][0]["return_label"]["to"]["facility"],
                 "wh"
             );
-            transaction(&db, |db| complete_handover(db, &hand, Utc::now())).unwrap();
+            transaction(&db, |db| {
+                crate::flows::shipping::complete_job_step(
+                    db,
+                    "handover",
+                    &hand,
+                    &json!({}),
+                    Utc::now(),
+                )
+            })
+            .unwrap();
             assert_eq!(
-                transaction(&db, |db| complete_handover(db, &hand, Utc::now()))
-                    .unwrap_err()
-                    .status(),
+                transaction(&db, |db| crate::flows::shipping::complete_job_step(
+                    db,
+                    "handover",
+                    &hand,
+                    &json!({}),
+                    Utc::now()
+                ))
+                .unwrap_err()
+                .status(),
                 409
             );
             assert_eq!(b(&db, &id)[0].shipped, 2);
@@ -2349,12 +2431,16 @@ mod tests {
         process_order(&db, &id, Trigger::Intake, Utc::now()).unwrap();
         let fo = fo_of(&db, &id, "wh");
         let pick = job(&db, &fo, "pick");
-        transaction(&db, |db| complete_pick(db, &pick, &json!({}), Utc::now())).unwrap();
+        transaction(&db, |db| {
+            crate::flows::shipping::complete_job_step(db, "pick", &pick, &json!({}), Utc::now())
+        })
+        .unwrap();
         let pack = job(&db, &fo, "pack");
         // No carrier and no tracking number for a parcel the customer collects.
         transaction(&db, |db| {
-            complete_pack(
+            crate::flows::shipping::complete_job_step(
                 db,
+                "pack",
                 &pack,
                 &json!({"parcels": [{"items": [{"line_no": 1, "quantity": 1}]}]}),
                 Utc::now(),
@@ -2371,7 +2457,10 @@ mod tests {
             0,
             "not a carrier pickup"
         );
-        transaction(&db, |db| complete_handover(db, &hand, Utc::now())).unwrap();
+        transaction(&db, |db| {
+            crate::flows::shipping::complete_job_step(db, "handover", &hand, &json!({}), Utc::now())
+        })
+        .unwrap();
         assert_eq!(b(&db, &id)[0].delivered, 1, "handed over = delivered");
         let st = db
             .execute(
@@ -2395,7 +2484,7 @@ mod tests {
             .unwrap()
             .str("name");
         transaction(&db, |db| {
-            fc_callback(
+            crate::flows::shipping::center_event(
                 db,
                 "fc",
                 &json!({"fulfillment_order": name, "tracking_number": "EXC1"}),

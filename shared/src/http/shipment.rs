@@ -29,7 +29,7 @@ pub fn handle(
             ("POST", ["callbacks", "fc", facility, "shipments"]) => {
                 let sig = req.header("waybill-signature").unwrap_or("");
                 fulfillment::verify_center(db, secrets, facility, sig, &req.body, now)?;
-                ok(fulfillment::center_callback(
+                ok(crate::flows::shipping::center_callback(
                     db,
                     facility,
                     &req.json_object()?,
@@ -107,7 +107,7 @@ pub fn handle(
                     {
                         let v = req.json_object_or_empty()?;
                         let kind = kind.trim_end_matches("-jobs");
-                        ok(fulfillment::complete_job(db, kind, id, &v, now)?)
+                        ok(crate::flows::shipping::complete_job(db, kind, id, &v, now)?)
                     }
                     ("GET", ["api", "fulfillment", "carrier-pickups"]) => ok(
                         fulfillment::carrier_pickups(db, req.query_param("facility"))?,

@@ -681,7 +681,7 @@ mod tests {
             .unwrap()
             .str("number");
         transaction(db, |db| {
-            crate::fulfillment::fc_callback(
+            crate::flows::shipping::center_event(
                 db,
                 "fc",
                 &json!({"order_number": number, "tracking_number": format!("T-{ext}")}),
