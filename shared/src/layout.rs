@@ -61,8 +61,6 @@ const PENDING: &[(&str, &str)] = &[
     // (to become an outcome the ship-and-capture flow applies).
     ("payments", "fulfillment"),
     ("payments", "routing"),
-    ("returns", "intake"),
-    ("returns", "payments"),
     ("routing", "payments"),
 ];
 

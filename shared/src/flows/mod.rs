@@ -4,5 +4,6 @@ pub mod center_requests;
 pub mod changes;
 pub mod intake;
 pub mod order_detail;
+pub mod returns;
 pub mod shipping;
 pub mod source_payments;

@@ -108,7 +108,7 @@ fn return_action(
         "reject" => returns::close_unreceived(db, key, "rejected", v, "api", now),
         "cancel" => returns::close_unreceived(db, key, "cancelled", v, "api", now),
         "receive" => {
-            got = returns::receive(db, key, v, "api", now)?;
+            got = crate::flows::returns::receive(db, key, v, "api", now)?;
             Ok(())
         }
         other => Err(Error::not_found(format!("no return action '{other}'"))),

@@ -312,14 +312,15 @@ pub fn close_unreceived(
 /// follow), `damaged` is scrapped. The refund (resolution `refund`) is exactly
 /// the received units' capture shares, plus shipping when the return says so
 /// and nothing of the order is left shipped and unreturned.
-/// Returns the SKUs restocked (for the backorder pass).
-pub fn receive(
+/// The inspection step of the return-receipt flow (`flows::returns`): answers
+/// what the flow must do next (refund, exchange) in a [`Receipt`].
+pub fn inspect(
     db: &dyn Db,
     key: &str,
     v: &Json,
     actor: &str,
     now: DateTime<Utc>,
-) -> Result<Received> {
+) -> Result<Receipt> {
     let r = resolve_return(db, key)?;
     let (id, order_id, status) = (first(&r, "id"), first(&r, "order_id"), first(&r, "status"));
     if status != "approved" {
@@ -432,7 +433,7 @@ pub fn receive(
         json!({"return": number, "units": units, "restocked": restocked_units, "scrapped": units - restocked_units, "facility": facility}),
     )?;
     // The refund: exactly the received units' capture shares.
-    let mut refund = Json::Null;
+    let mut refund = None;
     if first(&r, "resolution") == "refund" {
         let nothing_left_out: bool = db
             .execute(
@@ -442,42 +443,20 @@ pub fn receive(
             .first()
             .map(|x| x.i64("n") == 0)
             .unwrap_or(false);
-        let req = crate::payments::capture::RefundRequest {
+        refund = Some(RefundDue {
             lines: refund_lines,
             shipping: r
                 .first()
                 .map(|x| x.i64("refund_shipping") != 0)
                 .unwrap_or(false)
                 && nothing_left_out,
-            amount: None,
             reason: format!("return {number}"),
-        };
-        match crate::payments::capture::refund(db, &order_id, &req, actor, now) {
-            Ok(tx) => {
-                db.execute(
-                    "UPDATE returns SET refund_transaction_id = ? WHERE id = ?",
-                    params![tx.clone(), id.clone()],
-                )?;
-                refund = json!(tx);
-            }
-            // Nothing captured (a pending order): received, the refund is the operator's.
-            Err(e) if e.status() == 409 => {
-                record_event(
-                    db,
-                    &order_id,
-                    now,
-                    actor,
-                    "return.refund_skipped",
-                    &format!("Return {number}: no refund ({})", e.detail),
-                    json!({"return": number}),
-                )?;
-            }
-            Err(e) => return Err(e),
-        }
+        });
     }
     // The exchange: a linked replacement order, already paid (no second payment
     // for the same value), routed like any order. Once per return.
-    let mut replacement_order = None;
+    let mut order_number = String::new();
+    let mut exchange = None;
     if first(&r, "resolution") == "exchange"
         && r.first()
             .and_then(|x| x.opt_str("replacement_order_id"))
@@ -516,40 +495,108 @@ pub fn receive(
             "financial_status": "paid", "tags": ["exchange"],
             "note": format!("Replacement for return {number} of order {}", o.str("number")),
         });
-        let new_order = crate::intake::sources::api::map_order(&body, "", now)?;
-        let ins = store::insert_order(db, &new_order, now, actor)?;
-        // Pending the return-receipt flow (issue #15): the payment record every placed order has.
-        crate::payments::capture::open_payment(db, &ins.id, &new_order, now)?;
-        db.execute(
-            "UPDATE returns SET replacement_order_id = ? WHERE id = ?",
-            params![ins.id.clone(), id.clone()],
-        )?;
-        record_event(
-            db,
-            &order_id,
-            now,
-            actor,
-            "return.exchanged",
-            &format!(
-                "Return {number}: replacement order {} created (no charge)",
-                ins.number
-            ),
-            json!({"return": number, "replacement_order_id": ins.id, "replacement_number": ins.number}),
-        )?;
-        record_event(
-            db,
-            &ins.id,
-            now,
-            actor,
-            "order.exchange_of",
-            &format!(
-                "Replacement for return {number} of order {}",
-                o.str("number")
-            ),
-            json!({"return": number, "original_order_id": order_id}),
-        )?;
-        replacement_order = Some(ins.id);
+        exchange = Some(body);
+        order_number = o.str("number");
     }
+    Ok(Receipt {
+        id,
+        order_id,
+        number,
+        order_number,
+        facility,
+        units,
+        restocked_units,
+        all_in,
+        restocked,
+        refund,
+        exchange,
+    })
+}
+
+/// The refund of a receipt was booked.
+pub fn refund_booked(db: &dyn Db, rc: &Receipt, tx: &str) -> Result<()> {
+    db.execute(
+        "UPDATE returns SET refund_transaction_id = ? WHERE id = ?",
+        params![tx, rc.id.clone()],
+    )?;
+    Ok(())
+}
+
+/// Nothing was captured (a pending order): received, the refund is the operator's.
+pub fn refund_skipped(
+    db: &dyn Db,
+    rc: &Receipt,
+    why: &str,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    record_event(
+        db,
+        &rc.order_id,
+        now,
+        actor,
+        "return.refund_skipped",
+        &format!("Return {}: no refund ({why})", rc.number),
+        json!({"return": rc.number}),
+    )
+}
+
+/// The exchange's replacement order was placed.
+pub fn exchanged(
+    db: &dyn Db,
+    rc: &Receipt,
+    replacement_id: &str,
+    replacement_number: &str,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let number = &rc.number;
+    db.execute(
+        "UPDATE returns SET replacement_order_id = ? WHERE id = ?",
+        params![replacement_id, rc.id.clone()],
+    )?;
+    record_event(
+        db,
+        &rc.order_id,
+        now,
+        actor,
+        "return.exchanged",
+        &format!("Return {number}: replacement order {replacement_number} created (no charge)"),
+        json!({"return": number, "replacement_order_id": replacement_id, "replacement_number": replacement_number}),
+    )?;
+    record_event(
+        db,
+        replacement_id,
+        now,
+        actor,
+        "order.exchange_of",
+        &format!(
+            "Replacement for return {number} of order {}",
+            rc.order_number
+        ),
+        json!({"return": number, "original_order_id": rc.order_id}),
+    )
+}
+
+/// The last step of a receipt: the return's status, the outbox, the order's statuses.
+pub fn finish(
+    db: &dyn Db,
+    rc: Receipt,
+    refund: Json,
+    replacement_order: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<Received> {
+    let Receipt {
+        id,
+        order_id,
+        number,
+        facility,
+        units,
+        restocked_units,
+        all_in,
+        restocked,
+        ..
+    } = rc;
     db.execute(
         "UPDATE returns SET status = ?, received_at = ?, updated_at = ? WHERE id = ?",
         params![
@@ -573,6 +620,36 @@ pub fn receive(
         restocked,
         replacement_order,
     })
+}
+
+/// What the inspection of a return leaves for the return-receipt flow.
+#[derive(Debug)]
+pub struct Receipt {
+    pub id: String,
+    pub order_id: String,
+    /// The return's number (`RMA-...`).
+    pub number: String,
+    /// The original order's number.
+    pub order_number: String,
+    pub facility: String,
+    pub units: i64,
+    pub restocked_units: i64,
+    /// Every unit of the return is in.
+    pub all_in: bool,
+    pub restocked: Vec<String>,
+    /// The refund due (resolution `refund`).
+    pub refund: Option<RefundDue>,
+    /// The replacement order's API document (resolution `exchange`, once per return).
+    pub exchange: Option<Json>,
+}
+
+/// A refund a receipt asks for: units per line (at their capture shares) and
+/// whether shipping is refunded.
+#[derive(Debug)]
+pub struct RefundDue {
+    pub lines: BTreeMap<i64, i64>,
+    pub shipping: bool,
+    pub reason: String,
 }
 
 /// What receiving a return set in motion.
@@ -722,9 +799,15 @@ mod tests {
         .unwrap();
         // Received before approval: refused.
         assert_eq!(
-            transaction(&db, |db| receive(db, &rid, &json!({}), "t", Utc::now()))
-                .unwrap_err()
-                .status(),
+            transaction(&db, |db| crate::flows::returns::receive(
+                db,
+                &rid,
+                &json!({}),
+                "t",
+                Utc::now()
+            ))
+            .unwrap_err()
+            .status(),
             409
         );
         transaction(&db, |db| approve(db, &rid, &json!({}), "t", Utc::now())).unwrap();
@@ -737,7 +820,7 @@ mod tests {
         assert_eq!(v["return_label"]["to"]["facility"], "fc");
         // One good, one damaged.
         let skus = transaction(&db, |db| {
-            receive(db, &rid, &json!({"lines": [{"line_no": 1, "quantity": 1, "condition": "good"},
+            crate::flows::returns::receive(db, &rid, &json!({"lines": [{"line_no": 1, "quantity": 1, "condition": "good"},
                                                 {"line_no": 1, "quantity": 1, "condition": "damaged"}]}), "t", Utc::now())
         })
         .unwrap();
@@ -794,7 +877,10 @@ mod tests {
             approve(db, &r2, &json!({"facility": "fc"}), "t", Utc::now())
         })
         .unwrap();
-        transaction(&db, |db| receive(db, &r2, &json!({}), "t", Utc::now())).unwrap();
+        transaction(&db, |db| {
+            crate::flows::returns::receive(db, &r2, &json!({}), "t", Utc::now())
+        })
+        .unwrap();
         assert_eq!(refunds(&db, &id).len(), 1, "no second refund");
         assert_eq!(n(&db, "SELECT on_hand AS n FROM stock WHERE sku = 'B'"), 10);
     }
@@ -820,7 +906,7 @@ mod tests {
         .unwrap();
         transaction(&db, |db| approve(db, &rid, &json!({}), "t", Utc::now())).unwrap();
         let got = transaction(&db, |db| {
-            receive(
+            crate::flows::returns::receive(
                 db,
                 &rid,
                 &json!({"lines": [{"line_no": 1, "quantity": 1, "condition": "damaged"}]}),
@@ -859,9 +945,15 @@ mod tests {
         );
         // Receiving again creates no second replacement.
         assert_eq!(
-            transaction(&db, |db| receive(db, &rid, &json!({}), "t", Utc::now()))
-                .unwrap_err()
-                .status(),
+            transaction(&db, |db| crate::flows::returns::receive(
+                db,
+                &rid,
+                &json!({}),
+                "t",
+                Utc::now()
+            ))
+            .unwrap_err()
+            .status(),
             409
         );
     }
@@ -912,7 +1004,7 @@ mod tests {
         assert_eq!(e.status(), 422);
         transaction(&db, |db| approve(db, &r, &json!({}), "t", Utc::now())).unwrap();
         let e = transaction(&db, |db| {
-            receive(
+            crate::flows::returns::receive(
                 db,
                 &r,
                 &json!({"lines": [{"line_no": 1, "quantity": 4}]}),
