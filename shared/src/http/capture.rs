@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
-use crate::http::{segments, Request, Response, Scope, Tokens};
+use crate::http::{segments, Request, Response, Tokens};
 use crate::kernel::db::{transaction, Db};
 use crate::kernel::error::{Error, FieldError, Result};
 use crate::orders::views;
@@ -139,14 +139,7 @@ pub fn handle(
                 _ => Err(Error::not_found("no such internal endpoint")),
             };
         }
-        tokens.authorize(
-            req,
-            if m == "GET" || m == "HEAD" {
-                Scope::Read
-            } else {
-                Scope::Write
-            },
-        )?;
+        tokens.authorize_method(req)?;
         let order = |key: &str| -> Result<String> {
             views::resolve(db, key)?.ok_or_else(|| Error::not_found(format!("no order '{key}'")))
         };

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 
-use crate::http::{segments, Request, Response, Scope, Tokens};
+use crate::http::{segments, Request, Response, Tokens};
 use crate::inventory::{self, Config, Effects, MAX_KEYS_PER_IMPORT};
 use crate::kernel::db::Db;
 use crate::kernel::error::{Error, ErrorKind, FieldError, Result};
@@ -57,12 +57,7 @@ fn route(
         let out = inventory::fc_push(db, kv, cfg, facility, sig, &req.body, now, fx)?;
         return Ok(Response::json(200, &out));
     }
-    let need = if m == "GET" || m == "HEAD" {
-        Scope::Read
-    } else {
-        Scope::Write
-    };
-    tokens.authorize(req, need)?;
+    tokens.authorize_method(req)?;
     let ok = |v: Json| Ok(Response::json(200, &v));
     match (m, segs.as_slice()) {
         ("GET", ["api", "facilities"]) => ok(inventory::list_facilities(db)?),

@@ -242,6 +242,16 @@ impl Tokens {
         )
     }
 
+    /// The read scope for `GET` and `HEAD`, the write scope for anything else.
+    pub fn authorize_method(&self, req: &Request) -> Result<(), Error> {
+        let need = if req.method == "GET" || req.method == "HEAD" {
+            Scope::Read
+        } else {
+            Scope::Write
+        };
+        self.authorize(req, need)
+    }
+
     /// Checks `Authorization: Bearer <token>` for `need`; 401 without a valid token, 403 for too little scope.
     pub fn authorize(&self, req: &Request, need: Scope) -> Result<(), Error> {
         let Some(auth) = req.header("authorization") else {
@@ -274,6 +284,21 @@ impl Tokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_method_picks_the_scope() {
+        let t = Tokens::parse("read:r-token-456");
+        let req = |m: &str| Request::new(m, "/").with_header("Authorization", "Bearer r-token-456");
+        assert!(t.authorize_method(&req("GET")).is_ok());
+        assert!(t.authorize_method(&req("HEAD")).is_ok());
+        for m in ["POST", "PUT", "PATCH", "DELETE"] {
+            assert_eq!(
+                t.authorize_method(&req(m)).unwrap_err().status(),
+                403,
+                "{m}"
+            );
+        }
+    }
 
     #[test]
     fn tokens_and_scopes() {

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
-use crate::http::{segments, Request, Response, Scope, Tokens};
+use crate::http::{segments, Request, Response, Tokens};
 use crate::intake::sources;
 use crate::kernel::db::Db;
 use crate::kernel::error::{Error, ErrorKind, Result};
@@ -51,12 +51,7 @@ pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request, now: DateTime<Utc>) -
             }
             (_, ["internal", ..]) => Err(Error::not_found("no such internal endpoint")),
             _ => {
-                let need = if m == "GET" || m == "HEAD" {
-                    Scope::Read
-                } else {
-                    Scope::Write
-                };
-                tokens.authorize(req, need)?;
+                tokens.authorize_method(req)?;
                 match (m, segs.as_slice()) {
                     ("GET", ["api", "routing", "config"]) => ok(settings::configs_view(db)?),
                     ("GET", ["api", "routing", "config", ch]) => {

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
 use crate::fulfillment::{self, tracking, Secrets};
-use crate::http::{segments, Request, Response, Scope, Tokens};
+use crate::http::{segments, Request, Response, Tokens};
 use crate::inventory;
 use crate::kernel::db::{transaction, Db};
 use crate::kernel::error::{Error, Result};
@@ -79,14 +79,7 @@ pub fn handle(
             }
             (_, ["callbacks", ..]) => Err(Error::not_found("no such callback")),
             _ => {
-                tokens.authorize(
-                    req,
-                    if m == "GET" || m == "HEAD" {
-                        Scope::Read
-                    } else {
-                        Scope::Write
-                    },
-                )?;
+                tokens.authorize_method(req)?;
                 match (m, segs.as_slice()) {
                     ("GET", ["api", "fulfillment", "jobs"]) => {
                         let q = fulfillment::JobQuery {
