@@ -1222,7 +1222,7 @@ mod tests {
         );
         let (a, ..) = pay(&db, &id2);
         transaction(&db, |db| {
-            crate::payments::capture::retry(
+            crate::flows::payments::retry(
                 db,
                 &id2,
                 &json!({"amount_minor": a + short}),

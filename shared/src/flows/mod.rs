@@ -4,6 +4,7 @@ pub mod center_requests;
 pub mod changes;
 pub mod intake;
 pub mod order_detail;
+pub mod payments;
 pub mod returns;
 pub mod shipping;
 pub mod source_payments;

@@ -11,7 +11,7 @@ use crate::kernel::error::{Error, FieldError, Result};
 use crate::orders::views;
 use crate::payments::capture::{
     action_items, document, documents, payment_view, process_due, put_settings, refund_now,
-    retry_now, settings, Processed, RefundRequest,
+    settings, Processed, RefundRequest,
 };
 use crate::payments::gateway::{Http, StripeConfig};
 
@@ -185,7 +185,7 @@ pub fn handle(
                 let id = order(key)?;
                 Ok(Response::json(
                     200,
-                    &retry_now(db, http, stripe, &id, &v, now)?,
+                    &crate::flows::payments::retry_now(db, http, stripe, &id, &v, now)?,
                 ))
             }
             ("POST", ["api", "payments", "sweep"]) => {

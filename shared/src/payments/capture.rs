@@ -449,7 +449,7 @@ pub fn capture_fulfillment_order(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -
         });
     }
     let Some(pay) = load_payment(db, &order_id)? else {
-        crate::routing::allocation::release_fulfillment_order(db, fo_id, now)?;
+        crate::fulfillment::release::release(db, fo_id, now)?;
         return Ok(Gate::Released);
     };
     let ctx = order_ctx(db, &order_id)?;
@@ -610,7 +610,7 @@ pub fn settle(db: &dyn Db, tx_id: &str, reference: Option<&str>, now: DateTime<U
             store::enqueue(db, "invoice.created", Some(&order_id), invoice, now)?;
             match fo_status.as_str() {
                 "scheduled" => {
-                    crate::routing::allocation::release_fulfillment_order(db, &fo_id, now)?;
+                    crate::fulfillment::release::release(db, &fo_id, now)?;
                 }
                 "cancelled" => {
                     // Cancelled while the gateway was capturing: give the money back.
@@ -1291,8 +1291,9 @@ pub fn has_due(db: &dyn Db, now: DateTime<Utc>) -> Result<bool> {
 /// The operator's retry after a decline or an unknown outcome: optionally a
 /// new authorization (reference, amount, expiry), the payment_failed hold is
 /// lifted, unknown captures are sent again with their key and declined
-/// fulfillment orders are captured anew.
-pub fn retry(
+/// fulfillment orders are captured anew (by `flows::payments::retry`, which
+/// releases the order after this has recorded the retry).
+pub fn record_retry(
     db: &dyn Db,
     order_id: &str,
     body: &Json,
@@ -1382,8 +1383,6 @@ pub fn retry(
             "a new authorization was recorded",
         )?;
     }
-    crate::routing::allocation::release(db, order_id, now)?;
-    store::refresh_status(db, order_id, now)?;
     Ok(())
 }
 
@@ -1680,20 +1679,6 @@ pub fn refund_now(
     Ok(json!({"refund": t, "payment": view}))
 }
 
-/// The operator's retry of an order's failed payment, sent before the answer.
-pub fn retry_now(
-    db: &dyn Db,
-    http: &dyn Http,
-    stripe: &StripeConfig,
-    order_id: &str,
-    v: &Json,
-    now: DateTime<Utc>,
-) -> Result<Json> {
-    transaction(db, |db| retry(db, order_id, v, "api", now))?;
-    process_due(db, http, stripe, Some(&[order_id.to_string()]), now, 50)?;
-    payment_view(db, order_id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1877,7 +1862,7 @@ mod tests {
         assert!(captured(&db, &id).is_empty());
         // ... the operator does, with a fresh authorization.
         transaction(&db, |db| {
-            retry(
+            crate::flows::payments::retry(
                 db,
                 &id,
                 &json!({"authorization_expires_at": "2099-01-01T00:00:00Z"}),

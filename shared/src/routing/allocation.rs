@@ -22,7 +22,7 @@ use crate::kernel::db::{transaction, Db, Value};
 use crate::kernel::error::{Error, Result};
 use crate::kernel::time::ts;
 use crate::orders::model::{HoldReason, NewOrder};
-use crate::orders::store::{self, enqueue, record_event};
+use crate::orders::store::{self, record_event};
 use crate::params;
 use crate::routing::engine::{self, Demand, Destination, Facility, FacilityType, Service, Supply};
 
@@ -595,27 +595,6 @@ fn part_numbers(
         .collect())
 }
 
-/// The outbox payload of a released fulfillment order (for the shipment
-/// component, the fulfillment center and subscribers).
-#[allow(clippy::too_many_arguments)]
-fn released_payload(
-    fo_id: &str,
-    name: &str,
-    order_id: &str,
-    number: &str,
-    facility: &str,
-    pickup: bool,
-    email: &Option<String>,
-    customer_name: &Option<String>,
-    doc: &Json,
-    items: &[Json],
-) -> Json {
-    json!({"fulfillment_order_id": fo_id, "fulfillment_order": name, "order_id": order_id, "number": number,
-           "facility": facility, "pickup": pickup, "email": email, "customer_name": customer_name,
-           "shipping_address": doc["shipping_address"], "shipping_method": doc["shipping_lines_minor"][0]["method"],
-           "lines": items})
-}
-
 /// Writes a pass's timeline events and outbox rows, one statement each.
 fn flush(
     db: &dyn Db,
@@ -822,7 +801,7 @@ fn apply(
                                 part.facility
                             ),
                             json!({"fulfillment_order": name, "facility": part.facility, "units": units, "lines": fo_lines, "pickup": pickup})));
-                        let payload = released_payload(
+                        let payload = crate::fulfillment::release::released_payload(
                             &fo_id,
                             &name,
                             order_id,
@@ -1117,94 +1096,12 @@ pub fn release(db: &dyn Db, order_id: &str, now: DateTime<Utc>) -> Result<i64> {
             if crate::payments::capture::capture_fulfillment_order(db, &fo_id, now)?
                 == crate::payments::capture::Gate::Released
             {
-                total += fo_units(db, &fo_id)?;
+                total += crate::fulfillment::release::units(db, &fo_id)?;
             }
         } else {
-            total += release_fulfillment_order(db, &fo_id, now)?;
+            total += crate::fulfillment::release::release(db, &fo_id, now)?;
         }
     }
-    Ok(total)
-}
-
-fn fo_units(db: &dyn Db, fo_id: &str) -> Result<i64> {
-    Ok(db
-        .execute(
-            "SELECT COALESCE(SUM(quantity), 0) AS n FROM fulfillment_order_lines WHERE fulfillment_order_id = ?",
-            params![fo_id],
-        )?
-        .first()
-        .map(|r| r.i64("n"))
-        .unwrap_or(0))
-}
-
-/// Releases one allocated fulfillment order (`on_hold` or `scheduled`): its
-/// units move from allocated to released, the timeline and the outbox
-/// (`fulfillment_order.released`) say so. Returns the units released (0 if it
-/// was not waiting).
-pub fn release_fulfillment_order(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -> Result<i64> {
-    let fos = db.execute(
-        "SELECT f.id, f.order_id, f.name, f.facility_id, f.pickup, o.number, o.doc, o.customer_email, o.customer_name
-         FROM fulfillment_orders f JOIN orders o ON o.id = f.order_id
-         WHERE f.id = ? AND f.status IN ('on_hold', 'scheduled')",
-        params![fo_id],
-    )?;
-    let Some(f) = fos.first() else {
-        return Ok(0);
-    };
-    let order_id = f.str("order_id");
-    let order_id = order_id.as_str();
-    let mut total = 0;
-    let lines = db.execute(
-        "SELECT fl.line_no, fl.sku, fl.part_number, fl.quantity, l.name FROM fulfillment_order_lines fl
-         JOIN order_lines l ON l.order_id = ? AND l.line_no = fl.line_no
-         WHERE fl.fulfillment_order_id = ? ORDER BY fl.line_no",
-        params![order_id, fo_id],
-    )?;
-    let mut items = Vec::new();
-    for l in lines.iter() {
-        let q = l.i64("quantity");
-        db.execute(
-            "UPDATE order_lines SET qty_allocated = qty_allocated - ?1, qty_released = qty_released + ?1 WHERE order_id = ?2 AND line_no = ?3",
-            params![q, order_id, l.i64("line_no")],
-        )?;
-        total += q;
-        items.push(json!({"line_no": l.i64("line_no"), "sku": l.str("sku"), "part_number": l.opt_str("part_number"),
-                          "name": l.str("name"), "quantity": q}));
-    }
-    set_status(db, fo_id, FoStatus::Open, now)?;
-    let doc: Json = serde_json::from_str(&f.str("doc")).unwrap_or(Json::Null);
-    let name = f.str("name");
-    let facility = f.str("facility_id");
-    record_event(
-        db,
-        order_id,
-        now,
-        "routing",
-        "fulfillment_order.released",
-        &format!("{name} released to {facility}"),
-        json!({"fulfillment_order": name, "facility": facility, "units": total}),
-    )?;
-    let payload = released_payload(
-        fo_id,
-        &name,
-        order_id,
-        &f.str("number"),
-        &facility,
-        f.i64("pickup") != 0,
-        &f.opt_str("customer_email"),
-        &f.opt_str("customer_name"),
-        &doc,
-        &items,
-    );
-    enqueue(
-        db,
-        "fulfillment_order.released",
-        Some(order_id),
-        payload,
-        now,
-    )?;
-    crate::fulfillment::on_released(db, fo_id, now)?;
-    store::refresh_status(db, order_id, now)?;
     Ok(total)
 }
 

@@ -1,0 +1,40 @@
+//! The operator's payment retry: the retry is recorded in the ledger
+//! (payments), then the order's allocated work is released again (routing,
+//! through its captures) and, for a gateway, sent before the answer.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value as Json;
+
+use crate::kernel::db::{transaction, Db};
+use crate::kernel::error::Result;
+use crate::orders::store;
+use crate::payments::capture::{payment_view, process_due, record_retry};
+use crate::payments::gateway::{Http, StripeConfig};
+
+/// Records a retry and releases what it unblocks (in the caller's transaction).
+pub fn retry(
+    db: &dyn Db,
+    order_id: &str,
+    body: &Json,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    record_retry(db, order_id, body, actor, now)?;
+    crate::routing::allocation::release(db, order_id, now)?;
+    store::refresh_status(db, order_id, now)?;
+    Ok(())
+}
+
+/// The operator's retry of an order's failed payment, sent before the answer.
+pub fn retry_now(
+    db: &dyn Db,
+    http: &dyn Http,
+    stripe: &StripeConfig,
+    order_id: &str,
+    v: &Json,
+    now: DateTime<Utc>,
+) -> Result<Json> {
+    transaction(db, |db| retry(db, order_id, v, "api", now))?;
+    process_due(db, http, stripe, Some(&[order_id.to_string()]), now, 50)?;
+    payment_view(db, order_id)
+}
