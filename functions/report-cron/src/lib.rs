@@ -22,7 +22,7 @@ impl Guest for ReportCron {
         let date = report::scheduled_date(now, cfg.timezone);
         let (r, fresh) = report::generate(&db, date, cfg.timezone, now).map_err(fail)?;
         // Hourly housekeeping rides along: expired Idempotency-Keys, month-old webhook receipts.
-        let purged = waybill::orders::store::purge_expired(&db, now, 30).map_err(fail)?;
+        let purged = waybill::intake::purge_expired(&db, now, 30).map_err(fail)?;
         if purged > 0 {
             println!("report-cron: purged {purged} expired idempotency keys and webhook receipts");
         }

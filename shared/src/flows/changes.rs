@@ -20,9 +20,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
 use crate::fulfillment::status::{set_status, set_status_from, FoStatus};
+use crate::fulfillment::store as fstore;
 use crate::kernel::db::Db;
 use crate::kernel::error::{Error, FieldError, Result};
-use crate::kernel::time::ts;
+use crate::orders::lines;
 use crate::orders::store::{self, enqueue, record_event};
 use crate::params;
 
@@ -154,10 +155,7 @@ pub fn change(
         changed.insert("note".into(), json!({"from": doc["note"], "to": n}));
         doc["note"] = json!(n);
     }
-    db.execute(
-        "UPDATE orders SET doc = ?, updated_at = ?, version = version + 1 WHERE id = ?",
-        params![doc.to_string(), ts(now), order_id],
-    )?;
+    store::set_doc(db, order_id, &doc, now)?;
     let what: Vec<String> = changed.keys().cloned().collect();
     record_event(
         db,
@@ -178,10 +176,7 @@ pub fn change(
             actor,
             "the shipping address or method changed",
         )?;
-        db.execute(
-            "UPDATE order_lines SET qty_backordered = 0 WHERE order_id = ?",
-            params![order_id],
-        )?;
+        lines::clear_backorders(db, order_id)?;
         // An incorrect-address hold is the operator's to lift; a new address lifts it.
         if address.is_some() {
             store::release_hold(
@@ -353,11 +348,7 @@ fn cancel_units(
         .max(0);
         let take = q.min(unplaced);
         if take > 0 {
-            db.execute(
-                "UPDATE order_lines SET qty_cancelled = qty_cancelled + ?1, qty_backordered = MAX(qty_backordered - ?1, 0)
-                 WHERE order_id = ?2 AND line_no = ?3",
-                params![take, order_id, line_no],
-            )?;
+            lines::cancel_unplaced(db, order_id, line_no, take)?;
             q -= take;
         }
         // 2. Units in fulfillment orders not being worked on, newest first.
@@ -378,12 +369,7 @@ fn cancel_units(
                 let fs = f.str("status");
                 if f.str("ftype") == "fulfillment_center" && fs == "open" {
                     // The center has it: ask it to cancel.
-                    let n = db.exec(
-                        "UPDATE fulfillment_orders SET request_status = 'cancellation_requested', updated_at = ? WHERE id = ?
-                         AND request_status NOT IN ('cancellation_requested')",
-                        params![ts(now), fo_id.clone()],
-                    )?;
-                    if n > 0 {
+                    if fstore::set_request_status(db, &fo_id, "cancellation_requested", now)? {
                         requested_from_fc.push((
                             fo_id.clone(),
                             f.str("name"),
@@ -479,62 +465,20 @@ fn remove_from_fo(
     now: DateTime<Utc>,
 ) -> Result<()> {
     crate::inventory::stock::give_back(db, sku, facility, q, now)?;
-    let bucket = if fo_status == "open" {
-        "qty_released"
+    let from = if fo_status == "open" {
+        lines::Placed::Released
     } else {
-        "qty_allocated"
+        lines::Placed::Allocated
     };
-    db.execute(
-        &format!("UPDATE order_lines SET {bucket} = MAX({bucket} - ?1, 0), qty_cancelled = qty_cancelled + ?1 WHERE order_id = ?2 AND line_no = ?3"),
-        params![q, order_id, line_no],
-    )?;
-    db.execute(
-        "UPDATE fulfillment_order_lines SET quantity = quantity - ? WHERE fulfillment_order_id = ? AND line_no = ?",
-        params![q, fo_id, line_no],
-    )?;
-    db.execute(
-        "DELETE FROM fulfillment_order_lines WHERE fulfillment_order_id = ? AND line_no = ? AND quantity <= 0",
-        params![fo_id, line_no],
-    )?;
+    lines::cancel_placed(db, order_id, line_no, q, from)?;
+    fstore::remove_units(db, fo_id, line_no, q)?;
     // The pick list (not started) follows.
-    if let Some(j) = db
-        .execute(
-            "SELECT id, data FROM fulfillment_jobs WHERE fulfillment_order_id = ? AND kind = 'pick' AND status = 'open'",
-            params![fo_id],
-        )?
-        .first()
-    {
-        let mut data: Json = serde_json::from_str(&j.str("data")).unwrap_or(Json::Null);
-        if let Some(list) = data["checklist"].as_array_mut() {
-            for item in list.iter_mut() {
-                if item["line_no"].as_i64() == Some(line_no) {
-                    item["quantity"] = json!(item["quantity"].as_i64().unwrap_or(0) - q);
-                }
-            }
-            list.retain(|i| i["quantity"].as_i64().unwrap_or(0) > 0);
-        }
-        let empty = data["checklist"].as_array().is_none_or(|a| a.is_empty());
-        db.execute(
-            "UPDATE fulfillment_jobs SET data = ?, status = CASE WHEN ? THEN 'cancelled' ELSE status END, updated_at = ? WHERE id = ?",
-            params![data.to_string(), empty, ts(now), j.str("id")],
-        )?;
-    }
-    let left = db
-        .execute(
-            "SELECT COUNT(*) AS n FROM fulfillment_order_lines WHERE fulfillment_order_id = ?",
-            params![fo_id],
-        )?
-        .first()
-        .map(|r| r.i64("n"))
-        .unwrap_or(0);
+    fstore::shrink_open_pick_list(db, fo_id, line_no, q, now)?;
+    let left = fstore::line_count(db, fo_id)?;
     if left == 0 {
         set_status(db, fo_id, FoStatus::Cancelled, now)?;
         // A capture not yet sent stops; one in flight that succeeds is refunded (capture::settle).
-        db.execute(
-            "UPDATE payment_transactions SET status = 'cancelled', processed_at = ?1
-             WHERE fulfillment_order_id = ?2 AND kind = 'capture' AND status = 'pending' AND (lease_until IS NULL OR lease_until < ?1)",
-            params![ts(now), fo_id],
-        )?;
+        crate::payments::capture::stop_capture(db, fo_id, now)?;
     }
     Ok(())
 }
@@ -827,25 +771,23 @@ pub fn substitute(
         false,
     )?;
     // ... the substitute comes in as a new line.
-    let new_line = db
-        .execute(
-            "SELECT COALESCE(MAX(line_no), 0) + 1 AS n FROM order_lines WHERE order_id = ?",
-            params![order_id],
-        )?
-        .first()
-        .map(|r| r.i64("n"))
-        .unwrap_or(1);
-    db.execute(
-        "INSERT INTO order_lines (order_id, line_no, external_id, sku, name, unit_price_minor, subtotal_minor, discount_minor, tax_minor,
-            requires_shipping, qty_ordered) VALUES (?, ?, NULL, ?, ?, ?, ?, ?, ?, 1, ?)",
-        params![order_id, new_line, sku.clone(), product.clone().unwrap_or_default(), price, subtotal, discount, tax, q],
+    let product_name = product.clone().unwrap_or_default();
+    let new_line = lines::add(
+        db,
+        order_id,
+        &lines::AddedLine {
+            sku: &sku,
+            name: &product_name,
+            unit_price: price,
+            subtotal,
+            discount,
+            tax,
+            quantity: q,
+        },
     )?;
     let new_amount = net + tax;
     let delta = new_amount - old_amount;
-    db.execute(
-        "UPDATE orders SET total_minor = total_minor + ?, version = version + 1, updated_at = ? WHERE id = ?",
-        params![delta, ts(now), order_id],
-    )?;
+    store::add_to_total(db, order_id, delta, now)?;
     record_event(
         db,
         order_id,

@@ -25,6 +25,7 @@
 
 pub mod release;
 pub mod status;
+pub mod store;
 pub mod tracking;
 
 use crate::inventory::stock;
@@ -35,11 +36,13 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
+use crate::fulfillment::store as fstore;
 use crate::fulfillment::tracking::{Status, Update};
 use crate::kernel::db::{transaction, Db, Value};
 use crate::kernel::error::{Error, FieldError, Result};
 use crate::kernel::time::ts;
-use crate::orders::store::{self, enqueue, record_event};
+use crate::orders::lines;
+use crate::orders::store::{self as orders_store, enqueue, record_event};
 use crate::params;
 
 // ---------------------------------------------------------------- settings
@@ -54,11 +57,7 @@ pub enum ShortPick {
 }
 
 pub fn short_pick_policy(db: &dyn Db) -> Result<ShortPick> {
-    let r = db.execute("SELECT value FROM settings WHERE key = 'fulfillment'", &[])?;
-    let v: Json = r
-        .first()
-        .and_then(|r| serde_json::from_str(&r.str("value")).ok())
-        .unwrap_or(Json::Null);
+    let v = crate::kernel::settings::get(db, "fulfillment")?;
     Ok(if v["short_pick"] == "backorder" {
         ShortPick::Backorder
     } else {
@@ -94,10 +93,7 @@ pub fn put_settings(db: &dyn Db, v: &Json) -> Result<Json> {
     if !errs.is_empty() {
         return Err(Error::invalid(errs));
     }
-    db.execute(
-        "INSERT INTO settings (key, value) VALUES ('fulfillment', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        params![json!({"short_pick": policy}).to_string()],
-    )?;
+    crate::kernel::settings::put(db, "fulfillment", &json!({"short_pick": policy}))?;
     settings_json(db)
 }
 
@@ -305,11 +301,7 @@ fn set_request_status(
     let Some(fo) = load_fo(db, fo_id)? else {
         return Ok(());
     };
-    let n = db.exec(
-        "UPDATE fulfillment_orders SET request_status = ?, updated_at = ? WHERE id = ? AND request_status <> ?",
-        params![status, ts(now), fo_id, status],
-    )?;
-    if n > 0 {
+    if fstore::set_request_status(db, fo_id, status, now)? {
         record_event(
             db,
             &fo.order_id,
@@ -466,11 +458,7 @@ pub fn ship(db: &dyn Db, fo_id: &str, s: &ShipIn, now: DateTime<Utc>) -> Result<
             "INSERT INTO shipment_lines (shipment_id, line_no, sku, quantity) VALUES (?, ?, ?, ?)",
             params![shipment_id.clone(), *l, sku.clone(), *q],
         )?;
-        db.execute(
-            "UPDATE order_lines SET qty_released = MAX(qty_released - ?1, 0), qty_shipped = qty_shipped + ?1,
-                qty_delivered = qty_delivered + ?2 WHERE order_id = ?3 AND line_no = ?4",
-            params![*q, if s.delivered { *q } else { 0 }, fo.order_id.clone(), *l],
-        )?;
+        lines::ship(db, &fo.order_id, *l, *q, s.delivered)?;
         let m = stock::Movement {
             kind: "shipment",
             reason: format!("shipped with {}", fo.name),
@@ -572,7 +560,7 @@ pub fn ship(db: &dyn Db, fo_id: &str, s: &ShipIn, now: DateTime<Utc>) -> Result<
                "parcels": parcel_json}),
         now,
     )?;
-    store::refresh_status(db, &fo.order_id, now)?;
+    orders_store::refresh_status(db, &fo.order_id, now)?;
     Ok(Shipped::Booked {
         shipment_id,
         units,
@@ -927,10 +915,7 @@ fn deliver_shipment(
     let mut units = 0;
     for l in lines.iter() {
         units += l.i64("quantity");
-        db.execute(
-            "UPDATE order_lines SET qty_delivered = MIN(qty_delivered + ?, qty_shipped) WHERE order_id = ? AND line_no = ?",
-            params![l.i64("quantity"), order_id, l.i64("line_no")],
-        )?;
+        lines::deliver(db, &order_id, l.i64("line_no"), l.i64("quantity"))?;
     }
     let number = db.execute(
         "SELECT number, customer_email FROM orders WHERE id = ?",
@@ -954,7 +939,7 @@ fn deliver_shipment(
                "units": units, "delivered_at": ts(at), "email": n.as_ref().and_then(|r| r.opt_str("customer_email"))}),
         now,
     )?;
-    store::refresh_status(db, order_id, now)?;
+    orders_store::refresh_status(db, order_id, now)?;
     Ok(())
 }
 
@@ -1313,20 +1298,13 @@ fn complete_pick(
             actor: "fulfillment",
         };
         stock::consume(db, &sku, &facility, short, &m, now)?;
-        db.execute(
-            "UPDATE fulfillment_order_lines SET quantity = quantity - ? WHERE fulfillment_order_id = ? AND line_no = ?",
-            params![short, fo_id.clone(), *line],
-        )?;
-        db.execute(
-            "DELETE FROM fulfillment_order_lines WHERE fulfillment_order_id = ? AND line_no = ? AND quantity <= 0",
-            params![fo_id.clone(), *line],
-        )?;
-        db.execute(
-            &format!(
-                "UPDATE order_lines SET qty_released = MAX(qty_released - ?1, 0){} WHERE order_id = ?2 AND line_no = ?3",
-                if policy == ShortPick::Backorder { ", qty_backordered = qty_backordered + ?1" } else { "" }
-            ),
-            params![short, fo.order_id.clone(), *line],
+        fstore::remove_units(db, &fo_id, *line, short)?;
+        lines::short_picked(
+            db,
+            &fo.order_id,
+            *line,
+            short,
+            policy == ShortPick::Backorder,
         )?;
         short_lines.push(json!({"line_no": line, "sku": sku, "short": short}));
     }
@@ -1394,7 +1372,7 @@ fn complete_pick(
     if short_total > 0 && policy == ShortPick::Reroute {
         follow.reroute = Some(fo.order_id.clone());
     }
-    store::refresh_status(db, &fo.order_id, now)?;
+    orders_store::refresh_status(db, &fo.order_id, now)?;
     Ok((
         json!({"job": job_view(db, job_id)?, "short": short_total, "rerouted": Json::Null}),
         follow,
@@ -2023,7 +2001,7 @@ mod tests {
     }
 
     fn b(db: &NativeDb, id: &str) -> Vec<crate::orders::model::Buckets> {
-        store::load_buckets(db, id).unwrap()
+        orders_store::load_buckets(db, id).unwrap()
     }
 
     #[test]

@@ -71,10 +71,7 @@ pub fn release(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -> Result<i64> {
     let mut items = Vec::new();
     for l in lines.iter() {
         let q = l.i64("quantity");
-        db.execute(
-            "UPDATE order_lines SET qty_allocated = qty_allocated - ?1, qty_released = qty_released + ?1 WHERE order_id = ?2 AND line_no = ?3",
-            params![q, order_id, l.i64("line_no")],
-        )?;
+        crate::orders::lines::release(db, order_id, l.i64("line_no"), q)?;
         total += q;
         items.push(json!({"line_no": l.i64("line_no"), "sku": l.str("sku"), "part_number": l.opt_str("part_number"),
                           "name": l.str("name"), "quantity": q}));

@@ -43,6 +43,15 @@ pub fn kept_answer(db: &dyn Db, key: &str, hash: &str, now: DateTime<Utc>) -> Re
     Ok(Some((p.i64("status") as u16, stored)))
 }
 
+/// Housekeeping: drops Idempotency-Keys past their retention. Returns the
+/// rows removed.
+pub fn purge_expired_keys(db: &dyn Db, now: DateTime<Utc>) -> Result<u64> {
+    Ok(crate::kernel::db::Patient(db).exec(
+        "DELETE FROM idempotency_keys WHERE expires_at <= ?",
+        params![ts(now)],
+    )?)
+}
+
 /// Keeps the answer given for `key` for [`IDEMPOTENCY_RETENTION_HOURS`].
 pub fn keep_answer(
     db: &dyn Db,

@@ -84,6 +84,15 @@ pub fn mark_delivery(
     Ok(())
 }
 
+/// Housekeeping: drops receipts older than `days` (sources stop retrying
+/// long before). Returns the rows removed.
+pub fn purge_receipts(db: &dyn Db, now: DateTime<Utc>, days: i64) -> Result<u64> {
+    Ok(crate::kernel::db::Patient(db).exec(
+        "DELETE FROM webhook_receipts WHERE received_at < ?",
+        params![ts(now - chrono::Duration::days(days))],
+    )?)
+}
+
 /// What a verified delivery asks for.
 pub enum Delivery {
     /// Acknowledged with nothing to do; the answer says why.

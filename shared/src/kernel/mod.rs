@@ -7,5 +7,6 @@ pub mod json;
 pub mod kv;
 pub mod money;
 pub mod schema;
+pub mod settings;
 pub mod signature;
 pub mod time;

@@ -310,10 +310,7 @@ pub fn expand(
         let mut expanded = 0;
         for (id, rows) in &planned {
             // Another sweep may have expanded it meanwhile; only the first marks it.
-            let won = !db
-                .execute("UPDATE outbox SET state = 'expanded' WHERE id = ? AND state = 'pending' RETURNING id", params![*id])?
-                .is_empty();
-            if !won {
+            if !crate::orders::store::mark_expanded(db, *id)? {
                 continue;
             }
             expanded += 1;

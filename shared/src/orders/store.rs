@@ -9,6 +9,7 @@ use crate::kernel::db::{Db, Row, Value};
 use crate::kernel::error::{Error, Result};
 use crate::kernel::money::Money;
 use crate::kernel::time::ts;
+use crate::orders::lines;
 use crate::orders::model::{
     derive_fulfillment, derive_status, Buckets, HoldReason, NewOrder, Source,
 };
@@ -32,6 +33,53 @@ pub fn record_event(
         "INSERT INTO order_events (order_id, at, actor, kind, summary, data) VALUES (?, ?, ?, ?, ?, ?)",
         params![order_id, ts(now), actor, kind, summary, data.to_string()],
     )?;
+    Ok(())
+}
+
+/// Writes a batch of timeline events and outbox rows for one order, one
+/// statement each (a routing pass).
+pub fn record_batch(
+    db: &dyn Db,
+    order_id: &str,
+    now: DateTime<Utc>,
+    actor: &str,
+    ev: &[(&str, String, Json)],
+    obx: &[(&str, Json)],
+) -> Result<()> {
+    if !ev.is_empty() {
+        let ph = vec!["(?, ?, ?, ?, ?, ?)"; ev.len()].join(",");
+        let mut prm = Vec::with_capacity(ev.len() * 6);
+        for (kind, summary, data) in ev {
+            prm.extend([
+                Value::from(order_id),
+                Value::from(ts(now)),
+                Value::from(actor),
+                Value::from(*kind),
+                Value::from(summary.clone()),
+                Value::from(data.to_string()),
+            ]);
+        }
+        db.execute(
+            &format!(
+                "INSERT INTO order_events (order_id, at, actor, kind, summary, data) VALUES {ph}"
+            ),
+            &prm,
+        )?;
+    }
+    if !obx.is_empty() {
+        let ph = vec!["(?, ?, ?, ?, ?)"; obx.len()].join(",");
+        let mut prm = Vec::with_capacity(obx.len() * 5);
+        for (topic, payload) in obx {
+            prm.extend([
+                Value::from(*topic),
+                Value::from(order_id),
+                Value::from(payload.to_string()),
+                Value::from(ts(now)),
+                Value::from(ts(now)),
+            ]);
+        }
+        db.execute(&format!("INSERT INTO outbox (topic, order_id, payload, created_at, next_attempt_at) VALUES {ph}"), &prm)?;
+    }
     Ok(())
 }
 
@@ -173,38 +221,6 @@ fn search_text(o: &NewOrder, number: &str) -> String {
     parts.join(" ").to_lowercase()
 }
 
-/// All lines in one multi-row INSERT (one statement, one host call).
-fn insert_lines(db: &dyn Db, order_id: &str, o: &NewOrder) -> Result<()> {
-    let mut sql = String::from(
-        "INSERT INTO order_lines (order_id, line_no, external_id, sku, name, unit_price_minor, subtotal_minor,
-            discount_minor, tax_minor, requires_shipping, qty_ordered, qty_cancelled) VALUES ",
-    );
-    let mut p: Vec<Value> = Vec::with_capacity(o.lines.len() * 12);
-    for (i, l) in o.lines.iter().enumerate() {
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
-        let cancelled = if o.cancelled { l.quantity } else { 0 };
-        p.extend([
-            Value::from(order_id),
-            Value::Integer((i + 1) as i64),
-            Value::from(l.external_id.clone()),
-            Value::from(&l.sku),
-            Value::from(&l.name),
-            Value::Integer(l.unit_price),
-            Value::Integer(l.subtotal),
-            Value::Integer(l.discount),
-            Value::Integer(l.tax),
-            Value::from(l.requires_shipping),
-            Value::Integer(l.quantity),
-            Value::Integer(cancelled),
-        ]);
-    }
-    db.execute(&sql, &p)?;
-    Ok(())
-}
-
 pub fn open_hold_reasons(db: &dyn Db, order_id: &str) -> Result<Vec<String>> {
     let r = db.execute(
         "SELECT reason FROM order_holds WHERE order_id = ? AND released_at IS NULL",
@@ -330,6 +346,49 @@ pub fn write_status(
     Ok((status, ful))
 }
 
+/// Claims a pending outbox event for expansion into deliveries (notify's
+/// sweep); false when another sweep claimed it first.
+pub fn mark_expanded(db: &dyn Db, outbox_id: i64) -> Result<bool> {
+    Ok(!db
+        .execute(
+            "UPDATE outbox SET state = 'expanded' WHERE id = ? AND state = 'pending' RETURNING id",
+            params![outbox_id],
+        )?
+        .is_empty())
+}
+
+/// An order change rewrote the stored document (address, method, note).
+pub fn set_doc(db: &dyn Db, order_id: &str, doc: &Json, now: DateTime<Utc>) -> Result<()> {
+    db.execute(
+        "UPDATE orders SET doc = ?, updated_at = ?, version = version + 1 WHERE id = ?",
+        params![doc.to_string(), ts(now), order_id],
+    )?;
+    Ok(())
+}
+
+/// An order change moved the total by `delta` minor units (a substitute's price).
+pub fn add_to_total(db: &dyn Db, order_id: &str, delta: i64, now: DateTime<Utc>) -> Result<()> {
+    db.execute(
+        "UPDATE orders SET total_minor = total_minor + ?, version = version + 1, updated_at = ? WHERE id = ?",
+        params![delta, ts(now), order_id],
+    )?;
+    Ok(())
+}
+
+/// The financial status payments derived from the ledger.
+pub fn set_financial_status(
+    db: &dyn Db,
+    order_id: &str,
+    status: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    db.execute(
+        "UPDATE orders SET financial_status = ?, updated_at = ? WHERE id = ?",
+        params![status, ts(now), order_id],
+    )?;
+    Ok(())
+}
+
 /// The outbox payload announcing an order (confirmation e-mail, outbound webhook).
 fn received_payload(id: &str, number: &str, o: &NewOrder) -> Json {
     let t = o.totals();
@@ -422,7 +481,7 @@ pub fn insert_order_with_id(
     let Some(number) = inserted.first().map(|r| r.str("number")) else {
         return Ok(None);
     };
-    insert_lines(db, id, o)?;
+    lines::insert(db, id, o)?;
     let at = ts(now);
     let mut events: Vec<(String, String, Json)> = vec![(
         "order.received".into(),
@@ -557,11 +616,7 @@ pub fn find_by_source(db: &dyn Db, source: Source, external_id: &str) -> Result<
 pub fn rewrite_order(db: &dyn Db, ex: &Existing, o: &NewOrder, now: DateTime<Utc>) -> Result<()> {
     let totals = o.totals();
     let hash = source_hash(o);
-    db.execute(
-        "DELETE FROM order_lines WHERE order_id = ?",
-        params![ex.id.clone()],
-    )?;
-    insert_lines(db, &ex.id, o)?;
+    lines::replace(db, &ex.id, o)?;
     db.execute(
         "UPDATE orders SET external_number = ?, financial_status = ?, currency = ?, total_minor = ?, customer_email = ?,
             customer_name = ?, search_text = lower(number) || ' ' || ?, doc = ?, updated_at = ? WHERE id = ?",
@@ -678,20 +733,4 @@ pub fn updated_after_release(
     )?;
     refresh_status(db, &ex.id, now)?;
     Ok(())
-}
-
-/// Housekeeping: drops Idempotency-Keys past their retention and webhook
-/// receipts older than `receipt_days` (sources stop retrying long before).
-/// Returns the rows removed.
-pub fn purge_expired(db: &dyn Db, now: DateTime<Utc>, receipt_days: i64) -> Result<u64> {
-    let p = crate::kernel::db::Patient(db);
-    let a = p.exec(
-        "DELETE FROM idempotency_keys WHERE expires_at <= ?",
-        params![ts(now)],
-    )?;
-    let b = p.exec(
-        "DELETE FROM webhook_receipts WHERE received_at < ?",
-        params![ts(now - chrono::Duration::days(receipt_days))],
-    )?;
-    Ok(a + b)
 }

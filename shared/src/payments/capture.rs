@@ -83,12 +83,9 @@ impl Settings {
 }
 
 pub fn settings(db: &dyn Db) -> Result<Settings> {
-    let r = db.execute("SELECT value FROM settings WHERE key = 'payments'", &[])?;
     let mut s = Settings::default();
-    if let Some(v) = r
-        .first()
-        .and_then(|r| serde_json::from_str::<Json>(&r.str("value")).ok())
-    {
+    let v = crate::kernel::settings::get(db, "payments")?;
+    if !v.is_null() {
         if v["capture_at"] == "shipment" {
             s.capture_at = CaptureAt::Shipment;
         }
@@ -138,10 +135,7 @@ pub fn put_settings(db: &dyn Db, v: &Json) -> Result<Settings> {
     if !errs.is_empty() {
         return Err(Error::invalid(errs));
     }
-    db.execute(
-        "INSERT INTO settings (key, value) VALUES ('payments', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        params![s.json().to_string()],
-    )?;
+    crate::kernel::settings::put(db, "payments", &s.json())?;
     Ok(s)
 }
 
@@ -1079,11 +1073,32 @@ pub fn refresh_financial_status(db: &dyn Db, order_id: &str, now: DateTime<Utc>)
         .map(|s| s.as_str().to_string())
         .unwrap_or(current.clone());
     if s != current {
-        db.execute(
-            "UPDATE orders SET financial_status = ?, updated_at = ? WHERE id = ?",
-            params![s, ts(now), order_id],
-        )?;
+        crate::orders::store::set_financial_status(db, order_id, &s, now)?;
     }
+    Ok(())
+}
+
+/// Captures not yet sent for the order's unreleased fulfillment orders
+/// (`on_hold`, `scheduled`) stop; one in flight settles and, finding its
+/// fulfillment order cancelled, is refunded (`settle`).
+pub fn stop_unreleased_captures(db: &dyn Db, order_id: &str, now: DateTime<Utc>) -> Result<()> {
+    db.execute(
+        "UPDATE payment_transactions SET status = 'cancelled', processed_at = ?1
+         WHERE order_id = ?2 AND kind = 'capture' AND status = 'pending' AND (lease_until IS NULL OR lease_until < ?1)
+           AND fulfillment_order_id IN (SELECT id FROM fulfillment_orders WHERE order_id = ?2 AND status IN ('on_hold', 'scheduled'))",
+        params![ts(now), order_id],
+    )?;
+    Ok(())
+}
+
+/// The capture not yet sent for a cancelled fulfillment order stops; one in
+/// flight that succeeds is refunded (`settle`).
+pub fn stop_capture(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -> Result<()> {
+    db.execute(
+        "UPDATE payment_transactions SET status = 'cancelled', processed_at = ?1
+         WHERE fulfillment_order_id = ?2 AND kind = 'capture' AND status = 'pending' AND (lease_until IS NULL OR lease_until < ?1)",
+        params![ts(now), fo_id],
+    )?;
     Ok(())
 }
 

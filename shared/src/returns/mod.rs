@@ -398,10 +398,7 @@ pub fn inspect(
             ),
             params![*q, id.clone(), *n],
         )?;
-        db.execute(
-            "UPDATE order_lines SET qty_returned = qty_returned + ? WHERE order_id = ? AND line_no = ?",
-            params![*q, order_id.clone(), *n],
-        )?;
+        crate::orders::lines::returned(db, &order_id, *n, *q)?;
         if *good {
             let m = crate::inventory::stock::Movement {
                 kind: "return",

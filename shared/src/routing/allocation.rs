@@ -17,10 +17,12 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
 use crate::fulfillment::status::{set_status, FoStatus};
+use crate::fulfillment::store as fstore;
 use crate::inventory::stock::{self, Reservation};
 use crate::kernel::db::{transaction, Db, Value};
 use crate::kernel::error::{Error, Result};
 use crate::kernel::time::ts;
+use crate::orders::lines;
 use crate::orders::model::{HoldReason, NewOrder};
 use crate::orders::store::{self, record_event};
 use crate::params;
@@ -595,52 +597,6 @@ fn part_numbers(
         .collect())
 }
 
-/// Writes a pass's timeline events and outbox rows, one statement each.
-fn flush(
-    db: &dyn Db,
-    order_id: &str,
-    now: DateTime<Utc>,
-    actor: &str,
-    ev: &[(&str, String, Json)],
-    obx: &[(&str, Json)],
-) -> Result<()> {
-    if !ev.is_empty() {
-        let ph = vec!["(?, ?, ?, ?, ?, ?)"; ev.len()].join(",");
-        let mut prm = Vec::with_capacity(ev.len() * 6);
-        for (kind, summary, data) in ev {
-            prm.extend([
-                Value::from(order_id),
-                Value::from(ts(now)),
-                Value::from(actor),
-                Value::from(*kind),
-                Value::from(summary.clone()),
-                Value::from(data.to_string()),
-            ]);
-        }
-        db.execute(
-            &format!(
-                "INSERT INTO order_events (order_id, at, actor, kind, summary, data) VALUES {ph}"
-            ),
-            &prm,
-        )?;
-    }
-    if !obx.is_empty() {
-        let ph = vec!["(?, ?, ?, ?, ?)"; obx.len()].join(",");
-        let mut prm = Vec::with_capacity(obx.len() * 5);
-        for (topic, payload) in obx {
-            prm.extend([
-                Value::from(*topic),
-                Value::from(order_id),
-                Value::from(payload.to_string()),
-                Value::from(ts(now)),
-                Value::from(ts(now)),
-            ]);
-        }
-        db.execute(&format!("INSERT INTO outbox (topic, order_id, payload, created_at, next_attempt_at) VALUES {ph}"), &prm)?;
-    }
-    Ok(())
-}
-
 /// Writes a prepared pass: reservations, fulfillment orders (released at once
 /// unless a hold stops it), licence keys, backorders and holds, the decision,
 /// the buckets and statuses.
@@ -746,23 +702,36 @@ fn apply(
                     let name =
                         format!("{}-F{}", p.number, p.existing_fos + fo_ids.len() as i64 + 1);
                     let pickup = service == Service::ClickCollect;
-                    db.execute(
-                        "INSERT INTO fulfillment_orders (id, order_id, name, facility_id, status, request_status, pickup, created_at, released_at, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, 'unsubmitted', ?6, ?7, ?8, ?7)",
-                        params![fo_id.clone(), order_id, name.clone(), part.facility.clone(),
-                                if blocked { FoStatus::OnHold } else if gated { FoStatus::Scheduled } else { FoStatus::Open }.as_str(), pickup, ts(now),
-                                (!blocked && !gated).then(|| ts(now))],
+                    let status = if blocked {
+                        FoStatus::OnHold
+                    } else if gated {
+                        FoStatus::Scheduled
+                    } else {
+                        FoStatus::Open
+                    };
+                    let rows: Vec<fstore::NewLine> = fo_lines
+                        .iter()
+                        .map(|d| fstore::NewLine {
+                            line_no: d.line_no,
+                            sku: d.sku.clone(),
+                            part_number: p.part_number(&d.sku, &part.facility),
+                            quantity: d.quantity,
+                        })
+                        .collect();
+                    fstore::create(
+                        db,
+                        &fstore::NewFulfillmentOrder {
+                            id: &fo_id,
+                            order_id,
+                            name: &name,
+                            facility: &part.facility,
+                            status,
+                            pickup,
+                            lines: &rows,
+                        },
+                        now,
                     )?;
-                    let ph = vec!["(?, ?, ?, ?, ?)"; fo_lines.len()].join(",");
-                    let mut prm = Vec::with_capacity(fo_lines.len() * 5);
                     for d in &fo_lines {
-                        prm.extend([
-                            Value::from(fo_id.clone()),
-                            Value::from(d.line_no),
-                            Value::from(d.sku.clone()),
-                            Value::from(p.part_number(&d.sku, &part.facility)),
-                            Value::from(d.quantity),
-                        ]);
                         *if blocked || gated {
                             add_alloc.entry(d.line_no)
                         } else {
@@ -770,10 +739,6 @@ fn apply(
                         }
                         .or_default() += d.quantity;
                     }
-                    db.execute(
-                        &format!("INSERT INTO fulfillment_order_lines (fulfillment_order_id, line_no, sku, part_number, quantity) VALUES {ph}"),
-                        &prm,
-                    )?;
                     let units: i64 = fo_lines.iter().map(|d| d.quantity).sum();
                     if blocked || gated {
                         out.allocated += units;
@@ -930,40 +895,15 @@ fn apply(
     let mut buckets: Vec<crate::orders::model::Buckets> =
         p.lines.iter().map(|l| l.buckets.clone()).collect();
     if !touched.is_empty() {
-        let case = |m: &BTreeMap<i64, i64>, prm: &mut Vec<Value>| -> String {
-            if m.is_empty() {
-                return "0".into();
-            }
-            let mut sql = "CASE line_no".to_string();
-            for (k, v) in m {
-                sql.push_str(" WHEN ? THEN ?");
-                prm.extend([Value::from(*k), Value::from(*v)]);
-            }
-            sql.push_str(" ELSE 0 END");
-            sql
-        };
-        let mut prm = Vec::new();
-        let ca = case(&add_alloc, &mut prm);
-        let cr = case(&add_rel, &mut prm);
-        let cs = case(&add_ship, &mut prm);
-        let cd = case(&add_ship, &mut prm);
-        let mut cb = "qty_backordered".to_string();
-        if !new_backordered.is_empty() {
-            cb = "CASE line_no".into();
-            for (k, v) in &new_backordered {
-                cb.push_str(" WHEN ? THEN ?");
-                prm.extend([Value::from(*k), Value::from(*v)]);
-            }
-            cb.push_str(" ELSE qty_backordered END");
-        }
-        prm.push(Value::from(order_id));
-        db.execute(
-            &format!(
-                "UPDATE order_lines SET qty_allocated = qty_allocated + {ca}, qty_released = qty_released + {cr},
-                    qty_shipped = qty_shipped + {cs}, qty_delivered = qty_delivered + {cd}, qty_backordered = {cb}
-                 WHERE order_id = ?"
-            ),
-            &prm,
+        lines::place(
+            db,
+            order_id,
+            &lines::Placement {
+                allocated: add_alloc.clone(),
+                released: add_rel.clone(),
+                shipped: add_ship.clone(),
+                backordered: new_backordered.clone(),
+            },
         )?;
         for (i, l) in p.lines.iter().enumerate() {
             let b = &mut buckets[i];
@@ -1030,15 +970,7 @@ fn apply(
             params![order_id, ts(now), trigger.as_str(), summary.clone(), ex.to_string()],
         )?;
         let decision_id = db.last_insert_rowid();
-        if !fo_ids.is_empty() {
-            let (ph, ids) = in_list(&fo_ids);
-            let mut prm: Vec<Value> = vec![Value::Integer(decision_id)];
-            prm.extend(ids);
-            db.execute(
-                &format!("UPDATE fulfillment_orders SET decision_id = ? WHERE id IN ({ph})"),
-                &prm,
-            )?;
-        }
+        fstore::link_decision(db, &fo_ids, decision_id)?;
         ev.push((if trigger == Trigger::Backorder {
                 "backorder.allocated"
             } else {
@@ -1049,7 +981,7 @@ fn apply(
                    "keys": out.keys, "backordered": out.backordered, "held": out.held})));
         out.changed = true;
     }
-    flush(db, order_id, now, actor, &ev, &obx)?;
+    store::record_batch(db, order_id, now, actor, &ev, &obx)?;
     for fo_id in &released_now {
         crate::fulfillment::on_released(db, fo_id, now)?;
     }
@@ -1122,21 +1054,13 @@ pub fn deallocate_unreleased(
     )?;
     // Captures not yet sent stop here; one in flight settles and, finding its
     // fulfillment order cancelled, is refunded (capture::settle).
-    db.execute(
-        "UPDATE payment_transactions SET status = 'cancelled', processed_at = ?1
-         WHERE order_id = ?2 AND kind = 'capture' AND status = 'pending' AND (lease_until IS NULL OR lease_until < ?1)
-           AND fulfillment_order_id IN (SELECT id FROM fulfillment_orders WHERE order_id = ?2 AND status IN ('on_hold', 'scheduled'))",
-        params![ts(now), order_id],
-    )?;
+    crate::payments::capture::stop_unreleased_captures(db, order_id, now)?;
     let mut total = 0;
     let mut names = BTreeSet::new();
     for r in rows.iter() {
         let q = r.i64("quantity");
         stock::give_back(db, &r.str("sku"), &r.str("facility_id"), q, now)?;
-        db.execute(
-            "UPDATE order_lines SET qty_allocated = MAX(qty_allocated - ?, 0) WHERE order_id = ? AND line_no = ?",
-            params![q, order_id, r.i64("line_no")],
-        )?;
+        lines::unallocate(db, order_id, r.i64("line_no"), q)?;
         total += q;
         names.insert((r.str("id"), r.str("name")));
     }
