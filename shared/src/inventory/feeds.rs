@@ -1,0 +1,225 @@
+//! Fulfillment-center inventory feeds: pulled snapshots and pushed levels.
+
+use super::*;
+
+/// The KV key of a facility's latest inventory snapshot.
+pub fn snapshot_key(facility: &str) -> String {
+    format!("fc-inventory/{facility}")
+}
+
+/// A facility's inventory endpoint and signing secret (for the pull).
+pub struct PullTarget {
+    pub url: String,
+    pub secret: String,
+}
+
+pub fn pull_target(db: &dyn Db, cfg: &Config<'_>, facility: &str) -> Result<PullTarget> {
+    let r = db.execute(
+        "SELECT endpoints, secret_variable FROM facilities WHERE id = ?",
+        params![facility],
+    )?;
+    let Some(f) = r.first() else {
+        return Err(Error::not_found(format!("no facility '{facility}'")));
+    };
+    let ep: Json = serde_json::from_str(&f.str("endpoints")).unwrap_or(Json::Null);
+    let Some(url) = ep["inventory_url"].as_str() else {
+        return Err(Error::unprocessable(format!(
+            "facility '{facility}' has no endpoints.inventory_url to pull from"
+        )));
+    };
+    let secret = f
+        .opt_str("secret_variable")
+        .and_then(|v| (cfg.secret)(&v))
+        .unwrap_or_default();
+    Ok(PullTarget {
+        url: url.to_string(),
+        secret,
+    })
+}
+
+/// Facilities with an inventory endpoint (the scheduled pull visits each).
+pub fn pull_facilities(db: &dyn Db) -> Result<Vec<String>> {
+    Ok(db
+        .execute(
+            "SELECT id FROM facilities WHERE active = 1 AND json_extract(endpoints, '$.inventory_url') IS NOT NULL ORDER BY id",
+            &[],
+        )?
+        .iter()
+        .map(|r| r.str("id"))
+        .collect())
+}
+
+/// Applies a fulfillment center's snapshot: `{"as_of"?, "levels": [{"sku" | "part_number", "on_hand"}]}`
+/// (or a bare array of levels). Levels are absolute. Returns the summary.
+pub fn apply_snapshot(
+    db: &dyn Db,
+    kv: &dyn Kv,
+    facility: &str,
+    body: &[u8],
+    kind: &str,
+    now: DateTime<Utc>,
+    fx: &mut Effects,
+) -> Result<Json> {
+    let v: Json = serde_json::from_slice(body)
+        .map_err(|e| Error::bad_request(format!("the inventory body is not valid JSON: {e}")))?;
+    let (levels, as_of) = match &v {
+        Json::Array(a) => (a.clone(), None),
+        Json::Object(_) => match v["levels"].as_array() {
+            Some(a) => (a.clone(), v["as_of"].as_str().map(str::to_string)),
+            None => {
+                return Err(Error::invalid(vec![FieldError::new(
+                    "/levels",
+                    "required: an array of {sku | part_number, on_hand}",
+                )]))
+            }
+        },
+        _ => {
+            return Err(Error::invalid(vec![FieldError::new(
+                "",
+                "an object with levels, or an array of levels",
+            )]))
+        }
+    };
+    if levels.len() > MAX_LEVELS {
+        return Err(Error::invalid(vec![FieldError::new(
+            "/levels",
+            format!("at most {MAX_LEVELS} levels"),
+        )]));
+    }
+    if let Some(t) = &as_of {
+        if crate::kernel::time::parse_time(t).is_none() {
+            return Err(Error::invalid(vec![FieldError::new(
+                "/as_of",
+                "an RFC 3339 timestamp",
+            )]));
+        }
+    }
+    // An older snapshot than the one applied last changes nothing.
+    let last: Option<Json> = kv
+        .get(&snapshot_key(facility))
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let (Some(new), Some(old)) = (
+        as_of.as_deref().and_then(crate::kernel::time::parse_time),
+        last.as_ref()
+            .and_then(|l| l["as_of"].as_str())
+            .and_then(crate::kernel::time::parse_time),
+    ) {
+        if new < old {
+            return Ok(
+                json!({"facility": facility, "result": "stale", "as_of": as_of, "applied_as_of": last.as_ref().map(|l| l["as_of"].clone())}),
+            );
+        }
+    }
+    let mut errs = Vec::new();
+    let mut parsed = Vec::new();
+    for (i, l) in levels.iter().enumerate() {
+        let key = l["sku"]
+            .as_str()
+            .map(|s| ("sku", s))
+            .or_else(|| l["part_number"].as_str().map(|s| ("part", s)));
+        let on_hand = l["on_hand"].as_i64().or_else(|| l["quantity"].as_i64());
+        match (key, on_hand) {
+            (Some(k), Some(n)) if (0..=1_000_000_000).contains(&n) => {
+                parsed.push((k.0, k.1.to_string(), n))
+            }
+            (None, _) => errs.push(FieldError::new(
+                format!("/levels/{i}"),
+                "needs sku or part_number",
+            )),
+            _ => errs.push(FieldError::new(
+                format!("/levels/{i}/on_hand"),
+                "a whole number >= 0",
+            )),
+        }
+    }
+    if !errs.is_empty() {
+        return Err(Error::invalid(errs));
+    }
+    let (applied, ignored) = transaction(db, |db| {
+        let mut applied = 0;
+        let mut ignored = Vec::new();
+        for (k, id, n) in &parsed {
+            let sku = if *k == "sku" {
+                db.execute(
+                    "SELECT sku FROM products WHERE sku = ? AND digital = 0",
+                    params![id.clone()],
+                )?
+                .first()
+                .map(|r| r.str("sku"))
+            } else {
+                db.execute(
+                    "SELECT sku FROM product_parts WHERE facility_id = ? AND part_number = ?",
+                    params![facility, id.clone()],
+                )?
+                .first()
+                .map(|r| r.str("sku"))
+            };
+            let Some(sku) = sku else {
+                ignored.push(id.clone());
+                continue;
+            };
+            let (b, a) = move_stock(
+                db,
+                &sku,
+                facility,
+                Change::Set(*n),
+                kind,
+                None,
+                as_of.as_deref(),
+                &format!("facility:{facility}"),
+                now,
+            )?;
+            if a > b && !fx.restocked.contains(&sku) {
+                fx.restocked.push(sku);
+            }
+            applied += 1;
+        }
+        Ok::<_, Error>((applied, ignored))
+    })?;
+    let snapshot = json!({"facility": facility, "as_of": as_of.clone().unwrap_or_else(|| ts(now)), "received_at": ts(now), "kind": kind, "levels": levels});
+    if let Err(e) = kv.set(&snapshot_key(facility), snapshot.to_string().as_bytes()) {
+        eprintln!("inventory: snapshot not cached for {facility}: {e}");
+    }
+    Ok(
+        json!({"facility": facility, "result": "applied", "applied": applied, "ignored": ignored, "as_of": as_of}),
+    )
+}
+
+/// A fulfillment center's signed inventory push: the signature is checked
+/// with the facility's secret before the snapshot is applied.
+#[allow(clippy::too_many_arguments)]
+pub fn fc_push(
+    db: &dyn Db,
+    kv: &dyn Kv,
+    cfg: &Config<'_>,
+    facility: &str,
+    signature_header: &str,
+    body: &[u8],
+    now: DateTime<Utc>,
+    fx: &mut Effects,
+) -> Result<Json> {
+    let r = db.execute(
+        "SELECT secret_variable FROM facilities WHERE id = ?",
+        params![facility],
+    )?;
+    // Same answer for an unknown facility and a bad signature: nothing to probe.
+    let secret = r
+        .first()
+        .and_then(|f| f.opt_str("secret_variable"))
+        .and_then(|v| (cfg.secret)(&v))
+        .unwrap_or_default();
+    if !crate::kernel::signature::verify_timestamped(
+        secret.as_bytes(),
+        signature_header,
+        body,
+        now.timestamp(),
+        SIGNATURE_TOLERANCE_SECS,
+    ) {
+        return Err(Error::unauthorized(
+            "the Waybill-Signature header (t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.body\">) does not verify for this facility",
+        ));
+    }
+    apply_snapshot(db, kv, facility, body, "push", now, fx)
+}

@@ -1,0 +1,399 @@
+//! The gateway worker: due captures, refunds and voids are leased, sent with
+//! their idempotency key and settled; failures retry with backoff
+//! (`base * 2^(n-1)`, at most an hour) until `max_attempts` or the key's
+//! lifetime, then stay `unknown` on hold for the operator.
+
+use super::*;
+
+/// What one [`process_due`] run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Processed {
+    pub succeeded: usize,
+    pub declined: usize,
+    pub retrying: usize,
+    pub unknown: usize,
+}
+
+/// Sends due gateway transactions (optionally only these orders'): claims
+/// each with a lease (so two workers never send the same one at once), calls
+/// the gateway outside any transaction, then books the answer.
+pub fn process_due(
+    db: &dyn Db,
+    http: &dyn Http,
+    stripe: &StripeConfig,
+    orders: Option<&[String]>,
+    now: DateTime<Utc>,
+    limit: usize,
+) -> Result<Processed> {
+    let p = crate::kernel::db::Patient(db);
+    let s = settings(&p)?;
+    let mut prm = vec![Value::from(ts(now))];
+    let mut cond = String::new();
+    if let Some(ids) = orders {
+        if ids.is_empty() {
+            return Ok(Processed::default());
+        }
+        cond = format!(" AND order_id IN ({})", vec!["?"; ids.len()].join(","));
+        prm.extend(ids.iter().map(Value::from));
+    }
+    prm.push(Value::from(limit as i64));
+    let due = p.execute(
+        &format!(
+            "SELECT id FROM payment_transactions WHERE status = 'pending' AND next_attempt_at <= ?{cond}
+             ORDER BY created_at LIMIT ?"
+        ),
+        &prm,
+    )?;
+    let ids: Vec<String> = due.iter().map(|r| r.str("id")).collect();
+    let mut out = Processed::default();
+    for id in ids {
+        let claimed = transaction(
+            db,
+            |db| -> Result<Option<(crate::kernel::db::Rows, Option<String>, String, String)>> {
+                let n = db.exec(
+                    "UPDATE payment_transactions SET attempts = attempts + 1, lease_until = ?
+                 WHERE id = ? AND status = 'pending' AND (lease_until IS NULL OR lease_until < ?)",
+                    params![
+                        ts(now + Duration::seconds(LEASE_SECONDS)),
+                        id.clone(),
+                        ts(now)
+                    ],
+                )?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                let t = load_tx(db, &id)?;
+                let order_id = t.str("order_id");
+                let pay = load_payment(db, &order_id)?;
+                let number = db
+                    .execute(
+                        "SELECT number FROM orders WHERE id = ?",
+                        params![order_id.clone()],
+                    )?
+                    .str("number");
+                let fo = match t.opt_str("fulfillment_order_id") {
+                    Some(f) => db
+                        .execute(
+                            "SELECT name FROM fulfillment_orders WHERE id = ?",
+                            params![f],
+                        )?
+                        .str("name"),
+                    None => String::new(),
+                };
+                Ok(Some((t, pay.and_then(|p| p.reference), number, fo)))
+            },
+        )?;
+        let Some((t, reference, number, fo)) = claimed else {
+            continue;
+        };
+        let kind = t.str("kind");
+        let amount = t.i64("amount_minor");
+        let outcome = match (t.str("gateway").as_str(), reference) {
+            ("stripe", Some(_)) if stripe.secret_key.is_empty() => Outcome::Declined {
+                code: "gateway_not_configured".into(),
+                message:
+                    "Stripe is not configured: set the Spin variable stripe_secret_key, then retry"
+                        .into(),
+            },
+            ("stripe", Some(pi)) => {
+                let req = match kind.as_str() {
+                    "capture" => {
+                        stripe.capture(&pi, &id, amount, t.i64("final") != 0, &number, &fo)
+                    }
+                    "refund" => stripe.refund(&pi, &id, amount, &number),
+                    _ => stripe.cancel(&pi, &id),
+                };
+                gateway::send(http, &req)
+            }
+            ("stripe", None) => Outcome::Declined {
+                code: "no_payment_intent".into(),
+                message: "the order names no Stripe PaymentIntent".into(),
+            },
+            // Ledger gateways settle inline; one left pending settles here.
+            _ => Outcome::Succeeded { reference: None },
+        };
+        transaction(db, |db| -> Result<()> {
+            match &outcome {
+                Outcome::Succeeded { reference } => {
+                    settle(db, &id, reference.as_deref(), now)?;
+                    out.succeeded += 1;
+                }
+                Outcome::Declined { code, message } => {
+                    fail(db, &id, code, message, now)?;
+                    out.declined += 1;
+                }
+                Outcome::Retry { code, message } => {
+                    let attempts = load_tx(db, &id)?.i64("attempts");
+                    let created = t.str("created_at");
+                    let too_old = ts(now - Duration::hours(KEY_LIFETIME_HOURS)) > created;
+                    if attempts >= s.max_attempts || too_old {
+                        fail_as(db, &id, "unknown", code, message, now)?;
+                        out.unknown += 1;
+                    } else {
+                        db.execute(
+                            "UPDATE payment_transactions SET next_attempt_at = ?, lease_until = NULL, error_code = ?, error_message = ?
+                             WHERE id = ? AND status = 'pending'",
+                            params![ts(now + s.backoff(attempts)), code.clone(), message.clone(), id.clone()],
+                        )?;
+                        record_event(
+                            db,
+                            &t.str("order_id"),
+                            now,
+                            "payment:stripe",
+                            &format!("payment.{kind}_retry"),
+                            &format!("{kind} attempt {attempts} did not complete ({code}: {message}); retrying with the same idempotency key"),
+                            json!({"transaction_id": id, "attempt": attempts, "code": code}),
+                        )?;
+                        out.retrying += 1;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok(out)
+}
+
+/// Whether the gateway worker has something to send now (cheap; routing asks
+/// before chaining the capture component).
+pub fn has_due(db: &dyn Db, now: DateTime<Utc>) -> Result<bool> {
+    Ok(!db
+        .execute(
+            "SELECT 1 FROM payment_transactions WHERE status = 'pending' AND next_attempt_at <= ? LIMIT 1",
+            params![ts(now)],
+        )?
+        .is_empty())
+}
+
+/// The operator's retry after a decline or an unknown outcome: optionally a
+/// new authorization (reference, amount, expiry), the payment_failed hold is
+/// lifted, unknown captures are sent again with their key and declined
+/// fulfillment orders are captured anew (by `flows::payments::retry`, which
+/// releases the order after this has recorded the retry).
+pub fn record_retry(
+    db: &dyn Db,
+    order_id: &str,
+    body: &Json,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let pay =
+        load_payment(db, order_id)?.ok_or_else(|| Error::conflict("the order has no payment"))?;
+    let mut errs = Vec::new();
+    let reference = match &body["reference"] {
+        Json::Null => None,
+        Json::String(s) if !s.trim().is_empty() && s.len() <= 255 => Some(s.trim().to_string()),
+        _ => {
+            errs.push(FieldError::new("/reference", "must be a non-empty string"));
+            None
+        }
+    };
+    let amount = match &body["amount_minor"] {
+        Json::Null => None,
+        v => match v.as_i64() {
+            Some(n) if n >= 0 => Some(n),
+            _ => {
+                errs.push(FieldError::new(
+                    "/amount_minor",
+                    "must be a non-negative integer (minor units)",
+                ));
+                None
+            }
+        },
+    };
+    let expires = match &body["authorization_expires_at"] {
+        Json::Null => None,
+        v => match v
+            .as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        {
+            Some(t) => Some(ts(t.with_timezone(&Utc))),
+            None => {
+                errs.push(FieldError::new(
+                    "/authorization_expires_at",
+                    "must be an RFC 3339 time",
+                ));
+                None
+            }
+        },
+    };
+    errs.extend(FieldError::unknown_fields(
+        body,
+        &["reference", "amount_minor", "authorization_expires_at"],
+    ));
+    if !errs.is_empty() {
+        return Err(Error::invalid(errs));
+    }
+    if !matches!(pay.gateway.as_str(), "manual" | "stripe") {
+        return Err(Error::conflict(format!(
+            "the order's payment ({}) has nothing to capture",
+            pay.gateway
+        )));
+    }
+    db.execute(
+        "UPDATE payments SET reference = COALESCE(?, reference), authorized_minor = COALESCE(?, authorized_minor),
+            expires_at = COALESCE(?, expires_at), updated_at = ? WHERE order_id = ?",
+        params![reference, amount, expires, ts(now), order_id],
+    )?;
+    // A new authorization: the old one's remaining captures start over.
+    db.execute(
+        "UPDATE payment_transactions SET status = 'pending', next_attempt_at = ?, lease_until = NULL
+         WHERE order_id = ? AND status = 'unknown'",
+        params![ts(now), order_id],
+    )?;
+    store::release_hold(
+        db,
+        order_id,
+        HoldReason::PaymentFailed,
+        now,
+        actor,
+        "payment retried by an operator",
+    )?;
+    if amount.is_some() {
+        // A new authorized amount (e.g. after a dearer substitution).
+        store::release_hold(
+            db,
+            order_id,
+            HoldReason::AwaitingPayment,
+            now,
+            actor,
+            "a new authorization was recorded",
+        )?;
+    }
+    Ok(())
+}
+
+/// A payment transaction the shop recorded (Shopify `order_transactions/create`).
+/// An authorization sets the authorized amount, reference and expiry; a void
+/// in the shop voids what is left; a refund in the shop is booked with a credit
+/// memo; captures and sales made in the shop go to the timeline (the order's
+/// `orders/paid` update moves the payment to `prepaid`). Idempotent per
+/// transaction id. Returns what was done.
+pub fn source_transaction(
+    db: &dyn Db,
+    order_id: &str,
+    t: &crate::orders::model::SourceTransaction,
+    now: DateTime<Utc>,
+) -> Result<&'static str> {
+    let actor = "source:shopify";
+    let tx_id = format!("shopify-{}", t.id);
+    let seen = !db
+        .execute(
+            "SELECT 1 FROM order_events WHERE order_id = ? AND kind = 'payment.source_transaction' AND json_extract(data, '$.id') = ?",
+            params![order_id, t.id.clone()],
+        )?
+        .is_empty()
+        || !db
+            .execute("SELECT 1 FROM payment_transactions WHERE id = ?", params![tx_id.clone()])?
+            .is_empty();
+    if seen {
+        return Ok("duplicate");
+    }
+    let Some(pay) = load_payment(db, order_id)? else {
+        return Ok("ignored");
+    };
+    if pay.currency != t.currency.code() {
+        return Err(Error::unprocessable(format!(
+            "the transaction is in {}, the order in {}",
+            t.currency.code(),
+            pay.currency
+        )));
+    }
+    let fmt = |m: i64| t.currency.format_amount(m);
+    record_event(
+        db,
+        order_id,
+        now,
+        actor,
+        "payment.source_transaction",
+        &format!(
+            "Shopify {} {} of {} {}",
+            t.kind,
+            t.status,
+            fmt(t.amount),
+            t.currency.code()
+        ),
+        json!({"id": t.id, "kind": t.kind, "status": t.status, "amount_minor": t.amount,
+               "gateway": t.gateway, "authorization": t.authorization}),
+    )?;
+    if t.status != "success" {
+        return Ok("recorded");
+    }
+    let done = match t.kind.as_str() {
+        "authorization" => {
+            db.execute(
+                "UPDATE payments SET authorized_minor = ?, reference = COALESCE(?, reference),
+                    expires_at = COALESCE(?, expires_at), updated_at = ? WHERE order_id = ?",
+                params![
+                    t.amount,
+                    t.authorization.clone(),
+                    t.authorization_expires_at.map(ts),
+                    ts(now),
+                    order_id
+                ],
+            )?;
+            "authorization_recorded"
+        }
+        "void" if matches!(pay.gateway.as_str(), "manual" | "stripe") => {
+            let rest = pay.authorized - pay.captured - pay.voided;
+            if rest > 0 {
+                let c = shares::Charge {
+                    amount: rest,
+                    ..Default::default()
+                };
+                insert_tx(
+                    db,
+                    &tx_id,
+                    order_id,
+                    "void",
+                    "pending",
+                    "shopify",
+                    &pay.currency,
+                    &c,
+                    None,
+                    true,
+                    Some("voided in Shopify"),
+                    now,
+                )?;
+                settle(db, &tx_id, Some(&t.id), now)?;
+            }
+            "voided"
+        }
+        "refund" if pay.gateway != "none" => {
+            // Waybill may have booked this refund already (a cancellation or a
+            // return it processed): only what is still unrefunded is booked.
+            let amount = t.amount.min(
+                pay.captured
+                    .max(pay.authorized * (pay.gateway == "prepaid") as i64)
+                    - pay.refunded,
+            );
+            if amount <= 0 {
+                refresh_financial_status(db, order_id, now)?;
+                return Ok("recorded");
+            }
+            let c = shares::Charge {
+                amount,
+                ..Default::default()
+            };
+            insert_tx(
+                db,
+                &tx_id,
+                order_id,
+                "refund",
+                "pending",
+                "shopify",
+                &pay.currency,
+                &c,
+                None,
+                false,
+                Some("refunded in Shopify"),
+                now,
+            )?;
+            settle(db, &tx_id, Some(&t.id), now)?;
+            "refunded"
+        }
+        _ => "recorded",
+    };
+    refresh_financial_status(db, order_id, now)?;
+    Ok(done)
+}
