@@ -229,6 +229,204 @@ fn micros(x: f64) -> i64 {
     (x * 1_000_000.0).round() as i64
 }
 
+/// The fences that exclude facility `f` for this request (empty: eligible).
+/// Each fence is one rule, named as the explanation shows it.
+fn fences(f: &Facility, req: &Request<'_>, supply: &Supply, cfg: &Config) -> Vec<&'static str> {
+    let mut fences: Vec<&'static str> = Vec::new();
+    if !f.active {
+        fences.push("inactive");
+    }
+    if !f.services.contains(&req.service) {
+        fences.push("service");
+    }
+    if req.service == Service::Ship {
+        if let Some(c) = &req.destination.country {
+            if !f.countries.is_empty() && !f.countries.iter().any(|x| x.eq_ignore_ascii_case(c)) {
+                fences.push("country");
+            }
+        }
+        if let Some(m) = &req.shipping_method {
+            if !f.shipping_methods.is_empty()
+                && !f.shipping_methods.iter().any(|x| x.eq_ignore_ascii_case(m))
+            {
+                fences.push("shipping_method");
+            }
+        }
+    }
+    if let Some(p) = &req.preselected {
+        if &f.id != p {
+            fences.push("preselected");
+        }
+    }
+    if cfg.complete_stock
+        && req
+            .lines
+            .iter()
+            .any(|l| supply.get(&f.id, &l.sku) < l.quantity)
+    {
+        fences.push("complete_stock");
+    }
+    fences
+}
+
+/// The parts of an eligible facility's rating that do not change between
+/// rounds (stock per line is what it has; the stock score depends on the round).
+struct Static {
+    facility: usize,
+    distance: i64,
+    workload: i64,
+    priority: i64,
+    tie: u64,
+    stock: Vec<i64>,
+}
+
+fn static_rating(
+    i: usize,
+    f: &Facility,
+    km: Option<f64>,
+    req: &Request<'_>,
+    supply: &Supply,
+) -> Static {
+    let distance = km.map(|km| 1.0 / (1.0 + km / 500.0)).unwrap_or(0.5);
+    let workload = match f.daily_capacity {
+        Some(c) if c > 0 => {
+            let open = supply.open_orders.get(&f.id).copied().unwrap_or(0);
+            (1.0 - open as f64 / c as f64).max(0.0)
+        }
+        _ => 1.0,
+    };
+    Static {
+        facility: i,
+        distance: micros(distance),
+        workload: micros(workload),
+        priority: micros(f.priority.clamp(0, 100) as f64 / 100.0),
+        tie: tie_break(req.order_id, &f.id),
+        stock: req
+            .lines
+            .iter()
+            .map(|l| supply.get(&f.id, &l.sku))
+            .collect(),
+    }
+}
+
+/// A candidate's rating in one round and what it would take.
+struct Rating {
+    k: usize,
+    stock: i64,
+    score: i64,
+    fills_all: bool,
+    takes: Vec<i64>,
+}
+
+/// Rates the candidates not yet taken for the `remaining` units, best first
+/// (score, then the tie-break).
+fn rate_round(
+    statics: &[Static],
+    taken: &[bool],
+    remaining: &[i64],
+    w: Weights,
+    last_part: bool,
+) -> Vec<Rating> {
+    let nl = remaining.len();
+    let wsum = (w.distance as i64 + w.stock as i64 + w.workload as i64 + w.priority as i64).max(1);
+    let wanted: i64 = remaining.iter().sum();
+    // Per line: how many candidates could take the rest of it whole.
+    let mut whole = vec![0usize; nl];
+    for (k, st) in statics.iter().enumerate() {
+        if taken[k] {
+            continue;
+        }
+        for l in 0..nl {
+            if remaining[l] > 0 && st.stock[l] >= remaining[l] {
+                whole[l] += 1;
+            }
+        }
+    }
+    let mut ratings: Vec<Rating> = Vec::with_capacity(statics.len());
+    for (k, st) in statics.iter().enumerate() {
+        if taken[k] {
+            continue;
+        }
+        let mut covered = 0;
+        let mut takes = vec![0i64; nl];
+        for l in 0..nl {
+            let a = st.stock[l].min(remaining[l]);
+            covered += a;
+            // Whole lines, and part of a line only when no other candidate
+            // can take that line whole (or on the last allowed part).
+            let others_whole = whole[l] - usize::from(a >= remaining[l] && remaining[l] > 0);
+            takes[l] = if a >= remaining[l] || a == 0 || last_part || others_whole == 0 {
+                a
+            } else {
+                0
+            };
+        }
+        let stock = micros(covered as f64 / wanted as f64);
+        let score = (w.distance as i64 * st.distance
+            + w.stock as i64 * stock
+            + w.workload as i64 * st.workload
+            + w.priority as i64 * st.priority)
+            / wsum;
+        ratings.push(Rating {
+            k,
+            stock,
+            score,
+            fills_all: covered == wanted,
+            takes,
+        });
+    }
+    ratings.sort_by(|a, b| {
+        b.score
+            .cmp(&a.score)
+            .then(statics[a.k].tie.cmp(&statics[b.k].tie))
+    });
+    ratings
+}
+
+fn rating_json(r: &Rating, st: &Static, fac: &[&Facility]) -> Json {
+    json!({
+        "facility": fac[st.facility].id,
+        "distance": st.distance as f64 / 1e6,
+        "stock": r.stock as f64 / 1e6,
+        "workload": st.workload as f64 / 1e6,
+        "priority": st.priority as f64 / 1e6,
+        "score": r.score as f64 / 1e6,
+        "tie_break": format!("{:016x}", st.tie),
+        "fills_all": r.fills_all,
+    })
+}
+
+/// Candidates by name: all of them for small networks; else the rated ones
+/// (`named`) and the first fenced ones.
+fn candidates_json(
+    fac: &[&Facility],
+    fences_of: &[Vec<&'static str>],
+    km_of: &[Option<f64>],
+    named: &BTreeSet<usize>,
+) -> Vec<Json> {
+    let show_all = fac.len() <= EXPLAIN_CANDIDATES;
+    let mut fenced_shown = 0;
+    let mut out = Vec::new();
+    for (i, f) in fac.iter().enumerate() {
+        let fenced = !fences_of[i].is_empty();
+        let show = show_all || named.contains(&i) || (fenced && fenced_shown < EXPLAIN_CANDIDATES);
+        if !show {
+            continue;
+        }
+        if fenced {
+            fenced_shown += 1;
+        }
+        out.push(json!({
+            "facility": f.id,
+            "type": f.kind.as_str(),
+            "eligible": !fenced,
+            "fences": fences_of[i],
+            "distance_km": km_of[i].map(|k| (k * 10.0).round() / 10.0),
+        }));
+    }
+    out
+}
+
 /// Routes `req` over `facilities` with `supply` under `cfg`.
 pub fn route(
     req: &Request<'_>,
@@ -240,95 +438,26 @@ pub fn route(
     let mut fac: Vec<&Facility> = facilities.iter().collect();
     fac.sort_by(|a, b| a.id.cmp(&b.id));
     fac.dedup_by(|a, b| a.id == b.id);
-    let nl = req.lines.len();
 
-    // Per facility, once: fences, distance, tie-break key, stock per line.
-    let mut fences_of: Vec<Vec<&'static str>> = Vec::with_capacity(fac.len());
-    let mut km_of: Vec<Option<f64>> = Vec::with_capacity(fac.len());
-    let mut eligible: Vec<usize> = Vec::new();
-    for f in &fac {
-        let mut fences: Vec<&'static str> = Vec::new();
-        if !f.active {
-            fences.push("inactive");
-        }
-        if !f.services.contains(&req.service) {
-            fences.push("service");
-        }
-        if req.service == Service::Ship {
-            if let Some(c) = &req.destination.country {
-                if !f.countries.is_empty() && !f.countries.iter().any(|x| x.eq_ignore_ascii_case(c))
-                {
-                    fences.push("country");
-                }
-            }
-            if let Some(m) = &req.shipping_method {
-                if !f.shipping_methods.is_empty()
-                    && !f.shipping_methods.iter().any(|x| x.eq_ignore_ascii_case(m))
-                {
-                    fences.push("shipping_method");
-                }
-            }
-        }
-        if let Some(p) = &req.preselected {
-            if &f.id != p {
-                fences.push("preselected");
-            }
-        }
-        if cfg.complete_stock
-            && req
-                .lines
-                .iter()
-                .any(|l| supply.get(&f.id, &l.sku) < l.quantity)
-        {
-            fences.push("complete_stock");
-        }
-        km_of.push(match (f.location, req.destination.location) {
+    // Per facility, once: fences, distance; for eligible ones the static rating.
+    let fences_of: Vec<Vec<&'static str>> =
+        fac.iter().map(|f| fences(f, req, supply, cfg)).collect();
+    let km_of: Vec<Option<f64>> = fac
+        .iter()
+        .map(|f| match (f.location, req.destination.location) {
             (Some(a), Some(b)) => Some(haversine_km(a, b)),
             _ => None,
-        });
-        if fences.is_empty() {
-            eligible.push(fences_of.len());
-        }
-        fences_of.push(fences);
-    }
-    // Static parts of the rating, for eligible facilities only.
-    struct Static {
-        facility: usize,
-        distance: i64,
-        workload: i64,
-        priority: i64,
-        tie: u64,
-        stock: Vec<i64>,
-    }
+        })
+        .collect();
+    let eligible: Vec<usize> = (0..fac.len())
+        .filter(|&i| fences_of[i].is_empty())
+        .collect();
     let statics: Vec<Static> = eligible
         .iter()
-        .map(|&i| {
-            let f = fac[i];
-            let distance = km_of[i].map(|km| 1.0 / (1.0 + km / 500.0)).unwrap_or(0.5);
-            let workload = match f.daily_capacity {
-                Some(c) if c > 0 => {
-                    let open = supply.open_orders.get(&f.id).copied().unwrap_or(0);
-                    (1.0 - open as f64 / c as f64).max(0.0)
-                }
-                _ => 1.0,
-            };
-            Static {
-                facility: i,
-                distance: micros(distance),
-                workload: micros(workload),
-                priority: micros(f.priority.clamp(0, 100) as f64 / 100.0),
-                tie: tie_break(req.order_id, &f.id),
-                stock: req
-                    .lines
-                    .iter()
-                    .map(|l| supply.get(&f.id, &l.sku))
-                    .collect(),
-            }
-        })
+        .map(|&i| static_rating(i, fac[i], km_of[i], req, supply))
         .collect();
 
     let w = cfg.weights;
-    let wsum = (w.distance as i64 + w.stock as i64 + w.workload as i64 + w.priority as i64).max(1);
     let mut remaining: Vec<i64> = req.lines.iter().map(|l| l.quantity).collect();
     let mut taken = vec![false; statics.len()];
     let mut parts: Vec<Part> = Vec::new();
@@ -343,63 +472,7 @@ pub fn route(
     while remaining.iter().any(|&q| q > 0) && parts.len() < max_parts {
         let wanted: i64 = remaining.iter().sum();
         let last_part = parts.len() + 1 == max_parts;
-        // Per line: how many candidates could take the rest of it whole.
-        let mut whole = vec![0usize; nl];
-        for (k, st) in statics.iter().enumerate() {
-            if taken[k] {
-                continue;
-            }
-            for l in 0..nl {
-                if remaining[l] > 0 && st.stock[l] >= remaining[l] {
-                    whole[l] += 1;
-                }
-            }
-        }
-        struct Rating {
-            k: usize,
-            stock: i64,
-            score: i64,
-            fills_all: bool,
-            takes: Vec<i64>,
-        }
-        let mut ratings: Vec<Rating> = Vec::with_capacity(statics.len());
-        for (k, st) in statics.iter().enumerate() {
-            if taken[k] {
-                continue;
-            }
-            let mut covered = 0;
-            let mut takes = vec![0i64; nl];
-            for l in 0..nl {
-                let a = st.stock[l].min(remaining[l]);
-                covered += a;
-                // Whole lines, and part of a line only when no other candidate
-                // can take that line whole (or on the last allowed part).
-                let others_whole = whole[l] - usize::from(a >= remaining[l] && remaining[l] > 0);
-                takes[l] = if a >= remaining[l] || a == 0 || last_part || others_whole == 0 {
-                    a
-                } else {
-                    0
-                };
-            }
-            let stock = micros(covered as f64 / wanted as f64);
-            let score = (w.distance as i64 * st.distance
-                + w.stock as i64 * stock
-                + w.workload as i64 * st.workload
-                + w.priority as i64 * st.priority)
-                / wsum;
-            ratings.push(Rating {
-                k,
-                stock,
-                score,
-                fills_all: covered == wanted,
-                takes,
-            });
-        }
-        ratings.sort_by(|a, b| {
-            b.score
-                .cmp(&a.score)
-                .then(statics[a.k].tie.cmp(&statics[b.k].tie))
-        });
+        let ratings = rate_round(&statics, &taken, &remaining, w, last_part);
         let pick = ratings
             .iter()
             .find(|r| r.fills_all)
@@ -418,18 +491,8 @@ pub fn route(
         let ratings_json: Vec<Json> = listed
             .iter()
             .map(|r| {
-                let st = &statics[r.k];
-                named.insert(st.facility);
-                json!({
-                    "facility": fac[st.facility].id,
-                    "distance": st.distance as f64 / 1e6,
-                    "stock": r.stock as f64 / 1e6,
-                    "workload": st.workload as f64 / 1e6,
-                    "priority": st.priority as f64 / 1e6,
-                    "score": r.score as f64 / 1e6,
-                    "tie_break": format!("{:016x}", st.tie),
-                    "fills_all": r.fills_all,
-                })
+                named.insert(statics[r.k].facility);
+                rating_json(r, &statics[r.k], &fac)
             })
             .collect();
         let mut round = json!({
@@ -474,33 +537,9 @@ pub fn route(
             quantity: r,
         })
         .collect();
-    // Candidates by name: all of them for small networks; else the rated ones
-    // shown above and the first fenced ones, with counts for the rest.
     let mut fenced_by: BTreeMap<&str, usize> = BTreeMap::new();
-    for f in &fences_of {
-        for x in f {
-            *fenced_by.entry(x).or_default() += 1;
-        }
-    }
-    let show_all = fac.len() <= EXPLAIN_CANDIDATES;
-    let mut fenced_shown = 0;
-    let mut candidates_json = Vec::new();
-    for (i, f) in fac.iter().enumerate() {
-        let fenced = !fences_of[i].is_empty();
-        let show = show_all || named.contains(&i) || (fenced && fenced_shown < EXPLAIN_CANDIDATES);
-        if !show {
-            continue;
-        }
-        if fenced {
-            fenced_shown += 1;
-        }
-        candidates_json.push(json!({
-            "facility": f.id,
-            "type": f.kind.as_str(),
-            "eligible": !fenced,
-            "fences": fences_of[i],
-            "distance_km": km_of[i].map(|k| (k * 10.0).round() / 10.0),
-        }));
+    for x in fences_of.iter().flatten() {
+        *fenced_by.entry(x).or_default() += 1;
     }
     let explanation = json!({
         "formula": "score = (wd*distance + ws*stock + ww*workload + wp*priority) / (wd+ws+ww+wp); distance = 1/(1+km/500), 0.5 without coordinates; stock = share of remaining units available; workload = 1 - open/daily_capacity; priority = priority/100; ties: lowest fnv1a64(order_id:facility_id)",
@@ -518,7 +557,7 @@ pub fn route(
         },
         "demand": req.lines,
         "candidates_summary": {"total": fac.len(), "eligible": eligible.len(), "fenced_by": fenced_by},
-        "candidates": candidates_json,
+        "candidates": candidates_json(&fac, &fences_of, &km_of, &named),
         "rounds": rounds,
         "parts": parts,
         "unassigned": unassigned,
