@@ -123,196 +123,290 @@ pub fn compute(db: &dyn Db, date: NaiveDate, tz: Tz, now: DateTime<Utc>) -> Resu
     let (from, to) = business_day(date, tz);
     let (f, t) = (ts(from), ts(to));
     let db = &Patient(db);
-    let mut overall = Metrics::default();
-    let mut by_channel: BTreeMap<String, Metrics> = BTreeMap::new();
-    let mut by_facility: BTreeMap<String, Metrics> = BTreeMap::new();
-    // Per-currency order counts, for the average order value.
-    let mut aov_counts: BTreeMap<String, i64> = BTreeMap::new();
+    let mut tally = Tally::default();
+    tally.received(db, &f, &t)?;
+    tally.cancelled(db, &f, &t)?;
+    tally.shipped(db, &f, &t)?;
+    tally.returned(db, &f, &t)?;
+    tally.captured(db, &f, &t)?;
+    tally.exceptions(db, &f, &t)?;
+    let backorders = backorders(db, &t, to, now)?;
+    let Tally {
+        overall,
+        by_channel,
+        by_facility,
+        aov_counts,
+    } = tally;
+    let mut overall_json = with_aov(&overall, Some(&aov_counts));
+    overall_json["backorders"] = backorders;
+    Ok(json!({
+        "date": date.to_string(),
+        "timezone": tz.name(),
+        "window": {"from": ts(from), "to": ts(to)},
+        "generated_at": ts(now),
+        "overall": overall_json,
+        "by_channel": by_channel.iter().map(|(k, m)| (k.clone(), with_aov(m, None))).collect::<Map<String, Json>>(),
+        "by_facility": by_facility.iter().map(|(k, m)| (k.clone(), with_aov(m, None))).collect::<Map<String, Json>>(),
+    }))
+}
 
-    // Orders received that day (the index on created_at bounds both scans).
-    let r = db.execute(
-        "SELECT channel, currency, COUNT(*) AS n, SUM(total_minor) AS revenue
-         FROM orders WHERE created_at >= ? AND created_at < ? GROUP BY channel, currency",
-        params![f.clone(), t.clone()],
-    )?;
-    for row in r.iter() {
-        let (channel, currency) = (row.str("channel"), row.str("currency"));
-        let (n, revenue) = (row.i64("n"), row.i64("revenue"));
-        *aov_counts.entry(currency.clone()).or_default() += n;
-        for m in [&mut overall, by_channel.entry(channel).or_default()] {
-            m.orders_received += n;
-            *m.revenue_ordered.entry(currency.clone()).or_default() += revenue;
+/// The day's metrics, overall and by channel and facility, as they are counted.
+#[derive(Default)]
+struct Tally {
+    overall: Metrics,
+    by_channel: BTreeMap<String, Metrics>,
+    by_facility: BTreeMap<String, Metrics>,
+    /// Per-currency order counts, for the average order value.
+    aov_counts: BTreeMap<String, i64>,
+}
+
+impl Tally {
+    /// Orders received that day, and their units (ordered, cancelled, backordered).
+    fn received(&mut self, db: &dyn Db, f: &str, t: &str) -> Result<()> {
+        let Tally {
+            overall,
+            by_channel,
+            by_facility,
+            aov_counts,
+        } = self;
+        let _ = (&by_facility, &aov_counts);
+        let r = db.execute(
+            "SELECT channel, currency, COUNT(*) AS n, SUM(total_minor) AS revenue
+             FROM orders WHERE created_at >= ? AND created_at < ? GROUP BY channel, currency",
+            params![f, t],
+        )?;
+        for row in r.iter() {
+            let (channel, currency) = (row.str("channel"), row.str("currency"));
+            let (n, revenue) = (row.i64("n"), row.i64("revenue"));
+            *aov_counts.entry(currency.clone()).or_default() += n;
+            for m in [&mut *overall, by_channel.entry(channel).or_default()] {
+                m.orders_received += n;
+                *m.revenue_ordered.entry(currency.clone()).or_default() += revenue;
+            }
         }
-    }
-    let r = db.execute(
-        "SELECT o.channel, SUM(l.qty_ordered) AS ordered, SUM(l.qty_cancelled) AS cancelled, SUM(l.qty_backordered) AS backordered
-         FROM orders o JOIN order_lines l ON l.order_id = o.id
-         WHERE o.created_at >= ? AND o.created_at < ? GROUP BY o.channel",
-        params![f.clone(), t.clone()],
-    )?;
-    for row in r.iter() {
-        let (ordered, cancelled, back) = (
-            row.i64("ordered"),
-            row.i64("cancelled"),
-            row.i64("backordered"),
-        );
-        for m in [
-            &mut overall,
-            by_channel.entry(row.str("channel")).or_default(),
-        ] {
-            m.units_ordered += ordered;
-            m.fill_den += ordered - cancelled;
-            m.fill_num += ordered - cancelled - back;
+        let r = db.execute(
+            "SELECT o.channel, SUM(l.qty_ordered) AS ordered, SUM(l.qty_cancelled) AS cancelled, SUM(l.qty_backordered) AS backordered
+             FROM orders o JOIN order_lines l ON l.order_id = o.id
+             WHERE o.created_at >= ? AND o.created_at < ? GROUP BY o.channel",
+            params![f, t],
+        )?;
+        for row in r.iter() {
+            let (ordered, cancelled, back) = (
+                row.i64("ordered"),
+                row.i64("cancelled"),
+                row.i64("backordered"),
+            );
+            for m in [
+                &mut *overall,
+                by_channel.entry(row.str("channel")).or_default(),
+            ] {
+                m.units_ordered += ordered;
+                m.fill_den += ordered - cancelled;
+                m.fill_num += ordered - cancelled - back;
+            }
         }
+        Ok(())
     }
 
-    // Cancellations that day.
-    let r = db.execute(
-        "SELECT channel, COUNT(*) AS n FROM orders WHERE cancelled_at >= ? AND cancelled_at < ? GROUP BY channel",
-        params![f.clone(), t.clone()],
-    )?;
-    for row in r.iter() {
-        overall.orders_cancelled += row.i64("n");
-        by_channel
-            .entry(row.str("channel"))
-            .or_default()
-            .orders_cancelled += row.i64("n");
-    }
-
-    // Shipments that day.
-    let r = db.execute(
-        "SELECT e.order_id, o.channel, o.created_at,
-                COALESCE(json_extract(e.data, '$.facility'), 'unknown') AS facility,
-                COALESCE(json_extract(e.data, '$.units'), 0) AS units,
-                COALESCE(json_extract(e.data, '$.partial'), 0) AS partial,
-                e.at,
-                (SELECT MIN(e2.at) FROM order_events e2 WHERE e2.order_id = e.order_id AND e2.kind = 'shipment.shipped') AS first_at,
-                (SELECT COUNT(DISTINCT COALESCE(json_extract(e3.data, '$.facility'), '')) FROM order_events e3
-                  WHERE e3.order_id = e.order_id AND e3.kind = 'shipment.shipped') AS facilities
-         FROM order_events e JOIN orders o ON o.id = e.order_id
-         WHERE e.kind = 'shipment.shipped' AND e.at >= ? AND e.at < ?
-         ORDER BY e.id",
-        params![f.clone(), t.clone()],
-    )?;
-    let mut shipped_orders: BTreeMap<String, (String, bool)> = BTreeMap::new();
-    let mut facility_orders: BTreeMap<(String, String), ()> = BTreeMap::new();
-    for row in r.iter() {
-        let (order, channel, facility) =
-            (row.str("order_id"), row.str("channel"), row.str("facility"));
-        let units = row.i64("units");
-        let partial = row.i64("partial") != 0;
-        for m in [
-            &mut overall,
-            by_channel.entry(channel.clone()).or_default(),
-            by_facility.entry(facility.clone()).or_default(),
-        ] {
-            m.units_shipped += units;
-            m.partial_shipments += partial as i64;
-        }
-        if facility_orders
-            .insert((facility.clone(), order.clone()), ())
-            .is_none()
-        {
-            by_facility
-                .entry(facility.clone())
+    /// Cancellations that day.
+    fn cancelled(&mut self, db: &dyn Db, f: &str, t: &str) -> Result<()> {
+        let Tally {
+            overall,
+            by_channel,
+            by_facility,
+            aov_counts,
+        } = self;
+        let _ = (&by_facility, &aov_counts);
+        let r = db.execute(
+            "SELECT channel, COUNT(*) AS n FROM orders WHERE cancelled_at >= ? AND cancelled_at < ? GROUP BY channel",
+            params![f, t],
+        )?;
+        for row in r.iter() {
+            overall.orders_cancelled += row.i64("n");
+            by_channel
+                .entry(row.str("channel"))
                 .or_default()
-                .orders_shipped += 1;
+                .orders_cancelled += row.i64("n");
         }
-        // Time to ship counts each order once, on the day of its first shipment.
-        if !shipped_orders.contains_key(&order) {
-            let first = row.str("first_at");
-            let first_today = first >= f && first < t;
-            shipped_orders.insert(order.clone(), (channel.clone(), first_today));
-            if first_today {
-                if let (Some(c), Some(s)) = (
-                    crate::kernel::time::parse_time(&row.str("created_at")),
-                    crate::kernel::time::parse_time(&first),
-                ) {
-                    let h = (s - c).num_seconds() as f64 / 3600.0;
-                    overall.ship_hours.push(h);
+        Ok(())
+    }
+
+    /// Shipments that day: units, partial and split shipments, time to ship.
+    fn shipped(&mut self, db: &dyn Db, f: &str, t: &str) -> Result<()> {
+        let Tally {
+            overall,
+            by_channel,
+            by_facility,
+            aov_counts,
+        } = self;
+        let _ = (&by_facility, &aov_counts);
+        let r = db.execute(
+            "SELECT e.order_id, o.channel, o.created_at,
+                    COALESCE(json_extract(e.data, '$.facility'), 'unknown') AS facility,
+                    COALESCE(json_extract(e.data, '$.units'), 0) AS units,
+                    COALESCE(json_extract(e.data, '$.partial'), 0) AS partial,
+                    e.at,
+                    (SELECT MIN(e2.at) FROM order_events e2 WHERE e2.order_id = e.order_id AND e2.kind = 'shipment.shipped') AS first_at,
+                    (SELECT COUNT(DISTINCT COALESCE(json_extract(e3.data, '$.facility'), '')) FROM order_events e3
+                      WHERE e3.order_id = e.order_id AND e3.kind = 'shipment.shipped') AS facilities
+             FROM order_events e JOIN orders o ON o.id = e.order_id
+             WHERE e.kind = 'shipment.shipped' AND e.at >= ? AND e.at < ?
+             ORDER BY e.id",
+            params![f, t],
+        )?;
+        let mut shipped_orders: BTreeMap<String, (String, bool)> = BTreeMap::new();
+        let mut facility_orders: BTreeMap<(String, String), ()> = BTreeMap::new();
+        for row in r.iter() {
+            let (order, channel, facility) =
+                (row.str("order_id"), row.str("channel"), row.str("facility"));
+            let units = row.i64("units");
+            let partial = row.i64("partial") != 0;
+            for m in [
+                &mut *overall,
+                by_channel.entry(channel.clone()).or_default(),
+                by_facility.entry(facility.clone()).or_default(),
+            ] {
+                m.units_shipped += units;
+                m.partial_shipments += partial as i64;
+            }
+            if facility_orders
+                .insert((facility.clone(), order.clone()), ())
+                .is_none()
+            {
+                by_facility
+                    .entry(facility.clone())
+                    .or_default()
+                    .orders_shipped += 1;
+            }
+            // Time to ship counts each order once, on the day of its first shipment.
+            if !shipped_orders.contains_key(&order) {
+                let first = row.str("first_at");
+                let first_today = first.as_str() >= f && first.as_str() < t;
+                shipped_orders.insert(order.clone(), (channel.clone(), first_today));
+                if first_today {
+                    if let (Some(c), Some(s)) = (
+                        crate::kernel::time::parse_time(&row.str("created_at")),
+                        crate::kernel::time::parse_time(&first),
+                    ) {
+                        let h = (s - c).num_seconds() as f64 / 3600.0;
+                        overall.ship_hours.push(h);
+                        by_channel
+                            .entry(channel.clone())
+                            .or_default()
+                            .ship_hours
+                            .push(h);
+                        by_facility
+                            .entry(facility.clone())
+                            .or_default()
+                            .ship_hours
+                            .push(h);
+                    }
+                }
+                if row.i64("facilities") > 1 {
+                    overall.split_shipments += 1;
                     by_channel
                         .entry(channel.clone())
                         .or_default()
-                        .ship_hours
-                        .push(h);
-                    by_facility
-                        .entry(facility.clone())
-                        .or_default()
-                        .ship_hours
-                        .push(h);
+                        .split_shipments += 1;
                 }
             }
-            if row.i64("facilities") > 1 {
-                overall.split_shipments += 1;
-                by_channel
-                    .entry(channel.clone())
-                    .or_default()
-                    .split_shipments += 1;
+        }
+        overall.orders_shipped = shipped_orders.len() as i64;
+        for (channel, _) in shipped_orders.values() {
+            by_channel
+                .entry(channel.clone())
+                .or_default()
+                .orders_shipped += 1;
+        }
+        Ok(())
+    }
+
+    /// Returns received that day.
+    fn returned(&mut self, db: &dyn Db, f: &str, t: &str) -> Result<()> {
+        let Tally {
+            overall,
+            by_channel,
+            by_facility,
+            aov_counts,
+        } = self;
+        let _ = (&by_facility, &aov_counts);
+        let r = db.execute(
+            "SELECT o.channel, COUNT(DISTINCT e.order_id) AS n, COALESCE(SUM(json_extract(e.data, '$.units')), 0) AS units
+             FROM order_events e JOIN orders o ON o.id = e.order_id
+             WHERE e.kind = 'return.received' AND e.at >= ? AND e.at < ? GROUP BY o.channel",
+            params![f, t],
+        )?;
+        for row in r.iter() {
+            for m in [
+                &mut *overall,
+                by_channel.entry(row.str("channel")).or_default(),
+            ] {
+                m.orders_returned += row.i64("n");
+                m.units_returned += row.i64("units");
             }
         }
-    }
-    overall.orders_shipped = shipped_orders.len() as i64;
-    for (channel, _) in shipped_orders.values() {
-        by_channel
-            .entry(channel.clone())
-            .or_default()
-            .orders_shipped += 1;
+        Ok(())
     }
 
-    // Returns received that day.
-    let r = db.execute(
-        "SELECT o.channel, COUNT(DISTINCT e.order_id) AS n, COALESCE(SUM(json_extract(e.data, '$.units')), 0) AS units
-         FROM order_events e JOIN orders o ON o.id = e.order_id
-         WHERE e.kind = 'return.received' AND e.at >= ? AND e.at < ? GROUP BY o.channel",
-        params![f.clone(), t.clone()],
-    )?;
-    for row in r.iter() {
-        for m in [
-            &mut overall,
-            by_channel.entry(row.str("channel")).or_default(),
-        ] {
-            m.orders_returned += row.i64("n");
-            m.units_returned += row.i64("units");
+    /// Revenue captured that day.
+    fn captured(&mut self, db: &dyn Db, f: &str, t: &str) -> Result<()> {
+        let Tally {
+            overall,
+            by_channel,
+            by_facility,
+            aov_counts,
+        } = self;
+        let _ = (&by_facility, &aov_counts);
+        let r = db.execute(
+            "SELECT o.channel, json_extract(e.data, '$.currency') AS currency, SUM(json_extract(e.data, '$.amount_minor')) AS amount
+             FROM order_events e JOIN orders o ON o.id = e.order_id
+             WHERE e.kind = 'payment.captured' AND e.at >= ? AND e.at < ? GROUP BY o.channel, currency",
+            params![f, t],
+        )?;
+        for row in r.iter() {
+            for m in [
+                &mut *overall,
+                by_channel.entry(row.str("channel")).or_default(),
+            ] {
+                *m.revenue_captured.entry(row.str("currency")).or_default() += row.i64("amount");
+            }
         }
+        Ok(())
     }
 
-    // Revenue captured that day.
-    let r = db.execute(
-        "SELECT o.channel, json_extract(e.data, '$.currency') AS currency, SUM(json_extract(e.data, '$.amount_minor')) AS amount
-         FROM order_events e JOIN orders o ON o.id = e.order_id
-         WHERE e.kind = 'payment.captured' AND e.at >= ? AND e.at < ? GROUP BY o.channel, currency",
-        params![f.clone(), t.clone()],
-    )?;
-    for row in r.iter() {
-        for m in [
-            &mut overall,
-            by_channel.entry(row.str("channel")).or_default(),
-        ] {
-            *m.revenue_captured.entry(row.str("currency")).or_default() += row.i64("amount");
+    /// Exceptions: holds opened that day, by reason.
+    fn exceptions(&mut self, db: &dyn Db, f: &str, t: &str) -> Result<()> {
+        let Tally {
+            overall,
+            by_channel,
+            by_facility,
+            aov_counts,
+        } = self;
+        let _ = (&by_facility, &aov_counts);
+        let r = db.execute(
+            "SELECT o.channel, h.reason, COUNT(*) AS n FROM order_holds h JOIN orders o ON o.id = h.order_id
+             WHERE h.created_at >= ? AND h.created_at < ? GROUP BY o.channel, h.reason",
+            params![f, t],
+        )?;
+        for row in r.iter() {
+            for m in [
+                &mut *overall,
+                by_channel.entry(row.str("channel")).or_default(),
+            ] {
+                *m.exceptions.entry(row.str("reason")).or_default() += row.i64("n");
+            }
         }
+        Ok(())
     }
+}
 
-    // Exceptions: holds opened that day, by reason.
-    let r = db.execute(
-        "SELECT o.channel, h.reason, COUNT(*) AS n FROM order_holds h JOIN orders o ON o.id = h.order_id
-         WHERE h.created_at >= ? AND h.created_at < ? GROUP BY o.channel, h.reason",
-        params![f.clone(), t.clone()],
-    )?;
-    for row in r.iter() {
-        for m in [
-            &mut overall,
-            by_channel.entry(row.str("channel")).or_default(),
-        ] {
-            *m.exceptions.entry(row.str("reason")).or_default() += row.i64("n");
-        }
-    }
-
-    // Backorders open at the end of the day (as of generation).
+/// Backorders open at the end of the day (as of generation).
+fn backorders(db: &dyn Db, t: &str, to: DateTime<Utc>, now: DateTime<Utc>) -> Result<Json> {
     let r = db.execute(
         "SELECT COUNT(DISTINCT l.order_id) AS orders, COALESCE(SUM(l.qty_backordered), 0) AS units, MIN(o.created_at) AS oldest
          FROM order_lines l JOIN orders o ON o.id = l.order_id
          WHERE l.qty_backordered > 0 AND o.created_at < ?",
-        params![t.clone()],
+        params![t],
     )?;
     let b = r.first();
     let oldest_age = b
@@ -325,39 +419,30 @@ pub fn compute(db: &dyn Db, date: NaiveDate, tz: Tz, now: DateTime<Utc>) -> Resu
         "units": b.as_ref().map(|b| b.i64("units")).unwrap_or(0),
         "oldest_age_hours": oldest_age,
     });
+    Ok(backorders)
+}
 
-    let with_aov = |m: &Metrics, counts: Option<&BTreeMap<String, i64>>| -> Json {
-        let mut j = m.to_json();
-        let mut aov = Map::new();
-        for (c, total) in &m.revenue_ordered {
-            let n = counts
-                .and_then(|k| k.get(c).copied())
-                .unwrap_or(m.orders_received)
-                .max(1);
-            let cur = Currency::from_code(c);
-            // Rounded half away from zero to the currency's minor unit.
-            let avg = (*total as f64 / n as f64).round() as i64;
-            aov.insert(
-                c.clone(),
-                json!(cur
-                    .map(|x| x.format_amount(avg))
-                    .unwrap_or_else(|| avg.to_string())),
-            );
-        }
-        j["average_order_value"] = Json::Object(aov);
-        j
-    };
-    let mut overall_json = with_aov(&overall, Some(&aov_counts));
-    overall_json["backorders"] = backorders;
-    Ok(json!({
-        "date": date.to_string(),
-        "timezone": tz.name(),
-        "window": {"from": ts(from), "to": ts(to)},
-        "generated_at": ts(now),
-        "overall": overall_json,
-        "by_channel": by_channel.iter().map(|(k, m)| (k.clone(), with_aov(m, None))).collect::<Map<String, Json>>(),
-        "by_facility": by_facility.iter().map(|(k, m)| (k.clone(), with_aov(m, None))).collect::<Map<String, Json>>(),
-    }))
+/// A group's metrics with its average order value per currency.
+fn with_aov(m: &Metrics, counts: Option<&BTreeMap<String, i64>>) -> Json {
+    let mut j = m.to_json();
+    let mut aov = Map::new();
+    for (c, total) in &m.revenue_ordered {
+        let n = counts
+            .and_then(|k| k.get(c).copied())
+            .unwrap_or(m.orders_received)
+            .max(1);
+        let cur = Currency::from_code(c);
+        // Rounded half away from zero to the currency's minor unit.
+        let avg = (*total as f64 / n as f64).round() as i64;
+        aov.insert(
+            c.clone(),
+            json!(cur
+                .map(|x| x.format_amount(avg))
+                .unwrap_or_else(|| avg.to_string())),
+        );
+    }
+    j["average_order_value"] = Json::Object(aov);
+    j
 }
 
 /// Computes and stores the report for `date`; returns it and whether it is new.
