@@ -60,53 +60,11 @@ pub fn change(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<Json> {
-    if !v.is_object() {
-        return Err(Error::bad_request("the body must be a JSON object"));
-    }
-    let mut errs = FieldError::unknown_fields(v, &["shipping_address", "shipping_method", "note"]);
-    let mut reader = crate::intake::sources::Reader::default();
-    let address = if v["shipping_address"].is_null() {
-        None
-    } else {
-        crate::intake::sources::api::address(&mut reader, v, "shipping_address", "")
-    };
-    errs.extend(reader.errors);
-    if let Some(a) = &address {
-        if a.country_code.len() != 2 {
-            errs.push(FieldError::new(
-                "/shipping_address/country_code",
-                "must be an ISO 3166-1 alpha-2 code",
-            ));
-        }
-    }
-    let method = match &v["shipping_method"] {
-        Json::Null => None,
-        Json::String(m) if !m.trim().is_empty() && m.len() <= 64 => Some(m.trim().to_string()),
-        _ => {
-            errs.push(FieldError::new(
-                "/shipping_method",
-                "must be a method code of 1 to 64 characters",
-            ));
-            None
-        }
-    };
-    let note = match &v["note"] {
-        Json::Null => None,
-        Json::String(n) if n.len() <= 5000 => Some(n.clone()),
-        _ => {
-            errs.push(FieldError::new(
-                "/note",
-                "must be a string of at most 5000 characters",
-            ));
-            None
-        }
-    };
-    if address.is_none() && method.is_none() && note.is_none() && errs.is_empty() {
-        errs.push(FieldError::new("/", "nothing to change"));
-    }
-    if !errs.is_empty() {
-        return Err(Error::invalid(errs));
-    }
+    let OrderChange {
+        address,
+        method,
+        note,
+    } = OrderChange::parse(v)?;
     let o = order_row(db, order_id)?;
     let row = o.first().ok_or_else(|| Error::not_found("no such order"))?;
     let status = row.str("status");
@@ -130,32 +88,7 @@ pub fn change(
             )));
         }
     }
-    let mut changed = serde_json::Map::new();
-    if let Some(a) = &address {
-        changed.insert(
-            "shipping_address".into(),
-            json!({"from": doc["shipping_address"], "to": a}),
-        );
-        doc["shipping_address"] = json!(a);
-    }
-    if let Some(m) = &method {
-        let from = doc["shipping_lines_minor"][0]["method"].clone();
-        changed.insert("shipping_method".into(), json!({"from": from, "to": m}));
-        if doc["shipping_lines_minor"]
-            .as_array()
-            .is_some_and(|a| !a.is_empty())
-        {
-            doc["shipping_lines_minor"][0]["method"] = json!(m);
-            doc["shipping_lines"][0]["method"] = json!(m);
-        } else {
-            doc["shipping_lines_minor"] =
-                json!([{"method": m, "title": m, "price": 0, "discount": 0, "tax": 0}]);
-        }
-    }
-    if let Some(n) = &note {
-        changed.insert("note".into(), json!({"from": doc["note"], "to": n}));
-        doc["note"] = json!(n);
-    }
+    let changed = apply_change(&mut doc, &address, &method, &note);
     store::set_doc(db, order_id, &doc, now)?;
     let what: Vec<String> = changed.keys().cloned().collect();
     record_event(
@@ -208,6 +141,108 @@ pub fn change(
     Ok(json!({"changed": what, "routing": routed}))
 }
 
+/// An order change, validated: a new shipping address, shipping method or note.
+struct OrderChange {
+    address: Option<crate::orders::model::Address>,
+    method: Option<String>,
+    note: Option<String>,
+}
+
+impl OrderChange {
+    fn parse(v: &Json) -> Result<OrderChange> {
+        if !v.is_object() {
+            return Err(Error::bad_request("the body must be a JSON object"));
+        }
+        let mut errs =
+            FieldError::unknown_fields(v, &["shipping_address", "shipping_method", "note"]);
+        let mut reader = crate::intake::sources::Reader::default();
+        let address = if v["shipping_address"].is_null() {
+            None
+        } else {
+            crate::intake::sources::api::address(&mut reader, v, "shipping_address", "")
+        };
+        errs.extend(reader.errors);
+        if let Some(a) = &address {
+            if a.country_code.len() != 2 {
+                errs.push(FieldError::new(
+                    "/shipping_address/country_code",
+                    "must be an ISO 3166-1 alpha-2 code",
+                ));
+            }
+        }
+        let method = match &v["shipping_method"] {
+            Json::Null => None,
+            Json::String(m) if !m.trim().is_empty() && m.len() <= 64 => Some(m.trim().to_string()),
+            _ => {
+                errs.push(FieldError::new(
+                    "/shipping_method",
+                    "must be a method code of 1 to 64 characters",
+                ));
+                None
+            }
+        };
+        let note = match &v["note"] {
+            Json::Null => None,
+            Json::String(n) if n.len() <= 5000 => Some(n.clone()),
+            _ => {
+                errs.push(FieldError::new(
+                    "/note",
+                    "must be a string of at most 5000 characters",
+                ));
+                None
+            }
+        };
+        if address.is_none() && method.is_none() && note.is_none() && errs.is_empty() {
+            errs.push(FieldError::new("/", "nothing to change"));
+        }
+        if !errs.is_empty() {
+            return Err(Error::invalid(errs));
+        }
+        Ok(OrderChange {
+            address,
+            method,
+            note,
+        })
+    }
+}
+
+/// Writes the change into the stored order document; returns what changed
+/// (from, to) by field, for the timeline.
+fn apply_change(
+    doc: &mut Json,
+    address: &Option<crate::orders::model::Address>,
+    method: &Option<String>,
+    note: &Option<String>,
+) -> serde_json::Map<String, Json> {
+    let mut changed = serde_json::Map::new();
+    if let Some(a) = &address {
+        changed.insert(
+            "shipping_address".into(),
+            json!({"from": doc["shipping_address"], "to": a}),
+        );
+        doc["shipping_address"] = json!(a);
+    }
+    if let Some(m) = &method {
+        let from = doc["shipping_lines_minor"][0]["method"].clone();
+        changed.insert("shipping_method".into(), json!({"from": from, "to": m}));
+        if doc["shipping_lines_minor"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+        {
+            doc["shipping_lines_minor"][0]["method"] = json!(m);
+            doc["shipping_lines"][0]["method"] = json!(m);
+        } else {
+            doc["shipping_lines_minor"] =
+                json!([{"method": m, "title": m, "price": 0, "discount": 0, "tax": 0}]);
+        }
+    }
+    if let Some(n) = &note {
+        changed.insert("note".into(), json!({"from": doc["note"], "to": n}));
+        doc["note"] = json!(n);
+    }
+    changed
+}
+
 /// Cancels units (all cancellable ones when `lines` is absent).
 pub fn cancel(
     db: &dyn Db,
@@ -244,90 +279,8 @@ fn cancel_units(
     if lines.is_empty() {
         return Err(Error::not_found("no such order"));
     }
-    // What each line can still give up: everything not shipped and not being picked or packed.
-    let busy: BTreeMap<i64, i64> = db
-        .execute(
-            "SELECT fl.line_no, SUM(fl.quantity) AS n FROM fulfillment_order_lines fl JOIN fulfillment_orders f ON f.id = fl.fulfillment_order_id
-             WHERE f.order_id = ? AND f.status IN ('open', 'in_progress')
-               AND (EXISTS (SELECT 1 FROM fulfillment_jobs j WHERE j.fulfillment_order_id = f.id AND (j.kind <> 'pick' OR j.status <> 'open'))
-                    OR f.status = 'in_progress')
-               AND NOT EXISTS (SELECT 1 FROM facilities x WHERE x.id = f.facility_id AND x.type = 'fulfillment_center')
-             GROUP BY fl.line_no",
-            params![order_id],
-        )?
-        .iter()
-        .map(|r| (r.i64("line_no"), r.i64("n")))
-        .collect();
-    let shipped_units: BTreeMap<i64, i64> = db
-        .execute(
-            "SELECT sl.line_no, SUM(sl.quantity) AS n FROM shipment_lines sl JOIN shipments s ON s.id = sl.shipment_id
-             JOIN fulfillment_orders f ON f.id = s.fulfillment_order_id
-             WHERE s.order_id = ? AND f.status IN ('open', 'in_progress') GROUP BY sl.line_no",
-            params![order_id],
-        )?
-        .iter()
-        .map(|r| (r.i64("line_no"), r.i64("n")))
-        .collect();
-    let cancellable = |l: &crate::kernel::db::Row| -> i64 {
-        let n = l.i64("line_no");
-        // Units of a partly shipped fulfillment order that shipped are in qty_shipped, not in busy.
-        let in_work = (busy.get(&n).copied().unwrap_or(0)
-            - shipped_units.get(&n).copied().unwrap_or(0))
-        .max(0);
-        (l.i64("qty_ordered") - l.i64("qty_cancelled") - l.i64("qty_shipped") - in_work).max(0)
-    };
-    let mut wanted: BTreeMap<i64, i64> = BTreeMap::new();
-    match &v["lines"] {
-        Json::Null => {
-            for l in lines.iter() {
-                let c = cancellable(&l);
-                if c > 0 {
-                    wanted.insert(l.i64("line_no"), c);
-                }
-            }
-            if wanted.is_empty() && errs.is_empty() {
-                return Err(Error::conflict(
-                    "nothing left to cancel: every unit is shipped, delivered, or being picked or packed (return it instead)",
-                ));
-            }
-        }
-        Json::Array(a) if !a.is_empty() => {
-            for (i, x) in a.iter().enumerate() {
-                let p = format!("/lines/{i}");
-                let (Some(n), Some(q)) = (x["line_no"].as_i64(), x["quantity"].as_i64()) else {
-                    errs.push(FieldError::new(p, "needs an integer line_no and quantity"));
-                    continue;
-                };
-                let Some(l) = lines.iter().find(|l| l.i64("line_no") == n) else {
-                    errs.push(FieldError::new(
-                        format!("{p}/line_no"),
-                        format!("the order has no line {n}"),
-                    ));
-                    continue;
-                };
-                let c = cancellable(&l) - wanted.get(&n).copied().unwrap_or(0);
-                if q <= 0 {
-                    errs.push(FieldError::new(format!("{p}/quantity"), "must be positive"));
-                } else if q > c {
-                    let shipped = l.i64("qty_shipped");
-                    let conflict = c == 0 && (shipped > 0 || busy.contains_key(&n));
-                    let msg = format!(
-                        "{q} asked, {c} cancellable ({shipped} shipped or delivered, the rest being picked or packed: return them instead)"
-                    );
-                    if conflict && a.len() == 1 {
-                        return Err(Error::conflict(msg));
-                    }
-                    errs.push(FieldError::new(format!("{p}/quantity"), msg));
-                } else {
-                    *wanted.entry(n).or_default() += q;
-                }
-            }
-        }
-        _ => errs.push(FieldError::new(
-            "/lines",
-            "must be a non-empty array of {line_no, quantity}",
-        )),
-    }
+    let room = Room::of(db, order_id)?;
+    let wanted = wanted_units(v, &lines, &room, &mut errs)?;
     if !errs.is_empty() {
         return Err(Error::invalid(errs));
     }
@@ -335,67 +288,13 @@ fn cancel_units(
     let number = order.first().map(|r| r.str("number")).unwrap_or_default();
     let mut summary = Vec::new();
     let mut requested_from_fc = Vec::new();
-    for (line_no, mut q) in wanted.clone() {
+    for (&line_no, &q) in &wanted {
         let l = lines
             .iter()
             .find(|l| l.i64("line_no") == line_no)
             .expect("validated");
-        // 1. Units in no fulfillment order (unplaced, backordered).
-        let unplaced = (l.i64("qty_ordered")
-            - l.i64("qty_cancelled")
-            - l.i64("qty_allocated")
-            - l.i64("qty_released")
-            - l.i64("qty_shipped"))
-        .max(0);
-        let take = q.min(unplaced);
-        if take > 0 {
-            lines::cancel_unplaced(db, order_id, line_no, take)?;
-            q -= take;
-        }
-        // 2. Units in fulfillment orders not being worked on, newest first.
-        if q > 0 {
-            let fos = db.execute(
-                "SELECT f.id, f.name, f.status, f.facility_id, fl.quantity, fl.sku,
-                        (SELECT type FROM facilities x WHERE x.id = f.facility_id) AS ftype
-                 FROM fulfillment_orders f JOIN fulfillment_order_lines fl ON fl.fulfillment_order_id = f.id
-                 WHERE f.order_id = ? AND fl.line_no = ? AND f.status IN ('on_hold', 'scheduled', 'open')
-                 ORDER BY CASE f.status WHEN 'on_hold' THEN 0 WHEN 'scheduled' THEN 1 ELSE 2 END, f.name DESC",
-                params![order_id, line_no],
-            )?;
-            for f in fos.iter() {
-                if q == 0 {
-                    break;
-                }
-                let fo_id = f.str("id");
-                let fs = f.str("status");
-                if f.str("ftype") == "fulfillment_center" && fs == "open" {
-                    // The center has it: ask it to cancel.
-                    if fstore::set_request_status(db, &fo_id, "cancellation_requested", now)? {
-                        requested_from_fc.push((
-                            fo_id.clone(),
-                            f.str("name"),
-                            f.str("facility_id"),
-                        ));
-                    }
-                    q -= q.min(f.i64("quantity"));
-                    continue;
-                }
-                let take = q.min(f.i64("quantity"));
-                remove_from_fo(
-                    db,
-                    order_id,
-                    &fo_id,
-                    line_no,
-                    &f.str("sku"),
-                    &f.str("facility_id"),
-                    take,
-                    &fs,
-                    now,
-                )?;
-                q -= take;
-            }
-        }
-        summary.push(json!({"line_no": line_no, "quantity": wanted[&line_no]}));
+        cancel_line(db, order_id, &l, q, now, &mut requested_from_fc)?;
+        summary.push(json!({"line_no": line_no, "quantity": q}));
     }
     for (fo_id, name, facility) in &requested_from_fc {
         record_event(
@@ -448,6 +347,182 @@ fn cancel_units(
     Ok(
         json!({"cancelled": summary, "cancellation_requested": requested_from_fc.iter().map(|x| &x.1).collect::<Vec<_>>(), "payment": money}),
     )
+}
+
+/// What each line of an order can still give up: everything not shipped and
+/// not being picked or packed.
+struct Room {
+    busy: BTreeMap<i64, i64>,
+    shipped: BTreeMap<i64, i64>,
+}
+
+impl Room {
+    fn of(db: &dyn Db, order_id: &str) -> Result<Room> {
+        let busy: BTreeMap<i64, i64> = db
+            .execute(
+                "SELECT fl.line_no, SUM(fl.quantity) AS n FROM fulfillment_order_lines fl JOIN fulfillment_orders f ON f.id = fl.fulfillment_order_id
+                 WHERE f.order_id = ? AND f.status IN ('open', 'in_progress')
+                   AND (EXISTS (SELECT 1 FROM fulfillment_jobs j WHERE j.fulfillment_order_id = f.id AND (j.kind <> 'pick' OR j.status <> 'open'))
+                        OR f.status = 'in_progress')
+                   AND NOT EXISTS (SELECT 1 FROM facilities x WHERE x.id = f.facility_id AND x.type = 'fulfillment_center')
+                 GROUP BY fl.line_no",
+                params![order_id],
+            )?
+            .iter()
+            .map(|r| (r.i64("line_no"), r.i64("n")))
+            .collect();
+        let shipped: BTreeMap<i64, i64> = db
+            .execute(
+                "SELECT sl.line_no, SUM(sl.quantity) AS n FROM shipment_lines sl JOIN shipments s ON s.id = sl.shipment_id
+                 JOIN fulfillment_orders f ON f.id = s.fulfillment_order_id
+                 WHERE s.order_id = ? AND f.status IN ('open', 'in_progress') GROUP BY sl.line_no",
+                params![order_id],
+            )?
+            .iter()
+            .map(|r| (r.i64("line_no"), r.i64("n")))
+            .collect();
+        Ok(Room { busy, shipped })
+    }
+
+    fn cancellable(&self, l: &crate::kernel::db::Row) -> i64 {
+        let n = l.i64("line_no");
+        // Units of a partly shipped fulfillment order that shipped are in qty_shipped, not in busy.
+        let in_work = (self.busy.get(&n).copied().unwrap_or(0)
+            - self.shipped.get(&n).copied().unwrap_or(0))
+        .max(0);
+        (l.i64("qty_ordered") - l.i64("qty_cancelled") - l.i64("qty_shipped") - in_work).max(0)
+    }
+}
+
+/// The units a cancellation asks for, per line (every cancellable unit when
+/// it names no lines); field errors go to `errs`.
+fn wanted_units(
+    v: &Json,
+    lines: &crate::kernel::db::Rows,
+    room: &Room,
+    errs: &mut Vec<FieldError>,
+) -> Result<BTreeMap<i64, i64>> {
+    let busy = &room.busy;
+    let cancellable = |l: &crate::kernel::db::Row| room.cancellable(l);
+    let mut wanted: BTreeMap<i64, i64> = BTreeMap::new();
+    match &v["lines"] {
+        Json::Null => {
+            for l in lines.iter() {
+                let c = cancellable(&l);
+                if c > 0 {
+                    wanted.insert(l.i64("line_no"), c);
+                }
+            }
+            if wanted.is_empty() && errs.is_empty() {
+                return Err(Error::conflict(
+                    "nothing left to cancel: every unit is shipped, delivered, or being picked or packed (return it instead)",
+                ));
+            }
+        }
+        Json::Array(a) if !a.is_empty() => {
+            for (i, x) in a.iter().enumerate() {
+                let p = format!("/lines/{i}");
+                let (Some(n), Some(q)) = (x["line_no"].as_i64(), x["quantity"].as_i64()) else {
+                    errs.push(FieldError::new(p, "needs an integer line_no and quantity"));
+                    continue;
+                };
+                let Some(l) = lines.iter().find(|l| l.i64("line_no") == n) else {
+                    errs.push(FieldError::new(
+                        format!("{p}/line_no"),
+                        format!("the order has no line {n}"),
+                    ));
+                    continue;
+                };
+                let c = cancellable(&l) - wanted.get(&n).copied().unwrap_or(0);
+                if q <= 0 {
+                    errs.push(FieldError::new(format!("{p}/quantity"), "must be positive"));
+                } else if q > c {
+                    let shipped = l.i64("qty_shipped");
+                    let conflict = c == 0 && (shipped > 0 || busy.contains_key(&n));
+                    let msg = format!(
+                        "{q} asked, {c} cancellable ({shipped} shipped or delivered, the rest being picked or packed: return them instead)"
+                    );
+                    if conflict && a.len() == 1 {
+                        return Err(Error::conflict(msg));
+                    }
+                    errs.push(FieldError::new(format!("{p}/quantity"), msg));
+                } else {
+                    *wanted.entry(n).or_default() += q;
+                }
+            }
+        }
+        _ => errs.push(FieldError::new(
+            "/lines",
+            "must be a non-empty array of {line_no, quantity}",
+        )),
+    }
+    Ok(wanted)
+}
+
+/// Cancels `q` units of one line: units in no fulfillment order first, then
+/// units in fulfillment orders not being worked on, newest first; a center
+/// that has them is asked to cancel (`requested`).
+fn cancel_line(
+    db: &dyn Db,
+    order_id: &str,
+    l: &crate::kernel::db::Row,
+    mut q: i64,
+    now: DateTime<Utc>,
+    requested: &mut Vec<(String, String, String)>,
+) -> Result<()> {
+    let line_no = l.i64("line_no");
+    // 1. Units in no fulfillment order (unplaced, backordered).
+    let unplaced = (l.i64("qty_ordered")
+        - l.i64("qty_cancelled")
+        - l.i64("qty_allocated")
+        - l.i64("qty_released")
+        - l.i64("qty_shipped"))
+    .max(0);
+    let take = q.min(unplaced);
+    if take > 0 {
+        lines::cancel_unplaced(db, order_id, line_no, take)?;
+        q -= take;
+    }
+    // 2. Units in fulfillment orders not being worked on, newest first.
+    if q > 0 {
+        let fos = db.execute(
+            "SELECT f.id, f.name, f.status, f.facility_id, fl.quantity, fl.sku,
+                    (SELECT type FROM facilities x WHERE x.id = f.facility_id) AS ftype
+             FROM fulfillment_orders f JOIN fulfillment_order_lines fl ON fl.fulfillment_order_id = f.id
+             WHERE f.order_id = ? AND fl.line_no = ? AND f.status IN ('on_hold', 'scheduled', 'open')
+             ORDER BY CASE f.status WHEN 'on_hold' THEN 0 WHEN 'scheduled' THEN 1 ELSE 2 END, f.name DESC",
+            params![order_id, line_no],
+        )?;
+        for f in fos.iter() {
+            if q == 0 {
+                break;
+            }
+            let fo_id = f.str("id");
+            let fs = f.str("status");
+            if f.str("ftype") == "fulfillment_center" && fs == "open" {
+                // The center has it: ask it to cancel.
+                if fstore::set_request_status(db, &fo_id, "cancellation_requested", now)? {
+                    requested.push((fo_id.clone(), f.str("name"), f.str("facility_id")));
+                }
+                q -= q.min(f.i64("quantity"));
+                continue;
+            }
+            let take = q.min(f.i64("quantity"));
+            remove_from_fo(
+                db,
+                order_id,
+                &fo_id,
+                line_no,
+                &f.str("sku"),
+                &f.str("facility_id"),
+                take,
+                &fs,
+                now,
+            )?;
+            q -= take;
+        }
+    }
+    Ok(())
 }
 
 /// Takes `q` units of a line out of a fulfillment order that is not being
@@ -730,38 +805,13 @@ pub fn substitute(
         return Err(Error::invalid(errs));
     }
     let (sku, price) = (sku.unwrap_or_default(), price.unwrap_or(0));
-    let ordered = line.i64("qty_ordered");
-    let old_discount = crate::payments::shares::share(line.i64("discount_minor"), ordered, q);
-    let old_net = line.i64("subtotal_minor") - line.i64("discount_minor");
-    let subtotal = price * q;
-    let discount = old_discount.min(subtotal);
-    let net = subtotal - discount;
-    let tax = if old_net > 0 {
-        ((line.i64("tax_minor") as i128 * net as i128 + old_net as i128 / 2) / old_net as i128)
-            as i64
-    } else {
-        0
-    };
-    // The old units go (without touching the money yet) ...
-    let old_amount = {
-        let c = crate::payments::shares::charge(
-            &crate::payments::shares::OrderAmounts {
-                lines: vec![crate::payments::shares::LineAmounts {
-                    line_no: 1,
-                    ordered,
-                    net: old_net,
-                    tax: line.i64("tax_minor"),
-                }],
-                shipping: 0,
-                shipping_tax: 0,
-                taxes_included: false,
-            },
-            &BTreeMap::new(),
-            &BTreeMap::from([(1, q)]),
-            false,
-        );
-        c.amount
-    };
+    let Amounts {
+        subtotal,
+        discount,
+        tax,
+        net,
+        old_amount,
+    } = substitute_amounts(&line, q, price);
     let reason = v["reason"].as_str().unwrap_or("substituted").to_string();
     cancel_units(
         db,
@@ -812,7 +862,85 @@ pub fn substitute(
                "changed": {"substitution": {"line_no": line.i64("line_no"), "from": line.str("sku"), "to": sku, "quantity": q, "difference_minor": delta}}}),
         now,
     )?;
-    // The price difference on the authorization.
+    let payment = settle_difference(db, order_id, delta, currency, actor, now)?;
+    let o = crate::routing::allocation::route_order(
+        db,
+        order_id,
+        crate::routing::allocation::Trigger::Intake,
+        now,
+    )?;
+    store::refresh_status(db, order_id, now)?;
+    Ok(
+        json!({"new_line_no": new_line, "quantity": q, "payment": payment,
+              "routing": {"allocated": o.allocated, "released": o.released, "backordered": o.backordered, "held": o.held}}),
+    )
+}
+
+/// What the substitute costs, from the replaced line's prices: its discount
+/// share carries over (never more than the new subtotal) and its tax rate
+/// applies to the new net amount.
+struct Amounts {
+    subtotal: i64,
+    discount: i64,
+    tax: i64,
+    net: i64,
+    /// What the replaced units cost (their share of the line).
+    old_amount: i64,
+}
+
+fn substitute_amounts(line: &crate::kernel::db::Row, q: i64, price: i64) -> Amounts {
+    let ordered = line.i64("qty_ordered");
+    let old_discount = crate::payments::shares::share(line.i64("discount_minor"), ordered, q);
+    let old_net = line.i64("subtotal_minor") - line.i64("discount_minor");
+    let subtotal = price * q;
+    let discount = old_discount.min(subtotal);
+    let net = subtotal - discount;
+    let tax = if old_net > 0 {
+        ((line.i64("tax_minor") as i128 * net as i128 + old_net as i128 / 2) / old_net as i128)
+            as i64
+    } else {
+        0
+    };
+    // The old units go (without touching the money yet) ...
+    let old_amount = {
+        let c = crate::payments::shares::charge(
+            &crate::payments::shares::OrderAmounts {
+                lines: vec![crate::payments::shares::LineAmounts {
+                    line_no: 1,
+                    ordered,
+                    net: old_net,
+                    tax: line.i64("tax_minor"),
+                }],
+                shipping: 0,
+                shipping_tax: 0,
+                taxes_included: false,
+            },
+            &BTreeMap::new(),
+            &BTreeMap::from([(1, q)]),
+            false,
+        );
+        c.amount
+    };
+    Amounts {
+        subtotal,
+        discount,
+        tax,
+        net,
+        old_amount,
+    }
+}
+
+/// The price difference on the authorization: a dearer substitute beyond the
+/// open authorization holds the order for payment; a cheaper one voids what is
+/// no longer needed.
+fn settle_difference(
+    db: &dyn Db,
+    order_id: &str,
+    delta: i64,
+    currency: crate::kernel::money::Currency,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Json> {
     let p = db.execute(
         "SELECT gateway, authorized_minor, captured_minor, voided_minor FROM payments WHERE order_id = ?",
         params![order_id],
@@ -849,17 +977,7 @@ pub fn substitute(
             )?);
         }
     }
-    let o = crate::routing::allocation::route_order(
-        db,
-        order_id,
-        crate::routing::allocation::Trigger::Intake,
-        now,
-    )?;
-    store::refresh_status(db, order_id, now)?;
-    Ok(
-        json!({"new_line_no": new_line, "quantity": q, "payment": payment,
-              "routing": {"allocated": o.allocated, "released": o.released, "backordered": o.backordered, "held": o.held}}),
-    )
+    Ok(payment)
 }
 
 #[cfg(test)]
