@@ -80,33 +80,7 @@ pub(crate) fn complete_pick(
         })
         .collect();
     let wanted = picked.clone();
-    let mut errs = Vec::new();
-    match &body["lines"] {
-        Json::Null => {}
-        Json::Array(a) => {
-            for (i, l) in a.iter().enumerate() {
-                let line = l["line_no"].as_i64();
-                let got = l["picked"].as_i64();
-                match (line.and_then(|n| wanted.get(&n).map(|w| (n, *w))), got) {
-                    (Some((n, w)), Some(g)) if (0..=w).contains(&g) => {
-                        picked.insert(n, g);
-                    }
-                    (Some((_, w)), _) => errs.push(FieldError::new(
-                        format!("/lines/{i}/picked"),
-                        format!("must be 0 to {w}"),
-                    )),
-                    (None, _) => errs.push(FieldError::new(
-                        format!("/lines/{i}/line_no"),
-                        "is not on this pick list",
-                    )),
-                }
-            }
-        }
-        _ => errs.push(FieldError::new("/lines", "must be an array")),
-    }
-    if !errs.is_empty() {
-        return Err(Error::invalid(errs));
-    }
+    picked_counts(body, &wanted, &mut picked)?;
     let policy = short_pick_policy(db)?;
     let mut short_total = 0;
     let mut short_lines = Vec::new();
@@ -212,6 +186,43 @@ pub(crate) fn complete_pick(
     ))
 }
 
+/// The picker's counts over the pick list (`wanted`); a line not named was
+/// picked in full.
+fn picked_counts(
+    body: &Json,
+    wanted: &BTreeMap<i64, i64>,
+    picked: &mut BTreeMap<i64, i64>,
+) -> Result<()> {
+    let mut errs = Vec::new();
+    match &body["lines"] {
+        Json::Null => {}
+        Json::Array(a) => {
+            for (i, l) in a.iter().enumerate() {
+                let line = l["line_no"].as_i64();
+                let got = l["picked"].as_i64();
+                match (line.and_then(|n| wanted.get(&n).map(|w| (n, *w))), got) {
+                    (Some((n, w)), Some(g)) if (0..=w).contains(&g) => {
+                        picked.insert(n, g);
+                    }
+                    (Some((_, w)), _) => errs.push(FieldError::new(
+                        format!("/lines/{i}/picked"),
+                        format!("must be 0 to {w}"),
+                    )),
+                    (None, _) => errs.push(FieldError::new(
+                        format!("/lines/{i}/line_no"),
+                        "is not on this pick list",
+                    )),
+                }
+            }
+        }
+        _ => errs.push(FieldError::new("/lines", "must be an array")),
+    }
+    if !errs.is_empty() {
+        return Err(Error::invalid(errs));
+    }
+    Ok(())
+}
+
 /// Closes a pack job: parcels (weight, dimensions, items, tracking number),
 /// a label record and a return label each, the price from the rate table;
 /// opens the handover job (to the carrier, or to the customer for click & collect).
@@ -273,103 +284,25 @@ pub(crate) fn complete_pack(
     let mut packed: BTreeMap<i64, i64> = BTreeMap::new();
     let mut parcels = Vec::new();
     let mut total_cost: Option<(i64, String)> = None;
+    let pk = Packing {
+        items: &items,
+        carrier: &carrier,
+        service: &service,
+        dest: &dest,
+        facility: &facility,
+        fac_name: &fac_name,
+        fo: &fo,
+    };
     for (i, p) in parcels_in.iter().enumerate() {
-        let pp = format!("/parcels/{i}");
-        let mut pitems = BTreeMap::new();
-        for (k, it) in p["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            match (it["line_no"].as_i64(), it["quantity"].as_i64()) {
-                (Some(l), Some(q)) if q > 0 && items.contains_key(&l) => {
-                    *pitems.entry(l).or_insert(0) += q;
-                    *packed.entry(l).or_insert(0) += q;
-                }
-                _ => errs.push(FieldError::new(
-                    format!("{pp}/items/{k}"),
-                    "needs a line_no of this pack job and a positive quantity",
-                )),
-            }
-        }
-        if pitems.is_empty() {
-            errs.push(FieldError::new(
-                format!("{pp}/items"),
-                "a parcel holds at least one item",
-            ));
-        }
-        // Weight: as weighed, else from the catalog.
-        let weight = match p["weight_grams"].as_i64() {
-            Some(w) if w > 0 && w <= 1_000_000 => w,
-            Some(_) => {
-                errs.push(FieldError::new(
-                    format!("{pp}/weight_grams"),
-                    "must be 1 to 1,000,000",
-                ));
-                0
-            }
-            None => {
-                let mut w = 0;
-                for (l, q) in &pitems {
-                    let sku = items.get(l).map(|x| x.0.clone()).unwrap_or_default();
-                    w += q * db
-                        .execute(
-                            "SELECT weight_grams FROM products WHERE sku = ?",
-                            params![sku],
-                        )?
-                        .first()
-                        .map(|r| r.i64("weight_grams"))
-                        .unwrap_or(0);
-                }
-                w.max(1)
-            }
-        };
-        let dims = match (
-            p["length_mm"].as_i64(),
-            p["width_mm"].as_i64(),
-            p["height_mm"].as_i64(),
-        ) {
-            (Some(a), Some(b), Some(c)) if a > 0 && b > 0 && c > 0 => Some((a, b, c)),
-            (None, None, None) => None,
-            _ => {
-                errs.push(FieldError::new(
-                    pp.clone(),
-                    "length_mm, width_mm and height_mm go together, each positive",
-                ));
-                None
-            }
-        };
-        let tracking = opt_str(p, "tracking_number", &mut errs);
-        if !fo.pickup && tracking.is_none() {
-            errs.push(FieldError::new(
-                format!("{pp}/tracking_number"),
-                "is required: the label's tracking number",
-            ));
-        }
-        let country = dest["country_code"].as_str().unwrap_or("");
-        let postal = dest["postal_code"].as_str().unwrap_or("");
-        let mut cost = Json::Null;
-        if let Some(c) = &carrier {
-            let (zone, rates) = quote(db, country, postal, weight, Some(c), service.as_deref())?;
-            if let Some(r) = rates.first() {
-                cost = rate_json(r);
-                let t = total_cost.get_or_insert((0, r.currency.clone()));
-                t.0 += r.price_minor;
-            } else {
-                cost = json!({"error": format!("no rate for {c} {} to {country} {postal} (zone {}) at {weight} g",
-                    service.clone().unwrap_or_default(), zone.unwrap_or_else(|| "none".into()))});
-            }
-        }
-        let label = json!({"destination": dest, "weight_grams": weight, "carrier": carrier, "service": service,
-                           "tracking_number": tracking, "cost": cost});
-        let return_label = json!({"from": dest, "to": {"facility": facility, "name": fac_name},
-                                  "carrier": carrier, "service": service, "reference": format!("RMA-{}-{}", fo.name, i + 1)});
-        parcels.push(json!({"tracking_number": tracking, "carrier": carrier, "service": service, "weight_grams": weight,
-                            "dims_mm": dims.map(|d| vec![d.0, d.1, d.2]),
-                            "items": pitems.iter().map(|(l, q)| json!({"line_no": l, "quantity": q})).collect::<Vec<_>>(),
-                            "label": label, "return_label": return_label}));
+        parcels.push(pack_parcel(
+            db,
+            &pk,
+            i,
+            p,
+            &mut errs,
+            &mut packed,
+            &mut total_cost,
+        )?);
     }
     for (l, (_, q)) in &items {
         let got = packed.get(l).copied().unwrap_or(0);
@@ -412,6 +345,139 @@ pub(crate) fn complete_pack(
         now,
     )?;
     Ok(json!({"job": job_view(db, job_id)?}))
+}
+
+/// What every parcel of a pack job shares.
+struct Packing<'a> {
+    /// The picked items by line: (SKU, quantity).
+    items: &'a BTreeMap<i64, (String, i64)>,
+    carrier: &'a Option<String>,
+    service: &'a Option<String>,
+    dest: &'a Json,
+    facility: &'a str,
+    fac_name: &'a str,
+    fo: &'a Fo,
+}
+
+/// One parcel of a pack job: its items, weight (as weighed, else from the
+/// catalog), dimensions, tracking number, the shipping label priced from the
+/// rate table and the return label. Field errors go to `errs`.
+fn pack_parcel(
+    db: &dyn Db,
+    pk: &Packing<'_>,
+    i: usize,
+    p: &Json,
+    errs: &mut Vec<FieldError>,
+    packed: &mut BTreeMap<i64, i64>,
+    total_cost: &mut Option<(i64, String)>,
+) -> Result<Json> {
+    let Packing {
+        items,
+        carrier,
+        service,
+        dest,
+        facility,
+        fac_name,
+        fo,
+    } = *pk;
+    let pp = format!("/parcels/{i}");
+    let mut pitems = BTreeMap::new();
+    for (k, it) in p["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        match (it["line_no"].as_i64(), it["quantity"].as_i64()) {
+            (Some(l), Some(q)) if q > 0 && items.contains_key(&l) => {
+                *pitems.entry(l).or_insert(0) += q;
+                *packed.entry(l).or_insert(0) += q;
+            }
+            _ => errs.push(FieldError::new(
+                format!("{pp}/items/{k}"),
+                "needs a line_no of this pack job and a positive quantity",
+            )),
+        }
+    }
+    if pitems.is_empty() {
+        errs.push(FieldError::new(
+            format!("{pp}/items"),
+            "a parcel holds at least one item",
+        ));
+    }
+    // Weight: as weighed, else from the catalog.
+    let weight = match p["weight_grams"].as_i64() {
+        Some(w) if w > 0 && w <= 1_000_000 => w,
+        Some(_) => {
+            errs.push(FieldError::new(
+                format!("{pp}/weight_grams"),
+                "must be 1 to 1,000,000",
+            ));
+            0
+        }
+        None => {
+            let mut w = 0;
+            for (l, q) in &pitems {
+                let sku = items.get(l).map(|x| x.0.clone()).unwrap_or_default();
+                w += q * db
+                    .execute(
+                        "SELECT weight_grams FROM products WHERE sku = ?",
+                        params![sku],
+                    )?
+                    .first()
+                    .map(|r| r.i64("weight_grams"))
+                    .unwrap_or(0);
+            }
+            w.max(1)
+        }
+    };
+    let dims = match (
+        p["length_mm"].as_i64(),
+        p["width_mm"].as_i64(),
+        p["height_mm"].as_i64(),
+    ) {
+        (Some(a), Some(b), Some(c)) if a > 0 && b > 0 && c > 0 => Some((a, b, c)),
+        (None, None, None) => None,
+        _ => {
+            errs.push(FieldError::new(
+                pp.clone(),
+                "length_mm, width_mm and height_mm go together, each positive",
+            ));
+            None
+        }
+    };
+    let tracking = opt_str(p, "tracking_number", errs);
+    if !fo.pickup && tracking.is_none() {
+        errs.push(FieldError::new(
+            format!("{pp}/tracking_number"),
+            "is required: the label's tracking number",
+        ));
+    }
+    let country = dest["country_code"].as_str().unwrap_or("");
+    let postal = dest["postal_code"].as_str().unwrap_or("");
+    let mut cost = Json::Null;
+    if let Some(c) = &carrier {
+        let (zone, rates) = quote(db, country, postal, weight, Some(c), service.as_deref())?;
+        if let Some(r) = rates.first() {
+            cost = rate_json(r);
+            let t = total_cost.get_or_insert((0, r.currency.clone()));
+            t.0 += r.price_minor;
+        } else {
+            cost = json!({"error": format!("no rate for {c} {} to {country} {postal} (zone {}) at {weight} g",
+                service.clone().unwrap_or_default(), zone.unwrap_or_else(|| "none".into()))});
+        }
+    }
+    let label = json!({"destination": dest, "weight_grams": weight, "carrier": carrier, "service": service,
+                       "tracking_number": tracking, "cost": cost});
+    let return_label = json!({"from": dest, "to": {"facility": facility, "name": fac_name},
+                              "carrier": carrier, "service": service, "reference": format!("RMA-{}-{}", fo.name, i + 1)});
+    Ok(
+        json!({"tracking_number": tracking, "carrier": carrier, "service": service, "weight_grams": weight,
+                        "dims_mm": dims.map(|d| vec![d.0, d.1, d.2]),
+                        "items": pitems.iter().map(|(l, q)| json!({"line_no": l, "quantity": q})).collect::<Vec<_>>(),
+                        "label": label, "return_label": return_label}),
+    )
 }
 
 /// Hands the parcels over (to the carrier, or to the customer): the shipment is shipped.

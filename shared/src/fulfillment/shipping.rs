@@ -84,33 +84,7 @@ pub fn ship(db: &dyn Db, fo_id: &str, s: &ShipIn, now: DateTime<Utc>) -> Result<
         )));
     }
     let open = unshipped(db, fo_id)?;
-    let lines: BTreeMap<i64, i64> = match &s.lines {
-        None => open
-            .iter()
-            .filter(|(_, (_, n))| *n > 0)
-            .map(|(l, (_, n))| (*l, *n))
-            .collect(),
-        Some(given) => {
-            let mut errs = Vec::new();
-            for (l, q) in given {
-                match open.get(l) {
-                    None => errs.push(FieldError::new(
-                        format!("/lines/{l}"),
-                        format!("line {l} is not part of {}", fo.name),
-                    )),
-                    Some((_, left)) if *q <= 0 || q > left => errs.push(FieldError::new(
-                        format!("/lines/{l}"),
-                        format!("{q} unit(s) shipped, {left} open on {}", fo.name),
-                    )),
-                    _ => {}
-                }
-            }
-            if !errs.is_empty() {
-                return Err(Error::invalid(errs));
-            }
-            given.clone()
-        }
-    };
+    let lines = lines_to_ship(&fo, &open, s.lines.as_ref())?;
     let units: i64 = lines.values().sum();
     if units == 0 {
         return Err(Error::conflict(format!(
@@ -149,39 +123,7 @@ pub fn ship(db: &dyn Db, fo_id: &str, s: &ShipIn, now: DateTime<Utc>) -> Result<
         stock::consume(db, &sku, &fo.facility, *q, &m, now)?;
         items_text.push(format!("{q} x {sku}"));
     }
-    // Parcels: as given, or one carrying everything under the shipment's tracking number.
-    let parcels: Vec<ParcelIn> = if s.parcels.is_empty() {
-        vec![ParcelIn {
-            tracking_number: s.tracking_number.clone(),
-            carrier: s.carrier.clone(),
-            service: s.service.clone(),
-            items: lines.clone(),
-            ..Default::default()
-        }]
-    } else {
-        s.parcels.clone()
-    };
-    let mut parcel_json = Vec::new();
-    for p in &parcels {
-        let id = uuid::Uuid::now_v7().to_string();
-        let items: Vec<Json> = p
-            .items
-            .iter()
-            .map(|(l, q)| json!({"line_no": l, "quantity": q}))
-            .collect();
-        db.execute(
-            "INSERT INTO parcels (id, shipment_id, order_id, tracking_number, carrier, service, weight_grams, length_mm, width_mm,
-                height_mm, items, label, return_label, status, status_at, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15)",
-            params![id.clone(), shipment_id.clone(), fo.order_id.clone(), p.tracking_number.clone(),
-                    p.carrier.clone().or(s.carrier.clone()), p.service.clone().or(s.service.clone()), p.weight_grams,
-                    p.dims_mm.map(|d| d.0), p.dims_mm.map(|d| d.1), p.dims_mm.map(|d| d.2),
-                    Json::Array(items.clone()).to_string(), p.label.as_ref().map(|l| l.to_string()),
-                    p.return_label.as_ref().map(|l| l.to_string()), status, ts(now)],
-        )?;
-        parcel_json.push(json!({"tracking_number": p.tracking_number, "carrier": p.carrier.clone().or(s.carrier.clone()),
-                                "weight_grams": p.weight_grams, "items": items}));
-    }
+    let parcel_json = insert_parcels(db, &shipment_id, &fo, s, &lines, status, now)?;
     let to = if left_after == 0 {
         FoStatus::Closed
     } else {
@@ -247,6 +189,87 @@ pub fn ship(db: &dyn Db, fo_id: &str, s: &ShipIn, now: DateTime<Utc>) -> Result<
         units,
         partial,
     })
+}
+
+/// The units a shipment carries: as confirmed, or everything still open.
+fn lines_to_ship(
+    fo: &Fo,
+    open: &BTreeMap<i64, (String, i64)>,
+    given: Option<&BTreeMap<i64, i64>>,
+) -> Result<BTreeMap<i64, i64>> {
+    Ok(match given {
+        None => open
+            .iter()
+            .filter(|(_, (_, n))| *n > 0)
+            .map(|(l, (_, n))| (*l, *n))
+            .collect(),
+        Some(given) => {
+            let mut errs = Vec::new();
+            for (l, q) in given {
+                match open.get(l) {
+                    None => errs.push(FieldError::new(
+                        format!("/lines/{l}"),
+                        format!("line {l} is not part of {}", fo.name),
+                    )),
+                    Some((_, left)) if *q <= 0 || q > left => errs.push(FieldError::new(
+                        format!("/lines/{l}"),
+                        format!("{q} unit(s) shipped, {left} open on {}", fo.name),
+                    )),
+                    _ => {}
+                }
+            }
+            if !errs.is_empty() {
+                return Err(Error::invalid(errs));
+            }
+            given.clone()
+        }
+    })
+}
+
+/// The shipment's parcels: as given, or one carrying everything under the
+/// shipment's tracking number. Returns them for the outbox.
+fn insert_parcels(
+    db: &dyn Db,
+    shipment_id: &str,
+    fo: &Fo,
+    s: &ShipIn,
+    lines: &BTreeMap<i64, i64>,
+    status: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<Json>> {
+    let parcels: Vec<ParcelIn> = if s.parcels.is_empty() {
+        vec![ParcelIn {
+            tracking_number: s.tracking_number.clone(),
+            carrier: s.carrier.clone(),
+            service: s.service.clone(),
+            items: lines.clone(),
+            ..Default::default()
+        }]
+    } else {
+        s.parcels.clone()
+    };
+    let mut parcel_json = Vec::new();
+    for p in &parcels {
+        let id = uuid::Uuid::now_v7().to_string();
+        let items: Vec<Json> = p
+            .items
+            .iter()
+            .map(|(l, q)| json!({"line_no": l, "quantity": q}))
+            .collect();
+        db.execute(
+            "INSERT INTO parcels (id, shipment_id, order_id, tracking_number, carrier, service, weight_grams, length_mm, width_mm,
+                height_mm, items, label, return_label, status, status_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15)",
+            params![id.clone(), shipment_id, fo.order_id.clone(), p.tracking_number.clone(),
+                    p.carrier.clone().or(s.carrier.clone()), p.service.clone().or(s.service.clone()), p.weight_grams,
+                    p.dims_mm.map(|d| d.0), p.dims_mm.map(|d| d.1), p.dims_mm.map(|d| d.2),
+                    Json::Array(items.clone()).to_string(), p.label.as_ref().map(|l| l.to_string()),
+                    p.return_label.as_ref().map(|l| l.to_string()), status, ts(now)],
+        )?;
+        parcel_json.push(json!({"tracking_number": p.tracking_number, "carrier": p.carrier.clone().or(s.carrier.clone()),
+                                "weight_grams": p.weight_grams, "items": items}));
+    }
+    Ok(parcel_json)
 }
 
 /// Applies a carrier update. Returns what happened: `updated`, `delivered`,
