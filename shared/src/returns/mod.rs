@@ -92,6 +92,49 @@ pub fn request(
         .iter()
         .map(|r| (r.i64("line_no"), r.i64("n")))
         .collect();
+    let wanted = returnable(v, &lines, &pending, &mut errs);
+    // An exchange ships replacements: the same SKUs by default, or others named here.
+    let replacement = replacement_items(db, v, &resolution, &wanted, &mut errs)?;
+    if !errs.is_empty() {
+        return Err(Error::invalid(errs));
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let r = db.execute(
+        "INSERT INTO returns (id, seq, number, order_id, status, resolution, refund_shipping, reason, note, replacement, created_at, updated_at)
+         SELECT ?1, n, printf('RMA-%06d', n), ?2, 'requested', ?3, ?4, ?5, ?6, ?7, ?8, ?8
+         FROM (SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM returns) RETURNING number",
+        params![id.clone(), order_id, resolution.clone(), refund_shipping, v["reason"].as_str(), v["note"].as_str(),
+                (!replacement.is_empty()).then(|| Json::Array(replacement.clone()).to_string()), ts(now)],
+    )?;
+    let number = first(&r, "number");
+    for (n, sku, q, reason) in &wanted {
+        db.execute(
+            "INSERT INTO return_lines (return_id, line_no, sku, quantity, reason) VALUES (?, ?, ?, ?, ?)",
+            params![id.clone(), *n, sku.clone(), *q, reason.clone()],
+        )?;
+    }
+    let units: i64 = wanted.iter().map(|w| w.2).sum();
+    record_event(
+        db,
+        order_id,
+        now,
+        actor,
+        "return.requested",
+        &format!("Return {number} requested: {units} unit(s), resolution {resolution}"),
+        json!({"return": number, "units": units, "resolution": resolution,
+               "lines": wanted.iter().map(|w| json!({"line_no": w.0, "sku": w.1, "quantity": w.2, "reason": w.3})).collect::<Vec<_>>()}),
+    )?;
+    Ok(id)
+}
+
+/// The lines a return asks for, each within what shipped and is not yet
+/// returned or on an open return (`pending`): (line, SKU, quantity, reason).
+fn returnable(
+    v: &Json,
+    lines: &crate::kernel::db::Rows,
+    pending: &BTreeMap<i64, i64>,
+    errs: &mut Vec<FieldError>,
+) -> Vec<(i64, String, i64, Option<String>)> {
     let mut wanted: Vec<(i64, String, i64, Option<String>)> = Vec::new();
     match &v["lines"] {
         Json::Array(a) if !a.is_empty() => {
@@ -132,7 +175,18 @@ pub fn request(
             "name at least one line: [{\"line_no\", \"quantity\", \"reason\"}]",
         )),
     }
-    // An exchange ships replacements: the same SKUs by default, or others named here.
+    wanted
+}
+
+/// The replacement an exchange ships: the returned SKUs by default, or the
+/// products named.
+fn replacement_items(
+    db: &dyn Db,
+    v: &Json,
+    resolution: &str,
+    wanted: &[(i64, String, i64, Option<String>)],
+    errs: &mut Vec<FieldError>,
+) -> Result<Vec<Json>> {
     let mut replacement: Vec<Json> = Vec::new();
     if resolution == "exchange" {
         match &v["replacement"] {
@@ -173,36 +227,7 @@ pub fn request(
             "only an exchange ships a replacement",
         ));
     }
-    if !errs.is_empty() {
-        return Err(Error::invalid(errs));
-    }
-    let id = uuid::Uuid::now_v7().to_string();
-    let r = db.execute(
-        "INSERT INTO returns (id, seq, number, order_id, status, resolution, refund_shipping, reason, note, replacement, created_at, updated_at)
-         SELECT ?1, n, printf('RMA-%06d', n), ?2, 'requested', ?3, ?4, ?5, ?6, ?7, ?8, ?8
-         FROM (SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM returns) RETURNING number",
-        params![id.clone(), order_id, resolution.clone(), refund_shipping, v["reason"].as_str(), v["note"].as_str(),
-                (!replacement.is_empty()).then(|| Json::Array(replacement.clone()).to_string()), ts(now)],
-    )?;
-    let number = first(&r, "number");
-    for (n, sku, q, reason) in &wanted {
-        db.execute(
-            "INSERT INTO return_lines (return_id, line_no, sku, quantity, reason) VALUES (?, ?, ?, ?, ?)",
-            params![id.clone(), *n, sku.clone(), *q, reason.clone()],
-        )?;
-    }
-    let units: i64 = wanted.iter().map(|w| w.2).sum();
-    record_event(
-        db,
-        order_id,
-        now,
-        actor,
-        "return.requested",
-        &format!("Return {number} requested: {units} unit(s), resolution {resolution}"),
-        json!({"return": number, "units": units, "resolution": resolution,
-               "lines": wanted.iter().map(|w| json!({"line_no": w.0, "sku": w.1, "quantity": w.2, "reason": w.3})).collect::<Vec<_>>()}),
-    )?;
-    Ok(id)
+    Ok(replacement)
 }
 
 /// Approves a return: the facility it goes back to and the return label
@@ -334,57 +359,7 @@ pub fn inspect(
         "SELECT line_no, sku, quantity, received FROM return_lines WHERE return_id = ?",
         params![id.clone()],
     )?;
-    let mut errs = Vec::new();
-    let mut got: Vec<(i64, String, i64, bool)> = Vec::new();
-    let given = match &v["lines"] {
-        Json::Null => lines
-            .iter()
-            .map(|l| json!({"line_no": l.i64("line_no"), "quantity": l.i64("quantity") - l.i64("received"), "condition": "good"}))
-            .collect(),
-        Json::Array(a) => a.clone(),
-        _ => {
-            errs.push(FieldError::new("/lines", "must be an array"));
-            Vec::new()
-        }
-    };
-    for (i, l) in given.iter().enumerate() {
-        let p = format!("/lines/{i}");
-        let cond = l["condition"].as_str().unwrap_or("good");
-        if !matches!(cond, "good" | "damaged") {
-            errs.push(FieldError::new(
-                format!("{p}/condition"),
-                "must be 'good' or 'damaged'",
-            ));
-        }
-        let (Some(n), Some(q)) = (l["line_no"].as_i64(), l["quantity"].as_i64()) else {
-            errs.push(FieldError::new(p, "needs an integer line_no and quantity"));
-            continue;
-        };
-        let Some(row) = lines.iter().find(|x| x.i64("line_no") == n) else {
-            errs.push(FieldError::new(
-                format!("{p}/line_no"),
-                format!("line {n} is not on this return"),
-            ));
-            continue;
-        };
-        let open = row.i64("quantity")
-            - row.i64("received")
-            - got.iter().filter(|g| g.0 == n).map(|g| g.2).sum::<i64>();
-        if q <= 0 || q > open {
-            errs.push(FieldError::new(
-                format!("{p}/quantity"),
-                format!("{q} received, {open} expected"),
-            ));
-            continue;
-        }
-        got.push((n, row.str("sku"), q, cond == "good"));
-    }
-    if got.is_empty() && errs.is_empty() {
-        errs.push(FieldError::new("/lines", "nothing to receive"));
-    }
-    if !errs.is_empty() {
-        return Err(Error::invalid(errs));
-    }
+    let got = received_lines(v, &lines)?;
     let mut restocked = Vec::new();
     let mut units = 0;
     let mut refund_lines: BTreeMap<i64, i64> = BTreeMap::new();
@@ -453,49 +428,10 @@ pub fn inspect(
     }
     // The exchange: a linked replacement order, already paid (no second payment
     // for the same value), routed like any order. Once per return.
-    let mut order_number = String::new();
-    let mut exchange = None;
-    if first(&r, "resolution") == "exchange"
-        && r.first()
-            .and_then(|x| x.opt_str("replacement_order_id"))
-            .is_none()
-    {
-        let o = db.execute(
-            "SELECT number, channel, currency, doc FROM orders WHERE id = ?",
-            params![order_id.clone()],
-        )?;
-        let o = o.first().ok_or_else(|| Error::not_found("no order"))?;
-        let doc: Json = serde_json::from_str(&o.str("doc")).unwrap_or(Json::Null);
-        let items: Vec<Json> = r
-            .first()
-            .and_then(|x| x.opt_str("replacement"))
-            .and_then(|x| serde_json::from_str::<Vec<Json>>(&x).ok())
-            .unwrap_or_default();
-        let names: BTreeMap<String, String> = db
-            .execute(
-                "SELECT sku, name FROM order_lines WHERE order_id = ?",
-                params![order_id.clone()],
-            )?
-            .iter()
-            .map(|l| (l.str("sku"), l.str("name")))
-            .collect();
-        let method = doc["shipping_lines_minor"][0]["method"]
-            .as_str()
-            .unwrap_or("standard")
-            .to_string();
-        let body = json!({
-            "external_id": format!("exchange-{number}"), "number": format!("{}-X", o.str("number")),
-            "channel": o.str("channel"), "currency": o.str("currency"),
-            "customer": doc["customer"], "shipping_address": doc["shipping_address"], "billing_address": doc["billing_address"],
-            "lines": items.iter().map(|i| json!({"sku": i["sku"], "quantity": i["quantity"], "unit_price": "0",
-                "name": names.get(i["sku"].as_str().unwrap_or("")).cloned().unwrap_or_else(|| i["sku"].as_str().unwrap_or("").to_string())})).collect::<Vec<_>>(),
-            "shipping_lines": [{"method": method, "title": "Exchange", "price": "0"}],
-            "financial_status": "paid", "tags": ["exchange"],
-            "note": format!("Replacement for return {number} of order {}", o.str("number")),
-        });
-        exchange = Some(body);
-        order_number = o.str("number");
-    }
+    let (exchange, order_number) = match exchange_order(db, &r, &order_id, &number)? {
+        Some((body, n)) => (Some(body), n),
+        None => (None, String::new()),
+    };
     Ok(Receipt {
         id,
         order_id,
@@ -509,6 +445,117 @@ pub fn inspect(
         refund,
         exchange,
     })
+}
+
+/// The units received, validated against the return's open quantities:
+/// (line, SKU, quantity, good condition). No lines: everything expected, good.
+fn received_lines(
+    v: &Json,
+    lines: &crate::kernel::db::Rows,
+) -> Result<Vec<(i64, String, i64, bool)>> {
+    let mut errs = Vec::new();
+    let mut got: Vec<(i64, String, i64, bool)> = Vec::new();
+    let given = match &v["lines"] {
+        Json::Null => lines
+            .iter()
+            .map(|l| json!({"line_no": l.i64("line_no"), "quantity": l.i64("quantity") - l.i64("received"), "condition": "good"}))
+            .collect(),
+        Json::Array(a) => a.clone(),
+        _ => {
+            errs.push(FieldError::new("/lines", "must be an array"));
+            Vec::new()
+        }
+    };
+    for (i, l) in given.iter().enumerate() {
+        let p = format!("/lines/{i}");
+        let cond = l["condition"].as_str().unwrap_or("good");
+        if !matches!(cond, "good" | "damaged") {
+            errs.push(FieldError::new(
+                format!("{p}/condition"),
+                "must be 'good' or 'damaged'",
+            ));
+        }
+        let (Some(n), Some(q)) = (l["line_no"].as_i64(), l["quantity"].as_i64()) else {
+            errs.push(FieldError::new(p, "needs an integer line_no and quantity"));
+            continue;
+        };
+        let Some(row) = lines.iter().find(|x| x.i64("line_no") == n) else {
+            errs.push(FieldError::new(
+                format!("{p}/line_no"),
+                format!("line {n} is not on this return"),
+            ));
+            continue;
+        };
+        let open = row.i64("quantity")
+            - row.i64("received")
+            - got.iter().filter(|g| g.0 == n).map(|g| g.2).sum::<i64>();
+        if q <= 0 || q > open {
+            errs.push(FieldError::new(
+                format!("{p}/quantity"),
+                format!("{q} received, {open} expected"),
+            ));
+            continue;
+        }
+        got.push((n, row.str("sku"), q, cond == "good"));
+    }
+    if got.is_empty() && errs.is_empty() {
+        errs.push(FieldError::new("/lines", "nothing to receive"));
+    }
+    if !errs.is_empty() {
+        return Err(Error::invalid(errs));
+    }
+    Ok(got)
+}
+
+/// The replacement order an exchange places (its API body) and the original
+/// order's number; None when the return is no exchange or placed it already.
+fn exchange_order(
+    db: &dyn Db,
+    r: &crate::kernel::db::Rows,
+    order_id: &str,
+    number: &str,
+) -> Result<Option<(Json, String)>> {
+    if first(r, "resolution") != "exchange"
+        || r.first()
+            .and_then(|x| x.opt_str("replacement_order_id"))
+            .is_some()
+    {
+        return Ok(None);
+    }
+    let o = db.execute(
+        "SELECT number, channel, currency, doc FROM orders WHERE id = ?",
+        params![order_id],
+    )?;
+    let o = o.first().ok_or_else(|| Error::not_found("no order"))?;
+    let doc: Json = serde_json::from_str(&o.str("doc")).unwrap_or(Json::Null);
+    let items: Vec<Json> = r
+        .first()
+        .and_then(|x| x.opt_str("replacement"))
+        .and_then(|x| serde_json::from_str::<Vec<Json>>(&x).ok())
+        .unwrap_or_default();
+    let names: BTreeMap<String, String> = db
+        .execute(
+            "SELECT sku, name FROM order_lines WHERE order_id = ?",
+            params![order_id],
+        )?
+        .iter()
+        .map(|l| (l.str("sku"), l.str("name")))
+        .collect();
+    let method = doc["shipping_lines_minor"][0]["method"]
+        .as_str()
+        .unwrap_or("standard")
+        .to_string();
+    let body = json!({
+        "external_id": format!("exchange-{number}"), "number": format!("{}-X", o.str("number")),
+        "channel": o.str("channel"), "currency": o.str("currency"),
+        "customer": doc["customer"], "shipping_address": doc["shipping_address"], "billing_address": doc["billing_address"],
+        "lines": items.iter().map(|i| json!({"sku": i["sku"], "quantity": i["quantity"], "unit_price": "0",
+            "name": names.get(i["sku"].as_str().unwrap_or("")).cloned().unwrap_or_else(|| i["sku"].as_str().unwrap_or("").to_string())})).collect::<Vec<_>>(),
+        "shipping_lines": [{"method": method, "title": "Exchange", "price": "0"}],
+        "financial_status": "paid", "tags": ["exchange"],
+        "note": format!("Replacement for return {number} of order {}", o.str("number")),
+    });
+    Ok(Some((body, o.str("number"))))
 }
 
 /// The refund of a receipt was booked.

@@ -109,36 +109,7 @@ pub fn map_order(v: &Value, prefix: &str, now: DateTime<Utc>) -> Result<NewOrder
             requires_shipping: r.opt_bool(l, "requires_shipping", &p).unwrap_or(true),
         });
     }
-    // An order-level discount (a cart coupon, as CRM exports carry it) and an
-    // order-level tax are spread over the lines in proportion to what each line
-    // charges, by the largest-remainder rule: the parts add up exactly.
-    for (key, is_tax) in [("discount", false), ("tax", true)] {
-        let Some(amount) = r.opt_money(v, key, b, currency) else {
-            continue;
-        };
-        if amount < 0 {
-            r.err(ptr(b, key), "must not be negative");
-            continue;
-        }
-        let weights: Vec<i64> = lines
-            .iter()
-            .map(|l| (l.subtotal - l.discount).max(0))
-            .collect();
-        if weights.iter().all(|w| *w == 0) && amount > 0 {
-            r.err(ptr(b, key), "the lines charge nothing to spread it over");
-            continue;
-        }
-        for (l, part) in lines
-            .iter_mut()
-            .zip(crate::kernel::money::allocate(amount, &weights))
-        {
-            if is_tax {
-                l.tax += part;
-            } else {
-                l.discount += part;
-            }
-        }
-    }
+    spread_order_amounts(&mut r, v, b, currency, &mut lines);
     let mut shipping_lines = Vec::new();
     let sp = ptr(b, "shipping_lines");
     for (i, s) in r.array(v, "shipping_lines", b).to_vec().iter().enumerate() {
@@ -199,6 +170,45 @@ pub fn map_order(v: &Value, prefix: &str, now: DateTime<Utc>) -> Result<NewOrder
         preferred_facility: non_empty(r.opt_str(v, "facility", b)),
     };
     checked(order, r, prefix)
+}
+
+/// An order-level discount (a cart coupon, as CRM exports carry it) and an
+/// order-level tax are spread over the lines in proportion to what each line
+/// charges, by the largest-remainder rule: the parts add up exactly.
+fn spread_order_amounts(
+    r: &mut Reader,
+    v: &Value,
+    b: &str,
+    currency: Option<Currency>,
+    lines: &mut [NewLine],
+) {
+    for (key, is_tax) in [("discount", false), ("tax", true)] {
+        let Some(amount) = r.opt_money(v, key, b, currency) else {
+            continue;
+        };
+        if amount < 0 {
+            r.err(ptr(b, key), "must not be negative");
+            continue;
+        }
+        let weights: Vec<i64> = lines
+            .iter()
+            .map(|l| (l.subtotal - l.discount).max(0))
+            .collect();
+        if weights.iter().all(|w| *w == 0) && amount > 0 {
+            r.err(ptr(b, key), "the lines charge nothing to spread it over");
+            continue;
+        }
+        for (l, part) in lines
+            .iter_mut()
+            .zip(crate::kernel::money::allocate(amount, &weights))
+        {
+            if is_tax {
+                l.tax += part;
+            } else {
+                l.discount += part;
+            }
+        }
+    }
 }
 
 // ---- XML ----

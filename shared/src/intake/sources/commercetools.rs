@@ -157,77 +157,9 @@ pub fn map_order(o: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
     }
     let external_id = r.req_str(o, "id", base);
     let mut taxes_included = false;
-    let mut lines = Vec::new();
-    for (i, l) in r.array(o, "lineItems", base).to_vec().iter().enumerate() {
-        let p = format!("{base}/lineItems/{i}");
-        let quantity = r.int(l, "quantity", &p).unwrap_or(0);
-        let unit_price = money(
-            &mut r,
-            l.get("price").and_then(|p| p.get("value")),
-            &format!("{p}/price/value"),
-            currency,
-        );
-        let subtotal = unit_price.saturating_mul(quantity.max(0));
-        let total = money(
-            &mut r,
-            l.get("totalPrice"),
-            &format!("{p}/totalPrice"),
-            currency,
-        );
-        let included = l
-            .get("taxRate")
-            .and_then(|t| t.get("includedInPrice"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        taxes_included |= included;
-        let taxed = l.get("taxedPrice");
-        let tax = match taxed {
-            Some(t) if t.get("totalTax").is_some() => money(
-                &mut r,
-                t.get("totalTax"),
-                &format!("{p}/taxedPrice/totalTax"),
-                currency,
-            ),
-            Some(t) => {
-                money(
-                    &mut r,
-                    t.get("totalGross"),
-                    &format!("{p}/taxedPrice/totalGross"),
-                    currency,
-                ) - money(
-                    &mut r,
-                    t.get("totalNet"),
-                    &format!("{p}/taxedPrice/totalNet"),
-                    currency,
-                )
-            }
-            None => 0,
-        };
-        let sku = l
-            .get("variant")
-            .and_then(|v| v.get("sku"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let sku = match non_empty(sku) {
-            Some(s) => s,
-            None => {
-                r.err(format!("{p}/variant/sku"), "is required to fulfil the line");
-                String::new()
-            }
-        };
-        lines.push(NewLine {
-            external_id: r.opt_str(l, "id", &p),
-            sku,
-            name: localized(l.get("name")),
-            quantity,
-            unit_price,
-            subtotal,
-            // totalPrice is after discounts (and gross when tax is included in the price).
-            discount: (subtotal - total).max(0),
-            tax,
-            requires_shipping: true,
-        });
-    }
+    let lines: Vec<NewLine> = (r.array(o, "lineItems", base).to_vec().iter().enumerate())
+        .map(|(i, l)| line_item(&mut r, l, i, currency, base, &mut taxes_included))
+        .collect();
     let mut shipping_lines = Vec::new();
     if let Some(si) = o.get("shippingInfo").filter(|s| s.is_object()) {
         let p = format!("{base}/shippingInfo");
@@ -247,28 +179,7 @@ pub fn map_order(o: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
             .max(0),
             None => 0,
         };
-        let tax = match si.get("taxedPrice") {
-            Some(t) if t.get("totalTax").is_some() => money(
-                &mut r,
-                t.get("totalTax"),
-                &format!("{p}/taxedPrice/totalTax"),
-                currency,
-            ),
-            Some(t) => {
-                money(
-                    &mut r,
-                    t.get("totalGross"),
-                    &format!("{p}/taxedPrice/totalGross"),
-                    currency,
-                ) - money(
-                    &mut r,
-                    t.get("totalNet"),
-                    &format!("{p}/taxedPrice/totalNet"),
-                    currency,
-                )
-            }
-            None => 0,
-        };
+        let tax = taxed_amount(&mut r, si.get("taxedPrice"), &p, currency);
         shipping_lines.push(ShippingLine {
             method: name.clone(),
             title: name,
@@ -333,4 +244,84 @@ pub fn map_order(o: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
         preferred_facility: None,
     };
     checked(order, r, "")
+}
+
+/// One `lineItems[i]`; a line whose tax is included in its price marks the
+/// order `taxes_included`.
+fn line_item(
+    r: &mut Reader,
+    l: &Value,
+    i: usize,
+    currency: Option<Currency>,
+    base: &str,
+    taxes_included: &mut bool,
+) -> NewLine {
+    let p = format!("{base}/lineItems/{i}");
+    let quantity = r.int(l, "quantity", &p).unwrap_or(0);
+    let unit_price = money(
+        r,
+        l.get("price").and_then(|p| p.get("value")),
+        &format!("{p}/price/value"),
+        currency,
+    );
+    let subtotal = unit_price.saturating_mul(quantity.max(0));
+    let total = money(r, l.get("totalPrice"), &format!("{p}/totalPrice"), currency);
+    let included = l
+        .get("taxRate")
+        .and_then(|t| t.get("includedInPrice"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    *taxes_included |= included;
+    let taxed = l.get("taxedPrice");
+    let tax = taxed_amount(r, taxed, &p, currency);
+    let sku = l
+        .get("variant")
+        .and_then(|v| v.get("sku"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let sku = match non_empty(sku) {
+        Some(s) => s,
+        None => {
+            r.err(format!("{p}/variant/sku"), "is required to fulfil the line");
+            String::new()
+        }
+    };
+    NewLine {
+        external_id: r.opt_str(l, "id", &p),
+        sku,
+        name: localized(l.get("name")),
+        quantity,
+        unit_price,
+        subtotal,
+        // totalPrice is after discounts (and gross when tax is included in the price).
+        discount: (subtotal - total).max(0),
+        tax,
+        requires_shipping: true,
+    }
+}
+
+/// A `taxedPrice`'s tax: `totalTax`, else gross less net.
+fn taxed_amount(r: &mut Reader, taxed: Option<&Value>, p: &str, currency: Option<Currency>) -> i64 {
+    match taxed {
+        Some(t) if t.get("totalTax").is_some() => money(
+            r,
+            t.get("totalTax"),
+            &format!("{p}/taxedPrice/totalTax"),
+            currency,
+        ),
+        Some(t) => {
+            money(
+                r,
+                t.get("totalGross"),
+                &format!("{p}/taxedPrice/totalGross"),
+                currency,
+            ) - money(
+                r,
+                t.get("totalNet"),
+                &format!("{p}/taxedPrice/totalNet"),
+                currency,
+            )
+        }
+        None => 0,
+    }
 }

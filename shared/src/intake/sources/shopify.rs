@@ -58,128 +58,16 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
     let external_id = r.req_str(v, "id", "");
     let mut holds = Vec::new();
 
-    let mut lines = Vec::new();
-    for (i, l) in r.array(v, "line_items", "").to_vec().iter().enumerate() {
-        let p = format!("/line_items/{i}");
-        let quantity = r.int(l, "quantity", &p).unwrap_or(0);
-        let unit_price = r.money(l, "price", &p, currency);
-        let allocations = r.array(l, "discount_allocations", &p).to_vec();
-        let discount = if allocations.is_empty() {
-            r.money(l, "total_discount", &p, currency)
-        } else {
-            sum_amounts(
-                &mut r,
-                &allocations,
-                "amount",
-                &format!("{p}/discount_allocations"),
-                currency,
-            )
-        };
-        let tax_lines = r.array(l, "tax_lines", &p).to_vec();
-        let tax = sum_amounts(
-            &mut r,
-            &tax_lines,
-            "price",
-            &format!("{p}/tax_lines"),
-            currency,
-        );
-        let sku = match non_empty(r.opt_str(l, "sku", &p)) {
-            Some(s) => s,
-            None => {
-                let fallback = match r.opt_str(l, "variant_id", &p) {
-                    Some(id) => format!("shopify-variant-{id}"),
-                    None => format!(
-                        "shopify-line-{}",
-                        r.opt_str(l, "id", &p).unwrap_or_else(|| i.to_string())
-                    ),
-                };
-                holds.push((
-                    HoldReason::ManualReview,
-                    format!("line item {i} has no SKU; mapped to {fallback}"),
-                ));
-                fallback
-            }
-        };
-        let name = non_empty(r.opt_str(l, "name", &p))
-            .or_else(|| non_empty(r.opt_str(l, "title", &p)))
-            .unwrap_or_default();
-        lines.push(NewLine {
-            external_id: r.opt_str(l, "id", &p),
-            sku,
-            name,
-            quantity,
-            unit_price,
-            subtotal: unit_price.saturating_mul(quantity.max(0)),
-            discount,
-            tax,
-            requires_shipping: r.opt_bool(l, "requires_shipping", &p).unwrap_or(true),
-        });
-    }
+    let lines: Vec<NewLine> = (r.array(v, "line_items", "").to_vec().iter().enumerate())
+        .map(|(i, l)| line_item(&mut r, l, i, currency, &mut holds))
+        .collect();
 
-    let mut shipping_lines = Vec::new();
-    for (i, s) in r.array(v, "shipping_lines", "").to_vec().iter().enumerate() {
-        let p = format!("/shipping_lines/{i}");
-        let title = r.opt_str(s, "title", &p).unwrap_or_default();
-        let price = r.money(s, "price", &p, currency);
-        let allocations = r.array(s, "discount_allocations", &p).to_vec();
-        let discount = if allocations.is_empty() {
-            match r.opt_money(s, "discounted_price", &p, currency) {
-                Some(d) if d <= price => price - d,
-                _ => 0,
-            }
-        } else {
-            sum_amounts(
-                &mut r,
-                &allocations,
-                "amount",
-                &format!("{p}/discount_allocations"),
-                currency,
-            )
-        };
-        let tax_lines = r.array(s, "tax_lines", &p).to_vec();
-        let tax = sum_amounts(
-            &mut r,
-            &tax_lines,
-            "price",
-            &format!("{p}/tax_lines"),
-            currency,
-        );
-        let method = non_empty(r.opt_str(s, "code", &p)).unwrap_or_else(|| title.clone());
-        shipping_lines.push(ShippingLine {
-            method,
-            title,
-            price,
-            discount,
-            tax,
-        });
-    }
+    let shipping_lines: Vec<ShippingLine> =
+        (r.array(v, "shipping_lines", "").to_vec().iter().enumerate())
+            .map(|(i, s)| shipping_line(&mut r, s, i, currency))
+            .collect();
 
-    let fin = r
-        .opt_str(v, "financial_status", "")
-        .unwrap_or_else(|| "pending".into());
-    let financial_status = match fin.as_str() {
-        "pending" => {
-            holds.push((
-                HoldReason::AwaitingPayment,
-                "Shopify reports the payment as pending".into(),
-            ));
-            FinancialStatus::Pending
-        }
-        "expired" => {
-            holds.push((
-                HoldReason::PaymentFailed,
-                "the payment authorization expired".into(),
-            ));
-            FinancialStatus::Pending
-        }
-        other => FinancialStatus::parse(other).unwrap_or_else(|| {
-            r.err(
-                "/financial_status",
-                format!("unknown financial status '{other}'"),
-            );
-            FinancialStatus::Pending
-        }),
-    };
+    let financial_status = financial_status(&mut r, v, &mut holds);
 
     let c = v.get("customer").cloned().unwrap_or(Value::Null);
     let email = non_empty(r.opt_str(v, "email", ""))
@@ -239,6 +127,130 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
         preferred_facility: None,
     };
     checked(order, r, "")
+}
+
+/// One `line_items[i]`; a line without a SKU maps to its variant (held for review).
+fn line_item(
+    r: &mut Reader,
+    l: &Value,
+    i: usize,
+    currency: Option<Currency>,
+    holds: &mut Vec<(HoldReason, String)>,
+) -> NewLine {
+    let p = format!("/line_items/{i}");
+    let quantity = r.int(l, "quantity", &p).unwrap_or(0);
+    let unit_price = r.money(l, "price", &p, currency);
+    let allocations = r.array(l, "discount_allocations", &p).to_vec();
+    let discount = if allocations.is_empty() {
+        r.money(l, "total_discount", &p, currency)
+    } else {
+        sum_amounts(
+            r,
+            &allocations,
+            "amount",
+            &format!("{p}/discount_allocations"),
+            currency,
+        )
+    };
+    let tax_lines = r.array(l, "tax_lines", &p).to_vec();
+    let tax = sum_amounts(r, &tax_lines, "price", &format!("{p}/tax_lines"), currency);
+    let sku = match non_empty(r.opt_str(l, "sku", &p)) {
+        Some(s) => s,
+        None => {
+            let fallback = match r.opt_str(l, "variant_id", &p) {
+                Some(id) => format!("shopify-variant-{id}"),
+                None => format!(
+                    "shopify-line-{}",
+                    r.opt_str(l, "id", &p).unwrap_or_else(|| i.to_string())
+                ),
+            };
+            holds.push((
+                HoldReason::ManualReview,
+                format!("line item {i} has no SKU; mapped to {fallback}"),
+            ));
+            fallback
+        }
+    };
+    let name = non_empty(r.opt_str(l, "name", &p))
+        .or_else(|| non_empty(r.opt_str(l, "title", &p)))
+        .unwrap_or_default();
+    NewLine {
+        external_id: r.opt_str(l, "id", &p),
+        sku,
+        name,
+        quantity,
+        unit_price,
+        subtotal: unit_price.saturating_mul(quantity.max(0)),
+        discount,
+        tax,
+        requires_shipping: r.opt_bool(l, "requires_shipping", &p).unwrap_or(true),
+    }
+}
+
+/// One `shipping_lines[i]`: its discount from allocations or `discounted_price`.
+fn shipping_line(r: &mut Reader, s: &Value, i: usize, currency: Option<Currency>) -> ShippingLine {
+    let p = format!("/shipping_lines/{i}");
+    let title = r.opt_str(s, "title", &p).unwrap_or_default();
+    let price = r.money(s, "price", &p, currency);
+    let allocations = r.array(s, "discount_allocations", &p).to_vec();
+    let discount = if allocations.is_empty() {
+        match r.opt_money(s, "discounted_price", &p, currency) {
+            Some(d) if d <= price => price - d,
+            _ => 0,
+        }
+    } else {
+        sum_amounts(
+            r,
+            &allocations,
+            "amount",
+            &format!("{p}/discount_allocations"),
+            currency,
+        )
+    };
+    let tax_lines = r.array(s, "tax_lines", &p).to_vec();
+    let tax = sum_amounts(r, &tax_lines, "price", &format!("{p}/tax_lines"), currency);
+    let method = non_empty(r.opt_str(s, "code", &p)).unwrap_or_else(|| title.clone());
+    ShippingLine {
+        method,
+        title,
+        price,
+        discount,
+        tax,
+    }
+}
+
+/// `financial_status`: pending waits for payment, expired is a failed payment.
+fn financial_status(
+    r: &mut Reader,
+    v: &Value,
+    holds: &mut Vec<(HoldReason, String)>,
+) -> FinancialStatus {
+    let fin = r
+        .opt_str(v, "financial_status", "")
+        .unwrap_or_else(|| "pending".into());
+    match fin.as_str() {
+        "pending" => {
+            holds.push((
+                HoldReason::AwaitingPayment,
+                "Shopify reports the payment as pending".into(),
+            ));
+            FinancialStatus::Pending
+        }
+        "expired" => {
+            holds.push((
+                HoldReason::PaymentFailed,
+                "the payment authorization expired".into(),
+            ));
+            FinancialStatus::Pending
+        }
+        other => FinancialStatus::parse(other).unwrap_or_else(|| {
+            r.err(
+                "/financial_status",
+                format!("unknown financial status '{other}'"),
+            );
+            FinancialStatus::Pending
+        }),
+    }
 }
 
 pub fn map_transaction(v: &Value) -> Result<SourceTransaction, Error> {

@@ -48,67 +48,14 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
     let external_id = r.req_str(v, "id", "");
     let mut holds = Vec::new();
 
-    let mut lines = Vec::new();
-    for (i, l) in r.array(v, "line_items", "").to_vec().iter().enumerate() {
-        let p = format!("/line_items/{i}");
-        let quantity = r.int(l, "quantity", &p).unwrap_or(0);
-        let subtotal = r.money(l, "subtotal", &p, currency);
-        let total = r.money(l, "total", &p, currency);
-        let tax = r.money(l, "total_tax", &p, currency);
-        let sku = match non_empty(r.opt_str(l, "sku", &p)) {
-            Some(s) => s,
-            None => {
-                let pid = r
-                    .opt_str(l, "variation_id", &p)
-                    .filter(|x| x != "0")
-                    .or_else(|| r.opt_str(l, "product_id", &p));
-                let fallback = format!("woo-product-{}", pid.unwrap_or_else(|| i.to_string()));
-                holds.push((
-                    HoldReason::ManualReview,
-                    format!("line item {i} has no SKU; mapped to {fallback}"),
-                ));
-                fallback
-            }
-        };
-        lines.push(NewLine {
-            external_id: r.opt_str(l, "id", &p),
-            sku,
-            name: r.opt_str(l, "name", &p).unwrap_or_default(),
-            quantity,
-            unit_price: if quantity > 0 { subtotal / quantity } else { 0 },
-            subtotal,
-            discount: (subtotal - total).max(0),
-            tax,
-            requires_shipping: true,
-        });
-    }
-    let mut shipping_lines = Vec::new();
+    let lines: Vec<NewLine> = (r.array(v, "line_items", "").to_vec().iter().enumerate())
+        .map(|(i, l)| line_item(&mut r, l, i, currency, &mut holds))
+        .collect();
     let mut pickup_location = None;
-    for (i, s) in r.array(v, "shipping_lines", "").to_vec().iter().enumerate() {
-        let p = format!("/shipping_lines/{i}");
-        let title = r.opt_str(s, "method_title", &p).unwrap_or_default();
-        // WooCommerce's "Local pickup" (method `local_pickup`, classic) and the
-        // block checkout's pickup locations (method `pickup_location`, the chosen
-        // location's name in the `pickup_location` meta).
-        let method_id = s["method_id"].as_str().unwrap_or_default();
-        if method_id == "local_pickup" || method_id == "pickup_location" {
-            let location = s["meta_data"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|m| m["key"] == "pickup_location")
-                .and_then(|m| m["value"].as_str())
-                .unwrap_or_default();
-            pickup_location = Some(location.trim().to_string());
-        }
-        shipping_lines.push(ShippingLine {
-            method: non_empty(r.opt_str(s, "method_id", &p)).unwrap_or_else(|| title.clone()),
-            title,
-            price: r.money(s, "total", &p, currency),
-            discount: 0,
-            tax: r.money(s, "total_tax", &p, currency),
-        });
-    }
+    let shipping_lines: Vec<ShippingLine> =
+        (r.array(v, "shipping_lines", "").to_vec().iter().enumerate())
+            .map(|(i, s)| shipping_line(&mut r, s, i, currency, &mut pickup_location))
+            .collect();
     let status = r
         .opt_str(v, "status", "")
         .unwrap_or_else(|| "pending".into());
@@ -198,6 +145,80 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
         preferred_facility: None,
     };
     checked(order, r, "")
+}
+
+/// One `shipping_lines[i]`; a local pickup names its location in `pickup`.
+fn shipping_line(
+    r: &mut Reader,
+    s: &Value,
+    i: usize,
+    currency: Option<Currency>,
+    pickup: &mut Option<String>,
+) -> ShippingLine {
+    let p = format!("/shipping_lines/{i}");
+    let title = r.opt_str(s, "method_title", &p).unwrap_or_default();
+    // WooCommerce's "Local pickup" (method `local_pickup`, classic) and the
+    // block checkout's pickup locations (method `pickup_location`, the chosen
+    // location's name in the `pickup_location` meta).
+    let method_id = s["method_id"].as_str().unwrap_or_default();
+    if method_id == "local_pickup" || method_id == "pickup_location" {
+        let location = s["meta_data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["key"] == "pickup_location")
+            .and_then(|m| m["value"].as_str())
+            .unwrap_or_default();
+        *pickup = Some(location.trim().to_string());
+    }
+    ShippingLine {
+        method: non_empty(r.opt_str(s, "method_id", &p)).unwrap_or_else(|| title.clone()),
+        title,
+        price: r.money(s, "total", &p, currency),
+        discount: 0,
+        tax: r.money(s, "total_tax", &p, currency),
+    }
+}
+
+/// One `line_items[i]`; a line without a SKU maps to its product (held for review).
+fn line_item(
+    r: &mut Reader,
+    l: &Value,
+    i: usize,
+    currency: Option<Currency>,
+    holds: &mut Vec<(HoldReason, String)>,
+) -> NewLine {
+    let p = format!("/line_items/{i}");
+    let quantity = r.int(l, "quantity", &p).unwrap_or(0);
+    let subtotal = r.money(l, "subtotal", &p, currency);
+    let total = r.money(l, "total", &p, currency);
+    let tax = r.money(l, "total_tax", &p, currency);
+    let sku = match non_empty(r.opt_str(l, "sku", &p)) {
+        Some(s) => s,
+        None => {
+            let pid = r
+                .opt_str(l, "variation_id", &p)
+                .filter(|x| x != "0")
+                .or_else(|| r.opt_str(l, "product_id", &p));
+            let fallback = format!("woo-product-{}", pid.unwrap_or_else(|| i.to_string()));
+            holds.push((
+                HoldReason::ManualReview,
+                format!("line item {i} has no SKU; mapped to {fallback}"),
+            ));
+            fallback
+        }
+    };
+    NewLine {
+        external_id: r.opt_str(l, "id", &p),
+        sku,
+        name: r.opt_str(l, "name", &p).unwrap_or_default(),
+        quantity,
+        unit_price: if quantity > 0 { subtotal / quantity } else { 0 },
+        subtotal,
+        discount: (subtotal - total).max(0),
+        tax,
+        requires_shipping: true,
+    }
 }
 
 #[cfg(test)]
