@@ -726,85 +726,15 @@ pub fn substitute(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<Json> {
-    if !v.is_object() {
-        return Err(Error::bad_request("the body must be a JSON object"));
-    }
-    let mut errs =
-        FieldError::unknown_fields(v, &["line_no", "sku", "quantity", "unit_price", "reason"]);
-    let line_no = v["line_no"].as_i64();
-    let sku = v["sku"].as_str().map(str::to_string);
-    if line_no.is_none() {
-        errs.push(FieldError::new("/line_no", "is required"));
-    }
-    let product = match &sku {
-        Some(s) => db
-            .execute(
-                "SELECT name FROM products WHERE sku = ?",
-                params![s.clone()],
-            )?
-            .first()
-            .map(|r| r.str("name")),
-        None => None,
-    };
-    if sku.is_none() {
-        errs.push(FieldError::new("/sku", "is required"));
-    } else if product.is_none() {
-        errs.push(FieldError::new(
-            "/sku",
-            format!("no product '{}'", sku.clone().unwrap_or_default()),
-        ));
-    }
-    let l = match line_no {
-        Some(n) => db
-            .execute(
-                "SELECT l.*, o.currency, o.total_minor, o.number FROM order_lines l JOIN orders o ON o.id = l.order_id
-                 WHERE l.order_id = ? AND l.line_no = ?",
-                params![order_id, n],
-            )?,
-        None => crate::kernel::db::Rows::default(),
-    };
-    let Some(line) = l.first() else {
-        if line_no.is_some() {
-            errs.push(FieldError::new("/line_no", "the order has no such line"));
-        }
-        return Err(Error::invalid(errs));
-    };
-    let currency = crate::kernel::money::Currency::from_code(&line.str("currency"))
-        .ok_or_else(|| Error::internal("order with an unknown currency"))?;
-    let open = line.i64("qty_ordered")
-        - line.i64("qty_cancelled")
-        - line.i64("qty_released")
-        - line.i64("qty_shipped");
-    let q = v["quantity"].as_i64().unwrap_or(open);
-    if q <= 0 || q > open {
-        errs.push(FieldError::new(
-            "/quantity",
-            format!("{q} asked, {open} unit(s) not yet released can be substituted"),
-        ));
-    }
-    let old_price = line.i64("unit_price_minor");
-    let price = match &v["unit_price"] {
-        Json::Null => Some(old_price),
-        Json::String(p) => currency.parse_amount(p).ok().filter(|m| *m >= 0),
-        Json::Number(n) => currency
-            .parse_amount(&n.to_string())
-            .ok()
-            .filter(|m| *m >= 0),
-        _ => None,
-    };
-    if price.is_none() {
-        errs.push(FieldError::new(
-            "/unit_price",
-            "must be a non-negative decimal amount",
-        ));
-    }
-    if sku.as_deref() == Some(line.str("sku").as_str()) {
-        errs.push(FieldError::new("/sku", "is the line's own SKU"));
-    }
-    if !errs.is_empty() {
-        return Err(Error::invalid(errs));
-    }
-    let (sku, price) = (sku.unwrap_or_default(), price.unwrap_or(0));
+    let Substitute {
+        rows,
+        sku,
+        product,
+        q,
+        price,
+        currency,
+    } = Substitute::parse(db, order_id, v)?;
+    let line = rows.first().expect("parsed");
     let Amounts {
         subtotal,
         discount,
@@ -874,6 +804,108 @@ pub fn substitute(
         json!({"new_line_no": new_line, "quantity": q, "payment": payment,
               "routing": {"allocated": o.allocated, "released": o.released, "backordered": o.backordered, "held": o.held}}),
     )
+}
+
+/// A substitution, validated: the line (with its order's currency, total and
+/// number), the substitute SKU and product name, the units and their price.
+struct Substitute {
+    rows: crate::kernel::db::Rows,
+    sku: String,
+    product: Option<String>,
+    q: i64,
+    price: i64,
+    currency: crate::kernel::money::Currency,
+}
+
+impl Substitute {
+    fn parse(db: &dyn Db, order_id: &str, v: &Json) -> Result<Substitute> {
+        if !v.is_object() {
+            return Err(Error::bad_request("the body must be a JSON object"));
+        }
+        let mut errs =
+            FieldError::unknown_fields(v, &["line_no", "sku", "quantity", "unit_price", "reason"]);
+        let line_no = v["line_no"].as_i64();
+        let sku = v["sku"].as_str().map(str::to_string);
+        if line_no.is_none() {
+            errs.push(FieldError::new("/line_no", "is required"));
+        }
+        let product = match &sku {
+            Some(s) => db
+                .execute(
+                    "SELECT name FROM products WHERE sku = ?",
+                    params![s.clone()],
+                )?
+                .first()
+                .map(|r| r.str("name")),
+            None => None,
+        };
+        if sku.is_none() {
+            errs.push(FieldError::new("/sku", "is required"));
+        } else if product.is_none() {
+            errs.push(FieldError::new(
+                "/sku",
+                format!("no product '{}'", sku.clone().unwrap_or_default()),
+            ));
+        }
+        let l = match line_no {
+            Some(n) => db
+                .execute(
+                    "SELECT l.*, o.currency, o.total_minor, o.number FROM order_lines l JOIN orders o ON o.id = l.order_id
+                     WHERE l.order_id = ? AND l.line_no = ?",
+                    params![order_id, n],
+                )?,
+            None => crate::kernel::db::Rows::default(),
+        };
+        let Some(line) = l.first() else {
+            if line_no.is_some() {
+                errs.push(FieldError::new("/line_no", "the order has no such line"));
+            }
+            return Err(Error::invalid(errs));
+        };
+        let currency = crate::kernel::money::Currency::from_code(&line.str("currency"))
+            .ok_or_else(|| Error::internal("order with an unknown currency"))?;
+        let open = line.i64("qty_ordered")
+            - line.i64("qty_cancelled")
+            - line.i64("qty_released")
+            - line.i64("qty_shipped");
+        let q = v["quantity"].as_i64().unwrap_or(open);
+        if q <= 0 || q > open {
+            errs.push(FieldError::new(
+                "/quantity",
+                format!("{q} asked, {open} unit(s) not yet released can be substituted"),
+            ));
+        }
+        let old_price = line.i64("unit_price_minor");
+        let price = match &v["unit_price"] {
+            Json::Null => Some(old_price),
+            Json::String(p) => currency.parse_amount(p).ok().filter(|m| *m >= 0),
+            Json::Number(n) => currency
+                .parse_amount(&n.to_string())
+                .ok()
+                .filter(|m| *m >= 0),
+            _ => None,
+        };
+        if price.is_none() {
+            errs.push(FieldError::new(
+                "/unit_price",
+                "must be a non-negative decimal amount",
+            ));
+        }
+        if sku.as_deref() == Some(line.str("sku").as_str()) {
+            errs.push(FieldError::new("/sku", "is the line's own SKU"));
+        }
+        if !errs.is_empty() {
+            return Err(Error::invalid(errs));
+        }
+        Ok(Substitute {
+            sku: sku.unwrap_or_default(),
+            price: price.unwrap_or(0),
+            product,
+            q,
+            currency,
+            rows: l,
+        })
+    }
 }
 
 /// What the substitute costs, from the replaced line's prices: its discount

@@ -106,46 +106,8 @@ pub fn put_facility(
     let methods = strings(v, "shipping_methods", &mut errs, |s| {
         (!s.is_empty() && s.len() <= 100).then(|| s.to_string())
     });
-    let lat = v["latitude"].as_f64();
-    let lon = v["longitude"].as_f64();
-    if !v["latitude"].is_null() && !lat.is_some_and(|x| (-90.0..=90.0).contains(&x)) {
-        errs.push(FieldError::new("/latitude", "a number from -90 to 90"));
-    }
-    if !v["longitude"].is_null() && !lon.is_some_and(|x| (-180.0..=180.0).contains(&x)) {
-        errs.push(FieldError::new("/longitude", "a number from -180 to 180"));
-    }
-    if lat.is_some() != lon.is_some() {
-        errs.push(FieldError::new(
-            "/longitude",
-            "latitude and longitude go together",
-        ));
-    }
-    let capacity = match &v["daily_capacity"] {
-        Json::Null => None,
-        x => match x.as_i64().filter(|c| *c >= 0) {
-            Some(c) => Some(c),
-            None => {
-                errs.push(FieldError::new(
-                    "/daily_capacity",
-                    "a whole number >= 0, or null for unlimited",
-                ));
-                None
-            }
-        },
-    };
-    let priority = match &v["priority"] {
-        Json::Null => 50,
-        x => x
-            .as_i64()
-            .filter(|p| (0..=100).contains(p))
-            .unwrap_or_else(|| {
-                errs.push(FieldError::new(
-                    "/priority",
-                    "a whole number from 0 to 100 (higher is preferred)",
-                ));
-                50
-            }),
-    };
+    let (lat, lon) = location(v, &mut errs);
+    let (capacity, priority) = capacity_and_priority(v, &mut errs);
     let active = match &v["active"] {
         Json::Null => true,
         Json::Bool(b) => *b,
@@ -166,22 +128,7 @@ pub fn put_facility(
         "inventory_url": url_field(ep, "inventory_url", &mut errs),
         "cancel_url": url_field(ep, "cancel_url", &mut errs),
     });
-    let secret_variable = match &v["secret_variable"] {
-        Json::Null => None,
-        Json::String(s) if secret_variable_name(s).is_some() => {
-            secret_variable_name(s).map(str::to_string)
-        }
-        _ => {
-            errs.push(FieldError::new(
-                "/secret_variable",
-                format!(
-                    "one of the Spin variables declared for fulfillment-center secrets: {}",
-                    FC_SECRET_VARIABLES.join(", ")
-                ),
-            ));
-            None
-        }
-    };
+    let secret_variable = secret_variable(v, &mut errs);
     if !errs.is_empty() {
         return Err(Error::invalid(errs));
     }
@@ -222,6 +169,76 @@ pub fn put_facility(
     }
     let view = facility_view(db, id)?.ok_or_else(|| Error::internal("facility vanished"))?;
     Ok(view)
+}
+
+/// `latitude` and `longitude`: both or neither, each in range.
+fn location(v: &Json, errs: &mut Vec<FieldError>) -> (Option<f64>, Option<f64>) {
+    let lat = v["latitude"].as_f64();
+    let lon = v["longitude"].as_f64();
+    if !v["latitude"].is_null() && !lat.is_some_and(|x| (-90.0..=90.0).contains(&x)) {
+        errs.push(FieldError::new("/latitude", "a number from -90 to 90"));
+    }
+    if !v["longitude"].is_null() && !lon.is_some_and(|x| (-180.0..=180.0).contains(&x)) {
+        errs.push(FieldError::new("/longitude", "a number from -180 to 180"));
+    }
+    if lat.is_some() != lon.is_some() {
+        errs.push(FieldError::new(
+            "/longitude",
+            "latitude and longitude go together",
+        ));
+    }
+    (lat, lon)
+}
+
+/// `daily_capacity` (None: unlimited) and `priority` (0 to 100, default 50).
+fn capacity_and_priority(v: &Json, errs: &mut Vec<FieldError>) -> (Option<i64>, i64) {
+    let capacity = match &v["daily_capacity"] {
+        Json::Null => None,
+        x => match x.as_i64().filter(|c| *c >= 0) {
+            Some(c) => Some(c),
+            None => {
+                errs.push(FieldError::new(
+                    "/daily_capacity",
+                    "a whole number >= 0, or null for unlimited",
+                ));
+                None
+            }
+        },
+    };
+    let priority = match &v["priority"] {
+        Json::Null => 50,
+        x => x
+            .as_i64()
+            .filter(|p| (0..=100).contains(p))
+            .unwrap_or_else(|| {
+                errs.push(FieldError::new(
+                    "/priority",
+                    "a whole number from 0 to 100 (higher is preferred)",
+                ));
+                50
+            }),
+    };
+    (capacity, priority)
+}
+
+/// `secret_variable`: one of the Spin variables declared for center secrets.
+fn secret_variable(v: &Json, errs: &mut Vec<FieldError>) -> Option<String> {
+    match &v["secret_variable"] {
+        Json::Null => None,
+        Json::String(s) if secret_variable_name(s).is_some() => {
+            secret_variable_name(s).map(str::to_string)
+        }
+        _ => {
+            errs.push(FieldError::new(
+                "/secret_variable",
+                format!(
+                    "one of the Spin variables declared for fulfillment-center secrets: {}",
+                    FC_SECRET_VARIABLES.join(", ")
+                ),
+            ));
+            None
+        }
+    }
 }
 
 pub(crate) fn facility_json(f: &crate::kernel::db::Row<'_>) -> Json {

@@ -402,143 +402,163 @@ async fn deliver<T: Transport>(
     now: DateTime<Utc>,
 ) -> Result<Outcome> {
     match d.kind.as_str() {
-        "email" => match &cfg.provider {
-            // Stored in the mailbox by `record`, in the transaction that marks it delivered.
-            EmailProvider::Mailbox => Ok(Outcome::Delivered),
-            EmailProvider::Postmark { url, token } => {
-                let body = json!({
-                    "From": d.payload["from"], "To": d.payload["to"], "Subject": d.payload["subject"],
-                    "TextBody": d.payload["text"], "HtmlBody": d.payload["html"], "MessageStream": "outbound",
-                    "Metadata": {"delivery": d.id.to_string()},
-                });
-                let headers = vec![
-                    ("content-type".to_string(), "application/json".to_string()),
-                    ("accept".to_string(), "application/json".to_string()),
-                    ("x-postmark-server-token".to_string(), token.clone()),
-                ];
-                match t
-                    .post(
-                        &format!("{}/email", url.trim_end_matches('/')),
-                        &headers,
-                        body.to_string().into_bytes(),
-                    )
-                    .await
-                {
-                    Ok((200..=299, _)) => Ok(Outcome::Delivered),
-                    // Postmark answers 422 with an ErrorCode for messages it will never accept.
-                    Ok((422, b)) => Ok(Outcome::Dead(format!(
-                        "e-mail API refused the message: {}",
-                        String::from_utf8_lossy(&b)
-                    ))),
-                    Ok((s, b)) => Ok(Outcome::Retry(format!(
-                        "e-mail API answered {s}: {}",
-                        String::from_utf8_lossy(&b)
-                            .chars()
-                            .take(200)
-                            .collect::<String>()
-                    ))),
-                    Err(e) => Ok(Outcome::Retry(format!("e-mail API unreachable: {e}"))),
-                }
-            }
-        },
-        "webhook" => {
-            let sub = Patient(db).execute(
-                "SELECT url, secret, active FROM subscriptions WHERE id = ?",
-                params![d.target.clone()],
-            )?;
-            let Some(s) = sub.first() else {
-                return Ok(Outcome::Dead("the subscription was deleted".into()));
-            };
-            if s.i64("active") == 0 {
-                return Ok(Outcome::Dead("the subscription is inactive".into()));
-            }
-            let body = d.payload["event"].to_string().into_bytes();
-            let header =
-                signature::sign_timestamped(s.str("secret").as_bytes(), now.timestamp(), &body);
-            let headers = vec![
-                ("content-type".to_string(), "application/json".to_string()),
-                ("waybill-signature".to_string(), header),
-                (
-                    "waybill-event-id".to_string(),
-                    d.payload["event"]["id"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                ),
-                (
-                    "waybill-event-type".to_string(),
-                    d.payload["event"]["type"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                ),
-                (
-                    "waybill-delivery-attempt".to_string(),
-                    d.attempts.to_string(),
-                ),
-            ];
-            match t.post(&s.str("url"), &headers, body).await {
-                Ok((200..=299, _)) => Ok(Outcome::Delivered),
-                Ok((s, _)) => Ok(Outcome::Retry(format!("receiver answered {s}"))),
-                Err(e) => Ok(Outcome::Retry(format!("receiver unreachable: {e}"))),
-            }
-        }
-        "fc" => {
-            let Some(secret) = d.payload["secret_variable"]
-                .as_str()
-                .and_then(|v| cfg.fc_secrets.get(v))
-                .filter(|s| !s.is_empty())
-            else {
-                return Ok(Outcome::Retry(format!(
-                    "no signing secret for facility {} (set the Spin variable its secret_variable names)",
-                    d.payload["facility"]
-                )));
-            };
-            let body = d.payload["request"].to_string().into_bytes();
+        "email" => send_email(cfg, t, d).await,
+        "webhook" => send_webhook(db, t, d, now).await,
+        "fc" => send_to_center(cfg, t, d, now).await,
+        other => Ok(Outcome::Dead(format!("unknown delivery kind '{other}'"))),
+    }
+}
+
+/// An e-mail through the configured provider (the mailbox stores it in `record`).
+async fn send_email<T: Transport>(cfg: &Config, t: &T, d: &Claimed) -> Result<Outcome> {
+    match &cfg.provider {
+        // Stored in the mailbox by `record`, in the transaction that marks it delivered.
+        EmailProvider::Mailbox => Ok(Outcome::Delivered),
+        EmailProvider::Postmark { url, token } => {
+            let body = json!({
+                "From": d.payload["from"], "To": d.payload["to"], "Subject": d.payload["subject"],
+                "TextBody": d.payload["text"], "HtmlBody": d.payload["html"], "MessageStream": "outbound",
+                "Metadata": {"delivery": d.id.to_string()},
+            });
             let headers = vec![
                 ("content-type".to_string(), "application/json".to_string()),
                 ("accept".to_string(), "application/json".to_string()),
-                (
-                    "waybill-signature".to_string(),
-                    signature::sign_timestamped(secret.as_bytes(), now.timestamp(), &body),
-                ),
-                (
-                    "waybill-delivery-attempt".to_string(),
-                    d.attempts.to_string(),
-                ),
-                (
-                    "idempotency-key".to_string(),
-                    format!(
-                        "fo-{}",
-                        d.payload["fulfillment_order_id"]
-                            .as_str()
-                            .unwrap_or_default()
-                    ),
-                ),
+                ("x-postmark-server-token".to_string(), token.clone()),
             ];
             match t
                 .post(
-                    d.payload["url"].as_str().unwrap_or_default(),
+                    &format!("{}/email", url.trim_end_matches('/')),
                     &headers,
-                    body,
+                    body.to_string().into_bytes(),
                 )
                 .await
             {
-                Ok((200..=299, b)) => Ok(Outcome::FcAnswered(
-                    serde_json::from_slice(&b).unwrap_or(Json::Null),
-                )),
-                Ok((s @ (400 | 404 | 410 | 422), b)) => Ok(Outcome::FcRejected(format!(
-                    "the center answered {s}: {}",
+                Ok((200..=299, _)) => Ok(Outcome::Delivered),
+                // Postmark answers 422 with an ErrorCode for messages it will never accept.
+                Ok((422, b)) => Ok(Outcome::Dead(format!(
+                    "e-mail API refused the message: {}",
+                    String::from_utf8_lossy(&b)
+                ))),
+                Ok((s, b)) => Ok(Outcome::Retry(format!(
+                    "e-mail API answered {s}: {}",
                     String::from_utf8_lossy(&b)
                         .chars()
-                        .take(300)
+                        .take(200)
                         .collect::<String>()
                 ))),
-                Ok((s, _)) => Ok(Outcome::Retry(format!("the center answered {s}"))),
-                Err(e) => Ok(Outcome::Retry(format!("the center is unreachable: {e}"))),
+                Err(e) => Ok(Outcome::Retry(format!("e-mail API unreachable: {e}"))),
             }
         }
-        other => Ok(Outcome::Dead(format!("unknown delivery kind '{other}'"))),
+    }
+}
+
+/// A signed outbound webhook to an active subscription.
+async fn send_webhook<T: Transport>(
+    db: &dyn Db,
+    t: &T,
+    d: &Claimed,
+    now: DateTime<Utc>,
+) -> Result<Outcome> {
+    let sub = Patient(db).execute(
+        "SELECT url, secret, active FROM subscriptions WHERE id = ?",
+        params![d.target.clone()],
+    )?;
+    let Some(s) = sub.first() else {
+        return Ok(Outcome::Dead("the subscription was deleted".into()));
+    };
+    if s.i64("active") == 0 {
+        return Ok(Outcome::Dead("the subscription is inactive".into()));
+    }
+    let body = d.payload["event"].to_string().into_bytes();
+    let header = signature::sign_timestamped(s.str("secret").as_bytes(), now.timestamp(), &body);
+    let headers = vec![
+        ("content-type".to_string(), "application/json".to_string()),
+        ("waybill-signature".to_string(), header),
+        (
+            "waybill-event-id".to_string(),
+            d.payload["event"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        (
+            "waybill-event-type".to_string(),
+            d.payload["event"]["type"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        (
+            "waybill-delivery-attempt".to_string(),
+            d.attempts.to_string(),
+        ),
+    ];
+    match t.post(&s.str("url"), &headers, body).await {
+        Ok((200..=299, _)) => Ok(Outcome::Delivered),
+        Ok((s, _)) => Ok(Outcome::Retry(format!("receiver answered {s}"))),
+        Err(e) => Ok(Outcome::Retry(format!("receiver unreachable: {e}"))),
+    }
+}
+
+/// A signed release or cancellation request to a fulfillment center.
+async fn send_to_center<T: Transport>(
+    cfg: &Config,
+    t: &T,
+    d: &Claimed,
+    now: DateTime<Utc>,
+) -> Result<Outcome> {
+    let Some(secret) = d.payload["secret_variable"]
+        .as_str()
+        .and_then(|v| cfg.fc_secrets.get(v))
+        .filter(|s| !s.is_empty())
+    else {
+        return Ok(Outcome::Retry(format!(
+            "no signing secret for facility {} (set the Spin variable its secret_variable names)",
+            d.payload["facility"]
+        )));
+    };
+    let body = d.payload["request"].to_string().into_bytes();
+    let headers = vec![
+        ("content-type".to_string(), "application/json".to_string()),
+        ("accept".to_string(), "application/json".to_string()),
+        (
+            "waybill-signature".to_string(),
+            signature::sign_timestamped(secret.as_bytes(), now.timestamp(), &body),
+        ),
+        (
+            "waybill-delivery-attempt".to_string(),
+            d.attempts.to_string(),
+        ),
+        (
+            "idempotency-key".to_string(),
+            format!(
+                "fo-{}",
+                d.payload["fulfillment_order_id"]
+                    .as_str()
+                    .unwrap_or_default()
+            ),
+        ),
+    ];
+    match t
+        .post(
+            d.payload["url"].as_str().unwrap_or_default(),
+            &headers,
+            body,
+        )
+        .await
+    {
+        Ok((200..=299, b)) => Ok(Outcome::FcAnswered(
+            serde_json::from_slice(&b).unwrap_or(Json::Null),
+        )),
+        Ok((s @ (400 | 404 | 410 | 422), b)) => Ok(Outcome::FcRejected(format!(
+            "the center answered {s}: {}",
+            String::from_utf8_lossy(&b)
+                .chars()
+                .take(300)
+                .collect::<String>()
+        ))),
+        Ok((s, _)) => Ok(Outcome::Retry(format!("the center answered {s}"))),
+        Err(e) => Ok(Outcome::Retry(format!("the center is unreachable: {e}"))),
     }
 }
 
