@@ -473,98 +473,8 @@ pub fn settle(db: &dyn Db, tx_id: &str, reference: Option<&str>, now: DateTime<U
     let cur = Currency::from_code(&currency);
     let fmt = |m: i64| cur.map(|c| c.format_amount(m)).unwrap_or(m.to_string());
     match t.str("kind").as_str() {
-        "capture" => {
-            db.execute(
-                "UPDATE payments SET captured_minor = captured_minor + ?, updated_at = ? WHERE order_id = ?",
-                params![amount, ts(now), order_id.clone()],
-            )?;
-            let fo_id = t.opt_str("fulfillment_order_id").unwrap_or_default();
-            let fo = db.execute(
-                "SELECT name, status FROM fulfillment_orders WHERE id = ?",
-                params![fo_id.clone()],
-            )?;
-            let (fo_name, fo_status) = fo
-                .first()
-                .map(|r| (r.str("name"), r.str("status")))
-                .unwrap_or_default();
-            let (number, invoice, order_number) =
-                issue(db, "invoices", "INV", &t, Some(fo_name.clone()), now)?;
-            record_event(
-                db,
-                &order_id,
-                now,
-                &format!("payment:{}", t.str("gateway")),
-                "payment.captured",
-                &format!(
-                    "Captured {} {currency} for {fo_name} (invoice {number})",
-                    fmt(amount)
-                ),
-                json!({"amount_minor": amount, "currency": currency, "fulfillment_order": fo_name,
-                       "invoice": number, "transaction_id": tx_id, "gateway": t.str("gateway")}),
-            )?;
-            // For CRM / accounting subscribers (outbound webhooks, the export cursor).
-            let money = money_of(amount, &currency);
-            store::enqueue(
-                db,
-                "payment.captured",
-                Some(&order_id),
-                json!({"order_id": order_id, "number": order_number, "amount": money, "fulfillment_order": fo_name,
-                       "invoice": number, "transaction_id": tx_id, "gateway": t.str("gateway")}),
-                now,
-            )?;
-            store::enqueue(db, "invoice.created", Some(&order_id), invoice, now)?;
-            match fo_status.as_str() {
-                "scheduled" => {
-                    crate::fulfillment::release::release(db, &fo_id, now)?;
-                }
-                "cancelled" => {
-                    // Cancelled while the gateway was capturing: give the money back.
-                    let lines = tx_lines(db, tx_id)?;
-                    let c = shares::Charge {
-                        lines,
-                        shipping: t.i64("shipping_minor"),
-                        shipping_tax: t.i64("shipping_tax_minor"),
-                        amount,
-                    };
-                    start_refund(
-                        db,
-                        &order_id,
-                        c,
-                        Some(tx_id),
-                        "the fulfillment order was cancelled while it was being captured",
-                        "payments",
-                        now,
-                    )?;
-                }
-                _ => {}
-            }
-        }
-        "refund" => {
-            db.execute(
-                "UPDATE payments SET refunded_minor = refunded_minor + ?, updated_at = ? WHERE order_id = ?",
-                params![amount, ts(now), order_id.clone()],
-            )?;
-            let (number, memo, order_number) = issue(db, "credit_memos", "CM", &t, None, now)?;
-            record_event(
-                db,
-                &order_id,
-                now,
-                &format!("payment:{}", t.str("gateway")),
-                "payment.refunded",
-                &format!("Refunded {} {currency} (credit memo {number})", fmt(amount)),
-                json!({"amount_minor": amount, "currency": currency, "credit_memo": number,
-                       "transaction_id": tx_id, "reason": t.opt_str("reason")}),
-            )?;
-            store::enqueue(
-                db,
-                "payment.refunded",
-                Some(&order_id),
-                json!({"order_id": order_id, "number": order_number, "amount": money_of(amount, &currency),
-                       "credit_memo": number, "transaction_id": tx_id, "reason": t.opt_str("reason")}),
-                now,
-            )?;
-            store::enqueue(db, "credit_memo.created", Some(&order_id), memo, now)?;
-        }
+        "capture" => settle_capture(db, &t, tx_id, now)?,
+        "refund" => settle_refund(db, &t, tx_id, now)?,
         "void" => {
             db.execute(
                 "UPDATE payments SET voided_minor = voided_minor + ?, updated_at = ? WHERE order_id = ?",
@@ -583,6 +493,125 @@ pub fn settle(db: &dyn Db, tx_id: &str, reference: Option<&str>, now: DateTime<U
         _ => {}
     }
     refresh_financial_status(db, &order_id, now)?;
+    Ok(())
+}
+
+/// A capture went through: the ledger, the invoice, and its fulfillment order
+/// released (or, cancelled meanwhile, the money given back).
+fn settle_capture(
+    db: &dyn Db,
+    t: &crate::kernel::db::Rows,
+    tx_id: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let order_id = t.str("order_id");
+    let amount = t.i64("amount_minor");
+    let currency = t.str("currency");
+    let cur = Currency::from_code(&currency);
+    let fmt = |m: i64| cur.map(|c| c.format_amount(m)).unwrap_or(m.to_string());
+    db.execute(
+        "UPDATE payments SET captured_minor = captured_minor + ?, updated_at = ? WHERE order_id = ?",
+        params![amount, ts(now), order_id.clone()],
+    )?;
+    let fo_id = t.opt_str("fulfillment_order_id").unwrap_or_default();
+    let fo = db.execute(
+        "SELECT name, status FROM fulfillment_orders WHERE id = ?",
+        params![fo_id.clone()],
+    )?;
+    let (fo_name, fo_status) = fo
+        .first()
+        .map(|r| (r.str("name"), r.str("status")))
+        .unwrap_or_default();
+    let (number, invoice, order_number) =
+        issue(db, "invoices", "INV", &t, Some(fo_name.clone()), now)?;
+    record_event(
+        db,
+        &order_id,
+        now,
+        &format!("payment:{}", t.str("gateway")),
+        "payment.captured",
+        &format!(
+            "Captured {} {currency} for {fo_name} (invoice {number})",
+            fmt(amount)
+        ),
+        json!({"amount_minor": amount, "currency": currency, "fulfillment_order": fo_name,
+               "invoice": number, "transaction_id": tx_id, "gateway": t.str("gateway")}),
+    )?;
+    // For CRM / accounting subscribers (outbound webhooks, the export cursor).
+    let money = money_of(amount, &currency);
+    store::enqueue(
+        db,
+        "payment.captured",
+        Some(&order_id),
+        json!({"order_id": order_id, "number": order_number, "amount": money, "fulfillment_order": fo_name,
+               "invoice": number, "transaction_id": tx_id, "gateway": t.str("gateway")}),
+        now,
+    )?;
+    store::enqueue(db, "invoice.created", Some(&order_id), invoice, now)?;
+    match fo_status.as_str() {
+        "scheduled" => {
+            crate::fulfillment::release::release(db, &fo_id, now)?;
+        }
+        "cancelled" => {
+            // Cancelled while the gateway was capturing: give the money back.
+            let lines = tx_lines(db, tx_id)?;
+            let c = shares::Charge {
+                lines,
+                shipping: t.i64("shipping_minor"),
+                shipping_tax: t.i64("shipping_tax_minor"),
+                amount,
+            };
+            start_refund(
+                db,
+                &order_id,
+                c,
+                Some(tx_id),
+                "the fulfillment order was cancelled while it was being captured",
+                "payments",
+                now,
+            )?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A refund went through: the ledger and the credit memo.
+fn settle_refund(
+    db: &dyn Db,
+    t: &crate::kernel::db::Rows,
+    tx_id: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let order_id = t.str("order_id");
+    let amount = t.i64("amount_minor");
+    let currency = t.str("currency");
+    let cur = Currency::from_code(&currency);
+    let fmt = |m: i64| cur.map(|c| c.format_amount(m)).unwrap_or(m.to_string());
+    db.execute(
+        "UPDATE payments SET refunded_minor = refunded_minor + ?, updated_at = ? WHERE order_id = ?",
+        params![amount, ts(now), order_id.clone()],
+    )?;
+    let (number, memo, order_number) = issue(db, "credit_memos", "CM", &t, None, now)?;
+    record_event(
+        db,
+        &order_id,
+        now,
+        &format!("payment:{}", t.str("gateway")),
+        "payment.refunded",
+        &format!("Refunded {} {currency} (credit memo {number})", fmt(amount)),
+        json!({"amount_minor": amount, "currency": currency, "credit_memo": number,
+               "transaction_id": tx_id, "reason": t.opt_str("reason")}),
+    )?;
+    store::enqueue(
+        db,
+        "payment.refunded",
+        Some(&order_id),
+        json!({"order_id": order_id, "number": order_number, "amount": money_of(amount, &currency),
+               "credit_memo": number, "transaction_id": tx_id, "reason": t.opt_str("reason")}),
+        now,
+    )?;
+    store::enqueue(db, "credit_memo.created", Some(&order_id), memo, now)?;
     Ok(())
 }
 

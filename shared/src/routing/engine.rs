@@ -537,13 +537,47 @@ pub fn route(
             quantity: r,
         })
         .collect();
+    let explanation = explain(
+        req,
+        cfg,
+        &fac,
+        &fences_of,
+        &km_of,
+        &named,
+        eligible.len(),
+        &rounds,
+        &parts,
+        &unassigned,
+    );
+    Decision {
+        parts,
+        unassigned,
+        explanation,
+    }
+}
+
+/// The decision's explanation: the formula, the inputs, every candidate's
+/// fences and the rounds' ratings.
+#[allow(clippy::too_many_arguments)]
+fn explain(
+    req: &Request<'_>,
+    cfg: &Config,
+    fac: &[&Facility],
+    fences_of: &[Vec<&'static str>],
+    km_of: &[Option<f64>],
+    named: &BTreeSet<usize>,
+    eligible: usize,
+    rounds: &[Json],
+    parts: &[Part],
+    unassigned: &[Demand],
+) -> Json {
     let mut fenced_by: BTreeMap<&str, usize> = BTreeMap::new();
     for x in fences_of.iter().flatten() {
         *fenced_by.entry(x).or_default() += 1;
     }
-    let explanation = json!({
+    json!({
         "formula": "score = (wd*distance + ws*stock + ww*workload + wp*priority) / (wd+ws+ww+wp); distance = 1/(1+km/500), 0.5 without coordinates; stock = share of remaining units available; workload = 1 - open/daily_capacity; priority = priority/100; ties: lowest fnv1a64(order_id:facility_id)",
-        "weights": w,
+        "weights": cfg.weights,
         "max_parts": cfg.max_parts,
         "complete_stock": cfg.complete_stock,
         "service": req.service.as_str(),
@@ -556,17 +590,12 @@ pub fn route(
             "source": req.destination.location_source,
         },
         "demand": req.lines,
-        "candidates_summary": {"total": fac.len(), "eligible": eligible.len(), "fenced_by": fenced_by},
+        "candidates_summary": {"total": fac.len(), "eligible": eligible, "fenced_by": fenced_by},
         "candidates": candidates_json(&fac, &fences_of, &km_of, &named),
         "rounds": rounds,
         "parts": parts,
         "unassigned": unassigned,
-    });
-    Decision {
-        parts,
-        unassigned,
-        explanation,
-    }
+    })
 }
 
 /// Approximate geographic centres (latitude, longitude) of common destination

@@ -47,71 +47,12 @@ pub fn process_due(
     let ids: Vec<String> = due.iter().map(|r| r.str("id")).collect();
     let mut out = Processed::default();
     for id in ids {
-        let claimed = transaction(
-            db,
-            |db| -> Result<Option<(crate::kernel::db::Rows, Option<String>, String, String)>> {
-                let n = db.exec(
-                    "UPDATE payment_transactions SET attempts = attempts + 1, lease_until = ?
-                 WHERE id = ? AND status = 'pending' AND (lease_until IS NULL OR lease_until < ?)",
-                    params![
-                        ts(now + Duration::seconds(LEASE_SECONDS)),
-                        id.clone(),
-                        ts(now)
-                    ],
-                )?;
-                if n == 0 {
-                    return Ok(None);
-                }
-                let t = load_tx(db, &id)?;
-                let order_id = t.str("order_id");
-                let pay = load_payment(db, &order_id)?;
-                let number = db
-                    .execute(
-                        "SELECT number FROM orders WHERE id = ?",
-                        params![order_id.clone()],
-                    )?
-                    .str("number");
-                let fo = match t.opt_str("fulfillment_order_id") {
-                    Some(f) => db
-                        .execute(
-                            "SELECT name FROM fulfillment_orders WHERE id = ?",
-                            params![f],
-                        )?
-                        .str("name"),
-                    None => String::new(),
-                };
-                Ok(Some((t, pay.and_then(|p| p.reference), number, fo)))
-            },
-        )?;
+        let claimed = transaction(db, |db| claim(db, &id, now))?;
         let Some((t, reference, number, fo)) = claimed else {
             continue;
         };
         let kind = t.str("kind");
-        let amount = t.i64("amount_minor");
-        let outcome = match (t.str("gateway").as_str(), reference) {
-            ("stripe", Some(_)) if stripe.secret_key.is_empty() => Outcome::Declined {
-                code: "gateway_not_configured".into(),
-                message:
-                    "Stripe is not configured: set the Spin variable stripe_secret_key, then retry"
-                        .into(),
-            },
-            ("stripe", Some(pi)) => {
-                let req = match kind.as_str() {
-                    "capture" => {
-                        stripe.capture(&pi, &id, amount, t.i64("final") != 0, &number, &fo)
-                    }
-                    "refund" => stripe.refund(&pi, &id, amount, &number),
-                    _ => stripe.cancel(&pi, &id),
-                };
-                gateway::send(http, &req)
-            }
-            ("stripe", None) => Outcome::Declined {
-                code: "no_payment_intent".into(),
-                message: "the order names no Stripe PaymentIntent".into(),
-            },
-            // Ledger gateways settle inline; one left pending settles here.
-            _ => Outcome::Succeeded { reference: None },
-        };
+        let outcome = send(http, stripe, &t, &id, reference, &number, &fo);
         transaction(db, |db| -> Result<()> {
             match &outcome {
                 Outcome::Succeeded { reference } => {
@@ -152,6 +93,76 @@ pub fn process_due(
         })?;
     }
     Ok(out)
+}
+
+/// Leases a due transaction (one attempt more) and reads what sending it
+/// needs: the row, the PaymentIntent, the order number and the fulfillment
+/// order's name. None when another worker holds it.
+fn claim(
+    db: &dyn Db,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<(crate::kernel::db::Rows, Option<String>, String, String)>> {
+    let n = db.exec(
+        "UPDATE payment_transactions SET attempts = attempts + 1, lease_until = ?
+     WHERE id = ? AND status = 'pending' AND (lease_until IS NULL OR lease_until < ?)",
+        params![ts(now + Duration::seconds(LEASE_SECONDS)), id, ts(now)],
+    )?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let t = load_tx(db, &id)?;
+    let order_id = t.str("order_id");
+    let pay = load_payment(db, &order_id)?;
+    let number = db
+        .execute("SELECT number FROM orders WHERE id = ?", params![order_id])?
+        .str("number");
+    let fo = match t.opt_str("fulfillment_order_id") {
+        Some(f) => db
+            .execute(
+                "SELECT name FROM fulfillment_orders WHERE id = ?",
+                params![f],
+            )?
+            .str("name"),
+        None => String::new(),
+    };
+    Ok(Some((t, pay.and_then(|p| p.reference), number, fo)))
+}
+
+/// Sends a leased transaction to its gateway (ledger gateways settle at once).
+fn send(
+    http: &dyn Http,
+    stripe: &StripeConfig,
+    t: &crate::kernel::db::Rows,
+    id: &str,
+    reference: Option<String>,
+    number: &str,
+    fo: &str,
+) -> Outcome {
+    let kind = t.str("kind");
+    let amount = t.i64("amount_minor");
+    match (t.str("gateway").as_str(), reference) {
+        ("stripe", Some(_)) if stripe.secret_key.is_empty() => Outcome::Declined {
+            code: "gateway_not_configured".into(),
+            message:
+                "Stripe is not configured: set the Spin variable stripe_secret_key, then retry"
+                    .into(),
+        },
+        ("stripe", Some(pi)) => {
+            let req = match kind.as_str() {
+                "capture" => stripe.capture(&pi, id, amount, t.i64("final") != 0, number, fo),
+                "refund" => stripe.refund(&pi, id, amount, number),
+                _ => stripe.cancel(&pi, id),
+            };
+            gateway::send(http, &req)
+        }
+        ("stripe", None) => Outcome::Declined {
+            code: "no_payment_intent".into(),
+            message: "the order names no Stripe PaymentIntent".into(),
+        },
+        // Ledger gateways settle inline; one left pending settles here.
+        _ => Outcome::Succeeded { reference: None },
+    }
 }
 
 /// Whether the gateway worker has something to send now (cheap; routing asks
@@ -335,65 +346,89 @@ pub fn source_transaction(
             "authorization_recorded"
         }
         "void" if matches!(pay.gateway.as_str(), "manual" | "stripe") => {
-            let rest = pay.authorized - pay.captured - pay.voided;
-            if rest > 0 {
-                let c = shares::Charge {
-                    amount: rest,
-                    ..Default::default()
-                };
-                insert_tx(
-                    db,
-                    &tx_id,
-                    order_id,
-                    "void",
-                    "pending",
-                    "shopify",
-                    &pay.currency,
-                    &c,
-                    None,
-                    true,
-                    Some("voided in Shopify"),
-                    now,
-                )?;
-                settle(db, &tx_id, Some(&t.id), now)?;
-            }
-            "voided"
+            book_source_void(db, &pay, &tx_id, order_id, t, now)?
         }
         "refund" if pay.gateway != "none" => {
-            // Waybill may have booked this refund already (a cancellation or a
-            // return it processed): only what is still unrefunded is booked.
-            let amount = t.amount.min(
-                pay.captured
-                    .max(pay.authorized * (pay.gateway == "prepaid") as i64)
-                    - pay.refunded,
-            );
-            if amount <= 0 {
-                refresh_financial_status(db, order_id, now)?;
-                return Ok("recorded");
-            }
-            let c = shares::Charge {
-                amount,
-                ..Default::default()
-            };
-            insert_tx(
-                db,
-                &tx_id,
-                order_id,
-                "refund",
-                "pending",
-                "shopify",
-                &pay.currency,
-                &c,
-                None,
-                false,
-                Some("refunded in Shopify"),
-                now,
-            )?;
-            settle(db, &tx_id, Some(&t.id), now)?;
-            "refunded"
+            book_source_refund(db, &pay, &tx_id, order_id, t, now)?
         }
         _ => "recorded",
     };
     refresh_financial_status(db, order_id, now)?;
     Ok(done)
+}
+
+/// Shopify voided the authorization: what is left of it is voided here too.
+fn book_source_void(
+    db: &dyn Db,
+    pay: &Pay,
+    tx_id: &str,
+    order_id: &str,
+    t: &crate::orders::model::SourceTransaction,
+    now: DateTime<Utc>,
+) -> Result<&'static str> {
+    let rest = pay.authorized - pay.captured - pay.voided;
+    if rest > 0 {
+        let c = shares::Charge {
+            amount: rest,
+            ..Default::default()
+        };
+        insert_tx(
+            db,
+            tx_id,
+            order_id,
+            "void",
+            "pending",
+            "shopify",
+            &pay.currency,
+            &c,
+            None,
+            true,
+            Some("voided in Shopify"),
+            now,
+        )?;
+        settle(db, tx_id, Some(&t.id), now)?;
+    }
+    Ok("voided")
+}
+
+/// Shopify refunded: only what Waybill has not refunded already (a
+/// cancellation or a return it processed) is booked.
+fn book_source_refund(
+    db: &dyn Db,
+    pay: &Pay,
+    tx_id: &str,
+    order_id: &str,
+    t: &crate::orders::model::SourceTransaction,
+    now: DateTime<Utc>,
+) -> Result<&'static str> {
+    // Waybill may have booked this refund already (a cancellation or a
+    // return it processed): only what is still unrefunded is booked.
+    let amount = t.amount.min(
+        pay.captured
+            .max(pay.authorized * (pay.gateway == "prepaid") as i64)
+            - pay.refunded,
+    );
+    if amount <= 0 {
+        return Ok("recorded");
+    }
+    let c = shares::Charge {
+        amount,
+        ..Default::default()
+    };
+    insert_tx(
+        db,
+        tx_id,
+        order_id,
+        "refund",
+        "pending",
+        "shopify",
+        &pay.currency,
+        &c,
+        None,
+        false,
+        Some("refunded in Shopify"),
+        now,
+    )?;
+    settle(db, tx_id, Some(&t.id), now)?;
+    Ok("refunded")
 }
