@@ -233,86 +233,7 @@ pub fn fc_callback(
             Ok((json!({"result": kind, "fulfillment_order_id": fo_id}), follow))
         }
         "shipped" => {
-            let mut errs = Vec::new();
-            let tracking = opt_str(body, "tracking_number", &mut errs);
-            let shipped_at = match &body["ship_date"] {
-                Json::Null => None,
-                Json::String(t) => match crate::kernel::time::parse_time(t).or_else(|| {
-                    chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d")
-                        .ok()
-                        .and_then(|d| d.and_hms_opt(12, 0, 0))
-                        .map(|d| d.and_utc())
-                }) {
-                    Some(t) => Some(t),
-                    None => {
-                        errs.push(FieldError::new("/ship_date", "must be a date (YYYY-MM-DD) or an RFC 3339 time"));
-                        None
-                    }
-                },
-                _ => {
-                    errs.push(FieldError::new("/ship_date", "must be a string"));
-                    None
-                }
-            };
-            let fl = db.execute(
-                "SELECT line_no, sku, part_number FROM fulfillment_order_lines WHERE fulfillment_order_id = ?",
-                params![fo_id.clone()],
-            )?;
-            let known: Vec<(i64, String, Option<String>)> = fl
-                .iter()
-                .map(|r| (r.i64("line_no"), r.str("sku"), r.opt_str("part_number")))
-                .collect();
-            let resolve = |l: &Json| -> Option<i64> {
-                if let Some(n) = l["line_no"].as_i64() {
-                    return known.iter().find(|k| k.0 == n).map(|k| k.0);
-                }
-                if let Some(p) = l["part_number"].as_str() {
-                    return known.iter().find(|k| k.2.as_deref() == Some(p)).map(|k| k.0);
-                }
-                l["sku"].as_str().and_then(|s| known.iter().find(|k| k.1 == s).map(|k| k.0))
-            };
-            let lines = lines_of(body, "lines", &mut errs, &resolve);
-            let mut parcels = Vec::new();
-            if let Some(a) = body["parcels"].as_array() {
-                for (i, p) in a.iter().enumerate() {
-                    let mut pe = Vec::new();
-                    let items = lines_of(p, "items", &mut pe, &resolve).unwrap_or_default();
-                    for e in pe {
-                        errs.push(FieldError::new(format!("/parcels/{i}{}", e.pointer), e.detail));
-                    }
-                    parcels.push(ParcelIn {
-                        tracking_number: opt_str(p, "tracking_number", &mut errs).or(tracking.clone()),
-                        carrier: opt_str(p, "carrier", &mut errs),
-                        weight_grams: p["weight_grams"].as_i64(),
-                        items,
-                        ..Default::default()
-                    });
-                }
-            } else if !body["parcels"].is_null() {
-                errs.push(FieldError::new("/parcels", "must be an array"));
-            }
-            let external_ref = opt_str(body, "shipment_id", &mut errs)
-                .or(tracking.clone())
-                .unwrap_or_default();
-            if external_ref.is_empty() {
-                errs.push(FieldError::new("/tracking_number", "a shipment needs a tracking_number or a shipment_id"));
-            }
-            let s = ShipIn {
-                origin: "fc_callback",
-                external_ref,
-                carrier: opt_str(body, "carrier", &mut errs),
-                service: opt_str(body, "service", &mut errs),
-                shipping_method: opt_str(body, "shipping_method", &mut errs),
-                tracking_url: opt_str(body, "tracking_url", &mut errs),
-                tracking_number: tracking,
-                shipped_at,
-                lines,
-                parcels,
-                ..Default::default()
-            };
-            if !errs.is_empty() {
-                return Err(Error::invalid(errs));
-            }
+            let s = shipment_from_callback(db, &fo_id, body)?;
             if let Some(fo) = load_fo(db, &fo_id)? {
                 if fo.status == "open" {
                     set_request_status(db, &fo_id, "accepted", None, now)?;
@@ -330,4 +251,104 @@ pub fn fc_callback(
         "" => Err(Error::invalid(vec![FieldError::new("/type", "is required: accepted, rejected, shipped, cancellation_accepted or cancellation_rejected")])),
         other => Err(Error::invalid(vec![FieldError::new("/type", format!("unknown callback type '{other}'"))])),
     }
+}
+
+/// A center's shipment confirmation: tracking, ship date, lines and parcels
+/// named by line number, the facility's part number or SKU.
+fn shipment_from_callback(db: &dyn Db, fo_id: &str, body: &Json) -> Result<ShipIn> {
+    let mut errs = Vec::new();
+    let tracking = opt_str(body, "tracking_number", &mut errs);
+    let shipped_at = match &body["ship_date"] {
+        Json::Null => None,
+        Json::String(t) => match crate::kernel::time::parse_time(t).or_else(|| {
+            chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(12, 0, 0))
+                .map(|d| d.and_utc())
+        }) {
+            Some(t) => Some(t),
+            None => {
+                errs.push(FieldError::new(
+                    "/ship_date",
+                    "must be a date (YYYY-MM-DD) or an RFC 3339 time",
+                ));
+                None
+            }
+        },
+        _ => {
+            errs.push(FieldError::new("/ship_date", "must be a string"));
+            None
+        }
+    };
+    let fl = db.execute(
+        "SELECT line_no, sku, part_number FROM fulfillment_order_lines WHERE fulfillment_order_id = ?",
+        params![fo_id],
+    )?;
+    let known: Vec<(i64, String, Option<String>)> = fl
+        .iter()
+        .map(|r| (r.i64("line_no"), r.str("sku"), r.opt_str("part_number")))
+        .collect();
+    let resolve = |l: &Json| -> Option<i64> {
+        if let Some(n) = l["line_no"].as_i64() {
+            return known.iter().find(|k| k.0 == n).map(|k| k.0);
+        }
+        if let Some(p) = l["part_number"].as_str() {
+            return known
+                .iter()
+                .find(|k| k.2.as_deref() == Some(p))
+                .map(|k| k.0);
+        }
+        l["sku"]
+            .as_str()
+            .and_then(|s| known.iter().find(|k| k.1 == s).map(|k| k.0))
+    };
+    let lines = lines_of(body, "lines", &mut errs, &resolve);
+    let mut parcels = Vec::new();
+    if let Some(a) = body["parcels"].as_array() {
+        for (i, p) in a.iter().enumerate() {
+            let mut pe = Vec::new();
+            let items = lines_of(p, "items", &mut pe, &resolve).unwrap_or_default();
+            for e in pe {
+                errs.push(FieldError::new(
+                    format!("/parcels/{i}{}", e.pointer),
+                    e.detail,
+                ));
+            }
+            parcels.push(ParcelIn {
+                tracking_number: opt_str(p, "tracking_number", &mut errs).or(tracking.clone()),
+                carrier: opt_str(p, "carrier", &mut errs),
+                weight_grams: p["weight_grams"].as_i64(),
+                items,
+                ..Default::default()
+            });
+        }
+    } else if !body["parcels"].is_null() {
+        errs.push(FieldError::new("/parcels", "must be an array"));
+    }
+    let external_ref = opt_str(body, "shipment_id", &mut errs)
+        .or(tracking.clone())
+        .unwrap_or_default();
+    if external_ref.is_empty() {
+        errs.push(FieldError::new(
+            "/tracking_number",
+            "a shipment needs a tracking_number or a shipment_id",
+        ));
+    }
+    let s = ShipIn {
+        origin: "fc_callback",
+        external_ref,
+        carrier: opt_str(body, "carrier", &mut errs),
+        service: opt_str(body, "service", &mut errs),
+        shipping_method: opt_str(body, "shipping_method", &mut errs),
+        tracking_url: opt_str(body, "tracking_url", &mut errs),
+        tracking_number: tracking,
+        shipped_at,
+        lines,
+        parcels,
+        ..Default::default()
+    };
+    if !errs.is_empty() {
+        return Err(Error::invalid(errs));
+    }
+    Ok(s)
 }

@@ -82,39 +82,9 @@ pub(crate) fn complete_pick(
     let wanted = picked.clone();
     picked_counts(body, &wanted, &mut picked)?;
     let policy = short_pick_policy(db)?;
-    let mut short_total = 0;
-    let mut short_lines = Vec::new();
-    for (line, want) in &wanted {
-        let got = picked.get(line).copied().unwrap_or(0);
-        let short = want - got;
-        if short <= 0 {
-            continue;
-        }
-        short_total += short;
-        let sku = checklist
-            .iter()
-            .find(|c| c["line_no"].as_i64() == Some(*line))
-            .and_then(|c| c["sku"].as_str())
-            .unwrap_or_default()
-            .to_string();
-        // The units are not on the shelf: the count goes down with the reservation.
-        let m = stock::Movement {
-            kind: "short_pick",
-            reason: format!("short pick on {}", fo.name),
-            reference: job_id.to_string(),
-            actor: "fulfillment",
-        };
-        stock::consume(db, &sku, &facility, short, &m, now)?;
-        fstore::remove_units(db, &fo_id, *line, short)?;
-        lines::short_picked(
-            db,
-            &fo.order_id,
-            *line,
-            short,
-            policy == ShortPick::Backorder,
-        )?;
-        short_lines.push(json!({"line_no": line, "sku": sku, "short": short}));
-    }
+    let (short_total, short_lines) = book_short_picks(
+        db, job_id, &fo, &facility, &checklist, &wanted, &picked, policy, now,
+    )?;
     let picked_units: i64 = picked.values().sum();
     let mut new_data = data.clone();
     new_data["picked"] = json!(picked
@@ -184,6 +154,58 @@ pub(crate) fn complete_pick(
         json!({"job": job_view(db, job_id)?, "short": short_total, "rerouted": Json::Null}),
         follow,
     ))
+}
+
+/// Units the picker could not find: the stock count goes down with the
+/// reservation, they leave the fulfillment order, and the order line
+/// backorders or re-routes them by the short-pick policy. Returns the units
+/// short and the lines, for the timeline.
+#[allow(clippy::too_many_arguments)]
+fn book_short_picks(
+    db: &dyn Db,
+    job_id: &str,
+    fo: &Fo,
+    facility: &str,
+    checklist: &[Json],
+    wanted: &BTreeMap<i64, i64>,
+    picked: &BTreeMap<i64, i64>,
+    policy: ShortPick,
+    now: DateTime<Utc>,
+) -> Result<(i64, Vec<Json>)> {
+    let mut short_total = 0;
+    let mut short_lines = Vec::new();
+    for (line, want) in wanted {
+        let got = picked.get(line).copied().unwrap_or(0);
+        let short = want - got;
+        if short <= 0 {
+            continue;
+        }
+        short_total += short;
+        let sku = checklist
+            .iter()
+            .find(|c| c["line_no"].as_i64() == Some(*line))
+            .and_then(|c| c["sku"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        // The units are not on the shelf: the count goes down with the reservation.
+        let m = stock::Movement {
+            kind: "short_pick",
+            reason: format!("short pick on {}", fo.name),
+            reference: job_id.to_string(),
+            actor: "fulfillment",
+        };
+        stock::consume(db, &sku, facility, short, &m, now)?;
+        fstore::remove_units(db, &fo.id, *line, short)?;
+        lines::short_picked(
+            db,
+            &fo.order_id,
+            *line,
+            short,
+            policy == ShortPick::Backorder,
+        )?;
+        short_lines.push(json!({"line_no": line, "sku": sku, "short": short}));
+    }
+    Ok((short_total, short_lines))
 }
 
 /// The picker's counts over the pick list (`wanted`); a line not named was

@@ -73,41 +73,7 @@ pub(crate) fn rate_json(r: &Rate) -> Json {
 
 pub fn put_rates(db: &dyn Db, v: &Json) -> Result<Json> {
     let mut errs = Vec::new();
-    let mut zones = Vec::new();
-    for (i, z) in v["zones"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let p = format!("/zones/{i}");
-        let country = z["country"].as_str().unwrap_or("");
-        if country.len() != 2 || !country.chars().all(|c| c.is_ascii_alphabetic()) {
-            errs.push(FieldError::new(
-                format!("{p}/country"),
-                "must be an ISO 3166-1 alpha-2 code",
-            ));
-        }
-        let prefix = z["postal_prefix"].as_str().unwrap_or("");
-        if prefix.len() > 16 {
-            errs.push(FieldError::new(
-                format!("{p}/postal_prefix"),
-                "at most 16 characters",
-            ));
-        }
-        match z["zone"].as_str() {
-            Some(zone) if !zone.trim().is_empty() && zone.len() <= 64 => zones.push((
-                country.to_ascii_uppercase(),
-                prefix.replace(' ', "").to_ascii_uppercase(),
-                zone.to_string(),
-            )),
-            _ => errs.push(FieldError::new(
-                format!("{p}/zone"),
-                "must be a name of 1 to 64 characters",
-            )),
-        }
-    }
+    let zones = parse_zones(v, &mut errs);
     let mut rates = Vec::new();
     for (i, r) in v["rates"]
         .as_array()
@@ -197,6 +163,46 @@ pub fn put_rates(db: &dyn Db, v: &Json) -> Result<Json> {
         )?;
     }
     rates_view(db)
+}
+
+/// The zone table: (country, postal prefix, zone) rows.
+fn parse_zones(v: &Json, errs: &mut Vec<FieldError>) -> Vec<(String, String, String)> {
+    let mut zones = Vec::new();
+    for (i, z) in v["zones"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let p = format!("/zones/{i}");
+        let country = z["country"].as_str().unwrap_or("");
+        if country.len() != 2 || !country.chars().all(|c| c.is_ascii_alphabetic()) {
+            errs.push(FieldError::new(
+                format!("{p}/country"),
+                "must be an ISO 3166-1 alpha-2 code",
+            ));
+        }
+        let prefix = z["postal_prefix"].as_str().unwrap_or("");
+        if prefix.len() > 16 {
+            errs.push(FieldError::new(
+                format!("{p}/postal_prefix"),
+                "at most 16 characters",
+            ));
+        }
+        match z["zone"].as_str() {
+            Some(zone) if !zone.trim().is_empty() && zone.len() <= 64 => zones.push((
+                country.to_ascii_uppercase(),
+                prefix.replace(' ', "").to_ascii_uppercase(),
+                zone.to_string(),
+            )),
+            _ => errs.push(FieldError::new(
+                format!("{p}/zone"),
+                "must be a name of 1 to 64 characters",
+            )),
+        }
+    }
+    zones
 }
 
 pub fn rates_view(db: &dyn Db) -> Result<Json> {

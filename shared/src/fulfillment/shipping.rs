@@ -96,33 +96,17 @@ pub fn ship(db: &dyn Db, fo_id: &str, s: &ShipIn, now: DateTime<Utc>) -> Result<
     let shipment_id = uuid::Uuid::now_v7().to_string();
     let shipped_at = s.shipped_at.unwrap_or(now);
     let status = if s.delivered { "delivered" } else { "shipped" };
-    db.execute(
-        "INSERT INTO shipments (id, order_id, fulfillment_order_id, facility_id, origin, external_ref, carrier, service,
-            shipping_method, tracking_number, tracking_url, status, pickup, cost_minor, currency, shipped_at, delivered_at,
-            created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?18)",
-        params![shipment_id.clone(), fo.order_id.clone(), fo_id, fo.facility.clone(), s.origin, s.external_ref.clone(),
-                s.carrier.clone(), s.service.clone(), s.shipping_method.clone(), s.tracking_number.clone(),
-                s.tracking_url.clone(), status, fo.pickup, s.cost_minor, s.currency.clone(), ts(shipped_at),
-                s.delivered.then(|| ts(now)), ts(now)],
+    let items_text = insert_shipment(
+        db,
+        &shipment_id,
+        &fo,
+        s,
+        &lines,
+        &open,
+        status,
+        shipped_at,
+        now,
     )?;
-    let mut items_text = Vec::new();
-    for (l, q) in &lines {
-        let sku = open.get(l).map(|x| x.0.clone()).unwrap_or_default();
-        db.execute(
-            "INSERT INTO shipment_lines (shipment_id, line_no, sku, quantity) VALUES (?, ?, ?, ?)",
-            params![shipment_id.clone(), *l, sku.clone(), *q],
-        )?;
-        lines::ship(db, &fo.order_id, *l, *q, s.delivered)?;
-        let m = stock::Movement {
-            kind: "shipment",
-            reason: format!("shipped with {}", fo.name),
-            reference: shipment_id.clone(),
-            actor: "fulfillment",
-        };
-        stock::consume(db, &sku, &fo.facility, *q, &m, now)?;
-        items_text.push(format!("{q} x {sku}"));
-    }
     let parcel_json = insert_parcels(db, &shipment_id, &fo, s, &lines, status, now)?;
     let to = if left_after == 0 {
         FoStatus::Closed
@@ -189,6 +173,50 @@ pub fn ship(db: &dyn Db, fo_id: &str, s: &ShipIn, now: DateTime<Utc>) -> Result<
         units,
         partial,
     })
+}
+
+/// The shipment row and its lines; each line's units move from released to
+/// shipped and leave the facility's stock. Returns "q x SKU" per line.
+#[allow(clippy::too_many_arguments)]
+fn insert_shipment(
+    db: &dyn Db,
+    shipment_id: &str,
+    fo: &Fo,
+    s: &ShipIn,
+    lines: &BTreeMap<i64, i64>,
+    open: &BTreeMap<i64, (String, i64)>,
+    status: &str,
+    shipped_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>> {
+    db.execute(
+        "INSERT INTO shipments (id, order_id, fulfillment_order_id, facility_id, origin, external_ref, carrier, service,
+            shipping_method, tracking_number, tracking_url, status, pickup, cost_minor, currency, shipped_at, delivered_at,
+            created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?18)",
+        params![shipment_id, fo.order_id.clone(), fo.id.clone(), fo.facility.clone(), s.origin, s.external_ref.clone(),
+                s.carrier.clone(), s.service.clone(), s.shipping_method.clone(), s.tracking_number.clone(),
+                s.tracking_url.clone(), status, fo.pickup, s.cost_minor, s.currency.clone(), ts(shipped_at),
+                s.delivered.then(|| ts(now)), ts(now)],
+    )?;
+    let mut items_text = Vec::new();
+    for (l, q) in lines {
+        let sku = open.get(l).map(|x| x.0.clone()).unwrap_or_default();
+        db.execute(
+            "INSERT INTO shipment_lines (shipment_id, line_no, sku, quantity) VALUES (?, ?, ?, ?)",
+            params![shipment_id, *l, sku.clone(), *q],
+        )?;
+        lines::ship(db, &fo.order_id, *l, *q, s.delivered)?;
+        let m = stock::Movement {
+            kind: "shipment",
+            reason: format!("shipped with {}", fo.name),
+            reference: shipment_id.to_string(),
+            actor: "fulfillment",
+        };
+        stock::consume(db, &sku, &fo.facility, *q, &m, now)?;
+        items_text.push(format!("{q} x {sku}"));
+    }
+    Ok(items_text)
 }
 
 /// The units a shipment carries: as confirmed, or everything still open.

@@ -61,42 +61,14 @@ fn route(
     let ok = |v: Json| Ok(Response::json(200, &v));
     match (m, segs.as_slice()) {
         ("GET", ["api", "facilities"]) => ok(inventory::list_facilities(db)?),
-        ("POST", ["api", "facilities"]) => {
-            let v = req.json_object()?;
-            let id = v["id"].as_str().unwrap_or_default().to_string();
-            if !inventory::ok_id(&id) {
-                return Err(Error::invalid(vec![FieldError::new(
-                    "/id",
-                    "required: 1-64 of a-z, 0-9, '-', '_'",
-                )]));
-            }
-            if inventory::facility_exists(db, &id)? {
-                return Err(Error::conflict(format!(
-                    "facility '{id}' exists; PUT /api/facilities/{id} replaces it"
-                )));
-            }
-            Ok(Response::json(
-                201,
-                &inventory::put_facility(db, &id, &v, now, fx)?,
-            ))
-        }
+        ("POST", ["api", "facilities"]) => Ok(Response::json(
+            201,
+            &inventory::create_facility(db, &req.json_object()?, now, fx)?,
+        )),
         ("GET", ["api", "facilities", id]) => ok(inventory::get_facility(db, id)?),
         ("PUT", ["api", "facilities", id]) => {
-            if !inventory::ok_id(id) {
-                return Err(Error::bad_request(
-                    "a facility id is 1-64 of a-z, 0-9, '-', '_'",
-                ));
-            }
-            let v = req.json_object()?;
-            let status = if inventory::facility_exists(db, id)? {
-                200
-            } else {
-                201
-            };
-            Ok(Response::json(
-                status,
-                &inventory::put_facility(db, id, &v, now, fx)?,
-            ))
+            let (created, v) = inventory::replace_facility(db, id, &req.json_object()?, now, fx)?;
+            Ok(Response::json(if created { 201 } else { 200 }, &v))
         }
         ("GET", ["api", "products"]) => ok(inventory::list_products(db)?),
         ("GET", ["api", "products", sku]) => ok(inventory::get_product(db, sku)?),

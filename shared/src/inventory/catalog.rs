@@ -65,6 +65,45 @@ pub(crate) fn url_field(v: &Json, field: &str, errs: &mut Vec<FieldError>) -> Op
     }
 }
 
+/// `POST /api/facilities`: a new facility under the id the body names.
+pub fn create_facility(
+    db: &dyn Db,
+    v: &Json,
+    now: DateTime<Utc>,
+    fx: &mut Effects,
+) -> Result<Json> {
+    let id = v["id"].as_str().unwrap_or_default().to_string();
+    if !ok_id(&id) {
+        return Err(Error::invalid(vec![FieldError::new(
+            "/id",
+            "required: 1-64 of a-z, 0-9, '-', '_'",
+        )]));
+    }
+    if facility_exists(db, &id)? {
+        return Err(Error::conflict(format!(
+            "facility '{id}' exists; PUT /api/facilities/{id} replaces it"
+        )));
+    }
+    put_facility(db, &id, v, now, fx)
+}
+
+/// `PUT /api/facilities/{id}`: creates or replaces; true when it was created.
+pub fn replace_facility(
+    db: &dyn Db,
+    id: &str,
+    v: &Json,
+    now: DateTime<Utc>,
+    fx: &mut Effects,
+) -> Result<(bool, Json)> {
+    if !ok_id(id) {
+        return Err(Error::bad_request(
+            "a facility id is 1-64 of a-z, 0-9, '-', '_'",
+        ));
+    }
+    let created = !facility_exists(db, id)?;
+    Ok((created, put_facility(db, id, v, now, fx)?))
+}
+
 /// Creates or replaces a facility. An active facility's stock may now reach
 /// waiting orders (activated, or new countries, methods or services), so its
 /// SKUs with stock are reported for backorder release.

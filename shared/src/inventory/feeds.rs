@@ -60,40 +60,7 @@ pub fn apply_snapshot(
     now: DateTime<Utc>,
     fx: &mut Effects,
 ) -> Result<Json> {
-    let v: Json = serde_json::from_slice(body)
-        .map_err(|e| Error::bad_request(format!("the inventory body is not valid JSON: {e}")))?;
-    let (levels, as_of) = match &v {
-        Json::Array(a) => (a.clone(), None),
-        Json::Object(_) => match v["levels"].as_array() {
-            Some(a) => (a.clone(), v["as_of"].as_str().map(str::to_string)),
-            None => {
-                return Err(Error::invalid(vec![FieldError::new(
-                    "/levels",
-                    "required: an array of {sku | part_number, on_hand}",
-                )]))
-            }
-        },
-        _ => {
-            return Err(Error::invalid(vec![FieldError::new(
-                "",
-                "an object with levels, or an array of levels",
-            )]))
-        }
-    };
-    if levels.len() > MAX_LEVELS {
-        return Err(Error::invalid(vec![FieldError::new(
-            "/levels",
-            format!("at most {MAX_LEVELS} levels"),
-        )]));
-    }
-    if let Some(t) = &as_of {
-        if crate::kernel::time::parse_time(t).is_none() {
-            return Err(Error::invalid(vec![FieldError::new(
-                "/as_of",
-                "an RFC 3339 timestamp",
-            )]));
-        }
-    }
+    let (levels, as_of) = parse_snapshot(body)?;
     // An older snapshot than the one applied last changes nothing.
     let last: Option<Json> = kv
         .get(&snapshot_key(facility))
@@ -112,31 +79,7 @@ pub fn apply_snapshot(
             );
         }
     }
-    let mut errs = Vec::new();
-    let mut parsed = Vec::new();
-    for (i, l) in levels.iter().enumerate() {
-        let key = l["sku"]
-            .as_str()
-            .map(|s| ("sku", s))
-            .or_else(|| l["part_number"].as_str().map(|s| ("part", s)));
-        let on_hand = l["on_hand"].as_i64().or_else(|| l["quantity"].as_i64());
-        match (key, on_hand) {
-            (Some(k), Some(n)) if (0..=1_000_000_000).contains(&n) => {
-                parsed.push((k.0, k.1.to_string(), n))
-            }
-            (None, _) => errs.push(FieldError::new(
-                format!("/levels/{i}"),
-                "needs sku or part_number",
-            )),
-            _ => errs.push(FieldError::new(
-                format!("/levels/{i}/on_hand"),
-                "a whole number >= 0",
-            )),
-        }
-    }
-    if !errs.is_empty() {
-        return Err(Error::invalid(errs));
-    }
+    let parsed = parse_levels(&levels)?;
     let (applied, ignored) = transaction(db, |db| {
         let mut applied = 0;
         let mut ignored = Vec::new();
@@ -185,6 +128,76 @@ pub fn apply_snapshot(
     Ok(
         json!({"facility": facility, "result": "applied", "applied": applied, "ignored": ignored, "as_of": as_of}),
     )
+}
+
+/// A snapshot body: an object with `levels` (and optionally `as_of`), or a
+/// bare array of levels.
+fn parse_snapshot(body: &[u8]) -> Result<(Vec<Json>, Option<String>)> {
+    let v: Json = serde_json::from_slice(body)
+        .map_err(|e| Error::bad_request(format!("the inventory body is not valid JSON: {e}")))?;
+    let (levels, as_of) = match &v {
+        Json::Array(a) => (a.clone(), None),
+        Json::Object(_) => match v["levels"].as_array() {
+            Some(a) => (a.clone(), v["as_of"].as_str().map(str::to_string)),
+            None => {
+                return Err(Error::invalid(vec![FieldError::new(
+                    "/levels",
+                    "required: an array of {sku | part_number, on_hand}",
+                )]))
+            }
+        },
+        _ => {
+            return Err(Error::invalid(vec![FieldError::new(
+                "",
+                "an object with levels, or an array of levels",
+            )]))
+        }
+    };
+    if levels.len() > MAX_LEVELS {
+        return Err(Error::invalid(vec![FieldError::new(
+            "/levels",
+            format!("at most {MAX_LEVELS} levels"),
+        )]));
+    }
+    if let Some(t) = &as_of {
+        if crate::kernel::time::parse_time(t).is_none() {
+            return Err(Error::invalid(vec![FieldError::new(
+                "/as_of",
+                "an RFC 3339 timestamp",
+            )]));
+        }
+    }
+    Ok((levels, as_of))
+}
+
+/// Each level: a SKU or the facility's part number, and the units on hand.
+fn parse_levels(levels: &[Json]) -> Result<Vec<(&'static str, String, i64)>> {
+    let mut errs = Vec::new();
+    let mut parsed = Vec::new();
+    for (i, l) in levels.iter().enumerate() {
+        let key = l["sku"]
+            .as_str()
+            .map(|s| ("sku", s))
+            .or_else(|| l["part_number"].as_str().map(|s| ("part", s)));
+        let on_hand = l["on_hand"].as_i64().or_else(|| l["quantity"].as_i64());
+        match (key, on_hand) {
+            (Some(k), Some(n)) if (0..=1_000_000_000).contains(&n) => {
+                parsed.push((k.0, k.1.to_string(), n))
+            }
+            (None, _) => errs.push(FieldError::new(
+                format!("/levels/{i}"),
+                "needs sku or part_number",
+            )),
+            _ => errs.push(FieldError::new(
+                format!("/levels/{i}/on_hand"),
+                "a whole number >= 0",
+            )),
+        }
+    }
+    if !errs.is_empty() {
+        return Err(Error::invalid(errs));
+    }
+    Ok(parsed)
 }
 
 /// A fulfillment center's signed inventory push: the signature is checked

@@ -483,8 +483,8 @@ pub fn insert_order_with_id(
     };
     lines::insert(db, id, o)?;
     let at = ts(now);
-    let mut events: Vec<(String, String, Json)> = vec![(
-        "order.received".into(),
+    let mut events: Vec<(&str, String, Json)> = vec![(
+        "order.received",
         format!(
             "Order {number} received from {} ({})",
             o.source.as_str(),
@@ -509,7 +509,7 @@ pub fn insert_order_with_id(
                 Value::from(&at),
             ]);
             events.push((
-                "hold.added".into(),
+                "hold.added",
                 format!("On hold: {} ({n})", r.as_str()),
                 json!({"reason": r.as_str(), "note": n}),
             ));
@@ -518,39 +518,14 @@ pub fn insert_order_with_id(
     }
     if o.cancelled {
         events.push((
-            "order.cancelled".into(),
+            "order.cancelled",
             "Order arrived cancelled at the source".into(),
             json!({}),
         ));
     }
-    let mut sql =
-        String::from("INSERT INTO order_events (order_id, at, actor, kind, summary, data) VALUES ");
-    let mut p: Vec<Value> = Vec::new();
-    for (i, (kind, summary, data)) in events.iter().enumerate() {
-        sql.push_str(if i == 0 {
-            "(?, ?, ?, ?, ?, ?)"
-        } else {
-            ",(?, ?, ?, ?, ?, ?)"
-        });
-        p.extend([
-            Value::from(id),
-            Value::from(&at),
-            Value::from(actor),
-            Value::from(kind),
-            Value::from(summary),
-            Value::from(data.to_string()),
-        ]);
-    }
-    db.execute(&sql, &p)?;
-    if !o.cancelled {
-        enqueue(
-            db,
-            "order.received",
-            Some(id),
-            received_payload(id, &number, o),
-            now,
-        )?;
-    }
+    let announce = [("order.received", received_payload(id, &number, o))];
+    let outbox: &[(&str, Json)] = if o.cancelled { &[] } else { &announce };
+    record_batch(db, id, now, actor, &events, outbox)?;
     Ok(Some(Inserted {
         id: id.to_string(),
         number,

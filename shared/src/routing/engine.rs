@@ -473,15 +473,7 @@ pub fn route(
         let wanted: i64 = remaining.iter().sum();
         let last_part = parts.len() + 1 == max_parts;
         let ratings = rate_round(&statics, &taken, &remaining, w, last_part);
-        let pick = ratings
-            .iter()
-            .find(|r| r.fills_all)
-            .map(|r| (r, "fills every remaining unit; the best score among those that do"))
-            .or_else(|| {
-                ratings.iter().find(|r| r.takes.iter().any(|&t| t > 0)).map(|r| {
-                    (r, "no candidate fills every remaining unit; the best score among those that can contribute")
-                })
-            });
+        let pick = choose(&ratings);
         let mut listed: Vec<&Rating> = ratings.iter().take(EXPLAIN_TOP).collect();
         if let Some((r, _)) = pick {
             if !listed.iter().any(|x| x.k == r.k) {
@@ -554,6 +546,20 @@ pub fn route(
         unassigned,
         explanation,
     }
+}
+
+/// The round's choice: the best-rated candidate that fills every remaining
+/// unit, else the best-rated one that can contribute; with the reason.
+fn choose(ratings: &[Rating]) -> Option<(&Rating, &'static str)> {
+    ratings
+        .iter()
+        .find(|r| r.fills_all)
+        .map(|r| (r, "fills every remaining unit; the best score among those that do"))
+        .or_else(|| {
+            ratings.iter().find(|r| r.takes.iter().any(|&t| t > 0)).map(|r| {
+                (r, "no candidate fills every remaining unit; the best score among those that can contribute")
+            })
+        })
 }
 
 /// The decision's explanation: the formula, the inputs, every candidate's
