@@ -163,3 +163,126 @@ fn the_checker_sees_names_and_skips_tests() {
     let n = named(production(text));
     assert!(n.contains("orders") && n.contains("kernel") && !n.contains("flows"));
 }
+
+/// Each table and the files (below `shared/src`) that may write it. A table
+/// written elsewhere, or a table not listed, fails
+/// [`every_table_has_one_writer`]. The schema's migrations (`kernel/schema.rs`)
+/// create and seed tables and are not counted.
+const WRITERS: &[(&str, &[&str])] = &[
+    ("settings", &["kernel/settings.rs"]),
+    ("orders", &["orders/store.rs"]),
+    ("order_lines", &["orders/lines.rs"]),
+    ("order_holds", &["orders/store.rs"]),
+    ("order_events", &["orders/store.rs"]),
+    ("outbox", &["orders/store.rs"]),
+    ("webhook_receipts", &["intake/webhooks.rs"]),
+    ("idempotency_keys", &["intake/api.rs"]),
+    ("facilities", &["inventory/catalog.rs"]),
+    // The catalog writes products; stock and keys keep their alert flags.
+    ("products", &["inventory/"]),
+    ("product_parts", &["inventory/catalog.rs"]),
+    ("stock", &["inventory/stock.rs"]),
+    ("stock_movements", &["inventory/stock.rs"]),
+    ("license_keys", &["inventory/stock.rs", "inventory/keys.rs"]),
+    ("routing_decisions", &["routing/"]),
+    ("routing_config", &["routing/settings.rs"]),
+    ("geo_centroids", &["routing/settings.rs"]),
+    (
+        "fulfillment_orders",
+        &["fulfillment/store.rs", "fulfillment/status.rs"],
+    ),
+    ("fulfillment_order_lines", &["fulfillment/store.rs"]),
+    ("fulfillment_jobs", &["fulfillment/store.rs"]),
+    ("shipments", &["fulfillment/"]),
+    ("shipment_lines", &["fulfillment/"]),
+    ("parcels", &["fulfillment/"]),
+    ("tracking_events", &["fulfillment/"]),
+    ("shipping_zones", &["fulfillment/rates.rs"]),
+    ("shipping_rates", &["fulfillment/rates.rs"]),
+    ("payments", &["payments/"]),
+    ("payment_transactions", &["payments/"]),
+    ("payment_transaction_lines", &["payments/"]),
+    ("invoices", &["payments/"]),
+    ("credit_memos", &["payments/"]),
+    ("returns", &["returns/"]),
+    ("return_lines", &["returns/"]),
+    ("deliveries", &["notify/"]),
+    ("subscriptions", &["notify/"]),
+    ("email_templates", &["notify/"]),
+    ("mailbox", &["notify/"]),
+    ("locks", &["notify/"]),
+    ("daily_reports", &["reporting/"]),
+];
+
+/// The tables a text writes: the identifier after `INSERT [OR x] INTO`,
+/// `UPDATE` (not `DO UPDATE`) and `DELETE FROM`. A table named by a format
+/// placeholder (`INTO {table}`) is skipped: its owner passes the literal name.
+fn written(text: &str) -> Vec<String> {
+    let words: Vec<&str> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '{'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut out = Vec::new();
+    for (i, w) in words.iter().enumerate() {
+        let table = match *w {
+            "INTO" if i > 0 && matches!(words[i - 1], "INSERT" | "REPLACE" | "IGNORE") => {
+                words.get(i + 1)
+            }
+            "UPDATE" if i == 0 || words[i - 1] != "DO" => words.get(i + 1),
+            "FROM" if i > 0 && words[i - 1] == "DELETE" => words.get(i + 1),
+            _ => None,
+        };
+        if let Some(t) = table.filter(|t| t.chars().all(|c| c.is_ascii_lowercase() || c == '_')) {
+            out.push(t.to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn every_table_has_one_writer() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let writers: BTreeMap<&str, &[&str]> = WRITERS.iter().copied().collect();
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut wrong = Vec::new();
+    for f in files {
+        let rel = f
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        if rel.ends_with("/tests.rs")
+            || matches!(
+                rel.as_str(),
+                "kernel/schema.rs" | "testkit.rs" | "layout.rs"
+            )
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap();
+        for t in written(production(&text)) {
+            match writers.get(t.as_str()) {
+                Some(owners) if owners.iter().any(|o| rel.starts_with(o)) => {}
+                Some(owners) => wrong.push(format!("{rel} writes {t}, owned by {owners:?}")),
+                None => wrong.push(format!("{rel} writes {t}, which WRITERS does not list")),
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "tables written outside their owner:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn the_writer_check_reads_statements() {
+    let sql = r#"db.execute("INSERT INTO stock (sku) VALUES (?) ON CONFLICT (sku) DO UPDATE SET on_hand = 1");
+        db.execute("UPDATE order_lines SET qty_released = 0"); db.execute("DELETE FROM outbox WHERE id = ?");
+        db.execute("INSERT OR REPLACE INTO idempotency_keys (scope) VALUES (?)"); // update the view"#;
+    assert_eq!(
+        written(sql),
+        ["stock", "order_lines", "outbox", "idempotency_keys"]
+    );
+}

@@ -38,22 +38,6 @@ pub fn job_view(db: &dyn Db, id: &str) -> Result<Json> {
     )
 }
 
-pub(crate) fn set_job(
-    db: &dyn Db,
-    id: &str,
-    status: &str,
-    data: Option<&Json>,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    let closing = matches!(status, "closed" | "handed_over" | "cancelled");
-    db.execute(
-        "UPDATE fulfillment_jobs SET status = ?, data = COALESCE(?, data), updated_at = ?, closed_at = CASE WHEN ? THEN ? ELSE closed_at END
-         WHERE id = ?",
-        params![status, data.map(|d| d.to_string()), ts(now), closing, ts(now), id],
-    )?;
-    Ok(())
-}
-
 /// Closes a pick job: `picked` per line (default: everything). Short units
 /// leave the facility's stock (they are not there), leave the fulfillment
 /// order, and are re-routed or backordered (setting `short_pick`). A pack job
@@ -92,7 +76,7 @@ pub(crate) fn complete_pick(
         .map(|(l, q)| json!({"line_no": l, "quantity": q}))
         .collect::<Vec<_>>());
     new_data["short"] = json!(short_lines);
-    set_job(db, job_id, "closed", Some(&new_data), now)?;
+    fstore::set_job(db, job_id, "closed", Some(&new_data), now)?;
     record_event(
         db,
         &fo.order_id,
@@ -347,7 +331,7 @@ pub(crate) fn complete_pack(
                 .map(|c| json!(crate::kernel::money::Money::new(*m, c)))
         })
         .unwrap_or(Json::Null);
-    set_job(db, job_id, "closed", Some(&new_data), now)?;
+    fstore::set_job(db, job_id, "closed", Some(&new_data), now)?;
     record_event(
         db,
         &fo.order_id,
@@ -567,7 +551,7 @@ pub(crate) fn complete_handover(
         ..Default::default()
     };
     let r = ship(db, &fo_id, &s, now)?;
-    set_job(db, job_id, "handed_over", None, now)?;
+    fstore::set_job(db, job_id, "handed_over", None, now)?;
     let mut follow = FollowUp::default();
     if matches!(r, Shipped::Booked { .. }) {
         follow.shipped.push(fo_id.clone());
@@ -665,7 +649,7 @@ pub fn start_job(db: &dyn Db, id: &str, now: DateTime<Utc>) -> Result<Json> {
         if status != "open" {
             return Err(Error::conflict(format!("the {kind} job is {status}")));
         }
-        set_job(db, id, "in_progress", None, now)?;
+        fstore::set_job(db, id, "in_progress", None, now)?;
         set_status_from(db, &fo_id, &[FoStatus::Open], FoStatus::InProgress, now)?;
         job_view(db, id)
     })

@@ -180,11 +180,15 @@ pub fn on_released(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -> Result<()> {
 
 fn open_job(db: &dyn Db, fo: &Fo, kind: &str, data: Json, now: DateTime<Utc>) -> Result<String> {
     let id = uuid::Uuid::now_v7().to_string();
-    db.execute(
-        "INSERT INTO fulfillment_jobs (id, kind, fulfillment_order_id, order_id, facility_id, status, data, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, 'open', ?, ?, ?)
-         ON CONFLICT (fulfillment_order_id, kind) DO NOTHING",
-        params![id.clone(), kind, fo.id.clone(), fo.order_id.clone(), fo.facility.clone(), data.to_string(), ts(now), ts(now)],
+    fstore::insert_job(
+        db,
+        &id,
+        kind,
+        &fo.id,
+        &fo.order_id,
+        &fo.facility,
+        &data,
+        now,
     )?;
     record_event(
         db,

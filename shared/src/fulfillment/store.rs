@@ -119,6 +119,45 @@ pub fn line_count(db: &dyn Db, fo_id: &str) -> Result<i64> {
         .unwrap_or(0))
 }
 
+/// Opens a job of `kind` for a fulfillment order (once per kind).
+#[allow(clippy::too_many_arguments)]
+pub fn insert_job(
+    db: &dyn Db,
+    id: &str,
+    kind: &str,
+    fo_id: &str,
+    order_id: &str,
+    facility: &str,
+    data: &Json,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    db.execute(
+        "INSERT INTO fulfillment_jobs (id, kind, fulfillment_order_id, order_id, facility_id, status, data, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, 'open', ?, ?, ?)
+         ON CONFLICT (fulfillment_order_id, kind) DO NOTHING",
+        params![id, kind, fo_id, order_id, facility, data.to_string(), ts(now), ts(now)],
+    )?;
+    Ok(())
+}
+
+/// Moves a job to `status` (closed, handed over and cancelled close it),
+/// replacing its data when given.
+pub fn set_job(
+    db: &dyn Db,
+    id: &str,
+    status: &str,
+    data: Option<&Json>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let closing = matches!(status, "closed" | "handed_over" | "cancelled");
+    db.execute(
+        "UPDATE fulfillment_jobs SET status = ?, data = COALESCE(?, data), updated_at = ?, closed_at = CASE WHEN ? THEN ? ELSE closed_at END
+         WHERE id = ?",
+        params![status, data.map(|d| d.to_string()), ts(now), closing, ts(now), id],
+    )?;
+    Ok(())
+}
+
 /// Cancelled units leave the open (not started) pick list of the fulfillment
 /// order; a list with nothing left is cancelled.
 pub fn shrink_open_pick_list(

@@ -22,6 +22,7 @@ use crate::kernel::kv::Kv;
 use crate::kernel::time::ts;
 use crate::params;
 use facility::{FacilityType, Service};
+use stock::{move_stock, Change};
 
 /// The most licence keys one import may carry.
 pub const MAX_KEYS_PER_IMPORT: usize = 10_000;
@@ -104,77 +105,6 @@ fn stock_row(db: &dyn Db, sku: &str, facility: &str) -> Result<Json> {
                "shortage": (s.i64("reserved") - s.i64("on_hand")).max(0), "updated_at": s.str("updated_at")})
         })
         .unwrap_or_else(|| json!({"sku": sku, "facility": facility, "on_hand": 0, "reserved": 0, "available": 0})))
-}
-
-/// Moves on-hand stock (`Delta`) or sets it (`Set`), logs the movement, re-arms
-/// the low-stock alert when back at or above the threshold. Returns (before, after) available.
-enum Change {
-    Delta(i64),
-    Set(i64),
-}
-
-#[allow(clippy::too_many_arguments)]
-fn move_stock(
-    db: &dyn Db,
-    sku: &str,
-    facility: &str,
-    change: Change,
-    kind: &str,
-    reason: Option<&str>,
-    reference: Option<&str>,
-    actor: &str,
-    now: DateTime<Utc>,
-) -> Result<(i64, i64)> {
-    let before = db
-        .execute(
-            "SELECT on_hand, reserved FROM stock WHERE sku = ? AND facility_id = ?",
-            params![sku, facility],
-        )?
-        .first()
-        .map(|r| (r.i64("on_hand"), r.i64("reserved")))
-        .unwrap_or((0, 0));
-    let new_on_hand = match change {
-        Change::Delta(d) => before.0 + d,
-        Change::Set(n) => n,
-    };
-    if new_on_hand < 0 {
-        return Err(Error::conflict(format!(
-            "{sku} at {facility}: on hand is {}; the change would make it negative",
-            before.0
-        )));
-    }
-    db.execute(
-        "INSERT INTO stock (sku, facility_id, on_hand, reserved, updated_at) VALUES (?1, ?2, ?3, 0, ?4)
-         ON CONFLICT (sku, facility_id) DO UPDATE SET on_hand = ?3, updated_at = ?4,
-           low_alerted = CASE WHEN ?3 - reserved >= (SELECT low_stock_threshold FROM products WHERE sku = ?1) THEN 0 ELSE low_alerted END",
-        params![sku, facility, new_on_hand, ts(now)],
-    )?;
-    db.execute(
-        "INSERT INTO stock_movements (sku, facility_id, kind, on_hand_delta, on_hand_after, reason, reference, actor, at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        params![sku, facility, kind, new_on_hand - before.0, new_on_hand, reason, reference, actor, ts(now)],
-    )?;
-    let (was, is) = (
-        (before.0 - before.1).max(0),
-        (new_on_hand - before.1).max(0),
-    );
-    if is < was {
-        stock::low_stock_check(db, sku, facility, now)?;
-    }
-    // Fewer units on hand than already promised: an action item for the merchant.
-    let short_before = (before.1 - before.0).max(0);
-    let short_now = (before.1 - new_on_hand).max(0);
-    if short_now > short_before {
-        crate::orders::store::enqueue(
-            db,
-            "stock.shortage",
-            None,
-            json!({"sku": sku, "facility": facility, "on_hand": new_on_hand, "reserved": before.1,
-                   "shortage": short_now, "kind": kind, "reason": reason}),
-            now,
-        )?;
-    }
-    Ok((was, is))
 }
 
 fn facility_check(db: &dyn Db, id: &str, pointer: &str, errs: &mut Vec<FieldError>) -> Result<()> {
@@ -439,13 +369,7 @@ pub fn set_bin(
         .filter(|b| !b.is_empty() && b.len() <= 64)
         .ok_or_else(|| Error::invalid(vec![FieldError::new("/bin", "must be 1 to 64 characters")]))?
         .to_string();
-    let n = transaction(db, |db| {
-        Ok::<_, Error>(db.exec(
-            "UPDATE stock SET bin = ?, updated_at = ? WHERE facility_id = ? AND sku = ?",
-            params![bin.clone(), ts(now), facility, sku],
-        )?)
-    })?;
-    if n == 0 {
+    if !transaction(db, |db| stock::set_bin(db, sku, facility, &bin, now))? {
         return Err(Error::not_found(format!("no stock of {sku} at {facility}")));
     }
     Ok(json!({"facility": facility, "sku": sku, "bin": bin}))

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::kernel::db::Db;
-use crate::kernel::error::Result;
+use crate::kernel::error::{Error, Result};
 use crate::kernel::time::ts;
 use crate::orders::store::enqueue;
 use crate::params;
@@ -182,6 +182,92 @@ pub fn claim_keys(
          WHERE id IN (SELECT id FROM license_keys WHERE sku = ?4 AND order_id IS NULL ORDER BY id LIMIT ?5)",
         params![order_id, line_no, ts(now), sku, q],
     )? as i64)
+}
+
+/// Moves on-hand stock (`Delta`) or sets it (`Set`), logs the movement, re-arms
+/// the low-stock alert when back at or above the threshold. Returns (before, after) available.
+pub enum Change {
+    Delta(i64),
+    Set(i64),
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn move_stock(
+    db: &dyn Db,
+    sku: &str,
+    facility: &str,
+    change: Change,
+    kind: &str,
+    reason: Option<&str>,
+    reference: Option<&str>,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<(i64, i64)> {
+    let before = db
+        .execute(
+            "SELECT on_hand, reserved FROM stock WHERE sku = ? AND facility_id = ?",
+            params![sku, facility],
+        )?
+        .first()
+        .map(|r| (r.i64("on_hand"), r.i64("reserved")))
+        .unwrap_or((0, 0));
+    let new_on_hand = match change {
+        Change::Delta(d) => before.0 + d,
+        Change::Set(n) => n,
+    };
+    if new_on_hand < 0 {
+        return Err(Error::conflict(format!(
+            "{sku} at {facility}: on hand is {}; the change would make it negative",
+            before.0
+        )));
+    }
+    db.execute(
+        "INSERT INTO stock (sku, facility_id, on_hand, reserved, updated_at) VALUES (?1, ?2, ?3, 0, ?4)
+         ON CONFLICT (sku, facility_id) DO UPDATE SET on_hand = ?3, updated_at = ?4,
+           low_alerted = CASE WHEN ?3 - reserved >= (SELECT low_stock_threshold FROM products WHERE sku = ?1) THEN 0 ELSE low_alerted END",
+        params![sku, facility, new_on_hand, ts(now)],
+    )?;
+    db.execute(
+        "INSERT INTO stock_movements (sku, facility_id, kind, on_hand_delta, on_hand_after, reason, reference, actor, at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        params![sku, facility, kind, new_on_hand - before.0, new_on_hand, reason, reference, actor, ts(now)],
+    )?;
+    let (was, is) = (
+        (before.0 - before.1).max(0),
+        (new_on_hand - before.1).max(0),
+    );
+    if is < was {
+        low_stock_check(db, sku, facility, now)?;
+    }
+    // Fewer units on hand than already promised: an action item for the merchant.
+    let short_before = (before.1 - before.0).max(0);
+    let short_now = (before.1 - new_on_hand).max(0);
+    if short_now > short_before {
+        crate::orders::store::enqueue(
+            db,
+            "stock.shortage",
+            None,
+            json!({"sku": sku, "facility": facility, "on_hand": new_on_hand, "reserved": before.1,
+                   "shortage": short_now, "kind": kind, "reason": reason}),
+            now,
+        )?;
+    }
+    Ok((was, is))
+}
+
+/// The bin a SKU is picked from at a facility; false when the facility holds
+/// no stock row for it.
+pub fn set_bin(
+    db: &dyn Db,
+    sku: &str,
+    facility: &str,
+    bin: &str,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    Ok(db.exec(
+        "UPDATE stock SET bin = ?, updated_at = ? WHERE facility_id = ? AND sku = ?",
+        params![bin, ts(now), facility, sku],
+    )? > 0)
 }
 
 #[cfg(test)]

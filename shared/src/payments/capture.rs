@@ -467,11 +467,12 @@ pub fn settle(db: &dyn Db, tx_id: &str, reference: Option<&str>, now: DateTime<U
         return Ok(());
     }
     let t = load_tx(db, tx_id)?;
-    let order_id = t.str("order_id");
-    let amount = t.i64("amount_minor");
-    let currency = t.str("currency");
-    let cur = Currency::from_code(&currency);
-    let fmt = |m: i64| cur.map(|c| c.format_amount(m)).unwrap_or(m.to_string());
+    let Booked {
+        order_id,
+        amount,
+        currency,
+    } = Booked::of(&t);
+    let fmt = |m: i64| Booked::format(&currency, m);
     match t.str("kind").as_str() {
         "capture" => settle_capture(db, &t, tx_id, now)?,
         "refund" => settle_refund(db, &t, tx_id, now)?,
@@ -496,6 +497,30 @@ pub fn settle(db: &dyn Db, tx_id: &str, reference: Option<&str>, now: DateTime<U
     Ok(())
 }
 
+/// What a settled transaction books: its order, amount and currency.
+struct Booked {
+    order_id: String,
+    amount: i64,
+    currency: String,
+}
+
+impl Booked {
+    fn of(t: &crate::kernel::db::Rows) -> Booked {
+        Booked {
+            order_id: t.str("order_id"),
+            amount: t.i64("amount_minor"),
+            currency: t.str("currency"),
+        }
+    }
+
+    /// An amount for the timeline, in the currency's minor unit.
+    fn format(currency: &str, m: i64) -> String {
+        Currency::from_code(currency)
+            .map(|c| c.format_amount(m))
+            .unwrap_or(m.to_string())
+    }
+}
+
 /// A capture went through: the ledger, the invoice, and its fulfillment order
 /// released (or, cancelled meanwhile, the money given back).
 fn settle_capture(
@@ -504,11 +529,12 @@ fn settle_capture(
     tx_id: &str,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let order_id = t.str("order_id");
-    let amount = t.i64("amount_minor");
-    let currency = t.str("currency");
-    let cur = Currency::from_code(&currency);
-    let fmt = |m: i64| cur.map(|c| c.format_amount(m)).unwrap_or(m.to_string());
+    let Booked {
+        order_id,
+        amount,
+        currency,
+    } = Booked::of(t);
+    let fmt = |m: i64| Booked::format(&currency, m);
     db.execute(
         "UPDATE payments SET captured_minor = captured_minor + ?, updated_at = ? WHERE order_id = ?",
         params![amount, ts(now), order_id.clone()],
@@ -583,11 +609,12 @@ fn settle_refund(
     tx_id: &str,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let order_id = t.str("order_id");
-    let amount = t.i64("amount_minor");
-    let currency = t.str("currency");
-    let cur = Currency::from_code(&currency);
-    let fmt = |m: i64| cur.map(|c| c.format_amount(m)).unwrap_or(m.to_string());
+    let Booked {
+        order_id,
+        amount,
+        currency,
+    } = Booked::of(t);
+    let fmt = |m: i64| Booked::format(&currency, m);
     db.execute(
         "UPDATE payments SET refunded_minor = refunded_minor + ?, updated_at = ? WHERE order_id = ?",
         params![amount, ts(now), order_id.clone()],
