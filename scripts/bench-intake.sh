@@ -24,6 +24,14 @@ component = "hello"
 
 [component.hello]
 source = "$PWD/target/wasm32-wasip2/release/fixture_hello.wasm"
+
+[[trigger.http]]
+route = "/floor"
+component = "write-floor"
+
+[component.write-floor]
+source = "$PWD/target/wasm32-wasip2/release/fixture_write_floor.wasm"
+sqlite_databases = ["default"]
 TOML
 target/release/waybill-host up --quiet --from "$app" --state-dir "$state" --listen "127.0.0.1:$port" &
 pid=$!
@@ -32,11 +40,13 @@ for _ in $(seq 1 300); do curl -fsS "http://127.0.0.1:$port/.well-known/spin/hea
 echo "machine: $(nproc) cores; ${DUR}s per row; closed loop, keep-alive connections"
 echo "| workload | connections | requests/s | p50 | p99 | errors |"
 echo "|---|---|---|---|---|---|"
-for c in 16 64; do
+for c in ${CONNECTIONS:-1 16 64}; do
   target/release/bench-load "127.0.0.1:$port" hello "$c" "$DUR"
+  target/release/bench-load "127.0.0.1:$port" write-floor "$c" "$DUR"
   target/release/bench-load "127.0.0.1:$port" shopify "$c" "$DUR"
   target/release/bench-load - "raw-sqlite:$state" "$c" "$DUR"
 done
+target/release/bench-load - "raw-batched:$state" 1 "$DUR"
 mem=$(awk '/^VmHWM|^VmRSS/ {printf "%s %.1f MiB  ", $1, $2/1024}' /proc/$pid/status)
 orders=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from orders').fetchone()[0])" "$state/sqlite_db.db")
 kill $pid; wait $pid 2>/dev/null || true
@@ -61,7 +71,7 @@ for sku in SKU-A SKU-B SKU-C; do
   done
 done
 echo "| *with inventory: each order also routed, reserved and released* | | | | | |"
-for c in 16 64; do
+for c in ${CONNECTIONS:-1 16 64}; do
   target/release/bench-load "127.0.0.1:$port" shopify "$c" "$DUR"
 done
 routed=$(python3 -c "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute('select count(*) from orders').fetchone()[0], 'orders,', c.execute('select count(*) from fulfillment_orders').fetchone()[0], 'fulfillment orders,', c.execute('select count(*) from orders where status = \'received\'').fetchone()[0], 'left received')" "$state2/sqlite_db.db")

@@ -5,7 +5,7 @@
 //! creates one durable order.
 //!
 //! bench-load <base-url> <mode> <connections> <seconds>
-//!   mode: hello | shopify | raw-sqlite:<dir>
+//!   mode: hello | write-floor | shopify | raw-sqlite:<dir> | raw-batched:<dir>
 //! Prints one markdown table row: | mode | connections | requests/s | p50 | p99 | errors |
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,6 +79,14 @@ async fn worker(addr: String, mode: String, secret: String, run: u64, until: Ins
                 .header("host", &addr)
                 .body(Full::new(Bytes::new()))
                 .expect("request"),
+            "write-floor" => {
+                let n = SEQ.fetch_add(1, Ordering::Relaxed);
+                hyper::Request::post("/floor")
+                    .header("host", &addr)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(shopify_body(n, run))))
+                    .expect("request")
+            }
             _ => {
                 let n = SEQ.fetch_add(1, Ordering::Relaxed);
                 let body = shopify_body(n, run);
@@ -182,6 +190,72 @@ fn raw_sqlite(dir: &str, conns: usize, secs: u64) {
     );
 }
 
+/// The storage ceiling: the same order rows written natively in batches of
+/// `BATCH` orders per transaction (one connection per thread). Prints orders/s;
+/// the latencies are per batch.
+fn raw_batched(dir: &str, conns: usize, secs: u64) {
+    use waybill::kernel::db::native::NativeDb;
+    const BATCH: usize = 100;
+    let path = std::path::Path::new(dir).join("raw-batched.db");
+    let _ = std::fs::remove_file(&path);
+    {
+        let db = NativeDb::open(&path).expect("db");
+        waybill::kernel::schema::prepare(&db).expect("schema");
+    }
+    let until = Instant::now() + Duration::from_secs(secs);
+    let run = std::process::id() as u64;
+    let handles: Vec<_> = (0..conns)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let db = NativeDb::open(&path).expect("db");
+                waybill::kernel::schema::prepare_writer(&db).expect("writer");
+                let (mut orders, mut batches, mut errors) = (0u64, Vec::new(), 0u64);
+                while Instant::now() < until {
+                    let batch: Vec<_> = (0..BATCH)
+                        .map(|_| {
+                            let n = SEQ.fetch_add(1, Ordering::Relaxed);
+                            let v: serde_json::Value =
+                                serde_json::from_slice(&shopify_body(n, run)).expect("json");
+                            waybill::intake::sources::shopify::map_order(&v, chrono_now())
+                                .expect("maps")
+                        })
+                        .collect();
+                    let t0 = Instant::now();
+                    let r = waybill::kernel::db::transaction(&db, |db| {
+                        for o in &batch {
+                            waybill::flows::intake::place(db, o, chrono_now(), "bench")?;
+                        }
+                        Ok::<_, waybill::Error>(())
+                    });
+                    match r {
+                        Ok(()) => {
+                            orders += BATCH as u64;
+                            batches.push(t0.elapsed().as_micros() as u32);
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+                (orders, batches, errors)
+            })
+        })
+        .collect();
+    let (mut orders, mut all, mut errors) = (0u64, Vec::new(), 0u64);
+    for h in handles {
+        let (o, b, e) = h.join().expect("thread");
+        orders += o;
+        all.extend(b);
+        errors += e;
+    }
+    all.sort_unstable();
+    println!(
+        "| raw-batched ({BATCH} orders per transaction) | {conns} | {:.0} | {} | {} | {errors} |",
+        orders as f64 / secs as f64,
+        pct(&all, 0.50),
+        pct(&all, 0.99)
+    );
+}
+
 fn chrono_now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
 }
@@ -206,7 +280,7 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 5 {
         eprintln!(
-            "usage: bench-load <host:port> <hello|shopify|raw-sqlite:DIR> <connections> <seconds>"
+            "usage: bench-load <host:port> <hello|write-floor|shopify|raw-sqlite:DIR|raw-batched:DIR> <connections> <seconds>"
         );
         std::process::exit(2);
     }
@@ -215,6 +289,10 @@ async fn main() {
     let secs: u64 = args[4].parse().expect("seconds");
     if let Some(dir) = mode.strip_prefix("raw-sqlite:") {
         raw_sqlite(dir, conns, secs);
+        return;
+    }
+    if let Some(dir) = mode.strip_prefix("raw-batched:") {
+        raw_batched(dir, conns, secs);
         return;
     }
     let secret = std::env::var("SPIN_VARIABLE_SHOPIFY_WEBHOOK_SECRET")
