@@ -210,7 +210,7 @@ const WRITERS: &[(&str, &[&str])] = &[
     ("subscriptions", &["notify/"]),
     ("email_templates", &["notify/"]),
     ("mailbox", &["notify/"]),
-    ("locks", &["notify/"]),
+    ("locks", &["kernel/lease.rs"]),
     ("daily_reports", &["reporting/"]),
 ];
 

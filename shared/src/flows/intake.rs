@@ -460,6 +460,9 @@ mod tests {
             seen["result"], "duplicate_delivery",
             "a delivery id seen before skips the row"
         );
-        assert_eq!(crate::testkit::one(&b, "SELECT COUNT(*) AS n FROM orders"), 1);
+        assert_eq!(
+            crate::testkit::one(&b, "SELECT COUNT(*) AS n FROM orders"),
+            1
+        );
     }
 }

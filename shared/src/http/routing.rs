@@ -39,11 +39,12 @@ pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request, now: DateTime<Utc>) -
         let m = req.method.as_str();
         let ok = |v: Json| Ok(Response::json(200, &v));
         match (m, segs.as_slice()) {
-            ("POST", ["internal", "route"]) => ok(allocation::route_orders(
+            ("POST", ["internal", "route"]) => ok(allocation::route_kicked(
                 db,
                 &strings(&body()?, "order_ids"),
                 now,
-            )),
+                std::time::Duration::from_secs(20),
+            )?),
             ("POST", ["internal", "backorders"]) => {
                 let skus = strings(&body()?, "skus");
                 let served = allocation::release_backorders(db, Some(&skus), None, now, 1000)?;

@@ -246,6 +246,26 @@ pub fn transaction<T, E: From<DbError>>(
     }
 }
 
+/// Runs `f` inside `SAVEPOINT ... RELEASE` within the caller's transaction; on
+/// error only `f`'s writes are rolled back.
+pub fn savepoint<T, E: From<DbError>>(
+    db: &dyn Db,
+    f: impl FnOnce(&dyn Db) -> Result<T, E>,
+) -> Result<T, E> {
+    db.execute("SAVEPOINT step", &[])?;
+    match f(db) {
+        Ok(v) => {
+            db.execute("RELEASE step", &[])?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = db.execute("ROLLBACK TO step", &[]);
+            let _ = db.execute("RELEASE step", &[]);
+            Err(e)
+        }
+    }
+}
+
 #[cfg(feature = "native")]
 pub mod native {
     //! rusqlite, for native tests and benchmarks.

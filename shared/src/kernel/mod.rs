@@ -5,6 +5,7 @@ pub mod db;
 pub mod error;
 pub mod json;
 pub mod kv;
+pub mod lease;
 pub mod money;
 pub mod schema;
 pub mod settings;

@@ -714,39 +714,6 @@ pub fn has_work(db: &dyn Db, now: DateTime<Utc>) -> Result<bool> {
         .is_empty())
 }
 
-/// Takes the named lock until `until` unless someone holds it. The common case
-/// under load (held) is a read, so kicks do not queue on the write lock.
-pub fn try_lock(
-    db: &dyn Db,
-    name: &str,
-    owner: &str,
-    now: DateTime<Utc>,
-    until: DateTime<Utc>,
-) -> Result<bool> {
-    let held = Patient(db).execute(
-        "SELECT 1 FROM locks WHERE name = ? AND until > ?",
-        params![name, ts(now)],
-    )?;
-    if !held.is_empty() {
-        return Ok(false);
-    }
-    let got = Patient(db).execute(
-        "INSERT INTO locks (name, owner, until) VALUES (?, ?, ?)
-         ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until WHERE locks.until <= ?
-         RETURNING owner",
-        params![name, owner, ts(until), ts(now)],
-    )?;
-    Ok(!got.is_empty())
-}
-
-pub fn unlock(db: &dyn Db, name: &str, owner: &str) -> Result<()> {
-    Patient(db).execute(
-        "UPDATE locks SET until = '' WHERE name = ? AND owner = ?",
-        params![name, owner],
-    )?;
-    Ok(())
-}
-
 /// The chained sweep after a change: at most one at a time across all
 /// instances (a lease in `locks`); a kick that finds one running returns at
 /// once, and the running one re-checks for work before it lets go, so nothing
@@ -763,7 +730,7 @@ pub async fn kicked_sweep<T: Transport>(
     let started = std::time::Instant::now();
     loop {
         let now = Utc::now();
-        if !try_lock(
+        if !crate::kernel::lease::try_lock(
             db,
             "notify.kick",
             &owner,
@@ -775,7 +742,7 @@ pub async fn kicked_sweep<T: Transport>(
         }
         let left = budget.saturating_sub(started.elapsed());
         let rep = sweep(db, cfg, centers, t, left).await;
-        unlock(db, "notify.kick", &owner)?;
+        crate::kernel::lease::unlock(db, "notify.kick", &owner)?;
         let rep = rep?;
         total.expanded += rep.expanded;
         total.delivered += rep.delivered;

@@ -33,6 +33,7 @@ pub use inputs::*;
 mod apply;
 use apply::apply;
 mod backorders;
+pub mod worker;
 pub use backorders::*;
 
 /// Holds that stop a release (every reason but `out_of_stock`, which concerns
@@ -405,6 +406,36 @@ pub fn route_orders(db: &dyn Db, ids: &[String], now: DateTime<Utc>) -> Json {
         }
     }
     json!({"results": results})
+}
+
+/// The chained call after intake (`POST /internal/route`): orders routed
+/// before (a source update gave their allocation back) are routed again here,
+/// each in its own pass; new orders are the worker's ([`worker::kick`], which
+/// returns at once when another instance is the worker).
+pub fn route_kicked(
+    db: &dyn Db,
+    ids: &[String],
+    now: DateTime<Utc>,
+    budget: std::time::Duration,
+) -> Result<Json> {
+    let p = crate::kernel::db::Patient(db);
+    let mut again = Vec::new();
+    for id in ids.iter().take(1000) {
+        let routed_before = !p
+            .execute(
+                "SELECT 1 FROM routing_decisions WHERE order_id = ? LIMIT 1",
+                params![id.as_str()],
+            )?
+            .is_empty();
+        if routed_before {
+            again.push(id.clone());
+        }
+    }
+    let results = route_orders(db, &again, now);
+    let w = worker::kick(db, budget)?;
+    Ok(
+        json!({"results": results["results"], "worker": {"rounds": w.rounds, "batches": w.batches, "routed": w.routed, "failed": w.failed}}),
+    )
 }
 
 #[cfg(test)]

@@ -22,6 +22,39 @@ pub fn release_backorders(
     now: DateTime<Utc>,
     limit: usize,
 ) -> Result<usize> {
+    serve_waiting(db, skus, before, limit, &|db: &dyn Db, id: &str| {
+        transaction(db, |db| route_order(db, id, Trigger::Backorder, now))
+    })
+}
+
+/// [`release_backorders`] inside the caller's transaction, each order in its
+/// own savepoint (the routing worker's batch: `worker`).
+pub(crate) fn release_backorders_within(
+    db: &dyn Db,
+    skus: &[String],
+    before: (&str, &str),
+    now: DateTime<Utc>,
+    limit: usize,
+) -> Result<usize> {
+    serve_waiting(
+        db,
+        Some(skus),
+        Some(before),
+        limit,
+        &|db: &dyn Db, id: &str| {
+            crate::kernel::db::savepoint(db, |db| route_order(db, id, Trigger::Backorder, now))
+        },
+    )
+}
+
+/// Serves waiting orders oldest first (the FIFO rule), each through `route`.
+fn serve_waiting(
+    db: &dyn Db,
+    skus: Option<&[String]>,
+    before: Option<(&str, &str)>,
+    limit: usize,
+    route: &dyn Fn(&dyn Db, &str) -> Result<Outcome>,
+) -> Result<usize> {
     let p = crate::kernel::db::Patient(db);
     let mut served = 0;
     let mut skipped: BTreeSet<String> = BTreeSet::new();
@@ -74,7 +107,7 @@ pub fn release_backorders(
         if skipped.contains(&id) {
             continue;
         }
-        let o = transaction(db, |db| route_order(db, &id, Trigger::Backorder, now))?;
+        let o = route(db, &id)?;
         if o.changed || o.released > 0 {
             served += 1;
         } else {
