@@ -9,13 +9,15 @@ DUR=${DURATION:-10}
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 bash scripts/build-wasm.sh -q
 cargo build -q --release -p waybill-host -p waybill-scenarios --bin bench-load --bin waybill-host
+# WASM: the components' directory (another checkout's build, for an A/B run).
+wasm=${WASM:-$PWD/target/wasm32-wasip2}
 state=$(mktemp -d)
 port=${PORT:-39081}
 export SPIN_VARIABLE_API_TOKENS="write:bench-write-token"
 export SPIN_VARIABLE_SHOPIFY_WEBHOOK_SECRET="bench-secret"
 # One app with Waybill's components plus the hello-world floor.
 app="$state/spin.toml"
-sed -e "s#target/wasm32-wasip2#$PWD/target/wasm32-wasip2#g" spin.toml > "$app"
+sed -e "s#target/wasm32-wasip2#$wasm#g" spin.toml > "$app"
 cat >> "$app" <<TOML
 
 [[trigger.http]]
@@ -55,7 +57,7 @@ kill $pid; wait $pid 2>/dev/null || true
 # answers. (A fresh state: setting up inventory under the first run's orders
 # would route that backlog during the measurement.)
 state2=$(mktemp -d)
-sed -e "s#target/wasm32-wasip2#$PWD/target/wasm32-wasip2#g" spin.toml > "$state2/spin.toml"
+sed -e "s#target/wasm32-wasip2#$wasm#g" spin.toml > "$state2/spin.toml"
 target/release/waybill-host up --quiet --from "$state2/spin.toml" --state-dir "$state2" --listen "127.0.0.1:$port" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$state" "$state2"' EXIT
@@ -73,6 +75,19 @@ done
 echo "| *with inventory: each order also routed, reserved and released* | | | | | |"
 for c in ${CONNECTIONS:-1 16 64}; do
   target/release/bench-load "127.0.0.1:$port" shopify "$c" "$DUR"
+  # The backlog: seconds from the end of the load until every order is routed.
+  python3 - "$state2/sqlite_db.db" "$c" <<'PY'
+import sqlite3, sys, time
+db, t0 = sys.argv[1], time.time()
+while True:
+    c = sqlite3.connect(db, timeout=30)
+    left = c.execute("select count(*) from orders o where not exists (select 1 from routing_decisions d where d.order_id = o.id)").fetchone()[0]
+    c.close()
+    if left == 0 or time.time() - t0 > 60:
+        break
+    time.sleep(0.1)
+print(f"| *backlog at {sys.argv[2]} connections: {left} orders unrouted, drained {time.time() - t0:.1f} s after the load* | | | | | |")
+PY
 done
 routed=$(python3 -c "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute('select count(*) from orders').fetchone()[0], 'orders,', c.execute('select count(*) from fulfillment_orders').fetchone()[0], 'fulfillment orders,', c.execute('select count(*) from orders where status = \'received\'').fetchone()[0], 'left received')" "$state2/sqlite_db.db")
 mem2=$(awk '/^VmHWM|^VmRSS/ {printf "%s %.1f MiB  ", $1, $2/1024}' /proc/$pid/status)

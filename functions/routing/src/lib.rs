@@ -23,8 +23,11 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     let (resp, captures_due) = match spin_glue::open_writer() {
         Ok(db) => {
             let resp = http::routing::handle(&db, &tokens, &r, now);
-            // Released work may wait for a gateway capture: send it now.
-            let due = r.method == "POST" && capture::has_due(&db, now).unwrap_or(false);
+            // Released work may wait for a gateway capture: send it now. (The
+            // clock read after the work: the routing worker stamps each batch
+            // with its own time.)
+            let due =
+                r.method == "POST" && capture::has_due(&db, chrono::Utc::now()).unwrap_or(false);
             (resp, due)
         }
         Err(e) => (http::Response::problem(&e), false),
