@@ -68,11 +68,11 @@ pub fn apply(
     // Fast path before taking the write lock: a known order needs no write
     // (and this read loads the schema outside the lock).
     if let Action::Create(o) = &action {
-        let p = crate::kernel::db::Patient(db);
-        if let Some(ex) = store::find_by_source(&p, source, &o.external_id)? {
+        if let Some(ex) =
+            store::find_by_source(&crate::kernel::db::Patient(db), source, &o.external_id)?
+        {
             return Ok(outcome("already_received", &ex.id, &ex.number));
         }
-        return create_at_once(&p, source, delivery_id, topic, o, &new_id, now, &actor);
     }
     transaction(db, |db| {
         if let Some(d) = delivery_id {
@@ -166,38 +166,6 @@ pub fn apply(
         }
         Ok(answer)
     })
-}
-
-/// A new order from a source in one autocommit statement: the order with its
-/// lines, holds, timeline, outbox, payment record and delivery receipt
-/// (`orders::store::insert_at_once`). No transaction and one host call under
-/// the write lock, so intake's cost does not grow with the lifecycle behind it.
-#[allow(clippy::too_many_arguments)]
-fn create_at_once(
-    db: &dyn Db,
-    source: Source,
-    delivery_id: Option<&str>,
-    topic: &str,
-    o: &crate::orders::model::NewOrder,
-    new_id: &str,
-    now: DateTime<Utc>,
-    actor: &str,
-) -> Result<Json> {
-    let payment = crate::payments::capture::payment_row(o);
-    let receipt = delivery_id.map(|d| webhooks::receipt_row(d, topic));
-    if let Some(ins) = store::insert_at_once(db, new_id, o, now, actor, Some(payment), receipt)? {
-        return Ok(outcome("created", &ins.id, &ins.number));
-    }
-    // Another delivery created it since the read above, or this delivery was seen before.
-    if let Some(ex) = store::find_by_source(db, source, &o.external_id)? {
-        return Ok(outcome("already_received", &ex.id, &ex.number));
-    }
-    match delivery_id {
-        Some(d) if webhooks::seen(db, source, d)? => {
-            Ok(json!({"result": "duplicate_delivery", "delivery_id": d}))
-        }
-        _ => Err(Error::internal("order conflict without an order")),
-    }
 }
 
 /// Applies a source update to an order nothing of which has been released yet:
@@ -357,112 +325,4 @@ pub fn api_batch(db: &dyn Db, docs: &[Json], now: DateTime<Utc>) -> Result<Json>
         "rejected": rejected,
         "results": results,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kernel::db::native::NativeDb;
-
-    /// Every table a new order touches, as comparable text (row ids and the
-    /// cleared `intake` column left out).
-    fn dump(db: &NativeDb) -> Vec<String> {
-        let mut out = Vec::new();
-        for (t, cols) in [
-            ("orders", "id, number, source, external_id, external_number, channel, status, fulfillment_status, financial_status, currency, total_minor, customer_email, customer_name, search_text, placed_at, created_at, updated_at, cancelled_at, doc, version, intake IS NULL AS cleared"),
-            ("order_lines", "*"),
-            ("order_holds", "order_id, reason, note, created_at, released_at"),
-            ("order_events", "order_id, at, actor, kind, summary, data"),
-            ("outbox", "topic, order_id, json(payload) AS payload, created_at, state, next_attempt_at"),
-            ("payments", "*"),
-            ("webhook_receipts", "*"),
-            ("counters", "*"),
-        ] {
-            let rows = db
-                .execute(&format!("SELECT {cols} FROM {t} ORDER BY 1, 2"), &[])
-                .unwrap();
-            for (names, values) in std::iter::repeat(&rows.columns).zip(&rows.rows) {
-                out.push(format!("{t}: {:?}", names.iter().zip(values).collect::<Vec<_>>()));
-            }
-        }
-        out
-    }
-
-    /// A Shopify order with a pending payment (a hold) and a total that
-    /// disagrees with its lines (a second hold).
-    fn order() -> crate::orders::model::NewOrder {
-        let mut v: Json = serde_json::from_str(include_str!(
-            "../../../tests/fixtures/shopify/orders-create.json"
-        ))
-        .unwrap();
-        v["financial_status"] = json!("pending");
-        v["total_price"] = json!("1.00");
-        crate::intake::sources::shopify::map_order(&v, Utc::now()).unwrap()
-    }
-
-    #[test]
-    fn the_one_statement_intake_writes_what_the_transaction_wrote() {
-        let o = order();
-        assert!(o.holds.len() + 1 >= 2, "the fixture holds the order");
-        let now = Utc::now();
-        let (a, b) = (crate::testkit::db(), crate::testkit::db());
-        // The transactional path, as intake wrote a new order before.
-        crate::kernel::db::transaction(&a, |db| {
-            webhooks::first_delivery(db, Source::Shopify, "d-1", "orders/create", "id-1", now)?;
-            place_with_id(db, "id-1", &o, now, "source:shopify").map(|_| ())
-        })
-        .unwrap();
-        // The one statement.
-        let answer = create_at_once(
-            &b,
-            Source::Shopify,
-            Some("d-1"),
-            "orders/create",
-            &o,
-            "id-1",
-            now,
-            "source:shopify",
-        )
-        .unwrap();
-        assert_eq!(answer["result"], "created");
-        assert_eq!(dump(&a), dump(&b));
-        assert!(
-            dump(&b).iter().any(|r| r.starts_with("order_holds:")),
-            "holds written"
-        );
-        // A redelivery writes nothing; a second delivery of the same order finds it.
-        let again = create_at_once(
-            &b,
-            Source::Shopify,
-            Some("d-1"),
-            "orders/create",
-            &o,
-            "id-2",
-            now,
-            "source:shopify",
-        )
-        .unwrap();
-        assert_eq!(again["result"], "already_received");
-        let mut other = o.clone();
-        other.external_id = "someone-else".into();
-        let seen = create_at_once(
-            &b,
-            Source::Shopify,
-            Some("d-1"),
-            "orders/create",
-            &other,
-            "id-3",
-            now,
-            "source:shopify",
-        )
-        .unwrap();
-        assert_eq!(
-            seen["result"], "duplicate_delivery",
-            "a delivery id seen before skips the row"
-        );
-        assert_eq!(
-            crate::testkit::one(&b, "SELECT COUNT(*) AS n FROM orders"),
-            1
-        );
-    }
 }

@@ -71,23 +71,6 @@ pub fn first_delivery(
     Ok(!r.is_empty())
 }
 
-/// The receipt [`first_delivery`] writes, as the row the one-statement intake
-/// carries (`orders::store::insert_at_once`): written with the order, and a
-/// delivery id seen before skips the order row.
-pub fn receipt_row(delivery_id: &str, topic: &str) -> serde_json::Value {
-    serde_json::json!({"delivery_id": delivery_id, "topic": topic})
-}
-
-/// Whether a delivery id was recorded.
-pub fn seen(db: &dyn Db, source: Source, delivery_id: &str) -> Result<bool> {
-    Ok(!db
-        .execute(
-            "SELECT 1 FROM webhook_receipts WHERE source = ? AND delivery_id = ?",
-            params![source.as_str(), delivery_id],
-        )?
-        .is_empty())
-}
-
 pub fn mark_delivery(
     db: &dyn Db,
     source: Source,

@@ -9,7 +9,7 @@
 use crate::kernel::db::{Db, DbError};
 
 /// Each entry upgrades the schema by one version; never edit a shipped entry.
-pub(crate) const MIGRATIONS: &[&[&str]] = &[
+const MIGRATIONS: &[&[&str]] = &[
     // 1: orders, lines, holds, events, outbox, webhook receipts, idempotency keys.
     &[
         "CREATE TABLE orders (
@@ -592,57 +592,6 @@ the following items of order {{number}} are on backorder and will ship as soon a
             WHEN 'fc_secret_2' THEN 'fc_secret_b'
             WHEN 'fc_secret_3' THEN 'fc_secret_c' END
          WHERE secret_variable IN ('fc_secret_1', 'fc_secret_2', 'fc_secret_3')",
-    ],
-    // 12: intake in one statement (issue #16). A webhook's new order is one
-    // `INSERT INTO orders ... ON CONFLICT DO NOTHING RETURNING number`; its
-    // `intake` column carries the rows its owners prepared (`orders::store::
-    // intake_rows`: lines, holds, timeline, outbox; `payments::capture::
-    // payment_row`; `intake::webhooks::receipt_row`), which these triggers write
-    // in the same statement and then clear. A delivery id seen before skips the
-    // row (RAISE(IGNORE)), so a redelivery writes nothing.
-    &[
-        "ALTER TABLE orders ADD COLUMN intake TEXT",
-        "CREATE TRIGGER orders_intake_seen BEFORE INSERT ON orders
-         WHEN NEW.intake IS NOT NULL AND json_extract(NEW.intake, '$.receipt.delivery_id') IS NOT NULL
-           AND EXISTS (SELECT 1 FROM webhook_receipts WHERE source = NEW.source
-                       AND delivery_id = json_extract(NEW.intake, '$.receipt.delivery_id'))
-         BEGIN
-            SELECT RAISE(IGNORE);
-         END",
-        "CREATE TRIGGER orders_intake_fanout AFTER INSERT ON orders WHEN NEW.intake IS NOT NULL
-         BEGIN
-            INSERT INTO order_lines (order_id, line_no, external_id, sku, name, unit_price_minor, subtotal_minor,
-                discount_minor, tax_minor, requires_shipping, qty_ordered, qty_cancelled)
-            SELECT NEW.id, json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
-                json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
-                json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]'),
-                json_extract(value, '$[9]'), json_extract(value, '$[10]')
-            FROM json_each(NEW.intake, '$.lines');
-            INSERT INTO order_holds (order_id, reason, note, created_at)
-            SELECT NEW.id, json_extract(value, '$[0]'), json_extract(value, '$[1]'), NEW.created_at
-            FROM json_each(NEW.intake, '$.holds');
-            INSERT INTO order_events (order_id, at, actor, kind, summary, data)
-            SELECT NEW.id, NEW.created_at, json_extract(NEW.intake, '$.actor'), json_extract(value, '$[0]'),
-                replace(json_extract(value, '$[1]'), char(1) || 'number' || char(1), NEW.number),
-                json_extract(value, '$[2]')
-            FROM json_each(NEW.intake, '$.events');
-            INSERT INTO outbox (topic, order_id, payload, created_at, next_attempt_at)
-            SELECT json_extract(value, '$[0]'), NEW.id, json_set(json_extract(value, '$[1]'), '$.number', NEW.number),
-                NEW.created_at, NEW.created_at
-            FROM json_each(NEW.intake, '$.outbox');
-            INSERT OR IGNORE INTO payments (order_id, gateway, source_gateway, reference, currency, authorized_minor,
-                expires_at, created_at, updated_at)
-            SELECT NEW.id, json_extract(NEW.intake, '$.payment.gateway'), json_extract(NEW.intake, '$.payment.source_gateway'),
-                json_extract(NEW.intake, '$.payment.reference'), json_extract(NEW.intake, '$.payment.currency'),
-                json_extract(NEW.intake, '$.payment.authorized_minor'), json_extract(NEW.intake, '$.payment.expires_at'),
-                NEW.created_at, NEW.created_at
-            WHERE json_extract(NEW.intake, '$.payment') IS NOT NULL;
-            INSERT OR IGNORE INTO webhook_receipts (source, delivery_id, topic, received_at, order_id)
-            SELECT NEW.source, json_extract(NEW.intake, '$.receipt.delivery_id'), json_extract(NEW.intake, '$.receipt.topic'),
-                NEW.created_at, NEW.id
-            WHERE json_extract(NEW.intake, '$.receipt.delivery_id') IS NOT NULL;
-            UPDATE orders SET intake = NULL WHERE id = NEW.id;
-         END",
     ],
 ];
 

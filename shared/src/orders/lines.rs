@@ -47,32 +47,6 @@ pub fn insert(db: &dyn Db, order_id: &str, o: &NewOrder) -> Result<()> {
     Ok(())
 }
 
-/// A new order's lines as the rows `insert` writes, for the one-statement
-/// intake (`orders::store::insert_at_once`): line number, external id, SKU,
-/// name, unit price, subtotal, discount, tax, requires shipping, ordered,
-/// cancelled.
-pub fn rows(o: &NewOrder) -> Vec<serde_json::Value> {
-    o.lines
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::json!([
-                i + 1,
-                l.external_id,
-                l.sku,
-                l.name,
-                l.unit_price,
-                l.subtotal,
-                l.discount,
-                l.tax,
-                l.requires_shipping,
-                l.quantity,
-                if o.cancelled { l.quantity } else { 0 }
-            ])
-        })
-        .collect()
-}
-
 /// The source sent a new version of the order: its lines replace the old ones.
 pub fn replace(db: &dyn Db, order_id: &str, o: &NewOrder) -> Result<()> {
     db.execute(

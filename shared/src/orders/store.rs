@@ -427,114 +427,6 @@ pub fn insert_order(
     })
 }
 
-/// A new order's holds: one per reason, plus a review hold when the totals disagree.
-fn new_holds(o: &NewOrder) -> Vec<(HoldReason, String)> {
-    let mut holds: Vec<(HoldReason, String)> = Vec::new();
-    for (r, n) in o
-        .holds
-        .iter()
-        .cloned()
-        .chain(total_mismatch(o).map(|n| (HoldReason::ManualReview, n)))
-    {
-        if !holds.iter().any(|(h, _)| *h == r) {
-            holds.push((r, n));
-        }
-    }
-    holds
-}
-
-fn new_buckets(o: &NewOrder) -> Vec<Buckets> {
-    o.lines
-        .iter()
-        .map(|l| Buckets {
-            ordered: l.quantity,
-            cancelled: if o.cancelled { l.quantity } else { 0 },
-            ..Default::default()
-        })
-        .collect()
-}
-
-/// Stands for the order number in the rows prepared for [`insert_at_once`]
-/// (the number is assigned by the INSERT itself; the trigger fills it in).
-const NUMBER: &str = "\u{1}number\u{1}";
-
-/// A new order in one statement (issue #16): the order row's `intake` column
-/// carries its lines, holds, timeline and outbox rows, with the `payment` and
-/// `receipt` rows their owners prepared, and the trigger `orders_intake_fanout`
-/// (`kernel::schema`, migration 12) writes them in the same statement. None
-/// when the order exists already, or when `receipt` names a delivery seen
-/// before (the trigger `orders_intake_seen` skips the row).
-pub fn insert_at_once(
-    db: &dyn Db,
-    id: &str,
-    o: &NewOrder,
-    now: DateTime<Utc>,
-    actor: &str,
-    payment: Option<Json>,
-    receipt: Option<Json>,
-) -> Result<Option<Inserted>> {
-    let totals = o.totals();
-    let hash = source_hash(o);
-    let holds = new_holds(o);
-    let buckets = new_buckets(o);
-    let status = derive_status(&buckets, holds.len(), false);
-    let mut events = vec![json!([
-        "order.received",
-        format!("Order {NUMBER} received from {} ({})", o.source.as_str(), o.external_id),
-        json!({"source": o.source.as_str(), "external_id": o.external_id, "total": Money::new(totals.total, o.currency)}).to_string(),
-    ])];
-    for (r, n) in &holds {
-        events.push(json!([
-            "hold.added",
-            format!("On hold: {} ({n})", r.as_str()),
-            json!({"reason": r.as_str(), "note": n}).to_string(),
-        ]));
-    }
-    if o.cancelled {
-        events.push(json!([
-            "order.cancelled",
-            "Order arrived cancelled at the source",
-            json!({}).to_string()
-        ]));
-    }
-    let outbox: Vec<Json> = if o.cancelled {
-        Vec::new()
-    } else {
-        vec![json!([
-            "order.received",
-            received_payload(id, "", o).to_string()
-        ])]
-    };
-    let intake = json!({
-        "actor": actor,
-        "lines": lines::rows(o),
-        "holds": holds.iter().map(|(r, n)| json!([r.as_str(), n])).collect::<Vec<_>>(),
-        "events": events,
-        "outbox": outbox,
-        "payment": payment,
-        "receipt": receipt,
-    });
-    let inserted = db.execute(
-        "INSERT INTO orders (id, number, source, external_id, external_number, channel, status, fulfillment_status,
-            financial_status, currency, total_minor, customer_email, customer_name, search_text, placed_at,
-            created_at, updated_at, cancelled_at, doc, intake)
-         VALUES (?, (SELECT 'WB-' || (value + 1) FROM counters WHERE name = 'order_number'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-            (SELECT lower('WB-' || (value + 1)) FROM counters WHERE name = 'order_number') || ' ' || ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (source, external_id) DO NOTHING
-         RETURNING number",
-        params![
-            id, o.source.as_str(), o.external_id.clone(), o.external_number.clone(), o.channel.clone(),
-            status.as_str(), derive_fulfillment(&buckets).as_str(), o.financial_status.as_str(), o.currency.code(), totals.total,
-            o.customer.email.as_ref().map(|e| e.to_lowercase()), o.customer.display_name(), search_text(o, ""),
-            ts(o.placed_at), ts(now), ts(now), o.cancelled.then(|| ts(now)), doc(o, &hash).to_string(), intake.to_string()
-        ],
-    )?;
-    Ok(inserted.first().map(|r| Inserted {
-        id: id.to_string(),
-        number: r.str("number"),
-    }))
-}
-
 /// The hot path of intake, written for contention: the order number comes from
 /// the counter inside the order INSERT (a trigger advances it), the statuses are
 /// derived in Rust from what is inserted, and lines, holds and events go in as
@@ -549,8 +441,27 @@ pub fn insert_order_with_id(
 ) -> Result<Option<Inserted>> {
     let totals = o.totals();
     let hash = source_hash(o);
-    let holds = new_holds(o);
-    let buckets = new_buckets(o);
+    // Holds: one per reason, plus a review hold when the totals disagree.
+    let mut holds: Vec<(HoldReason, String)> = Vec::new();
+    for (r, n) in o
+        .holds
+        .iter()
+        .cloned()
+        .chain(total_mismatch(o).map(|n| (HoldReason::ManualReview, n)))
+    {
+        if !holds.iter().any(|(h, _)| *h == r) {
+            holds.push((r, n));
+        }
+    }
+    let buckets: Vec<Buckets> = o
+        .lines
+        .iter()
+        .map(|l| Buckets {
+            ordered: l.quantity,
+            cancelled: if o.cancelled { l.quantity } else { 0 },
+            ..Default::default()
+        })
+        .collect();
     let status = derive_status(&buckets, holds.len(), false);
     let inserted = db.execute(
         "INSERT INTO orders (id, number, source, external_id, external_number, channel, status, fulfillment_status,

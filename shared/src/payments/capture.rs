@@ -91,15 +91,6 @@ pub fn open_payment(db: &dyn Db, order_id: &str, o: &NewOrder, now: DateTime<Utc
     Ok(())
 }
 
-/// The payment record [`open_payment`] writes, as the row the one-statement
-/// intake carries (`orders::store::insert_at_once`; the trigger writes it).
-pub fn payment_row(o: &NewOrder) -> Json {
-    let (gw, amount) = gateway_for(o);
-    json!({"gateway": gw, "source_gateway": o.payment.gateway, "reference": o.payment.reference,
-           "currency": o.currency.code(), "authorized_minor": amount,
-           "expires_at": o.payment.authorization_expires_at.map(ts)})
-}
-
 /// Follows the source's payment state on an update: while nothing has been
 /// captured, the gateway, reference and authorized amount follow the source
 /// (an order that was pending and is now authorized or paid starts
