@@ -22,10 +22,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Captures release (or hold) the fulfillment orders they pay for.
     ("payments", &["kernel", "orders", "fulfillment"]),
     // Routing places units, creates fulfillment orders and gates their release
-    // on payments.
+    // on payments; its worker first writes the rows intake left pending.
     (
         "routing",
-        &["kernel", "orders", "inventory", "fulfillment", "payments"],
+        &[
+            "kernel",
+            "orders",
+            "intake",
+            "inventory",
+            "fulfillment",
+            "payments",
+        ],
     ),
     (
         "flows",

@@ -68,6 +68,7 @@ pub fn change(
         method,
         note,
     } = OrderChange::parse(v)?;
+    crate::routing::allocation::worker::take_up_order(db, order_id)?;
     let o = order_row(db, order_id)?;
     let row = o.first().ok_or_else(|| Error::not_found("no such order"))?;
     let status = row.str("status");
@@ -261,6 +262,7 @@ pub fn substitute(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<Json> {
+    crate::routing::allocation::worker::take_up_order(db, order_id)?;
     let Substitute {
         rows,
         sku,

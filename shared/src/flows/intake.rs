@@ -68,13 +68,26 @@ pub fn apply(
     // Fast path before taking the write lock: a known order needs no write
     // (and this read loads the schema outside the lock).
     if let Action::Create(o) = &action {
-        if let Some(ex) =
-            store::find_by_source(&crate::kernel::db::Patient(db), source, &o.external_id)?
-        {
+        let p = crate::kernel::db::Patient(db);
+        if let Some(d) = delivery_id {
+            if webhooks::seen(&p, source, d)? {
+                return Ok(json!({"result": "duplicate_delivery", "delivery_id": d}));
+            }
+        }
+        if let Some(ex) = store::find_by_source(&p, source, &o.external_id)? {
             return Ok(outcome("already_received", &ex.id, &ex.number));
         }
+        return create_at_once(&p, source, delivery_id, topic, o, &new_id, now, &actor);
     }
     transaction(db, |db| {
+        // An order whose intake rows are pending gets them before it changes.
+        let key = match &action {
+            Action::Create(o) | Action::Update(o) => o.external_id.as_str(),
+            Action::Cancel { external_id, .. } => external_id.as_str(),
+        };
+        if let Some(ex) = store::find_by_source(db, source, key)? {
+            crate::routing::allocation::worker::take_up_order(db, &ex.id)?;
+        }
         if let Some(d) = delivery_id {
             if !webhooks::first_delivery(db, source, d, topic, &new_id, now)? {
                 return Ok(json!({"result": "duplicate_delivery", "delivery_id": d}));
@@ -166,6 +179,49 @@ pub fn apply(
         }
         Ok(answer)
     })
+}
+
+/// Before a read of the order `key`: an order whose intake rows are still
+/// pending (the worker has not reached it yet) gets them now, in a
+/// transaction of its own, so every view of it is complete.
+pub fn take_up_for_read(db: &dyn Db, key: &str) -> Result<()> {
+    let Some(id) = crate::orders::views::resolve(db, key)? else {
+        return Ok(());
+    };
+    if store::is_pending(db, &id)? {
+        transaction(db, |db| {
+            crate::routing::allocation::worker::take_up_order(db, &id)
+        })?;
+    }
+    Ok(())
+}
+
+/// A new order from a source in one autocommit statement
+/// (`orders::store::insert_pending`): the order row, with its lines, holds,
+/// timeline, outbox, payment record and delivery receipt pending in it for the
+/// routing worker's next batch. One host call under the write lock, so
+/// intake's cost does not grow with the lifecycle behind it.
+#[allow(clippy::too_many_arguments)]
+fn create_at_once(
+    db: &dyn Db,
+    source: Source,
+    delivery_id: Option<&str>,
+    topic: &str,
+    o: &NewOrder,
+    new_id: &str,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<Json> {
+    let payment = crate::payments::capture::payment_row(o);
+    let receipt = delivery_id.map(|d| webhooks::receipt_row(d, topic));
+    if let Some(ins) = store::insert_pending(db, new_id, o, now, actor, payment, receipt)? {
+        return Ok(outcome("created", &ins.id, &ins.number));
+    }
+    // Another delivery created it since the reads above.
+    match store::find_by_source(db, source, &o.external_id)? {
+        Some(ex) => Ok(outcome("already_received", &ex.id, &ex.number)),
+        None => Err(Error::internal("order conflict without an order")),
+    }
 }
 
 /// Applies a source update to an order nothing of which has been released yet:
@@ -325,4 +381,303 @@ pub fn api_batch(db: &dyn Db, docs: &[Json], now: DateTime<Utc>) -> Result<Json>
         "rejected": rejected,
         "results": results,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::db::native::NativeDb;
+    use crate::orders::store::Pending;
+    use crate::routing::allocation::worker;
+    use crate::testkit::{self, one};
+
+    /// Every table a new order touches, as comparable text (row ids and the
+    /// `intake` column left out).
+    fn dump(db: &NativeDb) -> Vec<String> {
+        let mut out = Vec::new();
+        for (t, cols) in [
+            ("orders", "id, number, source, external_id, external_number, channel, status, fulfillment_status, financial_status, currency, total_minor, customer_email, customer_name, search_text, placed_at, created_at, updated_at, cancelled_at, doc, version"),
+            ("order_lines", "*"),
+            ("order_holds", "order_id, reason, note, created_at, released_at"),
+            ("order_events", "order_id, at, actor, kind, summary, data"),
+            ("outbox", "topic, order_id, json(payload) AS payload, created_at, state, next_attempt_at"),
+            ("payments", "*"),
+            ("webhook_receipts", "*"),
+            ("counters", "*"),
+        ] {
+            let rows = db
+                .execute(&format!("SELECT {cols} FROM {t} ORDER BY 1, 2"), &[])
+                .unwrap();
+            for values in &rows.rows {
+                out.push(format!("{t}: {:?}", rows.columns.iter().zip(values).collect::<Vec<_>>()));
+            }
+        }
+        out
+    }
+
+    /// A Shopify order with a pending payment (a hold) and a total that
+    /// disagrees with its lines (a second hold).
+    fn order(ext: &str) -> NewOrder {
+        let mut v: Json = serde_json::from_str(include_str!(
+            "../../../tests/fixtures/shopify/orders-create.json"
+        ))
+        .unwrap();
+        v["financial_status"] = json!("pending");
+        v["total_price"] = json!("1.00");
+        v["id"] = json!(ext.parse::<i64>().unwrap());
+        crate::intake::sources::shopify::map_order(&v, Utc::now()).unwrap()
+    }
+
+    fn at_once(db: &NativeDb, delivery: &str, o: &NewOrder, id: &str) -> Json {
+        let now = Utc::now();
+        create_at_once(
+            db,
+            Source::Shopify,
+            Some(delivery),
+            "orders/create",
+            o,
+            id,
+            now,
+            "source:shopify",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn taken_up_the_one_statement_intake_writes_what_the_transaction_wrote() {
+        let o = order("1001");
+        assert!(o.holds.len() + 1 >= 2, "the fixture holds the order");
+        let now = Utc::now();
+        let (a, b) = (testkit::db(), testkit::db());
+        // The transactional path, as the order API still writes a new order.
+        transaction(&a, |db| {
+            webhooks::first_delivery(db, Source::Shopify, "d-1", "orders/create", "id-1", now)?;
+            place_with_id(db, "id-1", &o, now, "source:shopify").map(|_| ())
+        })
+        .unwrap();
+        // One statement, then the worker's batch step.
+        let answer = create_at_once(
+            &b,
+            Source::Shopify,
+            Some("d-1"),
+            "orders/create",
+            &o,
+            "id-1",
+            now,
+            "source:shopify",
+        )
+        .unwrap();
+        assert_eq!(answer["result"], "created");
+        assert_eq!(
+            one(&b, "SELECT COUNT(*) AS n FROM order_lines"),
+            0,
+            "the lines are pending"
+        );
+        assert_eq!(
+            one(
+                &b,
+                "SELECT COUNT(*) AS n FROM orders WHERE intake IS NOT NULL"
+            ),
+            1
+        );
+        transaction(&b, |db| worker::take_up(db, &Pending::UpTo(i64::MAX))).unwrap();
+        assert_eq!(dump(&a), dump(&b));
+        assert!(
+            dump(&b).iter().any(|r| r.starts_with("order_holds:")),
+            "holds written"
+        );
+        assert_eq!(
+            one(
+                &b,
+                "SELECT COUNT(*) AS n FROM orders WHERE intake IS NOT NULL"
+            ),
+            0
+        );
+        // Taken up once: a second pass writes nothing.
+        assert_eq!(
+            transaction(&b, |db| worker::take_up(db, &Pending::UpTo(i64::MAX))).unwrap(),
+            0
+        );
+        assert_eq!(dump(&a), dump(&b));
+    }
+
+    /// Counts the statements run through it.
+    struct Counting<'a>(&'a NativeDb, std::cell::Cell<usize>);
+    impl Db for Counting<'_> {
+        fn execute(
+            &self,
+            sql: &str,
+            params: &[crate::kernel::db::Value],
+        ) -> std::result::Result<crate::kernel::db::Rows, crate::kernel::db::DbError> {
+            self.1.set(self.1.get() + 1);
+            self.0.execute(sql, params)
+        }
+        fn changes(&self) -> u64 {
+            self.0.changes()
+        }
+        fn last_insert_rowid(&self) -> i64 {
+            self.0.last_insert_rowid()
+        }
+    }
+
+    #[test]
+    fn a_batch_is_taken_up_in_statements_independent_of_its_size() {
+        let db = testkit::db();
+        for i in 0..30 {
+            at_once(
+                &db,
+                &format!("d-{i}"),
+                &order(&format!("{}", 2000 + i)),
+                &format!("id-{i}"),
+            );
+        }
+        let counting = Counting(&db, std::cell::Cell::new(0));
+        let n = worker::take_up(&counting, &Pending::UpTo(i64::MAX)).unwrap();
+        assert_eq!(n, 30);
+        assert_eq!(
+            counting.1.get(),
+            7,
+            "one statement per table and the clear, for 30 orders"
+        );
+        assert_eq!(one(&db, "SELECT COUNT(*) AS n FROM webhook_receipts"), 30);
+        assert_eq!(one(&db, "SELECT COUNT(*) AS n FROM payments"), 30);
+    }
+
+    #[test]
+    fn a_redelivery_writes_nothing_before_and_after_the_take_up() {
+        let db = testkit::db();
+        let o = order("1001");
+        assert_eq!(at_once(&db, "d-1", &o, "id-1")["result"], "created");
+        // While pending: the same delivery, the same order under another delivery.
+        let r = apply(
+            &db,
+            Source::Shopify,
+            Some("d-1"),
+            "orders/create",
+            Action::Create(o.clone()),
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(r["result"], "duplicate_delivery");
+        let r = apply(
+            &db,
+            Source::Shopify,
+            Some("d-2"),
+            "orders/create",
+            Action::Create(o.clone()),
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(r["result"], "already_received");
+        transaction(&db, |db| worker::take_up(db, &Pending::UpTo(i64::MAX))).unwrap();
+        let r = apply(
+            &db,
+            Source::Shopify,
+            Some("d-1"),
+            "orders/create",
+            Action::Create(o),
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(r["result"], "duplicate_delivery");
+        assert_eq!(one(&db, "SELECT COUNT(*) AS n FROM orders"), 1);
+        assert_eq!(
+            one(&db, "SELECT COUNT(*) AS n FROM order_lines"),
+            order("1").lines.len() as i64
+        );
+    }
+
+    #[test]
+    fn a_pending_order_is_complete_for_a_read_and_for_a_change() {
+        let db = testkit::db();
+        let o = order("1001");
+        let id = at_once(&db, "d-1", &o, &uuid::Uuid::now_v7().to_string())["order_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // Routing finds nothing to place in an order whose lines are pending
+        // (the worker takes them up before it routes).
+        testkit::facility(&db, "wh", "WH", "warehouse", "[]", 52.5, 13.4);
+        for l in &o.lines {
+            testkit::product(&db, &l.sku, 100, false);
+            testkit::stock(&db, "wh", &l.sku, 10);
+        }
+        let trigger = crate::routing::allocation::Trigger::Intake;
+        transaction(&db, |db| {
+            crate::routing::allocation::route_order(db, &id, trigger, Utc::now())
+        })
+        .unwrap();
+        crate::routing::allocation::process_order(&db, &id, trigger, Utc::now()).unwrap();
+        assert_eq!(one(&db, "SELECT COUNT(*) AS n FROM routing_decisions"), 0);
+        // A read takes it up first.
+        take_up_for_read(&db, &id).unwrap();
+        let view = crate::flows::order_detail::order_detail(&db, &id).unwrap();
+        assert_eq!(view["lines"].as_array().unwrap().len(), o.lines.len());
+        // A change on another pending order sees its lines.
+        let id2 = at_once(
+            &db,
+            "d-2",
+            &order("1002"),
+            &uuid::Uuid::now_v7().to_string(),
+        )["order_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        transaction(&db, |db| {
+            crate::flows::changes::cancel(db, &id2, &json!({}), "api", Utc::now())
+        })
+        .unwrap();
+        let open = one(
+            &db,
+            &format!("SELECT SUM(qty_ordered - qty_cancelled) AS n FROM order_lines WHERE order_id = '{id2}'"),
+        );
+        assert_eq!(open, 0, "every unit cancelled");
+        assert_eq!(
+            transaction(&db, |db| worker::take_up(db, &Pending::UpTo(i64::MAX))).unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_kick_takes_up_pending_orders_and_routes_them() {
+        let db = testkit::db();
+        let o = order("3000");
+        testkit::facility(&db, "wh", "WH", "warehouse", "[]", 52.5, 13.4);
+        for l in &o.lines {
+            testkit::product(&db, &l.sku, 100, false);
+            testkit::stock(&db, "wh", &l.sku, 100);
+        }
+        for i in 0..3 {
+            at_once(
+                &db,
+                &format!("d-{i}"),
+                &order(&format!("{}", 3000 + i)),
+                &format!("id-{i}"),
+            );
+        }
+        let rep = worker::kick(&db, std::time::Duration::from_secs(30)).unwrap();
+        assert_eq!(rep.failed, 0);
+        assert_eq!(
+            one(
+                &db,
+                "SELECT COUNT(*) AS n FROM orders WHERE intake IS NOT NULL"
+            ),
+            0
+        );
+        assert_eq!(
+            one(
+                &db,
+                "SELECT COUNT(DISTINCT order_id) AS n FROM routing_decisions"
+            ),
+            3
+        );
+        assert_eq!(
+            one(
+                &db,
+                "SELECT SUM(qty_ordered - qty_allocated - qty_released) AS n FROM order_lines"
+            ),
+            0,
+            "every unit placed"
+        );
+    }
 }

@@ -19,6 +19,7 @@ pub fn retry(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<()> {
+    crate::routing::allocation::worker::take_up_order(db, order_id)?;
     record_retry(db, order_id, body, actor, now)?;
     crate::routing::allocation::release(db, order_id, now)?;
     store::refresh_status(db, order_id, now)?;

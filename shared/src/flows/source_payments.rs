@@ -34,6 +34,7 @@ pub fn shopify_transaction(
                 json!({"result": "ignored", "reason": format!("no order with Shopify id {}", t.order_id)}),
             );
         };
+        crate::routing::allocation::worker::take_up_order(db, &ex.id)?;
         let done = crate::payments::capture::source_transaction(db, &ex.id, &t, now)?;
         Ok::<_, Error>(
             json!({"result": done, "order_id": ex.id, "number": ex.number, "transaction_id": t.id}),

@@ -125,6 +125,9 @@ pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request) -> Response {
         }
         let segs = segments(&req.path);
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        if let ["api", "orders", key, ..] = segs.as_slice() {
+            crate::flows::intake::take_up_for_read(db, key)?;
+        }
         let body = match segs.as_slice() {
             ["api", "returns", key] => returns::view(db, key)?,
             ["api", "orders"] => list(db, &list_query(req)?)?,

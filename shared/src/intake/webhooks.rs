@@ -71,6 +71,41 @@ pub fn first_delivery(
     Ok(!r.is_empty())
 }
 
+/// The receipt [`first_delivery`] writes, as the row pending in a new order's
+/// `intake` column (`orders::store::insert_pending`).
+pub fn receipt_row(delivery_id: &str, topic: &str) -> serde_json::Value {
+    serde_json::json!({"delivery_id": delivery_id, "topic": topic})
+}
+
+/// Whether a delivery id was recorded, or is pending with its order.
+pub fn seen(db: &dyn Db, source: Source, delivery_id: &str) -> Result<bool> {
+    Ok(!db
+        .execute(
+            "SELECT 1 FROM webhook_receipts WHERE source = ?1 AND delivery_id = ?2
+             UNION ALL SELECT 1 FROM orders o INDEXED BY orders_intake_pending WHERE o.source = ?1 AND o.intake IS NOT NULL
+                AND json_extract(o.intake, '$.receipt.delivery_id') = ?2 LIMIT 1",
+            params![source.as_str(), delivery_id],
+        )?
+        .is_empty())
+}
+
+/// Writes the pending receipts of the orders `p` names ([`receipt_row`]):
+/// one statement, however many orders.
+pub fn settle_pending(db: &dyn Db, p: &crate::orders::store::Pending) -> Result<()> {
+    let (cond, v) = p.filter();
+    db.execute(
+        &format!(
+            "INSERT INTO webhook_receipts (source, delivery_id, topic, received_at, order_id)
+             SELECT o.source, json_extract(o.intake, '$.receipt.delivery_id'), json_extract(o.intake, '$.receipt.topic'),
+                o.created_at, o.id
+             FROM orders o WHERE {cond} AND json_extract(o.intake, '$.receipt.delivery_id') IS NOT NULL
+             ON CONFLICT DO NOTHING"
+        ),
+        &[v],
+    )?;
+    Ok(())
+}
+
 pub fn mark_delivery(
     db: &dyn Db,
     source: Source,

@@ -47,6 +47,51 @@ pub fn insert(db: &dyn Db, order_id: &str, o: &NewOrder) -> Result<()> {
     Ok(())
 }
 
+/// A new order's lines as the rows [`insert`] writes, pending in the order's
+/// `intake` column (`orders::store::insert_pending`): line number, external
+/// id, SKU, name, unit price, subtotal, discount, tax, requires shipping,
+/// ordered, cancelled.
+pub fn rows(o: &NewOrder) -> Vec<serde_json::Value> {
+    o.lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::json!([
+                i + 1,
+                l.external_id,
+                l.sku,
+                l.name,
+                l.unit_price,
+                l.subtotal,
+                l.discount,
+                l.tax,
+                l.requires_shipping,
+                l.quantity,
+                if o.cancelled { l.quantity } else { 0 }
+            ])
+        })
+        .collect()
+}
+
+/// Writes the pending lines of the orders `p` names ([`rows`]): one
+/// statement, however many orders.
+pub fn settle_pending(db: &dyn Db, p: &crate::orders::store::Pending) -> Result<()> {
+    let (cond, v) = p.filter();
+    db.execute(
+        &format!(
+            "INSERT INTO order_lines (order_id, line_no, external_id, sku, name, unit_price_minor, subtotal_minor,
+                discount_minor, tax_minor, requires_shipping, qty_ordered, qty_cancelled)
+             SELECT o.id, json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), json_extract(j.value, '$[2]'),
+                json_extract(j.value, '$[3]'), json_extract(j.value, '$[4]'), json_extract(j.value, '$[5]'),
+                json_extract(j.value, '$[6]'), json_extract(j.value, '$[7]'), json_extract(j.value, '$[8]'),
+                json_extract(j.value, '$[9]'), json_extract(j.value, '$[10]')
+             FROM orders o, json_each(o.intake, '$.lines') j WHERE {cond}"
+        ),
+        &[v],
+    )?;
+    Ok(())
+}
+
 /// The source sent a new version of the order: its lines replace the old ones.
 pub fn replace(db: &dyn Db, order_id: &str, o: &NewOrder) -> Result<()> {
     db.execute(

@@ -427,6 +427,216 @@ pub fn insert_order(
     })
 }
 
+/// A new order's holds: one per reason, plus a review hold when the totals disagree.
+fn new_holds(o: &NewOrder) -> Vec<(HoldReason, String)> {
+    let mut holds: Vec<(HoldReason, String)> = Vec::new();
+    for (r, n) in o
+        .holds
+        .iter()
+        .cloned()
+        .chain(total_mismatch(o).map(|n| (HoldReason::ManualReview, n)))
+    {
+        if !holds.iter().any(|(h, _)| *h == r) {
+            holds.push((r, n));
+        }
+    }
+    holds
+}
+
+fn new_buckets(o: &NewOrder) -> Vec<Buckets> {
+    o.lines
+        .iter()
+        .map(|l| Buckets {
+            ordered: l.quantity,
+            cancelled: if o.cancelled { l.quantity } else { 0 },
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The order row itself; its number when written, None when `(source,
+/// external_id)` exists already. `intake` is the pending rows of
+/// [`insert_pending`].
+fn insert_row(
+    db: &dyn Db,
+    id: &str,
+    o: &NewOrder,
+    now: DateTime<Utc>,
+    holds: &[(HoldReason, String)],
+    buckets: &[Buckets],
+    intake: Option<String>,
+) -> Result<Option<String>> {
+    let totals = o.totals();
+    let status = derive_status(buckets, holds.len(), false);
+    let inserted = db.execute(
+        "INSERT INTO orders (id, number, source, external_id, external_number, channel, status, fulfillment_status,
+            financial_status, currency, total_minor, customer_email, customer_name, search_text, placed_at,
+            created_at, updated_at, cancelled_at, doc, intake)
+         VALUES (?, (SELECT 'WB-' || (value + 1) FROM counters WHERE name = 'order_number'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+            (SELECT lower('WB-' || (value + 1)) FROM counters WHERE name = 'order_number') || ' ' || ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (source, external_id) DO NOTHING
+         RETURNING number",
+        params![
+            id, o.source.as_str(), o.external_id.clone(), o.external_number.clone(), o.channel.clone(),
+            status.as_str(), derive_fulfillment(buckets).as_str(), o.financial_status.as_str(), o.currency.code(), totals.total,
+            o.customer.email.as_ref().map(|e| e.to_lowercase()), o.customer.display_name(), search_text(o, ""),
+            ts(o.placed_at), ts(now), ts(now), o.cancelled.then(|| ts(now)), doc(o, &source_hash(o)).to_string(), intake
+        ],
+    )?;
+    Ok(inserted.first().map(|r| r.str("number")))
+}
+
+/// Stands for the order number in the pending rows of [`insert_pending`] (the
+/// number is assigned by the INSERT itself; [`settle_pending`] fills it in).
+const NUMBER: &str = "\u{1}number\u{1}";
+
+/// The rows a new order's other tables get, as the pending `intake` column
+/// carries them: the lines ([`lines::rows`]), holds, timeline and outbox rows,
+/// and the rows the payment and receipt owners prepared.
+fn pending_rows(
+    id: &str,
+    o: &NewOrder,
+    actor: &str,
+    holds: &[(HoldReason, String)],
+    payment: Json,
+    receipt: Option<Json>,
+) -> Json {
+    let total = Money::new(o.totals().total, o.currency);
+    let mut events = vec![json!([
+        "order.received",
+        format!(
+            "Order {NUMBER} received from {} ({})",
+            o.source.as_str(),
+            o.external_id
+        ),
+        json!({"source": o.source.as_str(), "external_id": o.external_id, "total": total})
+            .to_string(),
+    ])];
+    for (r, n) in holds {
+        events.push(json!([
+            "hold.added",
+            format!("On hold: {} ({n})", r.as_str()),
+            json!({"reason": r.as_str(), "note": n}).to_string(),
+        ]));
+    }
+    if o.cancelled {
+        events.push(json!([
+            "order.cancelled",
+            "Order arrived cancelled at the source",
+            json!({}).to_string()
+        ]));
+    }
+    let outbox: Vec<Json> = if o.cancelled {
+        Vec::new()
+    } else {
+        vec![json!([
+            "order.received",
+            received_payload(id, "", o).to_string()
+        ])]
+    };
+    json!({
+        "actor": actor,
+        "lines": lines::rows(o),
+        "holds": holds.iter().map(|(r, n)| json!([r.as_str(), n])).collect::<Vec<_>>(),
+        "events": events,
+        "outbox": outbox,
+        "payment": payment,
+        "receipt": receipt,
+    })
+}
+
+/// A new order in one statement (issue #16): the order row, complete (number,
+/// statuses, totals, document), with the rows of its other tables pending in
+/// its `intake` column; the routing worker writes those for a whole batch
+/// ([`settle_pending`] and its peers, `routing::allocation::take_up`). The
+/// order is queryable at once (its view takes it up first). None when the
+/// order exists already (nothing written).
+pub fn insert_pending(
+    db: &dyn Db,
+    id: &str,
+    o: &NewOrder,
+    now: DateTime<Utc>,
+    actor: &str,
+    payment: Json,
+    receipt: Option<Json>,
+) -> Result<Option<Inserted>> {
+    let holds = new_holds(o);
+    let rows = pending_rows(id, o, actor, &holds, payment, receipt).to_string();
+    Ok(
+        insert_row(db, id, o, now, &holds, &new_buckets(o), Some(rows))?.map(|number| Inserted {
+            id: id.to_string(),
+            number,
+        }),
+    )
+}
+
+/// Which orders' pending intake rows to write: a batch (every pending order up
+/// to a rowid) or one order. Each owner's `settle_pending` writes its table
+/// for these orders with one set-based statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pending {
+    UpTo(i64),
+    Order(String),
+}
+
+impl Pending {
+    /// The condition on `orders o` and its parameter.
+    pub fn filter(&self) -> (&'static str, Value) {
+        match self {
+            Pending::UpTo(r) => ("o.intake IS NOT NULL AND o.rowid <= ?", Value::Integer(*r)),
+            Pending::Order(id) => (
+                "o.intake IS NOT NULL AND o.id = ?",
+                Value::from(id.as_str()),
+            ),
+        }
+    }
+}
+
+/// Whether an order's intake rows are still pending.
+pub fn is_pending(db: &dyn Db, order_id: &str) -> Result<bool> {
+    Ok(!db
+        .execute(
+            "SELECT 1 FROM orders WHERE id = ? AND intake IS NOT NULL",
+            params![order_id],
+        )?
+        .is_empty())
+}
+
+/// Writes the pending holds, timeline and outbox rows of the orders `p`
+/// names: three statements, however many orders. [`clear_pending`] comes last.
+pub fn settle_pending(db: &dyn Db, p: &Pending) -> Result<()> {
+    let (cond, v) = p.filter();
+    let one = |sql: String| db.execute(&sql, std::slice::from_ref(&v)).map(|_| ());
+    one(format!(
+        "INSERT INTO order_holds (order_id, reason, note, created_at)
+         SELECT o.id, json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), o.created_at
+         FROM orders o, json_each(o.intake, '$.holds') j WHERE {cond} ORDER BY o.rowid, j.key"
+    ))?;
+    one(format!(
+        "INSERT INTO order_events (order_id, at, actor, kind, summary, data)
+         SELECT o.id, o.created_at, json_extract(o.intake, '$.actor'), json_extract(j.value, '$[0]'),
+            replace(json_extract(j.value, '$[1]'), char(1) || 'number' || char(1), o.number), json_extract(j.value, '$[2]')
+         FROM orders o, json_each(o.intake, '$.events') j WHERE {cond} ORDER BY o.rowid, j.key"
+    ))?;
+    one(format!(
+        "INSERT INTO outbox (topic, order_id, payload, created_at, next_attempt_at)
+         SELECT json_extract(j.value, '$[0]'), o.id, json_set(json_extract(j.value, '$[1]'), '$.number', o.number),
+            o.created_at, o.created_at
+         FROM orders o, json_each(o.intake, '$.outbox') j WHERE {cond} ORDER BY o.rowid, j.key"
+    ))?;
+    Ok(())
+}
+
+/// The pending rows of the orders `p` names are written: clears the column.
+pub fn clear_pending(db: &dyn Db, p: &Pending) -> Result<u64> {
+    let (cond, v) = p.filter();
+    let r = db.execute(
+        &format!("UPDATE orders SET intake = NULL WHERE rowid IN (SELECT o.rowid FROM orders o WHERE {cond}) RETURNING 1 AS n"),
+        &[v],
+    )?;
+    Ok(r.len() as u64)
+}
+
 /// The hot path of intake, written for contention: the order number comes from
 /// the counter inside the order INSERT (a trigger advances it), the statuses are
 /// derived in Rust from what is inserted, and lines, holds and events go in as
@@ -440,45 +650,9 @@ pub fn insert_order_with_id(
     actor: &str,
 ) -> Result<Option<Inserted>> {
     let totals = o.totals();
-    let hash = source_hash(o);
-    // Holds: one per reason, plus a review hold when the totals disagree.
-    let mut holds: Vec<(HoldReason, String)> = Vec::new();
-    for (r, n) in o
-        .holds
-        .iter()
-        .cloned()
-        .chain(total_mismatch(o).map(|n| (HoldReason::ManualReview, n)))
-    {
-        if !holds.iter().any(|(h, _)| *h == r) {
-            holds.push((r, n));
-        }
-    }
-    let buckets: Vec<Buckets> = o
-        .lines
-        .iter()
-        .map(|l| Buckets {
-            ordered: l.quantity,
-            cancelled: if o.cancelled { l.quantity } else { 0 },
-            ..Default::default()
-        })
-        .collect();
-    let status = derive_status(&buckets, holds.len(), false);
-    let inserted = db.execute(
-        "INSERT INTO orders (id, number, source, external_id, external_number, channel, status, fulfillment_status,
-            financial_status, currency, total_minor, customer_email, customer_name, search_text, placed_at,
-            created_at, updated_at, cancelled_at, doc)
-         VALUES (?, (SELECT 'WB-' || (value + 1) FROM counters WHERE name = 'order_number'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-            (SELECT lower('WB-' || (value + 1)) FROM counters WHERE name = 'order_number') || ' ' || ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (source, external_id) DO NOTHING
-         RETURNING number",
-        params![
-            id, o.source.as_str(), o.external_id.clone(), o.external_number.clone(), o.channel.clone(),
-            status.as_str(), derive_fulfillment(&buckets).as_str(), o.financial_status.as_str(), o.currency.code(), totals.total,
-            o.customer.email.as_ref().map(|e| e.to_lowercase()), o.customer.display_name(), search_text(o, ""),
-            ts(o.placed_at), ts(now), ts(now), o.cancelled.then(|| ts(now)), doc(o, &hash).to_string()
-        ],
-    )?;
-    let Some(number) = inserted.first().map(|r| r.str("number")) else {
+    let holds = new_holds(o);
+    let buckets = new_buckets(o);
+    let Some(number) = insert_row(db, id, o, now, &holds, &buckets, None)? else {
         return Ok(None);
     };
     lines::insert(db, id, o)?;

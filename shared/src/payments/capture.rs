@@ -91,6 +91,35 @@ pub fn open_payment(db: &dyn Db, order_id: &str, o: &NewOrder, now: DateTime<Utc
     Ok(())
 }
 
+/// The payment record [`open_payment`] writes, as the row pending in a new
+/// order's `intake` column (`orders::store::insert_pending`).
+pub fn payment_row(o: &NewOrder) -> Json {
+    let (gw, amount) = gateway_for(o);
+    json!({"gateway": gw, "source_gateway": o.payment.gateway, "reference": o.payment.reference,
+           "currency": o.currency.code(), "authorized_minor": amount,
+           "expires_at": o.payment.authorization_expires_at.map(ts)})
+}
+
+/// Writes the pending payment records of the orders `p` names
+/// ([`payment_row`]): one statement, however many orders.
+pub fn settle_pending(db: &dyn Db, p: &crate::orders::store::Pending) -> Result<()> {
+    let (cond, v) = p.filter();
+    db.execute(
+        &format!(
+            "INSERT INTO payments (order_id, gateway, source_gateway, reference, currency, authorized_minor,
+                expires_at, created_at, updated_at)
+             SELECT o.id, json_extract(o.intake, '$.payment.gateway'), json_extract(o.intake, '$.payment.source_gateway'),
+                json_extract(o.intake, '$.payment.reference'), json_extract(o.intake, '$.payment.currency'),
+                json_extract(o.intake, '$.payment.authorized_minor'), json_extract(o.intake, '$.payment.expires_at'),
+                o.created_at, o.created_at
+             FROM orders o WHERE {cond} AND json_extract(o.intake, '$.payment') IS NOT NULL
+             ON CONFLICT (order_id) DO NOTHING"
+        ),
+        &[v],
+    )?;
+    Ok(())
+}
+
 /// Follows the source's payment state on an update: while nothing has been
 /// captured, the gateway, reference and authorized amount follow the source
 /// (an order that was pending and is now authorized or paid starts

@@ -27,6 +27,7 @@ pub(crate) fn cancel_units(
     if !v.is_object() {
         return Err(Error::bad_request("the body must be a JSON object"));
     }
+    crate::routing::allocation::worker::take_up_order(db, order_id)?;
     let mut errs = FieldError::unknown_fields(v, &["lines", "reason"]);
     let reason = v["reason"]
         .as_str()

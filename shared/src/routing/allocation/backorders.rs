@@ -125,6 +125,9 @@ pub(crate) const UNPLACED_LINE: &str =
 /// inventory was not set up), allocated work whose holds were lifted, then
 /// backorders for every SKU with stock. Returns (orders routed, released, backorders served).
 pub fn sweep(db: &dyn Db, now: DateTime<Utc>, limit: i64) -> Result<(usize, usize, usize)> {
+    // New orders whose kick was lost: the worker takes up their pending rows
+    // and routes them, oldest first.
+    let kicked = super::worker::kick(db, std::time::Duration::from_secs(20))?;
     let p = crate::kernel::db::Patient(db);
     // Never routed: the chained call failed, or inventory was not set up yet.
     // (Racing a chained call in flight is harmless: routing only places unplaced units.)
@@ -138,7 +141,7 @@ pub fn sweep(db: &dyn Db, now: DateTime<Utc>, limit: i64) -> Result<(usize, usiz
         .iter()
         .map(|r| r.str("id"))
         .collect();
-    let mut routed = 0;
+    let mut routed = kicked.routed;
     for id in &received {
         if process_order(db, id, Trigger::Sweep, now)?.changed {
             routed += 1;

@@ -25,6 +25,7 @@
 //!   found the lease held) is routed by another round.
 
 use super::*;
+use crate::orders::store::Pending;
 use chrono::Duration;
 
 /// The lease the worker holds.
@@ -70,6 +71,27 @@ fn pending(db: &dyn Db, after: i64, limit: usize) -> Result<(Vec<(i64, String, S
             .collect(),
         last,
     ))
+}
+
+/// Writes the rows intake left pending for the orders `p` names (lines,
+/// holds, timeline, outbox, payment record, delivery receipt: each table's
+/// owner writes its own, one set-based statement each, however many orders),
+/// then clears them. In the caller's transaction. Returns the orders taken up.
+pub fn take_up(db: &dyn Db, p: &Pending) -> Result<u64> {
+    crate::orders::lines::settle_pending(db, p)?;
+    crate::orders::store::settle_pending(db, p)?;
+    crate::payments::capture::settle_pending(db, p)?;
+    crate::intake::webhooks::settle_pending(db, p)?;
+    crate::orders::store::clear_pending(db, p)
+}
+
+/// [`take_up`] for one order, when its rows are pending: every flow that
+/// changes an order calls this first, in its transaction.
+pub fn take_up_order(db: &dyn Db, order_id: &str) -> Result<()> {
+    if crate::orders::store::is_pending(db, order_id)? {
+        take_up(db, &Pending::Order(order_id.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Whether orders were committed after the cursor (reads only).
@@ -153,6 +175,8 @@ fn route_batch(db: &dyn Db, owner: &str, now: DateTime<Utc>) -> Result<Option<(u
     if last == after {
         return Ok(None);
     }
+    // Intake's pending rows of every order up to the last one looked at.
+    take_up(db, &Pending::UpTo(last))?;
     batch.sort_by(|a, b| (&a.2, &a.1).cmp(&(&b.2, &b.1)));
     let (mut routed, mut failed) = (0, 0);
     for (_, id, placed) in &batch {
