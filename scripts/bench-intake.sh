@@ -73,20 +73,32 @@ for sku in SKU-A SKU-B SKU-C; do
   done
 done
 echo "| *with inventory: each order also routed, reserved and released* | | | | | |"
+maxrow() { python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1], timeout=30).execute('select coalesce(max(rowid), 0) from orders').fetchone()[0])" "$state2/sqlite_db.db"; }
 for c in ${CONNECTIONS:-1 16 64}; do
+  before=$(maxrow)
   target/release/bench-load "127.0.0.1:$port" shopify "$c" "$DUR"
-  # The backlog: seconds from the end of the load until every order is routed.
-  python3 - "$state2/sqlite_db.db" "$c" <<'PY'
+  # The backlog: seconds from the end of the load until every order is
+  # released; then the latency from intake (the order's created_at) to the
+  # release of its fulfillment order, over this row's orders.
+  python3 - "$state2/sqlite_db.db" "$c" "$before" "$DUR" <<'PY'
 import sqlite3, sys, time
-db, t0 = sys.argv[1], time.time()
+from datetime import datetime
+db, conns, before, dur, t0 = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), time.time()
+mine = "o.rowid > ?"
 while True:
     c = sqlite3.connect(db, timeout=30)
-    left = c.execute("select count(*) from orders o where not exists (select 1 from routing_decisions d where d.order_id = o.id)").fetchone()[0]
-    c.close()
+    left = c.execute(f"select count(*) from orders o where {mine} and not exists (select 1 from fulfillment_orders f where f.order_id = o.id and f.released_at is not null)", (before,)).fetchone()[0]
     if left == 0 or time.time() - t0 > 60:
         break
-    time.sleep(0.1)
-print(f"| *backlog at {sys.argv[2]} connections: {left} orders unrouted, drained {time.time() - t0:.1f} s after the load* | | | | | |")
+    c.close()
+    time.sleep(0.05)
+drained = time.time() - t0
+t = lambda s: datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+rows = c.execute(f"select o.created_at, max(f.released_at) from orders o join fulfillment_orders f on f.order_id = o.id where {mine} and f.released_at is not null group by o.id", (before,)).fetchall()
+n = c.execute(f"select count(*) from orders o where {mine}", (before,)).fetchone()[0]
+lat = sorted(t(r) - t(a) for a, r in rows)
+q = lambda p: f"{lat[min(len(lat) - 1, int(p * len(lat)))] * 1000:.0f} ms" if lat else "-"
+print(f"| *{conns} connections: {n} orders, {left} not released {drained:.1f} s after the load; end to end {len(rows) / (dur + drained):.0f} orders/s; intake to release p50 {q(0.5)}, p99 {q(0.99)}* | | | | | |")
 PY
 done
 routed=$(python3 -c "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute('select count(*) from orders').fetchone()[0], 'orders,', c.execute('select count(*) from fulfillment_orders').fetchone()[0], 'fulfillment orders,', c.execute('select count(*) from orders where status = \'received\'').fetchone()[0], 'left received')" "$state2/sqlite_db.db")

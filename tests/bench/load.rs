@@ -4,7 +4,7 @@
 //! a distinct order id and its own X-Shopify-Hmac-Sha256, so every request
 //! creates one durable order.
 //!
-//! bench-load <base-url> <mode> <connections> <seconds>
+//! bench-load <base-url> <mode> <connections> <seconds>   (BENCH_LINES: lines per Shopify order)
 //!   mode: hello | write-floor | shopify | raw-sqlite:<dir> | raw-batched:<dir>
 //! Prints one markdown table row: | mode | connections | requests/s | p50 | p99 | errors |
 
@@ -17,9 +17,24 @@ use hyper_util::rt::TokioIo;
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// Lines per order (`BENCH_LINES`, default 3: the fixed order below; any other
+/// count: that many lines `SKU-1`..`SKU-n`, one unit of 10.00 each).
+fn lines() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("BENCH_LINES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3)
+    })
+}
+
 /// A compact Shopify order (the documented shape, fewer fields) with a unique id.
 fn shopify_body(n: u64, run: u64) -> Vec<u8> {
     let id = 9_000_000_000u64 + run * 10_000_000 + n;
+    if std::env::var("BENCH_LINES").is_ok() {
+        return shopify_body_with(id, n, lines());
+    }
     serde_json::json!({
         "id": id, "name": format!("#B{n}"), "email": "bench@example.com", "currency": "EUR",
         "created_at": "2026-11-20T10:00:00+01:00", "processed_at": "2026-11-20T10:00:00+01:00",
@@ -31,6 +46,27 @@ fn shopify_body(n: u64, run: u64) -> Vec<u8> {
             {"id": 2, "sku": "SKU-B", "name": "B", "quantity": 2, "price": "10.00", "requires_shipping": true, "tax_lines": [{"price": "3.19", "rate": 0.19, "title": "MwSt"}], "discount_allocations": []},
             {"id": 3, "sku": "SKU-C", "name": "C", "quantity": 1, "price": "20.00", "requires_shipping": true, "tax_lines": [{"price": "3.19", "rate": 0.19, "title": "MwSt"}], "discount_allocations": []}
         ],
+        "shipping_lines": [{"id": 1, "code": "standard", "title": "Standard", "price": "5.00", "tax_lines": [], "discount_allocations": []}]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// An order of `k` lines `SKU-1`..`SKU-k` (10.00 each, 19% tax included), its
+/// total stated so that no review hold stops its release.
+fn shopify_body_with(id: u64, n: u64, k: usize) -> Vec<u8> {
+    let items: Vec<serde_json::Value> = (1..=k)
+        .map(|i| serde_json::json!({"id": i, "sku": format!("SKU-{i}"), "name": format!("SKU {i}"), "quantity": 1,
+            "price": "10.00", "requires_shipping": true,
+            "tax_lines": [{"price": "1.60", "rate": 0.19, "title": "MwSt"}], "discount_allocations": []}))
+        .collect();
+    serde_json::json!({
+        "id": id, "name": format!("#B{n}"), "email": "bench@example.com", "currency": "EUR",
+        "created_at": "2026-11-20T10:00:00+01:00", "processed_at": "2026-11-20T10:00:00+01:00",
+        "financial_status": "authorized", "taxes_included": true, "total_price": format!("{}.00", 10 * k + 5),
+        "customer": {"id": 1, "email": "bench@example.com", "first_name": "Bench", "last_name": "Mark"},
+        "shipping_address": {"first_name": "Bench", "last_name": "Mark", "address1": "Hauptstr. 1", "city": "Berlin", "zip": "10115", "country_code": "DE"},
+        "line_items": items,
         "shipping_lines": [{"id": 1, "code": "standard", "title": "Standard", "price": "5.00", "tax_lines": [], "discount_allocations": []}]
     })
     .to_string()

@@ -937,6 +937,11 @@ async fn a_source_update_after_release_is_recorded_and_held_not_applied() {
         &serde_json::to_vec(&v).unwrap(),
     )
     .await;
+    // The order as the API shows it (its lines written, if the worker has not yet).
+    assert_eq!(
+        get(&app, "/api/orders/shopify:450789469").await.json["lines"][0]["quantity"]["ordered"],
+        1
+    );
     // Simulate a release of the first line (the routing component's work).
     app.sql(
         "default",

@@ -69,13 +69,13 @@ pub fn apply(
     // (and this read loads the schema outside the lock).
     if let Action::Create(o) = &action {
         let p = crate::kernel::db::Patient(db);
+        if let Some(ex) = store::find_by_source(&p, source, &o.external_id)? {
+            return Ok(outcome("already_received", &ex.id, &ex.number));
+        }
         if let Some(d) = delivery_id {
             if webhooks::seen(&p, source, d)? {
                 return Ok(json!({"result": "duplicate_delivery", "delivery_id": d}));
             }
-        }
-        if let Some(ex) = store::find_by_source(&p, source, &o.external_id)? {
-            return Ok(outcome("already_received", &ex.id, &ex.number));
         }
         return create_at_once(&p, source, delivery_id, topic, o, &new_id, now, &actor);
     }
@@ -548,38 +548,28 @@ mod tests {
         let db = testkit::db();
         let o = order("1001");
         assert_eq!(at_once(&db, "d-1", &o, "id-1")["result"], "created");
-        // While pending: the same delivery, the same order under another delivery.
-        let r = apply(
-            &db,
-            Source::Shopify,
-            Some("d-1"),
-            "orders/create",
-            Action::Create(o.clone()),
-            Utc::now(),
-        )
-        .unwrap();
-        assert_eq!(r["result"], "duplicate_delivery");
-        let r = apply(
-            &db,
-            Source::Shopify,
-            Some("d-2"),
-            "orders/create",
-            Action::Create(o.clone()),
-            Utc::now(),
-        )
-        .unwrap();
-        assert_eq!(r["result"], "already_received");
+        let send = |d: &str, o: &NewOrder| {
+            apply(
+                &db,
+                Source::Shopify,
+                Some(d),
+                "orders/create",
+                Action::Create(o.clone()),
+                Utc::now(),
+            )
+            .unwrap()["result"]
+                .clone()
+        };
+        let mut other = order("1002");
+        other.external_id = "another".into();
+        // While pending: the same order (under its delivery id or another), and
+        // another order under a delivery id already used.
+        assert_eq!(send("d-1", &o), "already_received");
+        assert_eq!(send("d-2", &o), "already_received");
+        assert_eq!(send("d-1", &other), "duplicate_delivery");
         transaction(&db, |db| worker::take_up(db, &Pending::UpTo(i64::MAX))).unwrap();
-        let r = apply(
-            &db,
-            Source::Shopify,
-            Some("d-1"),
-            "orders/create",
-            Action::Create(o),
-            Utc::now(),
-        )
-        .unwrap();
-        assert_eq!(r["result"], "duplicate_delivery");
+        assert_eq!(send("d-1", &o), "already_received");
+        assert_eq!(send("d-1", &other), "duplicate_delivery");
         assert_eq!(one(&db, "SELECT COUNT(*) AS n FROM orders"), 1);
         assert_eq!(
             one(&db, "SELECT COUNT(*) AS n FROM order_lines"),
