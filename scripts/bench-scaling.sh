@@ -17,7 +17,10 @@ export SPIN_VARIABLE_API_TOKENS="write:bench-write-token"
 export SPIN_VARIABLE_SHOPIFY_WEBHOOK_SECRET="bench-secret"
 pid=
 state=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; [ -n "$state" ] && rm -rf "$state"; true; }
+cleanup() {
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; fi
+  if [ -n "$state" ]; then rm -rf "$state"; state=; fi
+}
 trap cleanup EXIT
 
 # start <lines> <facilities> [trace]: a fresh app with every SKU stocked at every facility.

@@ -4,7 +4,9 @@
 //! `waybill::http::intake`.
 //!
 //! The answer goes out as soon as the order is durable; then, in this same
-//! instance, routing is chained for the orders concerned and notify is kicked.
+//! instance, routing is chained for the orders concerned (its worker kicks
+//! notify for the messages it takes up) and notify is kicked for the messages
+//! this answer wrote itself.
 //! If either call fails, their cron sweeps do the work.
 
 use spin_sdk::http::{IncomingRequest, Method, Request, Response, ResponseOutparam};
@@ -68,11 +70,13 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
         }
         Err(e) => http::Response::problem(&e),
     };
-    let ok = (200..300).contains(&resp.status);
     let route = http::intake::orders_to_route(&resp);
+    let notify = http::intake::kicks_notify(&r, &resp);
     spin_glue::respond(out, resp);
-    if ok {
-        spin_glue::route_orders(&route).await;
+    // Routing first (its worker takes up new orders and kicks notify for the
+    // messages it wrote); notify for what this answer wrote itself.
+    spin_glue::route_orders(&route).await;
+    if notify {
         spin_glue::kick_notify().await;
     }
 }

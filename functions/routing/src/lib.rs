@@ -37,8 +37,7 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         // older waiting orders.
         spin_glue::kick_capture(&[]).await;
     }
-    // intake kicks notify itself after its chained routing call.
-    if r.method == "POST" && r.path != "/internal/route" && (200..300).contains(&resp.status) {
+    if http::routing::kicks_notify(&r, &resp) {
         spin_glue::kick_notify().await;
     }
     Ok(spin_glue::response(resp))

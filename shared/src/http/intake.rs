@@ -234,10 +234,44 @@ pub fn orders_to_route(resp: &Response) -> Vec<String> {
     out
 }
 
+/// Whether the answer wrote outbox messages notify should send now. A new
+/// order from a webhook did not: its messages are pending with its rows, and
+/// the routing worker that takes them up kicks notify
+/// ([`crate::http::routing::kicks_notify`]), once per batch, not per webhook.
+pub fn kicks_notify(req: &Request, resp: &Response) -> bool {
+    if !(200..300).contains(&resp.status) {
+        return false;
+    }
+    !(req.path.starts_with("/webhooks/") && resp.json_body()["result"] == "created")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn notify_is_kicked_for_what_the_answer_wrote_itself() {
+        let at = |path: &str| Request {
+            method: "POST".into(),
+            path: path.into(),
+            ..Default::default()
+        };
+        let created = Response::json(200, &json!({"result": "created", "order_id": "a"}));
+        // A webhook's new order: its messages are pending; the worker kicks notify.
+        assert!(!kicks_notify(&at("/webhooks/shopify"), &created));
+        // Written by the answer's own transaction: an update, an API order.
+        let updated = Response::json(200, &json!({"result": "updated", "order_id": "a"}));
+        assert!(kicks_notify(&at("/webhooks/shopify"), &updated));
+        assert!(kicks_notify(
+            &at("/api/orders"),
+            &Response::json(201, &json!({"id": "a"}))
+        ));
+        assert!(!kicks_notify(
+            &at("/webhooks/shopify"),
+            &Response::json(401, &json!({}))
+        ));
+    }
 
     #[test]
     fn the_orders_to_route_come_from_every_answer_shape() {

@@ -31,6 +31,23 @@ fn strings(v: &Json, field: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether the routing component kicks notify after this answer: after a
+/// successful change from the API, and after the chained `/internal/route`
+/// when it wrote something (the worker took up or routed a batch, or orders
+/// were routed again): a kick that found the worker busy wrote nothing, and
+/// the busy worker's own call kicks notify when its batches are done.
+pub fn kicks_notify(req: &Request, resp: &Response) -> bool {
+    if req.method != "POST" || !(200..300).contains(&resp.status) {
+        return false;
+    }
+    if req.path != "/internal/route" {
+        return true;
+    }
+    let v = resp.json_body();
+    v["worker"]["batches"].as_u64().unwrap_or(0) > 0
+        || v["results"].as_array().is_some_and(|r| !r.is_empty())
+}
+
 pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request, now: DateTime<Utc>) -> Response {
     let r = (|| -> Result<Response> {
         let body = || req.json_object();
@@ -90,4 +107,34 @@ pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request, now: DateTime<Utc>) -
         }
     })();
     r.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chained_route_kicks_notify_only_when_it_wrote() {
+        let route = Request {
+            method: "POST".into(),
+            path: "/internal/route".into(),
+            ..Default::default()
+        };
+        let answer = |v: Json| Response::json(200, &v);
+        let busy = answer(json!({"results": [], "worker": {"rounds": 0, "batches": 0}}));
+        assert!(
+            !kicks_notify(&route, &busy),
+            "the busy worker kicks when done"
+        );
+        let took = answer(json!({"results": [], "worker": {"rounds": 1, "batches": 1}}));
+        assert!(kicks_notify(&route, &took));
+        let again = answer(json!({"results": [{"order_id": "a"}], "worker": {"batches": 0}}));
+        assert!(kicks_notify(&route, &again));
+        let api = Request {
+            method: "POST".into(),
+            path: "/api/routing/sweep".into(),
+            ..Default::default()
+        };
+        assert!(kicks_notify(&api, &answer(json!({}))));
+    }
 }

@@ -6,12 +6,13 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::kernel::db::{Db, Patient};
+use crate::kernel::db::{transaction, Db, Patient};
 use crate::kernel::error::Result;
 use crate::kernel::time::ts;
 use crate::params;
 
-/// Takes the named lock until `until` unless someone holds it. The common case
+/// Takes the named lock until `until` unless someone holds it (outside any
+/// transaction). The common case
 /// under load (held) is a read, so kicks do not queue on the write lock.
 pub fn try_lock(
     db: &dyn Db,
@@ -27,21 +28,28 @@ pub fn try_lock(
     if !held.is_empty() {
         return Ok(false);
     }
-    let got = Patient(db).execute(
-        "INSERT INTO locks (name, owner, until) VALUES (?, ?, ?)
-         ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until WHERE locks.until <= ?
-         RETURNING owner",
-        params![name, owner, ts(until), ts(now)],
-    )?;
+    // Under BEGIN IMMEDIATE: a kick waiting for the write lock polls with the
+    // cheap BEGIN rather than by running the upsert again and again (measured
+    // on tests/host: ~8 attempts per kick at 16 connections in autocommit).
+    let got = transaction(db, |db| {
+        db.execute(
+            "INSERT INTO locks (name, owner, until) VALUES (?, ?, ?)
+             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until WHERE locks.until <= ?
+             RETURNING owner",
+            params![name, owner, ts(until), ts(now)],
+        )
+    })?;
     Ok(!got.is_empty())
 }
 
-/// Lets the lease go (only its owner can).
+/// Lets the lease go (only its owner can). Outside any transaction.
 pub fn unlock(db: &dyn Db, name: &str, owner: &str) -> Result<()> {
-    Patient(db).execute(
-        "UPDATE locks SET until = '' WHERE name = ? AND owner = ?",
-        params![name, owner],
-    )?;
+    transaction(db, |db| {
+        db.execute(
+            "UPDATE locks SET until = '' WHERE name = ? AND owner = ?",
+            params![name, owner],
+        )
+    })?;
     Ok(())
 }
 
