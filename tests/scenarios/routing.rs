@@ -465,6 +465,100 @@ async fn backorders_are_released_fifo_by_receipt_fc_push_and_pull() {
     fc.stop();
 }
 
+/// The same race through the one-statement intake (issue #16): 200 Shopify
+/// webhooks at once, each order's rows pending until a worker batch takes
+/// them up, across many kicks that mostly find the worker busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_webhooks_are_taken_up_once_and_never_oversell() {
+    let fc = Receiver::start(0, 200).await;
+    let app = app_with_fc(fc.port).await;
+    facilities(&app, fc.port).await;
+    product(
+        &app,
+        "WIDGET",
+        json!({"name": "Widget", "backorderable": true}),
+    )
+    .await;
+    receive(&app, "berlin", "WIDGET", 20).await;
+    receive(&app, "munich", "WIDGET", 20).await;
+    receive(&app, "store-hamburg", "WIDGET", 10).await;
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let q = if i % 3 == 0 { 2 } else { 1 };
+            let body = json!({
+                "id": 7_000_000 + i, "name": format!("#R{i}"), "email": "race@example.com", "currency": "EUR",
+                "created_at": format!("2026-11-20T12:{:02}:{:02}+00:00", i / 60, i % 60),
+                "financial_status": "paid", "taxes_included": true, "total_price": format!("{}.00", 10 * q),
+                "shipping_address": {"first_name": "R", "last_name": "Ace", "address1": "Hauptstr. 1", "city": "Berlin", "zip": "10115", "country_code": "DE"},
+                "line_items": [{"id": 1, "sku": "WIDGET", "name": "Widget", "quantity": q, "price": "10.00",
+                    "requires_shipping": true, "tax_lines": [{"price": format!("{}.60", q), "rate": 0.19, "title": "MwSt"}],
+                    "discount_allocations": []}],
+                "shipping_lines": []
+            });
+            let r = shopify(&app, "orders/create", &format!("race-{i}"), body.to_string().as_bytes()).await;
+            (r.status, r.json["result"].as_str().unwrap_or_default().to_string())
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), (200, "created".to_string()));
+    }
+    eventually("every order is taken up and routed", || async {
+        count(
+            &app,
+            "SELECT COUNT(*) FROM orders WHERE intake IS NOT NULL OR status = 'received'",
+        ) == 0
+    })
+    .await;
+    // Each order's rows written once.
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM order_lines"), 200);
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM payments"), 200);
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM webhook_receipts"), 200);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM order_events WHERE kind = 'order.received'"
+        ),
+        200
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM outbox WHERE topic = 'order.received'"
+        ),
+        200
+    );
+    // Exactly the 50 units reserved, none below zero, the rest backordered.
+    assert_eq!(
+        count(&app, "SELECT SUM(reserved) FROM stock WHERE sku = 'WIDGET'"),
+        50
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM stock WHERE on_hand - reserved < 0 OR reserved < 0"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT SUM(qty_allocated + qty_released) FROM order_lines WHERE sku = 'WIDGET'"
+        ),
+        50
+    );
+    assert_eq!(
+        count(&app, "SELECT SUM(qty_ordered - qty_allocated - qty_released - qty_backordered) FROM order_lines"),
+        0,
+        "every unit reserved or backordered"
+    );
+    let app = std::sync::Arc::try_unwrap(app).ok().expect("one owner");
+    app.stop().await;
+    fc.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_concurrent_orders_never_oversell_fifty_units() {
     let fc = Receiver::start(0, 200).await;
