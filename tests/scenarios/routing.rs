@@ -465,6 +465,29 @@ async fn backorders_are_released_fifo_by_receipt_fc_push_and_pull() {
     fc.stop();
 }
 
+/// After a race for the 50 widgets: exactly 50 reserved and placed, no stock
+/// level below zero.
+fn assert_fifty_widgets_reserved(app: &RunningApp) {
+    assert_eq!(
+        count(app, "SELECT SUM(reserved) FROM stock WHERE sku = 'WIDGET'"),
+        50
+    );
+    assert_eq!(
+        count(
+            app,
+            "SELECT COUNT(*) FROM stock WHERE on_hand - reserved < 0 OR reserved < 0"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            app,
+            "SELECT SUM(qty_allocated + qty_released) FROM order_lines WHERE sku = 'WIDGET'"
+        ),
+        50
+    );
+}
+
 /// The same race through the one-statement intake (issue #16): 200 Shopify
 /// webhooks at once, each order's rows pending until a worker batch takes
 /// them up, across many kicks that mostly find the worker busy.
@@ -531,24 +554,7 @@ async fn two_hundred_concurrent_webhooks_are_taken_up_once_and_never_oversell() 
         200
     );
     // Exactly the 50 units reserved, none below zero, the rest backordered.
-    assert_eq!(
-        count(&app, "SELECT SUM(reserved) FROM stock WHERE sku = 'WIDGET'"),
-        50
-    );
-    assert_eq!(
-        count(
-            &app,
-            "SELECT COUNT(*) FROM stock WHERE on_hand - reserved < 0 OR reserved < 0"
-        ),
-        0
-    );
-    assert_eq!(
-        count(
-            &app,
-            "SELECT SUM(qty_allocated + qty_released) FROM order_lines WHERE sku = 'WIDGET'"
-        ),
-        50
-    );
+    assert_fifty_widgets_reserved(&app);
     assert_eq!(
         count(&app, "SELECT SUM(qty_ordered - qty_allocated - qty_released - qty_backordered) FROM order_lines"),
         0,
@@ -606,24 +612,7 @@ async fn two_hundred_concurrent_orders_never_oversell_fifty_units() {
     })
     .await;
     // Exactly the 50 units are reserved, none below zero.
-    assert_eq!(
-        count(&app, "SELECT SUM(reserved) FROM stock WHERE sku = 'WIDGET'"),
-        50
-    );
-    assert_eq!(
-        count(
-            &app,
-            "SELECT COUNT(*) FROM stock WHERE on_hand - reserved < 0 OR reserved < 0"
-        ),
-        0
-    );
-    assert_eq!(
-        count(
-            &app,
-            "SELECT SUM(qty_allocated + qty_released) FROM order_lines WHERE sku = 'WIDGET'"
-        ),
-        50
-    );
+    assert_fifty_widgets_reserved(&app);
     assert_eq!(
         count(
             &app,
