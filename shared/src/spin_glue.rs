@@ -1,35 +1,13 @@
 //! The few lines every Spin component needs: convert requests and responses,
 //! open the database (migrating if due), read variables.
 
-use spin_sdk::http::{Request as SpinRequest, Response as SpinResponse};
+use spin_sdk::http::Response as SpinResponse;
 
 use crate::http::{Request, Response};
 use crate::kernel::db::spin::SpinDb;
 use crate::kernel::error::{Error, ErrorKind};
 
-/// Copies a Spin request into the host-independent [`Request`].
-pub fn request(req: &SpinRequest) -> Request {
-    let path_and_query = req.path_and_query().unwrap_or("/");
-    let (path, query) = path_and_query
-        .split_once('?')
-        .unwrap_or((path_and_query, ""));
-    Request {
-        method: req.method().to_string().to_ascii_uppercase(),
-        path: path.to_string(),
-        query: query.to_string(),
-        headers: req
-            .headers()
-            .map(|(k, v)| {
-                (
-                    k.to_ascii_lowercase(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body: req.body().to_vec(),
-    }
-}
-
+/// Converts the host-independent [`Response`] into a Spin response.
 pub fn response(r: Response) -> SpinResponse {
     let mut b = SpinResponse::builder();
     b.status(r.status);
@@ -79,7 +57,7 @@ pub async fn incoming(req: spin_sdk::http::IncomingRequest) -> Result<Request, E
         .split_once('?')
         .map(|(p, q)| (p.to_string(), q.to_string()))
         .unwrap_or((pq.clone(), String::new()));
-    let headers = req
+    let headers: Vec<(String, String)> = req
         .headers()
         .entries()
         .into_iter()
@@ -90,10 +68,11 @@ pub async fn incoming(req: spin_sdk::http::IncomingRequest) -> Result<Request, E
             )
         })
         .collect();
-    let body = req
-        .into_body()
-        .await
-        .map_err(|e| Error::bad_request(format!("cannot read the request body: {e:?}")))?;
+    let declared = headers_declared_length(&headers);
+    if declared.is_some_and(|n| n > crate::http::MAX_BODY) {
+        return Err(too_large());
+    }
+    let body = read_body(req, crate::http::MAX_BODY)?;
     Ok(Request {
         method,
         path,
@@ -101,6 +80,57 @@ pub async fn incoming(req: spin_sdk::http::IncomingRequest) -> Result<Request, E
         headers,
         body,
     })
+}
+
+fn headers_declared_length(headers: &[(String, String)]) -> Option<usize> {
+    headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+fn too_large() -> Error {
+    Error::new(
+        ErrorKind::PayloadTooLarge,
+        format!(
+            "the body exceeds the limit of {} bytes",
+            crate::http::MAX_BODY
+        ),
+    )
+}
+
+/// Reads the request body, stopping at `limit + 1` bytes: a body over the limit
+/// (chunked, or longer than it declared) is refused without being buffered.
+fn read_body(req: spin_sdk::http::IncomingRequest, limit: usize) -> Result<Vec<u8>, Error> {
+    use wasi::io::streams::StreamError;
+    let body = req
+        .consume()
+        .map_err(|_| Error::bad_request("the request body was already read"))?;
+    let stream = body
+        .stream()
+        .map_err(|_| Error::bad_request("the request body cannot be read"))?;
+    let mut out = Vec::new();
+    loop {
+        let room = (limit + 1 - out.len()).min(64 * 1024) as u64;
+        match stream.blocking_read(room) {
+            Ok(chunk) => {
+                out.extend_from_slice(&chunk);
+                if out.len() > limit {
+                    return Err(too_large());
+                }
+            }
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(e)) => {
+                return Err(Error::bad_request(format!(
+                    "cannot read the request body: {}",
+                    e.to_debug_string()
+                )))
+            }
+        }
+    }
+    drop(stream);
+    Ok(out)
 }
 
 /// Sends `r` through a response outparam and finishes the body, so the caller

@@ -10,13 +10,17 @@
 //! The work is in `waybill::payments`, the routes in `waybill::http::capture`; capture-cron runs
 //! the same worker every minute (retries with backoff).
 
-use spin_sdk::http::{IntoResponse, Request};
+use spin_sdk::http::{IncomingRequest, IntoResponse};
 use spin_sdk::http_component;
 use waybill::{http, spin_glue};
 
 #[http_component]
-async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
-    let r = spin_glue::request(&req);
+async fn handle(req: IncomingRequest) -> anyhow::Result<impl IntoResponse> {
+    // The body is read up to the limit, never buffered past it.
+    let r = match spin_glue::incoming(req).await {
+        Ok(r) => r,
+        Err(e) => return Ok(spin_glue::response(http::Response::problem(&e))),
+    };
     let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
     let (gateway, stripe) = spin_glue::payment_gateway();
     let resp = match spin_glue::open_writer() {

@@ -4,7 +4,7 @@
 //! (routing) before the answer; the work is in `waybill::inventory`, the
 //! routes in `waybill::http::inventory`.
 
-use spin_sdk::http::{IntoResponse, Request};
+use spin_sdk::http::{IncomingRequest, IntoResponse};
 use spin_sdk::http_component;
 use waybill::{http, inventory, kernel::signature, spin_glue, Error};
 
@@ -57,8 +57,12 @@ async fn pull(
 }
 
 #[http_component]
-async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
-    let r = spin_glue::request(&req);
+async fn handle(req: IncomingRequest) -> anyhow::Result<impl IntoResponse> {
+    // The body is read up to the limit, never buffered past it.
+    let r = match spin_glue::incoming(req).await {
+        Ok(r) => r,
+        Err(e) => return Ok(spin_glue::response(http::Response::problem(&e))),
+    };
     let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
     let cfg = inventory::Config { secret: &secret };
     let mut fx = inventory::Effects::default();

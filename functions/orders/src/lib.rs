@@ -3,13 +3,17 @@
 //! (RMA: request, approve, reject, cancel, receive with inspection and refund).
 //! The routes are `waybill::http::orders`.
 
-use spin_sdk::http::{IntoResponse, Request};
+use spin_sdk::http::{IncomingRequest, IntoResponse};
 use spin_sdk::http_component;
 use waybill::{http, spin_glue};
 
 #[http_component]
-async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
-    let r = spin_glue::request(&req);
+async fn handle(req: IncomingRequest) -> anyhow::Result<impl IntoResponse> {
+    // The body is read up to the limit, never buffered past it.
+    let r = match spin_glue::incoming(req).await {
+        Ok(r) => r,
+        Err(e) => return Ok(spin_glue::response(http::Response::problem(&e))),
+    };
     let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
     if r.method == "GET" || r.method == "HEAD" {
         let resp = match spin_glue::open_db() {

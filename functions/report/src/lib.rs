@@ -1,13 +1,17 @@
 //! report: the daily performance report over HTTP — read (JSON or CSV) and
 //! (re)generate. The work is in `waybill::reporting`.
 
-use spin_sdk::http::{IntoResponse, Request};
+use spin_sdk::http::{IncomingRequest, IntoResponse};
 use spin_sdk::http_component;
 use waybill::{http, reporting, spin_glue};
 
 #[http_component]
-fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
-    let r = spin_glue::request(&req);
+async fn handle(req: IncomingRequest) -> anyhow::Result<impl IntoResponse> {
+    // The body is read up to the limit, never buffered past it.
+    let r = match spin_glue::incoming(req).await {
+        Ok(r) => r,
+        Err(e) => return Ok(spin_glue::response(http::Response::problem(&e))),
+    };
     let resp = match (spin_glue::report_config(), spin_glue::open_writer()) {
         (Ok(cfg), Ok(db)) => {
             let (resp, latest) = http::report::handle(&db, &cfg, &r, chrono::Utc::now());

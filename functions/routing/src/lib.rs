@@ -11,13 +11,17 @@
 //!
 //! The work is in `waybill::routing`; the routes in `waybill::http::routing`.
 
-use spin_sdk::http::{IntoResponse, Request};
+use spin_sdk::http::{IncomingRequest, IntoResponse};
 use spin_sdk::http_component;
 use waybill::{http, payments::capture, spin_glue};
 
 #[http_component]
-async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
-    let r = spin_glue::request(&req);
+async fn handle(req: IncomingRequest) -> anyhow::Result<impl IntoResponse> {
+    // The body is read up to the limit, never buffered past it.
+    let r = match spin_glue::incoming(req).await {
+        Ok(r) => r,
+        Err(e) => return Ok(spin_glue::response(http::Response::problem(&e))),
+    };
     let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
     let now = chrono::Utc::now();
     let (resp, captures_due) = match spin_glue::open_writer() {

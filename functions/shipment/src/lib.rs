@@ -13,7 +13,7 @@
 //! kicked after every successful write, capture after a shipment (capture at
 //! shipment).
 
-use spin_sdk::http::{IntoResponse, Request};
+use spin_sdk::http::{IncomingRequest, IntoResponse};
 use spin_sdk::http_component;
 use waybill::{fulfillment, http, spin_glue};
 
@@ -25,8 +25,12 @@ fn secret(name: &str) -> Option<String> {
 }
 
 #[http_component]
-async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
-    let r = spin_glue::request(&req);
+async fn handle(req: IncomingRequest) -> anyhow::Result<impl IntoResponse> {
+    // The body is read up to the limit, never buffered past it.
+    let r = match spin_glue::incoming(req).await {
+        Ok(r) => r,
+        Err(e) => return Ok(spin_glue::response(http::Response::problem(&e))),
+    };
     let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
     let secrets = fulfillment::Secrets {
         facility: &secret,

@@ -1,0 +1,107 @@
+//! Hardening through the compiled components on tests/host: limits that hold
+//! before any work is done, on every component's routes, with or without a token.
+
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use waybill_host::RunningApp;
+use waybill_scenarios::*;
+
+/// The body limit every route applies (`waybill::http::MAX_BODY`).
+const LIMIT: usize = 1024 * 1024;
+
+/// One public route per component (and the webhook and callback routes).
+const ROUTES: &[&str] = &[
+    "/webhooks/shopify",
+    "/api/orders/batch",
+    "/api/orders/W-1/cancel",
+    "/api/notifications/subscriptions",
+    "/api/reports/daily",
+    "/api/stock/receipts",
+    "/callbacks/fc/berlin/inventory",
+    "/api/routing/simulate",
+    "/api/payments/retry",
+    "/api/fulfillment/jobs",
+    "/callbacks/carriers/easypost",
+];
+
+/// Sends `head` (and `body`, keeping the connection open afterwards) and reads
+/// the status line of the answer, which must come within 5 seconds.
+async fn status_of(app: &RunningApp, head: String, body: Vec<u8>) -> Result<u16, String> {
+    let mut s = TcpStream::connect(app.addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut rd, mut wr) = s.into_split();
+    // The writer may be cut off by the server's answer; that is the point.
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&body).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        drop(wr);
+    });
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        while !got.windows(2).any(|w| w == b"\r\n") {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    writer.abort();
+    if read.is_err() {
+        return Err("no answer within 5 s (the body was being buffered)".into());
+    }
+    let line = String::from_utf8_lossy(&got).to_string();
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {line:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_length_over_the_limit_is_refused_before_the_body_is_read() {
+    let app = start().await;
+    assert_eq!(get(&app, "/api/orders").await.status, 200); // the schema exists
+    for route in ROUTES {
+        for auth in ["", "Authorization: Bearer test-write-token\r\n"] {
+            // The body never comes: an answer proves nothing waited for it.
+            let head = format!(
+                "POST {route} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                app.addr,
+                LIMIT + 1
+            );
+            let got = status_of(&app, head, Vec::new()).await;
+            assert_eq!(got, Ok(413), "{route} with {auth:?}");
+        }
+    }
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM orders"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_is_read_no_further_than_the_limit() {
+    let app = start().await;
+    assert_eq!(get(&app, "/api/orders").await.status, 200); // the schema exists
+                                                            // Past the limit in 64 KiB chunks, and never finished: only a reader that
+                                                            // stops at the limit can answer.
+    let chunk = vec![b' '; 64 * 1024];
+    let mut body = Vec::new();
+    while body.len() < LIMIT + 2 * chunk.len() {
+        body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        body.extend_from_slice(&chunk);
+        body.extend_from_slice(b"\r\n");
+    }
+    for route in ROUTES {
+        let head = format!(
+            "POST {route} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer test-write-token\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+            app.addr
+        );
+        let got = status_of(&app, head, body.clone()).await;
+        assert_eq!(got, Ok(413), "{route}");
+    }
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM orders"), 0);
+}
