@@ -105,3 +105,67 @@ async fn a_chunked_body_is_read_no_further_than_the_limit() {
     }
     assert_eq!(count(&app, "SELECT COUNT(*) FROM orders"), 0);
 }
+
+/// Caller-chosen quantities at the ends of the integer range answer 4xx and move
+/// nothing: no wrapped arithmetic reaches the stock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_quantities_are_refused_and_move_no_stock() {
+    let app = start().await;
+    put_ok(
+        &app,
+        "/api/facilities/berlin",
+        serde_json::json!({"name": "Berlin", "type": "warehouse", "countries": ["DE"]}),
+    )
+    .await;
+    put_ok(
+        &app,
+        "/api/products/MUG",
+        serde_json::json!({"name": "Mug"}),
+    )
+    .await;
+    receive_stock(&app, "berlin", "MUG", 5).await;
+    let stock = |app: &RunningApp| {
+        count(
+            app,
+            "SELECT COALESCE(SUM(on_hand) * 1000000 + SUM(reserved), -1) FROM stock",
+        )
+    };
+    let before = stock(&app);
+    for q in [
+        i64::MIN,
+        i64::MIN + 1,
+        i64::MAX,
+        -1_000_000_001,
+        1_000_000_001,
+    ] {
+        let cases = [
+            (
+                "/api/stock/adjustments",
+                serde_json::json!({"facility": "berlin", "sku": "MUG", "delta": q, "reason": "count"}),
+                "/delta",
+            ),
+            (
+                "/api/stock/receipts",
+                serde_json::json!({"facility": "berlin", "lines": [{"sku": "MUG", "quantity": q}]}),
+                "/lines/0/quantity",
+            ),
+        ];
+        for (path, body, pointer) in cases {
+            // Refused as out of range, not as a (wrapped) stock conflict.
+            let r = write(&app, "POST", path, &body).await;
+            assert_eq!(r.status, 422, "{path} with {q}: {}", r.json);
+            assert_eq!(
+                r.header("content-type"),
+                Some("application/problem+json"),
+                "{path} with {q}"
+            );
+            assert_eq!(r.json["errors"][0]["pointer"], pointer, "{path} with {q}");
+        }
+    }
+    assert_eq!(stock(&app), before);
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) FROM stock_movements"),
+        1,
+        "only the first receipt"
+    );
+}

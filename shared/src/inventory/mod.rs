@@ -235,7 +235,7 @@ pub fn adjustment(db: &dyn Db, v: &Json, now: DateTime<Utc>, fx: &mut Effects) -
     }
     let delta = v["delta"]
         .as_i64()
-        .filter(|d| *d != 0 && d.abs() <= 1_000_000_000);
+        .filter(|d| *d != 0 && d.unsigned_abs() <= 1_000_000_000);
     if delta.is_none() {
         errs.push(FieldError::new(
             "/delta",

@@ -75,7 +75,11 @@ pub fn verify_timestamped(
         }
     }
     let Some(t) = t else { return false };
-    if (now - t).abs() > tolerance_secs {
+    // Checked: a timestamp at the end of the range is refused, never wrapped.
+    let in_window = now
+        .checked_sub(t)
+        .is_some_and(|d| d.unsigned_abs() <= tolerance_secs.unsigned_abs());
+    if !in_window {
         return false;
     }
     let expected = sign_timestamped(secret, t, body);
@@ -90,6 +94,17 @@ pub fn verify_timestamped(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_at_the_ends_of_the_range_are_refused_not_wrapped() {
+        let now = 1_700_000_000;
+        for t in [i64::MIN, i64::MIN + 1, i64::MAX] {
+            let header = sign_timestamped(b"k", t, b"{}");
+            assert!(!verify_timestamped(b"k", &header, b"{}", now, 300), "{t}");
+        }
+        let header = sign_timestamped(b"k", now - 300, b"{}");
+        assert!(verify_timestamped(b"k", &header, b"{}", now, 300));
+    }
 
     #[test]
     fn base64_hmac_matches_a_known_vector() {
