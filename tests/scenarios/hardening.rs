@@ -169,3 +169,24 @@ async fn extreme_quantities_are_refused_and_move_no_stock() {
         "only the first receipt"
     );
 }
+
+/// A storage failure answers 500 with a reference to the log line, never the
+/// database's own text (table names, SQL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_failure_shows_a_reference_not_the_database_text() {
+    let app = start().await;
+    assert_eq!(get(&app, "/api/facilities").await.status, 200);
+    app.sql("default", "DROP TABLE facilities", &[])
+        .expect("drop");
+    let r = get(&app, "/api/facilities").await;
+    assert_eq!(r.status, 500, "{}", r.json);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let detail = r.json["detail"].as_str().unwrap_or_default().to_string();
+    assert!(detail.contains("reference "), "{detail}");
+    for leak in ["facilities", "no such table", "SELECT", "sqlite"] {
+        assert!(
+            !detail.to_lowercase().contains(&leak.to_lowercase()),
+            "{leak} in {detail}"
+        );
+    }
+}

@@ -181,12 +181,19 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// The database's own text (table names, SQL, constraint names) stays in the
+/// log under a reference; the caller sees the reference only.
 impl From<crate::kernel::db::DbError> for Error {
     fn from(e: crate::kernel::db::DbError) -> Error {
+        let reference = uuid::Uuid::new_v4().simple().to_string();
+        eprintln!("waybill: error {reference}: database: {}", e.0);
         if e.is_busy() {
-            Error::new(ErrorKind::Unavailable, format!("database busy: {}", e.0))
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("the database is busy; retry (reference {reference})"),
+            )
         } else {
-            Error::internal(format!("database error: {}", e.0))
+            Error::internal(format!("internal storage error (reference {reference})"))
         }
     }
 }
