@@ -241,6 +241,19 @@ async fn a_split_order_ships_from_a_center_and_a_store_and_ends_delivered() {
         401,
     );
     assert_eq!(snapshot(&app), before);
+    // The tracking link goes into the customer's e-mail: http(s) only.
+    for bad in [
+        "javascript:alert(document.cookie)",
+        "data:text/html,<script>",
+        "//evil.example/x",
+    ] {
+        let mut c = confirm.clone();
+        c["tracking_url"] = json!(bad);
+        let r = fc_callback(&app, "fc-paris", &c, FC_SECRET).await;
+        problem(&r, 422);
+        assert_eq!(r.json["errors"][0]["pointer"], "/tracking_url", "{bad}");
+    }
+    assert_eq!(snapshot(&app), before);
     let r = fc_callback(&app, "fc-paris", &confirm, FC_SECRET).await;
     assert_eq!(
         (r.status, r.json["result"].as_str()),

@@ -167,6 +167,26 @@ pub(crate) fn opt_str(v: &Json, k: &str, errs: &mut Vec<FieldError>) -> Option<S
     }
 }
 
+/// `tracking_url`: a link customers follow from their shipping e-mail, so an
+/// http(s) URL only (`javascript:` and the like are refused).
+fn tracking_url(v: &Json, errs: &mut Vec<FieldError>) -> Option<String> {
+    match &v["tracking_url"] {
+        Json::Null => None,
+        Json::String(s) if s.trim().is_empty() => None,
+        Json::String(s) => match crate::kernel::url::link(s) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                errs.push(FieldError::new("/tracking_url", e));
+                None
+            }
+        },
+        _ => {
+            errs.push(FieldError::new("/tracking_url", "must be an http(s) URL"));
+            None
+        }
+    }
+}
+
 pub(crate) fn lines_of(
     v: &Json,
     key: &str,
@@ -340,7 +360,7 @@ fn shipment_from_callback(db: &dyn Db, fo_id: &str, body: &Json) -> Result<ShipI
         carrier: opt_str(body, "carrier", &mut errs),
         service: opt_str(body, "service", &mut errs),
         shipping_method: opt_str(body, "shipping_method", &mut errs),
-        tracking_url: opt_str(body, "tracking_url", &mut errs),
+        tracking_url: tracking_url(body, &mut errs),
         tracking_number: tracking,
         shipped_at,
         lines,

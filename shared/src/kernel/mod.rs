@@ -11,3 +11,4 @@ pub mod schema;
 pub mod settings;
 pub mod signature;
 pub mod time;
+pub mod url;
