@@ -180,6 +180,16 @@ impl crate::notify::Transport for SpinTransport {
     }
 }
 
+/// The receivers the operator allows (`outbound_receivers`); unreadable entries
+/// are logged and ignored.
+pub fn receivers() -> crate::kernel::url::Receivers {
+    let (r, bad) = crate::kernel::url::Receivers::parse_strict(&variable("outbound_receivers", ""));
+    if !bad.is_empty() {
+        eprintln!("outbound_receivers: ignoring entries that are not hosts: {bad:?}");
+    }
+    r
+}
+
 /// The notification settings from Spin variables.
 pub fn notify_config() -> crate::notify::Config {
     let d = crate::notify::Config::default();
@@ -213,6 +223,7 @@ pub fn notify_config() -> crate::notify::Config {
             .map(|v| (v.to_string(), variable(v, "")))
             .filter(|(_, s)| !s.is_empty())
             .collect(),
+        receivers: receivers(),
     }
 }
 

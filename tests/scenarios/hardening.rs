@@ -190,3 +190,144 @@ async fn a_storage_failure_shows_a_reference_not_the_database_text() {
         );
     }
 }
+
+/// Addresses a user may not make Waybill call: every internal class, Spin's
+/// private service names, and public hosts the operator did not allow.
+fn refused_targets() -> Vec<String> {
+    [
+        "http://127.0.0.1:9/hook",
+        "http://127.1/hook",
+        "http://2130706433/hook",
+        "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.8/hook",
+        "http://192.168.1.1/hook",
+        "http://[fd00::1]/hook",
+        "http://localhost:3000/hook",
+        "http://notify.spin.internal/internal/sweep",
+        "https://not-allowed.example/hook",
+        "file:///etc/passwd",
+        "gopher://127.0.0.1:6379/_FLUSHALL",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_outside_the_operators_list_are_refused_when_stored() {
+    let app = start_with(&[("outbound_receivers", "hooks.example.com")]).await;
+    let targets = refused_targets();
+    for url in &targets {
+        let r = write(
+            &app,
+            "POST",
+            "/api/notifications/subscriptions",
+            &serde_json::json!({"url": url, "events": ["order.received"]}),
+        )
+        .await;
+        assert_eq!(r.status, 422, "{url}: {}", r.json);
+        assert_eq!(r.json["errors"][0]["pointer"], "/url", "{url}");
+        for field in ["orders_url", "inventory_url", "cancel_url"] {
+            let r = write(
+                &app,
+                "PUT",
+                "/api/facilities/fc-x",
+                &serde_json::json!({"name": "X", "type": "fulfillment_center", "countries": ["DE"],
+                    "secret_variable": "fc_secret_a", "endpoints": {field: url}}),
+            )
+            .await;
+            assert_eq!(r.status, 422, "{field} {url}: {}", r.json);
+            assert_eq!(
+                r.json["errors"][0]["pointer"],
+                format!("/endpoints/{field}"),
+                "{url}"
+            );
+        }
+    }
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM subscriptions"), 0);
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM facilities"), 0);
+    // What the operator allowed is stored.
+    let r = write(
+        &app,
+        "POST",
+        "/api/notifications/subscriptions",
+        &serde_json::json!({"url": "https://hooks.example.com/waybill", "events": ["order.received"]}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    eprintln!(
+        "SSRF: {} refused targets × 4 endpoint fields",
+        targets.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_endpoint_the_list_no_longer_allows_is_not_called() {
+    let allowed = Receiver::start(0, 200).await;
+    let refused = Receiver::start(0, 200).await;
+    let app = start_with(&[
+        ("outbound_receivers", &format!("127.0.0.1:{}", allowed.port)),
+        ("notify_extra_outbound_host", "http://127.0.0.1:*"),
+        ("fc_extra_outbound_host", "http://127.0.0.1:*"),
+        ("fc_secret_a", "a-center-secret-0123456789"),
+    ])
+    .await;
+    assert_eq!(get(&app, "/api/orders").await.status, 200); // the schema exists
+                                                            // Rows stored before the operator narrowed the list.
+    for port in [allowed.port, refused.port] {
+        app.sql(
+            "default",
+            &format!("INSERT INTO subscriptions (url, event_types, secret, active, created_at) VALUES ('http://127.0.0.1:{port}/hook', '[\"order.received\"]', 'sixteen-chars-secret', 1, '2026-01-01T00:00:00Z')"),
+            &[],
+        )
+        .expect("subscription");
+    }
+    app.sql(
+        "default",
+        &format!("INSERT INTO facilities (id, name, type, services, countries, shipping_methods, daily_capacity, priority, active, endpoints, secret_variable, created_at, updated_at) VALUES ('fc-old', 'Old FC', 'fulfillment_center', '[\"ship\"]', '[\"DE\"]', '[]', NULL, 0, 1, '{{\"inventory_url\": \"http://127.0.0.1:{}/inventory\"}}', 'fc_secret_a', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')", refused.port),
+        &[],
+    )
+    .expect("facility");
+    let r = shopify(
+        &app,
+        "orders/create",
+        "ssrf-1",
+        &fixture("shopify/orders-create.json"),
+    )
+    .await;
+    assert_eq!(r.json["result"], "created", "{}", r.json);
+    eventually("the allowed receiver got the event", || async {
+        allowed.received().len() == 1
+    })
+    .await;
+    eventually("the refused delivery is dead", || async {
+        count(
+            &app,
+            "SELECT COUNT(*) FROM deliveries WHERE kind = 'webhook' AND state = 'dead' AND last_error LIKE 'refused receiver%'",
+        ) == 1
+    })
+    .await;
+    let r = write(
+        &app,
+        "POST",
+        "/api/facilities/fc-old/inventory/sync",
+        &serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.json);
+    assert!(
+        r.json["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("refused"),
+        "{}",
+        r.json
+    );
+    assert_eq!(
+        refused.received().len(),
+        0,
+        "no request left for the refused host"
+    );
+}

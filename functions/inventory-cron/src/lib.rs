@@ -12,8 +12,12 @@ use waybill::{inventory, kernel::signature, spin_glue};
 
 struct InventoryCron;
 
+/// A center's signing secret: only the variables declared for centers.
 fn secret(name: &str) -> Option<String> {
-    Some(spin_glue::variable(name, "")).filter(|s| !s.is_empty())
+    waybill::inventory::FC_SECRET_VARIABLES
+        .contains(&name)
+        .then(|| spin_glue::variable(name, ""))
+        .filter(|s| !s.is_empty())
 }
 
 impl Guest for InventoryCron {
@@ -21,7 +25,11 @@ impl Guest for InventoryCron {
         let fail = |e: waybill::Error| Error::Other(e.to_string());
         let db = spin_glue::open_writer().map_err(fail)?;
         let kv = spin_glue::kv().map_err(fail)?;
-        let cfg = inventory::Config { secret: &secret };
+        let receivers = spin_glue::receivers();
+        let cfg = inventory::Config {
+            secret: &secret,
+            receivers: &receivers,
+        };
         for facility in inventory::pull_facilities(&db).map_err(fail)? {
             let now = chrono::Utc::now();
             let result = (|| {

@@ -8,8 +8,12 @@ use spin_sdk::http::{IncomingRequest, IntoResponse};
 use spin_sdk::http_component;
 use waybill::{http, inventory, kernel::signature, spin_glue, Error};
 
+/// A center's signing secret: only the variables declared for centers.
 fn secret(name: &str) -> Option<String> {
-    Some(spin_glue::variable(name, "")).filter(|s| !s.is_empty())
+    waybill::inventory::FC_SECRET_VARIABLES
+        .contains(&name)
+        .then(|| spin_glue::variable(name, ""))
+        .filter(|s| !s.is_empty())
 }
 
 /// `POST /api/facilities/{id}/inventory/sync`: pulls the center's levels now.
@@ -64,7 +68,11 @@ async fn handle(req: IncomingRequest) -> anyhow::Result<impl IntoResponse> {
         Err(e) => return Ok(spin_glue::response(http::Response::problem(&e))),
     };
     let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
-    let cfg = inventory::Config { secret: &secret };
+    let receivers = spin_glue::receivers();
+    let cfg = inventory::Config {
+        secret: &secret,
+        receivers: &receivers,
+    };
     let mut fx = inventory::Effects::default();
     let resp = match (spin_glue::open_writer(), spin_glue::kv()) {
         (Ok(db), Ok(kv)) => {

@@ -41,7 +41,7 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     }
     let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
     let resp = match spin_glue::open_writer() {
-        Ok(db) => http::notify::handle(&db, &tokens, &req, chrono::Utc::now()),
+        Ok(db) => http::notify::handle(&db, &tokens, &cfg.receivers, &req, chrono::Utc::now()),
         Err(e) => http::Response::problem(&e),
     };
     spin_glue::respond(out, resp);

@@ -63,11 +63,12 @@ fn route(
         ("GET", ["api", "facilities"]) => ok(inventory::list_facilities(db)?),
         ("POST", ["api", "facilities"]) => Ok(Response::json(
             201,
-            &inventory::create_facility(db, &req.json_object()?, now, fx)?,
+            &inventory::create_facility(db, &req.json_object()?, cfg.receivers, now, fx)?,
         )),
         ("GET", ["api", "facilities", id]) => ok(inventory::get_facility(db, id)?),
         ("PUT", ["api", "facilities", id]) => {
-            let (created, v) = inventory::replace_facility(db, id, &req.json_object()?, now, fx)?;
+            let (created, v) =
+                inventory::replace_facility(db, id, &req.json_object()?, cfg.receivers, now, fx)?;
             Ok(Response::json(if created { 201 } else { 200 }, &v))
         }
         ("GET", ["api", "products"]) => ok(inventory::list_products(db)?),

@@ -7,6 +7,7 @@ use crate::http::{segments, Request, Response, Scope, Tokens};
 use crate::kernel::db::Db;
 use crate::kernel::error::{Error, ErrorKind, Result};
 use crate::kernel::json::parse_json;
+use crate::kernel::url::Receivers;
 use crate::notify::admin;
 
 fn int_param(req: &Request, name: &str, default: i64, max: i64) -> Result<i64> {
@@ -34,7 +35,13 @@ fn after_param(req: &Request) -> Result<i64> {
 }
 
 /// `/api/events`, `/api/notifications/...`.
-pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request, now: DateTime<Utc>) -> Response {
+pub fn handle(
+    db: &dyn Db,
+    tokens: &Tokens,
+    receivers: &Receivers,
+    req: &Request,
+    now: DateTime<Utc>,
+) -> Response {
     let r = (|| -> Result<Response> {
         let path = req.path.trim_end_matches('/');
         let segs = segments(path);
@@ -71,7 +78,8 @@ pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request, now: DateTime<Utc>) -
                 ok(admin::list_subscriptions(db)?)
             }
             ("POST", ["api", "notifications", "subscriptions"]) => {
-                let (id, v) = admin::create_subscription(db, &parse_json(&req.body)?, now)?;
+                let (id, v) =
+                    admin::create_subscription(db, &parse_json(&req.body)?, receivers, now)?;
                 Ok(Response::json(201, &v).with_header(
                     "location",
                     &format!("/api/notifications/subscriptions/{id}"),

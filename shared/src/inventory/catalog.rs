@@ -47,14 +47,23 @@ pub(crate) fn strings(
     }
 }
 
-pub(crate) fn url_field(v: &Json, field: &str, errs: &mut Vec<FieldError>) -> Option<String> {
+/// An endpoint Waybill will call: an http(s) URL whose host the operator
+/// allows (`outbound_receivers`, see [`crate::kernel::url`]).
+pub(crate) fn url_field(
+    v: &Json,
+    field: &str,
+    receivers: &Receivers,
+    errs: &mut Vec<FieldError>,
+) -> Option<String> {
     match &v[field] {
         Json::Null => None,
-        Json::String(s)
-            if (s.starts_with("https://") || s.starts_with("http://")) && s.len() <= 2048 =>
-        {
-            Some(s.clone())
-        }
+        Json::String(s) => match receivers.check(s) {
+            Ok(_) => Some(s.trim().to_string()),
+            Err(e) => {
+                errs.push(FieldError::new(format!("/endpoints/{field}"), e));
+                None
+            }
+        },
         _ => {
             errs.push(FieldError::new(
                 format!("/endpoints/{field}"),
@@ -69,6 +78,7 @@ pub(crate) fn url_field(v: &Json, field: &str, errs: &mut Vec<FieldError>) -> Op
 pub fn create_facility(
     db: &dyn Db,
     v: &Json,
+    receivers: &Receivers,
     now: DateTime<Utc>,
     fx: &mut Effects,
 ) -> Result<Json> {
@@ -84,7 +94,7 @@ pub fn create_facility(
             "facility '{id}' exists; PUT /api/facilities/{id} replaces it"
         )));
     }
-    put_facility(db, &id, v, now, fx)
+    put_facility(db, &id, v, receivers, now, fx)
 }
 
 /// `PUT /api/facilities/{id}`: creates or replaces; true when it was created.
@@ -92,6 +102,7 @@ pub fn replace_facility(
     db: &dyn Db,
     id: &str,
     v: &Json,
+    receivers: &Receivers,
     now: DateTime<Utc>,
     fx: &mut Effects,
 ) -> Result<(bool, Json)> {
@@ -101,7 +112,7 @@ pub fn replace_facility(
         ));
     }
     let created = !facility_exists(db, id)?;
-    Ok((created, put_facility(db, id, v, now, fx)?))
+    Ok((created, put_facility(db, id, v, receivers, now, fx)?))
 }
 
 /// Creates or replaces a facility. An active facility's stock may now reach
@@ -111,6 +122,7 @@ pub fn put_facility(
     db: &dyn Db,
     id: &str,
     v: &Json,
+    receivers: &Receivers,
     now: DateTime<Utc>,
     fx: &mut Effects,
 ) -> Result<Json> {
@@ -163,9 +175,9 @@ pub fn put_facility(
         ));
     }
     let endpoints = json!({
-        "orders_url": url_field(ep, "orders_url", &mut errs),
-        "inventory_url": url_field(ep, "inventory_url", &mut errs),
-        "cancel_url": url_field(ep, "cancel_url", &mut errs),
+        "orders_url": url_field(ep, "orders_url", receivers, &mut errs),
+        "inventory_url": url_field(ep, "inventory_url", receivers, &mut errs),
+        "cancel_url": url_field(ep, "cancel_url", receivers, &mut errs),
     });
     let secret_variable = secret_variable(v, &mut errs);
     if !errs.is_empty() {

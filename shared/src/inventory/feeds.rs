@@ -27,6 +27,12 @@ pub fn pull_target(db: &dyn Db, cfg: &Config<'_>, facility: &str) -> Result<Pull
             "facility '{facility}' has no endpoints.inventory_url to pull from"
         )));
     };
+    // Checked again at each pull: the row may predate a narrower list.
+    cfg.receivers.check(url).map_err(|e| {
+        Error::unprocessable(format!(
+            "facility '{facility}': endpoints.inventory_url is refused: {e}"
+        ))
+    })?;
     let secret = f
         .opt_str("secret_variable")
         .and_then(|v| (cfg.secret)(&v))

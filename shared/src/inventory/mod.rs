@@ -20,6 +20,7 @@ use crate::kernel::db::{transaction, Db, Value};
 use crate::kernel::error::{Error, ErrorKind, FieldError, Result};
 use crate::kernel::kv::Kv;
 use crate::kernel::time::ts;
+use crate::kernel::url::Receivers;
 use crate::params;
 use facility::{FacilityType, Service};
 use stock::{move_stock, Change};
@@ -34,6 +35,8 @@ pub const SIGNATURE_TOLERANCE_SECS: i64 = 300;
 pub struct Config<'a> {
     /// Reads a Spin variable by name (a facility names the one holding its secret).
     pub secret: &'a dyn Fn(&str) -> Option<String>,
+    /// The hosts the operator allows facility endpoints to name (`outbound_receivers`).
+    pub receivers: &'a Receivers,
 }
 
 /// What a request did, for the component to follow up.

@@ -13,7 +13,11 @@ fn setup() -> NativeDb {
 fn call(db: &NativeDb, kv: &MemoryKv, m: &str, path: &str, body: Json) -> (Response, Effects) {
     let secret = |name: &str| (name == "fc_secret_a").then(|| "fc-secret".to_string());
     let tokens = Tokens::parse("write:write-token-1,read:read-token-1");
-    let cfg = Config { secret: &secret };
+    let receivers = crate::kernel::url::Receivers::parse("fc.example, 127.0.0.1");
+    let cfg = Config {
+        secret: &secret,
+        receivers: &receivers,
+    };
     let req = Request::new(m, path)
         .with_header("authorization", "Bearer write-token-1")
         .with_header("content-type", "application/json")
@@ -150,7 +154,11 @@ fn keys_import_as_json_and_csv_without_duplicates() {
     assert_eq!(fx.restocked, vec!["SOFT".to_string()]);
     let secret = |_: &str| None;
     let tokens = Tokens::parse("write:write-token-1");
-    let cfg = Config { secret: &secret };
+    let receivers = crate::kernel::url::Receivers::parse("fc.example, 127.0.0.1");
+    let cfg = Config {
+        secret: &secret,
+        receivers: &receivers,
+    };
     let req = Request::new("POST", "/api/license-keys/SOFT")
         .with_header("authorization", "Bearer write-token-1")
         .with_header("content-type", "text/csv")
@@ -269,7 +277,11 @@ fn fc_push_needs_the_signature() {
     let body = json!({"as_of": "2026-11-20T10:00:00Z", "levels": [{"part_number": "FC-001", "on_hand": 7}, {"sku": "OTHER", "on_hand": 1}]}).to_string();
     let secret = |name: &str| (name == "fc_secret_a").then(|| "fc-secret".to_string());
     let tokens = Tokens::default();
-    let cfg = Config { secret: &secret };
+    let receivers = crate::kernel::url::Receivers::parse("fc.example, 127.0.0.1");
+    let cfg = Config {
+        secret: &secret,
+        receivers: &receivers,
+    };
     let now = Utc::now();
     let push = |sig: &str| {
         Request::new("POST", "/callbacks/fc/fc/inventory")

@@ -192,9 +192,13 @@ impl Receivers {
     }
 }
 
-/// An address Waybill itself was configured with (the e-mail API URL): any
-/// public http(s) host, never an internal one.
-pub fn configured_target(url: &str) -> Result<url::Url, String> {
+/// An address the operator configured (the e-mail API URL): any public http(s)
+/// host; an internal one (a local mail relay) only when `receivers` names it
+/// exactly; `*.spin.internal` never.
+pub fn configured_target(url: &str, receivers: &Receivers) -> Result<url::Url, String> {
+    if let Ok(u) = receivers.check(url) {
+        return Ok(u);
+    }
     let u = parse_http(url)?;
     let host = normal_host(u.host_str().unwrap_or_default());
     if is_spin_internal(&host)
@@ -292,9 +296,14 @@ mod tests {
     }
 
     #[test]
-    fn a_configured_target_is_public() {
-        assert!(configured_target("https://api.postmarkapp.com/email").is_ok());
-        assert!(configured_target("http://169.254.169.254/").is_err());
-        assert!(configured_target("http://capture.spin.internal/").is_err());
+    fn a_configured_target_is_public_or_named() {
+        let none = Receivers::default();
+        assert!(configured_target("https://api.postmarkapp.com/email", &none).is_ok());
+        assert!(configured_target("http://169.254.169.254/", &none).is_err());
+        assert!(configured_target("http://capture.spin.internal/", &none).is_err());
+        assert!(configured_target("http://127.0.0.1:8025/", &none).is_err());
+        let relay = Receivers::parse("127.0.0.1:8025, capture.spin.internal");
+        assert!(configured_target("http://127.0.0.1:8025/", &relay).is_ok());
+        assert!(configured_target("http://capture.spin.internal/", &relay).is_err());
     }
 }

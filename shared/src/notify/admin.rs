@@ -8,6 +8,7 @@ use serde_json::{json, Value as Json};
 use crate::kernel::db::{transaction, Db};
 use crate::kernel::error::{Error, FieldError, Result};
 use crate::kernel::time::ts;
+use crate::kernel::url::Receivers;
 use crate::notify::envelope;
 use crate::params;
 
@@ -134,14 +135,18 @@ pub const EVENT_TYPES: &[&str] = &[
 ];
 
 /// Creates a webhook subscription; answers its id and, once, its secret.
-pub fn create_subscription(db: &dyn Db, v: &Json, now: DateTime<Utc>) -> Result<(i64, Json)> {
+/// `POST /api/notifications/subscriptions`: the URL must be a receiver the
+/// operator allows (`outbound_receivers`); see [`crate::kernel::url`].
+pub fn create_subscription(
+    db: &dyn Db,
+    v: &Json,
+    receivers: &Receivers,
+    now: DateTime<Utc>,
+) -> Result<(i64, Json)> {
     let mut errs = Vec::new();
     let url = v["url"].as_str().unwrap_or_default().trim().to_string();
-    if !(url.starts_with("https://") || url.starts_with("http://"))
-        || url.len() > 2000
-        || url.parse::<http_uri::Uri>().is_err()
-    {
-        errs.push(FieldError::new("/url", "must be an absolute http(s) URL"));
+    if let Err(e) = receivers.check(&url) {
+        errs.push(FieldError::new("/url", e));
     }
     let events: Vec<String> = match v.get("events") {
         Some(Json::Array(a)) if !a.is_empty() => a
@@ -248,29 +253,4 @@ pub fn put_template(db: &dyn Db, name: &str, v: &Json, now: DateTime<Utc>) -> Re
         return Err(Error::not_found(format!("no template '{name}'")));
     }
     list_templates(db)
-}
-
-/// Parses a URL just enough to reject nonsense (scheme://host[:port]/...).
-mod http_uri {
-    pub struct Uri;
-    impl std::str::FromStr for Uri {
-        type Err = ();
-        fn from_str(s: &str) -> Result<Self, ()> {
-            let rest = s.split_once("://").map(|(_, r)| r).ok_or(())?;
-            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-            let host = host.rsplit_once('@').map(|(_, h)| h).unwrap_or(host);
-            let name = if host.starts_with('[') {
-                host
-            } else {
-                host.split(':').next().unwrap_or("")
-            };
-            if name.is_empty() || name.contains(char::is_whitespace) {
-                return Err(());
-            }
-            if let Some((_, port)) = host.rsplit_once(':').filter(|_| !host.ends_with(']')) {
-                port.parse::<u16>().map_err(|_| ())?;
-            }
-            Ok(Uri)
-        }
-    }
 }

@@ -46,6 +46,9 @@ pub struct Config {
     /// Fulfillment centers' signing secrets by Spin variable name (a facility
     /// names its variable in `secret_variable`).
     pub fc_secrets: std::collections::BTreeMap<String, String>,
+    /// The hosts the operator allows webhooks and center requests to reach
+    /// (`outbound_receivers`), checked again before every call.
+    pub receivers: crate::kernel::url::Receivers,
 }
 
 impl Default for Config {
@@ -59,6 +62,7 @@ impl Default for Config {
             retry_base: Duration::seconds(10),
             lease: Duration::seconds(120),
             fc_secrets: Default::default(),
+            receivers: Default::default(),
         }
     }
 }
@@ -403,8 +407,14 @@ async fn deliver<T: Transport>(
 ) -> Result<Outcome> {
     match d.kind.as_str() {
         "email" => send_email(cfg, t, d).await,
-        "webhook" => send_webhook(db, t, d, now).await,
-        "fc" => send_to_center(cfg, t, d, now).await,
+        "webhook" => send_webhook(db, cfg, t, d, now).await,
+        "fc" => match cfg
+            .receivers
+            .check(d.payload["url"].as_str().unwrap_or_default())
+        {
+            Ok(_) => send_to_center(cfg, t, d, now).await,
+            Err(e) => Ok(Outcome::Dead(format!("refused receiver: {e}"))),
+        },
         other => Ok(Outcome::Dead(format!("unknown delivery kind '{other}'"))),
     }
 }
@@ -415,6 +425,10 @@ async fn send_email<T: Transport>(cfg: &Config, t: &T, d: &Claimed) -> Result<Ou
         // Stored in the mailbox by `record`, in the transaction that marks it delivered.
         EmailProvider::Mailbox => Ok(Outcome::Delivered),
         EmailProvider::Postmark { url, token } => {
+            if let Err(e) = crate::kernel::url::configured_target(url, &cfg.receivers) {
+                // The operator's setting, not the message, is wrong: keep it.
+                return Ok(Outcome::Retry(format!("email_api_url refused: {e}")));
+            }
             let body = json!({
                 "From": d.payload["from"], "To": d.payload["to"], "Subject": d.payload["subject"],
                 "TextBody": d.payload["text"], "HtmlBody": d.payload["html"], "MessageStream": "outbound",
@@ -455,6 +469,7 @@ async fn send_email<T: Transport>(cfg: &Config, t: &T, d: &Claimed) -> Result<Ou
 /// A signed outbound webhook to an active subscription.
 async fn send_webhook<T: Transport>(
     db: &dyn Db,
+    cfg: &Config,
     t: &T,
     d: &Claimed,
     now: DateTime<Utc>,
@@ -468,6 +483,9 @@ async fn send_webhook<T: Transport>(
     };
     if s.i64("active") == 0 {
         return Ok(Outcome::Dead("the subscription is inactive".into()));
+    }
+    if let Err(e) = cfg.receivers.check(&s.str("url")) {
+        return Ok(Outcome::Dead(format!("refused receiver: {e}")));
     }
     let body = d.payload["event"].to_string().into_bytes();
     let header = signature::sign_timestamped(s.str("secret").as_bytes(), now.timestamp(), &body);
@@ -497,6 +515,36 @@ async fn send_webhook<T: Transport>(
         Ok((200..=299, _)) => Ok(Outcome::Delivered),
         Ok((s, _)) => Ok(Outcome::Retry(format!("receiver answered {s}"))),
         Err(e) => Ok(Outcome::Retry(format!("receiver unreachable: {e}"))),
+    }
+}
+
+/// Why a center refused a request, as the timeline and the deliveries show it:
+/// the status and the protocol's `reason` (or a problem's `detail`), never the
+/// raw body (an endpoint's body must not reach a read-scope view; it goes to
+/// the log).
+fn rejection(status: u16, body: &[u8]) -> String {
+    let v: Json = serde_json::from_slice(body).unwrap_or(Json::Null);
+    let why = ["reason", "detail", "title"]
+        .iter()
+        .find_map(|k| v[*k].as_str())
+        .map(|r| {
+            r.chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect::<String>()
+        });
+    if why.is_none() && !body.is_empty() {
+        eprintln!(
+            "notify: the center answered {status} with a body that is not the protocol's: {}",
+            String::from_utf8_lossy(body)
+                .chars()
+                .take(300)
+                .collect::<String>()
+        );
+    }
+    match why {
+        Some(r) => format!("the center answered {status}: {r}"),
+        None => format!("the center answered {status}"),
     }
 }
 
@@ -550,13 +598,7 @@ async fn send_to_center<T: Transport>(
         Ok((200..=299, b)) => Ok(Outcome::FcAnswered(
             serde_json::from_slice(&b).unwrap_or(Json::Null),
         )),
-        Ok((s @ (400 | 404 | 410 | 422), b)) => Ok(Outcome::FcRejected(format!(
-            "the center answered {s}: {}",
-            String::from_utf8_lossy(&b)
-                .chars()
-                .take(300)
-                .collect::<String>()
-        ))),
+        Ok((s @ (400 | 404 | 410 | 422), b)) => Ok(Outcome::FcRejected(rejection(s, &b))),
         Ok((s, _)) => Ok(Outcome::Retry(format!("the center answered {s}"))),
         Err(e) => Ok(Outcome::Retry(format!("the center is unreachable: {e}"))),
     }

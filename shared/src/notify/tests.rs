@@ -87,6 +87,7 @@ fn expansion_is_once_and_delivery_retries_then_dead_letters() {
     let cfg = Config {
         retry_base: Duration::milliseconds(0),
         max_attempts: 3,
+        receivers: crate::kernel::url::Receivers::parse("crm.test"),
         ..Default::default()
     };
     db.execute("INSERT INTO subscriptions (url, event_types, secret, active, created_at) VALUES ('http://crm.test/hook', '[\"order.received\"]', 'sixteen-chars-secret', 1, 'x')", &[]).unwrap();

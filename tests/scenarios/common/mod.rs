@@ -54,6 +54,11 @@ pub async fn start_with(vars: &[(&str, &str)]) -> RunningApp {
     for (k, v) in vars {
         b = b.variable(k, v);
     }
+    // The local receivers and fakes the scenarios start listen on loopback,
+    // which only an operator's exact entry may reach.
+    if !vars.iter().any(|(k, _)| *k == "outbound_receivers") {
+        b = b.variable("outbound_receivers", "127.0.0.1");
+    }
     b.variable(
         "api_tokens",
         &format!("write:{WRITE_TOKEN},read:{READ_TOKEN}"),
