@@ -183,7 +183,7 @@ const WRITERS: &[(&str, &[&str])] = &[
     ("order_events", &["orders/store.rs"]),
     ("outbox", &["orders/store.rs"]),
     ("webhook_receipts", &["intake/webhooks.rs"]),
-    ("idempotency_keys", &["intake/api.rs"]),
+    ("idempotency_keys", &["kernel/idempotency.rs"]),
     ("facilities", &["inventory/catalog.rs"]),
     // The catalog writes products; stock and keys keep their alert flags.
     ("products", &["inventory/"]),

@@ -44,7 +44,8 @@ async fn receive(app: &RunningApp, lines: Value) {
         app,
         "POST",
         "/api/stock/receipts",
-        &json!({"facility": "berlin", "reference": "PO-1", "lines": lines}),
+        // Each receipt its own delivery note: a reference is booked once per facility.
+        &json!({"facility": "berlin", "reference": format!("PO-{}", next_reference()), "lines": lines}),
     )
     .await;
     assert_eq!(r.status, 201, "{}", r.json);

@@ -331,3 +331,134 @@ async fn a_stored_endpoint_the_list_no_longer_allows_is_not_called() {
         "no request left for the refused host"
     );
 }
+
+async fn keyed(app: &RunningApp, path: &str, key: &str, body: &serde_json::Value) -> Reply {
+    send(
+        app,
+        "POST",
+        path,
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &format!("Bearer {WRITE_TOKEN}")),
+            ("idempotency-key", key),
+        ],
+        body.to_string(),
+    )
+    .await
+}
+
+/// A client that retries a POST which moves stock or money (a timeout, a lost
+/// answer) under the same Idempotency-Key gets the first answer again and moves
+/// nothing twice; the key with another body is 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_and_money_posts_retried_under_one_key_take_effect_once() {
+    let app = start().await;
+    put_ok(
+        &app,
+        "/api/facilities/berlin",
+        serde_json::json!({"name": "Berlin", "type": "warehouse", "countries": ["DE"]}),
+    )
+    .await;
+    put_ok(
+        &app,
+        "/api/products/MUG",
+        serde_json::json!({"name": "Mug"}),
+    )
+    .await;
+    let on_hand = |app: &RunningApp| count(app, "SELECT COALESCE(SUM(on_hand), 0) FROM stock");
+
+    // Five concurrent retries of one receipt: booked once.
+    let receipt = serde_json::json!({"facility": "berlin", "reference": "ASN-1", "lines": [{"sku": "MUG", "quantity": 10}]});
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let url = app.url("/api/stock/receipts");
+        let body = receipt.to_string().into_bytes();
+        tasks.push(tokio::spawn(async move {
+            waybill_host::client::request(
+                "POST",
+                &url,
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", &format!("Bearer {WRITE_TOKEN}")),
+                    ("idempotency-key", "rcpt-1"),
+                ],
+                body,
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    let mut replayed = 0;
+    for t in tasks {
+        let (status, headers, body) = t.await.unwrap();
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+        if headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("idempotent-replayed") && v == "true")
+        {
+            replayed += 1;
+        }
+    }
+    assert_eq!(replayed, 4);
+    assert_eq!(on_hand(&app), 10);
+    let other = serde_json::json!({"facility": "berlin", "reference": "ASN-2", "lines": [{"sku": "MUG", "quantity": 3}]});
+    assert_eq!(
+        keyed(&app, "/api/stock/receipts", "rcpt-1", &other)
+            .await
+            .status,
+        422
+    );
+    // The same delivery note booked again without a key is refused, not added.
+    let again = write(&app, "POST", "/api/stock/receipts", &receipt).await;
+    assert_eq!(again.status, 409, "{}", again.json);
+    assert_eq!(on_hand(&app), 10);
+
+    // An adjustment retried: applied once.
+    let adj =
+        serde_json::json!({"facility": "berlin", "sku": "MUG", "delta": -2, "reason": "damaged"});
+    for _ in 0..3 {
+        assert_eq!(
+            keyed(&app, "/api/stock/adjustments", "adj-1", &adj)
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(on_hand(&app), 8);
+
+    // A refund retried: one refund in the ledger.
+    let r = post_api(
+        &app,
+        "/api/orders",
+        &[("content-type", "application/json")],
+        serde_json::json!({
+            "external_id": "idem-1", "currency": "EUR", "placed_at": "2026-11-20T10:00:00Z",
+            "customer": {"email": "kim@example.com"},
+            "shipping_address": {"line1": "Unter den Linden 1", "city": "Berlin", "postal_code": "10117", "country_code": "DE"},
+            "lines": [{"sku": "MUG", "name": "Mug", "quantity": 1, "unit_price": "10.00"}],
+            "financial_status": "paid"
+        })
+        .to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let id = r.json["id"].as_str().unwrap().to_string();
+    eventually("captured", || async {
+        count(&app, &format!("SELECT COUNT(*) FROM payment_transactions WHERE order_id = '{id}' AND kind = 'capture' AND status = 'succeeded'")) == 1
+    })
+    .await;
+    let refunds = format!("/api/payments/orders/{id}/refunds");
+    let body = serde_json::json!({"amount_minor": 250, "reason": "goodwill"});
+    let first = keyed(&app, &refunds, "refund-1", &body).await;
+    assert_eq!(first.status, 201, "{}", first.json);
+    let second = keyed(&app, &refunds, "refund-1", &body).await;
+    assert_eq!(second.status, 201, "{}", second.json);
+    assert_eq!(second.header("idempotent-replayed"), Some("true"));
+    assert_eq!(second.json["refund"]["id"], first.json["refund"]["id"]);
+    assert_eq!(
+        count(&app, &format!("SELECT COUNT(*) FROM payment_transactions WHERE order_id = '{id}' AND kind = 'refund'")),
+        1
+    );
+    let more = serde_json::json!({"amount_minor": 300, "reason": "goodwill"});
+    assert_eq!(keyed(&app, &refunds, "refund-1", &more).await.status, 422);
+}

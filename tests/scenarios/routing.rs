@@ -57,7 +57,8 @@ async fn receive(app: &RunningApp, facility: &str, sku: &str, qty: i64) -> Reply
         app,
         "POST",
         "/api/stock/receipts",
-        &json!({"facility": facility, "reference": "PO-1", "lines": [{"sku": sku, "quantity": qty}]}),
+        // Each receipt its own delivery note: a reference is booked once per facility.
+        &json!({"facility": facility, "reference": format!("PO-{}", next_reference()), "lines": [{"sku": sku, "quantity": qty}]}),
     )
     .await
 }

@@ -36,6 +36,18 @@ pub fn retry_now(
     now: DateTime<Utc>,
 ) -> Result<Json> {
     transaction(db, |db| retry(db, order_id, v, "api", now))?;
+    retry_sent(db, http, stripe, order_id, now)
+}
+
+/// After a retry is in the ledger: sends what is due for the order to the
+/// gateway (outside any transaction) and answers the payment.
+pub fn retry_sent(
+    db: &dyn Db,
+    http: &dyn Http,
+    stripe: &StripeConfig,
+    order_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Json> {
     process_due(db, http, stripe, Some(&[order_id.to_string()]), now, 50)?;
     payment_view(db, order_id)
 }

@@ -5,13 +5,13 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
-use crate::http::{segments, Request, Response, Tokens};
+use crate::http::{idempotent_step, replay_marked, segments, Request, Response, Tokens};
 use crate::kernel::db::{transaction, Db};
 use crate::kernel::error::{Error, FieldError, Result};
 use crate::orders::views;
 use crate::payments::capture::{
-    action_items, document, documents, payment_view, process_due, put_settings, refund_now,
-    settings, Processed, RefundRequest,
+    action_items, document, documents, payment_view, process_due, put_settings, refund,
+    refund_sent, settings, Processed, RefundRequest,
 };
 use crate::payments::gateway::{Http, StripeConfig};
 
@@ -172,21 +172,31 @@ pub fn handle(
                 let id = order(key)?;
                 Ok(Response::json(200, &payment_view(db, &id)?))
             }
+            // Under the caller's Idempotency-Key the ledger entry is made once;
+            // a retry answers that refund's (or payment's) current state.
             ("POST", ["api", "payments", "orders", key, "refunds"]) => {
                 let r = refund_request(&req.json_object()?)?;
                 let id = order(key)?;
-                Ok(Response::json(
-                    201,
-                    &refund_now(db, http, stripe, &id, &r, now)?,
-                ))
+                let (tx, replayed) = idempotent_step(db, req, now, |db| {
+                    Ok(json!(transaction(db, |db| refund(
+                        db, &id, &r, "api", now
+                    ))?))
+                })?;
+                let answer =
+                    refund_sent(db, http, stripe, &id, tx.as_str().unwrap_or_default(), now)?;
+                Ok(replay_marked(Response::json(201, &answer), replayed))
             }
             ("POST", ["api", "payments", "orders", key, "retry"]) => {
                 let v = req.json_object_or_empty()?;
                 let id = order(key)?;
-                Ok(Response::json(
-                    200,
-                    &crate::flows::payments::retry_now(db, http, stripe, &id, &v, now)?,
-                ))
+                let (_, replayed) = idempotent_step(db, req, now, |db| {
+                    transaction(db, |db| {
+                        crate::flows::payments::retry(db, &id, &v, "api", now)
+                    })?;
+                    Ok(json!(true))
+                })?;
+                let answer = crate::flows::payments::retry_sent(db, http, stripe, &id, now)?;
+                Ok(replay_marked(Response::json(200, &answer), replayed))
             }
             ("POST", ["api", "payments", "sweep"]) => {
                 let p = process_due(db, http, stripe, None, now, 500)?;

@@ -7,8 +7,8 @@ use serde_json::Value as Json;
 
 use crate::flows::intake;
 use crate::http::{Request, Response, Scope, Tokens};
+use crate::intake::sources;
 use crate::intake::webhooks::{self, Config};
-use crate::intake::{api, sources};
 use crate::kernel::db::{transaction, Db};
 use crate::kernel::error::{Error, ErrorKind, Result};
 
@@ -132,51 +132,12 @@ fn api_create(db: &dyn Db, req: &Request, now: DateTime<Utc>) -> Result<Response
             ),
         ));
     }
-    let key = req
-        .header("idempotency-key")
-        .map(str::trim)
-        .map(str::to_string);
-    if let Some(k) = &key {
-        if k.is_empty() || k.len() > 255 {
-            return Err(Error::bad_request(
-                "Idempotency-Key must be 1 to 255 characters",
-            ));
-        }
-    }
     let v = crate::kernel::json::parse_json(&req.body)?;
     let order = sources::api::map_order(&v, "", now)?;
-    let created = |view: Json| {
+    crate::http::idempotent(db, req, "api:orders", now, |db| {
+        let view = transaction(db, |db| intake::create_api_order(db, &order, now))?;
         let id = view["id"].as_str().unwrap_or_default().to_string();
-        Response::json(201, &view).with_header("location", &format!("/api/orders/{id}"))
-    };
-    let Some(key) = key else {
-        return Ok(created(transaction(db, |db| {
-            intake::create_api_order(db, &order, now)
-        })?));
-    };
-    let hash = api::request_hash(&req.body);
-    transaction(db, |db| {
-        if let Some((status, body)) = api::kept_answer(db, &key, &hash, now)? {
-            let mut r = if status >= 400 {
-                Response {
-                    status,
-                    headers: vec![("content-type".into(), "application/problem+json".into())],
-                    body: body.to_string().into_bytes(),
-                }
-            } else {
-                Response::json(status, &body)
-            };
-            r.headers
-                .push(("idempotent-replayed".into(), "true".into()));
-            return Ok(r);
-        }
-        let resp: Response = match intake::create_api_order(db, &order, now) {
-            Ok(view) => created(view),
-            Err(e) if e.status() == 409 => Response::problem(&e),
-            Err(e) => return Err(e),
-        };
-        api::keep_answer(db, &key, &hash, &(resp.status, resp.json_body()), now)?;
-        Ok(resp)
+        Ok(Response::json(201, &view).with_header("location", &format!("/api/orders/{id}")))
     })
 }
 

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 
-use crate::http::{segments, Request, Response, Tokens};
+use crate::http::{idempotency_scope, idempotent, segments, Request, Response, Tokens};
 use crate::inventory::{self, Config, Effects, MAX_KEYS_PER_IMPORT};
 use crate::kernel::db::Db;
 use crate::kernel::error::{Error, ErrorKind, FieldError, Result};
@@ -97,12 +97,20 @@ fn route(
             now,
             fx,
         )?),
-        ("POST", ["api", "stock", "receipts"]) => Ok(Response::json(
-            201,
-            &inventory::receipt(db, &req.json_object()?, now, fx)?,
-        )),
+        ("POST", ["api", "stock", "receipts"]) => {
+            let v = req.json_object()?;
+            idempotent(db, req, &idempotency_scope(req), now, |db| {
+                Ok(Response::json(201, &inventory::receipt(db, &v, now, fx)?))
+            })
+        }
         ("POST", ["api", "stock", "adjustments"]) => {
-            ok(inventory::adjustment(db, &req.json_object()?, now, fx)?)
+            let v = req.json_object()?;
+            idempotent(db, req, &idempotency_scope(req), now, |db| {
+                Ok(Response::json(
+                    200,
+                    &inventory::adjustment(db, &v, now, fx)?,
+                ))
+            })
         }
         ("GET", ["api", "license-keys", sku]) => ok(inventory::pool(db, sku)?),
         ("POST", ["api", "license-keys", sku]) => {

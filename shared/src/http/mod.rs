@@ -1,7 +1,9 @@
 //! Host-independent request and response types, so every handler in `shared/`
 //! runs the same natively (tests) and inside a Spin component.
 
+use crate::kernel::db::{transaction, Db};
 use crate::kernel::error::Error;
+use crate::kernel::idempotency;
 use crate::kernel::signature::constant_time_eq;
 
 pub mod capture;
@@ -15,6 +17,112 @@ pub mod shipment;
 
 /// The largest request body any endpoint accepts.
 pub const MAX_BODY: usize = 1024 * 1024;
+
+/// The request's `Idempotency-Key`, if it sent one (400 when empty or too long).
+pub fn idempotency_key(req: &Request) -> Result<Option<String>, Error> {
+    let Some(k) = req.header("idempotency-key").map(str::trim) else {
+        return Ok(None);
+    };
+    if k.is_empty() || k.len() > idempotency::MAX_KEY {
+        return Err(Error::bad_request(format!(
+            "Idempotency-Key must be 1 to {} characters",
+            idempotency::MAX_KEY
+        )));
+    }
+    Ok(Some(k.to_string()))
+}
+
+/// The scope of a route's Idempotency-Keys: its method and path.
+pub fn idempotency_scope(req: &Request) -> String {
+    format!("{} {}", req.method, req.path.trim_end_matches('/'))
+}
+
+/// For a POST whose effect is recorded in the database and then carried out
+/// outside any transaction (a refund or a payment retry sent to the gateway):
+/// `record` runs with the caller's Idempotency-Key kept in the same
+/// transaction; a retry with the same key and body skips `record` and gets what
+/// it returned the first time (and `true`: replayed); another body is 422.
+/// Without a key, `record` runs alone.
+pub fn idempotent_step(
+    db: &dyn Db,
+    req: &Request,
+    now: chrono::DateTime<chrono::Utc>,
+    record: impl FnOnce(&dyn Db) -> Result<serde_json::Value, Error>,
+) -> Result<(serde_json::Value, bool), Error> {
+    let Some(key) = idempotency_key(req)? else {
+        return Ok((record(db)?, false));
+    };
+    let scope = idempotency_scope(req);
+    let hash = idempotency::request_hash(&req.body);
+    transaction(db, |db| {
+        if let Some((_, kept)) = idempotency::kept(db, &scope, &key, &hash, now)? {
+            return Ok((kept, true));
+        }
+        let v = record(db)?;
+        idempotency::keep(db, &scope, &key, &hash, &(200, v.clone()), now)?;
+        Ok((v, false))
+    })
+}
+
+/// Marks an answer `Idempotent-Replayed: true` when it answers a retry.
+pub fn replay_marked(mut r: Response, replayed: bool) -> Response {
+    if replayed {
+        r.headers
+            .push(("idempotent-replayed".into(), "true".into()));
+    }
+    r
+}
+
+/// Runs a POST that moves money or stock under the caller's Idempotency-Key
+/// (`kernel::idempotency`): the effect and the kept answer commit together (the
+/// effect's own transactions become savepoints of this one); a retry with the
+/// same key and body gets the kept answer with `Idempotent-Replayed: true` and
+/// changes nothing; the same key with another body is 422. Successes and 409s
+/// are kept; any other error rolls everything back, so a retry runs again.
+/// Without a key, `f` runs as it is. `scope` names the route (each route's keys
+/// are its own).
+pub fn idempotent(
+    db: &dyn Db,
+    req: &Request,
+    scope: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    f: impl FnOnce(&dyn Db) -> Result<Response, Error>,
+) -> Result<Response, Error> {
+    let Some(key) = idempotency_key(req)? else {
+        return f(db);
+    };
+    let hash = idempotency::request_hash(&req.body);
+    transaction(db, |db| {
+        if let Some((status, body)) = idempotency::kept(db, scope, &key, &hash, now)? {
+            let mut r = if status >= 400 {
+                Response {
+                    status,
+                    headers: vec![("content-type".into(), "application/problem+json".into())],
+                    body: body.to_string().into_bytes(),
+                }
+            } else {
+                Response::json(status, &body)
+            };
+            r.headers
+                .push(("idempotent-replayed".into(), "true".into()));
+            return Ok(r);
+        }
+        let resp = match f(db) {
+            Ok(r) => r,
+            Err(e) if e.status() == 409 => Response::problem(&e),
+            Err(e) => return Err(e),
+        };
+        idempotency::keep(
+            db,
+            scope,
+            &key,
+            &hash,
+            &(resp.status, resp.json_body()),
+            now,
+        )?;
+        Ok(resp)
+    })
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct Request {

@@ -6,7 +6,10 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use crate::http::{method_not_allowed, query_error, segments, Request, Response, Scope, Tokens};
+use crate::http::{
+    idempotency_scope, idempotent, method_not_allowed, query_error, segments, Request, Response,
+    Scope, Tokens,
+};
 use crate::kernel::db::{transaction, Db};
 use crate::kernel::error::{Error, Result};
 use crate::kernel::time::{parse_time, ts};
@@ -36,30 +39,52 @@ pub fn handle_write(
             let answer = order_change(db, key, field, f, &v, now)?;
             Ok((Response::json(200, &answer), Received::default()))
         };
+        // A POST that moves stock or money, under the caller's Idempotency-Key:
+        // a replay answers what the first request did and sets nothing in motion.
+        let once = |f: &dyn Fn(&dyn Db, &mut Received) -> Result<Response>| {
+            let mut got = Received::default();
+            let resp = idempotent(db, req, &idempotency_scope(req), now, |db| f(db, &mut got))?;
+            Ok::<_, Error>((resp, got))
+        };
         match (req.method.as_str(), segs.as_slice()) {
             ("PATCH", ["api", "orders", key]) => {
                 change(key, "change", crate::flows::changes::change)
             }
-            ("POST", ["api", "orders", key, "cancel"]) => {
-                change(key, "cancellation", crate::flows::changes::cancel)
-            }
-            ("POST", ["api", "orders", key, "substitute"]) => {
-                change(key, "substitution", crate::flows::changes::substitute)
-            }
-            ("POST", ["api", "orders", key, "returns"]) => {
+            ("POST", ["api", "orders", key, "cancel"]) => once(&|db, _| {
+                let v = req.json_object_or_empty()?;
+                let answer = order_change(
+                    db,
+                    key,
+                    "cancellation",
+                    crate::flows::changes::cancel,
+                    &v,
+                    now,
+                )?;
+                Ok(Response::json(200, &answer))
+            }),
+            ("POST", ["api", "orders", key, "substitute"]) => once(&|db, _| {
+                let v = req.json_object_or_empty()?;
+                let answer = order_change(
+                    db,
+                    key,
+                    "substitution",
+                    crate::flows::changes::substitute,
+                    &v,
+                    now,
+                )?;
+                Ok(Response::json(200, &answer))
+            }),
+            ("POST", ["api", "orders", key, "returns"]) => once(&|db, _| {
                 let v = req.json_object_or_empty()?;
                 let (id, view) = request_return(db, key, &v, now)?;
-                Ok((
-                    Response::json(201, &view)
-                        .with_header("location", &format!("/api/returns/{id}")),
-                    Received::default(),
-                ))
-            }
-            ("POST", ["api", "returns", key, action]) => {
+                Ok(Response::json(201, &view)
+                    .with_header("location", &format!("/api/returns/{id}")))
+            }),
+            ("POST", ["api", "returns", key, action]) => once(&|db, got| {
                 let v = req.json_object_or_empty()?;
-                let got = return_action(db, key, action, &v, now)?;
-                Ok((Response::json(200, &returns::view(db, key)?), got))
-            }
+                *got = return_action(db, key, action, &v, now)?;
+                Ok(Response::json(200, &returns::view(db, key)?))
+            }),
             ("POST", _) => Err(Error::not_found(format!("no route for POST {}", req.path))),
             _ => Err(method_not_allowed(req)),
         }

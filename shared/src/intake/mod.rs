@@ -12,5 +12,6 @@ use crate::kernel::error::Result;
 /// Housekeeping (report-cron, hourly): expired Idempotency-Keys and webhook
 /// receipts older than `receipt_days`. Returns the rows removed.
 pub fn purge_expired(db: &dyn Db, now: DateTime<Utc>, receipt_days: i64) -> Result<u64> {
-    Ok(api::purge_expired_keys(db, now)? + webhooks::purge_receipts(db, now, receipt_days)?)
+    Ok(crate::kernel::idempotency::purge_expired(db, now)?
+        + webhooks::purge_receipts(db, now, receipt_days)?)
 }

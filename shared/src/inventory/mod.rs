@@ -171,7 +171,18 @@ pub fn receipt(db: &dyn Db, v: &Json, now: DateTime<Utc>, fx: &mut Effects) -> R
     } else {
         facility_check(db, &facility, "/facility", &mut errs)?;
     }
-    let reference = v["reference"].as_str().map(str::to_string);
+    let reference = match &v["reference"] {
+        Json::Null => None,
+        Json::String(r) if r.trim().is_empty() => None,
+        Json::String(r) if r.trim().len() <= 200 => Some(r.trim().to_string()),
+        _ => {
+            errs.push(FieldError::new(
+                "/reference",
+                "a string of at most 200 characters (the delivery note or ASN)",
+            ));
+            None
+        }
+    };
     let mut lines = Vec::new();
     match v["lines"].as_array() {
         Some(a) if !a.is_empty() && a.len() <= 1000 => {
@@ -198,6 +209,18 @@ pub fn receipt(db: &dyn Db, v: &Json, now: DateTime<Utc>, fx: &mut Effects) -> R
         return Err(Error::invalid(errs));
     }
     let rows = transaction(db, |db| {
+        if let Some(r) = &reference {
+            // Exact under the write lock: one booking per (facility, reference).
+            let booked = db.execute(
+                "SELECT 1 FROM stock_movements WHERE facility_id = ? AND kind = 'receipt' AND reference = ? LIMIT 1",
+                params![facility.clone(), r.clone()],
+            )?;
+            if !booked.is_empty() {
+                return Err(Error::conflict(format!(
+                    "receipt '{r}' was already booked at {facility}; send an Idempotency-Key to retry a receipt safely"
+                )));
+            }
+        }
         let mut rows = Vec::new();
         for (sku, q) in &lines {
             move_stock(

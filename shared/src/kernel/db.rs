@@ -175,6 +175,30 @@ pub trait Db {
         self.execute(sql, params)?;
         Ok(self.changes())
     }
+
+    /// True inside [`transaction`]'s closure: a nested [`transaction`] becomes a
+    /// savepoint of the outer one.
+    fn in_transaction(&self) -> bool {
+        false
+    }
+}
+
+/// The connection as [`transaction`] hands it to its closure.
+struct InTransaction<'a>(&'a dyn Db);
+
+impl Db for InTransaction<'_> {
+    fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
+        self.0.execute(sql, params)
+    }
+    fn changes(&self) -> u64 {
+        self.0.changes()
+    }
+    fn last_insert_rowid(&self) -> i64 {
+        self.0.last_insert_rowid()
+    }
+    fn in_transaction(&self) -> bool {
+        true
+    }
 }
 
 /// How long a writer keeps trying to take the write lock before giving up (503).
@@ -222,16 +246,26 @@ impl Db for Patient<'_> {
     fn last_insert_rowid(&self) -> i64 {
         self.0.last_insert_rowid()
     }
+    fn in_transaction(&self) -> bool {
+        self.0.in_transaction()
+    }
 }
 
 /// Runs `f` inside `BEGIN IMMEDIATE ... COMMIT`; rolls back if `f` or COMMIT fails.
 /// Taking the write lock up front means no statement inside can meet SQLITE_BUSY.
+/// Called within another transaction's closure, `f` runs in a [`savepoint`] of
+/// it, so a caller can make several steps one unit (an Idempotency-Key kept
+/// with the effect it answers for).
 pub fn transaction<T, E: From<DbError>>(
     db: &dyn Db,
     f: impl FnOnce(&dyn Db) -> Result<T, E>,
 ) -> Result<T, E> {
+    if db.in_transaction() {
+        return savepoint(db, f);
+    }
     retry_busy(|| db.execute("BEGIN IMMEDIATE", &[]))?;
-    match f(db) {
+    let inner = InTransaction(db);
+    match f(&inner) {
         Ok(v) => match db.execute("COMMIT", &[]) {
             Ok(_) => Ok(v),
             Err(e) => {
@@ -400,5 +434,54 @@ pub mod spin {
         fn last_insert_rowid(&self) -> i64 {
             self.conn.last_insert_rowid()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use native::NativeDb;
+
+    fn n(db: &dyn Db) -> i64 {
+        db.execute("SELECT COUNT(*) AS n FROM t", &[])
+            .unwrap()
+            .first()
+            .map(|r| r.i64("n"))
+            .unwrap_or(-1)
+    }
+
+    #[test]
+    fn a_transaction_within_a_transaction_is_part_of_it() {
+        let db = NativeDb::memory();
+        db.execute("CREATE TABLE t (x INTEGER)", &[]).unwrap();
+        // The inner unit commits with the outer one ...
+        transaction(&db, |db| {
+            db.execute("INSERT INTO t VALUES (1)", &[])?;
+            transaction(db, |db| db.execute("INSERT INTO t VALUES (2)", &[]))?;
+            Ok::<_, DbError>(())
+        })
+        .unwrap();
+        assert_eq!(n(&db), 2);
+        // ... a failing inner unit rolls back only its own writes ...
+        transaction(&db, |db| {
+            db.execute("INSERT INTO t VALUES (3)", &[])?;
+            let inner = transaction(db, |db| {
+                db.execute("INSERT INTO t VALUES (4)", &[])?;
+                Err::<(), _>(DbError("refused".into()))
+            });
+            assert!(inner.is_err());
+            Ok::<_, DbError>(())
+        })
+        .unwrap();
+        assert_eq!(n(&db), 3);
+        // ... and a failing outer unit takes the inner one with it.
+        let r = transaction(&db, |db| {
+            transaction(db, |db| db.execute("INSERT INTO t VALUES (5)", &[]))?;
+            Err::<(), _>(DbError("later step failed".into()))
+        });
+        assert!(r.is_err());
+        assert_eq!(n(&db), 3);
+        // Outside any transaction, a new one starts (not a savepoint).
+        assert!(!db.in_transaction());
     }
 }

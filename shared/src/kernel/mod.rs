@@ -3,6 +3,7 @@
 
 pub mod db;
 pub mod error;
+pub mod idempotency;
 pub mod json;
 pub mod kv;
 pub mod lease;

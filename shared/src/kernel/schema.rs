@@ -604,6 +604,12 @@ the following items of order {{number}} are on backorder and will ship as soon a
         "ALTER TABLE orders ADD COLUMN intake TEXT",
         "CREATE INDEX orders_intake_pending ON orders (created_at) WHERE intake IS NOT NULL",
     ],
+    // 13: a stock receipt's reference is booked once per facility
+    // (`inventory::receipt` looks it up under the write lock; the index keeps
+    // that lookup cheap. Not UNIQUE: each line of a receipt is its own movement,
+    // and databases may hold repeats booked before this check).
+    &["CREATE INDEX stock_movements_receipt_reference ON stock_movements (facility_id, reference)
+         WHERE kind = 'receipt' AND reference IS NOT NULL"],
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

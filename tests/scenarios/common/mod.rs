@@ -360,3 +360,9 @@ pub async fn receive_stock(app: &RunningApp, facility: &str, sku: &str, qty: i64
     .await;
     assert_eq!(r.status, 201, "{}", r.json);
 }
+
+/// A fresh delivery-note reference for a stock receipt (each is booked once per facility).
+pub fn next_reference() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}

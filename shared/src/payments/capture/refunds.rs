@@ -292,11 +292,24 @@ pub fn refund_now(
     now: DateTime<Utc>,
 ) -> Result<Json> {
     let tx = transaction(db, |db| refund(db, order_id, r, "api", now))?;
+    refund_sent(db, http, stripe, order_id, &tx, now)
+}
+
+/// After the refund `tx` is in the ledger: sends what is due for the order to
+/// the gateway (outside any transaction) and answers the refund and the payment.
+pub fn refund_sent(
+    db: &dyn Db,
+    http: &dyn Http,
+    stripe: &StripeConfig,
+    order_id: &str,
+    tx: &str,
+    now: DateTime<Utc>,
+) -> Result<Json> {
     process_due(db, http, stripe, Some(&[order_id.to_string()]), now, 50)?;
     let view = payment_view(db, order_id)?;
     let t = view["transactions"]
         .as_array()
-        .and_then(|a| a.iter().find(|t| t["id"] == tx.as_str()).cloned())
+        .and_then(|a| a.iter().find(|t| t["id"] == tx).cloned())
         .unwrap_or(Json::Null);
     Ok(json!({"refund": t, "payment": view}))
 }
