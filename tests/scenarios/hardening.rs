@@ -462,3 +462,60 @@ async fn stock_and_money_posts_retried_under_one_key_take_effect_once() {
     let more = serde_json::json!({"amount_minor": 300, "reason": "goodwill"});
     assert_eq!(keyed(&app, &refunds, "refund-1", &more).await.status, 422);
 }
+
+/// A late retry or a replay of an older state of the order (Shopify
+/// `updated_at`) never rolls the order back; a delivery that carries no id is
+/// still recognised when its bytes come again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_source_update_never_rolls_the_order_back() {
+    let app = start().await;
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&fixture("shopify/orders-create.json")).unwrap();
+    v["updated_at"] = serde_json::json!("2026-11-20T10:00:00-05:00");
+    let r = shopify(
+        &app,
+        "orders/create",
+        "r-1",
+        &serde_json::to_vec(&v).unwrap(),
+    )
+    .await;
+    assert_eq!(r.json["result"], "created", "{}", r.json);
+    // The older update is in flight while a newer one is applied.
+    let mut older = v.clone();
+    older["updated_at"] = serde_json::json!("2026-11-20T10:05:00-05:00");
+    older["note"] = serde_json::json!("leave at the door");
+    let mut newer = v.clone();
+    newer["updated_at"] = serde_json::json!("2026-11-20T10:10:00-05:00");
+    newer["note"] = serde_json::json!("ring twice");
+    let r = shopify(
+        &app,
+        "orders/updated",
+        "r-3",
+        &serde_json::to_vec(&newer).unwrap(),
+    )
+    .await;
+    assert_eq!(r.json["result"], "updated", "{}", r.json);
+    let r = shopify(
+        &app,
+        "orders/updated",
+        "r-2",
+        &serde_json::to_vec(&older).unwrap(),
+    )
+    .await;
+    assert_eq!(r.json["result"], "stale", "{}", r.json);
+    let o = get(&app, "/api/orders/shopify:450789469").await.json;
+    assert_eq!(o["note"], "ring twice", "{o}");
+
+    // WooCommerce without a delivery id: the same bytes twice are one delivery.
+    let mut w: serde_json::Value =
+        serde_json::from_slice(&fixture("woocommerce/order.json")).unwrap();
+    let r = woocommerce(&app, "order.created", "", &serde_json::to_vec(&w).unwrap()).await;
+    assert_eq!(r.json["result"], "created", "{}", r.json);
+    w["customer_note"] = serde_json::json!("gift wrap");
+    w["date_modified_gmt"] = serde_json::json!("2017-03-22T19:30:00");
+    let body = serde_json::to_vec(&w).unwrap();
+    let r = woocommerce(&app, "order.updated", "", &body).await;
+    assert_eq!(r.json["result"], "updated", "{}", r.json);
+    let r = woocommerce(&app, "order.updated", "", &body).await;
+    assert_eq!(r.json["result"], "duplicate_delivery", "{}", r.json);
+}

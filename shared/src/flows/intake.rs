@@ -114,6 +114,16 @@ pub fn apply(
                     Some(ins) => outcome("created", &ins.id, &ins.number),
                     None => return Err(Error::internal("order conflict without an order")),
                 },
+                // An older state of the order than the one applied (a late
+                // retry, a replay): ignored, nothing changes.
+                Some(ex)
+                    if crate::orders::model::is_stale_update(
+                        (ex.source_version, ex.source_modified_at),
+                        (o.source_version, o.source_modified_at),
+                    ) =>
+                {
+                    outcome("stale", &ex.id, &ex.number)
+                }
                 Some(ex) if o.cancelled => {
                     cancel_open_units(db, &ex.id, "cancelled at the source", now, &actor)?;
                     outcome("cancelled", &ex.id, &ex.number)

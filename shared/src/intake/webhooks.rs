@@ -142,10 +142,29 @@ pub enum Delivery {
     },
 }
 
-fn apply(source: Source, delivery: Option<&str>, topic: &str, action: Action) -> Result<Delivery> {
+/// A delivery without an id is known by a hash of its topic and body, so a
+/// repeat of the same bytes is still recognised.
+fn apply(
+    source: Source,
+    delivery: Option<&str>,
+    topic: &str,
+    body: &[u8],
+    action: Action,
+) -> Result<Delivery> {
+    let delivery = match delivery.map(str::trim).filter(|d| !d.is_empty()) {
+        Some(d) => d.to_string(),
+        None => {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(topic.as_bytes());
+            h.update([0u8]);
+            h.update(body);
+            format!("sha256:{}", signature::hex(&h.finalize()))
+        }
+    };
     Ok(Delivery::Apply {
         source,
-        delivery: delivery.map(str::to_string),
+        delivery: Some(delivery),
         topic: topic.to_string(),
         action,
     })
@@ -201,7 +220,7 @@ pub fn shopify(
         },
         _ => Action::Update(order),
     };
-    apply(Source::Shopify, delivery, topic, action)
+    apply(Source::Shopify, delivery, topic, body, action)
 }
 
 // ---- WooCommerce ----
@@ -244,7 +263,7 @@ pub fn woocommerce(
         }
         _ => return ignored(json!({"result": "ignored", "topic": topic})),
     };
-    apply(Source::Woocommerce, delivery, topic, action)
+    apply(Source::Woocommerce, delivery, topic, body, action)
 }
 
 // ---- commercetools ----
@@ -311,5 +330,11 @@ pub fn commercetools(body: &[u8], now: DateTime<Utc>) -> Result<Delivery> {
         }
         _ => return ignored(json!({"result": "ignored", "type": msg.kind})),
     };
-    apply(Source::Commercetools, Some(&msg.id), &msg.kind, action)
+    apply(
+        Source::Commercetools,
+        Some(&msg.id),
+        &msg.kind,
+        body,
+        action,
+    )
 }

@@ -247,6 +247,27 @@ pub struct NewOrder {
     pub pickup_location: Option<String>,
     /// A merchant override: ship from this facility only.
     pub preferred_facility: Option<String>,
+    /// When the source last modified the order (Shopify `updated_at`,
+    /// WooCommerce `date_modified_gmt`, commercetools `lastModifiedAt`): an
+    /// update older than the one applied is ignored ([`is_stale_update`]).
+    pub source_modified_at: Option<DateTime<Utc>>,
+    /// The source's own revision counter, where it has one (commercetools `version`).
+    pub source_version: Option<i64>,
+}
+
+/// Whether a source update is older than what was applied: by the source's
+/// revision counter when both sides have one, else by its modification time.
+/// Equal marks are not stale (a redelivery of the same state is "unchanged"),
+/// and an order stored without a mark accepts any update.
+pub fn is_stale_update(
+    applied: (Option<i64>, Option<DateTime<Utc>>),
+    incoming: (Option<i64>, Option<DateTime<Utc>>),
+) -> bool {
+    match (applied, incoming) {
+        ((Some(a), _), (Some(b), _)) => b < a,
+        ((_, Some(a)), (_, Some(b))) => b < a,
+        _ => false,
+    }
 }
 
 /// Order totals in minor units.
@@ -594,6 +615,26 @@ pub struct SourceTransaction {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_update_is_stale_only_when_older_than_what_was_applied() {
+        let t = |m: i64| {
+            Some(chrono::DateTime::<Utc>::from_timestamp(1_700_000_000 + m * 60, 0).unwrap())
+        };
+        // By time.
+        assert!(is_stale_update((None, t(10)), (None, t(5))));
+        assert!(
+            !is_stale_update((None, t(10)), (None, t(10))),
+            "same state: unchanged, not stale"
+        );
+        assert!(!is_stale_update((None, t(10)), (None, t(11))));
+        // The revision counter wins over the clock when both sides have one.
+        assert!(is_stale_update((Some(7), t(1)), (Some(6), t(99))));
+        assert!(!is_stale_update((Some(7), t(99)), (Some(8), t(1))));
+        // Nothing to compare: accepted.
+        assert!(!is_stale_update((None, None), (None, t(1))));
+        assert!(!is_stale_update((None, t(1)), (None, None)));
+    }
     use super::*;
 
     fn b(ordered: i64) -> Buckets {
@@ -698,6 +739,8 @@ mod tests {
             cancelled: false,
             pickup_location: None,
             preferred_facility: None,
+            source_modified_at: None,
+            source_version: None,
         };
         let errs = o.validate("");
         assert!(

@@ -118,6 +118,8 @@ fn doc(o: &NewOrder, source_hash: &str) -> Json {
         "pickup_location": o.pickup_location,
         "preferred_facility": o.preferred_facility,
         "fulfillment_hash": fulfillment_hash(o),
+        "source_modified_at": o.source_modified_at.map(ts),
+        "source_version": o.source_version,
     })
 }
 
@@ -740,12 +742,17 @@ pub struct Existing {
     /// Empty for orders stored before the fingerprint existed.
     pub fulfillment_hash: String,
     pub released_units: i64,
+    /// The source's marks of the version last applied (see `model::is_stale_update`).
+    pub source_version: Option<i64>,
+    pub source_modified_at: Option<DateTime<Utc>>,
 }
 
 pub fn find_by_source(db: &dyn Db, source: Source, external_id: &str) -> Result<Option<Existing>> {
     let r = db.execute(
         "SELECT o.id, o.number, json_extract(o.doc, '$.source_hash') AS source_hash,
                 json_extract(o.doc, '$.fulfillment_hash') AS fulfillment_hash,
+                json_extract(o.doc, '$.source_version') AS source_version,
+                json_extract(o.doc, '$.source_modified_at') AS source_modified_at,
                 (SELECT COALESCE(SUM(qty_released + qty_shipped), 0) FROM order_lines l WHERE l.order_id = o.id) AS released
          FROM orders o WHERE o.source = ? AND o.external_id = ?",
         params![source.as_str(), external_id],
@@ -756,6 +763,10 @@ pub fn find_by_source(db: &dyn Db, source: Source, external_id: &str) -> Result<
         source_hash: r.str("source_hash"),
         fulfillment_hash: r.str("fulfillment_hash"),
         released_units: r.i64("released"),
+        source_version: r.opt_i64("source_version"),
+        source_modified_at: r
+            .opt_str("source_modified_at")
+            .and_then(|t| crate::kernel::time::parse_time(&t)),
     }))
 }
 

@@ -168,6 +168,8 @@ pub fn map_order(v: &Value, prefix: &str, now: DateTime<Utc>) -> Result<NewOrder
             .opt_str(v, "pickup_location", b)
             .map(|s| s.trim().to_string()),
         preferred_facility: non_empty(r.opt_str(v, "facility", b)),
+        source_modified_at: None,
+        source_version: None,
     };
     checked(order, r, prefix)
 }

@@ -242,6 +242,8 @@ pub fn map_order(o: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
         cancelled,
         pickup_location: None,
         preferred_facility: None,
+        source_modified_at: r.time(o, "lastModifiedAt", base),
+        source_version: o["version"].as_i64(),
     };
     checked(order, r, "")
 }

@@ -125,6 +125,8 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
         cancelled,
         pickup_location: None,
         preferred_facility: None,
+        source_modified_at: r.time(v, "updated_at", ""),
+        source_version: None,
     };
     checked(order, r, "")
 }

@@ -143,6 +143,8 @@ pub fn map_order(v: &Value, now: DateTime<Utc>) -> Result<NewOrder, Error> {
         cancelled,
         pickup_location,
         preferred_facility: None,
+        source_modified_at: r.time(v, "date_modified_gmt", ""),
+        source_version: None,
     };
     checked(order, r, "")
 }
