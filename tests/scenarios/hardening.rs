@@ -106,23 +106,23 @@ async fn a_chunked_body_is_read_no_further_than_the_limit() {
     assert_eq!(count(&app, "SELECT COUNT(*) FROM orders"), 0);
 }
 
+/// A warehouse in Berlin and a product MUG, no stock yet.
+async fn berlin_with_mug(app: &RunningApp) {
+    put_ok(
+        app,
+        "/api/facilities/berlin",
+        serde_json::json!({"name": "Berlin", "type": "warehouse", "countries": ["DE"]}),
+    )
+    .await;
+    put_ok(app, "/api/products/MUG", serde_json::json!({"name": "Mug"})).await;
+}
+
 /// Caller-chosen quantities at the ends of the integer range answer 4xx and move
 /// nothing: no wrapped arithmetic reaches the stock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extreme_quantities_are_refused_and_move_no_stock() {
     let app = start().await;
-    put_ok(
-        &app,
-        "/api/facilities/berlin",
-        serde_json::json!({"name": "Berlin", "type": "warehouse", "countries": ["DE"]}),
-    )
-    .await;
-    put_ok(
-        &app,
-        "/api/products/MUG",
-        serde_json::json!({"name": "Mug"}),
-    )
-    .await;
+    berlin_with_mug(&app).await;
     receive_stock(&app, "berlin", "MUG", 5).await;
     let stock = |app: &RunningApp| {
         count(
@@ -353,18 +353,7 @@ async fn keyed(app: &RunningApp, path: &str, key: &str, body: &serde_json::Value
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_and_money_posts_retried_under_one_key_take_effect_once() {
     let app = start().await;
-    put_ok(
-        &app,
-        "/api/facilities/berlin",
-        serde_json::json!({"name": "Berlin", "type": "warehouse", "countries": ["DE"]}),
-    )
-    .await;
-    put_ok(
-        &app,
-        "/api/products/MUG",
-        serde_json::json!({"name": "Mug"}),
-    )
-    .await;
+    berlin_with_mug(&app).await;
     let on_hand = |app: &RunningApp| count(app, "SELECT COALESCE(SUM(on_hand), 0) FROM stock");
 
     // Five concurrent retries of one receipt: booked once.

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 
-use crate::kernel::db::{transaction, Db};
+use crate::kernel::db::Db;
 use crate::kernel::error::Result;
 use crate::orders::store;
 use crate::payments::capture::{payment_view, process_due, record_retry};
@@ -24,19 +24,6 @@ pub fn retry(
     crate::routing::allocation::release(db, order_id, now)?;
     store::refresh_status(db, order_id, now)?;
     Ok(())
-}
-
-/// The operator's retry of an order's failed payment, sent before the answer.
-pub fn retry_now(
-    db: &dyn Db,
-    http: &dyn Http,
-    stripe: &StripeConfig,
-    order_id: &str,
-    v: &Json,
-    now: DateTime<Utc>,
-) -> Result<Json> {
-    transaction(db, |db| retry(db, order_id, v, "api", now))?;
-    retry_sent(db, http, stripe, order_id, now)
 }
 
 /// After a retry is in the ledger: sends what is due for the order to the

@@ -34,10 +34,10 @@ pub fn handle_write(
         req.check_size()?;
         let segs = segments(&req.path);
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-        let change = |key: &str, field: &str, f: Change| -> Result<(Response, Received)> {
+        let change = |db: &dyn Db, key: &str, field: &str, f: Change| -> Result<Response> {
             let v = req.json_object_or_empty()?;
             let answer = order_change(db, key, field, f, &v, now)?;
-            Ok((Response::json(200, &answer), Received::default()))
+            Ok(Response::json(200, &answer))
         };
         // A POST that moves stock or money, under the caller's Idempotency-Key:
         // a replay answers what the first request did and sets nothing in motion.
@@ -47,33 +47,16 @@ pub fn handle_write(
             Ok::<_, Error>((resp, got))
         };
         match (req.method.as_str(), segs.as_slice()) {
-            ("PATCH", ["api", "orders", key]) => {
-                change(key, "change", crate::flows::changes::change)
+            ("PATCH", ["api", "orders", key]) => Ok((
+                change(db, key, "change", crate::flows::changes::change)?,
+                Received::default(),
+            )),
+            ("POST", ["api", "orders", key, "cancel"]) => {
+                once(&|db, _| change(db, key, "cancellation", crate::flows::changes::cancel))
             }
-            ("POST", ["api", "orders", key, "cancel"]) => once(&|db, _| {
-                let v = req.json_object_or_empty()?;
-                let answer = order_change(
-                    db,
-                    key,
-                    "cancellation",
-                    crate::flows::changes::cancel,
-                    &v,
-                    now,
-                )?;
-                Ok(Response::json(200, &answer))
-            }),
-            ("POST", ["api", "orders", key, "substitute"]) => once(&|db, _| {
-                let v = req.json_object_or_empty()?;
-                let answer = order_change(
-                    db,
-                    key,
-                    "substitution",
-                    crate::flows::changes::substitute,
-                    &v,
-                    now,
-                )?;
-                Ok(Response::json(200, &answer))
-            }),
+            ("POST", ["api", "orders", key, "substitute"]) => {
+                once(&|db, _| change(db, key, "substitution", crate::flows::changes::substitute))
+            }
             ("POST", ["api", "orders", key, "returns"]) => once(&|db, _| {
                 let v = req.json_object_or_empty()?;
                 let (id, view) = request_return(db, key, &v, now)?;

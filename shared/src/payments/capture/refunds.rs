@@ -281,20 +281,6 @@ pub fn derive_financial(
     })
 }
 
-/// A refund of an order, sent to the gateway before the answer: the refund
-/// transaction and the order's payment view.
-pub fn refund_now(
-    db: &dyn Db,
-    http: &dyn Http,
-    stripe: &StripeConfig,
-    order_id: &str,
-    r: &RefundRequest,
-    now: DateTime<Utc>,
-) -> Result<Json> {
-    let tx = transaction(db, |db| refund(db, order_id, r, "api", now))?;
-    refund_sent(db, http, stripe, order_id, &tx, now)
-}
-
 /// After the refund `tx` is in the ledger: sends what is due for the order to
 /// the gateway (outside any transaction) and answers the refund and the payment.
 pub fn refund_sent(
