@@ -7,6 +7,8 @@ use crate::http::{Request, Response};
 use crate::kernel::db::spin::SpinDb;
 use crate::kernel::error::{Error, ErrorKind};
 
+pub mod outbound;
+
 /// Converts the host-independent [`Response`] into a Spin response.
 pub fn response(r: Response) -> SpinResponse {
     let mut b = SpinResponse::builder();
@@ -158,8 +160,30 @@ pub fn respond(out: spin_sdk::http::ResponseOutparam, r: Response) {
     let _ = OutgoingBody::finish(body, None);
 }
 
-/// Outbound HTTP through Spin (`allowed_outbound_hosts` applies).
-pub struct SpinTransport;
+/// Outbound HTTP to receivers outside the app, through Spin
+/// (`allowed_outbound_hosts` applies), with timeouts (see [`outbound`]).
+pub struct SpinTransport {
+    pub timeouts: outbound::Timeouts,
+}
+
+/// The transport with the operator's `outbound_timeout_ms` (default 10 s, 100 ms to 60 s).
+pub fn transport() -> SpinTransport {
+    SpinTransport {
+        timeouts: outbound_timeouts(),
+    }
+}
+
+/// Each phase of an outbound call (connect, first byte, between bytes) waits at
+/// most `outbound_timeout_ms`.
+pub fn outbound_timeouts() -> outbound::Timeouts {
+    let ms = variable("outbound_timeout_ms", "10000")
+        .parse::<u64>()
+        .unwrap_or(10_000)
+        .clamp(100, 60_000);
+    outbound::Timeouts {
+        phase: std::time::Duration::from_millis(ms),
+    }
+}
 
 impl crate::notify::Transport for SpinTransport {
     async fn post(
@@ -168,15 +192,7 @@ impl crate::notify::Transport for SpinTransport {
         headers: &[(String, String)],
         body: Vec<u8>,
     ) -> Result<(u16, Vec<u8>), String> {
-        let mut b = spin_sdk::http::Request::builder();
-        b.method(spin_sdk::http::Method::Post).uri(url);
-        for (k, v) in headers {
-            b.header(k.as_str(), v.as_str());
-        }
-        match spin_sdk::http::send::<_, spin_sdk::http::Response>(b.body(body).build()).await {
-            Ok(r) => Ok((*r.status(), r.body().to_vec())),
-            Err(e) => Err(e.to_string()),
-        }
+        outbound::send("POST", url, headers, &body, self.timeouts).await
     }
 }
 
@@ -217,7 +233,18 @@ pub fn notify_config() -> crate::notify::Config {
                 .parse()
                 .unwrap_or(10_000),
         ),
-        lease: d.lease,
+        // A delivery's lease outlives the longest call it can make.
+        lease: {
+            let configured = chrono::Duration::milliseconds(
+                variable("notify_lease_ms", "120000")
+                    .parse()
+                    .unwrap_or(120_000),
+            );
+            let floor = chrono::Duration::from_std(outbound_timeouts().call_limit())
+                .unwrap_or(d.lease)
+                + chrono::Duration::seconds(1);
+            configured.max(floor)
+        },
         fc_secrets: crate::inventory::FC_SECRET_VARIABLES
             .iter()
             .map(|v| (v.to_string(), variable(v, "")))
@@ -243,29 +270,25 @@ pub fn report_config() -> Result<crate::http::report::Config, Error> {
     })
 }
 
-/// A GET through Spin (`allowed_outbound_hosts` applies): (status, body).
+/// A GET to a receiver outside the app (`allowed_outbound_hosts` applies, with
+/// the `outbound_timeout_ms` timeouts): (status, body).
 pub async fn http_get(url: &str, headers: &[(String, String)]) -> Result<(u16, Vec<u8>), String> {
-    let mut b = spin_sdk::http::Request::builder();
-    b.method(spin_sdk::http::Method::Get).uri(url);
-    for (k, v) in headers {
-        b.header(k.as_str(), v.as_str());
-    }
-    match spin_sdk::http::send::<_, spin_sdk::http::Response>(b.build()).await {
-        Ok(r) => Ok((*r.status(), r.body().to_vec())),
-        Err(e) => Err(e.to_string()),
-    }
+    outbound::send("GET", url, headers, &[], outbound_timeouts()).await
 }
 
 /// A chained POST to another component of this app (`http://<name>.spin.internal/...`).
 pub async fn chain(url: &str, body: &serde_json::Value) -> Result<(u16, Vec<u8>), String> {
-    use crate::notify::Transport as _;
-    SpinTransport
-        .post(
-            url,
-            &[("content-type".to_string(), "application/json".to_string())],
-            body.to_string().into_bytes(),
-        )
-        .await
+    // In process: Spin runs the other component; no network timeouts apply.
+    let req = spin_sdk::http::Request::builder()
+        .method(spin_sdk::http::Method::Post)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(body.to_string().into_bytes())
+        .build();
+    match spin_sdk::http::send::<_, spin_sdk::http::Response>(req).await {
+        Ok(r) => Ok((*r.status(), r.body().to_vec())),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Asks notify to deliver what this request put in the outbox. notify answers
@@ -329,10 +352,9 @@ pub async fn release_backorders(skus: &[String]) -> Option<serde_json::Value> {
     }
 }
 
-/// A blocking outbound POST with timeouts (wasi:http request options: connect,
-/// first byte, between bytes), for gateway calls where a hung peer must turn
-/// into a retry rather than a request that never ends. `allowed_outbound_hosts`
-/// applies.
+/// A blocking outbound POST with timeouts, for gateway calls where a hung peer
+/// must turn into a retry rather than a request that never ends.
+/// `allowed_outbound_hosts` applies.
 pub struct TimedHttp {
     pub timeout: std::time::Duration,
 }
@@ -344,78 +366,15 @@ impl TimedHttp {
         headers: &[(String, String)],
         body: &[u8],
     ) -> Result<(u16, Vec<u8>), String> {
-        use spin_sdk::wit::wasi::http0_2_0::{outgoing_handler, types as wt};
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| format!("not an absolute URL: {url}"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let fields = wt::Fields::new();
-        for (k, v) in headers {
-            fields
-                .append(k, v.as_bytes())
-                .map_err(|e| format!("header {k}: {e:?}"))?;
-        }
-        let req = wt::OutgoingRequest::new(fields);
-        let _ = req.set_method(&wt::Method::Post);
-        let _ = req.set_scheme(Some(&match scheme {
-            "http" => wt::Scheme::Http,
-            "https" => wt::Scheme::Https,
-            other => wt::Scheme::Other(other.to_string()),
-        }));
-        let _ = req.set_authority(Some(authority));
-        let _ = req.set_path_with_query(Some(path));
-        let out_body = req
-            .body()
-            .map_err(|_| "request body unavailable".to_string())?;
-        let opts = wt::RequestOptions::new();
-        let ns = self.timeout.as_nanos() as u64;
-        let _ = opts.set_connect_timeout(Some(ns));
-        let _ = opts.set_first_byte_timeout(Some(ns));
-        let _ = opts.set_between_bytes_timeout(Some(ns));
-        let pending = outgoing_handler::handle(req, Some(opts)).map_err(|e| format!("{e:?}"))?;
-        {
-            let stream = out_body
-                .write()
-                .map_err(|_| "request body stream unavailable".to_string())?;
-            for chunk in body.chunks(4096) {
-                stream
-                    .blocking_write_and_flush(chunk)
-                    .map_err(|e| format!("writing the request: {e:?}"))?;
-            }
-        }
-        wt::OutgoingBody::finish(out_body, None).map_err(|e| format!("{e:?}"))?;
-        pending.subscribe().block();
-        let resp = match pending.get() {
-            Some(Ok(Ok(r))) => r,
-            Some(Ok(Err(e))) => return Err(format!("{e:?}")),
-            _ => return Err("no response".into()),
-        };
-        let status = resp.status();
-        let in_body = resp
-            .consume()
-            .map_err(|_| "response body unavailable".to_string())?;
-        let mut buf = Vec::new();
-        {
-            let stream = in_body
-                .stream()
-                .map_err(|_| "response stream unavailable".to_string())?;
-            loop {
-                match stream.blocking_read(64 * 1024) {
-                    Ok(chunk) => {
-                        buf.extend_from_slice(&chunk);
-                        if buf.len() > 4 << 20 {
-                            return Err("response larger than 4 MiB".into());
-                        }
-                    }
-                    Err(wasi::io::streams::StreamError::Closed) => break,
-                    Err(e) => return Err(format!("reading the response: {e:?}")),
-                }
-            }
-        }
-        Ok((status, buf))
+        outbound::send_blocking(
+            "POST",
+            url,
+            headers,
+            body,
+            outbound::Timeouts {
+                phase: self.timeout,
+            },
+        )
     }
 }
 

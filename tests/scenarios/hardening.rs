@@ -508,3 +508,67 @@ async fn an_older_source_update_never_rolls_the_order_back() {
     let r = woocommerce(&app, "order.updated", "", &body).await;
     assert_eq!(r.json["result"], "duplicate_delivery", "{}", r.json);
 }
+
+/// A copy of spin.toml whose components are found by absolute path, with `extra`
+/// appended (written under the target directory).
+fn manifest_with(name: &str, extra: &str) -> std::path::PathBuf {
+    let root = root();
+    let text = std::fs::read_to_string(root.join("spin.toml")).unwrap();
+    let text = text.replace(
+        "source = \"target/",
+        &format!("source = \"{}/target/", root.display()),
+    );
+    let dir = root.join("target").join("scenario-manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, format!("{text}\n{extra}")).unwrap();
+    path
+}
+
+/// The private `/internal/*` routes answer only service-chained calls. An
+/// operator's route that exposes them by mistake gets a 404 from the component
+/// before it does any work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_routes_refuse_calls_from_the_network() {
+    let exposed = manifest_with(
+        "exposed-internal",
+        r#"
+[[trigger.http]]
+route = "/internal/route"
+component = "routing"
+
+[[trigger.http]]
+route = "/internal/backorders"
+component = "routing"
+
+[[trigger.http]]
+route = "/internal/capture"
+component = "capture"
+
+[[trigger.http]]
+route = "/internal/sweep"
+component = "notify"
+"#,
+    );
+    let app = start_from(&exposed, &[]).await;
+    for (path, body) in [
+        ("/internal/route", r#"{"order_ids": []}"#),
+        ("/internal/backorders", r#"{"skus": ["SKU-1"]}"#),
+        ("/internal/capture", "{}"),
+        ("/internal/sweep", "{}"),
+    ] {
+        // Also with a forged client address: Spin replaces the header.
+        let r = post_api(
+            &app,
+            path,
+            &[
+                ("content-type", "application/json"),
+                ("spin-client-addr", "0.0.0.0:0"),
+            ],
+            body.to_string(),
+        )
+        .await;
+        assert_eq!(r.status, 404, "{path}: {}", r.json);
+    }
+    app.stop().await;
+}

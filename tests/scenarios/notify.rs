@@ -274,6 +274,69 @@ async fn ten_concurrent_sweeps_deliver_500_messages_exactly_once() {
     receiver.stop();
 }
 
+/// A receiver that answers after the lease has run out gets its message once:
+/// the call is cut off by the outbound timeouts long before the lease ends, so
+/// the sweeps that keep starting never take the delivery while it is open, and
+/// the other receiver of the same event is served in the same batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_slower_than_the_lease_gets_one_call() {
+    let slow = Receiver::start(0, 200).await;
+    slow.set_delay(6_000);
+    let fast = Receiver::start(0, 200).await;
+    let app = app_with(&[
+        ("outbound_timeout_ms", "300"),
+        ("notify_lease_ms", "2000"),
+        ("notify_retry_base_ms", "600000"),
+    ])
+    .await;
+    assert_eq!(subscribe(&app, slow.port, json!(["*"])).await.status, 201);
+    assert_eq!(subscribe(&app, fast.port, json!(["*"])).await.status, 201);
+    app.sql(
+        "default",
+        "INSERT INTO outbox (topic, payload, created_at, next_attempt_at)
+         VALUES ('order.updated', '{}', '2026-11-22T00:00:00Z', '2026-11-22T00:00:00Z')",
+        &[],
+    )
+    .unwrap();
+    // A sweep starts every 250 ms for 4 s: well past the 2 s lease.
+    let mut sweeps = Vec::new();
+    for _ in 0..16 {
+        let a = app.app.clone();
+        sweeps.push(tokio::spawn(
+            async move { a.fire_cron("notify-cron").await },
+        ));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for s in sweeps {
+        s.await.unwrap().unwrap();
+    }
+    assert_eq!(slow.received().len(), 1, "one call to the slow receiver");
+    assert_eq!(fast.received().len(), 1, "one call to the fast receiver");
+    let row = app
+        .sql(
+            "default",
+            "SELECT state, attempts, last_error FROM deliveries WHERE state <> 'delivered'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.rows.len(), 1);
+    let text = format!("{:?}", row.rows[0]);
+    assert!(
+        text.contains("pending") && text.contains("timeout"),
+        "the slow call timed out and waits for its retry: {text}"
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
+        ),
+        1
+    );
+    app.stop().await;
+    slow.stop();
+    fast.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postmark_provider_gets_the_documented_request() {
     let postmark = Receiver::start(0, 200).await;

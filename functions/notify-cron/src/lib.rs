@@ -19,7 +19,7 @@ impl Guest for NotifyCron {
             &db,
             &cfg,
             &FulfillmentCenters,
-            &spin_glue::SpinTransport,
+            &spin_glue::transport(),
             std::time::Duration::from_secs(50),
         ))
         .map_err(|e| Error::Other(e.to_string()))?;

@@ -21,6 +21,11 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
         Err(e) => return spin_glue::respond(out, http::Response::problem(&e)),
     };
     let cfg = spin_glue::notify_config();
+    if req.path.starts_with("/internal/") {
+        if let Err(e) = req.internal_allowed() {
+            return spin_glue::respond(out, http::Response::problem(&e));
+        }
+    }
     if req.path == "/internal/sweep" {
         // Answer first: the caller is on its own request path; the work is durable.
         spin_glue::respond(
@@ -29,7 +34,7 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
         );
         let result = match spin_glue::open_writer() {
             Ok(db) => {
-                let t = &spin_glue::SpinTransport;
+                let t = &spin_glue::transport();
                 notify::kicked_sweep(&db, &cfg, &FulfillmentCenters, t, SWEEP_BUDGET).await
             }
             Err(e) => Err(e),

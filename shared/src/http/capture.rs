@@ -124,6 +124,7 @@ pub fn handle(
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
         let m = req.method.as_str();
         if segs.first() == Some(&"internal") {
+            req.internal_allowed()?;
             return match (m, segs.as_slice()) {
                 ("POST", ["internal", "capture"]) => {
                     let v = req.json_object_or_empty()?;

@@ -158,6 +158,34 @@ impl Request {
         self
     }
 
+    /// Whether Spin delivered this request by service chaining from another
+    /// component of the app (`http://<component>.spin.internal`): Spin gives a
+    /// chained request the client address `0.0.0.0:0` and replaces any
+    /// `spin-client-addr` a client sends, so a request from the network never
+    /// carries it.
+    pub fn chained(&self) -> bool {
+        self.header("spin-client-addr")
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .is_some_and(|a| a.ip().is_unspecified() && a.port() == 0)
+    }
+
+    /// The private `/internal/*` routes answer only chained calls: a request
+    /// from the network (a route that exposes the component by mistake) is
+    /// 404, as if the route did not exist.
+    pub fn internal_allowed(&self) -> std::result::Result<(), Error> {
+        if self.chained() {
+            return Ok(());
+        }
+        eprintln!(
+            "waybill: refused {} {} from {}: not a service-chained call",
+            self.method,
+            self.path,
+            self.header("spin-client-addr")
+                .unwrap_or("an unknown client")
+        );
+        Err(Error::not_found("no such route"))
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
         self.headers

@@ -55,6 +55,9 @@ pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request, now: DateTime<Utc>) -
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
         let m = req.method.as_str();
         let ok = |v: Json| Ok(Response::json(200, &v));
+        if segs.first() == Some(&"internal") {
+            req.internal_allowed()?;
+        }
         match (m, segs.as_slice()) {
             ("POST", ["internal", "route"]) => ok(allocation::route_kicked(
                 db,

@@ -342,7 +342,9 @@ pub struct Claimed {
     pub attempts: i64,
 }
 
-/// Takes up to `limit` due deliveries under a lease, atomically.
+/// Takes up to `limit` due deliveries under a lease from `now`, atomically. A
+/// center's cancellation request waits while the release it cancels is still
+/// pending, so the center never hears of a cancellation before the release.
 pub fn claim(
     db: &dyn Db,
     owner: &str,
@@ -356,6 +358,9 @@ pub fn claim(
          WHERE id IN (SELECT id FROM deliveries
                       WHERE state = 'pending' AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)
                         AND (? IS NULL OR id = ?)
+                        AND NOT (kind = 'fc' AND target LIKE 'cancel:%' AND EXISTS (
+                              SELECT 1 FROM deliveries r WHERE r.kind = 'fc' AND r.state = 'pending'
+                                 AND r.target = substr(deliveries.target, 8)))
                       ORDER BY id LIMIT ?)
          RETURNING id, kind, target, payload, attempts",
         params![owner, ts(now + lease), ts(now), ts(now), only, only, limit],
@@ -719,9 +724,12 @@ pub async fn sweep<T: Transport>(
     let owner = uuid::Uuid::now_v7().to_string();
     let mut rep = SweepReport::default();
     loop {
-        let now = Utc::now();
-        rep.expanded += expand(db, cfg, centers, now, 50)?;
-        let batch = claim(db, &owner, now, cfg.lease, 20, None)?;
+        rep.expanded += expand(db, cfg, centers, Utc::now(), 50)?;
+        // The lease starts at the claim, and the batch's calls run side by side,
+        // each ending (its timeouts) before the lease does: a slow receiver
+        // holds only its own delivery, and nobody else takes it while its call
+        // is open.
+        let batch = claim(db, &owner, Utc::now(), cfg.lease, 20, None)?;
         if batch.is_empty() {
             let more_events =
                 Patient(db).execute("SELECT 1 FROM outbox WHERE state = 'pending' LIMIT 1", &[])?;
@@ -729,10 +737,12 @@ pub async fn sweep<T: Transport>(
                 break;
             }
         }
+        let outcomes =
+            futures::future::join_all(batch.iter().map(|d| deliver(db, cfg, t, d, Utc::now())))
+                .await;
         let mut done = Vec::with_capacity(batch.len());
-        for d in batch {
-            let outcome = deliver(db, cfg, t, &d, Utc::now()).await?;
-            done.push((d, outcome));
+        for (d, outcome) in batch.into_iter().zip(outcomes) {
+            done.push((d, outcome?));
         }
         if !done.is_empty() {
             record(db, cfg, centers, &done, &owner, Utc::now(), &mut rep)?;

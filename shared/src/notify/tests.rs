@@ -212,3 +212,41 @@ fn a_claimed_delivery_is_not_claimed_again_while_leased() {
         1
     );
 }
+
+#[test]
+fn a_cancellation_request_waits_for_the_release_it_cancels() {
+    let db = db();
+    let now = Utc::now();
+    event(&db, "fulfillment_order.released", json!({}));
+    for (target, cancellation) in [("fo-1", false), ("cancel:fo-1", true)] {
+        db.execute(
+            "INSERT INTO deliveries (outbox_id, kind, target, payload, state, next_attempt_at, attempts, created_at)
+             VALUES (1, 'fc', ?, ?, 'pending', ?, 0, ?)",
+            params![target, json!({"cancellation": cancellation}).to_string(), ts(now), ts(now)],
+        )
+        .unwrap();
+    }
+    let first = claim(&db, "a", now, Duration::seconds(60), 20, None).unwrap();
+    assert_eq!(
+        first.iter().map(|d| d.target.as_str()).collect::<Vec<_>>(),
+        ["fo-1"],
+        "only the release while it is pending"
+    );
+    // Even after the release's lease runs out, the cancellation still waits.
+    let later = now + Duration::seconds(61);
+    let again = claim(&db, "b", later, Duration::seconds(60), 20, None).unwrap();
+    assert_eq!(
+        again.iter().map(|d| d.target.as_str()).collect::<Vec<_>>(),
+        ["fo-1"]
+    );
+    db.execute(
+        "UPDATE deliveries SET state = 'delivered', lease_until = NULL WHERE target = 'fo-1'",
+        &[],
+    )
+    .unwrap();
+    let then = claim(&db, "c", later, Duration::seconds(60), 20, None).unwrap();
+    assert_eq!(
+        then.iter().map(|d| d.target.as_str()).collect::<Vec<_>>(),
+        ["cancel:fo-1"]
+    );
+}

@@ -49,8 +49,13 @@ pub async fn start() -> RunningApp {
 
 /// Like [`start`], with extra variables.
 pub async fn start_with(vars: &[(&str, &str)]) -> RunningApp {
+    start_from(&root().join("spin.toml"), vars).await
+}
+
+/// Like [`start_with`], from another manifest (e.g. a changed copy of spin.toml).
+pub async fn start_from(manifest: &std::path::Path, vars: &[(&str, &str)]) -> RunningApp {
     build_components();
-    let mut b = App::builder(root().join("spin.toml"));
+    let mut b = App::builder(manifest);
     for (k, v) in vars {
         b = b.variable(k, v);
     }
@@ -233,6 +238,8 @@ pub struct Receiver {
     pub status: std::sync::Arc<std::sync::atomic::AtomicU16>,
     /// What it answers (JSON).
     pub body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// How long it waits before it answers (milliseconds).
+    pub delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -268,17 +275,21 @@ impl Receiver {
         let answer: std::sync::Arc<std::sync::Mutex<Vec<u8>>> = std::sync::Arc::new(
             std::sync::Mutex::new(br#"{"ErrorCode":0,"Message":"OK"}"#.to_vec()),
         );
-        let (reqs, st2, answer2) = (requests.clone(), st.clone(), answer.clone());
+        let delay = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (reqs, st2, answer2, delay2) =
+            (requests.clone(), st.clone(), answer.clone(), delay.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (reqs, st, answer) = (reqs.clone(), st2.clone(), answer2.clone());
+                let (reqs, st, answer, delay) =
+                    (reqs.clone(), st2.clone(), answer2.clone(), delay2.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(
                         move |req: hyper::Request<hyper::body::Incoming>| {
-                            let (reqs, st, answer) = (reqs.clone(), st.clone(), answer.clone());
+                            let (reqs, st, answer, delay) =
+                                (reqs.clone(), st.clone(), answer.clone(), delay.clone());
                             async move {
                                 let path = req.uri().path().to_string();
                                 let headers = req
@@ -302,6 +313,11 @@ impl Receiver {
                                     headers,
                                     body,
                                 });
+                                let wait = delay.load(std::sync::atomic::Ordering::SeqCst);
+                                if wait > 0 {
+                                    tokio::time::sleep(std::time::Duration::from_millis(wait))
+                                        .await;
+                                }
                                 let status = st.load(std::sync::atomic::Ordering::SeqCst);
                                 Ok::<_, std::convert::Infallible>(
                                     hyper::Response::builder()
@@ -326,12 +342,18 @@ impl Receiver {
             requests,
             status: st,
             body: answer,
+            delay_ms: delay,
             task,
         }
     }
 
     pub fn set_body(&self, body: &Value) {
         *self.body.lock().unwrap() = body.to_string().into_bytes();
+    }
+
+    /// Waits `ms` before every answer from now on.
+    pub fn set_delay(&self, ms: u64) {
+        self.delay_ms.store(ms, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn received(&self) -> Vec<Received> {
