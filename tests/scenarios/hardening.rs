@@ -1,6 +1,7 @@
 //! Hardening through the compiled components on tests/host: limits that hold
 //! before any work is done, on every component's routes, with or without a token.
 
+use serde_json::json;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -570,5 +571,205 @@ component = "notify"
         .await;
         assert_eq!(r.status, 404, "{path}: {}", r.json);
     }
+    app.stop().await;
+}
+
+const SECRETS_TOKEN: &str = "test-secrets-admin-token";
+const ORDERS_TOKEN: &str = "test-orders-write-token";
+const PAYMENTS_TOKEN: &str = "test-payments-write-token";
+
+async fn call(app: &RunningApp, method: &str, path: &str, token: &str, body: &str) -> Reply {
+    let auth = format!("Bearer {token}");
+    send(
+        app,
+        method,
+        path,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body.to_string(),
+    )
+    .await
+}
+
+/// Licence keys reach the customer's e-mail and nothing a read-scope caller
+/// sees: the event export, the mailbox and "*" webhooks withhold them unless
+/// the caller (or the subscription's creator) has the secrets scope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn licence_keys_reach_only_the_customer_and_the_secrets_scope() {
+    let tokens = format!(
+        "write:{WRITE_TOKEN},read:{READ_TOKEN},admin:{SECRETS_TOKEN},secrets:{SECRETS_TOKEN}"
+    );
+    let plain = Receiver::start(0, 200).await;
+    let trusted = Receiver::start(0, 200).await;
+    let app = start_with(&[
+        ("api_tokens", &tokens),
+        ("notify_extra_outbound_host", "http://127.0.0.1:*"),
+    ])
+    .await;
+    let sub = |port: u16, secrets: bool| {
+        json!({"url": format!("http://127.0.0.1:{port}/hooks"), "events": ["*"], "include_secrets": secrets})
+            .to_string()
+    };
+    let path = "/api/notifications/subscriptions";
+    let r = call(&app, "POST", path, WRITE_TOKEN, &sub(trusted.port, true)).await;
+    assert_eq!(r.status, 403, "write is not secrets: {}", r.json);
+    let r = call(&app, "POST", path, WRITE_TOKEN, &sub(plain.port, false)).await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let r = call(&app, "POST", path, SECRETS_TOKEN, &sub(trusted.port, true)).await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    assert_eq!(r.json["include_secrets"], true);
+
+    let product = json!({"name": "Pro licence", "digital": true});
+    let r = call(
+        &app,
+        "PUT",
+        "/api/products/KEY-PRO",
+        WRITE_TOKEN,
+        &product.to_string(),
+    )
+    .await;
+    assert!(r.status < 300, "{}", r.json);
+    let keys = json!({"keys": ["PRO-0001-SECRET", "PRO-0002-SECRET"]});
+    let r = call(
+        &app,
+        "POST",
+        "/api/license-keys/KEY-PRO",
+        WRITE_TOKEN,
+        &keys.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let order = json!({"external_id": "keys-1", "currency": "EUR",
+        "customer": {"email": "kim@example.com", "first_name": "Kim"},
+        "shipping_address": {"line1": "Unter den Linden 1", "city": "Berlin", "postal_code": "10117", "country_code": "DE"},
+        "lines": [{"sku": "KEY-PRO", "name": "Pro licence", "quantity": 1, "unit_price": "10.00"}],
+        "financial_status": "paid"});
+    let r = call(&app, "POST", "/api/orders", WRITE_TOKEN, &order.to_string()).await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let assigned = "PRO-0001-SECRET";
+
+    eventually("the key e-mail and both webhooks", || async {
+        let m = get(&app, "/api/notifications/mailbox").await;
+        let mailed = m.json["messages"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|x| x["subject"].as_str().unwrap_or("").contains("download"))
+        });
+        let hooked = |r: &Receiver| {
+            r.received()
+                .iter()
+                .any(|x| x.json()["type"] == "license.assigned")
+        };
+        mailed && hooked(&plain) && hooked(&trusted)
+    })
+    .await;
+
+    // The customer's e-mail carries the key (the mailbox shows it to secrets).
+    let full = call(&app, "GET", "/api/notifications/mailbox", SECRETS_TOKEN, "").await;
+    assert!(full.json.to_string().contains(assigned), "{}", full.json);
+    // A read-scope caller sees the message with the key masked.
+    let masked = get(&app, "/api/notifications/mailbox").await;
+    assert!(
+        !masked.json.to_string().contains("SECRET"),
+        "{}",
+        masked.json
+    );
+    assert!(masked.json.to_string().contains("[licence key withheld]"));
+    // The export withholds it from read (and write), not from secrets.
+    for tok in [READ_TOKEN, WRITE_TOKEN] {
+        let e = call(&app, "GET", "/api/events?limit=1000", tok, "").await;
+        assert_eq!(e.status, 200);
+        assert!(!e.json.to_string().contains("SECRET"), "{}", e.json);
+        assert!(e.json.to_string().contains("secrets_withheld"));
+    }
+    let e = call(&app, "GET", "/api/events?limit=1000", SECRETS_TOKEN, "").await;
+    assert!(e.json.to_string().contains(assigned));
+    // Webhooks: withheld for the plain subscription, sent to the trusted one.
+    let body_of = |r: &Receiver| {
+        r.received()
+            .iter()
+            .map(|x| String::from_utf8_lossy(&x.body).into_owned())
+            .collect::<String>()
+    };
+    assert!(!body_of(&plain).contains("SECRET"));
+    assert!(body_of(&trusted).contains(assigned));
+    app.stop().await;
+    plain.stop();
+    trusted.stop();
+}
+
+/// Narrow tokens do only what their scope names, on every component.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_token_acts_only_within_its_scope() {
+    let tokens =
+        format!("read:{READ_TOKEN},orders:write:{ORDERS_TOKEN},payments:write:{PAYMENTS_TOKEN}");
+    let app = start_with(&[("api_tokens", &tokens)]).await;
+    let order = json!({"external_id": "scoped-1", "currency": "EUR",
+        "customer": {"email": "kim@example.com"},
+        "shipping_address": {"line1": "Unter den Linden 1", "city": "Berlin", "postal_code": "10117", "country_code": "DE"},
+        "lines": [{"sku": "SKU-1", "name": "Item", "quantity": 1, "unit_price": "10.00"}]})
+    .to_string();
+    let facility =
+        json!({"id": "x", "name": "X", "type": "warehouse", "address": {"country_code": "DE"}})
+            .to_string();
+    let receipt = json!({"facility": "x", "lines": [{"sku": "SKU-1", "quantity": 1}]}).to_string();
+    let sub = json!({"url": "http://127.0.0.1:9/h", "events": ["*"]}).to_string();
+    let cases: &[(&str, &str, &str, &str, u16)] = &[
+        (READ_TOKEN, "POST", "/api/orders", &order, 403),
+        (PAYMENTS_TOKEN, "POST", "/api/orders", &order, 403),
+        (ORDERS_TOKEN, "POST", "/api/facilities", &facility, 403),
+        (ORDERS_TOKEN, "POST", "/api/stock/receipts", &receipt, 403),
+        (
+            ORDERS_TOKEN,
+            "POST",
+            "/api/notifications/subscriptions",
+            &sub,
+            403,
+        ),
+        (ORDERS_TOKEN, "PUT", "/api/payments/settings", "{}", 403),
+        (PAYMENTS_TOKEN, "PUT", "/api/routing/config/web", "{}", 403),
+        (ORDERS_TOKEN, "POST", "/api/orders", &order, 201),
+        (ORDERS_TOKEN, "GET", "/api/orders?limit=1", "", 200),
+        (PAYMENTS_TOKEN, "GET", "/api/payments/action-items", "", 200),
+    ];
+    for (tok, m, path, body, want) in cases {
+        let r = call(&app, m, path, tok, body).await;
+        assert_eq!(r.status, *want, "{m} {path}: {}", r.json);
+        if *want == 403 {
+            assert_eq!(r.json["status"], 403, "a problem document");
+        }
+    }
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM facilities WHERE id = 'x'"),
+        0
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM subscriptions"), 0);
+    app.stop().await;
+}
+
+/// A customer e-mail is one address: a list or a display name, which an e-mail
+/// API would send to every address in it, is 422 and stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_email_is_one_address() {
+    let app = start().await;
+    for (i, email) in [
+        "kim@example.com,eve@evil.com",
+        "kim@example.com;eve@evil.com",
+        "Eve <eve@evil.com>",
+        "kim@example.com\r\nbcc:eve@evil.com",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let order = json!({"external_id": format!("mail-{i}"), "currency": "EUR",
+            "customer": {"email": email},
+            "shipping_address": {"line1": "Unter den Linden 1", "city": "Berlin", "postal_code": "10117", "country_code": "DE"},
+            "lines": [{"sku": "SKU-1", "name": "Item", "quantity": 1, "unit_price": "10.00"}]});
+        let r = call(&app, "POST", "/api/orders", WRITE_TOKEN, &order.to_string()).await;
+        assert_eq!(r.status, 422, "{email:?}: {}", r.json);
+        assert_eq!(r.json["errors"][0]["pointer"], "/customer/email");
+    }
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM orders"), 0);
     app.stop().await;
 }

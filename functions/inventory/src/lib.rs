@@ -78,7 +78,7 @@ async fn handle(req: IncomingRequest) -> anyhow::Result<impl IntoResponse> {
         (Ok(db), Ok(kv)) => {
             let segs: Vec<&str> = r.path.split('/').filter(|s| !s.is_empty()).collect();
             if let ["api", "facilities", id, "inventory", "sync"] = segs.as_slice() {
-                let auth = tokens.authorize(&r, http::Scope::Write);
+                let auth = tokens.authorize_route(&r);
                 match (r.method.as_str(), auth) {
                     (_, Err(e)) => http::Response::problem(&e),
                     ("POST", Ok(())) => pull(&db, &kv, &cfg, id, &mut fx).await.into(),

@@ -140,7 +140,7 @@ pub fn handle(
                 _ => Err(Error::not_found("no such internal endpoint")),
             };
         }
-        tokens.authorize_method(req)?;
+        tokens.authorize_route(req)?;
         let order = |key: &str| -> Result<String> {
             views::resolve(db, key)?.ok_or_else(|| Error::not_found(format!("no order '{key}'")))
         };

@@ -47,11 +47,11 @@ pub fn handle(
                 )?)
             }
             ("POST", "/api/orders") => {
-                tokens.authorize(req, Scope::Write)?;
+                tokens.authorize(req, Scope::OrdersWrite)?;
                 api_create(db, req, now)
             }
             ("POST", "/api/orders/batch") => {
-                tokens.authorize(req, Scope::Write)?;
+                tokens.authorize(req, Scope::OrdersWrite)?;
                 let answer = intake::api_batch(db, &batch_documents(req)?, now)?;
                 let partial = answer["rejected"].as_u64().unwrap_or(0) > 0;
                 Ok(Response::json(if partial { 207 } else { 200 }, &answer))

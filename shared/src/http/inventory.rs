@@ -57,7 +57,7 @@ fn route(
         let out = inventory::fc_push(db, kv, cfg, facility, sig, &req.body, now, fx)?;
         return Ok(Response::json(200, &out));
     }
-    tokens.authorize_method(req)?;
+    tokens.authorize_route(req)?;
     let ok = |v: Json| Ok(Response::json(200, &v));
     match (m, segs.as_slice()) {
         ("GET", ["api", "facilities"]) => ok(inventory::list_facilities(db)?),

@@ -4,7 +4,6 @@
 use crate::kernel::db::{transaction, Db};
 use crate::kernel::error::Error;
 use crate::kernel::idempotency;
-use crate::kernel::signature::constant_time_eq;
 
 pub mod capture;
 pub mod intake;
@@ -13,7 +12,10 @@ pub mod notify;
 pub mod orders;
 pub mod report;
 pub mod routing;
+pub mod scopes;
 pub mod shipment;
+
+pub use scopes::{route_scope, Scope, Tokens};
 
 /// The largest request body any endpoint accepts.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -349,135 +351,9 @@ pub fn query_error(param: &str, detail: impl Into<String>) -> Error {
     e
 }
 
-/// API token scopes: `write` implies `read`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Scope {
-    Read,
-    Write,
-}
-
-/// Bearer tokens from the `api_tokens` Spin variable: `write:<token>,read:<token>,...`.
-#[derive(Debug, Clone, Default)]
-pub struct Tokens(Vec<(Scope, String)>);
-
-impl Tokens {
-    pub fn parse(spec: &str) -> Tokens {
-        Tokens(
-            spec.split(',')
-                .filter_map(|e| {
-                    let (scope, token) = e.trim().split_once(':')?;
-                    let scope = match scope.trim() {
-                        "read" => Scope::Read,
-                        "write" => Scope::Write,
-                        _ => return None,
-                    };
-                    let token = token.trim();
-                    (token.len() >= 8).then(|| (scope, token.to_string()))
-                })
-                .collect(),
-        )
-    }
-
-    /// The read scope for `GET` and `HEAD`, the write scope for anything else.
-    pub fn authorize_method(&self, req: &Request) -> Result<(), Error> {
-        let need = if req.method == "GET" || req.method == "HEAD" {
-            Scope::Read
-        } else {
-            Scope::Write
-        };
-        self.authorize(req, need)
-    }
-
-    /// Checks `Authorization: Bearer <token>` for `need`; 401 without a valid token, 403 for too little scope.
-    pub fn authorize(&self, req: &Request, need: Scope) -> Result<(), Error> {
-        let Some(auth) = req.header("authorization") else {
-            return Err(Error::unauthorized(
-                "an `Authorization: Bearer <token>` header is required",
-            ));
-        };
-        let token = match auth.split_once(' ') {
-            Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
-            _ => {
-                return Err(Error::unauthorized(
-                    "the Authorization header must use the Bearer scheme",
-                ))
-            }
-        };
-        let mut best: Option<Scope> = None;
-        for (scope, t) in &self.0 {
-            if constant_time_eq(t.as_bytes(), token.as_bytes()) {
-                best = best.max(Some(*scope));
-            }
-        }
-        match best {
-            None => Err(Error::unauthorized("the bearer token is not valid")),
-            Some(s) if s >= need => Ok(()),
-            Some(_) => Err(Error::forbidden("the token lacks the write scope")),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_method_picks_the_scope() {
-        let t = Tokens::parse("read:r-token-456");
-        let req = |m: &str| Request::new(m, "/").with_header("Authorization", "Bearer r-token-456");
-        assert!(t.authorize_method(&req("GET")).is_ok());
-        assert!(t.authorize_method(&req("HEAD")).is_ok());
-        for m in ["POST", "PUT", "PATCH", "DELETE"] {
-            assert_eq!(
-                t.authorize_method(&req(m)).unwrap_err().status(),
-                403,
-                "{m}"
-            );
-        }
-    }
-
-    #[test]
-    fn tokens_and_scopes() {
-        let t = Tokens::parse("write:w-token-123, read:r-token-456, bogus:x, read:short");
-        let req = |tok: &str| {
-            Request::new("GET", "/").with_header("Authorization", &format!("Bearer {tok}"))
-        };
-        assert!(t.authorize(&req("w-token-123"), Scope::Write).is_ok());
-        assert!(t.authorize(&req("w-token-123"), Scope::Read).is_ok());
-        assert!(t.authorize(&req("r-token-456"), Scope::Read).is_ok());
-        assert_eq!(
-            t.authorize(&req("r-token-456"), Scope::Write)
-                .unwrap_err()
-                .status(),
-            403
-        );
-        assert_eq!(
-            t.authorize(&req("nope-nope-nope"), Scope::Read)
-                .unwrap_err()
-                .status(),
-            401
-        );
-        assert_eq!(
-            t.authorize(&req("short"), Scope::Read)
-                .unwrap_err()
-                .status(),
-            401,
-            "tokens under 8 characters are ignored"
-        );
-        assert_eq!(
-            t.authorize(&Request::new("GET", "/"), Scope::Read)
-                .unwrap_err()
-                .status(),
-            401
-        );
-        assert_eq!(
-            Tokens::parse("")
-                .authorize(&req("w-token-123"), Scope::Read)
-                .unwrap_err()
-                .status(),
-            401
-        );
-    }
 
     #[test]
     fn path_segments_decode_percent_but_keep_plus() {

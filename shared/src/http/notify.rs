@@ -47,21 +47,18 @@ pub fn handle(
         let segs = segments(path);
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
         let m = req.method.as_str();
-        let need = if m == "GET" {
-            Scope::Read
-        } else {
-            Scope::Write
-        };
-        tokens.authorize(req, need)?;
+        tokens.authorize_route(req)?;
         let ok = |v: serde_json::Value| Ok(Response::json(200, &v));
         match (m, segs.as_slice()) {
             ("GET", ["api", "events"]) => {
                 let limit = int_param(req, "limit", 100, 1000)?.max(1);
-                ok(admin::export(db, after_param(req)?, limit)?)
+                let secrets = tokens.grants(req, Scope::Secrets);
+                ok(admin::export(db, after_param(req)?, limit, secrets)?)
             }
             ("GET", ["api", "notifications", "mailbox"]) => {
                 let limit = int_param(req, "limit", 50, 500)?.max(1);
-                ok(admin::mailbox(db, req.query_param("to"), limit)?)
+                let secrets = tokens.grants(req, Scope::Secrets);
+                ok(admin::mailbox(db, req.query_param("to"), limit, secrets)?)
             }
             ("GET", ["api", "notifications", "dead-letters"]) => ok(admin::dead_letters(
                 db,
@@ -78,8 +75,13 @@ pub fn handle(
                 ok(admin::list_subscriptions(db)?)
             }
             ("POST", ["api", "notifications", "subscriptions"]) => {
-                let (id, v) =
-                    admin::create_subscription(db, &parse_json(&req.body)?, receivers, now)?;
+                let (id, v) = admin::create_subscription(
+                    db,
+                    &parse_json(&req.body)?,
+                    receivers,
+                    tokens.grants(req, Scope::Secrets),
+                    now,
+                )?;
                 Ok(Response::json(201, &v).with_header(
                     "location",
                     &format!("/api/notifications/subscriptions/{id}"),

@@ -30,7 +30,7 @@ pub fn handle_write(
     now: DateTime<Utc>,
 ) -> (Response, Received) {
     let r = (|| -> Result<(Response, Received)> {
-        tokens.authorize(req, Scope::Write)?;
+        tokens.authorize_route(req)?;
         req.check_size()?;
         let segs = segments(&req.path);
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();

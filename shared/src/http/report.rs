@@ -89,7 +89,7 @@ pub fn handle(
                 answer(req, vec![report], true)
             }
             ("POST", ["api", "reports", "daily", date]) => {
-                cfg.tokens.authorize(req, Scope::Write)?;
+                cfg.tokens.authorize_route(req)?;
                 let d = parse_date(date)?;
                 if d > day_of(now, cfg.timezone) {
                     return Err(Error::unprocessable(format!(

@@ -72,7 +72,7 @@ pub fn handle(db: &dyn Db, tokens: &Tokens, req: &Request, now: DateTime<Utc>) -
             }
             (_, ["internal", ..]) => Err(Error::not_found("no such internal endpoint")),
             _ => {
-                tokens.authorize_method(req)?;
+                tokens.authorize_route(req)?;
                 match (m, segs.as_slice()) {
                     ("GET", ["api", "routing", "config"]) => ok(settings::configs_view(db)?),
                     ("GET", ["api", "routing", "config", ch]) => {

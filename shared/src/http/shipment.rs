@@ -41,7 +41,7 @@ pub fn handle(
             }
             (_, ["callbacks", ..]) => Err(Error::not_found("no such callback")),
             _ => {
-                tokens.authorize_method(req)?;
+                tokens.authorize_route(req)?;
                 api(db, req, &segs, now)
             }
         }

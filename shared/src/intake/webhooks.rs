@@ -19,11 +19,25 @@ use crate::orders::model::{NewOrder, Source};
 use crate::params;
 
 /// The sources' webhook secrets, from Spin variables.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Config {
     pub shopify_secret: String,
     pub woocommerce_secret: String,
     pub commercetools_secret: String,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::kernel::signature::redacted;
+        f.debug_struct("Config")
+            .field("shopify_secret", &redacted(&self.shopify_secret))
+            .field("woocommerce_secret", &redacted(&self.woocommerce_secret))
+            .field(
+                "commercetools_secret",
+                &redacted(&self.commercetools_secret),
+            )
+            .finish()
+    }
 }
 
 /// Checks a base64 HMAC-SHA256 signature header (`header`, its value `sig`) over the body.

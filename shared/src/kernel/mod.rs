@@ -2,6 +2,7 @@
 //! the schema and time. Names nothing else in the crate.
 
 pub mod db;
+pub mod email;
 pub mod error;
 pub mod idempotency;
 pub mod json;

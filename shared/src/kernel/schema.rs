@@ -610,6 +610,9 @@ the following items of order {{number}} are on backorder and will ship as soon a
     // and databases may hold repeats booked before this check).
     &["CREATE INDEX stock_movements_receipt_reference ON stock_movements (facility_id, reference)
          WHERE kind = 'receipt' AND reference IS NOT NULL"],
+    // 14: a webhook subscription gets licence keys only when a token with the
+    // secrets scope created it with `include_secrets` (`notify::withhold`).
+    &["ALTER TABLE subscriptions ADD COLUMN include_secrets INTEGER NOT NULL DEFAULT 0"],
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -11,6 +11,15 @@ use sha2::Sha256;
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
+/// How a secret appears in `Debug` output and logs: never its value.
+pub fn redacted(secret: &str) -> &'static str {
+    if secret.is_empty() {
+        "(empty)"
+    } else {
+        "[redacted]"
+    }
+}
+
 pub fn hmac_sha256(secret: &[u8], data: &[u8]) -> Vec<u8> {
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(data);

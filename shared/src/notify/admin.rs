@@ -9,15 +9,16 @@ use crate::kernel::db::{transaction, Db};
 use crate::kernel::error::{Error, FieldError, Result};
 use crate::kernel::time::ts;
 use crate::kernel::url::Receivers;
-use crate::notify::envelope;
+use crate::notify::{envelope, withhold};
 use crate::params;
 
 fn bad(detail: impl Into<String>) -> Error {
     Error::bad_request(detail)
 }
 
-/// The cursor export: every outbox event once, in commit order.
-pub fn export(db: &dyn Db, after: i64, limit: i64) -> Result<Json> {
+/// The cursor export: every outbox event once, in commit order; licence keys
+/// only for a caller with the secrets scope (`secrets`).
+pub fn export(db: &dyn Db, after: i64, limit: i64, secrets: bool) -> Result<Json> {
     let r = db.execute(
         "SELECT id, topic, payload, created_at FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
         params![after, limit],
@@ -25,12 +26,13 @@ pub fn export(db: &dyn Db, after: i64, limit: i64) -> Result<Json> {
     let events: Vec<Json> = r
         .iter()
         .map(|e| {
-            envelope(
-                e.i64("id"),
-                &e.str("topic"),
-                &e.str("created_at"),
-                &serde_json::from_str(&e.str("payload")).unwrap_or(Json::Null),
-            )
+            let payload: Json = serde_json::from_str(&e.str("payload")).unwrap_or(Json::Null);
+            let payload = if secrets {
+                payload
+            } else {
+                withhold::redact(&payload)
+            };
+            envelope(e.i64("id"), &e.str("topic"), &e.str("created_at"), &payload)
         })
         .collect();
     let next = r.iter().last().map(|e| e.i64("id")).unwrap_or(after);
@@ -39,22 +41,33 @@ pub fn export(db: &dyn Db, after: i64, limit: i64) -> Result<Json> {
     )
 }
 
-/// The embedded mailbox, newest first, optionally for one recipient.
-pub fn mailbox(db: &dyn Db, to: Option<String>, limit: i64) -> Result<Json> {
-    let r = match to {
-        Some(to) => db.execute(
-            "SELECT * FROM mailbox WHERE to_address = ? ORDER BY id DESC LIMIT ?",
-            params![to, limit],
-        )?,
-        None => db.execute(
-            "SELECT * FROM mailbox ORDER BY id DESC LIMIT ?",
-            params![limit],
-        )?,
-    };
+/// The embedded mailbox, newest first, optionally for one recipient. A message
+/// rendered from an event with licence keys shows them only to a caller with
+/// the secrets scope (`secrets`); others see them masked.
+pub fn mailbox(db: &dyn Db, to: Option<String>, limit: i64, secrets: bool) -> Result<Json> {
+    let r = db.execute(
+        "SELECT m.*, o.payload AS event_payload FROM mailbox m
+           LEFT JOIN deliveries d ON d.id = m.delivery_id
+           LEFT JOIN outbox o ON o.id = d.outbox_id
+          WHERE (?1 IS NULL OR m.to_address = ?1) ORDER BY m.id DESC LIMIT ?2",
+        params![to, limit],
+    )?;
     let msgs: Vec<Json> = r
         .iter()
-        .map(|m| json!({"id": m.i64("id"), "delivery_id": m.i64("delivery_id"), "to": m.str("to_address"), "from": m.str("from_address"),
-            "subject": m.str("subject"), "text": m.str("text_body"), "html": m.str("html_body"), "delivered_at": m.str("delivered_at")}))
+        .map(|m| {
+            let keys = if secrets {
+                Vec::new()
+            } else {
+                let event: Json = m
+                    .opt_str("event_payload")
+                    .and_then(|p| serde_json::from_str(&p).ok())
+                    .unwrap_or(Json::Null);
+                withhold::secret_values(&event)
+            };
+            let shown = |field: &str| withhold::mask(&m.str(field), &keys);
+            json!({"id": m.i64("id"), "delivery_id": m.i64("delivery_id"), "to": m.str("to_address"), "from": m.str("from_address"),
+                "subject": shown("subject"), "text": shown("text_body"), "html": shown("html_body"), "delivered_at": m.str("delivered_at")})
+        })
         .collect();
     Ok(json!({"messages": msgs}))
 }
@@ -109,13 +122,13 @@ pub fn replay(db: &dyn Db, id: &str, now: DateTime<Utc>) -> Result<Json> {
 
 pub fn list_subscriptions(db: &dyn Db) -> Result<Json> {
     let r = db.execute(
-        "SELECT id, url, event_types, active, created_at FROM subscriptions ORDER BY id",
+        "SELECT id, url, event_types, active, include_secrets, created_at FROM subscriptions ORDER BY id",
         &[],
     )?;
     let subs: Vec<Json> = r
         .iter()
         .map(|s| json!({"id": s.i64("id"), "url": s.str("url"), "events": serde_json::from_str::<Json>(&s.str("event_types")).unwrap_or(Json::Null),
-            "active": s.i64("active") == 1, "created_at": s.str("created_at")}))
+            "active": s.i64("active") == 1, "include_secrets": s.i64("include_secrets") == 1, "created_at": s.str("created_at")}))
         .collect();
     Ok(json!({"subscriptions": subs}))
 }
@@ -137,13 +150,29 @@ pub const EVENT_TYPES: &[&str] = &[
 /// Creates a webhook subscription; answers its id and, once, its secret.
 /// `POST /api/notifications/subscriptions`: the URL must be a receiver the
 /// operator allows (`outbound_receivers`); see [`crate::kernel::url`].
+/// `include_secrets: true` (licence keys in the events) needs a caller with
+/// the secrets scope (`may_see_secrets`), else 403.
 pub fn create_subscription(
     db: &dyn Db,
     v: &Json,
     receivers: &Receivers,
+    may_see_secrets: bool,
     now: DateTime<Utc>,
 ) -> Result<(i64, Json)> {
     let mut errs = Vec::new();
+    let include_secrets = match v.get("include_secrets") {
+        None | Some(Json::Null) => false,
+        Some(Json::Bool(b)) => *b,
+        Some(_) => {
+            errs.push(FieldError::new("/include_secrets", "must be true or false"));
+            false
+        }
+    };
+    if include_secrets && !may_see_secrets {
+        return Err(Error::forbidden(
+            "include_secrets needs a token with the secrets scope",
+        ));
+    }
     let url = v["url"].as_str().unwrap_or_default().trim().to_string();
     if let Err(e) = receivers.check(&url) {
         errs.push(FieldError::new("/url", e));
@@ -182,15 +211,15 @@ pub fn create_subscription(
     }
     let r = transaction(db, |db| {
         Ok::<_, Error>(db.execute(
-            "INSERT INTO subscriptions (url, event_types, secret, active, created_at) VALUES (?, ?, ?, 1, ?) RETURNING id",
-            params![url.clone(), serde_json::to_string(&events).unwrap_or_default(), secret.clone(), ts(now)],
+            "INSERT INTO subscriptions (url, event_types, secret, active, include_secrets, created_at) VALUES (?, ?, ?, 1, ?, ?) RETURNING id",
+            params![url.clone(), serde_json::to_string(&events).unwrap_or_default(), secret.clone(), include_secrets as i64, ts(now)],
         )?)
     })?;
     let id = r.first().map(|r| r.i64("id")).unwrap_or(0);
     // The secret is shown once, at creation.
     Ok((
         id,
-        json!({"id": id, "url": url, "events": events, "secret": secret, "active": true}),
+        json!({"id": id, "url": url, "events": events, "secret": secret, "active": true, "include_secrets": include_secrets}),
     ))
 }
 

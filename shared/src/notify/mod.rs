@@ -22,10 +22,11 @@ use crate::kernel::time::ts;
 use crate::params;
 
 pub mod admin;
+pub mod withhold;
 pub use admin::EVENT_TYPES;
 
 /// Where e-mails go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum EmailProvider {
     /// The embedded default: the rendered message is stored in `mailbox`.
     Mailbox,
@@ -33,7 +34,20 @@ pub enum EmailProvider {
     Postmark { url: String, token: String },
 }
 
-#[derive(Debug, Clone)]
+impl std::fmt::Debug for EmailProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EmailProvider::Mailbox => f.write_str("Mailbox"),
+            EmailProvider::Postmark { url, token } => f
+                .debug_struct("Postmark")
+                .field("url", url)
+                .field("token", &signature::redacted(token))
+                .finish(),
+        }
+    }
+}
+
+#[derive(Clone)]
 pub struct Config {
     pub provider: EmailProvider,
     pub from: String,
@@ -49,6 +63,23 @@ pub struct Config {
     /// The hosts the operator allows webhooks and center requests to reach
     /// (`outbound_receivers`), checked again before every call.
     pub receivers: crate::kernel::url::Receivers,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("provider", &self.provider)
+            .field("from", &self.from)
+            .field("merchant_email", &self.merchant_email)
+            .field("management_emails", &self.management_emails)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_base", &self.retry_base)
+            .field("lease", &self.lease)
+            // The names of the secret variables, never their values.
+            .field("fc_secrets", &self.fc_secrets.keys().collect::<Vec<_>>())
+            .field("receivers", &self.receivers)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -191,8 +222,10 @@ fn templates_for(db: &dyn Db, topic: &str) -> Result<Vec<Template>> {
         .collect())
 }
 
+/// The addresses a template goes to: only single plain addresses (an order
+/// stored before the rule, or a setting, with a list in it sends to nobody).
 fn recipients(cfg: &Config, recipient: &str, payload: &Json) -> Vec<String> {
-    match recipient {
+    let all: Vec<String> = match recipient {
         "customer" => payload["email"]
             .as_str()
             .map(str::to_string)
@@ -205,7 +238,16 @@ fn recipients(cfg: &Config, recipient: &str, payload: &Json) -> Vec<String> {
             .collect(),
         "management" => cfg.management_emails.clone(),
         _ => Vec::new(),
-    }
+    };
+    all.into_iter()
+        .filter(|a| {
+            let ok = crate::kernel::email::is_single_address(a);
+            if !ok {
+                eprintln!("waybill: not sending {recipient} e-mail to {a:?}: not one address");
+            }
+            ok
+        })
+        .collect()
 }
 
 /// The envelope outbound webhooks and the export carry.
@@ -229,7 +271,7 @@ pub fn expand(
         return Ok(0);
     }
     let subs = Patient(db).execute(
-        "SELECT id, url, event_types FROM subscriptions WHERE active = 1 ORDER BY id",
+        "SELECT id, url, event_types, include_secrets FROM subscriptions WHERE active = 1 ORDER BY id",
         &[],
     )?;
     // Render outside the write lock; write every event's deliveries in one transaction.
@@ -298,14 +340,26 @@ pub fn expand(
             }
         }
         let env = envelope(id, &topic, &ev.str("created_at"), &payload);
+        let withheld = envelope(
+            id,
+            &topic,
+            &ev.str("created_at"),
+            &withhold::redact(&payload),
+        );
         for s in subs.iter() {
             let types: Vec<String> =
                 serde_json::from_str(&s.str("event_types")).unwrap_or_default();
             if types.iter().any(|t| t == "*" || *t == topic) {
+                // Licence keys only to a subscription made to receive them.
+                let event = if s.i64("include_secrets") == 1 {
+                    &env
+                } else {
+                    &withheld
+                };
                 rows.push((
                     "webhook".into(),
                     s.i64("id").to_string(),
-                    json!({"url": s.str("url"), "event": env}),
+                    json!({"url": s.str("url"), "event": event}),
                 ));
             }
         }

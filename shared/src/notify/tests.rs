@@ -250,3 +250,33 @@ fn a_cancellation_request_waits_for_the_release_it_cancels() {
         ["cancel:fo-1"]
     );
 }
+
+#[test]
+fn secrets_never_reach_debug_output() {
+    let mut c = Config {
+        provider: EmailProvider::Postmark {
+            url: "https://api.postmarkapp.com".into(),
+            token: "pm-token-very-secret".into(),
+        },
+        ..Config::default()
+    };
+    c.fc_secrets
+        .insert("fc_secret_a".into(), "fc-shared-secret-value".into());
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("very-secret"), "{shown}");
+    assert!(!shown.contains("fc-shared-secret-value"), "{shown}");
+    assert!(shown.contains("fc_secret_a") && shown.contains("[redacted]"));
+    let hooks = crate::intake::webhooks::Config {
+        shopify_secret: "shpss_secret_value".into(),
+        woocommerce_secret: String::new(),
+        commercetools_secret: "ct-secret-value".into(),
+    };
+    let shown = format!("{hooks:?}");
+    assert!(
+        !shown.contains("secret_value") && !shown.contains("ct-secret"),
+        "{shown}"
+    );
+    assert!(shown.contains("(empty)"));
+    let tokens = crate::http::Tokens::parse("write:w-token-very-secret");
+    assert!(!format!("{tokens:?}").contains("very-secret"));
+}

@@ -322,17 +322,6 @@ pub const MAX_QUANTITY: i64 = 1_000_000;
 /// order total can overflow.
 pub const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
 
-fn is_plausible_email(e: &str) -> bool {
-    let Some((local, domain)) = e.split_once('@') else {
-        return false;
-    };
-    !local.is_empty()
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !e.contains(char::is_whitespace)
-}
-
 impl NewOrder {
     pub fn totals(&self) -> Totals {
         Totals::compute(&self.lines, &self.shipping_lines, self.taxes_included)
@@ -377,8 +366,8 @@ impl NewOrder {
             }
         }
         if let Some(email) = &self.customer.email {
-            if !is_plausible_email(email) {
-                e("/customer/email", "is not an e-mail address");
+            if !crate::kernel::email::is_single_address(email) {
+                e("/customer/email", "is not one e-mail address");
             }
         }
         for (name, addr) in [

@@ -58,10 +58,22 @@ where
 
 /// Stripe's endpoint and credentials (Spin variables `stripe_api_base`,
 /// `stripe_secret_key`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StripeConfig {
     pub api_base: String,
     pub secret_key: String,
+}
+
+impl std::fmt::Debug for StripeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeConfig")
+            .field("api_base", &self.api_base)
+            .field(
+                "secret_key",
+                &crate::kernel::signature::redacted(&self.secret_key),
+            )
+            .finish()
+    }
 }
 
 /// A request to a gateway, ready to send.
@@ -235,6 +247,17 @@ pub fn classify(status: u16, body: &[u8]) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_secret_key_never_reaches_debug_output() {
+        let c = StripeConfig {
+            api_base: "https://api.stripe.com".into(),
+            secret_key: "sk_live_very_secret_1234".into(),
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("sk_live"), "{shown}");
+        assert!(shown.contains("[redacted]") && shown.contains("api.stripe.com"));
+    }
 
     fn cfg() -> StripeConfig {
         StripeConfig {

@@ -64,16 +64,18 @@ pub async fn start_from(manifest: &std::path::Path, vars: &[(&str, &str)]) -> Ru
     if !vars.iter().any(|(k, _)| *k == "outbound_receivers") {
         b = b.variable("outbound_receivers", "127.0.0.1");
     }
-    b.variable(
-        "api_tokens",
-        &format!("write:{WRITE_TOKEN},read:{READ_TOKEN}"),
-    )
-    .variable("shopify_webhook_secret", WEBHOOK_SECRET)
-    .variable("woocommerce_webhook_secret", WEBHOOK_SECRET)
-    .variable("commercetools_secret", CT_SECRET)
-    .start()
-    .await
-    .expect("waybill starts")
+    if !vars.iter().any(|(k, _)| *k == "api_tokens") {
+        b = b.variable(
+            "api_tokens",
+            &format!("write:{WRITE_TOKEN},read:{READ_TOKEN}"),
+        );
+    }
+    b.variable("shopify_webhook_secret", WEBHOOK_SECRET)
+        .variable("woocommerce_webhook_secret", WEBHOOK_SECRET)
+        .variable("commercetools_secret", CT_SECRET)
+        .start()
+        .await
+        .expect("waybill starts")
 }
 
 pub fn fixture(path: &str) -> Vec<u8> {
