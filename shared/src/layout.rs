@@ -190,6 +190,7 @@ const WRITERS: &[(&str, &[&str])] = &[
     ("product_parts", &["inventory/catalog.rs"]),
     ("stock", &["inventory/stock.rs"]),
     ("stock_movements", &["inventory/stock.rs"]),
+    ("signatures_seen", &["kernel/replay.rs"]),
     ("license_keys", &["inventory/stock.rs", "inventory/keys.rs"]),
     ("routing_decisions", &["routing/"]),
     ("routing_config", &["routing/settings.rs"]),

@@ -398,10 +398,24 @@ async fn backorders_are_released_fifo_by_receipt_fc_push_and_pull() {
             ("waybill-signature", &sig),
             ("content-type", "application/json"),
         ],
-        push,
+        push.clone(),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.json);
+    // The same signed push again is a replay: refused.
+    let r = send(
+        &app,
+        "POST",
+        "/callbacks/fc/fc-paris/inventory",
+        &[
+            ("waybill-signature", &sig),
+            ("content-type", "application/json"),
+        ],
+        push,
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.json);
+    assert!(r.json["detail"].as_str().unwrap().contains("used before"));
     assert_eq!(
         count(
             &app,

@@ -65,6 +65,11 @@ async fn fc_callback(app: &RunningApp, facility: &str, body: &Value, secret: &st
         chrono::Utc::now().timestamp(),
         raw.as_bytes(),
     );
+    fc_send(app, facility, raw, &sig).await
+}
+
+/// A center's shipments callback with the signature as given.
+async fn fc_send(app: &RunningApp, facility: &str, raw: String, sig: &str) -> Reply {
     send(
         app,
         "POST",
@@ -254,15 +259,24 @@ async fn a_split_order_ships_from_a_center_and_a_store_and_ends_delivered() {
         assert_eq!(r.json["errors"][0]["pointer"], "/tracking_url", "{bad}");
     }
     assert_eq!(snapshot(&app), before);
-    let r = fc_callback(&app, "fc-paris", &confirm, FC_SECRET).await;
+    let raw = confirm.to_string();
+    let now = chrono::Utc::now().timestamp();
+    let signed = signature::sign_timestamped(FC_SECRET.as_bytes(), now, raw.as_bytes());
+    let r = fc_send(&app, "fc-paris", raw.clone(), &signed).await;
     assert_eq!(
         (r.status, r.json["result"].as_str()),
         (200, Some("shipped")),
         "{}",
         r.json
     );
-    let r = fc_callback(&app, "fc-paris", &confirm, FC_SECRET).await;
-    assert_eq!(r.json["result"], "duplicate");
+    // The same signed request again is a replay: refused, nothing changes.
+    let r = fc_send(&app, "fc-paris", raw.clone(), &signed).await;
+    problem(&r, 401);
+    assert!(r.json["detail"].as_str().unwrap().contains("used before"));
+    // Signed anew, the same confirmation is recognised as a duplicate.
+    let again = signature::sign_timestamped(FC_SECRET.as_bytes(), now - 1, raw.as_bytes());
+    let r = fc_send(&app, "fc-paris", raw, &again).await;
+    assert_eq!(r.json["result"], "duplicate", "{}", r.json);
     assert_eq!(
         count(&app, "SELECT COUNT(*) FROM shipments"),
         1,

@@ -41,8 +41,18 @@ pub fn center_event(db: &dyn Db, facility: &str, v: &Json, now: DateTime<Utc>) -
 }
 
 /// A center's shipment callback in one transaction.
-pub fn center_callback(db: &dyn Db, facility: &str, v: &Json, now: DateTime<Utc>) -> Result<Json> {
-    transaction(db, |db| center_event(db, facility, v, now))
+pub fn center_callback(
+    db: &dyn Db,
+    facility: &str,
+    v: &Json,
+    signature: &str,
+    now: DateTime<Utc>,
+) -> Result<Json> {
+    transaction(db, |db| {
+        // Booked with the effect: a replay is refused, a rolled-back call is not.
+        fulfillment::use_signature(db, signature, now)?;
+        center_event(db, facility, v, now)
+    })
 }
 
 /// Completes a pick, pack or handover job and what it sets in motion, in the

@@ -332,6 +332,8 @@ pub struct Secrets<'a> {
 
 /// Checks a fulfillment center's `Waybill-Signature` with the secret its
 /// facility names; the same answer for an unknown facility and a bad signature.
+/// Answers the signature that verified: the effect it allows books it once
+/// ([`use_signature`]).
 pub fn verify_center(
     db: &dyn Db,
     secrets: &Secrets,
@@ -339,7 +341,7 @@ pub fn verify_center(
     signature: &str,
     body: &[u8],
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<String> {
     let f = db.execute(
         "SELECT secret_variable FROM facilities WHERE id = ?",
         params![facility],
@@ -349,20 +351,26 @@ pub fn verify_center(
         .and_then(|r| r.opt_str("secret_variable"))
         .and_then(|v| (secrets.facility)(&v))
         .unwrap_or_default();
-    if secret.is_empty()
-        || !crate::kernel::signature::verify_timestamped(
-            secret.as_bytes(),
-            signature,
-            body,
-            now.timestamp(),
-            300,
-        )
-    {
-        return Err(Error::unauthorized(
-            "missing or wrong Waybill-Signature for this facility",
-        ));
+    crate::kernel::signature::verified_signature(
+        secret.as_bytes(),
+        signature,
+        body,
+        now.timestamp(),
+        300,
+    )
+    .ok_or_else(|| Error::unauthorized("missing or wrong Waybill-Signature for this facility"))
+}
+
+/// Books a verified center signature in the caller's transaction: a second use
+/// inside the window is 401 (a center signs each delivery anew, with a fresh `t`).
+pub fn use_signature(db: &dyn Db, signature: &str, now: DateTime<Utc>) -> Result<()> {
+    if crate::kernel::replay::first_use(db, signature, now)? {
+        Ok(())
+    } else {
+        Err(Error::unauthorized(
+            "this Waybill-Signature was used before: sign each delivery anew (a fresh t)",
+        ))
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -28,11 +28,12 @@ pub fn handle(
         match (m, segs.as_slice()) {
             ("POST", ["callbacks", "fc", facility, "shipments"]) => {
                 let sig = req.header("waybill-signature").unwrap_or("");
-                fulfillment::verify_center(db, secrets, facility, sig, &req.body, now)?;
+                let used = fulfillment::verify_center(db, secrets, facility, sig, &req.body, now)?;
                 ok(crate::flows::shipping::center_callback(
                     db,
                     facility,
                     &req.json_object()?,
+                    &used,
                     now,
                 )?)
             }

@@ -13,5 +13,6 @@ use crate::kernel::error::Result;
 /// receipts older than `receipt_days`. Returns the rows removed.
 pub fn purge_expired(db: &dyn Db, now: DateTime<Utc>, receipt_days: i64) -> Result<u64> {
     Ok(crate::kernel::idempotency::purge_expired(db, now)?
+        + crate::kernel::replay::purge_expired(db, now)?
         + webhooks::purge_receipts(db, now, receipt_days)?)
 }

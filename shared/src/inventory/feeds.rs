@@ -229,16 +229,25 @@ pub fn fc_push(
         .and_then(|f| f.opt_str("secret_variable"))
         .and_then(|v| (cfg.secret)(&v))
         .unwrap_or_default();
-    if !crate::kernel::signature::verify_timestamped(
+    let Some(used) = crate::kernel::signature::verified_signature(
         secret.as_bytes(),
         signature_header,
         body,
         now.timestamp(),
         SIGNATURE_TOLERANCE_SECS,
-    ) {
+    ) else {
         return Err(Error::unauthorized(
             "the Waybill-Signature header (t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.body\">) does not verify for this facility",
         ));
-    }
-    apply_snapshot(db, kv, facility, body, "push", now, fx)
+    };
+    // The signature is booked with the snapshot (its levels are written in a
+    // savepoint of this transaction): a replay is refused, a failed push is not.
+    transaction(db, |db| {
+        if !crate::kernel::replay::first_use(db, &used, now)? {
+            return Err(Error::unauthorized(
+                "this Waybill-Signature was used before: sign each push anew (a fresh t)",
+            ));
+        }
+        apply_snapshot(db, kv, facility, body, "push", now, fx)
+    })
 }

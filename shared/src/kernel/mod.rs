@@ -9,6 +9,7 @@ pub mod json;
 pub mod kv;
 pub mod lease;
 pub mod money;
+pub mod replay;
 pub mod schema;
 pub mod settings;
 pub mod signature;

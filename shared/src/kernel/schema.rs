@@ -613,6 +613,8 @@ the following items of order {{number}} are on backorder and will ship as soon a
     // 14: a webhook subscription gets licence keys only when a token with the
     // secrets scope created it with `include_secrets` (`notify::withhold`).
     &["ALTER TABLE subscriptions ADD COLUMN include_secrets INTEGER NOT NULL DEFAULT 0"],
+    // 15: a center's signature is accepted once (`kernel::replay`).
+    &["CREATE TABLE signatures_seen (signature TEXT PRIMARY KEY, seen_at TEXT NOT NULL)"],
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

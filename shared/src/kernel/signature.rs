@@ -71,8 +71,20 @@ pub fn verify_timestamped(
     now: i64,
     tolerance_secs: i64,
 ) -> bool {
+    verified_signature(secret, header, body, now, tolerance_secs).is_some()
+}
+
+/// Like [`verify_timestamped`]; answers the v1 value that verified (to be
+/// accepted once: `kernel::replay`).
+pub fn verified_signature(
+    secret: &[u8],
+    header: &str,
+    body: &[u8],
+    now: i64,
+    tolerance_secs: i64,
+) -> Option<String> {
     if secret.is_empty() {
-        return false;
+        return None;
     }
     let mut t = None;
     let mut sigs = Vec::new();
@@ -83,13 +95,13 @@ pub fn verify_timestamped(
             _ => {}
         }
     }
-    let Some(t) = t else { return false };
+    let t = t?;
     // Checked: a timestamp at the end of the range is refused, never wrapped.
     let in_window = now
         .checked_sub(t)
         .is_some_and(|d| d.unsigned_abs() <= tolerance_secs.unsigned_abs());
     if !in_window {
-        return false;
+        return None;
     }
     let expected = sign_timestamped(secret, t, body);
     let expected_sig = expected
@@ -98,6 +110,7 @@ pub fn verify_timestamped(
         .unwrap_or_default();
     sigs.iter()
         .any(|s| constant_time_eq(s.as_bytes(), expected_sig.as_bytes()))
+        .then_some(expected_sig)
 }
 
 #[cfg(test)]
