@@ -1,7 +1,7 @@
 //! Hardening through the compiled components on tests/host: limits that hold
 //! before any work is done, on every component's routes, with or without a token.
 
-use serde_json::json;
+use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -771,5 +771,100 @@ async fn a_customer_email_is_one_address() {
         assert_eq!(r.json["errors"][0]["pointer"], "/customer/email");
     }
     assert_eq!(count(&app, "SELECT COUNT(*) FROM orders"), 0);
+    app.stop().await;
+}
+
+/// An XML batch nested deeper than an order document can be is 400 before it is
+/// built (a value that deep would exhaust the component's stack), and the
+/// component keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_xml_is_refused() {
+    let app = start().await;
+    let depth = 60_000;
+    let xml = format!(
+        "<orders><order>{}{}</order></orders>",
+        "<x>".repeat(depth),
+        "</x>".repeat(depth)
+    );
+    assert!(xml.len() < LIMIT);
+    let r = call_xml(&app, xml).await;
+    assert_eq!(r.status, 400, "{}", r.json);
+    assert!(r.json["detail"].as_str().unwrap().contains("deeper"));
+    // Sixteen levels still parse (and fail validation as an order would).
+    let shallow = format!(
+        "<orders><order>{}{}</order></orders>",
+        "<x>".repeat(10),
+        "</x>".repeat(10)
+    );
+    let r = call_xml(&app, shallow).await;
+    assert_eq!(r.status, 422, "{}", r.json);
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM orders"), 0);
+    app.stop().await;
+}
+
+async fn call_xml(app: &RunningApp, xml: String) -> Reply {
+    let auth = format!("Bearer {WRITE_TOKEN}");
+    send(
+        app,
+        "POST",
+        "/api/orders/batch",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/xml"),
+        ],
+        xml,
+    )
+    .await
+}
+
+/// Coordinates are finite and in range on every path that takes them: a "NaN"
+/// or an infinite latitude, or one without its longitude, is 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinates_are_finite_and_in_range() {
+    let app = start().await;
+    for (i, (lat, lon, pointer)) in [
+        (json!("NaN"), json!(13.4), "/shipping_address/latitude"),
+        (json!("inf"), json!(13.4), "/shipping_address/latitude"),
+        (
+            json!(52.5),
+            json!("-Infinity"),
+            "/shipping_address/longitude",
+        ),
+        (json!(52.5), Value::Null, "/shipping_address/longitude"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let order = json!({"external_id": format!("geo-{i}"), "currency": "EUR",
+            "customer": {"email": "kim@example.com"},
+            "shipping_address": {"line1": "Unter den Linden 1", "city": "Berlin", "postal_code": "10117",
+                                 "country_code": "DE", "latitude": lat, "longitude": lon},
+            "lines": [{"sku": "SKU-1", "name": "Item", "quantity": 1, "unit_price": "10.00"}]});
+        let r = call(&app, "POST", "/api/orders", WRITE_TOKEN, &order.to_string()).await;
+        assert_eq!(r.status, 422, "{lat} {lon}: {}", r.json);
+        assert_eq!(r.json["errors"][0]["pointer"], pointer, "{}", r.json);
+    }
+    let facility = json!({"name": "Berlin", "type": "warehouse", "countries": ["DE"], "latitude": 91, "longitude": 13});
+    let r = call(
+        &app,
+        "PUT",
+        "/api/facilities/berlin",
+        WRITE_TOKEN,
+        &facility.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.json);
+    let centroids = json!({"centroids": [{"country": "DE", "postal_prefix": "10", "latitude": 52.5, "longitude": 181}]});
+    let r = call(
+        &app,
+        "PUT",
+        "/api/routing/centroids",
+        WRITE_TOKEN,
+        &centroids.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.json);
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM orders"), 0);
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM facilities"), 0);
     app.stop().await;
 }

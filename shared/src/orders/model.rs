@@ -383,10 +383,22 @@ impl NewOrder {
                         "must be an ISO 3166-1 alpha-2 code",
                     );
                 }
-                if let (Some(lat), Some(lon)) = (a.latitude, a.longitude) {
-                    if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
-                        e(&format!("/{name}/latitude"), "coordinates out of range");
+                // Each coordinate finite and in range (NaN and infinities fail
+                // the range), and both or neither.
+                match (a.latitude, a.longitude) {
+                    (Some(lat), Some(lon)) => {
+                        if !(-90.0..=90.0).contains(&lat) {
+                            e(&format!("/{name}/latitude"), "must be from -90 to 90");
+                        }
+                        if !(-180.0..=180.0).contains(&lon) {
+                            e(&format!("/{name}/longitude"), "must be from -180 to 180");
+                        }
                     }
+                    (Some(_), None) | (None, Some(_)) => e(
+                        &format!("/{name}/longitude"),
+                        "latitude and longitude go together",
+                    ),
+                    (None, None) => {}
                 }
             }
         }

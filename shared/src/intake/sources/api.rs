@@ -217,6 +217,10 @@ fn spread_order_amounts(
 
 /// Elements that hold a list of like children.
 const LIST_ELEMENTS: &[&str] = &["orders", "lines", "shipping_lines", "tags"];
+/// The deepest nesting an XML order document may have (`orders/order/lines/line/...`
+/// needs six); deeper is refused before it is built, so no document becomes a
+/// value too deep to handle.
+pub const MAX_XML_DEPTH: usize = 16;
 const INTEGER_ELEMENTS: &[&str] = &["quantity"];
 const BOOL_ELEMENTS: &[&str] = &["requires_shipping", "taxes_included"];
 
@@ -239,6 +243,11 @@ pub fn xml_orders(body: &[u8]) -> Result<Vec<Value>, Error> {
         })?;
         match ev {
             Event::Start(e) => {
+                if stack.len() > MAX_XML_DEPTH {
+                    return Err(Error::bad_request(format!(
+                        "the XML document nests deeper than {MAX_XML_DEPTH} elements"
+                    )));
+                }
                 let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
                 stack.push((name, Vec::new(), String::new()));
             }
