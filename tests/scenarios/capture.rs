@@ -850,3 +850,54 @@ async fn bad_payment_requests_answer_problems_and_change_nothing() {
     .await;
     assert_eq!(r.status, 409, "{}", r.json);
 }
+
+/// A release whose share of the payment is zero (a free unit whose order's
+/// shipping was taken with the first capture) is booked without a gateway call:
+/// Stripe refuses a zero capture, which would have held the order as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_capture_is_never_sent() {
+    let stripe = FakeStripe::start().await;
+    let app = app(&stripe, &[]).await;
+    let total = 1000 + 490;
+    stripe.authorize("pi_free", total, "EUR", true);
+    receive(&app, json!([{"sku": "MUG", "quantity": 1}])).await;
+    let placed = place(
+        &app,
+        &stripe_order(
+            "free-1",
+            "EUR",
+            "pi_free",
+            json!([
+                {"sku": "MUG", "name": "Mug", "quantity": 1, "unit_price": "10.00"},
+                {"sku": "TEE", "name": "Gift tee", "quantity": 1, "unit_price": "0.00"},
+            ]),
+            json!({"method": "standard", "price": "4.90"}),
+        ),
+    )
+    .await;
+    let id = placed["id"].as_str().unwrap().to_string();
+    eventually("the first capture", || async {
+        stripe.intent("pi_free").captures.len() == 1
+    })
+    .await;
+    assert_eq!(stripe.intent("pi_free").captures, vec![total]);
+    // The gift arrives: its release owes nothing.
+    receive(&app, json!([{"sku": "TEE", "quantity": 1}])).await;
+    eventually("the second release", || async {
+        fo_statuses(&app, &id) == ["open", "open"]
+    })
+    .await;
+    let calls = stripe.calls("/v1/payment_intents/pi_free/capture");
+    assert_eq!(calls.len(), 1, "no second call: {calls:?}");
+    assert!(!calls.iter().any(|c| c.1.contains("amount_to_capture=0")));
+    let o = get(&app, &format!("/api/orders/{id}")).await.json;
+    assert!(o["holds"].as_array().unwrap().is_empty(), "{o}");
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT COUNT(*) FROM payment_transactions WHERE order_id = '{id}' AND kind = 'capture' AND status = 'succeeded'")
+        ),
+        2
+    );
+    app.stop().await;
+}

@@ -205,6 +205,20 @@ async fn cancelling_lines_gives_back_stock_and_money_exactly() {
         chrono::Utc::now().timestamp(),
         300
     ));
+    // Its own Idempotency-Key: not the release's.
+    let release = fc
+        .received()
+        .into_iter()
+        .find(|x| x.path != "/cancel")
+        .expect("the release request");
+    let (rk, ck) = (
+        release.header("idempotency-key").unwrap().to_string(),
+        req.header("idempotency-key").unwrap().to_string(),
+    );
+    assert!(
+        rk.starts_with("fo-") && ck.starts_with(&format!("{rk}-cancel-")),
+        "{rk} / {ck}"
+    );
     let fo = req.json()["fulfillment_order"]
         .as_str()
         .unwrap()

@@ -607,6 +607,21 @@ fn rejection(status: u16, body: &[u8]) -> String {
     }
 }
 
+/// The key a center de-duplicates a request by: `fo-<id>` for the release,
+/// `fo-<id>-cancel-<delivery>` for each cancellation request (a center that
+/// keeps keys must not answer a cancellation with the release's stored answer;
+/// a retry of the same request keeps its key).
+fn center_idempotency_key(d: &Claimed) -> String {
+    let fo = d.payload["fulfillment_order_id"]
+        .as_str()
+        .unwrap_or_default();
+    if d.payload["cancellation"] == true {
+        format!("fo-{fo}-cancel-{}", d.id)
+    } else {
+        format!("fo-{fo}")
+    }
+}
+
 /// A signed release or cancellation request to a fulfillment center.
 async fn send_to_center<T: Transport>(
     cfg: &Config,
@@ -636,15 +651,7 @@ async fn send_to_center<T: Transport>(
             "waybill-delivery-attempt".to_string(),
             d.attempts.to_string(),
         ),
-        (
-            "idempotency-key".to_string(),
-            format!(
-                "fo-{}",
-                d.payload["fulfillment_order_id"]
-                    .as_str()
-                    .unwrap_or_default()
-            ),
-        ),
+        ("idempotency-key".to_string(), center_idempotency_key(d)),
     ];
     match t
         .post(

@@ -419,6 +419,13 @@ pub fn capture_fulfillment_order(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -
         None,
         now,
     )?;
+    if c.amount == 0 {
+        // Nothing to charge (free units, or their share was taken with an
+        // earlier capture): booked without a gateway call, which would refuse a
+        // zero capture.
+        settle(db, &id, None, now)?;
+        return Ok(Gate::Released);
+    }
     match pay.gateway.as_str() {
         "prepaid" => {
             settle(db, &id, None, now)?;
