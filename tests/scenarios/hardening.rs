@@ -868,3 +868,137 @@ async fn coordinates_are_finite_and_in_range() {
     assert_eq!(count(&app, "SELECT COUNT(*) FROM facilities"), 0);
     app.stop().await;
 }
+
+/// housekeeping-cron drops what is past its retention and nothing else: an
+/// aged order's e-mail, deliveries and outbox events go, a fresh order's stay,
+/// as do pending events, every order, the latest routing decision of each
+/// order and recent tracking events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_drops_only_what_is_past_retention() {
+    let app = start_with(&[("retention", "tracking=100")]).await;
+    berlin_with_mug(&app).await;
+    receive_stock(&app, "berlin", "MUG", 5).await;
+    let place = |ext: &'static str| {
+        let app = &app;
+        async move {
+            let order = json!({"external_id": ext, "currency": "EUR",
+                "customer": {"email": format!("{ext}@example.com")},
+                "shipping_address": {"line1": "Unter den Linden 1", "city": "Berlin", "postal_code": "10117", "country_code": "DE"},
+                "lines": [{"sku": "MUG", "name": "Item", "quantity": 1, "unit_price": "10.00"}]});
+            let r = call(app, "POST", "/api/orders", WRITE_TOKEN, &order.to_string()).await;
+            assert_eq!(r.status, 201, "{}", r.json);
+            r.json["id"].as_str().unwrap().to_string()
+        }
+    };
+    let old = place("aged-1").await;
+    let fresh = place("fresh-1").await;
+    eventually("both confirmations are in the mailbox", || async {
+        count(&app, "SELECT COUNT(DISTINCT to_address) FROM mailbox") == 2
+            && count(
+                &app,
+                "SELECT COUNT(DISTINCT order_id) FROM routing_decisions",
+            ) == 2
+            && count(
+                &app,
+                "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'",
+            ) == 0
+    })
+    .await;
+    let sql = |q: &str| {
+        app.sql("default", q, &[]).unwrap();
+    };
+    // Age everything of the first order by 40 days (30 is the default).
+    let aged = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-40 days')";
+    sql(&format!(
+        "UPDATE outbox SET created_at = {aged} WHERE order_id = '{old}'"
+    ));
+    sql(&format!("UPDATE deliveries SET delivered_at = {aged} WHERE outbox_id IN (SELECT id FROM outbox WHERE order_id = '{old}')"));
+    sql(&format!(
+        "UPDATE mailbox SET delivered_at = {aged} WHERE to_address = 'aged-1@example.com'"
+    ));
+    // The order's decision and a superseded one (older than the latest), both
+    // past the 180 days, and tracking
+    // events on both sides of the 100-day setting.
+    let half_year = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-181 days')";
+    sql(&format!(
+        "UPDATE routing_decisions SET at = {half_year} WHERE order_id = '{old}'"
+    ));
+    // As for an order whose latest decision placed nothing: no fulfillment order names it.
+    sql(&format!(
+        "UPDATE fulfillment_orders SET decision_id = NULL WHERE order_id = '{old}'"
+    ));
+    sql(&format!("INSERT INTO routing_decisions (order_id, at, trigger, summary, explanation)
+                  SELECT order_id, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-181 days'), 'intake', 'old', '{{}}' FROM routing_decisions WHERE order_id = '{old}' LIMIT 1"));
+    sql(&format!(
+        "UPDATE routing_decisions SET id = -id WHERE summary = 'old'"
+    ));
+    sql(&format!("INSERT INTO tracking_events (provider, tracking_number, status, raw_status, occurred_at, received_at)
+                  VALUES ('easypost', 'T-OLD', 'in_transit', 'in_transit', {aged}, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-101 days')),
+                         ('easypost', 'T-NEW', 'in_transit', 'in_transit', {aged}, {aged})"));
+    // An event not yet expanded, however old, stays.
+    sql(&format!("INSERT INTO outbox (topic, payload, created_at, next_attempt_at) VALUES ('order.updated', '{{}}', {aged}, {aged})"));
+    let before = |q: &str| count(&app, q);
+    let fresh_rows = before(&format!(
+        "SELECT COUNT(*) FROM outbox WHERE order_id = '{fresh}'"
+    ));
+    assert!(fresh_rows > 0);
+    app.fire_cron("housekeeping-cron").await.unwrap();
+
+    assert_eq!(
+        before(&format!(
+            "SELECT COUNT(*) FROM outbox WHERE order_id = '{old}'"
+        )),
+        0
+    );
+    assert_eq!(
+        before("SELECT COUNT(*) FROM mailbox WHERE to_address = 'aged-1@example.com'"),
+        0
+    );
+    assert_eq!(
+        before("SELECT COUNT(*) FROM mailbox WHERE to_address = 'fresh-1@example.com'"),
+        1
+    );
+    assert_eq!(
+        before(&format!(
+            "SELECT COUNT(*) FROM outbox WHERE order_id = '{fresh}'"
+        )),
+        fresh_rows
+    );
+    assert_eq!(
+        before("SELECT COUNT(*) FROM outbox WHERE state = 'pending'"),
+        1,
+        "pending stays"
+    );
+    assert_eq!(
+        before("SELECT COUNT(*) FROM deliveries WHERE outbox_id NOT IN (SELECT id FROM outbox)"),
+        0
+    );
+    assert_eq!(
+        before("SELECT COUNT(*) FROM orders"),
+        2,
+        "orders are records"
+    );
+    assert_eq!(
+        before("SELECT COUNT(*) FROM routing_decisions WHERE summary = 'old'"),
+        0
+    );
+    assert_eq!(
+        before(&format!(
+            "SELECT COUNT(*) FROM routing_decisions WHERE order_id = '{old}'"
+        )),
+        1,
+        "the latest stays"
+    );
+    assert_eq!(
+        before("SELECT COUNT(*) FROM tracking_events WHERE tracking_number = 'T-OLD'"),
+        0
+    );
+    assert_eq!(
+        before("SELECT COUNT(*) FROM tracking_events WHERE tracking_number = 'T-NEW'"),
+        1
+    );
+    // The export still answers, from the fresh events on.
+    let e = get(&app, "/api/events?limit=1000").await;
+    assert_eq!(e.status, 200);
+    app.stop().await;
+}

@@ -1041,7 +1041,7 @@ async fn expired_idempotency_keys_and_old_receipts_are_purged_hourly() {
         &[],
     )
     .unwrap();
-    app.fire_cron("report-cron").await.unwrap();
+    app.fire_cron("housekeeping-cron").await.unwrap();
     assert_eq!(count(&app, "SELECT count(*) FROM idempotency_keys"), 0);
     assert_eq!(count(&app, "SELECT count(*) FROM webhook_receipts"), 0);
     assert_eq!(

@@ -1,8 +1,8 @@
 //! report-cron: (re)generates yesterday's report in the merchant's time zone.
 //! It runs hourly: the first run after midnight creates the report and e-mails
 //! management; later runs replace it with late-arriving data (no second e-mail),
-//! and a missed run catches up at the next hour. It also purges expired
-//! Idempotency-Keys and webhook receipts older than 30 days.
+//! and a missed run catches up at the next hour. (Retention is
+//! housekeeping-cron's.)
 
 wit_bindgen::generate!({
     world: "spin-cron",
@@ -21,11 +21,6 @@ impl Guest for ReportCron {
         let now = chrono::Utc::now();
         let date = report::scheduled_date(now, cfg.timezone);
         let (r, fresh) = report::generate(&db, date, cfg.timezone, now).map_err(fail)?;
-        // Hourly housekeeping rides along: expired Idempotency-Keys, month-old webhook receipts.
-        let purged = waybill::intake::purge_expired(&db, now, 30).map_err(fail)?;
-        if purged > 0 {
-            println!("report-cron: purged {purged} expired idempotency keys and webhook receipts");
-        }
         report::cache_latest(&spin_glue::kv().map_err(fail)?, &r);
         println!(
             "report-cron: report for {date} {}",

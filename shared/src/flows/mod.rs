@@ -2,6 +2,7 @@
 
 pub mod center_requests;
 pub mod changes;
+pub mod housekeeping;
 pub mod intake;
 pub mod order_detail;
 pub mod payments;

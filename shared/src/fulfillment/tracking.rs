@@ -114,6 +114,21 @@ fn parse_json(body: &[u8]) -> Result<Value> {
     Ok(v)
 }
 
+/// Housekeeping: drops up to `limit` carrier tracking events received before
+/// `before` (the shipment keeps its status; only the event history goes).
+/// Returns the rows removed.
+pub fn purge_events(
+    db: &dyn crate::kernel::db::Db,
+    before: chrono::DateTime<chrono::Utc>,
+    limit: i64,
+) -> crate::kernel::error::Result<u64> {
+    use crate::kernel::db::Db as _;
+    Ok(crate::kernel::db::Patient(db).exec(
+        "DELETE FROM tracking_events WHERE id IN (SELECT id FROM tracking_events WHERE received_at < ? ORDER BY id LIMIT ?)",
+        crate::params![crate::kernel::time::ts(before), limit],
+    )?)
+}
+
 /// EasyPost tracker status (+ detail) to the vocabulary.
 pub fn easypost_status(status: &str, detail: &str) -> Status {
     match status {

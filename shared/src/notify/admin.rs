@@ -283,3 +283,30 @@ pub fn put_template(db: &dyn Db, name: &str, v: &Json, now: DateTime<Utc>) -> Re
     }
     list_templates(db)
 }
+
+/// Housekeeping: drops up to `limit` each of mailbox messages delivered before
+/// `mailbox_before`, delivered deliveries before `delivered_before` and dead
+/// letters before `dead_before` (a message goes with its delivery). Pending
+/// deliveries are never dropped. Returns the rows removed.
+pub fn purge(
+    db: &dyn Db,
+    mailbox_before: DateTime<Utc>,
+    delivered_before: DateTime<Utc>,
+    dead_before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64> {
+    let p = crate::kernel::db::Patient(db);
+    let mut n = p.exec(
+        "DELETE FROM mailbox WHERE id IN (SELECT id FROM mailbox WHERE delivered_at < ? ORDER BY id LIMIT ?)",
+        params![ts(mailbox_before), limit],
+    )?;
+    n += p.exec(
+        "DELETE FROM deliveries WHERE id IN (
+           SELECT d.id FROM deliveries d
+            WHERE ((d.state = 'delivered' AND d.delivered_at < ?) OR (d.state = 'dead' AND d.dead_at < ?))
+              AND NOT EXISTS (SELECT 1 FROM mailbox m WHERE m.delivery_id = d.id)
+            ORDER BY d.id LIMIT ?)",
+        params![ts(delivered_before), ts(dead_before), limit],
+    )?;
+    Ok(n)
+}

@@ -359,6 +359,20 @@ pub fn mark_expanded(db: &dyn Db, outbox_id: i64) -> Result<bool> {
         .is_empty())
 }
 
+/// Housekeeping: drops up to `limit` expanded outbox events created before
+/// `before` whose deliveries are gone (the export cursor's window ends there:
+/// a consumer further behind than the retention misses them). Pending events
+/// are never dropped. Returns the rows removed.
+pub fn purge_outbox(db: &dyn Db, before: DateTime<Utc>, limit: i64) -> Result<u64> {
+    Ok(crate::kernel::db::Patient(db).exec(
+        "DELETE FROM outbox WHERE id IN (
+           SELECT o.id FROM outbox o WHERE o.state = 'expanded' AND o.created_at < ?
+              AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.outbox_id = o.id)
+            ORDER BY o.id LIMIT ?)",
+        params![ts(before), limit],
+    )?)
+}
+
 /// An order change rewrote the stored document (address, method, note).
 pub fn set_doc(db: &dyn Db, order_id: &str, doc: &Json, now: DateTime<Utc>) -> Result<()> {
     db.execute(

@@ -171,17 +171,18 @@ impl Tally {
         } = self;
         let _ = (&by_facility, &aov_counts);
         let r = db.execute(
-            "SELECT channel, currency, COUNT(*) AS n, SUM(total_minor) AS revenue
+            "SELECT channel, currency, COUNT(*) AS n, SUM(total_minor / 1000000) AS revenue_hi, SUM(total_minor % 1000000) AS revenue_lo
              FROM orders WHERE created_at >= ? AND created_at < ? GROUP BY channel, currency",
             params![f, t],
         )?;
         for row in r.iter() {
             let (channel, currency) = (row.str("channel"), row.str("currency"));
-            let (n, revenue) = (row.i64("n"), row.i64("revenue"));
+            let (n, revenue) = (row.i64("n"), split_sum(&row, "revenue"));
             *aov_counts.entry(currency.clone()).or_default() += n;
             for m in [&mut *overall, by_channel.entry(channel).or_default()] {
                 m.orders_received += n;
-                *m.revenue_ordered.entry(currency.clone()).or_default() += revenue;
+                let r = m.revenue_ordered.entry(currency.clone()).or_default();
+                *r = r.saturating_add(revenue);
             }
         }
         let r = db.execute(
@@ -358,7 +359,9 @@ impl Tally {
         } = self;
         let _ = (&by_facility, &aov_counts);
         let r = db.execute(
-            "SELECT o.channel, json_extract(e.data, '$.currency') AS currency, SUM(json_extract(e.data, '$.amount_minor')) AS amount
+            "SELECT o.channel, json_extract(e.data, '$.currency') AS currency,
+                    SUM(CAST(json_extract(e.data, '$.amount_minor') AS INTEGER) / 1000000) AS amount_hi,
+                    SUM(CAST(json_extract(e.data, '$.amount_minor') AS INTEGER) % 1000000) AS amount_lo
              FROM order_events e JOIN orders o ON o.id = e.order_id
              WHERE e.kind = 'payment.captured' AND e.at >= ? AND e.at < ? GROUP BY o.channel, currency",
             params![f, t],
@@ -368,7 +371,8 @@ impl Tally {
                 &mut *overall,
                 by_channel.entry(row.str("channel")).or_default(),
             ] {
-                *m.revenue_captured.entry(row.str("currency")).or_default() += row.i64("amount");
+                let r = m.revenue_captured.entry(row.str("currency")).or_default();
+                *r = r.saturating_add(split_sum(&row, "amount"));
             }
         }
         Ok(())
@@ -574,6 +578,15 @@ pub fn stored(db: &dyn Db, date: NaiveDate) -> Result<Option<Json>> {
         .and_then(|r| serde_json::from_str(&r.str("data")).ok()))
 }
 
+/// A money sum SQL took in two parts (`<name>_hi`: the sum of amount / 10^6,
+/// `<name>_lo`: of amount % 10^6), so SQLite's SUM cannot overflow on a day of
+/// huge orders and fail the report; the whole saturates at the largest i64.
+fn split_sum(row: &crate::kernel::db::Row<'_>, name: &str) -> i64 {
+    let hi = row.i64(&format!("{name}_hi")) as i128;
+    let lo = row.i64(&format!("{name}_lo")) as i128;
+    i64::try_from(hi * 1_000_000 + lo).unwrap_or(if hi < 0 { i64::MIN } else { i64::MAX })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -597,6 +610,43 @@ mod tests {
             "01:00"
         );
         assert!(parse_tz("Mars/Olympus").is_err());
+    }
+
+    #[test]
+    fn a_day_of_huge_orders_saturates_the_revenue_instead_of_failing() {
+        let db = crate::kernel::db::native::NativeDb::memory();
+        crate::kernel::schema::migrate(&db).unwrap();
+        let day = NaiveDate::from_ymd_opt(2026, 11, 30).unwrap();
+        let at = "2026-11-30T12:00:00.000000Z";
+        // Twelve orders of 10^18 minor units: their sum is past i64::MAX.
+        for i in 0..12 {
+            db.execute(
+                "INSERT INTO orders (id, number, source, external_id, channel, status, fulfillment_status, financial_status,
+                                     currency, total_minor, search_text, placed_at, created_at, updated_at, doc)
+                 VALUES (?, ?, 'api', ?, 'web', 'received', 'unfulfilled', 'pending', 'EUR', ?, '', ?, ?, ?, '{}')",
+                crate::params![format!("o-{i}"), format!("WB-{i}"), format!("x-{i}"), 1_000_000_000_000_000_000i64, at, at, at],
+            )
+            .unwrap();
+        }
+        let (r, _) = generate(&db, day, chrono_tz::UTC, Utc::now()).unwrap();
+        assert_eq!(r["overall"]["orders_received"], 12);
+        let shown = r["overall"]["revenue_ordered"]["EUR"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            shown,
+            Currency::from_code("EUR").unwrap().format_amount(i64::MAX),
+            "{r}"
+        );
+        // Below the limit the sum is exact.
+        db.execute("DELETE FROM orders WHERE id <> 'o-0'", &[])
+            .unwrap();
+        let (r, _) = generate(&db, day, chrono_tz::UTC, Utc::now()).unwrap();
+        assert_eq!(
+            r["overall"]["revenue_ordered"]["EUR"],
+            "10000000000000000.00"
+        );
     }
 
     #[test]

@@ -34,6 +34,21 @@ mod apply;
 use apply::apply;
 mod backorders;
 pub mod worker;
+
+/// Housekeeping: drops up to `limit` routing decisions made before `before`
+/// that an order has since replaced: the latest decision of each order, and
+/// every decision a fulfillment order names, stay. Returns the rows removed.
+pub fn purge_decisions(db: &dyn Db, before: DateTime<Utc>, limit: i64) -> Result<u64> {
+    Ok(crate::kernel::db::Patient(db).exec(
+        "DELETE FROM routing_decisions WHERE id IN (
+           SELECT d.id FROM routing_decisions d
+            WHERE d.at < ?
+              AND d.id < (SELECT MAX(n.id) FROM routing_decisions n WHERE n.order_id = d.order_id)
+              AND NOT EXISTS (SELECT 1 FROM fulfillment_orders f WHERE f.decision_id = d.id)
+            ORDER BY d.id LIMIT ?)",
+        params![ts(before), limit],
+    )?)
+}
 pub use backorders::*;
 
 /// Holds that stop a release (every reason but `out_of_stock`, which concerns
