@@ -387,6 +387,18 @@ impl crate::payments::gateway::Http for TimedHttp {
     ) -> Result<(u16, Vec<u8>), String> {
         self.send(url, headers, body.as_bytes())
     }
+
+    fn get(&self, url: &str, headers: &[(String, String)]) -> Result<(u16, Vec<u8>), String> {
+        outbound::send_blocking(
+            "GET",
+            url,
+            headers,
+            &[],
+            outbound::Timeouts {
+                phase: self.timeout,
+            },
+        )
+    }
 }
 
 /// The gateway settings from Spin variables: `stripe_api_base`,

@@ -901,3 +901,100 @@ async fn a_zero_capture_is_never_sent() {
     );
     app.stop().await;
 }
+
+/// A capture still open when Stripe has forgotten its idempotency key (24 h)
+/// is never sent under that key again: Stripe's state is read first. Captured
+/// there → booked with no second call; nothing there → sent under a new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_capture_past_the_key_lifetime_is_reconciled_before_it_is_sent_again() {
+    let stripe = FakeStripe::start().await;
+    let app = app(&stripe, &[("payment_timeout_ms", "300")]).await;
+    let r = write(
+        &app,
+        "PUT",
+        "/api/payments/settings",
+        &json!({"retry_base_seconds": 0}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    receive(&app, json!([{"sku": "MUG", "quantity": 5}])).await;
+    let order = |ext: &str, pi: &str| {
+        stripe_order(
+            ext,
+            "EUR",
+            pi,
+            json!([{"sku": "MUG", "name": "Mug", "quantity": 2, "unit_price": "10.00"}]),
+            json!({"method": "standard", "price": "4.90"}),
+        )
+    };
+    let age_and_forget = |id: &str| {
+        app.sql(
+            "default",
+            &format!("UPDATE payment_transactions SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-25 hours'), next_attempt_at = created_at WHERE order_id = '{id}'"),
+            &[],
+        )
+        .unwrap();
+        stripe.forget_keys();
+    };
+
+    // 1. Stripe captured, but the answer never came back.
+    stripe.authorize("pi_took", 2490, "EUR", true);
+    stripe.with(|s| s.hang_next_capture_ms = 1500);
+    let took = place(&app, &order("recon-1", "pi_took")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually("the first attempt timed out", || async {
+        count(&app, &format!("SELECT COUNT(*) FROM payment_transactions WHERE order_id = '{took}' AND error_code = 'transport'")) == 1
+    })
+    .await;
+    assert_eq!(stripe.intent("pi_took").captures, vec![2490]);
+    age_and_forget(&took);
+    let r = post_api(&app, "/api/payments/sweep", &[], Vec::new()).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    eventually("booked from Stripe's state", || async {
+        fo_statuses(&app, &took) == ["open"]
+    })
+    .await;
+    assert_eq!(
+        stripe.calls("/v1/payment_intents/pi_took/capture").len(),
+        1,
+        "no second capture call"
+    );
+    assert_eq!(stripe.intent("pi_took").captures, vec![2490]);
+
+    // 2. Stripe failed before capturing anything.
+    stripe.authorize("pi_none", 2490, "EUR", true);
+    stripe.with(|s| s.fail_next_capture = true);
+    let none = place(&app, &order("recon-2", "pi_none")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually("the first attempt failed", || async {
+        stripe.calls("/v1/payment_intents/pi_none/capture").len() == 1
+            && count(&app, &format!("SELECT COUNT(*) FROM payment_transactions WHERE order_id = '{none}' AND attempts = 1 AND lease_until IS NULL")) == 1
+    })
+    .await;
+    assert!(stripe.intent("pi_none").captures.is_empty());
+    age_and_forget(&none);
+    let r = post_api(&app, "/api/payments/sweep", &[], Vec::new()).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    eventually("captured under a new key", || async {
+        fo_statuses(&app, &none) == ["open"]
+    })
+    .await;
+    let calls = stripe.calls("/v1/payment_intents/pi_none/capture");
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_ne!(
+        calls[0].0, calls[1].0,
+        "a new Idempotency-Key after reconciling"
+    );
+    assert_eq!(stripe.intent("pi_none").captures, vec![2490]);
+    for id in [&took, &none] {
+        let ev = get(&app, &format!("/api/orders/{id}/events")).await.json;
+        assert!(
+            ev.to_string().contains("payment.capture_reconciled"),
+            "{ev}"
+        );
+    }
+}

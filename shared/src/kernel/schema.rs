@@ -615,6 +615,12 @@ the following items of order {{number}} are on backorder and will ship as soon a
     &["ALTER TABLE subscriptions ADD COLUMN include_secrets INTEGER NOT NULL DEFAULT 0"],
     // 15: a center's signature is accepted once (`kernel::replay`).
     &["CREATE TABLE signatures_seen (signature TEXT PRIMARY KEY, seen_at TEXT NOT NULL)"],
+    // 16: a gateway call sent again after reconciliation gets a new idempotency
+    // key (`gateway_key`, from `key_created_at`); NULL: the transaction's id.
+    &[
+        "ALTER TABLE payment_transactions ADD COLUMN gateway_key TEXT",
+        "ALTER TABLE payment_transactions ADD COLUMN key_created_at TEXT",
+    ],
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -40,6 +40,12 @@ pub trait Http {
         headers: &[(String, String)],
         body: &str,
     ) -> Result<(u16, Vec<u8>), String>;
+
+    /// A GET (reconciliation reads); a transport that cannot GET says so, and
+    /// the transaction waits for one that can.
+    fn get(&self, _url: &str, _headers: &[(String, String)]) -> Result<(u16, Vec<u8>), String> {
+        Err("this transport cannot read from the gateway".into())
+    }
 }
 
 impl<F> Http for F
@@ -147,6 +153,7 @@ impl StripeConfig {
         &self,
         payment_intent: &str,
         key: &str,
+        transaction: &str,
         amount: i64,
         order_number: &str,
     ) -> FormRequest {
@@ -158,6 +165,8 @@ impl StripeConfig {
                 ("amount", amount.to_string()),
                 ("reason", "requested_by_customer".into()),
                 ("metadata[waybill_order]", order_number.into()),
+                // Finds the refund again when its outcome must be reconciled.
+                ("metadata[waybill_transaction]", transaction.into()),
             ]),
         )
     }
@@ -171,6 +180,116 @@ impl StripeConfig {
             key,
             form(&[("cancellation_reason", "requested_by_customer".into())]),
         )
+    }
+}
+
+/// A read of Stripe's state (reconciliation): no body, no idempotency key.
+fn read(stripe: &StripeConfig, http: &dyn Http, path: &str) -> Result<Json, String> {
+    let url = format!("{}{path}", stripe.api_base.trim_end_matches('/'));
+    let headers = [(
+        "authorization".to_string(),
+        format!("Bearer {}", stripe.secret_key),
+    )];
+    match http.get(&url, &headers) {
+        Ok((200, body)) => serde_json::from_slice(&body)
+            .map_err(|e| format!("Stripe answered something that is not JSON: {e}")),
+        Ok((status, body)) => Err(format!(
+            "Stripe answered {status}: {}",
+            String::from_utf8_lossy(&body)
+                .chars()
+                .take(200)
+                .collect::<String>()
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// What Stripe says became of a call whose idempotency key it may have forgotten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconciled {
+    /// It took effect: settle with this reference.
+    Happened { reference: Option<String> },
+    /// Nothing happened: send it again under a new key.
+    NotHappened,
+    /// Stripe's state fits neither (an operator looks): the reason.
+    Unclear(String),
+}
+
+/// Reconciles a capture, refund or void of `amount` with Stripe's state
+/// before it is sent again (Stripe keeps idempotency keys 24 hours):
+/// - capture: the PaymentIntent's `amount_received` against the captures the
+///   ledger has booked (`booked`): `amount` more → it happened; equal and still
+///   `requires_capture` → it did not;
+/// - refund: the PaymentIntent's refunds (`GET /v1/refunds?payment_intent=`)
+///   carrying `metadata[waybill_transaction]` = `transaction`;
+/// - void: the PaymentIntent `canceled` → it happened; `requires_capture` → not.
+///
+/// Err when Stripe could not be read (retried later, never sent blind).
+pub fn reconcile(
+    http: &dyn Http,
+    stripe: &StripeConfig,
+    kind: &str,
+    payment_intent: &str,
+    transaction: &str,
+    amount: i64,
+    booked: i64,
+) -> Result<Reconciled, String> {
+    let pi_path = format!("/v1/payment_intents/{}", seg(payment_intent));
+    match kind {
+        "capture" => {
+            let pi = read(stripe, http, &pi_path)?;
+            let received = pi["amount_received"].as_i64().unwrap_or(0);
+            let status = pi["status"].as_str().unwrap_or("");
+            Ok(if received == booked + amount {
+                Reconciled::Happened {
+                    reference: pi["latest_charge"].as_str().map(str::to_string),
+                }
+            } else if received == booked && status == "requires_capture" {
+                Reconciled::NotHappened
+            } else {
+                Reconciled::Unclear(format!(
+                    "Stripe received {received} on {payment_intent} ({status}); the ledger booked {booked} and this capture is {amount}"
+                ))
+            })
+        }
+        "refund" => {
+            let list = read(
+                stripe,
+                http,
+                &format!(
+                    "/v1/refunds?payment_intent={}&limit=100",
+                    seg(payment_intent)
+                ),
+            )?;
+            let found = list["data"].as_array().and_then(|a| {
+                a.iter()
+                    .find(|r| r["metadata"]["waybill_transaction"] == transaction)
+            });
+            Ok(match found {
+                Some(r) if matches!(r["status"].as_str(), Some("failed" | "canceled")) => {
+                    Reconciled::NotHappened
+                }
+                Some(r) => Reconciled::Happened {
+                    reference: r["id"].as_str().map(str::to_string),
+                },
+                None if list["has_more"] == true => Reconciled::Unclear(format!(
+                    "{payment_intent} has more than 100 refunds; this one was not among the latest"
+                )),
+                None => Reconciled::NotHappened,
+            })
+        }
+        _ => {
+            let pi = read(stripe, http, &pi_path)?;
+            Ok(match pi["status"].as_str().unwrap_or("") {
+                "canceled" => Reconciled::Happened {
+                    reference: pi["id"].as_str().map(str::to_string),
+                },
+                "requires_capture" => Reconciled::NotHappened,
+                other => Reconciled::Unclear(format!(
+                    "{payment_intent} is {other}; nothing is left to void"
+                )),
+            })
+        }
     }
 }
 
@@ -290,7 +409,7 @@ mod tests {
             odd.url,
             "http://127.0.0.1:9/v1/payment_intents/pi%2F..%2Fx/cancel"
         );
-        let refund = cfg().refund("pi_1", "r-1", 500, "WB-1");
+        let refund = cfg().refund("pi_1", "r-1", "r-1", 500, "WB-1");
         assert!(refund.body.starts_with("payment_intent=pi_1&amount=500&"));
     }
 

@@ -7,6 +7,9 @@
 //! with 400 / 401 / 402 / 404; `Idempotency-Key`: the first answer is stored
 //! and replayed for the same key and parameters, a different body with the
 //! same key is a 400 `idempotency_error`, a key still in flight a 409.
+//! Reads: `GET /v1/payment_intents/{id}` and `GET /v1/refunds?payment_intent=`
+//! (a list `{"object": "list", "data", "has_more"}`). Stripe forgets keys after
+//! 24 hours: [`FakeStripe::forget_keys`] stands for that.
 
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -49,6 +52,10 @@ pub struct State {
     /// The next capture is made, then its answer held back this long.
     pub hang_next_capture_ms: u64,
     pub refunds: Vec<(String, i64)>,
+    /// The refund objects, as `GET /v1/refunds` lists them.
+    pub refund_objects: Vec<Value>,
+    /// The next capture fails with a 500 before anything is captured.
+    pub fail_next_capture: bool,
 }
 
 #[derive(Clone)]
@@ -90,6 +97,8 @@ impl FakeStripe {
                             let st = st.clone();
                             async move {
                                 let path = req.uri().path().to_string();
+                                let method = req.method().to_string();
+                                let query = req.uri().query().unwrap_or("").to_string();
                                 let auth = req
                                     .headers()
                                     .get("authorization")
@@ -114,8 +123,12 @@ impl FakeStripe {
                                     .map(|b| b.to_bytes().to_vec())
                                     .unwrap_or_default();
                                 let body = String::from_utf8_lossy(&body).into_owned();
-                                let (status, answer, hang) =
-                                    FakeStripe::answer(&st, &path, &auth, &ctype, key, &body);
+                                let (status, answer, hang) = if method == "GET" {
+                                    let (c, v) = FakeStripe::read(&st, &path, &query, &auth);
+                                    (c, v, 0)
+                                } else {
+                                    FakeStripe::answer(&st, &path, &auth, &ctype, key, &body)
+                                };
                                 if hang > 0 {
                                     tokio::time::sleep(std::time::Duration::from_millis(hang))
                                         .await;
@@ -140,6 +153,63 @@ impl FakeStripe {
             }
         });
         FakeStripe { port, state }
+    }
+
+    /// 24 hours pass: Stripe no longer knows the idempotency keys.
+    pub fn forget_keys(&self) {
+        self.state.lock().unwrap().idempotency.clear();
+    }
+
+    /// `GET /v1/payment_intents/{id}`, `GET /v1/refunds?payment_intent=`.
+    fn read(st: &Arc<Mutex<State>>, path: &str, query: &str, auth: &str) -> (u16, Value) {
+        let mut s = st.lock().unwrap();
+        s.log.push((format!("GET {path}"), None, query.to_string()));
+        if auth != format!("Bearer {STRIPE_KEY}") {
+            return err(
+                401,
+                "invalid_request_error",
+                None,
+                "Invalid API Key provided: sk_****",
+                json!({}),
+            );
+        }
+        let q: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match segs.as_slice() {
+            ["v1", "payment_intents", id] => match s.intents.get(*id) {
+                Some(pi) => (200, pi.json()),
+                None => err(
+                    404,
+                    "invalid_request_error",
+                    Some("resource_missing"),
+                    &format!("No such payment_intent: '{id}'"),
+                    json!({}),
+                ),
+            },
+            ["v1", "refunds"] => {
+                let pi = q.get("payment_intent").cloned().unwrap_or_default();
+                let data: Vec<Value> = s
+                    .refund_objects
+                    .iter()
+                    .filter(|r| pi.is_empty() || r["payment_intent"] == pi.as_str())
+                    .rev()
+                    .cloned()
+                    .collect();
+                (
+                    200,
+                    json!({"object": "list", "data": data, "has_more": false, "url": "/v1/refunds"}),
+                )
+            }
+            _ => err(
+                404,
+                "invalid_request_error",
+                None,
+                &format!("Unrecognized request URL (GET: {path})."),
+                json!({}),
+            ),
+        }
     }
 
     pub fn base(&self) -> String {
@@ -245,6 +315,7 @@ impl FakeStripe {
         let (code, v) = match segs.as_slice() {
             ["v1", "payment_intents", id, "capture"] => {
                 let hang_ms = s.hang_next_capture_ms;
+                let fail_now = std::mem::take(&mut s.fail_next_capture);
                 match s.intents.get_mut(*id) {
                     None => err(
                         404,
@@ -265,7 +336,15 @@ impl FakeStripe {
                             .and_then(|a| a.parse::<i64>().ok())
                             .unwrap_or(pi.amount_capturable);
                         let last = p.get("final_capture").map(|f| f != "false").unwrap_or(true);
-                        if let Some(d) = pi.decline.clone() {
+                        if fail_now {
+                            err(
+                                500,
+                                "api_error",
+                                None,
+                                "An unknown error occurred",
+                                json!({}),
+                            )
+                        } else if let Some(d) = pi.decline.clone() {
                             let pij = pi.json();
                             err(
                                 402,
@@ -339,11 +418,18 @@ impl FakeStripe {
                             pi.amount_refunded += amount;
                             let rid = format!("re_{}", s.refunds.len() + 1);
                             s.refunds.push((id.clone(), amount));
-                            (
-                                200,
-                                json!({"id": rid, "object": "refund", "amount": amount, "payment_intent": id,
-                                         "status": "succeeded", "reason": p.get("reason")}),
-                            )
+                            let metadata: serde_json::Map<String, Value> = p
+                                .iter()
+                                .filter_map(|(k, v)| {
+                                    k.strip_prefix("metadata[")
+                                        .and_then(|k| k.strip_suffix(']'))
+                                        .map(|k| (k.to_string(), json!(v)))
+                                })
+                                .collect();
+                            let refund = json!({"id": rid, "object": "refund", "amount": amount, "payment_intent": id,
+                                                "status": "succeeded", "reason": p.get("reason"), "metadata": metadata});
+                            s.refund_objects.push(refund.clone());
+                            (200, refund)
                         }
                     }
                 }

@@ -4,6 +4,7 @@
 //! lifetime, then stay `unknown` on hold for the operator.
 
 use super::*;
+use crate::payments::gateway::Reconciled;
 
 /// What one [`process_due`] run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -52,7 +53,18 @@ pub fn process_due(
             continue;
         };
         let kind = t.str("kind");
-        let outcome = send(http, stripe, &t, &id, reference, &number, &fo);
+        // Stripe forgets an idempotency key after 24 hours: a call whose key is
+        // older is never sent under it again. Reconcile first.
+        let key_since = t
+            .opt_str("key_created_at")
+            .unwrap_or_else(|| t.str("created_at"));
+        let stale_key = ts(now - Duration::hours(KEY_LIFETIME_HOURS)) > key_since;
+        let outcome = if stale_key && t.str("gateway") == "stripe" {
+            reconciled(db, http, stripe, &t, &id, reference, &number, &fo, now)?
+        } else {
+            let key = t.opt_str("gateway_key").unwrap_or_else(|| id.clone());
+            send(http, stripe, &t, &key, &id, reference, &number, &fo)
+        };
         transaction(db, |db| -> Result<()> {
             match &outcome {
                 Outcome::Succeeded { reference } => {
@@ -65,7 +77,9 @@ pub fn process_due(
                 }
                 Outcome::Retry { code, message } => {
                     let attempts = load_tx(db, &id)?.i64("attempts");
-                    let created = t.str("created_at");
+                    let created = load_tx(db, &id)?
+                        .opt_str("key_created_at")
+                        .unwrap_or_else(|| t.str("created_at"));
                     let too_old = ts(now - Duration::hours(KEY_LIFETIME_HOURS)) > created;
                     if attempts >= s.max_attempts || too_old {
                         fail_as(db, &id, "unknown", code, message, now)?;
@@ -129,11 +143,104 @@ fn claim(
     Ok(Some((t, pay.and_then(|p| p.reference), number, fo)))
 }
 
-/// Sends a leased transaction to its gateway (ledger gateways settle at once).
+/// A transaction whose idempotency key Stripe may have forgotten: Stripe's
+/// state decides. It happened → settled; nothing happened → sent again under a
+/// new key (kept, so its own retries are safe for another 23 hours); unclear
+/// → declined as `reconcile_mismatch` (the order is held for an operator);
+/// Stripe unreadable → retried later, never sent blind. Each result is on the
+/// timeline.
+#[allow(clippy::too_many_arguments)]
+fn reconciled(
+    db: &dyn Db,
+    http: &dyn Http,
+    stripe: &StripeConfig,
+    t: &crate::kernel::db::Rows,
+    id: &str,
+    reference: Option<String>,
+    number: &str,
+    fo: &str,
+    now: DateTime<Utc>,
+) -> Result<Outcome> {
+    let Some(pi) = reference.clone() else {
+        return Ok(send(http, stripe, t, id, id, reference, number, fo));
+    };
+    let (kind, order_id) = (t.str("kind"), t.str("order_id"));
+    let booked = crate::kernel::db::Patient(db)
+        .execute(
+            "SELECT COALESCE(SUM(amount_minor), 0) AS n FROM payment_transactions
+             WHERE order_id = ? AND kind = 'capture' AND status = 'succeeded'",
+            params![order_id.clone()],
+        )?
+        .first()
+        .map(|r| r.i64("n"))
+        .unwrap_or(0);
+    let amount = t.i64("amount_minor");
+    let note = |what: &str, data: Json| {
+        transaction(db, |db| {
+            record_event(
+                db,
+                &order_id,
+                now,
+                "payment:stripe",
+                &format!("payment.{kind}_reconciled"),
+                what,
+                data,
+            )
+        })
+    };
+    match gateway::reconcile(http, stripe, &kind, &pi, id, amount, booked) {
+        Err(e) => Ok(Outcome::Retry {
+            code: "reconcile_unavailable".into(),
+            message: format!("Stripe could not be read to reconcile: {e}"),
+        }),
+        Ok(Reconciled::Happened { reference }) => {
+            note(
+                &format!("the {kind} had taken effect at Stripe; booked without a second call"),
+                json!({"transaction_id": id, "result": "happened"}),
+            )?;
+            Ok(Outcome::Succeeded { reference })
+        }
+        Ok(Reconciled::Unclear(why)) => {
+            note(
+                &format!("the {kind} could not be reconciled: {why}"),
+                json!({"transaction_id": id, "result": "unclear"}),
+            )?;
+            Ok(Outcome::Declined {
+                code: "reconcile_mismatch".into(),
+                message: why,
+            })
+        }
+        Ok(Reconciled::NotHappened) => {
+            let key = format!("{id}-r{}", now.timestamp());
+            transaction(db, |db| -> Result<()> {
+                db.execute(
+                    "UPDATE payment_transactions SET gateway_key = ?, key_created_at = ? WHERE id = ?",
+                    params![key.clone(), ts(now), id],
+                )?;
+                record_event(
+                    db,
+                    &order_id,
+                    now,
+                    "payment:stripe",
+                    &format!("payment.{kind}_reconciled"),
+                    &format!("Stripe shows no {kind}; sent again under a new idempotency key"),
+                    json!({"transaction_id": id, "result": "not_happened", "idempotency_key": key}),
+                )?;
+                Ok(())
+            })?;
+            Ok(send(http, stripe, t, &key, id, reference, number, fo))
+        }
+    }
+}
+
+/// Sends a leased transaction to its gateway (ledger gateways settle at once)
+/// under `key` (the transaction's id, or the key a reconciliation gave it).
+#[allow(clippy::too_many_arguments)]
 fn send(
     http: &dyn Http,
     stripe: &StripeConfig,
     t: &crate::kernel::db::Rows,
+    key: &str,
     id: &str,
     reference: Option<String>,
     number: &str,
@@ -150,9 +257,9 @@ fn send(
         },
         ("stripe", Some(pi)) => {
             let req = match kind.as_str() {
-                "capture" => stripe.capture(&pi, id, amount, t.i64("final") != 0, number, fo),
-                "refund" => stripe.refund(&pi, id, amount, number),
-                _ => stripe.cancel(&pi, id),
+                "capture" => stripe.capture(&pi, key, amount, t.i64("final") != 0, number, fo),
+                "refund" => stripe.refund(&pi, key, id, amount, number),
+                _ => stripe.cancel(&pi, key),
             };
             gateway::send(http, &req)
         }
