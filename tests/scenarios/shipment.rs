@@ -319,6 +319,23 @@ async fn a_split_order_ships_from_a_center_and_a_store_and_ends_delivered() {
     assert_eq!(r.status, 200, "{}", r.json);
     let pack = job_of(&app, "store-hamburg", "pack").await;
     let kid = pack["id"].as_str().unwrap();
+    // A parcel the rate table prices no rate for (a service it does not list,
+    // or over its heaviest weight) is 422, and the pack job stays open.
+    for (service, weight) in [("express", 380), ("priority", 5000)] {
+        let r = write(&app, "POST", &format!("/api/fulfillment/pack-jobs/{kid}/complete"), &json!({
+            "carrier": "usps", "service": service,
+            "parcels": [{"tracking_number": "EZ4000000004", "weight_grams": weight, "items": [{"line_no": 1, "quantity": 2}]}]})).await;
+        problem(&r, 422);
+        assert_eq!(r.json["errors"][0]["pointer"], "/parcels/0", "{}", r.json);
+        assert!(r.json["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no rate for usps"));
+    }
+    assert_eq!(
+        job_of(&app, "store-hamburg", "pack").await["status"],
+        "open"
+    );
     let r = write(&app, "POST", &format!("/api/fulfillment/pack-jobs/{kid}/complete"), &json!({
         "carrier": "usps", "service": "priority",
         "parcels": [

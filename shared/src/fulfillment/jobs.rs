@@ -469,9 +469,18 @@ fn pack_parcel(
             cost = rate_json(r);
             let t = total_cost.get_or_insert((0, r.currency.clone()));
             t.0 += r.price_minor;
-        } else {
-            cost = json!({"error": format!("no rate for {c} {} to {country} {postal} (zone {}) at {weight} g",
-                service.clone().unwrap_or_default(), zone.unwrap_or_else(|| "none".into()))});
+        } else if carrier_is_priced(db, c)? {
+            // The rate table prices this carrier but not this parcel: packing
+            // it would ship at an unknown cost. The packer picks another
+            // service or carrier, or the merchant adds the rate.
+            errs.push(FieldError::new(
+                pp.clone(),
+                format!(
+                    "no rate for {c} {} to {country} {postal} (zone {}) at {weight} g: add it to the rate table or choose another service or carrier",
+                    service.clone().unwrap_or_default(),
+                    zone.unwrap_or_else(|| "none".into())
+                ),
+            ));
         }
     }
     let label = json!({"destination": dest, "weight_grams": weight, "carrier": carrier, "service": service,
@@ -484,6 +493,17 @@ fn pack_parcel(
                         "items": pitems.iter().map(|(l, q)| json!({"line_no": l, "quantity": q})).collect::<Vec<_>>(),
                         "label": label, "return_label": return_label}),
     )
+}
+
+/// Whether the rate table prices `carrier` at all (a carrier it does not list
+/// ships unpriced: its cost is the carrier's invoice).
+fn carrier_is_priced(db: &dyn Db, carrier: &str) -> Result<bool> {
+    Ok(!db
+        .execute(
+            "SELECT 1 FROM shipping_rates WHERE carrier = ? LIMIT 1",
+            params![carrier],
+        )?
+        .is_empty())
 }
 
 /// Hands the parcels over (to the carrier, or to the customer): the shipment is shipped.
