@@ -376,14 +376,19 @@ mod tests {
             Some(&format!("hmac-sha256-hex={hex}"))
         ));
         assert!(!verify_easypost("sek", body, Some(&hex)));
+        // An empty secret refuses even a signature made with the empty key
+        // (which anyone can compute).
+        let empty_hex = signature::hex(&signature::hmac_sha256(b"", body));
         assert!(!verify_easypost(
             "",
             body,
-            Some(&format!("hmac-sha256-hex={hex}"))
+            Some(&format!("hmac-sha256-hex={empty_hex}"))
         ));
         let b64 = signature::base64_hmac(b"sek", body);
         assert!(verify_aftership("sek", body, Some(&b64)));
         assert!(!verify_aftership("other", body, Some(&b64)));
+        let empty_b64 = signature::base64_hmac(b"", body);
+        assert!(!verify_aftership("", body, Some(&empty_b64)));
         let now = 1_700_000_000;
         let sig = signature::sign_timestamped(b"h", now, body);
         assert!(verify_shippo("tok", Some("tok"), "", body, None, now));
