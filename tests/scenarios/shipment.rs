@@ -358,7 +358,32 @@ async fn a_split_order_ships_from_a_center_and_a_store_and_ends_delivered() {
         "priced from the rate table"
     );
     assert_eq!(hand["data"]["parcels"][0]["label"]["weight_grams"], 350);
-    assert!(hand["data"]["parcels"][0]["return_label"]["reference"].is_string());
+    // Each parcel's return label: from the customer's address back to this
+    // store, with the carrier and service of the outbound label, its own reference.
+    let fo_name = hand["fulfillment_order"].as_str().unwrap();
+    for (i, p) in hand["data"]["parcels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let rl = &p["return_label"];
+        assert_eq!(rl["reference"], format!("RMA-{fo_name}-{}", i + 1), "{rl}");
+        assert_eq!(rl["from"], p["label"]["destination"], "{rl}");
+        assert_eq!(
+            rl["from"]["postal_code"], "10117",
+            "the customer's address: {rl}"
+        );
+        assert_eq!(
+            (rl["to"]["facility"].as_str(), rl["to"]["name"].as_str()),
+            (Some("store-hamburg"), Some("Hamburg Store")),
+            "{rl}"
+        );
+        assert_eq!(
+            (rl["carrier"].as_str(), rl["service"].as_str()),
+            (Some("usps"), Some("priority"))
+        );
+    }
     let hid = hand["id"].as_str().unwrap();
     let r = write(
         &app,
