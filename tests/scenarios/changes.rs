@@ -103,7 +103,19 @@ async fn an_address_change_is_routed_before_release_and_refused_after() {
     let o = get(&app, &format!("/api/orders/{id}")).await.json;
     assert_eq!(o["fulfillment_orders"][0]["facility"], "vienna");
     assert_eq!(o["payment"]["captured"]["minor"], 1490);
-    assert!(o["shipments"].is_array() && o["returns"].is_array(), "{o}");
+    // Released, not shipped yet: one fulfillment order with the unit, nothing
+    // shipped or returned.
+    let fos = o["fulfillment_orders"].as_array().unwrap();
+    assert_eq!(fos.len(), 1, "{o}");
+    assert_eq!(fos[0]["status"], "open", "{o}");
+    assert_eq!(fos[0]["units"], 1, "{o}");
+    assert_eq!(
+        fos[0]["name"],
+        format!("{}-F1", o["number"].as_str().unwrap())
+    );
+    assert_eq!(o["lines"][0]["quantity"]["released"], 1, "{o}");
+    assert_eq!(o["shipments"], json!([]), "{o}");
+    assert_eq!(o["returns"], json!([]), "{o}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
