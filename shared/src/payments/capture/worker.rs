@@ -175,18 +175,17 @@ fn reconciled(
         .map(|r| r.i64("n"))
         .unwrap_or(0);
     let amount = t.i64("amount_minor");
-    let note = |what: &str, data: Json| {
-        transaction(db, |db| {
-            record_event(
-                db,
-                &order_id,
-                now,
-                "payment:stripe",
-                &format!("payment.{kind}_reconciled"),
-                what,
-                data,
-            )
-        })
+    // The reconciliation's result on the timeline, in the caller's transaction.
+    let note = |db: &dyn Db, what: &str, data: Json| {
+        record_event(
+            db,
+            &order_id,
+            now,
+            "payment:stripe",
+            &format!("payment.{kind}_reconciled"),
+            what,
+            data,
+        )
     };
     match gateway::reconcile(http, stripe, &kind, &pi, id, amount, booked) {
         Err(e) => Ok(Outcome::Retry {
@@ -194,17 +193,23 @@ fn reconciled(
             message: format!("Stripe could not be read to reconcile: {e}"),
         }),
         Ok(Reconciled::Happened { reference }) => {
-            note(
-                &format!("the {kind} had taken effect at Stripe; booked without a second call"),
-                json!({"transaction_id": id, "result": "happened"}),
-            )?;
+            transaction(db, |db| {
+                note(
+                    db,
+                    &format!("the {kind} had taken effect at Stripe; booked without a second call"),
+                    json!({"transaction_id": id, "result": "happened"}),
+                )
+            })?;
             Ok(Outcome::Succeeded { reference })
         }
         Ok(Reconciled::Unclear(why)) => {
-            note(
-                &format!("the {kind} could not be reconciled: {why}"),
-                json!({"transaction_id": id, "result": "unclear"}),
-            )?;
+            transaction(db, |db| {
+                note(
+                    db,
+                    &format!("the {kind} could not be reconciled: {why}"),
+                    json!({"transaction_id": id, "result": "unclear"}),
+                )
+            })?;
             Ok(Outcome::Declined {
                 code: "reconcile_mismatch".into(),
                 message: why,
@@ -217,16 +222,11 @@ fn reconciled(
                     "UPDATE payment_transactions SET gateway_key = ?, key_created_at = ? WHERE id = ?",
                     params![key.clone(), ts(now), id],
                 )?;
-                record_event(
+                note(
                     db,
-                    &order_id,
-                    now,
-                    "payment:stripe",
-                    &format!("payment.{kind}_reconciled"),
                     &format!("Stripe shows no {kind}; sent again under a new idempotency key"),
                     json!({"transaction_id": id, "result": "not_happened", "idempotency_key": key}),
-                )?;
-                Ok(())
+                )
             })?;
             Ok(send(http, stripe, t, &key, id, reference, number, fo))
         }
