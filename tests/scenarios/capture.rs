@@ -998,3 +998,287 @@ async fn a_capture_past_the_key_lifetime_is_reconciled_before_it_is_sent_again()
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn licence_keys_wait_for_their_capture_and_the_last_capture_is_final() {
+    let stripe = FakeStripe::start().await;
+    let app = app(&stripe, &[]).await;
+    receive(&app, json!([{"sku": "MUG", "quantity": 5}])).await;
+    let r = write(
+        &app,
+        "PUT",
+        "/api/products/KEY-PRO",
+        &json!({"name": "Pro licence", "digital": true}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let r = write(
+        &app,
+        "POST",
+        "/api/license-keys/KEY-PRO",
+        &json!({"keys": ["PRO-1", "PRO-2", "PRO-3"]}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    // The card is declined: neither the mug nor the keys may go out.
+    stripe.authorize("pi_keys_1", 5990, "EUR", true);
+    stripe.with(|s| {
+        s.intents.get_mut("pi_keys_1").unwrap().decline = Some("insufficient_funds".into())
+    });
+    let placed = place(
+        &app,
+        &stripe_order(
+            "keys-1",
+            "EUR",
+            "pi_keys_1",
+            json!([{"sku": "MUG", "name": "Mug", "quantity": 1, "unit_price": "10.00"},
+                   {"sku": "KEY-PRO", "name": "Pro licence", "quantity": 2, "unit_price": "24.95"}]),
+            json!({"method": "standard", "price": "0.00"}),
+        ),
+    )
+    .await;
+    let id = placed["id"].as_str().unwrap().to_string();
+    eventually("both captures declined", || async {
+        count(&app, &format!("SELECT COUNT(*) FROM payment_transactions WHERE order_id = '{id}' AND status = 'failed'")) == 2
+    })
+    .await;
+    let delivered = |app: &RunningApp| {
+        count(
+            app,
+            &format!("SELECT COUNT(*) FROM outbox WHERE topic = 'license.assigned' AND order_id = '{id}'"),
+        )
+    };
+    assert_eq!(delivered(&app), 0, "no key before the money");
+    let o = get(&app, &format!("/api/orders/{id}")).await.json;
+    assert_eq!(o["holds"][0]["reason"], "payment_failed", "{o}");
+    let keys = &o["lines"][1]["quantity"];
+    assert_eq!(
+        (keys["allocated"].as_i64(), keys["shipped"].as_i64()),
+        (Some(2), Some(0)),
+        "{o}"
+    );
+    let pool = get(&app, "/api/license-keys/KEY-PRO").await.json;
+    assert_eq!(
+        (
+            pool["available"].as_i64(),
+            pool["held_for_capture"].as_i64()
+        ),
+        (Some(1), Some(2)),
+        "the keys stay held for the order: {pool}"
+    );
+
+    // A new authorization: the mug and the keys are captured, the keys' capture
+    // (the last) is final, and only then do the keys reach the customer.
+    stripe.authorize("pi_keys_2", 5990, "EUR", true);
+    let r = write(
+        &app,
+        "POST",
+        &format!("/api/payments/orders/{id}/retry"),
+        &json!({"reference": "pi_keys_2"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let pi = stripe.intent("pi_keys_2");
+    assert_eq!(pi.captures, vec![1000, 4990]);
+    assert_eq!(pi.status, "succeeded", "the last capture is final");
+    let bodies: Vec<String> = stripe
+        .calls("/pi_keys_2/capture")
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
+    assert!(bodies[0].contains("final_capture=false"), "{bodies:?}");
+    assert!(!bodies[1].contains("final_capture"), "{bodies:?}");
+    assert_eq!(delivered(&app), 1);
+    let row = app
+        .sql(
+            "default",
+            &format!(
+                "SELECT payload FROM outbox WHERE topic = 'license.assigned' AND order_id = '{id}'"
+            ),
+            &[],
+        )
+        .unwrap();
+    let payload: Value = match &row.rows[0][0] {
+        waybill_host::SqlValue::Text(t) => serde_json::from_str(t).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(payload["license_keys"], json!(["PRO-1", "PRO-2"]));
+    let o = get(&app, &format!("/api/orders/{id}")).await.json;
+    let keys = &o["lines"][1]["quantity"];
+    assert_eq!(
+        (
+            keys["allocated"].as_i64(),
+            keys["shipped"].as_i64(),
+            keys["delivered"].as_i64()
+        ),
+        (Some(0), Some(2), Some(2)),
+        "{o}"
+    );
+    assert_eq!(o["financial_status"], "paid", "{o}");
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT SUM(amount_minor) FROM invoices WHERE order_id = '{id}'")
+        ),
+        5990
+    );
+
+    // A key held for a capture still open goes back to the pool when the
+    // line is cancelled, and nothing is captured for it.
+    stripe.authorize("pi_keys_3", 2495, "EUR", true);
+    stripe.with(|s| s.intents.get_mut("pi_keys_3").unwrap().decline = Some("do_not_honor".into()));
+    let placed = place(
+        &app,
+        &stripe_order(
+            "keys-2",
+            "EUR",
+            "pi_keys_3",
+            json!([{"sku": "KEY-PRO", "name": "Pro licence", "quantity": 1, "unit_price": "24.95"}]),
+            json!({"method": "standard", "price": "0.00"}),
+        ),
+    )
+    .await;
+    let id2 = placed["id"].as_str().unwrap().to_string();
+    eventually("the decline", || async {
+        count(&app, &format!("SELECT COUNT(*) FROM payment_transactions WHERE order_id = '{id2}' AND status = 'failed'")) == 1
+    })
+    .await;
+    assert_eq!(
+        get(&app, "/api/license-keys/KEY-PRO").await.json["available"],
+        0
+    );
+    let r = write(
+        &app,
+        "POST",
+        &format!("/api/orders/{id2}/cancel"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let pool = get(&app, "/api/license-keys/KEY-PRO").await.json;
+    assert_eq!(
+        (
+            pool["available"].as_i64(),
+            pool["held_for_capture"].as_i64()
+        ),
+        (Some(1), Some(0)),
+        "{pool}"
+    );
+    assert_eq!(
+        count(&app, &format!("SELECT COUNT(*) FROM payment_transactions WHERE order_id = '{id2}' AND kind = 'capture' AND status IN ('pending', 'succeeded')")),
+        0
+    );
+    assert_eq!(stripe.intent("pi_keys_3").captures, Vec::<i64>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_multicapture_a_split_order_is_captured_once_at_the_end() {
+    let stripe = FakeStripe::start().await;
+    let app = app(&stripe, &[]).await;
+    let tx_statuses = |app: &RunningApp, id: &str| -> Vec<String> {
+        app.sql(
+            "default",
+            &format!("SELECT status FROM payment_transactions WHERE order_id = '{id}' AND kind = 'capture' ORDER BY created_at, id"),
+            &[],
+        )
+        .unwrap()
+        .rows
+        .iter()
+        .map(|r| match &r[0] {
+            waybill_host::SqlValue::Text(s) => s.clone(),
+            o => panic!("{o:?}"),
+        })
+        .collect()
+    };
+    // One mug of two in stock: the first part cannot be captured on its own.
+    receive(&app, json!([{"sku": "MUG", "quantity": 1}])).await;
+    stripe.authorize("pi_once", 2000, "EUR", false);
+    let placed = place(
+        &app,
+        &stripe_order(
+            "once-1",
+            "EUR",
+            "pi_once",
+            json!([{"sku": "MUG", "name": "Mug", "quantity": 2, "unit_price": "10.00"}]),
+            json!({"method": "standard", "price": "0.00"}),
+        ),
+    )
+    .await;
+    let id = placed["id"].as_str().unwrap().to_string();
+    eventually("the first part released", || async {
+        fo_statuses(&app, &id) == ["open"]
+    })
+    .await;
+    assert_eq!(tx_statuses(&app, &id), ["deferred"]);
+    let o = get(&app, &format!("/api/orders/{id}")).await.json;
+    assert_eq!(o["holds"], json!([]), "no payment hold: {o}");
+    assert_eq!(o["financial_status"], "authorized");
+    assert!(stripe.intent("pi_once").captures.is_empty());
+    assert_eq!(
+        stripe.calls("/pi_once/capture").len(),
+        1,
+        "one refused partial capture, nothing sent again"
+    );
+    // The second mug arrives: the last part captures both, once, as final.
+    receive(&app, json!([{"sku": "MUG", "quantity": 1}])).await;
+    eventually("the last capture", || async {
+        stripe.intent("pi_once").status == "succeeded"
+    })
+    .await;
+    assert_eq!(stripe.intent("pi_once").captures, vec![2000]);
+    let last = stripe.calls("/pi_once/capture").pop().unwrap().1;
+    assert!(!last.contains("final_capture"), "{last}");
+    eventually("both parts booked", || async {
+        tx_statuses(&app, &id) == ["succeeded", "succeeded"]
+    })
+    .await;
+    assert_eq!(fo_statuses(&app, &id), ["open", "open"]);
+    assert_eq!(
+        count(
+            &app,
+            &format!(
+                "SELECT COUNT(*) FROM invoices WHERE order_id = '{id}' AND amount_minor = 1000"
+            )
+        ),
+        2,
+        "an invoice per part"
+    );
+    let o = get(&app, &format!("/api/orders/{id}")).await.json;
+    assert_eq!(o["financial_status"], "paid", "{o}");
+
+    // The rest is cancelled instead: what was released is captured at once.
+    receive(&app, json!([{"sku": "MUG", "quantity": 1}])).await;
+    stripe.authorize("pi_once_2", 2000, "EUR", false);
+    let placed = place(
+        &app,
+        &stripe_order(
+            "once-2",
+            "EUR",
+            "pi_once_2",
+            json!([{"sku": "MUG", "name": "Mug", "quantity": 2, "unit_price": "10.00"}]),
+            json!({"method": "standard", "price": "0.00"}),
+        ),
+    )
+    .await;
+    let id2 = placed["id"].as_str().unwrap().to_string();
+    eventually("the first part released", || async {
+        fo_statuses(&app, &id2) == ["open"]
+    })
+    .await;
+    assert_eq!(tx_statuses(&app, &id2), ["deferred"]);
+    let r = write(
+        &app,
+        "POST",
+        &format!("/api/orders/{id2}/cancel"),
+        &json!({"lines": [{"line_no": 1, "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    post_api(&app, "/api/payments/sweep", &[], Vec::new()).await;
+    eventually("the released part captured", || async {
+        stripe.intent("pi_once_2").status == "succeeded"
+    })
+    .await;
+    assert_eq!(stripe.intent("pi_once_2").captures, vec![1000]);
+    assert_eq!(tx_statuses(&app, &id2), ["succeeded"]);
+}

@@ -13,7 +13,7 @@ pub fn fc_request(db: &dyn Db, released: &Json) -> Result<Json> {
     for l in released["lines"].as_array().into_iter().flatten() {
         let keys: Vec<String> = db
             .execute(
-                "SELECT key FROM license_keys WHERE order_id = ? AND line_no = ? ORDER BY id",
+                "SELECT key FROM license_keys WHERE order_id = ? AND line_no = ? AND delivered_at IS NOT NULL ORDER BY id",
                 params![order_id, l["line_no"].as_i64().unwrap_or(0)],
             )?
             .iter()
@@ -27,7 +27,7 @@ pub fn fc_request(db: &dyn Db, released: &Json) -> Result<Json> {
     // Every licence key of the order, for the packing slip of boxed software.
     let keys: Vec<Json> = db
         .execute(
-            "SELECT k.sku, k.key, k.line_no FROM license_keys k WHERE k.order_id = ? ORDER BY k.line_no, k.id",
+            "SELECT k.sku, k.key, k.line_no FROM license_keys k WHERE k.order_id = ? AND k.delivered_at IS NOT NULL ORDER BY k.line_no, k.id",
             params![order_id],
         )?
         .iter()

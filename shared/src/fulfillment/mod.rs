@@ -23,6 +23,7 @@
 //!   which update the delivered bucket; exceptions and failed attempts are
 //!   action items; an unknown tracking number is logged, not an error.
 
+pub mod digital;
 pub mod release;
 pub mod status;
 pub mod store;

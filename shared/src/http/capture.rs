@@ -108,7 +108,7 @@ fn refund_request(v: &Json) -> Result<RefundRequest> {
 }
 
 fn processed_json(p: &Processed) -> Json {
-    json!({"succeeded": p.succeeded, "declined": p.declined, "retrying": p.retrying, "unknown": p.unknown})
+    json!({"succeeded": p.succeeded, "declined": p.declined, "retrying": p.retrying, "unknown": p.unknown, "deferred": p.deferred})
 }
 
 pub fn handle(

@@ -9,6 +9,7 @@ pub fn pool(db: &dyn Db, sku: &str) -> Result<Json> {
         "SELECT digital, low_stock_threshold,
             (SELECT COUNT(*) FROM license_keys k WHERE k.sku = p.sku AND k.order_id IS NULL) AS available,
             (SELECT COUNT(*) FROM license_keys k WHERE k.sku = p.sku AND k.order_id IS NOT NULL) AS assigned,
+            (SELECT COUNT(*) FROM license_keys k WHERE k.sku = p.sku AND k.order_id IS NOT NULL AND k.delivered_at IS NULL) AS held,
             (SELECT COALESCE(SUM(qty_backordered), 0) FROM order_lines l WHERE l.sku = p.sku) AS backordered
          FROM products p WHERE sku = ?",
         params![sku],
@@ -23,6 +24,7 @@ pub fn pool(db: &dyn Db, sku: &str) -> Result<Json> {
     }
     Ok(
         json!({"sku": sku, "available": p.i64("available"), "assigned": p.i64("assigned"),
+                "held_for_capture": p.i64("held"),
                 "backordered": p.i64("backordered"), "low_stock_threshold": p.i64("low_stock_threshold")}),
     )
 }

@@ -1,5 +1,7 @@
 //! Stock levels per facility and SKU and the licence-key pools: low-stock alerts.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
@@ -182,6 +184,120 @@ pub fn claim_keys(
          WHERE id IN (SELECT id FROM license_keys WHERE sku = ?4 AND order_id IS NULL ORDER BY id LIMIT ?5)",
         params![order_id, line_no, ts(now), sku, q],
     )? as i64)
+}
+
+/// Keys claimed for an order that no live capture pays for yet, per line
+/// (delivered or not; a key given back is no longer claimed).
+pub fn unpaid_keys(db: &dyn Db, order_id: &str) -> Result<BTreeMap<i64, i64>> {
+    Ok(db
+        .execute(
+            "SELECT k.line_no, COUNT(*) AS n FROM license_keys k WHERE k.order_id = ?
+               AND (k.capture_id IS NULL OR NOT EXISTS (SELECT 1 FROM payment_transactions t WHERE t.id = k.capture_id
+                    AND t.status IN ('pending', 'succeeded', 'unknown', 'deferred')))
+             GROUP BY k.line_no",
+            params![order_id],
+        )?
+        .iter()
+        .map(|r| (r.i64("line_no"), r.i64("n")))
+        .collect())
+}
+
+/// The keys [`unpaid_keys`] counts are now paid for by `capture_id`.
+pub fn pay_keys(db: &dyn Db, order_id: &str, capture_id: &str) -> Result<()> {
+    db.execute(
+        "UPDATE license_keys SET capture_id = ?1 WHERE order_id = ?2
+           AND (capture_id IS NULL OR NOT EXISTS (SELECT 1 FROM payment_transactions t WHERE t.id = license_keys.capture_id
+                AND t.status IN ('pending', 'succeeded', 'unknown', 'deferred')))",
+        params![capture_id, order_id],
+    )?;
+    Ok(())
+}
+
+/// Keys claimed for an order that `capture_id` pays for, per line (after a
+/// cancellation gave some back, fewer than the capture holds).
+pub fn keys_paid_by(db: &dyn Db, capture_id: &str) -> Result<BTreeMap<i64, i64>> {
+    Ok(db
+        .execute(
+            "SELECT line_no, COUNT(*) AS n FROM license_keys WHERE capture_id = ? AND order_id IS NOT NULL GROUP BY line_no",
+            params![capture_id],
+        )?
+        .iter()
+        .map(|r| (r.i64("line_no"), r.i64("n")))
+        .collect())
+}
+
+/// A delivered licence key.
+#[derive(Debug, Clone)]
+pub struct DeliveredKey {
+    pub line_no: i64,
+    pub key: String,
+}
+
+/// Marks the order's claimed, undelivered keys as delivered (only one line's,
+/// or only those `capture_id` paid for, when given) and returns them in
+/// claim order.
+pub fn deliver_keys(
+    db: &dyn Db,
+    order_id: &str,
+    line_no: Option<i64>,
+    capture_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Vec<DeliveredKey>> {
+    let r = db.execute(
+        "UPDATE license_keys SET delivered_at = ?1
+         WHERE order_id = ?2 AND delivered_at IS NULL AND (?3 IS NULL OR line_no = ?3) AND (?4 IS NULL OR capture_id = ?4)
+         RETURNING id, line_no, key",
+        params![ts(now), order_id, line_no, capture_id],
+    )?;
+    let mut keys: Vec<(i64, DeliveredKey)> = r
+        .iter()
+        .map(|k| {
+            (
+                k.i64("id"),
+                DeliveredKey {
+                    line_no: k.i64("line_no"),
+                    key: k.str("key"),
+                },
+            )
+        })
+        .collect();
+    keys.sort_by_key(|(id, _)| *id);
+    Ok(keys.into_iter().map(|(_, k)| k).collect())
+}
+
+/// Gives up to `q` claimed, undelivered keys of an order line back to the
+/// pool (a cancellation, a re-route). Returns how many, and the captures that
+/// paid for them.
+pub fn give_back_keys(
+    db: &dyn Db,
+    order_id: &str,
+    line_no: Option<i64>,
+    q: i64,
+) -> Result<(i64, Vec<String>)> {
+    let picked = db.execute(
+        "SELECT id, line_no, capture_id FROM license_keys WHERE order_id = ?1 AND delivered_at IS NULL
+           AND (?2 IS NULL OR line_no = ?2) ORDER BY id DESC LIMIT ?3",
+        params![order_id, line_no, q],
+    )?;
+    if picked.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let ids: Vec<crate::kernel::db::Value> = picked.iter().map(|r| r.i64("id").into()).collect();
+    let ph = vec!["?"; ids.len()].join(",");
+    db.execute(
+        &format!(
+            "UPDATE license_keys SET order_id = NULL, line_no = NULL, assigned_at = NULL, capture_id = NULL
+             WHERE id IN ({ph}) AND delivered_at IS NULL"
+        ),
+        &ids,
+    )?;
+    let mut captures: Vec<String> = picked
+        .iter()
+        .filter_map(|r| r.opt_str("capture_id"))
+        .collect();
+    captures.sort();
+    captures.dedup();
+    Ok((picked.len() as i64, captures))
 }
 
 /// Moves on-hand stock (`Delta`) or sets it (`Set`), logs the movement, re-arms

@@ -621,6 +621,26 @@ the following items of order {{number}} are on backorder and will ship as soon a
         "ALTER TABLE payment_transactions ADD COLUMN gateway_key TEXT",
         "ALTER TABLE payment_transactions ADD COLUMN key_created_at TEXT",
     ],
+    // 17: a licence key claimed for an order waits for its capture before it is
+    // delivered (`capture_id`: the capture that pays for it; `delivered_at`:
+    // when it went to the customer). Keys claimed before this were delivered.
+    &[
+        "ALTER TABLE license_keys ADD COLUMN capture_id TEXT",
+        "ALTER TABLE license_keys ADD COLUMN delivered_at TEXT",
+        "UPDATE license_keys SET delivered_at = assigned_at WHERE order_id IS NOT NULL",
+        "CREATE INDEX license_keys_capture ON license_keys (capture_id) WHERE capture_id IS NOT NULL",
+    ],
+    // 18: a Stripe authorization that cannot be captured in parts (no
+    // multicapture) is captured once, at the end: `single_capture` is learnt
+    // from Stripe's refusal; captures before the last wait as `deferred` (their
+    // goods released) and the last one takes their amounts with it. A deferred
+    // capture is live, so it keeps its fulfillment order's one capture.
+    &[
+        "ALTER TABLE payments ADD COLUMN single_capture INTEGER NOT NULL DEFAULT 0",
+        "DROP INDEX payment_transactions_one_capture",
+        "CREATE UNIQUE INDEX payment_transactions_one_capture ON payment_transactions (fulfillment_order_id)
+         WHERE kind = 'capture' AND status IN ('pending', 'succeeded', 'unknown', 'deferred')",
+    ],
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

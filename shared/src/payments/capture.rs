@@ -33,8 +33,10 @@ use crate::params;
 use crate::payments::gateway::{self, Http, Outcome, StripeConfig};
 use crate::payments::shares::{self, LineAmounts, OrderAmounts};
 
-/// Captures whose outcome is still open count against the authorization.
-const LIVE: &str = "('pending', 'succeeded', 'unknown')";
+/// Captures whose outcome is still open count against the authorization
+/// (`deferred`: waiting to go with the last capture of a single-capture
+/// authorization).
+const LIVE: &str = "('pending', 'succeeded', 'unknown', 'deferred')";
 /// How long a worker owns a transaction it is sending (longer than any timeout).
 const LEASE_SECONDS: i64 = 120;
 /// Stripe keeps idempotency keys for 24 hours; past that a retry with the same
@@ -386,7 +388,6 @@ pub fn capture_fulfillment_order(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -
         crate::fulfillment::release::release(db, fo_id, now)?;
         return Ok(Gate::Released);
     };
-    let ctx = order_ctx(db, &order_id)?;
     let units: BTreeMap<i64, i64> = db
         .execute(
             "SELECT line_no, SUM(quantity) AS n FROM fulfillment_order_lines WHERE fulfillment_order_id = ? GROUP BY line_no",
@@ -395,9 +396,46 @@ pub fn capture_fulfillment_order(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -
         .iter()
         .map(|r| (r.i64("line_no"), r.i64("n")))
         .collect();
-    let before = units_in(db, &order_id, "capture", LIVE)?;
-    let with_shipping = !shipping_taken(db, &order_id, "capture", LIVE)?;
-    let c = shares::charge(&ctx.amounts, &before, &units, with_shipping);
+    let (id, amount, currency) = open_capture(db, &order_id, &pay, &units, Some(fo_id), now)?;
+    decide(db, &id, &order_id, &pay, amount, currency, now)
+}
+
+/// Captures the licence keys claimed for an order that no live capture pays
+/// for yet, like the units of a fulfillment order: at release, the keys wait
+/// for this capture and are delivered when it succeeds
+/// (`fulfillment::digital::deliver_held`); at shipment, they were delivered
+/// and this captures them. None: nothing to capture (no keys waiting, or no
+/// payment to capture from).
+pub fn capture_keys(db: &dyn Db, order_id: &str, now: DateTime<Utc>) -> Result<Option<Gate>> {
+    let units = crate::fulfillment::digital::unpaid(db, order_id)?;
+    if units.is_empty() {
+        return Ok(None);
+    }
+    let Some(pay) = load_payment(db, order_id)?.filter(|p| p.gateway != "none") else {
+        return Ok(None);
+    };
+    let (id, amount, currency) = open_capture(db, order_id, &pay, &units, None, now)?;
+    crate::fulfillment::digital::paid_by(db, order_id, &id)?;
+    decide(db, &id, order_id, &pay, amount, currency, now).map(Some)
+}
+
+/// Records a pending capture of `units` of an order (for a fulfillment order,
+/// or for licence keys when `fo` is None). Its shares are fixed here, inside
+/// the caller's transaction, before any gateway sees the amount; it is final
+/// when nothing of the order is left to capture after it. Returns its id,
+/// amount and currency.
+fn open_capture(
+    db: &dyn Db,
+    order_id: &str,
+    pay: &Pay,
+    units: &BTreeMap<i64, i64>,
+    fo: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(String, i64, Currency)> {
+    let ctx = order_ctx(db, order_id)?;
+    let before = units_in(db, order_id, "capture", LIVE)?;
+    let with_shipping = !shipping_taken(db, order_id, "capture", LIVE)?;
+    let c = shares::charge(&ctx.amounts, &before, units, with_shipping);
     let left_after: i64 = ctx
         .live_units
         .iter()
@@ -408,27 +446,43 @@ pub fn capture_fulfillment_order(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -
     insert_tx(
         db,
         &id,
-        &order_id,
+        order_id,
         "capture",
         "pending",
         &pay.gateway,
         &pay.currency,
         &c,
-        Some(fo_id),
+        fo,
         left_after == 0,
         None,
         now,
     )?;
-    if c.amount == 0 {
+    Ok((id, c.amount, ctx.currency))
+}
+
+/// What happens to a capture [`open_capture`] just recorded: booked at once
+/// (nothing to charge, prepaid, or a manual authorization that covers it),
+/// declined (a manual authorization that expired or is too small), or left
+/// for the gateway.
+fn decide(
+    db: &dyn Db,
+    id: &str,
+    order_id: &str,
+    pay: &Pay,
+    amount: i64,
+    cur: Currency,
+    now: DateTime<Utc>,
+) -> Result<Gate> {
+    if amount == 0 {
         // Nothing to charge (free units, or their share was taken with an
         // earlier capture): booked without a gateway call, which would refuse a
         // zero capture.
-        settle(db, &id, None, now)?;
+        settle(db, id, None, now)?;
         return Ok(Gate::Released);
     }
     match pay.gateway.as_str() {
         "prepaid" => {
-            settle(db, &id, None, now)?;
+            settle(db, id, None, now)?;
             Ok(Gate::Released)
         }
         "manual" => {
@@ -436,7 +490,7 @@ pub fn capture_fulfillment_order(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -
                 .execute(
                     "SELECT COALESCE(SUM(amount_minor), 0) AS n FROM payment_transactions
                      WHERE order_id = ? AND kind = 'capture' AND status IN ('pending', 'unknown') AND id <> ?",
-                    params![order_id.clone(), id.clone()],
+                    params![order_id, id],
                 )?
                 .first()
                 .map(|r| r.i64("n"))
@@ -449,28 +503,27 @@ pub fn capture_fulfillment_order(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -
             {
                 fail(
                     db,
-                    &id,
+                    id,
                     "authorization_expired",
                     "the authorization expired",
                     now,
                 )?;
                 Ok(Gate::Declined)
-            } else if c.amount > open {
-                let cur = ctx.currency;
+            } else if amount > open {
                 fail(
                     db,
-                    &id,
+                    id,
                     "amount_exceeds_authorization",
                     &format!(
                         "capture of {} exceeds the {} left of the authorization",
-                        cur.format_amount(c.amount),
+                        cur.format_amount(amount),
                         cur.format_amount(open.max(0))
                     ),
                     now,
                 )?;
                 Ok(Gate::Declined)
             } else {
-                settle(db, &id, None, now)?;
+                settle(db, id, None, now)?;
                 Ok(Gate::Released)
             }
         }
@@ -496,7 +549,7 @@ pub fn settle(db: &dyn Db, tx_id: &str, reference: Option<&str>, now: DateTime<U
     let changed = db.exec(
         "UPDATE payment_transactions SET status = 'succeeded', gateway_reference = COALESCE(?, gateway_reference),
             processed_at = ?, lease_until = NULL, error_code = NULL, error_message = NULL
-         WHERE id = ? AND status IN ('pending', 'unknown')",
+         WHERE id = ? AND status IN ('pending', 'unknown', 'deferred')",
         params![reference, ts(now), tx_id],
     )?;
     if changed == 0 {
@@ -610,6 +663,22 @@ fn settle_capture(
         now,
     )?;
     store::enqueue(db, "invoice.created", Some(&order_id), invoice, now)?;
+    if t.i64("final") != 0 {
+        // A single-capture authorization's last capture took the deferred
+        // ones with it: each is booked now, with its own invoice.
+        let deferred = db.execute(
+            "SELECT id FROM payment_transactions WHERE order_id = ? AND kind = 'capture' AND status = 'deferred'
+             ORDER BY created_at, id",
+            params![order_id.clone()],
+        )?;
+        let reference = t.opt_str("gateway_reference");
+        for d in deferred.iter() {
+            settle(db, &d.str("id"), reference.as_deref(), now)?;
+        }
+    }
+    if fo_id.is_empty() {
+        return settle_key_capture(db, &order_id, tx_id, now);
+    }
     match fo_status.as_str() {
         "scheduled" => {
             crate::fulfillment::release::release(db, &fo_id, now)?;
@@ -634,6 +703,34 @@ fn settle_capture(
             )?;
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// A capture of licence keys went through: the keys it pays for go to the
+/// customer; keys given back while it was in flight (a cancellation) are
+/// refunded at the shares they were captured with.
+fn settle_key_capture(db: &dyn Db, order_id: &str, tx_id: &str, now: DateTime<Utc>) -> Result<()> {
+    crate::fulfillment::digital::deliver_held(db, order_id, Some(tx_id), "payments", now)?;
+    let held = crate::fulfillment::digital::held_for(db, tx_id)?;
+    let excess: BTreeMap<i64, i64> = tx_lines(db, tx_id)?
+        .iter()
+        .map(|l| {
+            (
+                l.line_no,
+                l.units - held.get(&l.line_no).copied().unwrap_or(0),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    if !excess.is_empty() {
+        let req = RefundRequest {
+            lines: excess,
+            shipping: false,
+            amount: None,
+            reason: "licence keys cancelled while their capture was in flight".into(),
+        };
+        refund(db, order_id, &req, "payments", now)?;
     }
     Ok(())
 }

@@ -304,6 +304,10 @@ pub fn send(http: &dyn Http, r: &FormRequest) -> Outcome {
     }
 }
 
+/// The decline of a partial capture (`final_capture=false`) on a
+/// PaymentIntent without multicapture.
+pub const MULTICAPTURE_UNAVAILABLE: &str = "multicapture_unavailable";
+
 /// Stripe's answer to Waybill's vocabulary. Errors are
 /// `{"error": {"type", "code", "decline_code", "message", "payment_intent"}}`.
 pub fn classify(status: u16, body: &[u8]) -> Outcome {
@@ -355,6 +359,10 @@ pub fn classify(status: u16, body: &[u8]) -> Outcome {
             let pi_status = e["payment_intent"]["status"].as_str().unwrap_or("");
             let code = if pi_status == "canceled" {
                 "authorization_expired".to_string()
+            } else if e["param"] == "final_capture" {
+                // The PaymentIntent cannot be captured in parts (multicapture
+                // is not available for it): the ledger captures once, at the end.
+                MULTICAPTURE_UNAVAILABLE.to_string()
             } else {
                 code
             };
@@ -429,6 +437,10 @@ mod tests {
         let expired = br#"{"error":{"type":"invalid_request_error","code":"payment_intent_unexpected_state","message":"This PaymentIntent could not be captured because it has a status of canceled.","payment_intent":{"id":"pi_1","status":"canceled"}}}"#;
         assert!(
             matches!(classify(400, expired), Outcome::Declined { code, .. } if code == "authorization_expired")
+        );
+        let single = br#"{"error":{"type":"invalid_request_error","message":"final_capture can only be used when multicapture is available for this PaymentIntent.","param":"final_capture"}}"#;
+        assert!(
+            matches!(classify(400, single), Outcome::Declined { code, .. } if code == MULTICAPTURE_UNAVAILABLE)
         );
         for s in [409u16, 429, 500, 502, 503] {
             assert!(matches!(classify(s, b"{}"), Outcome::Retry { .. }), "{s}");

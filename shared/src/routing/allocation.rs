@@ -323,6 +323,12 @@ pub fn release(db: &dyn Db, order_id: &str, now: DateTime<Utc>) -> Result<i64> {
             total += crate::fulfillment::release::release(db, &fo_id, now)?;
         }
     }
+    // Licence keys held for the order: captured anew (after a decline or a
+    // cancelled capture), or delivered when nothing is captured at release.
+    if !crate::payments::capture::gated(db, order_id)? {
+        crate::fulfillment::digital::deliver_held(db, order_id, None, "routing", now)?;
+    }
+    crate::payments::capture::capture_keys(db, order_id, now)?;
     Ok(total)
 }
 
@@ -352,6 +358,20 @@ pub fn deallocate_unreleased(
         lines::unallocate(db, order_id, r.i64("line_no"), q)?;
         total += q;
         names.insert((r.str("id"), r.str("name")));
+    }
+    // Licence keys held for their capture go back to the pool with it.
+    let held = db.execute(
+        "SELECT line_no, COUNT(*) AS n FROM license_keys WHERE order_id = ? AND delivered_at IS NULL GROUP BY line_no",
+        params![order_id],
+    )?;
+    for r in held.iter() {
+        let line_no = r.i64("line_no");
+        let (n, captures) = stock::give_back_keys(db, order_id, Some(line_no), r.i64("n"))?;
+        lines::unallocate(db, order_id, line_no, n)?;
+        for c in &captures {
+            crate::payments::capture::stop_key_capture(db, c, now)?;
+        }
+        total += n;
     }
     for (id, name) in &names {
         set_status(db, id, FoStatus::Cancelled, now)?;

@@ -106,6 +106,8 @@ pub(crate) fn cancel_units(
     } else {
         Json::Null
     };
+    // Keys still held whose capture stopped with the ones given back.
+    crate::payments::capture::capture_keys(db, order_id, now)?;
     store::refresh_status(db, order_id, now)?;
     Ok(
         json!({"cancelled": summary, "cancellation_requested": requested_from_fc.iter().map(|x| &x.1).collect::<Vec<_>>(), "payment": money}),
@@ -246,7 +248,20 @@ pub(crate) fn cancel_line(
         lines::cancel_unplaced(db, order_id, line_no, take)?;
         q -= take;
     }
-    // 2. Units in fulfillment orders not being worked on, newest first.
+    // 2. Licence keys held for the order, waiting for their capture: back to
+    // the pool; the capture stops (or, in flight, refunds them when it settles).
+    if q > 0 {
+        let (n, captures) =
+            crate::inventory::stock::give_back_keys(db, order_id, Some(line_no), q)?;
+        if n > 0 {
+            lines::cancel_placed(db, order_id, line_no, n, lines::Placed::Allocated)?;
+            for c in &captures {
+                crate::payments::capture::stop_key_capture(db, c, now)?;
+            }
+            q -= n;
+        }
+    }
+    // 3. Units in fulfillment orders not being worked on, newest first.
     if q > 0 {
         let fos = db.execute(
             "SELECT f.id, f.name, f.status, f.facility_id, fl.quantity, fl.sku,

@@ -159,10 +159,14 @@ pub fn void_unneeded(db: &dyn Db, order_id: &str, reason: &str, now: DateTime<Ut
         return Ok(0);
     }
     let ctx = order_ctx(db, order_id)?;
+    if still_to_capture(db, &ctx, order_id)? == 0 {
+        // Deferred captures of a single-capture authorization go now, as one.
+        promote_deferred(db, order_id, now)?;
+    }
     let in_flight = db
         .execute(
             "SELECT COALESCE(SUM(amount_minor), 0) AS n, COUNT(*) AS k FROM payment_transactions
-             WHERE order_id = ? AND kind IN ('capture', 'void') AND status IN ('pending', 'unknown')",
+             WHERE order_id = ? AND kind IN ('capture', 'void') AND status IN ('pending', 'unknown', 'deferred')",
             params![order_id],
         )?;
     let (pending, pending_n) = (in_flight.i64("n"), in_flight.i64("k"));
@@ -238,6 +242,19 @@ pub fn stop_capture(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -> Result<()> 
         "UPDATE payment_transactions SET status = 'cancelled', processed_at = ?1
          WHERE fulfillment_order_id = ?2 AND kind = 'capture' AND status = 'pending' AND (lease_until IS NULL OR lease_until < ?1)",
         params![ts(now), fo_id],
+    )?;
+    Ok(())
+}
+
+/// A capture of licence keys not yet sent stops (keys it paid for were given
+/// back); the keys still held get a new capture (`capture_keys`). One in
+/// flight that succeeds refunds what was given back (`settle`).
+pub fn stop_key_capture(db: &dyn Db, capture_id: &str, now: DateTime<Utc>) -> Result<()> {
+    db.execute(
+        "UPDATE payment_transactions SET status = 'cancelled', processed_at = ?1
+         WHERE id = ?2 AND fulfillment_order_id IS NULL AND kind = 'capture' AND status = 'pending'
+           AND (lease_until IS NULL OR lease_until < ?1)",
+        params![ts(now), capture_id],
     )?;
     Ok(())
 }

@@ -13,6 +13,8 @@ pub struct Processed {
     pub declined: usize,
     pub retrying: usize,
     pub unknown: usize,
+    /// Captures of a single-capture authorization left for its last capture.
+    pub deferred: usize,
 }
 
 /// Sends due gateway transactions (optionally only these orders'): claims
@@ -41,18 +43,33 @@ pub fn process_due(
     let due = p.execute(
         &format!(
             "SELECT id FROM payment_transactions WHERE status = 'pending' AND next_attempt_at <= ?{cond}
-             ORDER BY created_at LIMIT ?"
+             ORDER BY created_at, id LIMIT ?"
         ),
         &prm,
     )?;
     let ids: Vec<String> = due.iter().map(|r| r.str("id")).collect();
     let mut out = Processed::default();
+    transaction(db, |db| promote_expiring(db, orders, now))?;
     for id in ids {
         let claimed = transaction(db, |db| claim(db, &id, now))?;
         let Some((t, reference, number, fo)) = claimed else {
             continue;
         };
         let kind = t.str("kind");
+        // A single-capture authorization: every capture but the last waits
+        // (its goods go out now); the last one carries their amounts.
+        let mut amount = t.i64("amount_minor");
+        if kind == "capture" && t.str("gateway") == "stripe" {
+            match transaction(db, |db| single_capture_share(db, &t, now))? {
+                Single::No => {}
+                Single::Deferred => {
+                    out.deferred += 1;
+                    continue;
+                }
+                Single::Last(with) => amount += with,
+            }
+        }
+        let t = load_tx(&crate::kernel::db::Patient(db), &id)?;
         // Stripe forgets an idempotency key after 24 hours: a call whose key is
         // older is never sent under it again. Reconcile first.
         let key_since = t
@@ -60,16 +77,42 @@ pub fn process_due(
             .unwrap_or_else(|| t.str("created_at"));
         let stale_key = ts(now - Duration::hours(KEY_LIFETIME_HOURS)) > key_since;
         let outcome = if stale_key && t.str("gateway") == "stripe" {
-            reconciled(db, http, stripe, &t, &id, reference, &number, &fo, now)?
+            reconciled(
+                db, http, stripe, &t, &id, amount, reference, &number, &fo, now,
+            )?
         } else {
             let key = t.opt_str("gateway_key").unwrap_or_else(|| id.clone());
-            send(http, stripe, &t, &key, &id, reference, &number, &fo)
+            send(http, stripe, &t, &key, &id, amount, reference, &number, &fo)
         };
         transaction(db, |db| -> Result<()> {
             match &outcome {
                 Outcome::Succeeded { reference } => {
                     settle(db, &id, reference.as_deref(), now)?;
                     out.succeeded += 1;
+                }
+                Outcome::Declined { code, .. }
+                    if code == gateway::MULTICAPTURE_UNAVAILABLE && t.i64("final") == 0 =>
+                {
+                    // Learnt from Stripe: this authorization is captured once.
+                    db.execute(
+                        "UPDATE payments SET single_capture = 1, updated_at = ? WHERE order_id = ?",
+                        params![ts(now), t.str("order_id")],
+                    )?;
+                    if still_needed(db, &t.str("order_id"))? > 0 {
+                        defer(db, &id, now)?;
+                    } else {
+                        // The rest was cancelled meanwhile: this is the last
+                        // part, sent again as final under a new key (Stripe
+                        // refused the partial one; a key is never reused with
+                        // other parameters).
+                        db.execute(
+                            "UPDATE payment_transactions SET final = 1, lease_until = NULL, next_attempt_at = ?1,
+                                gateway_key = id || '-final', key_created_at = ?1
+                             WHERE id = ?2 AND status = 'pending'",
+                            params![ts(now), id.clone()],
+                        )?;
+                    }
+                    out.deferred += 1;
                 }
                 Outcome::Declined { code, message } => {
                     fail(db, &id, code, message, now)?;
@@ -156,13 +199,14 @@ fn reconciled(
     stripe: &StripeConfig,
     t: &crate::kernel::db::Rows,
     id: &str,
+    amount: i64,
     reference: Option<String>,
     number: &str,
     fo: &str,
     now: DateTime<Utc>,
 ) -> Result<Outcome> {
     let Some(pi) = reference.clone() else {
-        return Ok(send(http, stripe, t, id, id, reference, number, fo));
+        return Ok(send(http, stripe, t, id, id, amount, reference, number, fo));
     };
     let (kind, order_id) = (t.str("kind"), t.str("order_id"));
     let booked = crate::kernel::db::Patient(db)
@@ -174,7 +218,6 @@ fn reconciled(
         .first()
         .map(|r| r.i64("n"))
         .unwrap_or(0);
-    let amount = t.i64("amount_minor");
     // The reconciliation's result on the timeline, in the caller's transaction.
     let note = |db: &dyn Db, what: &str, data: Json| {
         record_event(
@@ -228,7 +271,9 @@ fn reconciled(
                     json!({"transaction_id": id, "result": "not_happened", "idempotency_key": key}),
                 )
             })?;
-            Ok(send(http, stripe, t, &key, id, reference, number, fo))
+            Ok(send(
+                http, stripe, t, &key, id, amount, reference, number, fo,
+            ))
         }
     }
 }
@@ -242,12 +287,12 @@ fn send(
     t: &crate::kernel::db::Rows,
     key: &str,
     id: &str,
+    amount: i64,
     reference: Option<String>,
     number: &str,
     fo: &str,
 ) -> Outcome {
     let kind = t.str("kind");
-    let amount = t.i64("amount_minor");
     match (t.str("gateway").as_str(), reference) {
         ("stripe", Some(_)) if stripe.secret_key.is_empty() => Outcome::Declined {
             code: "gateway_not_configured".into(),
@@ -270,6 +315,186 @@ fn send(
         // Ledger gateways settle inline; one left pending settles here.
         _ => Outcome::Succeeded { reference: None },
     }
+}
+
+/// Where a capture stands on a single-capture authorization.
+enum Single {
+    /// Multicapture (or not known otherwise yet): sent as it is.
+    No,
+    /// Not the last part: left for the last capture, its goods released.
+    Deferred,
+    /// The last part: sent with the deferred captures' amount.
+    Last(i64),
+}
+
+/// For a leased capture: whether its authorization is captured once, and if
+/// so, whether this is the last part (nothing of the order is left to capture
+/// after it; it is then marked final) or waits for it.
+fn single_capture_share(
+    db: &dyn Db,
+    t: &crate::kernel::db::Rows,
+    now: DateTime<Utc>,
+) -> Result<Single> {
+    let order_id = t.str("order_id");
+    let single = db
+        .execute(
+            "SELECT single_capture FROM payments WHERE order_id = ?",
+            params![order_id.clone()],
+        )?
+        .i64("single_capture")
+        != 0;
+    if !single {
+        return Ok(Single::No);
+    }
+    let id = t.str("id");
+    if t.i64("final") == 0 && still_needed(db, &order_id)? > 0 {
+        defer(db, &id, now)?;
+        return Ok(Single::Deferred);
+    }
+    db.execute(
+        "UPDATE payment_transactions SET final = 1 WHERE id = ?",
+        params![id.clone()],
+    )?;
+    Ok(Single::Last(deferred_amount(db, &order_id, &id)?))
+}
+
+/// What the order's deferred captures (other than `except`) add up to.
+fn deferred_amount(db: &dyn Db, order_id: &str, except: &str) -> Result<i64> {
+    Ok(db
+        .execute(
+            "SELECT COALESCE(SUM(amount_minor), 0) AS n FROM payment_transactions
+             WHERE order_id = ? AND kind = 'capture' AND status = 'deferred' AND id <> ?",
+            params![order_id, except],
+        )?
+        .i64("n"))
+}
+
+/// A capture of a single-capture authorization that is not the last part:
+/// its fulfillment order is released (its keys delivered) now, and its money
+/// goes with the order's last capture, which settles it. A fulfillment order
+/// cancelled while it was in flight cancels it instead.
+pub(super) fn defer(db: &dyn Db, id: &str, now: DateTime<Utc>) -> Result<()> {
+    let t = load_tx(db, id)?;
+    let order_id = t.str("order_id");
+    let fo = t.opt_str("fulfillment_order_id");
+    let fo_row = match &fo {
+        Some(f) => db
+            .execute(
+                "SELECT name, status FROM fulfillment_orders WHERE id = ?",
+                params![f.clone()],
+            )?
+            .first()
+            .map(|r| (r.str("name"), r.str("status"))),
+        None => None,
+    };
+    let cancelled = fo_row.as_ref().is_some_and(|(_, s)| s == "cancelled");
+    let n = db.exec(
+        "UPDATE payment_transactions SET status = ?, lease_until = NULL, processed_at = ?
+         WHERE id = ? AND status = 'pending'",
+        params![
+            if cancelled { "cancelled" } else { "deferred" },
+            ts(now),
+            id
+        ],
+    )?;
+    if n == 0 || cancelled {
+        return Ok(());
+    }
+    let what = match (&fo, &fo_row) {
+        (Some(f), Some((name, _))) => {
+            crate::fulfillment::release::release(db, f, now)?;
+            name.clone()
+        }
+        _ => {
+            crate::fulfillment::digital::deliver_held(db, &order_id, Some(id), "payments", now)?;
+            "the licence keys".into()
+        }
+    };
+    let amount = t.i64("amount_minor");
+    record_event(
+        db,
+        &order_id,
+        now,
+        "payment:stripe",
+        "payment.capture_deferred",
+        &format!(
+            "Stripe cannot capture this authorization in parts: {what} is released now, its {} {} captured with the order's last part",
+            Booked::format(&t.str("currency"), amount),
+            t.str("currency")
+        ),
+        json!({"transaction_id": id, "fulfillment_order": what, "amount_minor": amount}),
+    )?;
+    store::refresh_status(db, &order_id, now)?;
+    Ok(())
+}
+
+/// Nothing more of the order will be captured but deferred captures wait
+/// (the rest was cancelled): the newest becomes the last capture and is sent
+/// with the others' amounts, under a new idempotency key (its partial request
+/// was refused, or never sent; a key is never reused with other parameters).
+/// Returns whether one was promoted.
+pub fn promote_deferred(db: &dyn Db, order_id: &str, now: DateTime<Utc>) -> Result<bool> {
+    let busy = db
+        .execute(
+            "SELECT 1 FROM payment_transactions WHERE order_id = ? AND kind = 'capture' AND status IN ('pending', 'unknown') LIMIT 1",
+            params![order_id],
+        )?
+        .first()
+        .is_some();
+    if busy {
+        return Ok(false); // a capture still to be sent becomes the last one itself
+    }
+    let n = db.exec(
+        "UPDATE payment_transactions SET status = 'pending', final = 1, next_attempt_at = ?1, processed_at = NULL,
+            gateway_key = id || '-final', key_created_at = ?1
+         WHERE id = (SELECT id FROM payment_transactions WHERE order_id = ?2 AND kind = 'capture' AND status = 'deferred'
+                     ORDER BY created_at DESC, id DESC LIMIT 1)",
+        params![ts(now), order_id],
+    )?;
+    if n > 0 {
+        record_event(
+            db,
+            order_id,
+            now,
+            "payment:stripe",
+            "payment.capture_promoted",
+            "Nothing more will be captured: the released parts are captured now, in one capture",
+            json!({}),
+        )?;
+    }
+    Ok(n > 0)
+}
+
+/// Single-capture authorizations with deferred captures that expire within a
+/// day (Stripe: 7 days after authorization when the source named no expiry)
+/// are captured now for what was released; what is released later needs a
+/// new authorization (a `payment_failed` hold, an action item).
+fn promote_expiring(db: &dyn Db, orders: Option<&[String]>, now: DateTime<Utc>) -> Result<()> {
+    let r = db.execute(
+        "SELECT p.order_id, p.expires_at, p.created_at FROM payments p
+         WHERE p.single_capture = 1 AND EXISTS (SELECT 1 FROM payment_transactions t
+             WHERE t.order_id = p.order_id AND t.kind = 'capture' AND t.status = 'deferred')",
+        &[],
+    )?;
+    for p in r.iter() {
+        let order_id = p.str("order_id");
+        if orders.is_some_and(|o| !o.contains(&order_id)) {
+            continue;
+        }
+        let expires = p
+            .opt_str("expires_at")
+            .and_then(|e| DateTime::parse_from_rfc3339(&e).ok())
+            .map(|e| e.with_timezone(&Utc))
+            .or_else(|| {
+                DateTime::parse_from_rfc3339(&p.str("created_at"))
+                    .ok()
+                    .map(|c| c.with_timezone(&Utc) + Duration::days(7))
+            });
+        if expires.is_some_and(|e| e - now < Duration::days(1)) {
+            promote_deferred(db, &order_id, now)?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether the gateway worker has something to send now (cheap; routing asks

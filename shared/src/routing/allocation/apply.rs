@@ -34,6 +34,8 @@ struct Pass<'a> {
     to_capture: Vec<(String, i64)>,
     released_now: Vec<String>,
     digital: Vec<&'a Line>,
+    /// Claimed keys wait for their capture (capture at release).
+    keys_gated: bool,
 }
 
 const ACTOR: &str = "routing";
@@ -229,7 +231,10 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
-    /// Licence keys: one per unit, claimed in one conditional statement.
+    /// Licence keys: one per unit, claimed in one conditional statement. When
+    /// the order's units are captured at release, the claimed keys wait (held
+    /// for the order, allocated) for the capture [`Pass::finish`] opens and go
+    /// to the customer when it succeeds; otherwise they are delivered now.
     fn assign_keys(&mut self, db: &dyn Db) -> Result<()> {
         let p = self.p;
         let (order_id, now) = (self.order_id(), self.now);
@@ -238,35 +243,44 @@ impl<'a> Pass<'a> {
             .iter()
             .filter(|l| l.unplaced > 0 && self.is_digital(&l.sku) && !self.blocked)
             .collect();
+        if self.digital.is_empty() {
+            return Ok(());
+        }
+        self.keys_gated = crate::payments::capture::gated(db, order_id)?;
+        let to = crate::fulfillment::digital::Recipient {
+            order_id,
+            number: &p.number,
+            email: &p.email,
+            customer_name: &p.customer_name,
+        };
         for l in self.digital.clone() {
             let got = stock::claim_keys(db, &l.sku, order_id, l.line_no, l.unplaced, now)?;
             self.left.insert(l.line_no, l.unplaced - got);
             if got == 0 {
                 continue;
             }
-            let keys: Vec<String> = db
-                .execute(
-                    "SELECT key FROM license_keys WHERE order_id = ? AND line_no = ? AND assigned_at = ? ORDER BY id",
-                    params![order_id, l.line_no, ts(now)],
-                )?
-                .iter()
-                .map(|k| k.str("key"))
-                .collect();
-            *self.add_ship.entry(l.line_no).or_default() += got;
             self.out.keys += got;
-            self.ev.push((
-                "license.assigned",
-                format!("{got} licence key(s) assigned for {}", l.sku),
-                json!({"line_no": l.line_no, "sku": l.sku, "quantity": got}),
-            ));
-            self.ev.push((
-                "shipment.shipped",
-                format!("{got} digital unit(s) of {} delivered by e-mail", l.sku),
-                json!({"facility": "digital", "units": got, "partial": got < l.unplaced}),
-            ));
-            self.obx.push(("license.assigned", json!({"order_id": order_id, "number": p.number, "email": p.email, "customer_name": p.customer_name,
-                       "line_no": l.line_no, "sku": l.sku, "name": l.name, "quantity": got,
-                       "license_key": keys.join(", "), "license_keys": keys})));
+            if self.keys_gated {
+                *self.add_alloc.entry(l.line_no).or_default() += got;
+                self.ev.push(crate::fulfillment::digital::held_message(
+                    l.line_no, &l.sku, got,
+                ));
+            } else {
+                let keys = stock::deliver_keys(db, order_id, Some(l.line_no), None, now)?;
+                *self.add_ship.entry(l.line_no).or_default() += keys.len() as i64;
+                let (ev, obx) = crate::fulfillment::digital::messages(
+                    &to,
+                    &crate::fulfillment::digital::LineKeys {
+                        line_no: l.line_no,
+                        sku: &l.sku,
+                        name: &l.name,
+                        keys: keys.into_iter().map(|k| k.key).collect(),
+                        partial: got < l.unplaced,
+                    },
+                );
+                self.ev.extend(ev);
+                self.obx.push(obx);
+            }
             stock::pool_low_check(db, &l.sku, now)?;
         }
         Ok(())
@@ -433,6 +447,12 @@ impl<'a> Pass<'a> {
                 crate::payments::capture::Gate::Declined => {}
             }
         }
+        // Licence keys are captured like released units: held keys go out when
+        // their capture succeeds (at once for ledger gateways), delivered ones
+        // (capture at shipment) are captured now.
+        if self.out.keys > 0 {
+            crate::payments::capture::capture_keys(db, order_id, now)?;
+        }
         Ok(self.out)
     }
 }
@@ -499,6 +519,7 @@ pub(crate) fn apply(
         to_capture: Vec::new(),
         released_now: Vec::new(),
         digital: Vec::new(),
+        keys_gated: false,
     };
     if p.no_facility
         && !p
