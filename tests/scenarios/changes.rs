@@ -68,6 +68,13 @@ async fn an_address_change_is_routed_before_release_and_refused_after() {
         json!([{"sku": "MUG", "quantity": 1, "unit_price": "10.00"}]),
     )
     .await;
+    put_ok(
+        &app,
+        "/api/fulfillment/rates",
+        json!({"zones": [{"country": "AT", "postal_prefix": "", "zone": "at"}],
+               "rates": [{"carrier": "post-at", "service": "express", "zone": "at", "max_weight_grams": 5000, "price": "6.90", "currency": "EUR"}]}),
+    )
+    .await;
     let r = send(&app, "PATCH", &format!("/api/orders/{id}"),
         &[("authorization", &format!("Bearer {WRITE_TOKEN}")), ("content-type", "application/json")],
         json!({"shipping_address": {"line1": "Ring 1", "city": "Wien", "postal_code": "1010", "country_code": "AT"}, "shipping_method": "express"}).to_string()).await;
@@ -75,10 +82,46 @@ async fn an_address_change_is_routed_before_release_and_refused_after() {
     assert_eq!(r.json["shipping_address"]["city"], "Wien");
     assert_eq!(
         r.json["change"]["changed"],
-        json!(["shipping_address", "shipping_method"])
+        json!(["shipping_address", "shipping_method", "shipping_price"])
+    );
+    // Express to Austria costs 2.00 more than the authorization: re-priced from
+    // the rate table, the order waits for the difference.
+    assert_eq!(
+        r.json["shipping_lines"][0]["price"]["minor"], 690,
+        "{}",
+        r.json
+    );
+    assert_eq!(r.json["shipping_lines"][0]["title"], "express");
+    assert_eq!(r.json["totals"]["total"]["minor"], 1690);
+    assert_eq!(
+        r.json["change"]["payment"]["awaiting_authorization_minor"], 200,
+        "{}",
+        r.json
+    );
+    assert_eq!(
+        r.json["holds"][0]["reason"], "awaiting_payment",
+        "{}",
+        r.json
     );
     receive_stock(&app, "berlin", "MUG", 5).await;
     receive_stock(&app, "vienna", "MUG", 5).await;
+    assert_eq!(
+        count(&app, &format!("SELECT COUNT(*) FROM fulfillment_orders WHERE order_id = '{id}' AND status = 'open'")),
+        0,
+        "nothing is released before the difference is authorized"
+    );
+    let r = send(
+        &app,
+        "POST",
+        &format!("/api/payments/orders/{id}/retry"),
+        &[
+            ("authorization", &format!("Bearer {WRITE_TOKEN}")),
+            ("content-type", "application/json"),
+        ],
+        json!({"amount_minor": 1690}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json);
     eventually("released to Vienna", || async {
         count(&app, &format!("SELECT COUNT(*) FROM fulfillment_orders WHERE order_id = '{id}' AND facility_id = 'vienna' AND status = 'open'")) == 1
     })
@@ -102,7 +145,7 @@ async fn an_address_change_is_routed_before_release_and_refused_after() {
     // Where is my order: one call.
     let o = get(&app, &format!("/api/orders/{id}")).await.json;
     assert_eq!(o["fulfillment_orders"][0]["facility"], "vienna");
-    assert_eq!(o["payment"]["captured"]["minor"], 1490);
+    assert_eq!(o["payment"]["captured"]["minor"], 1690);
     // Released, not shipped yet: one fulfillment order with the unit, nothing
     // shipped or returned.
     let fos = o["fulfillment_orders"].as_array().unwrap();

@@ -33,7 +33,7 @@ pub use cancel::*;
 
 fn order_row(db: &dyn Db, order_id: &str) -> Result<crate::kernel::db::Rows> {
     let r = db.execute(
-        "SELECT id, number, status, doc FROM orders WHERE id = ?",
+        "SELECT id, number, status, currency, doc FROM orders WHERE id = ?",
         params![order_id],
     )?;
     if r.is_empty() {
@@ -67,6 +67,8 @@ pub fn change(
         address,
         method,
         note,
+        shipping_price,
+        shipping_tax,
     } = OrderChange::parse(v)?;
     crate::routing::allocation::worker::take_up_order(db, order_id)?;
     let o = order_row(db, order_id)?;
@@ -92,8 +94,34 @@ pub fn change(
             )));
         }
     }
-    let changed = apply_change(&mut doc, &address, &method, &note);
+    let currency = crate::kernel::money::Currency::from_code(&row.str("currency"))
+        .ok_or_else(|| Error::internal("order with an unknown currency"))?;
+    // A new method is a new shipping price: the caller's (the source's), or the rate table's.
+    let repriced = match &method {
+        Some(m) => Some(reprice(
+            db,
+            order_id,
+            &doc,
+            address.as_ref(),
+            m,
+            (shipping_price.as_deref(), shipping_tax.as_deref()),
+            currency,
+        )?),
+        None => None,
+    };
+    let shipping_before = shipping_charge(&doc);
+    let mut changed = apply_change(&mut doc, &address, &method, &note);
+    if let Some(p) = &repriced {
+        changed.insert(
+            "shipping_price".into(),
+            set_shipping_price(&mut doc, p, currency),
+        );
+    }
+    let delta = shipping_charge(&doc) - shipping_before;
     store::set_doc(db, order_id, &doc, now)?;
+    if delta != 0 {
+        store::add_to_total(db, order_id, delta, now)?;
+    }
     let what: Vec<String> = changed.keys().cloned().collect();
     record_event(
         db,
@@ -134,6 +162,19 @@ pub fn change(
         )?;
         routed = json!({"allocated": o.allocated, "released": o.released, "backordered": o.backordered, "held": o.held});
     }
+    let payment = if repriced.is_some() {
+        settle_difference(
+            db,
+            order_id,
+            delta,
+            currency,
+            "the new shipping method",
+            actor,
+            now,
+        )?
+    } else {
+        Json::Null
+    };
     enqueue(
         db,
         "order.changed",
@@ -142,7 +183,144 @@ pub fn change(
         now,
     )?;
     store::refresh_status(db, order_id, now)?;
-    Ok(json!({"changed": what, "routing": routed}))
+    Ok(json!({"changed": what, "routing": routed, "payment": payment}))
+}
+
+/// A shipping line's price after a method change, and where it came from.
+struct Repriced {
+    price: i64,
+    tax: i64,
+    /// `request` (the caller's price) or `rate_table` (with the rate used).
+    source: Json,
+}
+
+/// The shipping price of `method`: the caller's `shipping_price` (the price
+/// the shop charged), else the cheapest rate of the rate table whose service
+/// is the method, for the destination's zone and the order's weight. The tax
+/// is the caller's `shipping_tax`, else the old shipping line's rate applied
+/// to the new price. Nothing to price it with is a 422.
+fn reprice(
+    db: &dyn Db,
+    order_id: &str,
+    doc: &Json,
+    address: Option<&crate::orders::model::Address>,
+    method: &str,
+    (price, tax): (Option<&str>, Option<&str>),
+    currency: crate::kernel::money::Currency,
+) -> Result<Repriced> {
+    let parse = |pointer: &str, s: &str| {
+        currency
+            .parse_amount(s)
+            .ok()
+            .filter(|m| (0..=crate::orders::model::MAX_AMOUNT).contains(m))
+            .ok_or_else(|| {
+                Error::invalid(vec![FieldError::new(
+                    pointer,
+                    format!(
+                        "must be a non-negative decimal amount in {} (e.g. \"4.90\")",
+                        currency.code()
+                    ),
+                )])
+            })
+    };
+    let old = &doc["shipping_lines_minor"][0];
+    let (old_price, old_tax) = (
+        old["price"].as_i64().unwrap_or(0),
+        old["tax"].as_i64().unwrap_or(0),
+    );
+    let (price, source) = match price {
+        Some(p) => (parse("/shipping_price", p)?, json!({"source": "request"})),
+        None => {
+            let (country, postal) = match address {
+                Some(a) => (
+                    a.country_code.clone(),
+                    a.postal_code.clone().unwrap_or_default(),
+                ),
+                None => (
+                    doc["shipping_address"]["country_code"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                    doc["shipping_address"]["postal_code"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                ),
+            };
+            let weight = db
+                .execute(
+                    "SELECT COALESCE(SUM((l.qty_ordered - l.qty_cancelled) * COALESCE(p.weight_grams, 0)), 0) AS g
+                     FROM order_lines l LEFT JOIN products p ON p.sku = l.sku
+                     WHERE l.order_id = ? AND l.requires_shipping = 1",
+                    params![order_id],
+                )?
+                .first()
+                .map(|r| r.i64("g"))
+                .unwrap_or(0);
+            let (zone, rates) =
+                crate::fulfillment::quote(db, &country, &postal, weight, None, Some(method))?;
+            let rate = rates.into_iter().find(|r| r.currency == currency.code());
+            match rate {
+                Some(r) => (
+                    r.price_minor,
+                    json!({"source": "rate_table", "carrier": r.carrier, "service": r.service, "zone": r.zone,
+                           "weight_grams": weight}),
+                ),
+                None => {
+                    return Err(Error::invalid(vec![FieldError::new(
+                        "/shipping_price",
+                        format!(
+                            "the rate table has no {} rate in {} for method '{method}' to {} ({} g): give the shipping price",
+                            zone.as_deref().unwrap_or("(no zone)"),
+                            currency.code(),
+                            if country.is_empty() { "the destination" } else { country.as_str() },
+                            weight
+                        ),
+                    )]))
+                }
+            }
+        }
+    };
+    let tax = match tax {
+        Some(t) => parse("/shipping_tax", t)?,
+        // The old line's tax rate, on the new price (rounded half up).
+        None if old_price > 0 => {
+            ((old_tax as i128 * price as i128 * 2 + old_price as i128) / (2 * old_price as i128))
+                as i64
+        }
+        None => 0,
+    };
+    Ok(Repriced { price, tax, source })
+}
+
+/// What the first shipping line adds to the order's total.
+fn shipping_charge(doc: &Json) -> i64 {
+    let s = &doc["shipping_lines_minor"][0];
+    let included = doc["taxes_included"].as_bool().unwrap_or(false);
+    s["price"].as_i64().unwrap_or(0) - s["discount"].as_i64().unwrap_or(0)
+        + if included {
+            0
+        } else {
+            s["tax"].as_i64().unwrap_or(0)
+        }
+}
+
+/// Writes the new price into the first shipping line (both its stored forms);
+/// returns the change for the timeline.
+fn set_shipping_price(doc: &mut Json, p: &Repriced, c: crate::kernel::money::Currency) -> Json {
+    use crate::kernel::money::Money;
+    let from = json!({"price": doc["shipping_lines_minor"][0]["price"], "tax": doc["shipping_lines_minor"][0]["tax"]});
+    let line = &mut doc["shipping_lines_minor"][0];
+    line["price"] = json!(p.price);
+    line["tax"] = json!(p.tax);
+    let method = line["method"].clone();
+    line["title"] = method.clone();
+    let discount = line["discount"].as_i64().unwrap_or(0);
+    doc["shipping_lines"] = json!([{
+        "method": method, "title": method,
+        "price": Money::new(p.price, c), "discount": Money::new(discount, c), "tax": Money::new(p.tax, c),
+    }]);
+    json!({"from": from, "to": {"price": p.price, "tax": p.tax}, "priced_by": p.source})
 }
 
 /// An order change, validated: a new shipping address, shipping method or note.
@@ -150,6 +328,9 @@ struct OrderChange {
     address: Option<crate::orders::model::Address>,
     method: Option<String>,
     note: Option<String>,
+    /// The new method's price and tax as the caller (the shop) charged them.
+    shipping_price: Option<String>,
+    shipping_tax: Option<String>,
 }
 
 impl OrderChange {
@@ -157,8 +338,16 @@ impl OrderChange {
         if !v.is_object() {
             return Err(Error::bad_request("the body must be a JSON object"));
         }
-        let mut errs =
-            FieldError::unknown_fields(v, &["shipping_address", "shipping_method", "note"]);
+        let mut errs = FieldError::unknown_fields(
+            v,
+            &[
+                "shipping_address",
+                "shipping_method",
+                "shipping_price",
+                "shipping_tax",
+                "note",
+            ],
+        );
         let mut reader = crate::intake::sources::Reader::default();
         let address = if v["shipping_address"].is_null() {
             None
@@ -196,6 +385,25 @@ impl OrderChange {
                 None
             }
         };
+        let mut amount = |key: &str| match &v[key] {
+            Json::Null => None,
+            Json::String(a) if a.len() <= 32 => Some(a.clone()),
+            _ => {
+                errs.push(FieldError::new(
+                    format!("/{key}"),
+                    "must be a decimal amount as a string (e.g. \"4.90\")",
+                ));
+                None
+            }
+        };
+        let shipping_price = amount("shipping_price");
+        let shipping_tax = amount("shipping_tax");
+        if method.is_none() && (shipping_price.is_some() || shipping_tax.is_some()) {
+            errs.push(FieldError::new(
+                "/shipping_price",
+                "a shipping price comes with a new shipping_method",
+            ));
+        }
         if address.is_none() && method.is_none() && note.is_none() && errs.is_empty() {
             errs.push(FieldError::new("/", "nothing to change"));
         }
@@ -206,6 +414,8 @@ impl OrderChange {
             address,
             method,
             note,
+            shipping_price,
+            shipping_tax,
         })
     }
 }
@@ -329,7 +539,7 @@ pub fn substitute(
                "changed": {"substitution": {"line_no": line.i64("line_no"), "from": line.str("sku"), "to": sku, "quantity": q, "difference_minor": delta}}}),
         now,
     )?;
-    let payment = settle_difference(db, order_id, delta, currency, actor, now)?;
+    let payment = settle_difference(db, order_id, delta, currency, "the substitute", actor, now)?;
     let o = crate::routing::allocation::route_order(
         db,
         order_id,
@@ -507,6 +717,7 @@ fn settle_difference(
     order_id: &str,
     delta: i64,
     currency: crate::kernel::money::Currency,
+    what: &str,
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<Json> {
@@ -528,7 +739,7 @@ fn settle_difference(
                     order_id,
                     crate::orders::model::HoldReason::AwaitingPayment,
                     &format!(
-                        "the substitute costs {} {} more than authorized: authorize the difference, then retry the payment",
+                        "{what} costs {} {} more than authorized: authorize the difference, then retry the payment",
                         currency.format_amount(needed - open),
                         currency.code()
                     ),
@@ -541,7 +752,7 @@ fn settle_difference(
             payment["voided_minor"] = json!(crate::payments::capture::void_unneeded(
                 db,
                 order_id,
-                "substituted by a cheaper item",
+                &format!("{what} costs less"),
                 now
             )?);
         }

@@ -48,10 +48,25 @@ fn an_address_change_before_release_is_routed_and_refused_after() {
     let id = order(&db, "c1"); // no stock: everything backordered
     let r = transaction(&db, |db| {
         change(db, &id, &json!({"shipping_address": {"line1": "Ring 1", "city": "Wien", "postal_code": "1010", "country_code": "AT"},
-                                "shipping_method": "express"}), "t", Utc::now())
+                                "shipping_method": "pickup-point", "shipping_price": "2.90"}), "t", Utc::now())
     })
     .unwrap();
-    assert_eq!(r["changed"], json!(["shipping_address", "shipping_method"]));
+    assert_eq!(
+        r["changed"],
+        json!(["shipping_address", "shipping_method", "shipping_price"])
+    );
+    // The shop's price for the new method: 2.00 less on the total, voided.
+    assert_eq!(
+        r["payment"],
+        json!({"difference_minor": -200, "voided_minor": 200})
+    );
+    assert_eq!(
+        one(
+            &db,
+            &format!("SELECT total_minor AS n FROM orders WHERE id = '{id}'")
+        ),
+        3503
+    );
     let doc: Json = serde_json::from_str(
         &db.execute("SELECT doc FROM orders WHERE id = ?", params![id.clone()])
             .unwrap()
@@ -65,7 +80,14 @@ fn an_address_change_before_release_is_routed_and_refused_after() {
             doc["shipping_address"]["city"].as_str(),
             doc["shipping_lines_minor"][0]["method"].as_str()
         ),
-        (Some("Wien"), Some("express"))
+        (Some("Wien"), Some("pickup-point"))
+    );
+    assert_eq!(
+        (
+            doc["shipping_lines_minor"][0]["price"].as_i64(),
+            doc["shipping_lines"][0]["price"]["amount"].as_str()
+        ),
+        (Some(290), Some("2.90"))
     );
     stock(&db, "A", 5);
     stock(&db, "B", 5);
@@ -99,6 +121,101 @@ fn an_address_change_before_release_is_routed_and_refused_after() {
     })
     .unwrap_err();
     assert_eq!(bad.status(), 422);
+}
+
+#[test]
+fn a_new_shipping_method_is_priced_from_the_rate_table_and_the_difference_authorized() {
+    let db = setup();
+    crate::fulfillment::put_rates(
+        &db,
+        &json!({"zones": [{"country": "DE", "postal_prefix": "", "zone": "de"}],
+                "rates": [{"carrier": "dhl", "service": "express", "zone": "de", "max_weight_grams": 5000, "price": "12.50", "currency": "EUR"},
+                          {"carrier": "ups", "service": "express", "zone": "de", "max_weight_grams": 5000, "price": "14.00", "currency": "EUR"},
+                          {"carrier": "dhl", "service": "parcel", "zone": "de", "max_weight_grams": 5000, "price": "3.00", "currency": "EUR"}]}),
+    )
+    .unwrap();
+    let v = json!({"external_id": "rp-1", "currency": "EUR", "financial_status": "authorized",
+        "shipping_address": {"line1": "x", "city": "Berlin", "postal_code": "10117", "country_code": "DE"},
+        "lines": [{"sku": "A", "quantity": 1, "unit_price": "10.00"}],
+        "shipping_lines": [{"method": "standard", "price": "4.90", "tax": "0.93"}]});
+    let id = testkit::api_order(&db, &v);
+    process_order(&db, &id, Trigger::Intake, Utc::now()).unwrap();
+    let total = |db: &NativeDb| {
+        one(
+            db,
+            &format!("SELECT total_minor AS n FROM orders WHERE id = '{id}'"),
+        )
+    };
+    assert_eq!(total(&db), 1583);
+    // No rate for the method and no price given: refused, nothing changes.
+    let events = one(&db, "SELECT COUNT(*) AS n FROM order_events");
+    let e = transaction(&db, |db| {
+        change(
+            db,
+            &id,
+            &json!({"shipping_method": "overnight"}),
+            "t",
+            Utc::now(),
+        )
+    })
+    .unwrap_err();
+    assert_eq!(e.status(), 422);
+    assert_eq!(e.errors[0].pointer, "/shipping_price", "{e:?}");
+    assert_eq!(one(&db, "SELECT COUNT(*) AS n FROM order_events"), events);
+    assert_eq!(total(&db), 1583);
+    // The cheapest express rate; the old line's 19 % tax on it (12.50 × 0.93 / 4.90 = 2.37).
+    let r = transaction(&db, |db| {
+        change(
+            db,
+            &id,
+            &json!({"shipping_method": "express"}),
+            "t",
+            Utc::now(),
+        )
+    })
+    .unwrap();
+    let priced = &r["payment"];
+    assert_eq!(priced["difference_minor"], 1250 + 237 - 490 - 93, "{r}");
+    assert_eq!(total(&db), 1583 + 904);
+    assert_eq!(priced["awaiting_authorization_minor"], 904, "{r}");
+    assert_eq!(
+        one(&db, &format!("SELECT COUNT(*) AS n FROM order_holds WHERE order_id = '{id}' AND reason = 'awaiting_payment' AND released_at IS NULL")),
+        1,
+        "the dearer method waits for its authorization"
+    );
+    let doc: Json = serde_json::from_str(
+        &db.execute("SELECT doc FROM orders WHERE id = ?", params![id.clone()])
+            .unwrap()
+            .first()
+            .unwrap()
+            .str("doc"),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            doc["shipping_lines_minor"][0]["price"].as_i64(),
+            doc["shipping_lines_minor"][0]["tax"].as_i64(),
+            doc["shipping_lines_minor"][0]["title"].as_str()
+        ),
+        (Some(1250), Some(237), Some("express"))
+    );
+    let ev = db
+        .execute(
+            "SELECT data FROM order_events WHERE order_id = ? AND kind = 'order.changed' ORDER BY id DESC LIMIT 1",
+            params![id.clone()],
+        )
+        .unwrap();
+    let data: Json = serde_json::from_str(&ev.first().unwrap().str("data")).unwrap();
+    assert_eq!(
+        data["shipping_price"]["priced_by"]["carrier"], "dhl",
+        "{data}"
+    );
+    // A price without a method is refused.
+    let e = transaction(&db, |db| {
+        change(db, &id, &json!({"shipping_price": "1.00"}), "t", Utc::now())
+    })
+    .unwrap_err();
+    assert_eq!(e.status(), 422);
 }
 
 #[test]
