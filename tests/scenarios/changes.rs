@@ -284,10 +284,11 @@ async fn cancelling_lines_gives_back_stock_and_money_exactly() {
         "nothing refunded before the center agrees"
     );
     let raw = json!({"type": "cancellation_accepted", "fulfillment_order": fo}).to_string();
-    let sig = signature::sign_timestamped(
-        FC_SECRET.as_bytes(),
+    let sig = center_signature(
+        FC_SECRET,
         chrono::Utc::now().timestamp(),
-        raw.as_bytes(),
+        "/callbacks/fc/fc-paris/shipments",
+        &raw,
     );
     let r = send(
         &app,
@@ -342,10 +343,11 @@ async fn cancelling_a_delivered_order_and_bad_changes_are_refused() {
     )
     .await;
     let raw = json!({"order_number": number, "tracking_number": "T-DONE"}).to_string();
-    let sig = signature::sign_timestamped(
-        FC_SECRET.as_bytes(),
+    let sig = center_signature(
+        FC_SECRET,
         chrono::Utc::now().timestamp(),
-        raw.as_bytes(),
+        "/callbacks/fc/fc-berlin/shipments",
+        &raw,
     );
     let r = send(
         &app,

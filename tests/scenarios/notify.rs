@@ -74,7 +74,7 @@ async fn an_order_sends_its_confirmation_and_a_signed_webhook() {
         "{}",
         m["html"]
     );
-    // The webhook: the documented envelope, signed `t=...,v1=...` over "t.body".
+    // The webhook: the documented envelope, signed `t=...,v1=...,v2=...`.
     let hook = &receiver.received()[0];
     assert_eq!(hook.path, "/hooks/waybill");
     let sig = hook.header("waybill-signature").expect("signature header");
@@ -92,7 +92,22 @@ async fn an_order_sends_its_confirmation_and_a_signed_webhook() {
         ),
         "{sig}"
     );
-    let (t, v1) = sig.split_once(',').unwrap();
+    // v2 binds the method and the receiver's path.
+    assert!(
+        waybill::kernel::signature::verified_request(
+            HOOK_SECRET.as_bytes(),
+            sig,
+            "POST",
+            "/hooks/waybill",
+            &hook.body,
+            now,
+            300
+        )
+        .is_some(),
+        "{sig}"
+    );
+    let mut parts = sig.split(',');
+    let (t, v1) = (parts.next().unwrap(), parts.next().unwrap());
     let t = t.strip_prefix("t=").unwrap();
     let mut signed = format!("{t}.").into_bytes();
     signed.extend_from_slice(&hook.body);

@@ -358,3 +358,159 @@ fn chrono_berlin_today() -> i32 {
         .date_naive()
         .num_days_from_ce()
 }
+
+/// A business day made by the real flow (intake, routing, capture, a center's
+/// shipment callbacks, a cancellation, a return), then its report: every
+/// metric is what the flow did, not what rows were written by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_report_counts_what_the_real_flow_did_today() {
+    let fc = Receiver::start(0, 200).await;
+    let app = start_with(&[
+        ("merchant_timezone", "UTC"),
+        ("fc_secret_a", FC_SECRET),
+        (
+            "fc_extra_outbound_host",
+            &format!("http://127.0.0.1:{}", fc.port),
+        ),
+    ])
+    .await;
+    let day = chrono::Utc::now().date_naive();
+    put_ok(&app, "/api/facilities/fc-east", json!({"name": "East FC", "type": "fulfillment_center", "countries": ["DE"],
+        "latitude": 52.5, "longitude": 13.4, "endpoints": {"orders_url": format!("http://127.0.0.1:{}/orders", fc.port)},
+        "secret_variable": "fc_secret_a"})).await;
+    for sku in ["MUG", "TEE"] {
+        put_ok(
+            &app,
+            &format!("/api/products/{sku}"),
+            json!({"name": sku, "backorderable": true}),
+        )
+        .await;
+    }
+    receive_stock(&app, "fc-east", "MUG", 3).await;
+    let place = |ext: &'static str, channel: &'static str, lines: Value| {
+        let app = &app;
+        async move {
+            let body = json!({"external_id": ext, "channel": channel, "currency": "EUR", "financial_status": "paid",
+                "customer": {"email": format!("{ext}@example.com")},
+                "shipping_address": {"line1": "Unter den Linden 1", "city": "Berlin", "postal_code": "10117", "country_code": "DE"},
+                "lines": lines, "shipping_lines": [{"method": "standard", "price": "0.00"}]});
+            let r = post_api(
+                app,
+                "/api/orders",
+                &[("content-type", "application/json")],
+                body.to_string(),
+            )
+            .await;
+            assert_eq!(r.status, 201, "{}", r.json);
+            (
+                r.json["id"].as_str().unwrap().to_string(),
+                r.json["number"].as_str().unwrap().to_string(),
+            )
+        }
+    };
+    // O1: two mugs, released and shipped whole. O2: a tee nobody has, then
+    // cancelled. O3: two mugs with one left: one shipped, one backordered.
+    let (o1, n1) = place(
+        "day-1",
+        "shopify",
+        json!([{"sku": "MUG", "quantity": 2, "unit_price": "10.00"}]),
+    )
+    .await;
+    let (o2, _) = place(
+        "day-2",
+        "api",
+        json!([{"sku": "TEE", "quantity": 1, "unit_price": "5.00"}]),
+    )
+    .await;
+    let (o3, n3) = place(
+        "day-3",
+        "shopify",
+        json!([{"sku": "MUG", "quantity": 2, "unit_price": "10.00"}]),
+    )
+    .await;
+    for id in [&o1, &o3] {
+        eventually("released", || async {
+            count(&app, &format!("SELECT COUNT(*) FROM fulfillment_orders WHERE order_id = '{id}' AND status = 'open'")) == 1
+        })
+        .await;
+    }
+    let r = write(
+        &app,
+        "POST",
+        &format!("/api/orders/{o2}/cancel"),
+        &json!({"reason": "out of stock"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    for (number, tracking) in [(&n1, "T-1"), (&n3, "T-3")] {
+        let raw = json!({"order_number": number, "tracking_number": tracking}).to_string();
+        let path = "/callbacks/fc/fc-east/shipments";
+        let sig = center_signature(FC_SECRET, chrono::Utc::now().timestamp(), path, &raw);
+        let r = send(
+            &app,
+            "POST",
+            path,
+            &[
+                ("content-type", "application/json"),
+                ("waybill-signature", &sig),
+            ],
+            raw,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.json);
+    }
+    // One mug of O1 comes back.
+    let r = write(&app, "POST", &format!("/api/orders/{o1}/returns"),
+        &json!({"lines": [{"line_no": 1, "quantity": 1, "reason": "too small"}], "resolution": "refund"})).await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let rma = r.json["id"].as_str().unwrap().to_string();
+    let r = write(
+        &app,
+        "POST",
+        &format!("/api/returns/{rma}/approve"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let r = write(
+        &app,
+        "POST",
+        &format!("/api/returns/{rma}/receive"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+
+    let r = post_api(&app, &format!("/api/reports/daily/{day}"), &[], Vec::new()).await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    if chrono::Utc::now().date_naive() != day {
+        eprintln!("the flow crossed midnight (UTC); the day's figures are split");
+        return;
+    }
+    let o = &r.json["overall"];
+    assert_eq!(o["orders_received"], 3, "{o}");
+    assert_eq!(o["revenue_ordered"], json!({"EUR": "45.00"}), "{o}");
+    assert_eq!(o["units_ordered"], 5);
+    assert_eq!(o["orders_cancelled"], 1, "O2");
+    assert_eq!(
+        o["fill_rate"],
+        json!(0.75),
+        "(5 - 1 cancelled - 1 backordered) / (5 - 1)"
+    );
+    assert_eq!(o["orders_shipped"], 2, "O1, O3");
+    assert_eq!(o["units_shipped"], 3);
+    assert_eq!(o["split_shipments"], 0);
+    assert_eq!(o["time_to_ship_hours"]["orders"], 2);
+    assert_eq!(o["orders_returned"], 1);
+    assert_eq!(o["units_returned"], 1);
+    // Captured at release: O1's two mugs and O3's one (paid at the source).
+    assert_eq!(o["revenue_captured"], json!({"EUR": "30.00"}), "{o}");
+    assert_eq!(o["backorders"]["orders"], 1, "O3's second mug");
+    assert_eq!(o["backorders"]["units"], 1);
+    assert_eq!(r.json["by_channel"]["shopify"]["orders_received"], 2);
+    assert_eq!(r.json["by_channel"]["api"]["orders_cancelled"], 1);
+    assert_eq!(r.json["by_facility"]["fc-east"]["orders_shipped"], 2);
+    assert_eq!(r.json["by_facility"]["fc-east"]["units_shipped"], 3);
+    app.stop().await;
+    fc.stop();
+}

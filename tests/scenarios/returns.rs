@@ -4,7 +4,6 @@
 //! requests that change nothing.
 
 use serde_json::{json, Value};
-use waybill::kernel::signature;
 use waybill_host::RunningApp;
 use waybill_scenarios::*;
 
@@ -52,10 +51,11 @@ async fn shipped(app: &RunningApp) -> (String, String) {
     })
     .await;
     let raw = json!({"order_number": number, "tracking_number": "1ZRET"}).to_string();
-    let sig = signature::sign_timestamped(
-        FC_SECRET.as_bytes(),
+    let sig = center_signature(
+        FC_SECRET,
         chrono::Utc::now().timestamp(),
-        raw.as_bytes(),
+        "/callbacks/fc/fc-berlin/shipments",
+        &raw,
     );
     let r = send(
         app,

@@ -362,10 +362,11 @@ async fn backorders_are_released_fifo_by_receipt_fc_push_and_pull() {
 
     // The FC pushes its levels (signed): the rest is released from Paris.
     let push = json!({"as_of": "2026-11-21T06:00:00Z", "levels": [{"part_number": "P-GADGET", "on_hand": 10}]}).to_string();
-    let bad = waybill::kernel::signature::sign_timestamped(
-        b"wrong",
+    let bad = center_signature(
+        "wrong",
         chrono::Utc::now().timestamp(),
-        push.as_bytes(),
+        "/callbacks/fc/fc-paris/inventory",
+        &push,
     );
     let r = send(
         &app,
@@ -385,10 +386,11 @@ async fn backorders_are_released_fifo_by_receipt_fc_push_and_pull() {
         (0, 0),
         "a bad signature changes nothing"
     );
-    let sig = waybill::kernel::signature::sign_timestamped(
-        FC_SECRET.as_bytes(),
+    let sig = center_signature(
+        FC_SECRET,
         chrono::Utc::now().timestamp(),
-        push.as_bytes(),
+        "/callbacks/fc/fc-paris/inventory",
+        &push,
     );
     let r = send(
         &app,
@@ -468,6 +470,16 @@ async fn backorders_are_released_fifo_by_receipt_fc_push_and_pull() {
         chrono::Utc::now().timestamp(),
         300
     ));
+    assert!(waybill::kernel::signature::verified_request(
+        FC_SECRET.as_bytes(),
+        sig,
+        "GET",
+        "/inventory",
+        b"",
+        chrono::Utc::now().timestamp(),
+        300
+    )
+    .is_some());
     assert_eq!(stock(&app, "fc-paris", "GADGET").0, 4);
     let snap: Value = serde_json::from_slice(
         &app.kv_get("default", "fc-inventory/fc-paris")
@@ -926,21 +938,32 @@ async fn bad_inventory_input_answers_problems_and_changes_nothing() {
     assert_eq!(r.status, 401);
     // Pushes: unknown facility and bad signature look the same (401), expired timestamps too.
     let body = json!({"levels": [{"sku": "MUG", "on_hand": 99}]}).to_string();
-    let old = waybill::kernel::signature::sign_timestamped(
-        FC_SECRET.as_bytes(),
-        chrono::Utc::now().timestamp() - 3600,
-        body.as_bytes(),
+    let now = chrono::Utc::now().timestamp();
+    let old = center_signature(
+        FC_SECRET,
+        now - 3600,
+        "/callbacks/fc/fc-paris/inventory",
+        &body,
     );
     for (path, sig) in [
         (
             "/callbacks/fc/atlantis/inventory",
+            center_signature(FC_SECRET, now, "/callbacks/fc/atlantis/inventory", &body),
+        ),
+        ("/callbacks/fc/fc-paris/inventory", old),
+        // Signed for the center's other endpoint, or with the unbound v1 form.
+        (
+            "/callbacks/fc/fc-paris/inventory",
+            center_signature(FC_SECRET, now, "/callbacks/fc/fc-paris/shipments", &body),
+        ),
+        (
+            "/callbacks/fc/fc-paris/inventory",
             waybill::kernel::signature::sign_timestamped(
                 FC_SECRET.as_bytes(),
-                chrono::Utc::now().timestamp(),
+                now,
                 body.as_bytes(),
             ),
         ),
-        ("/callbacks/fc/fc-paris/inventory", old),
         ("/callbacks/fc/berlin/inventory", "t=1,v1=00".to_string()),
     ] {
         let r = send(

@@ -60,10 +60,11 @@ async fn place(app: &RunningApp, ext: &str, lines: &[(&str, i64)], pickup: Optio
 
 async fn fc_callback(app: &RunningApp, facility: &str, body: &Value, secret: &str) -> Reply {
     let raw = body.to_string();
-    let sig = signature::sign_timestamped(
-        secret.as_bytes(),
+    let sig = center_signature(
+        secret,
         chrono::Utc::now().timestamp(),
-        raw.as_bytes(),
+        &format!("/callbacks/fc/{facility}/shipments"),
+        &raw,
     );
     fc_send(app, facility, raw, &sig).await
 }
@@ -261,7 +262,16 @@ async fn a_split_order_ships_from_a_center_and_a_store_and_ends_delivered() {
     assert_eq!(snapshot(&app), before);
     let raw = confirm.to_string();
     let now = chrono::Utc::now().timestamp();
-    let signed = signature::sign_timestamped(FC_SECRET.as_bytes(), now, raw.as_bytes());
+    // Bound to the endpoint: signed for another one, or without the method
+    // and path (v1), it is refused.
+    for wrong in [
+        center_signature(FC_SECRET, now, "/callbacks/fc/fc-paris/inventory", &raw),
+        signature::sign_timestamped(FC_SECRET.as_bytes(), now, raw.as_bytes()),
+    ] {
+        problem(&fc_send(&app, "fc-paris", raw.clone(), &wrong).await, 401);
+    }
+    assert_eq!(snapshot(&app), before);
+    let signed = center_signature(FC_SECRET, now, "/callbacks/fc/fc-paris/shipments", &raw);
     let r = fc_send(&app, "fc-paris", raw.clone(), &signed).await;
     assert_eq!(
         (r.status, r.json["result"].as_str()),
@@ -274,7 +284,7 @@ async fn a_split_order_ships_from_a_center_and_a_store_and_ends_delivered() {
     problem(&r, 401);
     assert!(r.json["detail"].as_str().unwrap().contains("used before"));
     // Signed anew, the same confirmation is recognised as a duplicate.
-    let again = signature::sign_timestamped(FC_SECRET.as_bytes(), now - 1, raw.as_bytes());
+    let again = center_signature(FC_SECRET, now - 1, "/callbacks/fc/fc-paris/shipments", &raw);
     let r = fc_send(&app, "fc-paris", raw, &again).await;
     assert_eq!(r.json["result"], "duplicate", "{}", r.json);
     assert_eq!(

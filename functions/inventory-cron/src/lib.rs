@@ -8,7 +8,7 @@ wit_bindgen::generate!({
     path: "../../wit/cron.wit",
 });
 
-use waybill::{inventory, kernel::signature, spin_glue};
+use waybill::{inventory, spin_glue};
 
 struct InventoryCron;
 
@@ -34,11 +34,7 @@ impl Guest for InventoryCron {
             let now = chrono::Utc::now();
             let result = (|| {
                 let t = inventory::pull_target(&db, &cfg, &facility)?;
-                let sig = signature::sign_timestamped(t.secret.as_bytes(), now.timestamp(), b"");
-                let headers = vec![
-                    ("accept".to_string(), "application/json".to_string()),
-                    ("waybill-signature".to_string(), sig),
-                ];
+                let headers = t.headers(now);
                 let (status, body) = spin_sdk::http::run(spin_glue::http_get(&t.url, &headers))
                     .map_err(waybill::Error::internal)?;
                 if status != 200 {

@@ -6,7 +6,7 @@
 
 use spin_sdk::http::{IncomingRequest, IntoResponse};
 use spin_sdk::http_component;
-use waybill::{http, inventory, kernel::signature, spin_glue, Error};
+use waybill::{http, inventory, spin_glue, Error};
 
 /// A center's signing secret: only the variables declared for centers.
 fn secret(name: &str) -> Option<String> {
@@ -26,11 +26,7 @@ async fn pull(
 ) -> Result<http::Response, Error> {
     let now = chrono::Utc::now();
     let t = inventory::pull_target(db, cfg, facility)?;
-    let sig = signature::sign_timestamped(t.secret.as_bytes(), now.timestamp(), b"");
-    let headers = vec![
-        ("accept".to_string(), "application/json".to_string()),
-        ("waybill-signature".to_string(), sig),
-    ];
+    let headers = t.headers(now);
     let (status, body) = spin_glue::http_get(&t.url, &headers).await.map_err(|e| {
         Error::new(
             waybill::kernel::error::ErrorKind::Unavailable,

@@ -340,6 +340,7 @@ pub fn verify_center(
     secrets: &Secrets,
     facility: &str,
     signature: &str,
+    (method, path): (&str, &str),
     body: &[u8],
     now: DateTime<Utc>,
 ) -> Result<String> {
@@ -352,14 +353,20 @@ pub fn verify_center(
         .and_then(|r| r.opt_str("secret_variable"))
         .and_then(|v| (secrets.facility)(&v))
         .unwrap_or_default();
-    crate::kernel::signature::verified_signature(
+    crate::kernel::signature::verified_request(
         secret.as_bytes(),
         signature,
+        method,
+        path,
         body,
         now.timestamp(),
         300,
     )
-    .ok_or_else(|| Error::unauthorized("missing or wrong Waybill-Signature for this facility"))
+    .ok_or_else(|| {
+        Error::unauthorized(
+            "missing or wrong Waybill-Signature for this facility (t=<unix seconds>,v2=<hex HMAC-SHA256 of \"t.METHOD.path.body\">)",
+        )
+    })
 }
 
 /// Books a verified center signature in the caller's transaction: a second use

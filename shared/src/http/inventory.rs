@@ -54,7 +54,7 @@ fn route(
         }
         req.check_size()?;
         let sig = req.header("waybill-signature").unwrap_or_default();
-        let out = inventory::fc_push(db, kv, cfg, facility, sig, &req.body, now, fx)?;
+        let out = inventory::fc_push(db, kv, cfg, facility, sig, &req.path, &req.body, now, fx)?;
         return Ok(Response::json(200, &out));
     }
     tokens.authorize_route(req)?;

@@ -28,7 +28,15 @@ pub fn handle(
         match (m, segs.as_slice()) {
             ("POST", ["callbacks", "fc", facility, "shipments"]) => {
                 let sig = req.header("waybill-signature").unwrap_or("");
-                let used = fulfillment::verify_center(db, secrets, facility, sig, &req.body, now)?;
+                let used = fulfillment::verify_center(
+                    db,
+                    secrets,
+                    facility,
+                    sig,
+                    (m, &req.path),
+                    &req.body,
+                    now,
+                )?;
                 ok(crate::flows::shipping::center_callback(
                     db,
                     facility,

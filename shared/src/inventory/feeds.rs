@@ -13,6 +13,27 @@ pub struct PullTarget {
     pub secret: String,
 }
 
+impl PullTarget {
+    /// The signed headers of a pull: `Waybill-Signature` `t=...,v1=...,v2=...`
+    /// over the empty body (`v2` bound to `GET` and the endpoint's path).
+    pub fn headers(&self, now: DateTime<Utc>) -> Vec<(String, String)> {
+        let path = url::Url::parse(&self.url)
+            .map(|u| u.path().to_string())
+            .unwrap_or_else(|_| "/".into());
+        let sig = crate::kernel::signature::sign_request(
+            self.secret.as_bytes(),
+            now.timestamp(),
+            "GET",
+            &path,
+            b"",
+        );
+        vec![
+            ("accept".to_string(), "application/json".to_string()),
+            ("waybill-signature".to_string(), sig),
+        ]
+    }
+}
+
 pub fn pull_target(db: &dyn Db, cfg: &Config<'_>, facility: &str) -> Result<PullTarget> {
     let r = db.execute(
         "SELECT endpoints, secret_variable FROM facilities WHERE id = ?",
@@ -215,6 +236,7 @@ pub fn fc_push(
     cfg: &Config<'_>,
     facility: &str,
     signature_header: &str,
+    path: &str,
     body: &[u8],
     now: DateTime<Utc>,
     fx: &mut Effects,
@@ -229,15 +251,17 @@ pub fn fc_push(
         .and_then(|f| f.opt_str("secret_variable"))
         .and_then(|v| (cfg.secret)(&v))
         .unwrap_or_default();
-    let Some(used) = crate::kernel::signature::verified_signature(
+    let Some(used) = crate::kernel::signature::verified_request(
         secret.as_bytes(),
         signature_header,
+        "POST",
+        path,
         body,
         now.timestamp(),
         SIGNATURE_TOLERANCE_SECS,
     ) else {
         return Err(Error::unauthorized(
-            "the Waybill-Signature header (t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.body\">) does not verify for this facility",
+            "the Waybill-Signature header (t=<unix seconds>,v2=<hex HMAC-SHA256 of \"t.POST.<path>.body\">) does not verify for this facility",
         ));
     };
     // The signature is booked with the snapshot (its levels are written in a

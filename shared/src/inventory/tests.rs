@@ -288,13 +288,25 @@ fn fc_push_needs_the_signature() {
             .with_header("waybill-signature", sig)
             .with_body(body.clone())
     };
-    let bad =
-        crate::kernel::signature::sign_timestamped(b"wrong", now.timestamp(), body.as_bytes());
+    let sign = |secret: &[u8], body: &str| {
+        crate::kernel::signature::sign_request_v2(
+            secret,
+            now.timestamp(),
+            "POST",
+            "/callbacks/fc/fc/inventory",
+            body.as_bytes(),
+        )
+    };
+    let bad = sign(b"wrong", &body);
     let (r, _) = handle(&db, &kv, &tokens, &cfg, &push(&bad), now);
     assert_eq!(r.status, 401);
     assert!(db.execute("SELECT * FROM stock", &[]).unwrap().is_empty());
-    let good =
+    // A v1 value (not bound to the facility's endpoint) is not accepted.
+    let v1 =
         crate::kernel::signature::sign_timestamped(b"fc-secret", now.timestamp(), body.as_bytes());
+    let (r, _) = handle(&db, &kv, &tokens, &cfg, &push(&v1), now);
+    assert_eq!(r.status, 401);
+    let good = sign(b"fc-secret", &body);
     let (r, fx) = handle(&db, &kv, &tokens, &cfg, &push(&good), now);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json_body()["ignored"], json!(["OTHER"]));
@@ -302,8 +314,7 @@ fn fc_push_needs_the_signature() {
     assert!(kv.get(&snapshot_key("fc")).unwrap().is_some());
     // An older snapshot is stale and changes nothing.
     let old = json!({"as_of": "2026-11-19T10:00:00Z", "levels": [{"part_number": "FC-001", "on_hand": 0}]}).to_string();
-    let sig =
-        crate::kernel::signature::sign_timestamped(b"fc-secret", now.timestamp(), old.as_bytes());
+    let sig = sign(b"fc-secret", &old);
     let req = Request::new("POST", "/callbacks/fc/fc/inventory")
         .with_header("waybill-signature", &sig)
         .with_body(old);

@@ -63,6 +63,85 @@ pub fn sign_timestamped(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     format!("t={timestamp},v1={}", hex(&hmac_sha256(secret, &data)))
 }
 
+/// What a `v2` signature covers: `t.METHOD.path.body`. The method and the
+/// request path (without the query; for a center, it names the facility) bind
+/// a signature to the one endpoint it was made for.
+fn v2_data(timestamp: i64, method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+    let mut data = format!("{timestamp}.{}.{path}.", method.to_ascii_uppercase()).into_bytes();
+    data.extend_from_slice(body);
+    data
+}
+
+/// `t=...,v1=...,v2=...` for a request Waybill sends: `v2` is bound to the
+/// method and path, `v1` (over `t.body`) is kept for receivers written
+/// against it.
+pub fn sign_request(
+    secret: &[u8],
+    timestamp: i64,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> String {
+    let v2 = hex(&hmac_sha256(
+        secret,
+        &v2_data(timestamp, method, path, body),
+    ));
+    format!("{},v2={v2}", sign_timestamped(secret, timestamp, body))
+}
+
+/// `t=...,v2=...` only (what a center sends Waybill).
+pub fn sign_request_v2(
+    secret: &[u8],
+    timestamp: i64,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> String {
+    let v2 = hex(&hmac_sha256(
+        secret,
+        &v2_data(timestamp, method, path, body),
+    ));
+    format!("t={timestamp},v2={v2}")
+}
+
+/// Verifies the `v2` value of a `t=...,v2=...` header for this method and
+/// path within `tolerance_secs` of `now` (a `v1` value is not accepted: it
+/// is not bound to the endpoint). Answers the value that verified, to be
+/// accepted once (`kernel::replay`).
+pub fn verified_request(
+    secret: &[u8],
+    header: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    now: i64,
+    tolerance_secs: i64,
+) -> Option<String> {
+    if secret.is_empty() {
+        return None;
+    }
+    let mut t = None;
+    let mut sigs = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", v)) => t = v.parse::<i64>().ok(),
+            Some(("v2", v)) => sigs.push(v.to_string()),
+            _ => {}
+        }
+    }
+    let t = t?;
+    let in_window = now
+        .checked_sub(t)
+        .is_some_and(|d| d.unsigned_abs() <= tolerance_secs.unsigned_abs());
+    if !in_window {
+        return None;
+    }
+    let expected = hex(&hmac_sha256(secret, &v2_data(t, method, path, body)));
+    sigs.iter()
+        .any(|s| constant_time_eq(s.as_bytes(), expected.as_bytes()))
+        .then_some(expected)
+}
+
 /// Verifies a `t=...,v1=...` header within `tolerance_secs` of `now`.
 pub fn verify_timestamped(
     secret: &[u8],
@@ -116,6 +195,37 @@ pub fn verified_signature(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_v2_signature_is_bound_to_its_method_path_and_body() {
+        let now = 1_700_000_000;
+        let path = "/callbacks/fc/berlin/shipments";
+        let h = sign_request_v2(b"k", now, "POST", path, b"{}");
+        assert!(verified_request(b"k", &h, "POST", path, b"{}", now, 300).is_some());
+        // Another facility, another endpoint, another method, another body.
+        for (m, p, b) in [
+            ("POST", "/callbacks/fc/vienna/shipments", &b"{}"[..]),
+            ("POST", "/callbacks/fc/berlin/inventory", b"{}"),
+            ("PUT", path, b"{}"),
+            ("POST", path, b"{ }"),
+        ] {
+            assert!(
+                verified_request(b"k", &h, m, p, b, now, 300).is_none(),
+                "{m} {p}"
+            );
+        }
+        // A v1 value (over t.body only) is not accepted where v2 is required.
+        let v1 = sign_timestamped(b"k", now, b"{}");
+        assert!(verified_request(b"k", &v1, "POST", path, b"{}", now, 300).is_none());
+        // What Waybill sends carries both; each verifies by its own rule.
+        let both = sign_request(b"k", now, "POST", path, b"{}");
+        assert!(verify_timestamped(b"k", &both, b"{}", now, 300));
+        assert!(verified_request(b"k", &both, "POST", path, b"{}", now, 300).is_some());
+        for t in [i64::MIN, i64::MAX] {
+            let h = sign_request_v2(b"k", t, "POST", path, b"{}");
+            assert!(verified_request(b"k", &h, "POST", path, b"{}", now, 300).is_none());
+        }
+    }
 
     #[test]
     fn timestamps_at_the_ends_of_the_range_are_refused_not_wrapped() {

@@ -547,7 +547,13 @@ async fn send_webhook<T: Transport>(
         return Ok(Outcome::Dead(format!("refused receiver: {e}")));
     }
     let body = d.payload["event"].to_string().into_bytes();
-    let header = signature::sign_timestamped(s.str("secret").as_bytes(), now.timestamp(), &body);
+    let header = signature::sign_request(
+        s.str("secret").as_bytes(),
+        now.timestamp(),
+        "POST",
+        &url_path(&s.str("url")),
+        &body,
+    );
     let headers = vec![
         ("content-type".to_string(), "application/json".to_string()),
         ("waybill-signature".to_string(), header),
@@ -622,6 +628,14 @@ fn center_idempotency_key(d: &Claimed) -> String {
     }
 }
 
+/// The path a signature binds for a URL Waybill posts to (`/` when unparsable:
+/// the call is refused before it is sent anyway).
+fn url_path(u: &str) -> String {
+    url::Url::parse(u)
+        .map(|x| x.path().to_string())
+        .unwrap_or_else(|_| "/".into())
+}
+
 /// A signed release or cancellation request to a fulfillment center.
 async fn send_to_center<T: Transport>(
     cfg: &Config,
@@ -645,7 +659,13 @@ async fn send_to_center<T: Transport>(
         ("accept".to_string(), "application/json".to_string()),
         (
             "waybill-signature".to_string(),
-            signature::sign_timestamped(secret.as_bytes(), now.timestamp(), &body),
+            signature::sign_request(
+                secret.as_bytes(),
+                now.timestamp(),
+                "POST",
+                &url_path(d.payload["url"].as_str().unwrap_or_default()),
+                &body,
+            ),
         ),
         (
             "waybill-delivery-attempt".to_string(),

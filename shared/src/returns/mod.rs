@@ -221,6 +221,21 @@ fn replacement_items(
                 "must be a non-empty array of {sku, quantity}",
             )),
         }
+        // Like for like: an exchange replaces at most what comes back (another
+        // size or colour, never more units).
+        let returned: i64 = wanted.iter().map(|w| w.2).sum();
+        let asked = replacement
+            .iter()
+            .map(|r| r["quantity"].as_i64().unwrap_or(0))
+            .fold(0i64, |a, b| a.saturating_add(b));
+        if asked > returned {
+            errs.push(FieldError::new(
+                "/replacement",
+                format!(
+                    "an exchange replaces at most the {returned} unit(s) returned ({asked} asked)"
+                ),
+            ));
+        }
     } else if !v["replacement"].is_null() {
         errs.push(FieldError::new(
             "/replacement",
@@ -427,10 +442,33 @@ pub fn inspect(
         });
     }
     // The exchange: a linked replacement order, already paid (no second payment
-    // for the same value), routed like any order. Once per return.
-    let (exchange, order_number) = match exchange_order(db, &r, &order_id, &number)? {
-        Some((body, n)) => (Some(body), n),
-        None => (None, String::new()),
+    // for the same value), routed like any order. Once per return, when the
+    // units received cover it.
+    let received: i64 = db
+        .execute(
+            "SELECT COALESCE(SUM(received), 0) AS n FROM return_lines WHERE return_id = ?",
+            params![id.clone()],
+        )?
+        .first()
+        .map(|x| x.i64("n"))
+        .unwrap_or(0);
+    let (exchange, order_number) = match exchange_order(db, &r, &order_id, &number, received)? {
+        Exchange::Place(body, n) => (Some(body), n),
+        Exchange::Waiting(short) => {
+            record_event(
+                db,
+                &order_id,
+                now,
+                actor,
+                "return.exchange_waiting",
+                &format!(
+                    "Return {number}: the replacement ships when {short} more unit(s) are received"
+                ),
+                json!({"return": number, "units_to_receive": short}),
+            )?;
+            (None, String::new())
+        }
+        Exchange::None => (None, String::new()),
     };
     Ok(Receipt {
         id,
@@ -507,20 +545,30 @@ fn received_lines(
     Ok(got)
 }
 
-/// The replacement order an exchange places (its API body) and the original
-/// order's number; None when the return is no exchange or placed it already.
+/// What a receipt does for an exchange.
+enum Exchange {
+    /// No exchange, or its replacement was placed already.
+    None,
+    /// Fewer units received than the replacement holds: this many to come.
+    Waiting(i64),
+    /// The replacement order to place (its API body), and the original order's number.
+    Place(Json, String),
+}
+
+/// The replacement order an exchange places once the units `received` cover it.
 fn exchange_order(
     db: &dyn Db,
     r: &crate::kernel::db::Rows,
     order_id: &str,
     number: &str,
-) -> Result<Option<(Json, String)>> {
+    received: i64,
+) -> Result<Exchange> {
     if first(r, "resolution") != "exchange"
         || r.first()
             .and_then(|x| x.opt_str("replacement_order_id"))
             .is_some()
     {
-        return Ok(None);
+        return Ok(Exchange::None);
     }
     let o = db.execute(
         "SELECT number, channel, currency, doc FROM orders WHERE id = ?",
@@ -533,6 +581,13 @@ fn exchange_order(
         .and_then(|x| x.opt_str("replacement"))
         .and_then(|x| serde_json::from_str::<Vec<Json>>(&x).ok())
         .unwrap_or_default();
+    let units: i64 = items
+        .iter()
+        .map(|i| i["quantity"].as_i64().unwrap_or(0))
+        .sum();
+    if received < units {
+        return Ok(Exchange::Waiting(units - received));
+    }
     let names: BTreeMap<String, String> = db
         .execute(
             "SELECT sku, name FROM order_lines WHERE order_id = ?",
@@ -555,7 +610,7 @@ fn exchange_order(
         "financial_status": "paid", "tags": ["exchange"],
         "note": format!("Replacement for return {number} of order {}", o.str("number")),
     });
-    Ok(Some((body, o.str("number"))))
+    Ok(Exchange::Place(body, o.str("number")))
 }
 
 /// The refund of a receipt was booked.

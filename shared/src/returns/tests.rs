@@ -235,6 +235,66 @@ fn an_exchange_ships_a_replacement_and_charges_nothing_more() {
 }
 
 #[test]
+fn an_exchange_replaces_no_more_than_comes_back_and_waits_for_it() {
+    let db = setup();
+    let id = shipped_order(&db, "x2");
+    // More replacement units than returned: refused.
+    let e = transaction(&db, |db| {
+        request(
+            db,
+            &id,
+            &json!({"lines": [{"line_no": 1, "quantity": 2}], "resolution": "exchange",
+                    "replacement": [{"sku": "B", "quantity": 2}, {"sku": "A", "quantity": 1}]}),
+            "t",
+            Utc::now(),
+        )
+    })
+    .unwrap_err();
+    assert_eq!(e.status(), 422);
+    assert_eq!(e.errors[0].pointer, "/replacement", "{e:?}");
+    // Two mugs back for two of another product (like for like in units).
+    let rid = transaction(&db, |db| {
+        request(
+            db,
+            &id,
+            &json!({"lines": [{"line_no": 1, "quantity": 2}], "resolution": "exchange",
+                    "replacement": [{"sku": "B", "quantity": 2}]}),
+            "t",
+            Utc::now(),
+        )
+    })
+    .unwrap();
+    transaction(&db, |db| approve(db, &rid, &json!({}), "t", Utc::now())).unwrap();
+    let receive = |q: i64| {
+        transaction(&db, |db| {
+            crate::flows::returns::receive(
+                db,
+                &rid,
+                &json!({"lines": [{"line_no": 1, "quantity": q}]}),
+                "t",
+                Utc::now(),
+            )
+        })
+        .unwrap()
+    };
+    // The first of the two: nothing ships yet.
+    assert!(receive(1).replacement_order.is_none());
+    assert_eq!(
+        n(
+            &db,
+            "SELECT COUNT(*) AS n FROM orders WHERE external_id LIKE 'exchange-%'"
+        ),
+        0
+    );
+    // The second: the replacement of two ships.
+    let rep = receive(1).replacement_order.expect("the replacement");
+    assert_eq!(
+        n(&db, &format!("SELECT SUM(qty_ordered) AS n FROM order_lines WHERE order_id = '{rep}' AND sku = 'B'")),
+        2
+    );
+}
+
+#[test]
 fn bad_returns_change_nothing() {
     let db = setup();
     let id = shipped_order(&db, "r2");

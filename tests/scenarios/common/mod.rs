@@ -83,6 +83,12 @@ pub fn fixture(path: &str) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("fixture {path}: {e}"))
 }
 
+/// A center's `Waybill-Signature` for a POST to `path` at `t` (v2: bound to
+/// the method and the path, which names the facility).
+pub fn center_signature(secret: &str, t: i64, path: &str, body: &str) -> String {
+    waybill::kernel::signature::sign_request_v2(secret.as_bytes(), t, "POST", path, body.as_bytes())
+}
+
 pub fn sign(body: &[u8]) -> String {
     waybill::kernel::signature::base64_hmac(WEBHOOK_SECRET.as_bytes(), body)
 }
