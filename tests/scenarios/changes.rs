@@ -10,8 +10,6 @@ use waybill::kernel::signature;
 use waybill_host::RunningApp;
 use waybill_scenarios::*;
 
-const FC_SECRET: &str = "test-fc-secret";
-
 async fn place(app: &RunningApp, ext: &str, lines: Value) -> (String, String) {
     let body = json!({"external_id": ext, "currency": "EUR", "financial_status": "authorized",
         "customer": {"email": format!("{ext}@example.com")},

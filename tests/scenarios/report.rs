@@ -459,7 +459,7 @@ async fn the_report_counts_what_the_real_flow_did_today() {
         .await;
         assert_eq!(r.status, 200, "{}", r.json);
     }
-    // One mug of O1 comes back.
+    // One mug of O1 comes back, broken.
     let r = write(&app, "POST", &format!("/api/orders/{o1}/returns"),
         &json!({"lines": [{"line_no": 1, "quantity": 1, "reason": "too small"}], "resolution": "refund"})).await;
     assert_eq!(r.status, 201, "{}", r.json);
@@ -476,7 +476,8 @@ async fn the_report_counts_what_the_real_flow_did_today() {
         &app,
         "POST",
         &format!("/api/returns/{rma}/receive"),
-        &json!({}),
+        // Damaged: scrapped, so O3's backorder still waits.
+        &json!({"lines": [{"line_no": 1, "quantity": 1, "condition": "damaged"}]}),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.json);

@@ -7,8 +7,6 @@ use serde_json::{json, Value};
 use waybill_host::RunningApp;
 use waybill_scenarios::*;
 
-const FC_SECRET: &str = "test-fc-secret";
-
 async fn shipped(app: &RunningApp) -> (String, String) {
     for (path, body) in [
         (

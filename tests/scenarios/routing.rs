@@ -6,8 +6,6 @@ use serde_json::{json, Value};
 use waybill_host::RunningApp;
 use waybill_scenarios::*;
 
-const FC_SECRET: &str = "test-fc-secret";
-
 async fn app_with_fc(fc_port: u16) -> RunningApp {
     start_with(&[
         ("fc_secret_a", FC_SECRET),

@@ -10,7 +10,6 @@ use waybill::kernel::signature;
 use waybill_host::RunningApp;
 use waybill_scenarios::*;
 
-const FC_SECRET: &str = "test-fc-secret";
 const EASYPOST_SECRET: &str = "test-easypost-secret";
 const AFTERSHIP_SECRET: &str = "test-aftership-secret";
 const SHIPPO_TOKEN: &str = "test-shippo-token";

@@ -12,6 +12,8 @@ pub const WRITE_TOKEN: &str = "test-write-token";
 pub const READ_TOKEN: &str = "test-read-token";
 pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
 pub const CT_SECRET: &str = "test-ct-secret";
+/// The signing secret of the test fulfillment centers (the Spin variable `fc_secret_a`).
+pub const FC_SECRET: &str = "test-fc-secret";
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
