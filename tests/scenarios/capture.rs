@@ -1190,26 +1190,34 @@ async fn without_multicapture_a_split_order_is_captured_once_at_the_end() {
         })
         .collect()
     };
-    // One mug of two in stock: the first part cannot be captured on its own.
-    receive(&app, json!([{"sku": "MUG", "quantity": 1}])).await;
-    stripe.authorize("pi_once", 2000, "EUR", false);
-    let placed = place(
-        &app,
-        &stripe_order(
-            "once-1",
-            "EUR",
-            "pi_once",
-            json!([{"sku": "MUG", "name": "Mug", "quantity": 2, "unit_price": "10.00"}]),
-            json!({"method": "standard", "price": "0.00"}),
-        ),
-    )
-    .await;
-    let id = placed["id"].as_str().unwrap().to_string();
-    eventually("the first part released", || async {
-        fo_statuses(&app, &id) == ["open"]
-    })
-    .await;
-    assert_eq!(tx_statuses(&app, &id), ["deferred"]);
+    // One mug of two in stock, on an authorization without multicapture: the
+    // first part is released, its capture deferred.
+    let first_part = |ext: &'static str, pi: &'static str| {
+        let (app, stripe) = (&app, &stripe);
+        async move {
+            receive(app, json!([{"sku": "MUG", "quantity": 1}])).await;
+            stripe.authorize(pi, 2000, "EUR", false);
+            let placed = place(
+                app,
+                &stripe_order(
+                    ext,
+                    "EUR",
+                    pi,
+                    json!([{"sku": "MUG", "name": "Mug", "quantity": 2, "unit_price": "10.00"}]),
+                    json!({"method": "standard", "price": "0.00"}),
+                ),
+            )
+            .await;
+            let id = placed["id"].as_str().unwrap().to_string();
+            eventually("the first part released", || async {
+                fo_statuses(app, &id) == ["open"]
+            })
+            .await;
+            assert_eq!(tx_statuses(app, &id), ["deferred"]);
+            id
+        }
+    };
+    let id = first_part("once-1", "pi_once").await;
     let o = get(&app, &format!("/api/orders/{id}")).await.json;
     assert_eq!(o["holds"], json!([]), "no payment hold: {o}");
     assert_eq!(o["financial_status"], "authorized");
@@ -1247,25 +1255,7 @@ async fn without_multicapture_a_split_order_is_captured_once_at_the_end() {
     assert_eq!(o["financial_status"], "paid", "{o}");
 
     // The rest is cancelled instead: what was released is captured at once.
-    receive(&app, json!([{"sku": "MUG", "quantity": 1}])).await;
-    stripe.authorize("pi_once_2", 2000, "EUR", false);
-    let placed = place(
-        &app,
-        &stripe_order(
-            "once-2",
-            "EUR",
-            "pi_once_2",
-            json!([{"sku": "MUG", "name": "Mug", "quantity": 2, "unit_price": "10.00"}]),
-            json!({"method": "standard", "price": "0.00"}),
-        ),
-    )
-    .await;
-    let id2 = placed["id"].as_str().unwrap().to_string();
-    eventually("the first part released", || async {
-        fo_statuses(&app, &id2) == ["open"]
-    })
-    .await;
-    assert_eq!(tx_statuses(&app, &id2), ["deferred"]);
+    let id2 = first_part("once-2", "pi_once_2").await;
     let r = write(
         &app,
         "POST",

@@ -120,26 +120,35 @@ pub fn verified_request(
     if secret.is_empty() {
         return None;
     }
+    let (t, sigs) = timestamped(header, "v2", now, tolerance_secs)?;
+    let expected = hex(&hmac_sha256(secret, &v2_data(t, method, path, body)));
+    sigs.iter()
+        .any(|s| constant_time_eq(s.as_bytes(), expected.as_bytes()))
+        .then_some(expected)
+}
+
+/// A `t=...,<scheme>=...` header's timestamp, if within `tolerance_secs` of
+/// `now`, and its `scheme` values. Checked: a timestamp at the end of the
+/// range is refused, never wrapped.
+fn timestamped(
+    header: &str,
+    scheme: &str,
+    now: i64,
+    tolerance_secs: i64,
+) -> Option<(i64, Vec<String>)> {
     let mut t = None;
     let mut sigs = Vec::new();
     for part in header.split(',') {
         match part.trim().split_once('=') {
             Some(("t", v)) => t = v.parse::<i64>().ok(),
-            Some(("v2", v)) => sigs.push(v.to_string()),
+            Some((k, v)) if k == scheme => sigs.push(v.to_string()),
             _ => {}
         }
     }
     let t = t?;
-    let in_window = now
-        .checked_sub(t)
-        .is_some_and(|d| d.unsigned_abs() <= tolerance_secs.unsigned_abs());
-    if !in_window {
-        return None;
-    }
-    let expected = hex(&hmac_sha256(secret, &v2_data(t, method, path, body)));
-    sigs.iter()
-        .any(|s| constant_time_eq(s.as_bytes(), expected.as_bytes()))
-        .then_some(expected)
+    now.checked_sub(t)
+        .is_some_and(|d| d.unsigned_abs() <= tolerance_secs.unsigned_abs())
+        .then_some((t, sigs))
 }
 
 /// Verifies a `t=...,v1=...` header within `tolerance_secs` of `now`.
@@ -165,23 +174,7 @@ pub fn verified_signature(
     if secret.is_empty() {
         return None;
     }
-    let mut t = None;
-    let mut sigs = Vec::new();
-    for part in header.split(',') {
-        match part.trim().split_once('=') {
-            Some(("t", v)) => t = v.parse::<i64>().ok(),
-            Some(("v1", v)) => sigs.push(v.to_string()),
-            _ => {}
-        }
-    }
-    let t = t?;
-    // Checked: a timestamp at the end of the range is refused, never wrapped.
-    let in_window = now
-        .checked_sub(t)
-        .is_some_and(|d| d.unsigned_abs() <= tolerance_secs.unsigned_abs());
-    if !in_window {
-        return None;
-    }
+    let (t, sigs) = timestamped(header, "v1", now, tolerance_secs)?;
     let expected = sign_timestamped(secret, t, body);
     let expected_sig = expected
         .rsplit_once("v1=")
