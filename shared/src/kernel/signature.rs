@@ -63,13 +63,13 @@ pub fn sign_timestamped(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     format!("t={timestamp},v1={}", hex(&hmac_sha256(secret, &data)))
 }
 
-/// What a `v2` signature covers: `t.METHOD.path.body`. The method and the
-/// request path (without the query; for a center, it names the facility) bind
-/// a signature to the one endpoint it was made for.
-fn v2_data(timestamp: i64, method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+/// The hex `v2` value: HMAC-SHA256 over `t.METHOD.path.body`. The method and
+/// the request path (without the query; for a center, it names the facility)
+/// bind a signature to the one endpoint it was made for.
+fn v2_value(secret: &[u8], timestamp: i64, method: &str, path: &str, body: &[u8]) -> String {
     let mut data = format!("{timestamp}.{}.{path}.", method.to_ascii_uppercase()).into_bytes();
     data.extend_from_slice(body);
-    data
+    hex(&hmac_sha256(secret, &data))
 }
 
 /// `t=...,v1=...,v2=...` for a request Waybill sends: `v2` is bound to the
@@ -82,10 +82,7 @@ pub fn sign_request(
     path: &str,
     body: &[u8],
 ) -> String {
-    let v2 = hex(&hmac_sha256(
-        secret,
-        &v2_data(timestamp, method, path, body),
-    ));
+    let v2 = v2_value(secret, timestamp, method, path, body);
     format!("{},v2={v2}", sign_timestamped(secret, timestamp, body))
 }
 
@@ -97,11 +94,10 @@ pub fn sign_request_v2(
     path: &str,
     body: &[u8],
 ) -> String {
-    let v2 = hex(&hmac_sha256(
-        secret,
-        &v2_data(timestamp, method, path, body),
-    ));
-    format!("t={timestamp},v2={v2}")
+    format!(
+        "t={timestamp},v2={}",
+        v2_value(secret, timestamp, method, path, body)
+    )
 }
 
 /// Verifies the `v2` value of a `t=...,v2=...` header for this method and
@@ -121,7 +117,7 @@ pub fn verified_request(
         return None;
     }
     let (t, sigs) = timestamped(header, "v2", now, tolerance_secs)?;
-    let expected = hex(&hmac_sha256(secret, &v2_data(t, method, path, body)));
+    let expected = v2_value(secret, t, method, path, body);
     sigs.iter()
         .any(|s| constant_time_eq(s.as_bytes(), expected.as_bytes()))
         .then_some(expected)

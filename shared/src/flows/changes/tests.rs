@@ -29,6 +29,18 @@ fn order(db: &NativeDb, ext: &str) -> String {
     id
 }
 
+/// The order's stored document.
+fn stored_doc(db: &NativeDb, id: &str) -> Json {
+    serde_json::from_str(
+        &db.execute("SELECT doc FROM orders WHERE id = ?", params![id])
+            .unwrap()
+            .first()
+            .unwrap()
+            .str("doc"),
+    )
+    .unwrap()
+}
+
 fn pay(db: &NativeDb, id: &str) -> (i64, i64, i64, i64) {
     let r = db
         .execute("SELECT * FROM payments WHERE order_id = ?", params![id])
@@ -67,14 +79,7 @@ fn an_address_change_before_release_is_routed_and_refused_after() {
         ),
         3503
     );
-    let doc: Json = serde_json::from_str(
-        &db.execute("SELECT doc FROM orders WHERE id = ?", params![id.clone()])
-            .unwrap()
-            .first()
-            .unwrap()
-            .str("doc"),
-    )
-    .unwrap();
+    let doc = stored_doc(&db, &id);
     assert_eq!(
         (
             doc["shipping_address"]["city"].as_str(),
@@ -183,14 +188,7 @@ fn a_new_shipping_method_is_priced_from_the_rate_table_and_the_difference_author
         1,
         "the dearer method waits for its authorization"
     );
-    let doc: Json = serde_json::from_str(
-        &db.execute("SELECT doc FROM orders WHERE id = ?", params![id.clone()])
-            .unwrap()
-            .first()
-            .unwrap()
-            .str("doc"),
-    )
-    .unwrap();
+    let doc = stored_doc(&db, &id);
     assert_eq!(
         (
             doc["shipping_lines_minor"][0]["price"].as_i64(),

@@ -55,6 +55,7 @@ pub fn process_due(
         let Some((t, reference, number, fo)) = claimed else {
             continue;
         };
+        let mut t = t;
         let kind = t.str("kind");
         // A single-capture authorization: every capture but the last waits
         // (its goods go out now); the last one carries their amounts.
@@ -66,10 +67,13 @@ pub fn process_due(
                     out.deferred += 1;
                     continue;
                 }
-                Single::Last(with) => amount += with,
+                Single::Last(with) => {
+                    amount += with;
+                    // Marked final: the request must say so.
+                    t = load_tx(&crate::kernel::db::Patient(db), &id)?;
+                }
             }
         }
-        let t = load_tx(&crate::kernel::db::Patient(db), &id)?;
         // Stripe forgets an idempotency key after 24 hours: a call whose key is
         // older is never sent under it again. Reconcile first.
         let key_since = t

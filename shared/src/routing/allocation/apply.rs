@@ -34,8 +34,9 @@ struct Pass<'a> {
     to_capture: Vec<(String, i64)>,
     released_now: Vec<String>,
     digital: Vec<&'a Line>,
-    /// Claimed keys wait for their capture (capture at release).
-    keys_gated: bool,
+    /// The order's units are captured at release (a payment to capture, no
+    /// hold): fulfillment orders wait `scheduled` and claimed keys wait held.
+    pays_at_release: bool,
 }
 
 const ACTOR: &str = "routing";
@@ -246,7 +247,6 @@ impl<'a> Pass<'a> {
         if self.digital.is_empty() {
             return Ok(());
         }
-        self.keys_gated = crate::payments::capture::gated(db, order_id)?;
         let to = crate::fulfillment::digital::Recipient {
             order_id,
             number: &p.number,
@@ -260,7 +260,7 @@ impl<'a> Pass<'a> {
                 continue;
             }
             self.out.keys += got;
-            if self.keys_gated {
+            if self.pays_at_release {
                 *self.add_alloc.entry(l.line_no).or_default() += got;
                 self.ev.push(crate::fulfillment::digital::held_message(
                     l.line_no, &l.sku, got,
@@ -494,8 +494,14 @@ pub(crate) fn apply(
     strict: bool,
 ) -> std::result::Result<Outcome, PassError> {
     let blocked = p.holds.iter().any(|h| blocks_release(h));
-    let gated =
-        !blocked && p.planned.is_some() && crate::payments::capture::gated(db, &p.order_id)?;
+    let keys_wanted = p
+        .lines
+        .iter()
+        .any(|l| l.unplaced > 0 && p.catalog.get(&l.sku).is_some_and(|x| x.digital));
+    let pays_at_release = !blocked
+        && (p.planned.is_some() || keys_wanted)
+        && crate::payments::capture::gated(db, &p.order_id)?;
+    let gated = pays_at_release && p.planned.is_some();
     let mut pass = Pass {
         p: &p,
         now,
@@ -519,7 +525,7 @@ pub(crate) fn apply(
         to_capture: Vec::new(),
         released_now: Vec::new(),
         digital: Vec::new(),
-        keys_gated: false,
+        pays_at_release,
     };
     if p.no_facility
         && !p
