@@ -69,13 +69,15 @@ pub fn release(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -> Result<i64> {
         params![order_id, fo_id],
     )?;
     let mut items = Vec::new();
+    let mut units = std::collections::BTreeMap::new();
     for l in lines.iter() {
         let q = l.i64("quantity");
-        crate::orders::lines::release(db, order_id, l.i64("line_no"), q)?;
+        *units.entry(l.i64("line_no")).or_insert(0) += q;
         total += q;
         items.push(json!({"line_no": l.i64("line_no"), "sku": l.str("sku"), "part_number": l.opt_str("part_number"),
                           "name": l.str("name"), "quantity": q}));
     }
+    crate::orders::lines::release(db, order_id, &units)?;
     set_status(db, fo_id, FoStatus::Open, now)?;
     let doc: Json = serde_json::from_str(&f.str("doc")).unwrap_or(Json::Null);
     let name = f.str("name");

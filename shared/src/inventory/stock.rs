@@ -1,11 +1,11 @@
 //! Stock levels per facility and SKU and the licence-key pools: low-stock alerts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::kernel::db::Db;
+use crate::kernel::db::{Db, Value};
 use crate::kernel::error::{Error, Result};
 use crate::kernel::time::ts;
 use crate::orders::store::enqueue;
@@ -82,16 +82,60 @@ pub fn reserve(
     q: i64,
     now: DateTime<Utc>,
 ) -> Result<Reservation> {
-    let got = db.exec(
-        "UPDATE stock SET reserved = reserved + ?1, updated_at = ?2
-         WHERE sku = ?3 AND facility_id = ?4 AND on_hand - reserved >= ?1",
-        params![q, ts(now), sku, facility],
-    )?;
-    Ok(if got == 1 {
-        Reservation::Reserved
-    } else {
-        Reservation::Short
-    })
+    Ok(reserve_at(db, facility, &[(sku, q)], now)?[0])
+}
+
+/// [`reserve`] for several SKUs at one facility: each (SKU, units) reserved
+/// whole or not at all, one conditional statement per round (a SKU named
+/// twice goes in a second round, after the first took its units). The rows
+/// reserved are counted with `RETURNING`, not with the host's `changes()`.
+pub fn reserve_at(
+    db: &dyn Db,
+    facility: &str,
+    wanted: &[(&str, i64)],
+    now: DateTime<Utc>,
+) -> Result<Vec<Reservation>> {
+    let mut out = vec![Reservation::Short; wanted.len()];
+    let mut left: Vec<usize> = (0..wanted.len()).collect();
+    while !left.is_empty() {
+        let mut round: Vec<usize> = Vec::new();
+        let mut later = Vec::new();
+        for i in left {
+            if round.iter().any(|&j| wanted[j].0 == wanted[i].0) {
+                later.push(i);
+            } else {
+                round.push(i);
+            }
+        }
+        let mut prm = vec![Value::from(ts(now)), Value::from(facility)];
+        let mut rows = Vec::with_capacity(round.len());
+        for &i in &round {
+            rows.push(format!("(?{}, ?{})", prm.len() + 1, prm.len() + 2));
+            prm.extend([Value::from(wanted[i].0), Value::from(wanted[i].1)]);
+        }
+        let got: BTreeSet<String> = db
+            .execute(
+                &format!(
+                    "UPDATE stock SET reserved = stock.reserved + v.column2, updated_at = ?1
+                     FROM (VALUES {}) AS v
+                     WHERE stock.sku = v.column1 AND stock.facility_id = ?2
+                       AND stock.on_hand - stock.reserved >= v.column2
+                     RETURNING stock.sku",
+                    rows.join(", ")
+                ),
+                &prm,
+            )?
+            .iter()
+            .map(|r| r.str("sku"))
+            .collect();
+        for &i in &round {
+            if got.contains(wanted[i].0) {
+                out[i] = Reservation::Reserved;
+            }
+        }
+        left = later;
+    }
+    Ok(out)
 }
 
 /// Gives back `q` reserved units (never below zero).
@@ -396,6 +440,46 @@ mod tests {
             .unwrap();
         let r = r.first().unwrap();
         (r.i64("on_hand"), r.i64("reserved"))
+    }
+
+    #[test]
+    fn a_part_is_reserved_sku_by_sku_whole_or_not_at_all_and_a_repeated_sku_after_the_first() {
+        let db = crate::testkit::db();
+        crate::testkit::facility(&db, "f", "F", "warehouse", "[]", 0.0, 0.0);
+        crate::testkit::facility(&db, "g", "G", "warehouse", "[]", 0.0, 0.0);
+        for (sku, n) in [("A", 3), ("B", 1), ("C", 5)] {
+            crate::testkit::product(&db, sku, 100, false);
+            crate::testkit::stock(&db, "f", sku, n);
+            crate::testkit::stock(&db, "g", sku, 100);
+        }
+        let now = Utc::now();
+        use Reservation::*;
+        // B is short (1 < 2); A twice: 2 then 2 more of 3 is short; D has no row.
+        let got = reserve_at(
+            &db,
+            "f",
+            &[("A", 2), ("B", 2), ("C", 5), ("A", 2), ("D", 1), ("A", 1)],
+            now,
+        )
+        .unwrap();
+        assert_eq!(got, vec![Reserved, Short, Reserved, Short, Short, Reserved]);
+        let reserved = |f: &str, sku: &str| {
+            crate::testkit::one(
+                &db,
+                &format!(
+                    "SELECT reserved AS n FROM stock WHERE facility_id = '{f}' AND sku = '{sku}'"
+                ),
+            )
+        };
+        assert_eq!(
+            (reserved("f", "A"), reserved("f", "B"), reserved("f", "C")),
+            (3, 0, 5)
+        );
+        assert_eq!(reserved("g", "A"), 0, "only the facility named");
+        assert_eq!(
+            reserve_at(&db, "f", &[("A", 1), ("C", 1)], now).unwrap(),
+            vec![Short, Short]
+        );
     }
 
     #[test]

@@ -193,11 +193,27 @@ pub fn unallocate(db: &dyn Db, order_id: &str, line_no: i64, q: i64) -> Result<(
     Ok(())
 }
 
-/// A fulfillment order was released: its units move from allocated to released.
-pub fn release(db: &dyn Db, order_id: &str, line_no: i64, q: i64) -> Result<()> {
+/// A fulfillment order was released: its units (line, units) move from
+/// allocated to released, in one statement.
+pub fn release(db: &dyn Db, order_id: &str, units: &BTreeMap<i64, i64>) -> Result<()> {
+    if units.is_empty() {
+        return Ok(());
+    }
+    let mut prm = Vec::with_capacity(units.len() * 2 + 1);
+    let mut case = "CASE line_no".to_string();
+    for (line_no, q) in units {
+        case.push_str(&format!(" WHEN ?{} THEN ?{}", prm.len() + 1, prm.len() + 2));
+        prm.extend([Value::from(*line_no), Value::from(*q)]);
+    }
+    case.push_str(" ELSE 0 END");
+    prm.push(Value::from(order_id));
     db.execute(
-        "UPDATE order_lines SET qty_allocated = qty_allocated - ?1, qty_released = qty_released + ?1 WHERE order_id = ?2 AND line_no = ?3",
-        params![q, order_id, line_no],
+        &format!(
+            "UPDATE order_lines SET qty_allocated = qty_allocated - ({case}), qty_released = qty_released + ({case})
+             WHERE order_id = ?{n}",
+            n = prm.len()
+        ),
+        &prm,
     )?;
     Ok(())
 }

@@ -29,12 +29,23 @@ pub fn record_event(
     summary: &str,
     data: Json,
 ) -> Result<()> {
+    let row = params![order_id, ts(now), actor, kind, summary, data.to_string()].to_vec();
+    if let Some(a) = db.appends() {
+        a.push(EVENT_COLUMNS, row);
+        return Ok(());
+    }
     db.execute(
-        "INSERT INTO order_events (order_id, at, actor, kind, summary, data) VALUES (?, ?, ?, ?, ?, ?)",
-        params![order_id, ts(now), actor, kind, summary, data.to_string()],
+        &format!("INSERT INTO {EVENT_COLUMNS} VALUES (?, ?, ?, ?, ?, ?)"),
+        &row,
     )?;
     Ok(())
 }
+
+/// The timeline's and the outbox's columns as the writers here fill them
+/// (nothing reads either back inside a routing batch, so a
+/// `kernel::db::Batched` unit keeps their rows and writes them at its end).
+const EVENT_COLUMNS: &str = "order_events (order_id, at, actor, kind, summary, data)";
+const OUTBOX_COLUMNS: &str = "outbox (topic, order_id, payload, created_at, next_attempt_at)";
 
 /// Writes a batch of timeline events and outbox rows for one order, one
 /// statement each (a routing pass).
@@ -46,6 +57,29 @@ pub fn record_batch(
     ev: &[(&str, String, Json)],
     obx: &[(&str, Json)],
 ) -> Result<()> {
+    if let Some(a) = db.appends() {
+        for (kind, summary, data) in ev {
+            a.push(
+                EVENT_COLUMNS,
+                params![
+                    order_id,
+                    ts(now),
+                    actor,
+                    *kind,
+                    summary.clone(),
+                    data.to_string()
+                ]
+                .to_vec(),
+            );
+        }
+        for (topic, payload) in obx {
+            a.push(
+                OUTBOX_COLUMNS,
+                params![*topic, order_id, payload.to_string(), ts(now), ts(now)].to_vec(),
+            );
+        }
+        return Ok(());
+    }
     if !ev.is_empty() {
         let ph = vec!["(?, ?, ?, ?, ?, ?)"; ev.len()].join(",");
         let mut prm = Vec::with_capacity(ev.len() * 6);
@@ -59,12 +93,7 @@ pub fn record_batch(
                 Value::from(data.to_string()),
             ]);
         }
-        db.execute(
-            &format!(
-                "INSERT INTO order_events (order_id, at, actor, kind, summary, data) VALUES {ph}"
-            ),
-            &prm,
-        )?;
+        db.execute(&format!("INSERT INTO {EVENT_COLUMNS} VALUES {ph}"), &prm)?;
     }
     if !obx.is_empty() {
         let ph = vec!["(?, ?, ?, ?, ?)"; obx.len()].join(",");
@@ -78,7 +107,7 @@ pub fn record_batch(
                 Value::from(ts(now)),
             ]);
         }
-        db.execute(&format!("INSERT INTO outbox (topic, order_id, payload, created_at, next_attempt_at) VALUES {ph}"), &prm)?;
+        db.execute(&format!("INSERT INTO {OUTBOX_COLUMNS} VALUES {ph}"), &prm)?;
     }
     Ok(())
 }
@@ -91,9 +120,14 @@ pub fn enqueue(
     payload: Json,
     now: DateTime<Utc>,
 ) -> Result<()> {
+    let row = params![topic, order_id, payload.to_string(), ts(now), ts(now)].to_vec();
+    if let Some(a) = db.appends() {
+        a.push(OUTBOX_COLUMNS, row);
+        return Ok(());
+    }
     db.execute(
-        "INSERT INTO outbox (topic, order_id, payload, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)",
-        params![topic, order_id, payload.to_string(), ts(now), ts(now)],
+        &format!("INSERT INTO {OUTBOX_COLUMNS} VALUES (?, ?, ?, ?, ?)"),
+        &row,
     )?;
     Ok(())
 }

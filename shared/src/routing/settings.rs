@@ -12,7 +12,9 @@ use crate::routing::engine;
 
 /// The routing configuration of a channel, else the default (`*`), else built-in.
 pub fn load_config(db: &dyn Db, channel: &str) -> Result<engine::Config> {
-    let r = db.execute(
+    let r = crate::kernel::db::reference(
+        db,
+        &["routing_config"],
         "SELECT config FROM routing_config WHERE channel IN (?, '*') ORDER BY channel = '*' LIMIT 1",
         params![channel],
     )?;

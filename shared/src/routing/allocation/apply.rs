@@ -100,9 +100,12 @@ impl<'a> Pass<'a> {
         }
         for part in &decision.parts {
             let mut fo_lines = Vec::new();
-            for d in &part.lines {
-                // The one conditional reservation: no read-then-write race.
-                let got = stock::reserve(db, &d.sku, &part.facility, d.quantity, self.now)?;
+            // The part's conditional reservations: no read-then-write race.
+            let wanted: Vec<(&str, i64)> = (part.lines.iter())
+                .map(|d| (d.sku.as_str(), d.quantity))
+                .collect();
+            let got = stock::reserve_at(db, &part.facility, &wanted, self.now)?;
+            for (d, got) in part.lines.iter().zip(got) {
                 if got == Reservation::Short {
                     if strict {
                         return Err(PassError::StockMoved);
@@ -401,11 +404,16 @@ impl<'a> Pass<'a> {
             .map(|l| json!({"line_no": l.line_no, "sku": l.sku, "wanted": l.unplaced,
                             "assigned": l.unplaced - self.left.get(&l.line_no).copied().unwrap_or(0)}))
             .collect::<Vec<_>>());
-        db.execute(
-            "INSERT INTO routing_decisions (order_id, at, trigger, summary, explanation) VALUES (?, ?, ?, ?, ?)",
-            params![order_id, ts(self.now), trigger.as_str(), summary.clone(), ex.to_string()],
-        )?;
-        let decision_id = db.last_insert_rowid();
+        // The id from RETURNING: a libSQL server's client does not report
+        // last_insert_rowid (issue #17).
+        let decision_id = db
+            .execute(
+                "INSERT INTO routing_decisions (order_id, at, trigger, summary, explanation) VALUES (?, ?, ?, ?, ?) RETURNING id",
+                params![order_id, ts(self.now), trigger.as_str(), summary.clone(), ex.to_string()],
+            )?
+            .first()
+            .map(|r| r.i64("id"))
+            .ok_or_else(|| Error::internal("the routing decision was not stored"))?;
         fstore::link_decision(db, &self.fo_ids, decision_id)?;
         let kind = if trigger == Trigger::Backorder {
             "backorder.allocated"

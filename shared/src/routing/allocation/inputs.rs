@@ -2,9 +2,12 @@
 //! products, supply, and the order's lines with their buckets (`prepare`).
 
 use super::*;
+use crate::kernel::db::reference;
 
 pub fn load_facilities(db: &dyn Db) -> Result<Vec<Facility>> {
-    let r = db.execute(
+    let r = reference(
+        db,
+        &["facilities"],
         "SELECT id, type, services, countries, shipping_methods, latitude, longitude, daily_capacity, priority, active
          FROM facilities ORDER BY id",
         &[],
@@ -52,7 +55,9 @@ pub fn destination(db: &dyn Db, address: &Json) -> Result<Destination> {
         .filter(|c| c.is_ascii_alphanumeric())
         .collect::<String>()
         .to_ascii_uppercase();
-    let r = db.execute(
+    let r = reference(
+        db,
+        &["geo_centroids"],
         "SELECT postal_prefix, latitude, longitude FROM geo_centroids
          WHERE country = ? AND ? LIKE postal_prefix || '%' ORDER BY length(postal_prefix) DESC LIMIT 1",
         params![c.clone(), postal],
@@ -97,7 +102,9 @@ pub(crate) fn products(db: &dyn Db, skus: &BTreeSet<String>) -> Result<BTreeMap<
         return Ok(BTreeMap::new());
     }
     let (ph, p) = in_list(skus);
-    let r = db.execute(
+    let r = reference(
+        db,
+        &["products"],
         &format!("SELECT sku, backorderable, digital, low_stock_threshold FROM products WHERE sku IN ({ph})"),
         &p,
     )?;
@@ -320,12 +327,13 @@ pub(crate) fn part_numbers(
         return Ok(BTreeMap::new());
     }
     let (ph, p) = in_list(skus);
-    Ok(db
-        .execute(
-            &format!("SELECT sku, facility_id, part_number FROM product_parts WHERE sku IN ({ph})"),
-            &p,
-        )?
-        .iter()
-        .map(|r| ((r.str("sku"), r.str("facility_id")), r.str("part_number")))
-        .collect())
+    Ok(reference(
+        db,
+        &["product_parts"],
+        &format!("SELECT sku, facility_id, part_number FROM product_parts WHERE sku IN ({ph})"),
+        &p,
+    )?
+    .iter()
+    .map(|r| ((r.str("sku"), r.str("facility_id")), r.str("part_number")))
+    .collect())
 }
