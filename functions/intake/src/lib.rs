@@ -63,16 +63,19 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
         let resp = forward_to_orders(&r).await;
         return spin_glue::respond(out, resp);
     }
-    let resp = match spin_glue::open_writer() {
-        Ok(db) => {
-            let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
-            http::intake::handle(&db, &config(), &tokens, &r, chrono::Utc::now())
-        }
-        Err(e) => http::Response::problem(&e),
+    let db = match spin_glue::open_writer() {
+        Ok(db) => db,
+        Err(e) => return spin_glue::respond(out, http::Response::problem(&e)),
     };
-    let route = http::intake::orders_to_route(&resp);
+    let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
+    let resp = http::intake::handle(&db, &config(), &tokens, &r, chrono::Utc::now());
     let notify = http::intake::kicks_notify(&r, &resp);
+    let answer = resp.clone();
     spin_glue::respond(out, resp);
+    // After the answer: new orders need no chained call while a worker is
+    // busy (it routes them before it lets go).
+    let route = http::intake::orders_to_chain(&db, &answer, chrono::Utc::now());
+    drop(db);
     // Routing first (its worker takes up new orders and kicks notify for the
     // messages it wrote); notify for what this answer wrote itself.
     spin_glue::route_orders(&route).await;

@@ -11,6 +11,7 @@ use crate::intake::sources;
 use crate::intake::webhooks::{self, Config};
 use crate::kernel::db::{transaction, Db};
 use crate::kernel::error::{Error, ErrorKind, Result};
+use crate::routing::allocation::worker;
 
 /// Routes an intake request.
 pub fn handle(
@@ -195,6 +196,38 @@ pub fn orders_to_route(resp: &Response) -> Vec<String> {
     out
 }
 
+/// The orders the chained routing call (`/internal/route`) is for, once the
+/// answer is durable: none when they are all new orders (never routed) and a
+/// worker holds the routing lease, because that worker routes them before it
+/// lets go ([`worker::busy`]); the call would only find it busy, at the cost
+/// of another component instance, its connection and its reads per webhook
+/// while the worker is busiest. Orders to route again (a source update) are
+/// always sent: the worker routes only orders it never routed.
+pub fn orders_to_chain(db: &dyn Db, resp: &Response, now: DateTime<Utc>) -> Vec<String> {
+    let ids = orders_to_route(resp);
+    if ids.is_empty() || !only_new_orders(resp) {
+        return ids;
+    }
+    match worker::busy(db, now) {
+        Ok(true) => Vec::new(),
+        // Not held, or not known: the chained call decides.
+        _ => ids,
+    }
+}
+
+/// Whether every order an answer names was created by it (its new orders:
+/// routing never saw them).
+fn only_new_orders(resp: &Response) -> bool {
+    let v = resp.json_body();
+    match v["results"].as_array() {
+        Some(list) => list
+            .iter()
+            .filter(|x| x["order_id"].is_string())
+            .all(|x| x["result"] == "created"),
+        None => v["result"] == "created" || (resp.status == 201 && v["number"].is_string()),
+    }
+}
+
 /// Whether the answer wrote outbox messages notify should send now. A new
 /// order from a webhook did not: its messages are pending with its rows, and
 /// the routing worker that takes them up kicks notify
@@ -232,6 +265,43 @@ mod tests {
             &at("/webhooks/shopify"),
             &Response::json(401, &json!({}))
         ));
+    }
+
+    #[test]
+    fn new_orders_are_not_chained_to_a_busy_worker_and_orders_to_route_again_always_are() {
+        let db = crate::testkit::db();
+        let now = Utc::now();
+        let created = Response::json(200, &json!({"result": "created", "order_id": "a"}));
+        let updated = Response::json(200, &json!({"result": "updated", "order_id": "a"}));
+        let view = Response::json(
+            201,
+            &json!({"id": "b", "number": "WB-2", "status": "received"}),
+        );
+        let batch = |second: &str| {
+            Response::json(
+                200,
+                &json!({"results": [{"result": "created", "order_id": "c"},
+                                   {"result": "rejected", "status": 422},
+                                   {"result": second, "order_id": "d"}]}),
+            )
+        };
+        let ids = |r: &Response| orders_to_chain(&db, r, now);
+        // No worker: every answer's orders are chained.
+        assert_eq!(ids(&created), ["a"]);
+        assert_eq!(ids(&view), ["b"]);
+        assert_eq!(ids(&batch("created")), ["c", "d"]);
+        let until = now + chrono::Duration::seconds(30);
+        assert!(crate::kernel::lease::try_lock(&db, worker::LEASE, "w", now, until).unwrap());
+        // A busy worker routes new orders before it lets go: no call.
+        assert!(ids(&created).is_empty());
+        assert!(ids(&view).is_empty());
+        assert!(ids(&batch("created")).is_empty());
+        // An order to route again is not the worker's: always chained.
+        assert_eq!(ids(&updated), ["a"]);
+        assert_eq!(ids(&batch("updated")), ["c", "d"]);
+        // A lease that ran out is nobody's.
+        let later = until + chrono::Duration::seconds(1);
+        assert_eq!(orders_to_chain(&db, &created, later), ["a"]);
     }
 
     #[test]

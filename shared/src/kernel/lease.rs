@@ -21,11 +21,7 @@ pub fn try_lock(
     now: DateTime<Utc>,
     until: DateTime<Utc>,
 ) -> Result<bool> {
-    let held = Patient(db).execute(
-        "SELECT 1 FROM locks WHERE name = ? AND until > ?",
-        params![name, ts(now)],
-    )?;
-    if !held.is_empty() {
+    if is_held(db, name, now)? {
         return Ok(false);
     }
     // Under BEGIN IMMEDIATE: a kick waiting for the write lock polls with the
@@ -40,6 +36,17 @@ pub fn try_lock(
         )
     })?;
     Ok(!got.is_empty())
+}
+
+/// Whether anyone holds the named lease at `now` (a read, outside any
+/// transaction or inside one).
+pub fn is_held(db: &dyn Db, name: &str, now: DateTime<Utc>) -> Result<bool> {
+    Ok(!Patient(db)
+        .execute(
+            "SELECT 1 FROM locks WHERE name = ? AND until > ?",
+            params![name, ts(now)],
+        )?
+        .is_empty())
 }
 
 /// Lets the lease go (only its owner can). Outside any transaction.

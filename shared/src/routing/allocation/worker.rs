@@ -113,6 +113,14 @@ fn has_pending(db: &dyn Db) -> Result<bool> {
         .is_empty())
 }
 
+/// Whether a worker holds the lease now (a read). An order committed before
+/// this read saw it held is routed by that worker: after letting the lease go
+/// it looks for orders past its cursor again ([`kick`]), so a caller that
+/// committed new orders need not kick a busy worker.
+pub fn busy(db: &dyn Db, now: DateTime<Utc>) -> Result<bool> {
+    crate::kernel::lease::is_held(db, LEASE, now)
+}
+
 /// Becomes the worker unless one is running, and routes every order never
 /// routed, [`BATCH`] per transaction, until none is left or `budget` is spent.
 pub fn kick(db: &dyn Db, budget: std::time::Duration) -> Result<Report> {
@@ -334,7 +342,6 @@ mod tests {
         let mut inner = None;
         let rep = kick_with(&db, BUDGET, &mut |db| {
             if late.is_none() {
-                // Its own kick finds the lease held and returns at once.
                 let o = crate::intake::sources::api::map_order(
                     &json!({"external_id": "late", "currency": "EUR",
                             "shipping_address": {"line1": "x", "city": "Berlin", "country_code": "DE"},
@@ -347,6 +354,9 @@ mod tests {
                     .unwrap()
                     .id;
                 late = Some(id);
+                // Its intake sees the worker busy and does not chain
+                // (`http::intake::orders_to_chain`); a kick would return at once.
+                assert!(busy(db, Utc::now()).unwrap());
                 inner = Some(kick(db, BUDGET).unwrap());
             }
         })
