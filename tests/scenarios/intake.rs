@@ -398,6 +398,12 @@ async fn twenty_concurrent_deliveries_make_exactly_one_order() {
         assert_eq!(t.await.unwrap().0, 200);
     }
     assert_eq!(count(&app, "SELECT count(*) FROM orders"), 1);
+    // The order's other rows are written when the routing worker takes it up,
+    // after the answers (a read through the API would take it up at once).
+    eventually("the order taken up", || async {
+        count(&app, "SELECT count(*) FROM orders WHERE intake IS NULL") == 1
+    })
+    .await;
     assert_eq!(count(&app, "SELECT count(*) FROM order_lines"), 3);
     assert_eq!(
         count(

@@ -157,13 +157,16 @@ pub struct SqlResult {
     pub rows: Vec<Vec<SqlValue>>,
 }
 
-/// Runs one statement (Spin's `execute`: exactly one statement, positional parameters).
+/// Runs one statement (Spin's `execute`: exactly one statement, positional
+/// parameters). Prepared through the connection's statement cache, as Spin's
+/// in-process SQLite does (`spin-sqlite-inproc`: `prepare_cached`, rusqlite's
+/// default capacity of 16 statements per connection).
 pub fn execute(
     conn: &rusqlite::Connection,
     sql: &str,
     params: &[SqlValue],
 ) -> Result<SqlResult, String> {
-    let mut stmt = conn.prepare(sql).map_err(|e| e.to_string())?;
+    let mut stmt = conn.prepare_cached(sql).map_err(|e| e.to_string())?;
     let columns: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
     let ncol = columns.len();
     let mut rows_out = Vec::new();
