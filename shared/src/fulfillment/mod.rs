@@ -162,20 +162,39 @@ pub fn on_released(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -> Result<()> {
         return Ok(());
     }
     let lines = db.execute(
-        "SELECT fl.line_no, fl.sku, fl.quantity, l.name, s.bin FROM fulfillment_order_lines fl
-         JOIN order_lines l ON l.order_id = ? AND l.line_no = fl.line_no
-         LEFT JOIN stock s ON s.sku = fl.sku AND s.facility_id = ?
-         WHERE fl.fulfillment_order_id = ? ORDER BY s.bin, fl.line_no",
+        &format!("{PICK_LINES} ORDER BY fl.line_no"),
         params![fo.order_id.clone(), fo.facility.clone(), fo_id],
     )?;
-    let checklist: Vec<Json> = lines
+    open_pick_job(db, &fo, &lines, now)
+}
+
+/// A fulfillment order's lines with what its pick job and its release need
+/// (parameters: order, facility, fulfillment order).
+const PICK_LINES: &str =
+    "SELECT fl.line_no, fl.sku, fl.part_number, fl.quantity, l.name, s.bin FROM fulfillment_order_lines fl
+     JOIN order_lines l ON l.order_id = ? AND l.line_no = fl.line_no
+     LEFT JOIN stock s ON s.sku = fl.sku AND s.facility_id = ?
+     WHERE fl.fulfillment_order_id = ?";
+
+/// The pick job of a released fulfillment order at an in-house facility: its
+/// checklist goes by bin (lines without a bin first), then line.
+fn open_pick_job(
+    db: &dyn Db,
+    fo: &Fo,
+    lines: &crate::kernel::db::Rows,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let mut items: Vec<(Option<String>, i64, Json)> = lines
         .iter()
         .map(|l| {
-            json!({"line_no": l.i64("line_no"), "sku": l.str("sku"), "name": l.str("name"),
-                        "quantity": l.i64("quantity"), "bin": l.opt_str("bin")})
+            let line = json!({"line_no": l.i64("line_no"), "sku": l.str("sku"), "name": l.str("name"),
+                              "quantity": l.i64("quantity"), "bin": l.opt_str("bin")});
+            (l.opt_str("bin"), l.i64("line_no"), line)
         })
         .collect();
-    open_job(db, &fo, "pick", json!({"checklist": checklist}), now)?;
+    items.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let checklist: Vec<Json> = items.into_iter().map(|(_, _, l)| l).collect();
+    open_job(db, fo, "pick", json!({"checklist": checklist}), now)?;
     Ok(())
 }
 

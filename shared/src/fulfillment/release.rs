@@ -51,7 +51,8 @@ pub fn units(db: &dyn Db, fo_id: &str) -> Result<i64> {
 /// was not waiting).
 pub fn release(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -> Result<i64> {
     let fos = db.execute(
-        "SELECT f.id, f.order_id, f.name, f.facility_id, f.pickup, o.number, o.doc, o.customer_email, o.customer_name
+        "SELECT f.id, f.order_id, f.name, f.facility_id, f.pickup, o.number, o.doc, o.customer_email, o.customer_name,
+                (SELECT type FROM facilities WHERE id = f.facility_id) AS facility_type
          FROM fulfillment_orders f JOIN orders o ON o.id = f.order_id
          WHERE f.id = ? AND f.status IN ('on_hold', 'scheduled')",
         params![fo_id],
@@ -62,11 +63,10 @@ pub fn release(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -> Result<i64> {
     let order_id = f.str("order_id");
     let order_id = order_id.as_str();
     let mut total = 0;
+    // One read of the lines for the release and for the pick job.
     let lines = db.execute(
-        "SELECT fl.line_no, fl.sku, fl.part_number, fl.quantity, l.name FROM fulfillment_order_lines fl
-         JOIN order_lines l ON l.order_id = ? AND l.line_no = fl.line_no
-         WHERE fl.fulfillment_order_id = ? ORDER BY fl.line_no",
-        params![order_id, fo_id],
+        &format!("{} ORDER BY fl.line_no", super::PICK_LINES),
+        params![order_id, f.str("facility_id"), fo_id],
     )?;
     let mut items = Vec::new();
     let mut units = std::collections::BTreeMap::new();
@@ -110,7 +110,21 @@ pub fn release(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -> Result<i64> {
         payload,
         now,
     )?;
-    crate::fulfillment::on_released(db, fo_id, now)?;
+    let fo = super::Fo {
+        id: fo_id.to_string(),
+        order_id: order_id.to_string(),
+        name: name.clone(),
+        facility: facility.clone(),
+        status: FoStatus::Open.as_str().to_string(),
+        pickup: f.i64("pickup") != 0,
+        number: f.str("number"),
+        external: f.opt_str("facility_type").as_deref() == Some("fulfillment_center"),
+    };
+    // An in-house facility gets its pick job (`fulfillment::on_released`,
+    // from the rows read here).
+    if !fo.external {
+        super::open_pick_job(db, &fo, &lines, now)?;
+    }
     store::refresh_status(db, order_id, now)?;
     Ok(total)
 }

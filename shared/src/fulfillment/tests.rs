@@ -546,3 +546,32 @@ fn click_and_collect_is_handed_to_the_customer_and_exceptions_are_action_items()
         0
     );
 }
+
+#[test]
+fn a_pick_list_goes_by_bin_then_line_with_lines_without_a_bin_first() {
+    let db = setup();
+    testkit::product(&db, "C", 400, true);
+    for sku in ["A", "B", "C"] {
+        stock(&db, "wh", sku, 5);
+    }
+    let now = Utc::now();
+    crate::inventory::stock::set_bin(&db, "A", "wh", "C-09", now).unwrap();
+    crate::inventory::stock::set_bin(&db, "C", "wh", "A-01", now).unwrap();
+    let id = order(&db, "bins", &[("A", 1), ("B", 2), ("C", 3)]);
+    let pick = job(&db, &fo_of(&db, &id, "wh"), "pick");
+    let v = job_view(&db, &pick).unwrap();
+    let list: Vec<(String, Json)> = v["data"]["checklist"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["sku"].as_str().unwrap().to_string(), l["bin"].clone()))
+        .collect();
+    assert_eq!(
+        list,
+        [
+            ("B".to_string(), Json::Null),
+            ("C".to_string(), json!("A-01")),
+            ("A".to_string(), json!("C-09")),
+        ]
+    );
+}

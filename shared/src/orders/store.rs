@@ -257,8 +257,12 @@ fn search_text(o: &NewOrder, number: &str) -> String {
     parts.join(" ").to_lowercase()
 }
 
+/// The reasons of an order's open holds (read once per batch unit until a
+/// write names `order_holds`: `kernel::db::reference`).
 pub fn open_hold_reasons(db: &dyn Db, order_id: &str) -> Result<Vec<String>> {
-    let r = db.execute(
+    let r = crate::kernel::db::reference(
+        db,
+        &["order_holds"],
         "SELECT reason FROM order_holds WHERE order_id = ? AND released_at IS NULL",
         params![order_id],
     )?;
@@ -432,8 +436,9 @@ pub fn set_financial_status(
     status: &str,
     now: DateTime<Utc>,
 ) -> Result<()> {
+    // Only a change is written (and moves `updated_at`).
     db.execute(
-        "UPDATE orders SET financial_status = ?, updated_at = ? WHERE id = ?",
+        "UPDATE orders SET financial_status = ?1, updated_at = ?2 WHERE id = ?3 AND financial_status IS NOT ?1",
         params![status, ts(now), order_id],
     )?;
     Ok(())

@@ -212,8 +212,14 @@ struct OrderCtx {
     doc: Json,
 }
 
+/// What captures, invoices and refunds need of an order. Its two reads are
+/// made once per batch unit until a write names their table (a capture and
+/// its invoice share them: `kernel::db::reference`).
 fn order_ctx(db: &dyn Db, order_id: &str) -> Result<OrderCtx> {
-    let o = db.execute(
+    use crate::kernel::db::reference;
+    let o = reference(
+        db,
+        &["orders"],
         "SELECT number, currency, doc FROM orders WHERE id = ?",
         params![order_id],
     )?;
@@ -221,7 +227,9 @@ fn order_ctx(db: &dyn Db, order_id: &str) -> Result<OrderCtx> {
         .first()
         .ok_or_else(|| Error::not_found(format!("no order {order_id}")))?;
     let doc: Json = serde_json::from_str(&o.str("doc")).unwrap_or(Json::Null);
-    let lines = db.execute(
+    let lines = reference(
+        db,
+        &["order_lines"],
         "SELECT line_no, sku, name, qty_ordered, qty_cancelled, subtotal_minor, discount_minor, tax_minor
          FROM order_lines WHERE order_id = ? ORDER BY line_no",
         params![order_id],
@@ -546,16 +554,18 @@ pub fn capture_shipped(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -> Result<G
 /// timeline; a captured fulfillment order is released (or, if it was
 /// cancelled meanwhile, the capture is refunded). Idempotent.
 pub fn settle(db: &dyn Db, tx_id: &str, reference: Option<&str>, now: DateTime<Utc>) -> Result<()> {
-    let changed = db.exec(
+    // The booked row comes back with the claim (counted by RETURNING, not by
+    // the host's `changes()`); none: booked already, or not bookable.
+    let t = db.execute(
         "UPDATE payment_transactions SET status = 'succeeded', gateway_reference = COALESCE(?, gateway_reference),
             processed_at = ?, lease_until = NULL, error_code = NULL, error_message = NULL
-         WHERE id = ? AND status IN ('pending', 'unknown', 'deferred')",
+         WHERE id = ? AND status IN ('pending', 'unknown', 'deferred')
+         RETURNING *",
         params![reference, ts(now), tx_id],
     )?;
-    if changed == 0 {
+    if t.is_empty() {
         return Ok(());
     }
-    let t = load_tx(db, tx_id)?;
     let Booked {
         order_id,
         amount,

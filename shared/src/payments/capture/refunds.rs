@@ -207,17 +207,9 @@ pub fn refresh_financial_status(db: &dyn Db, order_id: &str, now: DateTime<Utc>)
     let Some(p) = load_payment(db, order_id)? else {
         return Ok(());
     };
-    let current = db
-        .execute(
-            "SELECT financial_status FROM orders WHERE id = ?",
-            params![order_id],
-        )?
-        .str("financial_status");
-    let s = derive_financial(&p.gateway, p.authorized, p.captured, p.refunded, p.voided)
-        .map(|s| s.as_str().to_string())
-        .unwrap_or(current.clone());
-    if s != current {
-        crate::orders::store::set_financial_status(db, order_id, &s, now)?;
+    // None: the ledger does not decide it (the order keeps what it has).
+    if let Some(s) = derive_financial(&p.gateway, p.authorized, p.captured, p.refunded, p.voided) {
+        crate::orders::store::set_financial_status(db, order_id, s.as_str(), now)?;
     }
     Ok(())
 }
