@@ -164,8 +164,12 @@ struct Pay {
     expires_at: Option<String>,
 }
 
+/// The order's payment record (read once per batch unit until a write names
+/// `payments`: `kernel::db::reference`).
 fn load_payment(db: &dyn Db, order_id: &str) -> Result<Option<Pay>> {
-    let r = db.execute(
+    let r = crate::kernel::db::reference(
+        db,
+        &["payments"],
         "SELECT * FROM payments WHERE order_id = ?",
         params![order_id],
     )?;
@@ -185,19 +189,22 @@ fn load_payment(db: &dyn Db, order_id: &str) -> Result<Option<Pay>> {
 /// Whether releases of this order wait for a capture (capture at release and
 /// a payment to capture or assign).
 pub fn gated(db: &dyn Db, order_id: &str) -> Result<bool> {
-    let r = db.execute(
-        "SELECT p.gateway, (SELECT value FROM settings WHERE key = 'payments') AS s
-         FROM payments p WHERE p.order_id = ?",
-        params![order_id],
-    )?;
-    let Some(row) = r.first() else {
+    // Both reads are shared within a batch unit: the payment with the capture
+    // that follows, the setting with every order of the batch.
+    let Some(pay) = load_payment(db, order_id)? else {
         return Ok(false);
     };
-    let at_shipment = row
-        .opt_str("s")
-        .and_then(|s| serde_json::from_str::<Json>(&s).ok())
+    let s = crate::kernel::db::reference(
+        db,
+        &["settings"],
+        "SELECT value FROM settings WHERE key = 'payments'",
+        &[],
+    )?;
+    let at_shipment = s
+        .first()
+        .and_then(|r| serde_json::from_str::<Json>(&r.str("value")).ok())
         .is_some_and(|v| v["capture_at"] == "shipment");
-    Ok(row.str("gateway") != "none" && !at_shipment)
+    Ok(pay.gateway != "none" && !at_shipment)
 }
 
 // ---------------------------------------------------------------- amounts
@@ -392,10 +399,6 @@ pub fn capture_fulfillment_order(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -
             _ => Gate::Waiting,
         });
     }
-    let Some(pay) = load_payment(db, &order_id)? else {
-        crate::fulfillment::release::release(db, fo_id, now)?;
-        return Ok(Gate::Released);
-    };
     let units: BTreeMap<i64, i64> = db
         .execute(
             "SELECT line_no, SUM(quantity) AS n FROM fulfillment_order_lines WHERE fulfillment_order_id = ? GROUP BY line_no",
@@ -404,8 +407,37 @@ pub fn capture_fulfillment_order(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -
         .iter()
         .map(|r| (r.i64("line_no"), r.i64("n")))
         .collect();
-    let (id, amount, currency) = open_capture(db, &order_id, &pay, &units, Some(fo_id), now)?;
-    decide(db, &id, &order_id, &pay, amount, currency, now)
+    capture_units(db, &order_id, fo_id, &units, now)
+}
+
+/// [`capture_fulfillment_order`] for a fulfillment order the caller created in
+/// this transaction (no capture can exist for it yet; the unique index on live
+/// captures per fulfillment order stays the guard): its order and its units
+/// per line come from the caller instead of three reads.
+pub fn capture_new_fulfillment_order(
+    db: &dyn Db,
+    order_id: &str,
+    fo_id: &str,
+    units: &BTreeMap<i64, i64>,
+    now: DateTime<Utc>,
+) -> Result<Gate> {
+    capture_units(db, order_id, fo_id, units, now)
+}
+
+/// Opens the capture of a fulfillment order's units and decides it.
+fn capture_units(
+    db: &dyn Db,
+    order_id: &str,
+    fo_id: &str,
+    units: &BTreeMap<i64, i64>,
+    now: DateTime<Utc>,
+) -> Result<Gate> {
+    let Some(pay) = load_payment(db, order_id)? else {
+        crate::fulfillment::release::release(db, fo_id, now)?;
+        return Ok(Gate::Released);
+    };
+    let (id, amount, currency) = open_capture(db, order_id, &pay, units, Some(fo_id), now)?;
+    decide(db, &id, order_id, &pay, amount, currency, now)
 }
 
 /// Captures the licence keys claimed for an order that no live capture pays

@@ -31,7 +31,7 @@ struct Pass<'a> {
     fo_names: Vec<String>,
     held_note: Option<String>,
     holds_open: usize,
-    to_capture: Vec<(String, i64)>,
+    to_capture: Vec<(String, BTreeMap<i64, i64>)>,
     released_now: Vec<String>,
     digital: Vec<&'a Line>,
     /// The order's units are captured at release (a payment to capture, no
@@ -199,7 +199,11 @@ impl<'a> Pass<'a> {
                 json!({"fulfillment_order": name, "facility": facility, "lines": fo_lines, "pickup": pickup}),
             ));
             if self.gated {
-                self.to_capture.push((fo_id.clone(), units));
+                let mut per_line = BTreeMap::new();
+                for d in fo_lines {
+                    *per_line.entry(d.line_no).or_insert(0) += d.quantity;
+                }
+                self.to_capture.push((fo_id.clone(), per_line));
             }
         } else {
             self.out.released += units;
@@ -448,8 +452,11 @@ impl<'a> Pass<'a> {
             store::write_status(db, order_id, buckets, self.holds_open, p.closed, now)?;
         }
         // Capture what was just allocated; ledger gateways settle (and release) here.
-        for (fo_id, units) in &self.to_capture {
-            match crate::payments::capture::capture_fulfillment_order(db, fo_id, now)? {
+        for (fo_id, per_line) in &self.to_capture {
+            let units: i64 = per_line.values().sum();
+            match crate::payments::capture::capture_new_fulfillment_order(
+                db, order_id, fo_id, per_line, now,
+            )? {
                 crate::payments::capture::Gate::Released => self.out.released += units,
                 crate::payments::capture::Gate::Waiting => self.out.awaiting_capture += units,
                 crate::payments::capture::Gate::Declined => {}

@@ -27,6 +27,27 @@ pub fn release_backorders(
     })
 }
 
+/// Whether any order placed before `before` (placed_at, id) waits for a SKU
+/// `order_id` has unplaced: one statement, the predicate of
+/// [`release_backorders_within`]'s search for that order's SKUs (which serves
+/// nothing when this is false), so a batch pays one read per order when no
+/// older order waits instead of the SKUs, their availability and the search.
+pub(crate) fn waiting_before(db: &dyn Db, order_id: &str, before: (&str, &str)) -> Result<bool> {
+    let (t, id) = before;
+    Ok(!db
+        .execute(
+            &format!(
+                "SELECT 1 FROM order_lines l JOIN orders o ON o.id = l.order_id
+                 WHERE l.sku IN (SELECT sku FROM order_lines WHERE order_id = ? AND {UNPLACED} > 0)
+                   AND {UNPLACED_LINE} > 0 AND (l.qty_backordered > 0 OR o.status = 'on_hold')
+                   AND (o.placed_at < ? OR (o.placed_at = ? AND o.id < ?))
+                 LIMIT 1"
+            ),
+            params![order_id, t, t, id],
+        )?
+        .is_empty())
+}
+
 /// [`release_backorders`] inside the caller's transaction, each order in its
 /// own savepoint (the routing worker's batch: `worker`).
 pub(crate) fn release_backorders_within(
