@@ -28,17 +28,26 @@ pub fn release_backorders(
 }
 
 /// Whether any order placed before `before` (placed_at, id) waits for a SKU
-/// `order_id` has unplaced: one statement, the predicate of
-/// [`release_backorders_within`]'s search for that order's SKUs (which serves
-/// nothing when this is false), so a batch pays one read per order when no
-/// older order waits instead of the SKUs, their availability and the search.
+/// that `order_id` has unplaced and that is available somewhere: one
+/// statement, the first search of [`release_backorders_within`] for that
+/// order's SKUs (their availability, as `available_any` counts it, then the
+/// oldest waiting order), which serves nothing when this is false. A batch
+/// pays one read per order when no older order waits, instead of the SKUs,
+/// their availability and the search; without stock the SKU list is empty
+/// and nothing is searched, as before.
 pub(crate) fn waiting_before(db: &dyn Db, order_id: &str, before: (&str, &str)) -> Result<bool> {
     let (t, id) = before;
     Ok(!db
         .execute(
             &format!(
                 "SELECT 1 FROM order_lines l JOIN orders o ON o.id = l.order_id
-                 WHERE l.sku IN (SELECT sku FROM order_lines WHERE order_id = ? AND {UNPLACED} > 0)
+                 WHERE l.sku IN (
+                     SELECT m.sku FROM order_lines m
+                     WHERE m.order_id = ?
+                       AND m.qty_ordered - m.qty_cancelled - m.qty_allocated - m.qty_released - m.qty_shipped > 0
+                       AND (EXISTS (SELECT 1 FROM stock s JOIN facilities f ON f.id = s.facility_id
+                                    WHERE f.active = 1 AND s.sku = m.sku AND s.on_hand - s.reserved > 0)
+                            OR EXISTS (SELECT 1 FROM license_keys k WHERE k.order_id IS NULL AND k.sku = m.sku)))
                    AND {UNPLACED_LINE} > 0 AND (l.qty_backordered > 0 OR o.status = 'on_hold')
                    AND (o.placed_at < ? OR (o.placed_at = ? AND o.id < ?))
                  LIMIT 1"
