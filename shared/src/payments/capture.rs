@@ -407,25 +407,15 @@ pub fn capture_fulfillment_order(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -
         .iter()
         .map(|r| (r.i64("line_no"), r.i64("n")))
         .collect();
-    capture_units(db, &order_id, fo_id, &units, now)
+    capture_new_fulfillment_order(db, &order_id, fo_id, &units, now)
 }
 
 /// [`capture_fulfillment_order`] for a fulfillment order the caller created in
 /// this transaction (no capture can exist for it yet; the unique index on live
 /// captures per fulfillment order stays the guard): its order and its units
-/// per line come from the caller instead of three reads.
+/// per line come from the caller instead of three reads. Opens the capture
+/// and decides it.
 pub fn capture_new_fulfillment_order(
-    db: &dyn Db,
-    order_id: &str,
-    fo_id: &str,
-    units: &BTreeMap<i64, i64>,
-    now: DateTime<Utc>,
-) -> Result<Gate> {
-    capture_units(db, order_id, fo_id, units, now)
-}
-
-/// Opens the capture of a fulfillment order's units and decides it.
-fn capture_units(
     db: &dyn Db,
     order_id: &str,
     fo_id: &str,
