@@ -139,16 +139,24 @@ fn load_fo(db: &dyn Db, fo_id: &str) -> Result<Option<Fo>> {
          FROM fulfillment_orders f JOIN orders o ON o.id = f.order_id WHERE f.id = ?",
         params![fo_id],
     )?;
-    Ok(r.first().map(|f| Fo {
-        id: f.str("id"),
-        order_id: f.str("order_id"),
-        name: f.str("name"),
-        facility: f.str("facility_id"),
-        status: f.str("status"),
-        pickup: f.i64("pickup") != 0,
-        number: f.str("number"),
-        external: f.opt_str("facility_type").as_deref() == Some("fulfillment_center"),
-    }))
+    Ok(r.first().map(|f| Fo::of_row(&f, f.str("status"))))
+}
+
+impl Fo {
+    /// A fulfillment order from a row with its columns (`id`, `order_id`,
+    /// `name`, `facility_id`, `pickup`, `number`, `facility_type`).
+    fn of_row(f: &crate::kernel::db::Row<'_>, status: String) -> Fo {
+        Fo {
+            id: f.str("id"),
+            order_id: f.str("order_id"),
+            name: f.str("name"),
+            facility: f.str("facility_id"),
+            status,
+            pickup: f.i64("pickup") != 0,
+            number: f.str("number"),
+            external: f.opt_str("facility_type").as_deref() == Some("fulfillment_center"),
+        }
+    }
 }
 
 /// Called in the transaction that releases a fulfillment order: an in-house

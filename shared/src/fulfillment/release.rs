@@ -110,16 +110,7 @@ pub fn release(db: &dyn Db, fo_id: &str, now: DateTime<Utc>) -> Result<i64> {
         payload,
         now,
     )?;
-    let fo = super::Fo {
-        id: fo_id.to_string(),
-        order_id: order_id.to_string(),
-        name: name.clone(),
-        facility: facility.clone(),
-        status: FoStatus::Open.as_str().to_string(),
-        pickup: f.i64("pickup") != 0,
-        number: f.str("number"),
-        external: f.opt_str("facility_type").as_deref() == Some("fulfillment_center"),
-    };
+    let fo = super::Fo::of_row(&f, FoStatus::Open.as_str().to_string());
     // An in-house facility gets its pick job (`fulfillment::on_released`,
     // from the rows read here).
     if !fo.external {

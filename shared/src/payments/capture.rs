@@ -153,6 +153,8 @@ pub fn sync_payment(db: &dyn Db, order_id: &str, o: &NewOrder, now: DateTime<Utc
 }
 
 struct Pay {
+    /// The payments setting says capture at shipment.
+    at_shipment: bool,
     gateway: String,
     source_gateway: Option<String>,
     reference: Option<String>,
@@ -164,16 +166,22 @@ struct Pay {
     expires_at: Option<String>,
 }
 
-/// The order's payment record (read once per batch unit until a write names
-/// `payments`: `kernel::db::reference`).
+/// The order's payment record and whether captures wait for shipment, in one
+/// read (made once per batch unit until a write names either table:
+/// `kernel::db::reference`), shared by [`gated`] and the capture after it.
 fn load_payment(db: &dyn Db, order_id: &str) -> Result<Option<Pay>> {
     let r = crate::kernel::db::reference(
         db,
-        &["payments"],
-        "SELECT * FROM payments WHERE order_id = ?",
+        &["payments", "settings"],
+        "SELECT p.*, (SELECT value FROM settings WHERE key = 'payments') AS payment_settings
+         FROM payments p WHERE p.order_id = ?",
         params![order_id],
     )?;
     Ok(r.first().map(|r| Pay {
+        at_shipment: r
+            .opt_str("payment_settings")
+            .and_then(|s| serde_json::from_str::<Json>(&s).ok())
+            .is_some_and(|v| v["capture_at"] == "shipment"),
         gateway: r.str("gateway"),
         source_gateway: r.opt_str("source_gateway"),
         reference: r.opt_str("reference"),
@@ -189,22 +197,7 @@ fn load_payment(db: &dyn Db, order_id: &str) -> Result<Option<Pay>> {
 /// Whether releases of this order wait for a capture (capture at release and
 /// a payment to capture or assign).
 pub fn gated(db: &dyn Db, order_id: &str) -> Result<bool> {
-    // Both reads are shared within a batch unit: the payment with the capture
-    // that follows, the setting with every order of the batch.
-    let Some(pay) = load_payment(db, order_id)? else {
-        return Ok(false);
-    };
-    let s = crate::kernel::db::reference(
-        db,
-        &["settings"],
-        "SELECT value FROM settings WHERE key = 'payments'",
-        &[],
-    )?;
-    let at_shipment = s
-        .first()
-        .and_then(|r| serde_json::from_str::<Json>(&r.str("value")).ok())
-        .is_some_and(|v| v["capture_at"] == "shipment");
-    Ok(pay.gateway != "none" && !at_shipment)
+    Ok(load_payment(db, order_id)?.is_some_and(|p| p.gateway != "none" && !p.at_shipment))
 }
 
 // ---------------------------------------------------------------- amounts

@@ -42,12 +42,11 @@ pub(crate) fn waiting_before(db: &dyn Db, order_id: &str, before: (&str, &str)) 
             &format!(
                 "SELECT 1 FROM order_lines l JOIN orders o ON o.id = l.order_id
                  WHERE l.sku IN (
-                     SELECT m.sku FROM order_lines m
-                     WHERE m.order_id = ?
-                       AND m.qty_ordered - m.qty_cancelled - m.qty_allocated - m.qty_released - m.qty_shipped > 0
+                     SELECT sku FROM order_lines
+                     WHERE order_id = ? AND {UNPLACED} > 0
                        AND (EXISTS (SELECT 1 FROM stock s JOIN facilities f ON f.id = s.facility_id
-                                    WHERE f.active = 1 AND s.sku = m.sku AND s.on_hand - s.reserved > 0)
-                            OR EXISTS (SELECT 1 FROM license_keys k WHERE k.order_id IS NULL AND k.sku = m.sku)))
+                                    WHERE f.active = 1 AND s.sku = order_lines.sku AND s.on_hand - s.reserved > 0)
+                            OR EXISTS (SELECT 1 FROM license_keys k WHERE k.order_id IS NULL AND k.sku = order_lines.sku)))
                    AND {UNPLACED_LINE} > 0 AND (l.qty_backordered > 0 OR o.status = 'on_hold')
                    AND (o.placed_at < ? OR (o.placed_at = ? AND o.id < ?))
                  LIMIT 1"
