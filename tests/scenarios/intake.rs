@@ -1035,6 +1035,12 @@ async fn expired_idempotency_keys_and_old_receipts_are_purged_hourly() {
         body,
     )
     .await;
+    // The webhook's receipt is written when the routing worker takes the
+    // order up, after the answer: age it once it is there.
+    eventually("the webhook's order taken up", || async {
+        count(&app, "SELECT count(*) FROM orders WHERE intake IS NOT NULL") == 0
+    })
+    .await;
     app.sql(
         "default",
         "UPDATE idempotency_keys SET expires_at = '2000-01-01T00:00:00.000000Z'",
