@@ -529,12 +529,6 @@ mod tests {
             self.1.set(self.1.get() + 1);
             self.0.execute(sql, params)
         }
-        fn changes(&self) -> u64 {
-            self.0.changes()
-        }
-        fn last_insert_rowid(&self) -> i64 {
-            self.0.last_insert_rowid()
-        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The one small database interface: execute a statement with positional
-//! parameters, read `changes()` and `last_insert_rowid()`. Implemented over
+//! parameters; rows written are counted with `RETURNING` ([`Db::exec`]), never
+//! with the host's `changes()` or `last_insert_rowid()`. Implemented over
 //! Spin's `spin:sqlite@3.0.0` (feature `spin`) and rusqlite (feature `native`).
 //!
 //! Multi-statement units run in `BEGIN IMMEDIATE ... COMMIT` through
@@ -166,14 +167,14 @@ impl std::error::Error for DbError {}
 pub trait Db {
     /// Runs exactly one statement.
     fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError>;
-    /// Rows changed by the last INSERT/UPDATE/DELETE.
-    fn changes(&self) -> u64;
-    fn last_insert_rowid(&self) -> i64;
 
-    /// Runs a statement and returns `changes()`.
+    /// Runs one INSERT, UPDATE or DELETE (without a RETURNING clause of its
+    /// own) and counts the rows it wrote, with `RETURNING 1`. Waybill never
+    /// asks the host for `changes()` or `last_insert_rowid()`: Spin's libSQL
+    /// backend (client 0.5.0, remote) always answers 0 to both, so every
+    /// conditional write would read "nothing happened" there.
     fn exec(&self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
-        self.execute(sql, params)?;
-        Ok(self.changes())
+        Ok(self.execute(&format!("{sql} RETURNING 1"), params)?.len() as u64)
     }
 
     /// True inside [`transaction`]'s closure: a nested [`transaction`] becomes a
@@ -200,12 +201,6 @@ struct InTransaction<'a>(&'a dyn Db);
 impl Db for InTransaction<'_> {
     fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
         self.0.execute(sql, params)
-    }
-    fn changes(&self) -> u64 {
-        self.0.changes()
-    }
-    fn last_insert_rowid(&self) -> i64 {
-        self.0.last_insert_rowid()
     }
     fn in_transaction(&self) -> bool {
         true
@@ -265,12 +260,6 @@ pub struct Patient<'a>(pub &'a dyn Db);
 impl Db for Patient<'_> {
     fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
         retry_busy(|| self.0.execute(sql, params))
-    }
-    fn changes(&self) -> u64 {
-        self.0.changes()
-    }
-    fn last_insert_rowid(&self) -> i64 {
-        self.0.last_insert_rowid()
     }
     fn in_transaction(&self) -> bool {
         self.0.in_transaction()
@@ -437,12 +426,6 @@ impl Db for Batched<'_> {
         self.references.written(sql);
         self.db.execute(sql, params)
     }
-    fn changes(&self) -> u64 {
-        self.db.changes()
-    }
-    fn last_insert_rowid(&self) -> i64 {
-        self.db.last_insert_rowid()
-    }
     fn in_transaction(&self) -> bool {
         self.db.in_transaction()
     }
@@ -581,12 +564,6 @@ pub mod native {
             }
             Ok(Rows { columns, rows: out })
         }
-        fn changes(&self) -> u64 {
-            self.conn.changes()
-        }
-        fn last_insert_rowid(&self) -> i64 {
-            self.conn.last_insert_rowid()
-        }
     }
 }
 
@@ -648,12 +625,6 @@ pub mod spin {
                     .collect(),
             })
         }
-        fn changes(&self) -> u64 {
-            self.conn.changes()
-        }
-        fn last_insert_rowid(&self) -> i64 {
-            self.conn.last_insert_rowid()
-        }
     }
 }
 
@@ -705,18 +676,35 @@ mod tests {
         assert!(!db.in_transaction());
     }
 
+    #[test]
+    fn exec_counts_the_rows_a_statement_wrote_from_its_returning_rows() {
+        let db = NativeDb::memory();
+        db.execute("CREATE TABLE t (x INTEGER PRIMARY KEY, y INTEGER)", &[])
+            .unwrap();
+        let exec = |sql: &str| db.exec(sql, &[]).unwrap();
+        assert_eq!(exec("INSERT INTO t VALUES (1, 0), (2, 0), (3, 0)"), 3);
+        // Only the rows written: OR IGNORE skips the existing one.
+        assert_eq!(exec("INSERT OR IGNORE INTO t VALUES (3, 0), (4, 0)"), 1);
+        assert_eq!(
+            exec("INSERT INTO t VALUES (4, 0) ON CONFLICT DO NOTHING"),
+            0
+        );
+        // A conditional update counts the rows that matched, not the table.
+        assert_eq!(exec("UPDATE t SET y = 1 WHERE x <= 2 AND y = 0"), 2);
+        assert_eq!(exec("UPDATE t SET y = 1 WHERE x <= 2 AND y = 0"), 0);
+        assert_eq!(
+            exec("DELETE FROM t WHERE x IN (SELECT x FROM t ORDER BY x LIMIT 3)"),
+            3
+        );
+        assert_eq!(n(&db), 1);
+    }
+
     /// Counts the statements that reach the connection.
     struct Counted<'a>(&'a NativeDb, std::cell::Cell<usize>);
     impl Db for Counted<'_> {
         fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
             self.1.set(self.1.get() + 1);
             self.0.execute(sql, params)
-        }
-        fn changes(&self) -> u64 {
-            self.0.changes()
-        }
-        fn last_insert_rowid(&self) -> i64 {
-            self.0.last_insert_rowid()
         }
     }
 

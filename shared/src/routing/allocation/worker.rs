@@ -533,12 +533,6 @@ mod statements {
             *self.1.borrow_mut().entry(head.join(" ")).or_default() += 1;
             self.0.execute(sql, params)
         }
-        fn changes(&self) -> u64 {
-            self.0.changes()
-        }
-        fn last_insert_rowid(&self) -> i64 {
-            self.0.last_insert_rowid()
-        }
         fn in_transaction(&self) -> bool {
             true
         }
