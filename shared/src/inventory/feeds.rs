@@ -88,26 +88,29 @@ pub fn apply_snapshot(
     fx: &mut Effects,
 ) -> Result<Json> {
     let (levels, as_of) = parse_snapshot(body)?;
-    // An older snapshot than the one applied last changes nothing.
-    let last: Option<Json> = kv
-        .get(&snapshot_key(facility))
-        .ok()
-        .flatten()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    if let (Some(new), Some(old)) = (
-        as_of.as_deref().and_then(crate::kernel::time::parse_time),
-        last.as_ref()
-            .and_then(|l| l["as_of"].as_str())
-            .and_then(crate::kernel::time::parse_time),
-    ) {
-        if new < old {
-            return Ok(
-                json!({"facility": facility, "result": "stale", "as_of": as_of, "applied_as_of": last.as_ref().map(|l| l["as_of"].clone())}),
-            );
-        }
-    }
     let parsed = parse_levels(&levels)?;
-    let (applied, ignored) = transaction(db, |db| {
+    // The newest snapshot applied so far is the facility's watermark, read and
+    // moved under the write lock with the levels: an older snapshot changes
+    // nothing, however many instances or key-value stores there are.
+    let mark = as_of
+        .as_deref()
+        .and_then(crate::kernel::time::parse_time)
+        .unwrap_or(now);
+    let outcome = transaction(db, |db| {
+        let applied_as_of = db
+            .execute(
+                "SELECT as_of FROM inventory_watermarks WHERE facility_id = ?",
+                params![facility],
+            )?
+            .first()
+            .map(|r| r.str("as_of"));
+        let newer = applied_as_of
+            .as_deref()
+            .and_then(crate::kernel::time::parse_time)
+            .filter(|old| mark < *old);
+        if as_of.is_some() && newer.is_some() {
+            return Ok::<_, Error>(Err(applied_as_of));
+        }
         let mut applied = 0;
         let mut ignored = Vec::new();
         for (k, id, n) in &parsed {
@@ -146,8 +149,24 @@ pub fn apply_snapshot(
             }
             applied += 1;
         }
-        Ok::<_, Error>((applied, ignored))
+        // A snapshot without `as_of` counts as taken when it arrived.
+        db.execute(
+            "INSERT INTO inventory_watermarks (facility_id, as_of, kind, applied_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (facility_id) DO UPDATE SET as_of = excluded.as_of, kind = excluded.kind, applied_at = excluded.applied_at",
+            params![facility, ts(mark), kind, ts(now)],
+        )?;
+        Ok(Ok((applied, ignored)))
     })?;
+    let (applied, ignored) = match outcome {
+        Ok(v) => v,
+        Err(applied_as_of) => {
+            return Ok(
+                json!({"facility": facility, "result": "stale", "as_of": as_of, "applied_as_of": applied_as_of}),
+            )
+        }
+    };
+    // A copy of the last snapshot for whoever inspects the store; nothing
+    // decides on it (key-value holds only what can be rebuilt).
     let snapshot = json!({"facility": facility, "as_of": as_of.clone().unwrap_or_else(|| ts(now)), "received_at": ts(now), "kind": kind, "levels": levels});
     if let Err(e) = kv.set(&snapshot_key(facility), snapshot.to_string().as_bytes()) {
         eprintln!("inventory: snapshot not cached for {facility}: {e}");

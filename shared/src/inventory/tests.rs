@@ -317,9 +317,30 @@ fn fc_push_needs_the_signature() {
     let sig = sign(b"fc-secret", &old);
     let req = Request::new("POST", "/callbacks/fc/fc/inventory")
         .with_header("waybill-signature", &sig)
-        .with_body(old);
+        .with_body(old.clone());
     let (r, _) = handle(&db, &kv, &tokens, &cfg, &req, now);
     assert_eq!(r.json_body()["result"], "stale");
+    let n = db.execute("SELECT on_hand FROM stock", &[]).unwrap();
+    assert_eq!(n.first().unwrap().i64("on_hand"), 7);
+    // The watermark is the database's: another instance with its own (or an
+    // emptied) key-value store still answers the older snapshot stale.
+    let other_pod = MemoryKv::default();
+    let again = crate::kernel::signature::sign_request_v2(
+        b"fc-secret",
+        now.timestamp() + 1,
+        "POST",
+        "/callbacks/fc/fc/inventory",
+        old.as_bytes(),
+    );
+    let req = Request::new("POST", "/callbacks/fc/fc/inventory")
+        .with_header("waybill-signature", &again)
+        .with_body(old);
+    let (r, _) = handle(&db, &other_pod, &tokens, &cfg, &req, now);
+    assert_eq!(r.json_body()["result"], "stale", "{:?}", r.json_body());
+    assert_eq!(
+        r.json_body()["applied_as_of"],
+        "2026-11-20T10:00:00.000000Z"
+    );
     let n = db.execute("SELECT on_hand FROM stock", &[]).unwrap();
     assert_eq!(n.first().unwrap().i64("on_hand"), 7);
 }

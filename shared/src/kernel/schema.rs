@@ -641,6 +641,16 @@ the following items of order {{number}} are on backorder and will ship as soon a
         "CREATE UNIQUE INDEX payment_transactions_one_capture ON payment_transactions (fulfillment_order_id)
          WHERE kind = 'capture' AND status IN ('pending', 'succeeded', 'unknown', 'deferred')",
     ],
+    // 19: the newest fulfillment-center snapshot applied per facility
+    // (`inventory::feeds`), checked and moved in the transaction that applies
+    // the levels: with Redis or a store per pod, a check in key-value could
+    // let an older snapshot overwrite a newer one (issue #17).
+    &["CREATE TABLE inventory_watermarks (
+         facility_id TEXT PRIMARY KEY,
+         as_of TEXT NOT NULL,
+         kind TEXT NOT NULL,
+         applied_at TEXT NOT NULL
+       )"],
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;
