@@ -189,6 +189,7 @@ const WRITERS: &[(&str, &[&str])] = &[
     ("products", &["inventory/"]),
     ("product_parts", &["inventory/catalog.rs"]),
     ("stock", &["inventory/stock.rs"]),
+    ("inventory_watermarks", &["inventory/feeds.rs"]),
     ("stock_movements", &["inventory/stock.rs"]),
     ("signatures_seen", &["kernel/replay.rs"]),
     ("license_keys", &["inventory/stock.rs", "inventory/keys.rs"]),

@@ -261,6 +261,12 @@ pub fn kv() -> Result<crate::kernel::kv::spin::SpinKv, Error> {
 }
 
 /// The report settings from Spin variables (`merchant_timezone`, an IANA name).
+/// The `retention` variable (housekeeping's windows per table).
+pub fn retention() -> Result<crate::flows::housekeeping::Retention, Error> {
+    crate::flows::housekeeping::Retention::parse(&variable("retention", ""))
+        .map_err(|e| Error::internal(format!("retention: {e}")))
+}
+
 pub fn report_config() -> Result<crate::http::report::Config, Error> {
     let tz = crate::reporting::parse_tz(&variable("merchant_timezone", "UTC"))
         .map_err(|e| Error::internal(format!("merchant_timezone: {e}")))?;

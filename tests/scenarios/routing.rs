@@ -1057,6 +1057,133 @@ async fn the_cron_sweep_routes_what_the_chained_call_could_not() {
     app.stop().await;
 }
 
+/// Where a platform runs no cron triggers (containerd-shim-spin), a
+/// Kubernetes CronJob calls `POST /api/maintenance/{schedule}` with a token of
+/// the `maintenance` scope: the route runs its cron component's work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_maintenance_routes_run_the_schedules_work_where_no_cron_runs() {
+    let tokens = format!("write:{WRITE_TOKEN},read:{READ_TOKEN},maintenance:cron-job-token-1");
+    let app = start_with(&[("api_tokens", tokens.as_str())]).await;
+    let run = |schedule: &'static str, token: &'static str| {
+        let app = &app;
+        async move {
+            let auth = format!("Bearer {token}");
+            send(
+                app,
+                "POST",
+                &format!("/api/maintenance/{schedule}"),
+                &[("authorization", auth.as_str())],
+                "",
+            )
+            .await
+        }
+    };
+    // The same unrouted order as the cron sweep's scenario above.
+    let r = write(
+        &app,
+        "PUT",
+        "/api/facilities/main",
+        &json!({"name": "Main", "type": "warehouse", "active": false}),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    product(&app, "BOOK", json!({"name": "Book"})).await;
+    receive(&app, "main", "BOOK", 5).await;
+    let id = place(
+        &app,
+        &order("maint-1", "2026-11-20T07:00:00Z", &[("BOOK", 2)]),
+    )
+    .await;
+    // The chained routing call has looked at it (and found no facility).
+    eventually("the worker took the order up", || async {
+        count(&app, "SELECT COUNT(*) FROM orders WHERE intake IS NOT NULL") == 0
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = write(
+        &app,
+        "PUT",
+        "/api/facilities/main",
+        &json!({"name": "Main", "type": "warehouse", "active": true}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        get(&app, &format!("/api/orders/{id}")).await.json["status"],
+        "received"
+    );
+    // Without the scope nothing runs.
+    let r = run("routing", READ_TOKEN).await;
+    assert_eq!(r.status, 403, "{}", r.json);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    assert_eq!(run("routing", "not-a-token-at-all").await.status, 401);
+    let r = send(
+        &app,
+        "GET",
+        "/api/maintenance/routing",
+        &[("authorization", "Bearer cron-job-token-1")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 405);
+    assert_eq!(
+        get(&app, &format!("/api/orders/{id}")).await.json["status"],
+        "received"
+    );
+    // The routing schedule's work: the sweep routes the order.
+    let r = run("routing", "cron-job-token-1").await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(
+        (
+            r.json["schedule"].as_str(),
+            r.json["cron_component"].as_str(),
+            r.json["result"]["routed"].as_i64()
+        ),
+        (Some("routing"), Some("routing-cron"), Some(1)),
+        "{}",
+        r.json
+    );
+    let o = get(&app, &format!("/api/orders/{id}")).await.json;
+    assert_eq!(
+        (o["status"].as_str(), qty(&o, 0, "released")),
+        (Some("processing"), 2),
+        "{o}"
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM routing_decisions WHERE trigger = 'sweep'"
+        ),
+        1
+    );
+    // Every other schedule answers with what its work did.
+    let r = run("notify", "cron-job-token-1").await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert!(r.json["result"]["delivered"].is_number(), "{}", r.json);
+    let r = run("report", "cron-job-token-1").await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["result"]["generated"], true, "{}", r.json);
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM daily_reports"), 1);
+    let r = run("housekeeping", "cron-job-token-1").await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert!(r.json["result"].is_object(), "{}", r.json);
+    let r = run("inventory", "cron-job-token-1").await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(
+        r.json["result"]["facilities"],
+        json!({}),
+        "no facility has an inventory endpoint"
+    );
+    let r = run("capture", "cron-job-token-1").await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert!(r.json["result"]["succeeded"].is_number(), "{}", r.json);
+    // Run again, the routing work finds nothing to do.
+    let r = run("routing", "cron-job-token-1").await;
+    assert_eq!(r.json["result"]["routed"], 0, "{}", r.json);
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM routing_decisions"), 1);
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_scheduled_pull_reads_every_center_and_the_sweep_releases_backorders() {
     let fc = Receiver::start(0, 200).await;

@@ -7,7 +7,7 @@ wit_bindgen::generate!({
     path: "../../wit/cron.wit",
 });
 
-use waybill::{payments::capture, spin_glue};
+use waybill::{flows::schedules, spin_glue};
 
 struct CaptureCron;
 
@@ -15,12 +15,9 @@ impl Guest for CaptureCron {
     fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
         let db = spin_glue::open_writer().map_err(|e| Error::Other(e.to_string()))?;
         let (gateway, stripe) = spin_glue::payment_gateway();
-        let p = capture::process_due(&db, &gateway, &stripe, None, chrono::Utc::now(), 500)
+        let r = schedules::capture(&db, &gateway, &stripe, chrono::Utc::now())
             .map_err(|e| Error::Other(e.to_string()))?;
-        println!(
-            "capture-cron: {} succeeded, {} declined, {} retrying, {} unknown",
-            p.succeeded, p.declined, p.retrying, p.unknown
-        );
+        println!("capture-cron: {r}");
         Ok(())
     }
 }

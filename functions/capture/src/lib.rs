@@ -12,6 +12,8 @@
 
 use spin_sdk::http::{IncomingRequest, IntoResponse};
 use spin_sdk::http_component;
+use waybill::flows::schedules;
+use waybill::http::maintenance::{self, Schedule};
 use waybill::{http, spin_glue};
 
 #[http_component]
@@ -24,7 +26,15 @@ async fn handle(req: IncomingRequest) -> anyhow::Result<impl IntoResponse> {
     let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
     let (gateway, stripe) = spin_glue::payment_gateway();
     let resp = match spin_glue::open_writer() {
-        Ok(db) => http::capture::handle(&db, &tokens, &r, &gateway, &stripe, chrono::Utc::now()),
+        Ok(db) => match maintenance::request(&tokens, &r, Schedule::Capture) {
+            // capture-cron's work, for platforms without cron triggers.
+            Some(allowed) => maintenance::answer(
+                Schedule::Capture,
+                allowed
+                    .and_then(|()| schedules::capture(&db, &gateway, &stripe, chrono::Utc::now())),
+            ),
+            None => http::capture::handle(&db, &tokens, &r, &gateway, &stripe, chrono::Utc::now()),
+        },
         Err(e) => http::Response::problem(&e),
     };
     // Released fulfillment orders, invoices and refunds went to the outbox.

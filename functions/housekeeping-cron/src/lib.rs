@@ -7,18 +7,17 @@ wit_bindgen::generate!({
     path: "../../wit/cron.wit",
 });
 
-use waybill::flows::housekeeping::{self, Retention};
+use waybill::flows::schedules;
 use waybill::spin_glue;
 
 struct HousekeepingCron;
 
 impl Guest for HousekeepingCron {
     fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
-        let retention = Retention::parse(&spin_glue::variable("retention", ""))
-            .map_err(|e| Error::Other(format!("retention: {e}")))?;
-        let db = spin_glue::open_writer().map_err(|e| Error::Other(e.to_string()))?;
-        let dropped = housekeeping::run(&db, &retention, chrono::Utc::now())
-            .map_err(|e| Error::Other(e.to_string()))?;
+        let fail = |e: waybill::Error| Error::Other(e.to_string());
+        let retention = spin_glue::retention().map_err(fail)?;
+        let db = spin_glue::open_writer().map_err(fail)?;
+        let dropped = schedules::housekeeping(&db, &retention, chrono::Utc::now()).map_err(fail)?;
         println!("housekeeping-cron: dropped {dropped}");
         Ok(())
     }

@@ -8,7 +8,7 @@ wit_bindgen::generate!({
     path: "../../wit/cron.wit",
 });
 
-use waybill::{inventory, spin_glue};
+use waybill::{flows::schedules, inventory, spin_glue};
 
 struct InventoryCron;
 
@@ -30,26 +30,13 @@ impl Guest for InventoryCron {
             secret: &secret,
             receivers: &receivers,
         };
-        for facility in inventory::pull_facilities(&db).map_err(fail)? {
-            let now = chrono::Utc::now();
-            let result = (|| {
-                let t = inventory::pull_target(&db, &cfg, &facility)?;
-                let headers = t.headers(now);
-                let (status, body) = spin_sdk::http::run(spin_glue::http_get(&t.url, &headers))
-                    .map_err(waybill::Error::internal)?;
-                if status != 200 {
-                    return Err(waybill::Error::internal(format!(
-                        "the endpoint answered {status}"
-                    )));
-                }
-                let mut fx = inventory::Effects::default();
-                inventory::apply_snapshot(&db, &kv, &facility, &body, "pull", now, &mut fx)
-            })();
-            match result {
-                Ok(s) => println!("inventory-cron: {facility}: {s}"),
-                Err(e) => eprintln!("inventory-cron: {facility}: {e}"),
-            }
-        }
+        let mut fx = inventory::Effects::default();
+        let get = |url: String, headers: Vec<(String, String)>| async move {
+            spin_glue::http_get(&url, &headers).await
+        };
+        let r = spin_sdk::http::run(schedules::inventory(&db, &kv, &cfg, &mut fx, get))
+            .map_err(fail)?;
+        println!("inventory-cron: {r}");
         Ok(())
     }
 }

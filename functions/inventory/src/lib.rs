@@ -6,6 +6,8 @@
 
 use spin_sdk::http::{IncomingRequest, IntoResponse};
 use spin_sdk::http_component;
+use waybill::flows::schedules;
+use waybill::http::maintenance::{self, Schedule};
 use waybill::{http, inventory, spin_glue, Error};
 
 /// A center's signing secret: only the variables declared for centers.
@@ -73,7 +75,19 @@ async fn handle(req: IncomingRequest) -> anyhow::Result<impl IntoResponse> {
     let resp = match (spin_glue::open_writer(), spin_glue::kv()) {
         (Ok(db), Ok(kv)) => {
             let segs: Vec<&str> = r.path.split('/').filter(|s| !s.is_empty()).collect();
-            if let ["api", "facilities", id, "inventory", "sync"] = segs.as_slice() {
+            if let Some(allowed) = maintenance::request(&tokens, &r, Schedule::Inventory) {
+                // inventory-cron's work, for platforms without cron triggers.
+                let result = match allowed {
+                    Ok(()) => {
+                        let get = |url: String, headers: Vec<(String, String)>| async move {
+                            spin_glue::http_get(&url, &headers).await
+                        };
+                        schedules::inventory(&db, &kv, &cfg, &mut fx, get).await
+                    }
+                    Err(e) => Err(e),
+                };
+                maintenance::answer(Schedule::Inventory, result)
+            } else if let ["api", "facilities", id, "inventory", "sync"] = segs.as_slice() {
                 let auth = tokens.authorize_route(&r);
                 match (r.method.as_str(), auth) {
                     (_, Err(e)) => http::Response::problem(&e),

@@ -7,7 +7,7 @@ wit_bindgen::generate!({
 });
 
 use waybill::flows::center_requests::FulfillmentCenters;
-use waybill::{notify, spin_glue};
+use waybill::{flows::schedules, spin_glue};
 
 struct NotifyCron;
 
@@ -15,7 +15,7 @@ impl Guest for NotifyCron {
     fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
         let cfg = spin_glue::notify_config();
         let db = spin_glue::open_writer().map_err(|e| Error::Other(e.to_string()))?;
-        let report = spin_sdk::http::run(notify::sweep(
+        let report = spin_sdk::http::run(schedules::notify(
             &db,
             &cfg,
             &FulfillmentCenters,
@@ -23,7 +23,7 @@ impl Guest for NotifyCron {
             std::time::Duration::from_secs(50),
         ))
         .map_err(|e| Error::Other(e.to_string()))?;
-        println!("notify-cron: {report:?}");
+        println!("notify-cron: {report}");
         Ok(())
     }
 }

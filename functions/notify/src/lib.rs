@@ -9,6 +9,8 @@
 use spin_sdk::http::{IncomingRequest, ResponseOutparam};
 use spin_sdk::http_component;
 use waybill::flows::center_requests::FulfillmentCenters;
+use waybill::flows::schedules;
+use waybill::http::maintenance::{self, Schedule};
 use waybill::{http, notify, spin_glue};
 
 /// How long one chained sweep may keep this instance busy.
@@ -21,6 +23,18 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
         Err(e) => return spin_glue::respond(out, http::Response::problem(&e)),
     };
     let cfg = spin_glue::notify_config();
+    let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
+    if let Some(allowed) = maintenance::request(&tokens, &req, Schedule::Notify) {
+        // notify-cron's work, for platforms without cron triggers.
+        let result = match allowed.and_then(|()| spin_glue::open_writer()) {
+            Ok(db) => {
+                let t = &spin_glue::transport();
+                schedules::notify(&db, &cfg, &FulfillmentCenters, t, SWEEP_BUDGET).await
+            }
+            Err(e) => Err(e),
+        };
+        return spin_glue::respond(out, maintenance::answer(Schedule::Notify, result));
+    }
     if req.path.starts_with("/internal/") {
         if let Err(e) = req.internal_allowed() {
             return spin_glue::respond(out, http::Response::problem(&e));
@@ -44,7 +58,6 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
         }
         return;
     }
-    let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
     let resp = match spin_glue::open_writer() {
         Ok(db) => http::notify::handle(&db, &tokens, &cfg.receivers, &req, chrono::Utc::now()),
         Err(e) => http::Response::problem(&e),

@@ -5,6 +5,8 @@
 
 use spin_sdk::http::{IncomingRequest, IntoResponse};
 use spin_sdk::http_component;
+use waybill::flows::schedules;
+use waybill::http::maintenance::{self, Schedule};
 use waybill::{http, spin_glue};
 
 #[http_component]
@@ -15,6 +17,16 @@ async fn handle(req: IncomingRequest) -> anyhow::Result<impl IntoResponse> {
         Err(e) => return Ok(spin_glue::response(http::Response::problem(&e))),
     };
     let tokens = http::Tokens::parse(&spin_glue::variable("api_tokens", ""));
+    if let Some(allowed) = maintenance::request(&tokens, &r, Schedule::Housekeeping) {
+        // housekeeping-cron's work, for platforms without cron triggers.
+        let result = allowed
+            .and_then(|()| Ok((spin_glue::retention()?, spin_glue::open_writer()?)))
+            .and_then(|(ret, db)| schedules::housekeeping(&db, &ret, chrono::Utc::now()));
+        return Ok(spin_glue::response(maintenance::answer(
+            Schedule::Housekeeping,
+            result,
+        )));
+    }
     if r.method == "GET" || r.method == "HEAD" {
         let resp = match spin_glue::open_db() {
             Ok(db) => http::orders::handle(&db, &tokens, &r),

@@ -9,7 +9,7 @@ wit_bindgen::generate!({
     path: "../../wit/cron.wit",
 });
 
-use waybill::{reporting as report, spin_glue};
+use waybill::{flows::schedules, spin_glue};
 
 struct ReportCron;
 
@@ -18,14 +18,9 @@ impl Guest for ReportCron {
         let fail = |e: waybill::Error| Error::Other(e.to_string());
         let cfg = spin_glue::report_config().map_err(fail)?;
         let db = spin_glue::open_writer().map_err(fail)?;
-        let now = chrono::Utc::now();
-        let date = report::scheduled_date(now, cfg.timezone);
-        let (r, fresh) = report::generate(&db, date, cfg.timezone, now).map_err(fail)?;
-        report::cache_latest(&spin_glue::kv().map_err(fail)?, &r);
-        println!(
-            "report-cron: report for {date} {}",
-            if fresh { "generated" } else { "replaced" }
-        );
+        let kv = spin_glue::kv().map_err(fail)?;
+        let r = schedules::report(&db, &kv, cfg.timezone, chrono::Utc::now()).map_err(fail)?;
+        println!("report-cron: {r}");
         Ok(())
     }
 }

@@ -7,16 +7,16 @@ wit_bindgen::generate!({
     path: "../../wit/cron.wit",
 });
 
-use waybill::{routing::allocation, spin_glue};
+use waybill::{flows::schedules, spin_glue};
 
 struct RoutingCron;
 
 impl Guest for RoutingCron {
     fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
         let db = spin_glue::open_writer().map_err(|e| Error::Other(e.to_string()))?;
-        let (routed, released, served) = allocation::sweep(&db, chrono::Utc::now(), 500)
-            .map_err(|e| Error::Other(e.to_string()))?;
-        println!("routing-cron: {routed} routed, {released} released, {served} backorders served");
+        let r =
+            schedules::routing(&db, chrono::Utc::now()).map_err(|e| Error::Other(e.to_string()))?;
+        println!("routing-cron: {r}");
         Ok(())
     }
 }

@@ -13,6 +13,8 @@
 
 use spin_sdk::http::{IncomingRequest, IntoResponse};
 use spin_sdk::http_component;
+use waybill::flows::schedules;
+use waybill::http::maintenance::{self, Schedule};
 use waybill::{http, payments::capture, spin_glue};
 
 #[http_component]
@@ -26,7 +28,14 @@ async fn handle(req: IncomingRequest) -> anyhow::Result<impl IntoResponse> {
     let now = chrono::Utc::now();
     let (resp, captures_due) = match spin_glue::open_writer() {
         Ok(db) => {
-            let resp = http::routing::handle(&db, &tokens, &r, now);
+            let resp = match maintenance::request(&tokens, &r, Schedule::Routing) {
+                // routing-cron's work, for platforms without cron triggers.
+                Some(allowed) => maintenance::answer(
+                    Schedule::Routing,
+                    allowed.and_then(|()| schedules::routing(&db, now)),
+                ),
+                None => http::routing::handle(&db, &tokens, &r, now),
+            };
             // Released work may wait for a gateway capture: send it now. (The
             // clock read after the work: the routing worker stamps each batch
             // with its own time.)

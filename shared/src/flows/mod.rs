@@ -7,5 +7,6 @@ pub mod intake;
 pub mod order_detail;
 pub mod payments;
 pub mod returns;
+pub mod schedules;
 pub mod shipping;
 pub mod source_payments;

@@ -8,6 +8,7 @@ use crate::kernel::idempotency;
 pub mod capture;
 pub mod intake;
 pub mod inventory;
+pub mod maintenance;
 pub mod notify;
 pub mod orders;
 pub mod report;

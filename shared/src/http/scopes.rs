@@ -11,6 +11,7 @@
 //! | `fulfillment:write` | read, fulfillment:write (pick, pack and handover jobs) |
 //! | `admin` | read, admin (facilities, settings, rates, routing configuration, subscriptions, templates, dead-letter replay, report regeneration) |
 //! | `secrets` | read, secrets (licence keys in exports, the mailbox, deliveries and webhooks) |
+//! | `maintenance` | read, maintenance (`POST /api/maintenance/{schedule}`: the cron components' work, for Kubernetes CronJobs) |
 //! | `write` | every scope but secrets (the original form) |
 //!
 //! [`route_scope`] is the one table of which route needs which scope.
@@ -29,10 +30,11 @@ pub enum Scope {
     FulfillmentWrite,
     Admin,
     Secrets,
+    Maintenance,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 8] = [
         Scope::Read,
         Scope::OrdersWrite,
         Scope::PaymentsWrite,
@@ -40,6 +42,7 @@ impl Scope {
         Scope::FulfillmentWrite,
         Scope::Admin,
         Scope::Secrets,
+        Scope::Maintenance,
     ];
 
     /// The scope's name in `api_tokens` and in the documentation.
@@ -52,6 +55,7 @@ impl Scope {
             Scope::FulfillmentWrite => "fulfillment:write",
             Scope::Admin => "admin",
             Scope::Secrets => "secrets",
+            Scope::Maintenance => "maintenance",
         }
     }
 
@@ -179,6 +183,7 @@ pub fn route_scope(method: &str, segs: &[&str]) -> Scope {
             InventoryWrite
         }
         ["api", "fulfillment", "bins", ..] => InventoryWrite,
+        ["api", "maintenance", ..] => Maintenance,
         ["api", "fulfillment", "jobs" | "pick-jobs" | "pack-jobs" | "handover-jobs", ..] => {
             FulfillmentWrite
         }
@@ -304,6 +309,7 @@ mod tests {
             ("PUT", "/api/notifications/templates/x", Admin),
             ("POST", "/api/notifications/dead-letters/1/replay", Admin),
             ("POST", "/api/reports/daily/2026-12-01", Admin),
+            ("POST", "/api/maintenance/notify", Maintenance),
         ];
         for (m, path, want) in table {
             let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();

@@ -168,7 +168,7 @@ pub trait Db {
     /// Runs exactly one statement.
     fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError>;
 
-    /// Runs one INSERT, UPDATE or DELETE (without a RETURNING clause of its
+    /// Runs one write statement (INSERT, UPDATE, DELETE; without a RETURNING clause of its
     /// own) and counts the rows it wrote, with `RETURNING 1`. Waybill never
     /// asks the host for `changes()` or `last_insert_rowid()`: Spin's libSQL
     /// backend (client 0.5.0, remote) always answers 0 to both, so every
