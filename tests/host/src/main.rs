@@ -44,6 +44,11 @@ enum Cmd {
         /// Do not print a line per request.
         #[arg(long)]
         quiet: bool,
+        /// Run no cron schedules: a replica beside another that runs them, or
+        /// a platform without cron triggers (containerd-shim-spin), where
+        /// `POST /api/maintenance/{schedule}` does the scheduled work.
+        #[arg(long)]
+        no_cron: bool,
     },
     /// Fire one cron event at a component now, then exit.
     Cron {
@@ -100,11 +105,16 @@ async fn main() {
 
 async fn run() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Up { app, listen, quiet } => {
+        Cmd::Up {
+            app,
+            listen,
+            quiet,
+            no_cron,
+        } => {
             let running = builder(&app)?
                 .listen(listen)
                 .log_requests(!quiet)
-                .schedules(true)
+                .schedules(!no_cron)
                 .start()
                 .await?;
             eprintln!("Serving http://{}", running.addr);
@@ -121,7 +131,8 @@ async fn run() -> Result<()> {
                 );
             }
             for t in &running.app.manifest.cron {
-                eprintln!("  {}: cron '{}'", t.component, t.cron_expression);
+                let off = if no_cron { " (not run: --no-cron)" } else { "" };
+                eprintln!("  {}: cron '{}'{off}", t.component, t.cron_expression);
             }
             tokio::signal::ctrl_c().await?;
             running.stop().await;

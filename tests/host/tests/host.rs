@@ -710,3 +710,67 @@ fn rusqlite_free_check(state: &std::path::Path) -> bool {
     let db = std::fs::read(state.join("sqlite_db.db")).unwrap_or_default();
     db.windows(b"marker".len()).any(|w| w == b"marker")
 }
+
+/// `waybill-host up` runs the manifest's schedules; `--no-cron` runs none (a
+/// replica beside one that runs them, or SpinKube, where CronJobs call the
+/// maintenance routes instead).
+#[test]
+fn up_runs_the_schedules_unless_told_no_cron() {
+    build_fixtures();
+    let dir = std::env::temp_dir().join(format!("waybill-host-no-cron-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let wasm = root().join("target/wasm32-wasip2/release");
+    let app = dir.join("spin.toml");
+    std::fs::write(
+        &app,
+        format!(
+            r#"spin_manifest_version = 2
+[application]
+name = "no-cron"
+[[trigger.cron]]
+component = "cron-probe"
+cron_expression = "* * * * * *"
+[component.cron-probe]
+source = "{wasm}/fixture_cron_probe.wasm"
+key_value_stores = ["default"]
+[[trigger.http]]
+route = "/hello"
+component = "hello"
+[component.hello]
+source = "{wasm}/fixture_hello.wasm"
+"#,
+            wasm = wasm.display()
+        ),
+    )
+    .unwrap();
+    // Seconds the every-second schedule fired in ~3 s of serving.
+    let fired = |flag: Option<&str>| -> u64 {
+        let state = dir.join(format!("state{}", flag.unwrap_or("")));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_waybill-host"));
+        cmd.args(["up", "--quiet", "--from"])
+            .arg(&app)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stderr(std::process::Stdio::null());
+        if let Some(f) = flag {
+            cmd.arg(f);
+        }
+        let mut child = cmd.spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(3500));
+        let _ = child.kill();
+        let _ = child.wait();
+        // The probe counts its events in the key-value file (SQLite).
+        let kv = std::fs::read(state.join("sqlite_key_value.db")).unwrap_or_default();
+        u64::from(kv.windows(b"cron:count".len()).any(|w| w == b"cron:count"))
+    };
+    assert_eq!(fired(None), 1, "up runs the schedule");
+    assert_eq!(fired(Some("--no-cron")), 0, "--no-cron runs none");
+    let _ = std::fs::remove_dir_all(&dir);
+}
