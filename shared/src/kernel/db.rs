@@ -153,6 +153,15 @@ impl DbError {
     pub fn is_unique_violation(&self) -> bool {
         self.0.contains("UNIQUE constraint failed")
     }
+    /// A libSQL server (sqld) refuses the statement as unsupported, e.g. the
+    /// PRAGMAs that tune a local file (`journal_mode`, `synchronous`,
+    /// `busy_timeout`): "SQL string could not be parsed: unsupported
+    /// statement: PRAGMA ..." (sqld 0.24.32, code SQL_PARSE_ERROR).
+    pub fn is_unsupported_statement(&self) -> bool {
+        self.0
+            .to_ascii_lowercase()
+            .contains("unsupported statement")
+    }
 }
 
 impl fmt::Display for DbError {

@@ -669,7 +669,7 @@ pub fn migrate(db: &dyn Db) -> Result<(), DbError> {
         return Ok(());
     }
     // WAL persists in the file; it cannot be switched inside a transaction.
-    crate::kernel::db::retry_busy(|| db.execute("PRAGMA journal_mode = WAL", &[]))?;
+    crate::kernel::db::retry_busy(|| tune(db, "PRAGMA journal_mode = WAL"))?;
     crate::kernel::db::transaction(db, |db| {
         let current = version(db)?;
         for (i, steps) in MIGRATIONS.iter().enumerate().skip(current as usize) {
@@ -690,8 +690,64 @@ pub fn prepare(db: &dyn Db) -> Result<(), DbError> {
 /// For the write path: `synchronous = NORMAL` (safe in WAL: a power loss may drop
 /// the last commits but never corrupts), and no SQLite busy handler, because
 /// [`crate::kernel::db::transaction`] waits for the write lock itself with fine polling.
+/// On a libSQL server, which manages its own journal and refuses these
+/// PRAGMAs, they are skipped ([`tune`]).
 pub fn prepare_writer(db: &dyn Db) -> Result<(), DbError> {
-    db.execute("PRAGMA synchronous = NORMAL", &[])?;
-    db.execute("PRAGMA busy_timeout = 0", &[])?;
+    tune(db, "PRAGMA synchronous = NORMAL")?;
+    tune(db, "PRAGMA busy_timeout = 0")?;
     migrate(db)
+}
+
+/// A PRAGMA that tunes a local SQLite file: applied where the backend takes
+/// it, skipped where it refuses it as unsupported (a libSQL server: Spin's
+/// `type = "libsql"` database).
+fn tune(db: &dyn Db, pragma: &str) -> Result<(), DbError> {
+    match db.execute(pragma, &[]) {
+        Err(e) if e.is_unsupported_statement() => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::db::native::NativeDb;
+    use crate::kernel::db::Rows;
+
+    /// A connection that answers as a libSQL server (sqld 0.24.32) does: the
+    /// PRAGMAs that tune a local file are refused as unsupported.
+    struct LikeSqld(NativeDb);
+    impl Db for LikeSqld {
+        fn execute(&self, sql: &str, params: &[crate::kernel::db::Value]) -> Result<Rows, DbError> {
+            for p in ["journal_mode", "synchronous", "busy_timeout"] {
+                if sql.starts_with(&format!("PRAGMA {p}")) {
+                    return Err(DbError(format!(
+                        "SQL string could not be parsed: unsupported statement: {sql}"
+                    )));
+                }
+            }
+            self.0.execute(sql, params)
+        }
+    }
+
+    #[test]
+    fn a_libsql_server_that_refuses_the_file_pragmas_still_gets_the_schema() {
+        let db = LikeSqld(NativeDb::memory());
+        prepare_writer(&db).expect("the refused PRAGMAs are skipped");
+        assert_eq!(version(&db).unwrap(), LATEST);
+        assert!(!db
+            .execute("SELECT 1 FROM sqlite_master WHERE name = 'orders'", &[])
+            .unwrap()
+            .is_empty());
+        // A second connection finds the schema current.
+        prepare_writer(&db).unwrap();
+        // Any other error still fails the connection.
+        struct Broken;
+        impl Db for Broken {
+            fn execute(&self, _: &str, _: &[crate::kernel::db::Value]) -> Result<Rows, DbError> {
+                Err(DbError("disk I/O error".into()))
+            }
+        }
+        assert!(prepare_writer(&Broken).is_err());
+    }
 }
