@@ -157,19 +157,50 @@ pub struct SqlResult {
     pub rows: Vec<Vec<SqlValue>>,
 }
 
+/// The most a statement's result may hold, as Spin 4.0.2 counts it
+/// (`spin_world::MAX_HOST_BUFFERED_BYTES`, 128 MiB): past it the statement
+/// fails with "query result exceeds limit of 134217728 bytes".
+pub const MAX_RESULT_BYTES: usize = 128 << 20;
+
+/// What Spin counts for a result (`spin-sqlite-inproc::execute_query`): the
+/// `QueryResult` itself, then per value the size of the WIT `value` enum
+/// (32 bytes on 64-bit hosts) plus a text's or blob's length.
+const QUERY_RESULT_SIZE: usize = 48;
+const VALUE_SIZE: usize = 32;
+
+fn memory_size(v: &SqlValue) -> usize {
+    VALUE_SIZE
+        + match v {
+            SqlValue::Text(t) => t.len(),
+            SqlValue::Blob(b) => b.len(),
+            _ => 0,
+        }
+}
+
 /// Runs one statement (Spin's `execute`: exactly one statement, positional
 /// parameters). Prepared through the connection's statement cache, as Spin's
 /// in-process SQLite does (`spin-sqlite-inproc`: `prepare_cached`, rusqlite's
-/// default capacity of 16 statements per connection).
+/// default capacity of 16 statements per connection); its result bounded as
+/// Spin bounds it ([`MAX_RESULT_BYTES`]).
 pub fn execute(
     conn: &rusqlite::Connection,
     sql: &str,
     params: &[SqlValue],
 ) -> Result<SqlResult, String> {
+    execute_bounded(conn, sql, params, MAX_RESULT_BYTES)
+}
+
+fn execute_bounded(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: &[SqlValue],
+    max_result_bytes: usize,
+) -> Result<SqlResult, String> {
     let mut stmt = conn.prepare_cached(sql).map_err(|e| e.to_string())?;
     let columns: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
     let ncol = columns.len();
     let mut rows_out = Vec::new();
+    let mut bytes = QUERY_RESULT_SIZE;
     let mut rows = stmt
         .query(rusqlite::params_from_iter(params.iter()))
         .map_err(|e| e.to_string())?;
@@ -177,6 +208,12 @@ pub fn execute(
         let mut vals = Vec::with_capacity(ncol);
         for i in 0..ncol {
             vals.push(SqlValue::from(row.get_ref(i).map_err(|e| e.to_string())?));
+        }
+        bytes += vals.iter().map(memory_size).sum::<usize>();
+        if bytes > max_result_bytes {
+            return Err(format!(
+                "query result exceeds limit of {max_result_bytes} bytes"
+            ));
         }
         rows_out.push(vals);
     }
@@ -194,4 +231,27 @@ pub struct SqliteConn {
 /// A per-instance key-value handle (the `store` resource).
 pub struct KvStore {
     pub label: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_past_spin_s_buffer_limit_fails_as_spin_s_does() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (s TEXT); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10) INSERT INTO t SELECT printf('%.100c', 'x') FROM n")
+            .unwrap();
+        // 48 + 10 rows x (32 + 100) = 1,368 bytes by Spin's count.
+        assert_eq!(
+            execute_bounded(&conn, "SELECT s FROM t", &[], 1368)
+                .unwrap()
+                .rows
+                .len(),
+            10
+        );
+        let err = execute_bounded(&conn, "SELECT s FROM t", &[], 1367).unwrap_err();
+        assert_eq!(err, "query result exceeds limit of 1367 bytes");
+        assert_eq!(MAX_RESULT_BYTES, 134_217_728);
+    }
 }
