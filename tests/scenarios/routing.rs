@@ -992,36 +992,44 @@ async fn bad_inventory_input_answers_problems_and_changes_nothing() {
     fc.stop();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_cron_sweep_routes_what_the_chained_call_could_not() {
-    let app = start().await;
-    // The only facility is inactive: routing leaves the order received.
+/// An order placed while the only facility was inactive, whose chained
+/// routing call found nowhere to route it, and the facility active since:
+/// only a sweep (the cron's or the maintenance route's) routes it now.
+async fn an_order_the_chained_routing_could_not_route(
+    app: &RunningApp,
+    external_id: &str,
+) -> String {
     let r = write(
-        &app,
+        app,
         "PUT",
         "/api/facilities/main",
         &json!({"name": "Main", "type": "warehouse", "active": false}),
     )
     .await;
     assert_eq!(r.status, 201);
-    product(&app, "BOOK", json!({"name": "Book"})).await;
-    let r = receive(&app, "main", "BOOK", 5).await;
+    product(app, "BOOK", json!({"name": "Book"})).await;
+    let r = receive(app, "main", "BOOK", 5).await;
     assert_eq!(r.json["backorders"]["orders_served"], 0, "{}", r.json);
     let id = place(
-        &app,
-        &order("sweep-1", "2026-11-20T07:00:00Z", &[("BOOK", 2)]),
+        app,
+        &order(external_id, "2026-11-20T07:00:00Z", &[("BOOK", 2)]),
     )
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The chained routing call has looked at it (and found no facility).
+    eventually("the worker took the order up", || async {
+        count(app, "SELECT COUNT(*) FROM orders WHERE intake IS NOT NULL") == 0
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(
-        get(&app, &format!("/api/orders/{id}")).await.json["status"],
+        get(app, &format!("/api/orders/{id}")).await.json["status"],
         "received"
     );
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM routing_decisions"), 0);
+    assert_eq!(count(app, "SELECT COUNT(*) FROM routing_decisions"), 0);
     // Activating the facility releases orders already waiting for its stock;
-    // this one was never routed (its chained call found no facility), so...
+    // this one was never routed, so it stays received.
     let r = write(
-        &app,
+        app,
         "PUT",
         "/api/facilities/main",
         &json!({"name": "Main", "type": "warehouse", "active": true}),
@@ -1029,9 +1037,16 @@ async fn the_cron_sweep_routes_what_the_chained_call_could_not() {
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(
-        get(&app, &format!("/api/orders/{id}")).await.json["status"],
+        get(app, &format!("/api/orders/{id}")).await.json["status"],
         "received"
     );
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cron_sweep_routes_what_the_chained_call_could_not() {
+    let app = start().await;
+    let id = an_order_the_chained_routing_could_not_route(&app, "sweep-1").await;
     // ...until the scheduled sweep runs.
     app.fire_cron("routing-cron")
         .await
@@ -1078,40 +1093,7 @@ async fn the_maintenance_routes_run_the_schedules_work_where_no_cron_runs() {
             .await
         }
     };
-    // The same unrouted order as the cron sweep's scenario above.
-    let r = write(
-        &app,
-        "PUT",
-        "/api/facilities/main",
-        &json!({"name": "Main", "type": "warehouse", "active": false}),
-    )
-    .await;
-    assert_eq!(r.status, 201);
-    product(&app, "BOOK", json!({"name": "Book"})).await;
-    receive(&app, "main", "BOOK", 5).await;
-    let id = place(
-        &app,
-        &order("maint-1", "2026-11-20T07:00:00Z", &[("BOOK", 2)]),
-    )
-    .await;
-    // The chained routing call has looked at it (and found no facility).
-    eventually("the worker took the order up", || async {
-        count(&app, "SELECT COUNT(*) FROM orders WHERE intake IS NOT NULL") == 0
-    })
-    .await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let r = write(
-        &app,
-        "PUT",
-        "/api/facilities/main",
-        &json!({"name": "Main", "type": "warehouse", "active": true}),
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    assert_eq!(
-        get(&app, &format!("/api/orders/{id}")).await.json["status"],
-        "received"
-    );
+    let id = an_order_the_chained_routing_could_not_route(&app, "maint-1").await;
     // Without the scope nothing runs.
     let r = run("routing", READ_TOKEN).await;
     assert_eq!(r.status, 403, "{}", r.json);
