@@ -1043,6 +1043,24 @@ async fn an_order_the_chained_routing_could_not_route(
     id
 }
 
+/// The order of [`an_order_the_chained_routing_could_not_route`] after a
+/// sweep: released in full, by one sweep decision.
+async fn routed_by_one_sweep(app: &RunningApp, id: &str) {
+    let o = get(app, &format!("/api/orders/{id}")).await.json;
+    assert_eq!(
+        (o["status"].as_str(), qty(&o, 0, "released")),
+        (Some("processing"), 2),
+        "{o}"
+    );
+    assert_eq!(
+        count(
+            app,
+            "SELECT COUNT(*) FROM routing_decisions WHERE trigger = 'sweep'"
+        ),
+        1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cron_sweep_routes_what_the_chained_call_could_not() {
     let app = start().await;
@@ -1051,19 +1069,7 @@ async fn the_cron_sweep_routes_what_the_chained_call_could_not() {
     app.fire_cron("routing-cron")
         .await
         .expect("routing-cron runs");
-    let o = get(&app, &format!("/api/orders/{id}")).await.json;
-    assert_eq!(
-        (o["status"].as_str(), qty(&o, 0, "released")),
-        (Some("processing"), 2),
-        "{o}"
-    );
-    assert_eq!(
-        count(
-            &app,
-            "SELECT COUNT(*) FROM routing_decisions WHERE trigger = 'sweep'"
-        ),
-        1
-    );
+    routed_by_one_sweep(&app, &id).await;
     // A second run finds nothing to do.
     app.fire_cron("routing-cron")
         .await
@@ -1125,19 +1131,7 @@ async fn the_maintenance_routes_run_the_schedules_work_where_no_cron_runs() {
         "{}",
         r.json
     );
-    let o = get(&app, &format!("/api/orders/{id}")).await.json;
-    assert_eq!(
-        (o["status"].as_str(), qty(&o, 0, "released")),
-        (Some("processing"), 2),
-        "{o}"
-    );
-    assert_eq!(
-        count(
-            &app,
-            "SELECT COUNT(*) FROM routing_decisions WHERE trigger = 'sweep'"
-        ),
-        1
-    );
+    routed_by_one_sweep(&app, &id).await;
     // Every other schedule answers with what its work did.
     let r = run("notify", "cron-job-token-1").await;
     assert_eq!(r.status, 200, "{}", r.json);
