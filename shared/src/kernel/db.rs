@@ -204,12 +204,41 @@ pub trait Db {
     }
 }
 
-/// The connection as [`transaction`] hands it to its closure.
-struct InTransaction<'a>(&'a dyn Db);
+/// The connection as [`transaction`] hands it to its closure. Once the
+/// transaction is gone under it — a libSQL server rolls back a transaction
+/// that held the write lock past its limit while another writer waited
+/// (sqld 0.24.32: "Transaction timed out", then "cannot commit - no
+/// transaction is active"), and SQLite itself rolls back on some errors
+/// (SQLITE_FULL, IOERR, NOMEM) — the connection is back in autocommit and
+/// every later statement would commit on its own. So the first sign of it
+/// poisons the unit: no statement after it reaches the connection, and the
+/// unit fails (a retryable error: the caller answers 503 or the sweep retries).
+struct InTransaction<'a>(&'a dyn Db, std::cell::Cell<bool>);
+
+impl DbError {
+    /// The transaction this statement ran in is gone (see [`InTransaction`]).
+    fn lost_transaction(&self) -> bool {
+        let m = self.0.to_ascii_lowercase();
+        m.contains("transaction timed out")
+            || m.contains("no transaction is active")
+            || m.contains("no such savepoint")
+    }
+}
 
 impl Db for InTransaction<'_> {
     fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
-        self.0.execute(sql, params)
+        if self.1.get() {
+            return Err(DbError(
+                "database is busy: the transaction was rolled back under this unit; nothing more of it runs".into(),
+            ));
+        }
+        let r = self.0.execute(sql, params);
+        if let Err(e) = &r {
+            if e.lost_transaction() {
+                self.1.set(true);
+            }
+        }
+        r
     }
     fn in_transaction(&self) -> bool {
         true
@@ -294,8 +323,17 @@ pub fn transaction<T, E: From<DbError>>(
         return savepoint(db, f);
     }
     retry_busy(|| db.execute("BEGIN IMMEDIATE", &[]))?;
-    let inner = InTransaction(db);
-    match f(&inner) {
+    let inner = InTransaction(db, std::cell::Cell::new(false));
+    let result = f(&inner);
+    if inner.1.get() {
+        // Whatever the closure made of the error, the unit did not happen.
+        let _ = db.execute("ROLLBACK", &[]);
+        return Err(DbError(
+            "database is busy: the transaction was rolled back by the database; retry".into(),
+        )
+        .into());
+    }
+    match result {
         Ok(v) => match db.execute("COMMIT", &[]) {
             Ok(_) => Ok(v),
             Err(e) => {
@@ -706,6 +744,51 @@ mod tests {
             3
         );
         assert_eq!(n(&db), 1);
+    }
+
+    /// A connection whose server rolls the transaction back at the `at`-th
+    /// statement, as sqld does past its lock limit: that statement fails with
+    /// "Transaction timed out" and the connection is in autocommit after it.
+    struct ServerRollsBack<'a>(&'a NativeDb, std::cell::Cell<usize>, usize);
+    impl Db for ServerRollsBack<'_> {
+        fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
+            self.1.set(self.1.get() + 1);
+            if self.1.get() == self.2 {
+                self.0.execute("ROLLBACK", &[])?;
+                return Err(DbError("Transaction timed out".into()));
+            }
+            self.0.execute(sql, params)
+        }
+    }
+
+    #[test]
+    fn a_transaction_rolled_back_under_the_unit_poisons_it_and_nothing_runs_in_autocommit() {
+        let db = NativeDb::memory();
+        db.execute("CREATE TABLE t (x INTEGER)", &[]).unwrap();
+        // BEGIN, SAVEPOINT, INSERT 1, RELEASE, SAVEPOINT, then the 6th
+        // statement (INSERT 2) meets the server's rollback.
+        let conn = ServerRollsBack(&db, std::cell::Cell::new(0), 6);
+        let r = transaction(&conn, |db| {
+            for x in 1..=4 {
+                // A batch goes on past one unit's failure (the routing worker does).
+                let _ = savepoint(db, |db| {
+                    db.execute("INSERT INTO t VALUES (?)", &[Value::Integer(x)])
+                });
+            }
+            Ok::<_, DbError>(())
+        });
+        let e = r.unwrap_err();
+        assert!(e.is_busy(), "a retryable error: {e}");
+        assert_eq!(
+            n(&db),
+            0,
+            "neither the rolled-back rows nor later ones were written"
+        );
+        assert_eq!(
+            conn.1.get(),
+            7,
+            "after the rollback only the unit's final ROLLBACK reached the connection"
+        );
     }
 
     /// Counts the statements that reach the connection.
