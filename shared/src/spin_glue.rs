@@ -282,6 +282,15 @@ pub async fn http_get(url: &str, headers: &[(String, String)]) -> Result<(u16, V
     outbound::send("GET", url, headers, &[], outbound_timeouts()).await
 }
 
+/// [`http_get`] taking its arguments: the fetch `flows::schedules::inventory`
+/// is given by the cron component and the maintenance route alike.
+pub async fn http_get_owned(
+    url: String,
+    headers: Vec<(String, String)>,
+) -> Result<(u16, Vec<u8>), String> {
+    http_get(&url, &headers).await
+}
+
 /// A chained POST to another component of this app (`http://<name>.spin.internal/...`).
 pub async fn chain(url: &str, body: &serde_json::Value) -> Result<(u16, Vec<u8>), String> {
     // In process: Spin runs the other component; no network timeouts apply.

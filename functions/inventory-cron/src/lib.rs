@@ -31,9 +31,7 @@ impl Guest for InventoryCron {
             receivers: &receivers,
         };
         let mut fx = inventory::Effects::default();
-        let get = |url: String, headers: Vec<(String, String)>| async move {
-            spin_glue::http_get(&url, &headers).await
-        };
+        let get = spin_glue::http_get_owned;
         let r = spin_sdk::http::run(schedules::inventory(&db, &kv, &cfg, &mut fx, get))
             .map_err(fail)?;
         println!("inventory-cron: {r}");

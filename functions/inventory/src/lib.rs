@@ -79,9 +79,7 @@ async fn handle(req: IncomingRequest) -> anyhow::Result<impl IntoResponse> {
                 // inventory-cron's work, for platforms without cron triggers.
                 let result = match allowed {
                     Ok(()) => {
-                        let get = |url: String, headers: Vec<(String, String)>| async move {
-                            spin_glue::http_get(&url, &headers).await
-                        };
+                        let get = spin_glue::http_get_owned;
                         schedules::inventory(&db, &kv, &cfg, &mut fx, get).await
                     }
                     Err(e) => Err(e),
